@@ -1,0 +1,185 @@
+"""Routing: which worker serves a request, now or when one frees up. Pure logic, no threads.
+
+State: the idle workers (in the order they became idle), the busy ones, and the waiting tickets.
+A ticket waits either for *any* worker or, under ``strict_queue``, for *its* worker. Rules:
+
+* A ticket is served at once when a worker it may use is idle; otherwise it waits (or, under
+  ``strict_fail_fast``, is refused with ``worker_busy``).
+* Invariant: no idle worker is usable by any waiting ticket. So a newcomer that finds an idle
+  worker it may use jumps no queue.
+* A freed worker goes to the oldest ticket allowed to use it: the older of the head of the *any*
+  queue and the head of that worker's strict queue. Both queues are FIFO, so neither kind of
+  waiter starves the other.
+* A worker that goes away refuses its strict waiters with ``session_worker_unavailable``; a later
+  ticket pinned to it is refused the same way under strict modes and served anywhere under hint.
+* At most ``max_queue`` tickets wait; one more is refused with ``pool_saturated``.
+
+Removal of a waiting ticket (its timeout, its caller cancelled) is O(1): queues are ordered dicts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from ..errors import Reason
+from .modes import Affinity
+
+__all__ = ["Router", "Ticket"]
+
+_sequence = itertools.count()
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request for a worker, and what became of it."""
+
+    affinity: Affinity = Affinity.HINT
+    pinned: int | None = None  # the session's worker, if the session has one
+    seq: int = field(default_factory=lambda: next(_sequence))
+    worker: int | None = None  # set when served
+    refused: str | None = None  # a Reason when refused
+    waiting_for: int | None = None  # the worker a strict_queue ticket waits for
+    waker: Callable[[], Any] | None = field(default=None, repr=False)  # set by whoever waits
+
+    @property
+    def done(self) -> bool:
+        return self.worker is not None or self.refused is not None
+
+
+class Router:
+    def __init__(self, max_queue: int) -> None:
+        self.max_queue = max_queue
+        self._idle: OrderedDict[int, None] = OrderedDict()
+        self._busy: set[int] = set()
+        self._any: OrderedDict[Ticket, None] = OrderedDict()
+        self._strict: dict[int, OrderedDict[Ticket, None]] = {}
+        self._waiting = 0
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def busy(self) -> int:
+        return len(self._busy)
+
+    def knows(self, worker: int) -> bool:
+        return worker in self._idle or worker in self._busy
+
+    def is_idle(self, worker: int) -> bool:
+        return worker in self._idle
+
+    def waiters(self) -> Iterator[Ticket]:
+        yield from self._any
+        for queue in self._strict.values():
+            yield from queue
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def acquire(self, ticket: Ticket) -> None:
+        """Serve, queue or refuse ``ticket``; see ``ticket.worker``/``refused``/``waiting_for``."""
+        pinned = ticket.pinned
+        if pinned is not None:
+            if pinned in self._idle:
+                return self._serve(ticket, pinned)
+            if pinned not in self._busy:  # gone: died or recycled
+                if ticket.affinity.strict:
+                    ticket.refused = Reason.SESSION_WORKER_UNAVAILABLE
+                    return None
+            elif ticket.affinity is Affinity.STRICT_FAIL_FAST:
+                ticket.refused = Reason.WORKER_BUSY
+                return None
+            elif ticket.affinity is Affinity.STRICT_QUEUE:
+                return self._enqueue(ticket, pinned)
+        if self._idle:
+            return self._serve(ticket, next(iter(self._idle)))
+        return self._enqueue(ticket, None)
+
+    def withdraw(self, ticket: Ticket) -> bool:
+        """Stop waiting (timeout or cancellation). False if the ticket is no longer waiting."""
+        if ticket.done:
+            return False
+        worker = ticket.waiting_for
+        queue = self._any if worker is None else self._strict.get(worker)
+        if queue is None or ticket not in queue:
+            return False
+        del queue[ticket]
+        if worker is not None and not queue:
+            del self._strict[worker]
+        self._waiting -= 1
+        return True
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    def add(self, worker: int) -> Ticket | None:
+        """A new worker is ready; it serves the oldest waiter, if any."""
+        return self.release(worker)
+
+    def release(self, worker: int) -> Ticket | None:
+        """``worker`` is free again: hand it to the oldest ticket allowed to use it, else idle it."""
+        self._busy.discard(worker)
+        strict = self._strict.get(worker)
+        head_any = next(iter(self._any), None)
+        head_strict = next(iter(strict), None) if strict else None
+        if head_any is None and head_strict is None:
+            self._idle[worker] = None
+            return None
+        if head_strict is None or (head_any is not None and head_any.seq < head_strict.seq):
+            ticket = head_any
+            del self._any[ticket]
+        else:
+            ticket = head_strict
+            del strict[ticket]  # type: ignore[index]
+            if not strict:
+                del self._strict[worker]
+        self._waiting -= 1
+        self._busy.add(worker)
+        ticket.worker = worker
+        return ticket
+
+    def remove(self, worker: int) -> list[Ticket]:
+        """``worker`` is gone; returns its strict waiters, now refused."""
+        self._idle.pop(worker, None)
+        self._busy.discard(worker)
+        refused = list(self._strict.pop(worker, ()))
+        for ticket in refused:
+            ticket.refused = Reason.SESSION_WORKER_UNAVAILABLE
+        self._waiting -= len(refused)
+        return refused
+
+    def refuse_all(self, reason: str) -> list[Ticket]:
+        """Refuse every waiting ticket (the pool is closing)."""
+        tickets = list(self.waiters())
+        for ticket in tickets:
+            ticket.refused = reason
+        self._any.clear()
+        self._strict.clear()
+        self._waiting = 0
+        return tickets
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _serve(self, ticket: Ticket, worker: int) -> None:
+        del self._idle[worker]
+        self._busy.add(worker)
+        ticket.worker = worker
+
+    def _enqueue(self, ticket: Ticket, worker: int | None) -> None:
+        if self._waiting >= self.max_queue:
+            ticket.refused = Reason.POOL_SATURATED
+            return
+        ticket.waiting_for = worker
+        if worker is None:
+            self._any[ticket] = None
+        else:
+            self._strict.setdefault(worker, OrderedDict())[ticket] = None
+        self._waiting += 1

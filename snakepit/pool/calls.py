@@ -1,0 +1,344 @@
+"""One call on one checked-out worker: send it, interpret the answer, end it exactly once.
+
+:class:`Exchange` is the sans-IO heart of a call. It interprets the worker's messages (a result,
+chunks, the end of a stream, a failure) and decides how the worker leaves the caller's hands:
+
+* released, when the call ended normally or with an error the worker reported (it is clean);
+* abandoned, when the caller stops early (HALT, exception, ``close()``, timeout): the worker is
+  told to cancel and the supervisor drains it until it acknowledges, off the caller's thread;
+* lost, when the process died: the caller reports ``worker_crashed`` with its exit status.
+
+The drivers differ only in how they wait for the next batch of messages: :meth:`Exchange.fetch`
+blocks the calling thread; the asyncio driver waits for the pipe through the event loop. Nothing
+else is written twice.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from msgspec.msgpack import Ext
+
+from .. import errors
+from ..errors import Reason
+from ..protocol import Cancel, Chunk, Chunks, End, Failure, Result, TERMINAL, decode_value, raise_failure
+from ..streaming import HALT, StreamResult
+from .queue import Dispatcher
+from .worker import DeadlineExceeded, WorkerGone, WorkerHandle
+
+MORE: Any = object()  # no answer in the messages at hand: fetch more
+END: Any = object()  # the stream is over; see Exchange.result
+
+
+class Exchange:
+    __slots__ = (
+        "dispatcher", "handle", "call_id", "tool", "deadline", "started", "finished",
+        "chunks", "final", "metadata", "result", "_messages", "_index", "_salvaged",
+    )
+
+    def __init__(self, dispatcher: Dispatcher, handle: WorkerHandle, call_id: int, tool: str, deadline: float | None) -> None:
+        self.dispatcher = dispatcher
+        self.handle = handle
+        self.call_id = call_id
+        self.tool = tool
+        self.deadline = deadline
+        self.started = time.perf_counter()
+        self.finished = False
+        self.chunks = 0
+        self.final = False
+        self.metadata: Any = None
+        self.result: StreamResult | None = None
+        self._messages: list[Any] = []
+        self._index = 0
+        self._salvaged = False
+
+    # -- sending and waiting ---------------------------------------------------------------------
+
+    def send(self, frame: bytes | bytearray) -> None:
+        """Send the encoded ``Call``; if that is interrupted half-way, the pipe is unusable."""
+        handle = self.handle
+        handle.current_call = self.call_id
+        handle.current_tool = self.tool
+        try:
+            handle.send(frame)
+        except WorkerGone:
+            self.gone()
+        except BaseException:
+            handle.kill()
+            self.lost()
+
+    def feed(self, messages: list[Any]) -> None:
+        self._messages = messages
+        self._index = 0
+
+    def fetch(self) -> None:
+        """Block until the worker says more (the synchronous driver)."""
+        try:
+            self.feed(self.handle.receive(self.deadline))
+        except WorkerGone:
+            self.gone()
+        except DeadlineExceeded:
+            self.expired()
+
+    def gone(self) -> None:
+        """The worker died: first deliver what it had queued, then report the crash."""
+        if not self.finished and not self._salvaged:
+            self._salvaged = True
+            self._reap()
+            messages = self.handle.salvage()
+            if messages:
+                self.feed(messages)
+                return
+        self.lost()
+
+    # -- interpreting ----------------------------------------------------------------------------
+
+    def next_value(self) -> Any:
+        """The call's result, or ``MORE``; raises the call's error."""
+        messages = self._messages
+        call_id = self.call_id
+        while self._index < len(messages):
+            message = messages[self._index]
+            self._index += 1
+            if message.id != call_id:
+                continue
+            kind = type(message)
+            if kind is Result:
+                self.release()
+                return decode_value(message.value)
+            if kind is Failure:
+                self.release()
+                raise_failure(message)
+        return MORE
+
+    def next_batch(self) -> Any:
+        """The data of the next run of chunks as a list, ``MORE`` or ``END``.
+
+        Raises the stream's error. Items may still be pickle extensions: :meth:`decode` them as
+        they are delivered.
+        """
+        messages = self._messages
+        index = self._index
+        count = len(messages)
+        call_id = self.call_id
+        batch: list[Any] = []
+        while index < count:
+            message = messages[index]
+            kind = type(message)
+            if kind is Chunks and message.id == call_id:
+                index += 1
+                batch += message.items
+                continue
+            if kind is Chunk and message.id == call_id:
+                index += 1
+                batch.append(message.data)
+                if message.final:
+                    self.final = True
+                    self.metadata = self.decode(message.metadata)
+                elif message.metadata is not None:
+                    self.metadata = self.decode(message.metadata)
+                continue
+            if batch:
+                break
+            index += 1
+            if message.id != call_id:
+                continue
+            self._index = index
+            if kind is End:
+                self.release()
+                if message.cancelled:  # not by us: the pool is closing
+                    raise errors.pool_closed()
+                self.result = self._stream_result(halted=False)
+                return END
+            if kind is Failure:
+                self.release()
+                raise_failure(message)
+        self._index = index
+        if batch:
+            self.chunks += len(batch)
+            return batch
+        return MORE
+
+    def decode(self, value: Any) -> Any:
+        """A wire value as the caller's object; a value that will not unpickle ends the stream."""
+        if type(value) is not Ext:
+            return value
+        try:
+            return decode_value(value)
+        except errors.SnakepitError:
+            self.cancel()
+            raise
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    def release(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.handle.requests_served += 1
+            self.dispatcher.release(self.handle)
+
+    def cancel(self) -> None:
+        """Stop early: if the call already ended, just release; else cancel it in the worker."""
+        if self.finished:
+            return
+        rest = self._messages[self._index :]
+        if any(isinstance(m, TERMINAL) and m.id == self.call_id for m in rest):
+            self.release()
+            return
+        self.finished = True
+        self.handle.requests_served += 1
+        self.handle.send_control(Cancel(self.call_id))
+        self.dispatcher.abandon(self.handle, self.call_id)
+
+    def halt(self) -> StreamResult:
+        self.cancel()
+        self.result = self._stream_result(halted=True)
+        return self.result
+
+    def expired(self) -> None:
+        self.cancel()
+        self.dispatcher.counters.bump("timeouts")
+        raise errors.timeout(
+            Reason.TIMEOUT,
+            f"call to {self.tool!r} exceeded its timeout",
+            tool=self.tool,
+            worker_id=self.handle.id,
+        )
+
+    def _reap(self) -> dict[str, Any]:
+        handle = self.handle
+        try:
+            return handle.reap(timeout=2.0)
+        except Exception:  # closed its pipe but did not exit: finish it
+            handle.kill()
+            return handle.reap()
+
+    def lost(self) -> None:
+        """The worker died under this call: report how, and let the supervisor replace it."""
+        self.finished = True
+        handle = self.handle
+        info = self._reap()
+        if self.dispatcher.worker_died(handle):
+            supervisor = self.dispatcher.supervisor
+            assert supervisor is not None
+            supervisor.submit(supervisor.lost, handle)
+        self.dispatcher.release(handle)
+        if self.dispatcher.closed:
+            raise errors.pool_closed()
+        during = "a stream" if self.chunks else "a call"
+        raise errors.worker_crashed(handle.id, info, f"{during} to {self.tool!r}")
+
+    def _stream_result(self, halted: bool) -> StreamResult:
+        return StreamResult(
+            chunks=self.chunks,
+            worker_id=self.handle.id,
+            execution_time_ms=(time.perf_counter() - self.started) * 1000.0,
+            synthetic_final=not self.final,
+            halted=halted,
+            metadata=self.metadata,
+        )
+
+
+# -- synchronous drivers -------------------------------------------------------------------------
+
+
+def run_execute(exchange: Exchange) -> Any:
+    while True:
+        value = exchange.next_value()
+        if value is not MORE:
+            return value
+        exchange.fetch()
+
+
+def run_stream(exchange: Exchange, callback: Callable[[Any], Any]) -> StreamResult:
+    next_batch = exchange.next_batch
+    try:
+        while True:
+            batch = next_batch()
+            if batch is MORE:
+                exchange.fetch()
+                continue
+            if batch is END:
+                assert exchange.result is not None
+                return exchange.result
+            for position, data in enumerate(batch):
+                if type(data) is Ext:
+                    data = exchange.decode(data)
+                if callback(data) is HALT:
+                    exchange.chunks -= len(batch) - position - 1  # count what was delivered
+                    return exchange.halt()
+    except BaseException:
+        exchange.cancel()
+        raise
+
+
+class Stream:
+    """Iterator over a stream's chunk data; also a context manager.
+
+    Leaving the loop early, ``close()``, or garbage collection cancels the tool in the worker.
+    After exhaustion, :attr:`result` is the :class:`~snakepit.StreamResult`.
+    """
+
+    __slots__ = ("_exchange", "_on_error", "_owner", "_batch", "_next", "__weakref__")
+
+    def __init__(self, exchange: Exchange, on_error: Callable[[], None], owner: object = None) -> None:
+        self._exchange = exchange
+        self._on_error = on_error
+        self._owner = owner  # keeps the pool alive while its stream is in use
+        self._batch: list[Any] = []
+        self._next = 0
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Any:
+        position = self._next
+        batch = self._batch
+        if position < len(batch):
+            self._next = position + 1
+            data = batch[position]
+            return data if type(data) is not Ext else self._exchange.decode(data)
+        return self._refill()
+
+    def _refill(self) -> Any:
+        exchange = self._exchange
+        try:
+            while True:
+                batch = exchange.next_batch()
+                if batch is MORE:
+                    exchange.fetch()
+                elif batch is END:
+                    raise StopIteration
+                elif batch:
+                    self._batch = batch
+                    self._next = 0
+                    return self.__next__()
+        except errors.SnakepitError:
+            self._on_error()
+            raise
+
+    @property
+    def result(self) -> StreamResult | None:
+        """How the stream ended; ``None`` until it has."""
+        return self._exchange.result
+
+    @property
+    def worker_id(self) -> int:
+        return self._exchange.handle.id
+
+    def close(self) -> None:
+        """Cancel the tool in the worker if it is still running."""
+        self._exchange.cancel()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._exchange.cancel()
+        except Exception:
+            pass

@@ -1,0 +1,137 @@
+"""Starting worker processes: a fresh interpreter, three pipes, and a boot message.
+
+Workers are started with ``subprocess`` (fork + exec of ``sys.executable``), never a bare
+``fork``: the owner runs threads (supervisor, gRPC) that a forked child would inherit in an
+unknown state. Like multiprocessing's *spawn*, the child gets the owner's ``sys.path`` and working
+directory, sent in the first frame (``Boot``) rather than on the command line. The adapter class
+travels by import path when the worker can import it by that name, and by value (cloudpickle)
+otherwise: a class in ``__main__``, a notebook cell, or a function's local scope.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .. import errors, protocol
+from ..errors import Reason
+from ..protocol import Boot
+from . import spill
+from .worker import WorkerHandle
+
+# One thread per BLAS/OpenMP runtime per worker: N workers already use N cores.
+SINGLE_THREADED_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+}
+
+_PIPE_SIZE = 1 << 20  # the Linux default maximum; bigger pipes mean fewer wake-ups per stream
+
+_SNAKEPIT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BOOTSTRAP = (
+    "import sys; sys.path.insert(0, {root!r}); "
+    "from snakepit.pool.worker_process import main; main()"
+)
+
+
+def adapter_reference(adapter: Any) -> Any:
+    """How the adapter travels: ``"module:Qualname"`` if importable by that name, else pickled."""
+    if isinstance(adapter, str):
+        if ":" not in adapter:
+            raise errors.validation(
+                Reason.INVALID_CONFIG, f"adapter string must look like 'package.module:Class', got {adapter!r}"
+            )
+        return adapter
+    if not isinstance(adapter, type):
+        raise errors.validation(
+            Reason.INVALID_CONFIG, f"adapter must be a class or a 'module:Class' string, got {type(adapter).__name__}"
+        )
+    module, qualname = adapter.__module__, adapter.__qualname__
+    if module != "__main__" and "<locals>" not in qualname and _resolves(module, qualname, adapter):
+        return f"{module}:{qualname}"
+    return protocol.pickled(adapter, protocol._cloud_dumps)
+
+
+def _resolves(module: str, qualname: str, adapter: type) -> bool:
+    try:
+        target: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except Exception:
+        return False
+    return target is adapter
+
+
+@dataclass
+class LaunchSpec:
+    """Everything needed to start one more worker like the others."""
+
+    adapter: Any
+    adapter_args: Any
+    env: Mapping[str, str]
+    cwd: str = field(default_factory=os.getcwd)
+    sys_path: list[str] = field(default_factory=lambda: list(sys.path))
+
+
+def build_launch_spec(adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: Mapping[str, str] | None) -> LaunchSpec:
+    if adapter_args is not None and not isinstance(adapter_args, Mapping):
+        raise errors.validation(Reason.INVALID_CONFIG, "adapter_args must be a mapping of keyword arguments")
+    env = {**os.environ, **SINGLE_THREADED_ENV, **(worker_env or {})}
+    return LaunchSpec(
+        adapter=adapter_reference(adapter),
+        adapter_args=protocol.encode_value(dict(adapter_args or {}), protocol._cloud_dumps),
+        env=env,
+    )
+
+
+def spawn(worker_id: int, spec: LaunchSpec) -> WorkerHandle:
+    """Start one worker process and send it its boot frame; it reports ``Ready`` on its own."""
+    requests_r, requests_w = os.pipe()
+    control_r, control_w = os.pipe()
+    responses_r, responses_w = os.pipe()
+    spill_fd = spill.create()
+    child_ends = (requests_r, control_r, responses_w, spill_fd)
+    try:
+        for fd in (requests_w, responses_w):
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+            except (OSError, AttributeError):
+                pass
+        command = [
+            sys.executable,
+            "-c",
+            _BOOTSTRAP.format(root=_SNAKEPIT_ROOT),
+            *(str(fd) for fd in child_ends),
+            str(os.getpid()),
+        ]
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            pass_fds=child_ends,
+            env=dict(spec.env),
+            cwd=spec.cwd,
+            close_fds=True,
+        )
+    except BaseException:
+        for fd in (requests_w, control_w, responses_r, spill_fd):
+            os.close(fd)
+        raise
+    finally:
+        for fd in child_ends[:3]:
+            os.close(fd)
+    os.set_blocking(responses_r, False)
+    handle = WorkerHandle(worker_id, process, requests_w, control_w, responses_r, spill_fd)
+    boot = Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args)
+    try:
+        protocol.write_all(requests_w, protocol.encode_frame(boot))
+    except OSError:
+        pass  # it died at once; the supervisor sees the exit
+    return handle

@@ -1,0 +1,268 @@
+"""The pool facade: configuration, life cycle, and the call methods users see."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+import weakref
+from typing import Any, Callable, Mapping
+
+from .. import errors, protocol
+from ..adapter import ToolSpec
+from ..affinity import Ticket
+from ..errors import Reason
+from ..protocol import Call
+from ..streaming import StreamResult
+from .calls import Exchange, Stream, run_execute, run_stream
+from .launcher import build_launch_spec
+from .queue import Counters, Dispatcher
+from .supervisor import Supervisor
+
+__all__ = ["Pool"]
+
+
+def _positive(name: str, value: Any, *, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise errors.validation(Reason.INVALID_CONFIG, f"{name} must be a positive number, got {value!r}")
+    return value
+
+
+class Pool:
+    """A pool of worker processes, each hosting one instance of ``adapter``.
+
+    Parameters:
+        adapter: a :class:`~snakepit.BaseAdapter` subclass, or a ``"package.module:Class"`` string.
+            Importable classes travel by name; others (``__main__``, notebooks, local classes)
+            by value with cloudpickle.
+        size: number of worker processes; defaults to the number of CPUs available.
+        adapter_args: keyword arguments for the adapter's constructor (in each worker).
+        timeout: default per-call limit in seconds, covering time queued and time running.
+        max_queue: how many calls may wait for a worker before ``pool_saturated``.
+        queue_timeout: how long a call may wait for a worker before ``queue_timeout``.
+        worker_env: extra environment variables for the workers. BLAS/OpenMP thread counts are
+            set to 1 unless this overrides them.
+        start_timeout: how long a worker may take to import and ``initialize()``.
+        cancel_grace: how long a cancelled or timed-out call may take to stop before its worker
+            is killed and replaced.
+        shutdown_timeout: how long ``close()`` lets workers run ``cleanup()`` before killing them.
+    """
+
+    def __init__(
+        self,
+        adapter: type | str,
+        *,
+        size: int | None = None,
+        adapter_args: Mapping[str, Any] | None = None,
+        timeout: float = 300.0,
+        max_queue: int = 1000,
+        queue_timeout: float = 10.0,
+        worker_env: Mapping[str, str] | None = None,
+        start_timeout: float = 60.0,
+        cancel_grace: float = 5.0,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        if size is None:
+            size = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise errors.validation(Reason.INVALID_CONFIG, f"size must be a positive int, got {size!r}")
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
+            raise errors.validation(Reason.INVALID_CONFIG, f"max_queue must be an int >= 0, got {max_queue!r}")
+        self.size = size
+        self._timeout = _positive("timeout", timeout)
+        self._queue_timeout = _positive("queue_timeout", queue_timeout)
+        self._shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout)
+        launch = build_launch_spec(adapter, adapter_args, worker_env)
+        self._counters = Counters()
+        self._dispatcher = Dispatcher(max_queue, self._counters)
+        self._supervisor = Supervisor(
+            self._dispatcher,
+            launch,
+            self._counters,
+            size=size,
+            start_timeout=_positive("start_timeout", start_timeout),
+            cancel_grace=_positive("cancel_grace", cancel_grace),
+            kill_grace=1.0,
+        )
+        self._dispatcher.supervisor = self._supervisor
+        self._tools: dict[str, ToolSpec] = {}
+        self._ids = itertools.count(1)
+        self._state_lock = threading.Lock()
+        self._state = "new"
+        self._finalizer = weakref.finalize(self, _shutdown, self._dispatcher, self._supervisor, shutdown_timeout)
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> Pool:
+        """Start every worker in parallel; return once all are ready (or raise why not)."""
+        with self._state_lock:
+            if self._state != "new":
+                raise errors.validation(Reason.INVALID_CONFIG, f"a pool starts once (it is {self._state})")
+            self._state = "starting"
+        self._dispatcher.open()
+        try:
+            self._supervisor.start()
+        except BaseException:
+            self.close()
+            raise
+        self._tools = {spec.name: spec for spec in self._supervisor.tools or ()}
+        with self._state_lock:
+            if self._state == "starting":
+                self._state = "running"
+        return self
+
+    def close(self) -> None:
+        """Refuse new calls, cancel running ones, run ``cleanup()`` in every worker, reap them all."""
+        with self._state_lock:
+            if self._state == "closed":
+                return
+            self._state = "closed"
+        self._finalizer()
+
+    def __enter__(self) -> Pool:
+        return self.start() if self._state == "new" else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<snakepit.Pool size={self.size} {self._state}>"
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    def execute(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run ``tool`` with ``args`` on a worker and return its result.
+
+        On a streaming tool, returns the list of every chunk's data.
+        """
+        self._counters.bump("requests")
+        try:
+            exchange = self._begin(tool, args, stream=False, timeout=timeout)
+            return run_execute(exchange)
+        except errors.SnakepitError:
+            self._counters.bump("errors")
+            raise
+
+    def execute_stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        callback: Callable[[Any], Any],
+        *,
+        timeout: float | None = None,
+    ) -> StreamResult:
+        """Stream ``tool``'s chunks into ``callback``, in order, in this thread.
+
+        The callback may return :data:`~snakepit.HALT` to end the stream early; an exception it
+        raises ends the stream and propagates unchanged. Either way the tool's generator is
+        closed in the worker before that worker takes another call.
+        """
+        if not callable(callback):
+            raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
+        self._counters.bump("requests")
+        try:
+            exchange = self._begin(tool, args, stream=True, timeout=timeout)
+            return run_stream(exchange, callback)
+        except errors.SnakepitError:
+            self._counters.bump("errors")
+            raise
+
+    def stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Stream:
+        """An iterator over ``tool``'s chunk data, usable as a context manager.
+
+        Leaving the loop early, ``close()``, or dropping the iterator cancels the tool.
+        """
+        self._counters.bump("requests")
+        try:
+            exchange = self._begin(tool, args, stream=True, timeout=timeout)
+        except errors.SnakepitError:
+            self._counters.bump("errors")
+            raise
+        return Stream(exchange, lambda: self._counters.bump("errors"), self)
+
+    def _begin(self, tool: str, args: Mapping[str, Any] | None, *, stream: bool, timeout: float | None) -> Exchange:
+        """Check the call, take a worker, send the call: everything before the first answer."""
+        spec = self._tools.get(tool)
+        if spec is None:
+            if self._dispatcher.closed:
+                raise errors.pool_closed()
+            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}", tool=tool)
+        if stream and not spec.supports_streaming:
+            raise errors.validation(
+                Reason.NOT_STREAMING, f"tool {tool!r} does not support streaming; use execute()", tool=tool
+            )
+        if args is None:
+            args = {}
+        elif type(args) is not dict:
+            if not isinstance(args, Mapping):
+                raise errors.validation(
+                    Reason.INVALID_ARGUMENTS, f"args must be a dict, got {type(args).__name__}", tool=tool
+                )
+            args = dict(args)
+        call_id = next(self._ids)
+        frame = _call_frame(call_id, tool, args, stream)
+        now = time.monotonic()
+        if timeout is None:
+            timeout = self._timeout
+        else:
+            _positive("timeout", timeout)
+        deadline = now + timeout
+        handle = self._dispatcher.checkout(Ticket(), now + self._queue_timeout, deadline)
+        exchange = Exchange(self._dispatcher, handle, call_id, tool, deadline)
+        exchange.send(frame)
+        return exchange
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    def tools(self) -> list[ToolSpec]:
+        """Every tool's spec: name, description, parameters, whether it streams."""
+        return list(self._tools.values())
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and per-worker state, as plain data."""
+        counts = self._counters.snapshot()
+        snapshot = self._dispatcher.snapshot()
+        return {
+            "requests": counts.get("requests", 0),
+            "errors": counts.get("errors", 0),
+            "queued": counts.get("queued", 0),
+            "queue_timeouts": counts.get("queue_timeouts", 0),
+            "timeouts": counts.get("timeouts", 0),
+            "pool_saturated": counts.get("pool_saturated", 0),
+            "restarts": counts.get("restarts", 0),
+            "size": self.size,
+            "workers": snapshot["workers"],
+            "available": snapshot["available"],
+            "busy": snapshot["busy"],
+            "waiting": snapshot["waiting"],
+            "worker_info": snapshot["worker_info"],
+        }
+
+
+def _call_frame(call_id: int, tool: str, args: dict[str, Any], stream: bool) -> bytearray:
+    """The call, encoded before a worker is taken: what cannot be sent fails without one."""
+    try:
+        return protocol.encode_frame(Call(call_id, tool, protocol.encode_value(args, protocol._cloud_dumps), stream))
+    except OverflowError:  # an int beyond 64 bits somewhere: msgpack cannot hold it, pickle can
+        return protocol.encode_frame(Call(call_id, tool, protocol.pickled(args, protocol._cloud_dumps), stream))
+
+
+def _shutdown(dispatcher: Dispatcher, supervisor: Supervisor, timeout: float) -> None:
+    """Close a pool: at ``close()``, when it is garbage collected, or at interpreter exit."""
+    dispatcher.close()
+    supervisor.shutdown(timeout)

@@ -1,0 +1,232 @@
+"""Checkout and check-in: the thread-safe shell around the pure router.
+
+One lock guards the router, the table of live workers and the ``closed`` flag. A call takes a
+``Ticket``; if the router cannot serve it at once, the caller parks on the ticket's waker (a lock
+for threads, a future for asyncio) until a check-in hands it a worker, the router refuses it, or
+its deadline passes. Wake-ups happen outside the lock.
+
+Ownership of a worker's responses pipe moves with the worker: the caller owns it between
+``checkout`` and ``release``/``abandon``/``lost``; the supervisor owns it otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from .. import errors
+from ..affinity import Router, Ticket
+from ..errors import Reason
+from .worker import WorkerHandle, WorkerState
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+_REFUSALS = {
+    Reason.POOL_SATURATED: "the pool queue is full ({limit} requests waiting)",
+    Reason.WORKER_BUSY: "the session's worker is busy (strict_fail_fast)",
+    Reason.SESSION_WORKER_UNAVAILABLE: "the session's worker is gone (died or recycled); the session will re-pin",
+    Reason.POOL_CLOSED: "the pool is not running (not started, or closed)",
+}
+
+
+class Counters:
+    """Monotonic counters, safe to bump from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def bump(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+class Dispatcher:
+    def __init__(self, max_queue: int, counters: Counters) -> None:
+        self.lock = threading.Lock()
+        self.router = Router(max_queue)
+        self.workers: dict[int, WorkerHandle] = {}
+        self.closed = True  # until start()
+        self.counters = counters
+        self.supervisor: Supervisor | None = None
+
+    # -- callers ---------------------------------------------------------------------------------
+
+    def checkout(self, ticket: Ticket, queue_deadline: float, call_deadline: float | None) -> WorkerHandle:
+        """A worker for ``ticket``, waiting FIFO if none is free; raises the refusal otherwise."""
+        with self.lock:
+            handle = self._try_acquire(ticket)
+            if handle is not None:
+                return handle
+            waker = threading.Lock()
+            waker.acquire()
+            ticket.waker = waker.release
+            self.counters.bump("queued")
+        deadline = queue_deadline if call_deadline is None else min(queue_deadline, call_deadline)
+        waker.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            if not ticket.done and self.router.withdraw(ticket):
+                raise self._deadline_error(queue_deadline, call_deadline)
+            return self._claim(ticket)
+
+    def _try_acquire(self, ticket: Ticket) -> WorkerHandle | None:
+        if self.closed:
+            raise errors.pool_closed()
+        self.router.acquire(ticket)
+        if ticket.done:
+            return self._claim(ticket)
+        return None
+
+    def _claim(self, ticket: Ticket) -> WorkerHandle:
+        """The worker a served ticket got (lock held), or the refusal as an error."""
+        if ticket.refused is not None:
+            if ticket.refused == Reason.POOL_SATURATED:
+                self.counters.bump("pool_saturated")
+            raise self._refusal(ticket.refused)
+        handle = self.workers[ticket.worker]  # type: ignore[index]
+        handle.state = WorkerState.BUSY
+        handle.checked_out = True
+        return handle
+
+    def _refusal(self, reason: str) -> errors.SnakepitError:
+        if reason == Reason.POOL_CLOSED:
+            return errors.pool_closed()
+        message = _REFUSALS[reason].format(limit=self.router.max_queue)
+        return errors.pool_error(reason, message)
+
+    def _deadline_error(self, queue_deadline: float, call_deadline: float | None) -> errors.SnakepitError:
+        if call_deadline is not None and call_deadline <= queue_deadline:
+            self.counters.bump("timeouts")
+            return errors.timeout(Reason.TIMEOUT, "the call timed out while waiting for a worker")
+        self.counters.bump("queue_timeouts")
+        return errors.timeout(Reason.QUEUE_TIMEOUT, "no worker became available within queue_timeout")
+
+    def release(self, handle: WorkerHandle) -> None:
+        """The caller is done with a healthy worker (or one that died under it)."""
+        with self.lock:
+            handle.checked_out = False
+            handle.current_call = None
+            handle.current_tool = None
+            if handle.state is WorkerState.DEAD:
+                ticket = None
+                dispose = True
+            else:
+                handle.state = WorkerState.IDLE
+                ticket = self._free(handle)
+                dispose = False
+        if dispose:
+            supervisor = self._supervise()
+            supervisor.submit(supervisor.dispose, handle)
+        elif ticket is not None:
+            _wake(ticket)
+
+    def abandon(self, handle: WorkerHandle, call_id: int) -> None:
+        """The caller gives up on a running call: the worker cancels it and is drained, then freed."""
+        with self.lock:
+            handle.checked_out = False
+            if handle.state is WorkerState.DEAD:
+                dispose = True
+            else:
+                handle.state = WorkerState.DRAINING
+                dispose = False
+        supervisor = self._supervise()
+        if dispose:
+            supervisor.submit(supervisor.dispose, handle)
+        else:
+            supervisor.submit(supervisor.drain, handle, call_id)
+
+    # -- supervisor ------------------------------------------------------------------------------
+
+    def add_worker(self, handle: WorkerHandle) -> None:
+        with self.lock:
+            self.workers[handle.id] = handle
+            handle.state = WorkerState.IDLE
+            ticket = self.router.add(handle.id)
+        if ticket is not None:
+            _wake(ticket)
+
+    def drained(self, handle: WorkerHandle) -> None:
+        """A cancelled call acknowledged: the worker is clean and free again."""
+        with self.lock:
+            if handle.state is not WorkerState.DRAINING:
+                return
+            handle.state = WorkerState.IDLE
+            handle.current_call = None
+            handle.current_tool = None
+            ticket = self._free(handle)
+        if ticket is not None:
+            _wake(ticket)
+
+    def worker_died(self, handle: WorkerHandle) -> bool:
+        """Take a dead worker out of service (any thread, idempotent). True the first time."""
+        with self.lock:
+            if handle.state is WorkerState.DEAD:
+                return False
+            handle.state = WorkerState.DEAD
+            refused = self.router.remove(handle.id)
+            self.workers.pop(handle.id, None)
+        for ticket in refused:
+            _wake(ticket)
+        return True
+
+    def _free(self, handle: WorkerHandle) -> Ticket | None:
+        ticket = self.router.release(handle.id)
+        if ticket is not None:
+            handle.state = WorkerState.BUSY
+            handle.checked_out = True
+        return ticket
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        with self.lock:
+            self.closed = False
+
+    def close(self) -> list[WorkerHandle]:
+        """Refuse new calls and every waiting one; the workers left to shut down."""
+        with self.lock:
+            self.closed = True
+            refused = self.router.refuse_all(Reason.POOL_CLOSED)
+            handles = list(self.workers.values())
+        for ticket in refused:
+            _wake(ticket)
+        return handles
+
+    def _supervise(self) -> Supervisor:
+        assert self.supervisor is not None, "the pool wires its supervisor before starting"
+        return self.supervisor
+
+    # -- observation -----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "workers": len(self.workers),
+                "available": self.router.idle,
+                "busy": self.router.busy,
+                "waiting": self.router.waiting,
+                "worker_info": [_worker_info(h) for h in self.workers.values()],
+            }
+
+
+def _wake(ticket: Ticket) -> None:
+    if ticket.waker is not None:
+        ticket.waker()
+
+
+def _worker_info(handle: WorkerHandle) -> dict[str, Any]:
+    return {
+        "id": handle.id,
+        "pid": handle.pid,
+        "state": handle.state.value,
+        "requests": handle.requests_served,
+        "started_at": handle.started_at,
+        "current_tool": handle.current_tool,
+    }

@@ -1,0 +1,198 @@
+"""The owner's handle on one worker process: its pipes, its process, its state.
+
+A handle is used by one party at a time: the supervisor while the worker starts, idles or drains
+a cancelled call; the calling thread (or event loop) while the worker is checked out. Only that
+party reads the responses pipe, so no lock guards it. Writes to the requests and control pipes
+may come from two parties at once (a call and a shutdown), so each has a lock.
+
+Death is seen two ways, both without polling: end-of-file on the responses pipe and the process's
+pidfd becoming readable (the latter also when a grandchild inherited the pipe).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from typing import Any
+
+import msgspec
+
+from ..protocol import FrameReader, FrameWriter, FromWorker, write_all
+from . import spill
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"  # a cancelled call is finishing; not available until it acknowledges
+    STOPPING = "stopping"
+    DEAD = "dead"
+
+
+class WorkerGone(Exception):
+    """The worker process ended (or closed its end of the pipe)."""
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+class WorkerHandle:
+    def __init__(
+        self,
+        worker_id: int,
+        process: subprocess.Popen[bytes],
+        requests: int,
+        control: int,
+        responses: int,
+        spill_fd: int,
+    ) -> None:
+        self.id = worker_id
+        self.process = process
+        self.pid = process.pid
+        self.requests_fd = requests
+        self.control_fd = control
+        self.responses_fd = responses
+        self.spill_fd = spill_fd
+        self.pidfd = _pidfd_open(process.pid)
+        self.reader = FrameReader(FromWorker)
+        self.state = WorkerState.STARTING
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.requests_served = 0
+        self.current_call: int | None = None
+        self.current_tool: str | None = None
+        self.exit_info: dict[str, Any] | None = None
+        self.checked_out = False  # a caller, not the supervisor, owns the responses pipe
+        self.start_error: tuple[str, str | None] | None = None  # why it never became ready
+        self.watched: dict[int, str] = {}  # fds the supervisor's selector watches, and why
+        self._request_lock = threading.Lock()
+        self._control_lock = threading.Lock()
+        self._control_writer = FrameWriter()
+        self._poller = select.poll()
+        self._poller.register(responses, select.POLLIN)
+        if self.pidfd is not None:
+            self._poller.register(self.pidfd, select.POLLIN)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<worker {self.id} pid={self.pid} {self.state.value}>"
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def send(self, frame: bytes | bytearray) -> None:
+        """Write a frame to the requests pipe; ``WorkerGone`` if the worker has exited."""
+        with self._request_lock:
+            try:
+                write_all(self.requests_fd, frame)
+            except OSError as exc:
+                raise WorkerGone() from exc
+
+    def send_control(self, message: Any) -> bool:
+        """Write to the control pipe; False if the worker has already gone."""
+        with self._control_lock:
+            try:
+                write_all(self.control_fd, self._control_writer.frame(message))
+            except OSError:
+                return False
+        return True
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def receive(self, deadline: float | None) -> list[Any]:
+        """Block until at least one message arrives.
+
+        Raises ``WorkerGone`` at end of file or process exit (after delivering what was already
+        sent) and ``DeadlineExceeded`` when ``deadline`` (monotonic) passes first.
+        """
+        read = self.reader.read
+        fd = self.responses_fd
+        while True:
+            messages = read(fd)
+            if messages:
+                return messages
+            if messages is None:
+                raise WorkerGone()
+            if deadline is None:
+                wait_ms = None
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded()
+                wait_ms = max(1, int(remaining * 1000 + 0.999))
+            events = self._poller.poll(wait_ms)
+            if not events:
+                continue
+            if any(fd_ == self.pidfd for fd_, _ in events) and not any(fd_ == fd for fd_, _ in events):
+                # The process has exited; whatever it wrote before is already readable.
+                messages = read(fd)
+                if messages:
+                    return messages
+                raise WorkerGone()
+
+    # -- process -------------------------------------------------------------------------------
+
+    def signal(self, signum: int) -> None:
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            else:
+                os.kill(self.pid, signum)
+        except (ProcessLookupError, OSError):
+            pass
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def reap(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the process to end; its exit code or the signal that ended it."""
+        if self.exit_info is None:
+            code = self.process.wait(timeout)
+            if code < 0:
+                try:
+                    name = signal.Signals(-code).name
+                except ValueError:
+                    name = f"signal {-code}"
+                self.exit_info = {"exit_code": code, "signal": name}
+            else:
+                self.exit_info = {"exit_code": code}
+        return self.exit_info
+
+    def salvage(self) -> list[Any]:
+        """Messages a dead worker had queued but not yet written (see :mod:`.spill`)."""
+        tail = spill.salvage(self.spill_fd, self.reader.received)
+        try:
+            return self.reader.feed(tail) if tail else []
+        except msgspec.DecodeError:  # torn by the death: keep what arrived through the pipe
+            return []
+
+    def has_exited(self) -> bool:
+        return self.process.poll() is not None
+
+    def close_fds(self) -> None:
+        """Release the pipes; only once nobody can be waiting on them."""
+        if self._closed:
+            return
+        self._closed = True
+        for fd in (self.requests_fd, self.control_fd, self.responses_fd, self.spill_fd, self.pidfd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def _pidfd_open(pid: int) -> int | None:
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return opener(pid)
+    except OSError:  # kernel before 5.3, or the process is already gone
+        return None

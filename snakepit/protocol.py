@@ -1,0 +1,390 @@
+"""The wire between the owner and its workers: typed messages in length-prefixed msgpack frames.
+
+A frame is a 4-byte little-endian payload length followed by one msgpack-encoded message. Messages
+are ``msgspec`` structs encoded as tagged arrays, so the decoder checks their shape and the hot
+path (a ``Chunk``) costs one small array per item.
+
+User values (arguments, results, chunk data) travel as msgpack when msgpack carries them exactly:
+``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes`` and ``list``/``dict`` of those (dict
+keys ``str`` or ``int``). Anything else -- a tuple, a set, a numpy array, a dataclass, a subclass of
+a builtin -- would come back as something else, so it is pickled (protocol 5) and sent as a
+msgpack extension instead: never silently lossy. A value that cannot be pickled either is a
+``serialization_error`` naming its type.
+
+Pipes: ``requests`` (owner -> worker: boot, calls, shutdown) is read by the worker's main thread;
+``control`` (owner -> worker: cancel, ping) by a worker thread so a running tool can be cancelled;
+``responses`` (worker -> owner: ready, results, chunks, stream ends, failures).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from typing import Any, Callable, Union
+
+import msgspec
+from msgspec.msgpack import Ext
+
+from . import errors
+from .adapter import ToolSpec
+from .errors import Reason
+
+__all__ = [
+    "Boot", "Call", "Shutdown", "Cancel", "Ping",
+    "Ready", "StartFailed", "Result", "Chunk", "Chunks", "End", "Failure", "Pong",
+    "encode_value", "decode_value", "encode_frame", "FrameWriter", "FrameReader",
+]
+
+PICKLE_EXT = 1
+HEADER = struct.Struct("<I")
+MAX_FRAME = (1 << 32) - 1
+
+
+class _Msg(msgspec.Struct, array_like=True, tag_field="t", omit_defaults=False):
+    pass
+
+
+# owner -> worker, requests pipe
+
+
+class Boot(_Msg, tag=1):
+    """First frame a worker reads: where to run and what to host."""
+
+    worker_id: int
+    sys_path: list[str]
+    cwd: str
+    adapter: Any  # "module:Class", or an Ext holding the cloudpickled class
+    adapter_args: Any
+
+
+class Call(_Msg, tag=2):
+    id: int
+    tool: str
+    args: Any
+    stream: bool
+
+
+class Shutdown(_Msg, tag=3):
+    pass
+
+
+# owner -> worker, control pipe
+
+
+class Cancel(_Msg, tag=4):
+    id: int
+
+
+class Ping(_Msg, tag=5):
+    seq: int
+
+
+# worker -> owner, responses pipe
+
+
+class Ready(_Msg, tag=10):
+    pid: int
+    tools: list[ToolSpec]
+
+
+class StartFailed(_Msg, tag=11):
+    message: str
+    traceback: str
+
+
+class Result(_Msg, tag=12):
+    id: int
+    value: Any
+
+
+class Chunk(_Msg, tag=13):
+    id: int
+    data: Any
+    final: bool = False
+    metadata: Any = None
+
+
+class Chunks(_Msg, tag=17):
+    """Consecutive plain items of one stream, queued during a burst and sent as one frame."""
+
+    id: int
+    items: list[Any]
+
+
+class End(_Msg, tag=14):
+    """A stream is over: the generator finished, yielded its final chunk, or was cancelled."""
+
+    id: int
+    cancelled: bool = False
+
+
+class Failure(_Msg, tag=15):
+    id: int
+    category: str
+    reason: str
+    message: str
+    details: dict[str, Any]
+    traceback: Union[str, None] = None
+
+
+class Pong(_Msg, tag=16):
+    seq: int
+
+
+ToWorker = Union[Boot, Call, Shutdown, Cancel, Ping]
+FromWorker = Union[Ready, StartFailed, Result, Chunk, Chunks, End, Failure, Pong]
+
+TERMINAL = (Result, End, Failure)
+
+
+def failure(call_id: int, error: errors.SnakepitError) -> Failure:
+    return Failure(call_id, error.category, error.reason, error.message, error.details, error.traceback)
+
+
+def raise_failure(msg: Failure) -> None:
+    raise errors.build_error(msg.category, msg.reason, msg.message, msg.details, msg.traceback)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _plain(value: Any, _scalars: frozenset = _SCALARS, type: type = type, str: type = str, int: type = int) -> bool:
+    """True when msgpack round-trips ``value`` exactly (same types, same structure).
+
+    On the hot path of every chunk: builtins are bound as defaults to skip global look-ups.
+    """
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str and type(key) is not int:
+                return False
+            if type(item) not in _scalars and not _plain(item):
+                return False
+        return True
+    if kind is list:
+        for item in value:
+            if type(item) not in _scalars and not _plain(item):
+                return False
+        return True
+    return kind in _scalars
+
+
+def _fast_dumps(value: Any) -> bytes:
+    """Pickle with the C pickler; fall back to cloudpickle for what it cannot reference by name."""
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        return _cloud_dumps(value)
+
+
+def _cloud_dumps(value: Any) -> bytes:
+    import cloudpickle
+
+    return cloudpickle.dumps(value, protocol=5)
+
+
+def pickled(value: Any, dumps: Callable[[Any], bytes] = _fast_dumps) -> Ext:
+    """``value`` as a pickle extension, or a ``serialization_error`` naming what failed."""
+    try:
+        return Ext(PICKLE_EXT, dumps(value))
+    except Exception as exc:
+        raise _unserializable(value, exc) from None
+
+
+def encode_value(value: Any, dumps: Callable[[Any], bytes] = _fast_dumps) -> Any:
+    """``value`` itself when msgpack carries it exactly, else a pickle extension."""
+    if type(value) in _SCALARS or _plain(value):
+        return value
+    return pickled(value, dumps)
+
+
+def decode_value(value: Any) -> Any:
+    if type(value) is Ext:
+        if value.code != PICKLE_EXT:
+            raise errors.validation(Reason.SERIALIZATION_ERROR, f"unknown value extension {value.code}")
+        try:
+            return pickle.loads(value.data)
+        except Exception as exc:
+            raise errors.validation(
+                Reason.SERIALIZATION_ERROR,
+                f"cannot deserialize value: {type(exc).__name__}: {exc}",
+            ) from None
+    return value
+
+
+def _unserializable(value: Any, exc: BaseException) -> errors.ValidationError:
+    path, culprit = _find_culprit(value, "$")
+    where = "" if path == "$" else f" at {path}"
+    return errors.validation(
+        Reason.SERIALIZATION_ERROR,
+        f"cannot serialize value of type {_type_label(culprit)}{where}: {exc}",
+        type=_type_label(culprit),
+        path=path,
+    )
+
+
+def _type_label(value: Any) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _find_culprit(value: Any, path: str, depth: int = 0) -> tuple[str, Any]:
+    """The innermost element of a container that fails to pickle, to name it in the error."""
+    if depth < 32 and type(value) in (dict, list, tuple, set, frozenset):
+        items = value.items() if type(value) is dict else enumerate(value)
+        for key, item in items:
+            try:
+                _fast_dumps(item)
+            except Exception:
+                return _find_culprit(item, f"{path}[{key!r}]", depth + 1)
+    return path, value
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+
+_ENCODER = msgspec.msgpack.Encoder()  # msgspec encoders are thread-safe
+
+
+def _frame_into(message: msgspec.Struct, buffer: bytearray) -> bytearray:
+    _ENCODER.encode_into(message, buffer, HEADER.size)
+    size = len(buffer) - HEADER.size
+    if size > MAX_FRAME:
+        raise errors.validation(Reason.SERIALIZATION_ERROR, f"message of {size} bytes exceeds the 4 GiB frame limit")
+    HEADER.pack_into(buffer, 0, size)
+    return buffer
+
+
+def encode_frame(message: msgspec.Struct) -> bytearray:
+    """The message as a frame of its own."""
+    return _frame_into(message, bytearray(HEADER.size))
+
+
+class FrameWriter:
+    """Encodes messages into frames reusing one buffer, for a writer that sends one at a time."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray(64)
+
+    def frame(self, message: msgspec.Struct) -> bytearray:
+        """The message as a frame. The returned buffer is reused by the next call."""
+        return _frame_into(message, self._buffer)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Blocking write of every byte (a pipe write may be partial if interrupted)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+_READ_SIZE = 1 << 20
+
+
+class FrameReader:
+    """Splits bytes read from a non-blocking pipe into decoded messages.
+
+    Small frames are cut from each read; a frame larger than one read is received straight into a
+    buffer of its final size, so a 100 MB result is copied once, not re-joined per read.
+    """
+
+    __slots__ = ("_decoder", "_rest", "_big", "_big_filled", "received")
+
+    def __init__(self, message_type: Any) -> None:
+        self.received = 0  # bytes read from the pipe so far
+        self._decoder = msgspec.msgpack.Decoder(message_type)
+        self._rest = b""
+        self._big: bytearray | None = None
+        self._big_filled = 0
+
+    def read(self, fd: int) -> list[Any] | None:
+        """Messages that are available now (maybe none); ``None`` once the writer has gone."""
+        try:
+            if self._big is not None:
+                return self._read_big(fd)
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return []
+        if not data:
+            return None
+        self.received += len(data)
+        return self.feed(data)
+
+    def feed(self, data: bytes) -> list[Any]:
+        if self._rest:
+            data = self._rest + data
+        decode = self._decoder.decode
+        unpack = HEADER.unpack_from
+        view = memoryview(data)
+        end = len(data)
+        pos = 0
+        out = []
+        while end - pos >= 4:
+            size = unpack(data, pos)[0]
+            stop = pos + 4 + size
+            if stop > end:
+                if size > _READ_SIZE:
+                    self._start_big(view[pos + 4 :], size)
+                    self._rest = b""
+                    return out
+                break
+            out.append(decode(view[pos + 4 : stop]))
+            pos = stop
+        self._rest = data[pos:] if pos < end else b""
+        return out
+
+    def _start_big(self, head: memoryview, size: int) -> None:
+        self._big = bytearray(size)
+        self._big[: len(head)] = head
+        self._big_filled = len(head)
+
+    def _read_big(self, fd: int) -> list[Any] | None:
+        big = self._big
+        assert big is not None
+        received = os.readv(fd, [memoryview(big)[self._big_filled :]])
+        if received == 0:
+            return None
+        self.received += received
+        self._big_filled += received
+        if self._big_filled < len(big):
+            return []
+        self._big = None
+        return [self._decoder.decode(big)]
+
+    def read_blocking(self, fd: int) -> Any | None:
+        """One message from a blocking pipe (the worker's side); ``None`` at end of file."""
+        header = _read_exact(fd, HEADER.size)
+        if header is None:
+            return None
+        payload = _read_exact(fd, HEADER.unpack(header)[0])
+        if payload is None:
+            return None
+        return self._decoder.decode(payload)
+
+
+def _read_exact(fd: int, size: int) -> bytes | bytearray | None:
+    if size == 0:
+        return b""
+    first = os.read(fd, size)
+    if len(first) == size:
+        return first
+    if not first:
+        return None
+    buffer = bytearray(size)
+    buffer[: len(first)] = first
+    filled = len(first)
+    view = memoryview(buffer)
+    while filled < size:
+        received = os.readv(fd, [view[filled:]])
+        if received == 0:
+            return None
+        filled += received
+    return buffer

@@ -1,0 +1,207 @@
+"""Adapters and utilities the tests share. Importable by name, so workers load it by path."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from snakepit import BaseAdapter, StreamChunk, tool
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+class Unpicklable:
+    """Pickles in the worker but refuses to load in the owner."""
+
+    def __reduce__(self):
+        return (_refuse, ())
+
+
+def _refuse():
+    raise RuntimeError("this object refuses to be unpickled")
+
+
+class Toolbox(BaseAdapter):
+    """A bit of everything, for exercising the pool against real workers."""
+
+    def __init__(self, greeting: str = "hello") -> None:
+        self.greeting = greeting
+        self.initialized = 0
+        self.closed_streams = 0
+        self.calls = 0
+
+    def initialize(self) -> None:
+        self.initialized += 1
+
+    def cleanup(self) -> None:
+        marker = os.environ.get("SNAKEPIT_TEST_CLEANUP_FILE")
+        if marker:
+            with open(marker, "a") as f:
+                f.write(f"{os.getpid()}\n")
+
+    @tool
+    def add(self, a: int, b: int = 1) -> int:
+        """Add two integers.
+
+        The second paragraph is not part of the description.
+        """
+        return a + b
+
+    @tool(description="echo the value back", name="echo")
+    def echo_value(self, value: Any = None) -> Any:
+        return value
+
+    @tool
+    def state(self) -> dict:
+        self.calls += 1
+        return {
+            "pid": os.getpid(),
+            "initialized": self.initialized,
+            "closed_streams": self.closed_streams,
+            "calls": self.calls,
+            "greeting": self.greeting,
+            "cwd": os.getcwd(),
+            "sys_path": list(sys.path),
+            "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "SNAKEPIT_TEST_VAR")},
+        }
+
+    @tool
+    def point(self, x: int, y: int) -> Point:
+        return Point(x, y)
+
+    @tool
+    def pair(self, p: tuple[int, int], scale: float = 1.0) -> tuple:
+        return (p[0] * scale, p[1] * scale)
+
+    @tool
+    def kinds(self, value: Any) -> str:
+        return type(value).__name__
+
+    @tool
+    def sleep(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    @tool
+    def fail(self, message: str = "boom") -> None:
+        raise ValueError(message)
+
+    @tool
+    def unserializable_result(self) -> Any:
+        import threading
+
+        return {"lock": threading.Lock()}
+
+    @tool
+    def unloadable_result(self) -> Any:
+        return Unpicklable()
+
+    @tool
+    def crash(self, code: int = 7) -> None:
+        os._exit(code)
+
+    @tool
+    def segfault(self) -> None:
+        ctypes.string_at(0)
+
+    @tool
+    def kill_self(self, signum: int = signal.SIGKILL) -> None:
+        os.kill(os.getpid(), signum)
+
+    @tool
+    def count(self, n: int, delay: float = 0.0):
+        for i in range(n):
+            if delay:
+                time.sleep(delay)
+            yield {"number": i, "is_last": i == n - 1}
+
+    @tool
+    def guarded(self, n: int = 1_000_000, delay: float = 0.0):
+        """Counts streams whose generator was closed (its finally ran)."""
+        try:
+            for i in range(n):
+                if delay:
+                    time.sleep(delay)
+                yield i
+        finally:
+            self.closed_streams += 1
+
+    @tool
+    def with_final(self, n: int = 3, extra_after_final: bool = True):
+        for i in range(n):
+            yield StreamChunk(data={"i": i}, metadata={"seq": i})
+        yield StreamChunk(data={"done": True}, is_final=True, metadata={"total": n})
+        if extra_after_final:
+            yield {"never": "delivered"}
+
+    @tool
+    def yield_then_work(self, seconds: float = 2.0):
+        yield {"stage": "first"}
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:  # CPU-bound: holds the GIL
+            pass
+        yield {"stage": "second"}
+
+    @tool
+    def stream_then_fail(self, n: int = 3):
+        for i in range(n):
+            yield i
+        raise RuntimeError(f"failed after {n}")
+
+    @tool
+    def stream_then_crash(self, n: int = 3):
+        for i in range(n):
+            yield i
+        import sys as _sys
+
+        _sys.stdout.flush()
+        os._exit(9)
+
+    @tool
+    def stream_values(self, values: list) -> Any:
+        yield from values
+
+    @tool(supports_streaming=True)
+    def iterable(self, n: int = 3):
+        return iter(range(n))
+
+    @tool(supports_streaming=False)
+    def not_a_stream(self, n: int = 3):
+        yield from range(n)
+
+    @tool
+    def reuse_dict(self, n: int = 5):
+        d = {"i": 0}
+        for i in range(n):
+            d["i"] = i
+            yield d
+
+    @tool
+    def big(self, size: int) -> bytes:
+        return b"x" * size
+
+    @tool
+    def huge_int(self) -> int:
+        return 2**100
+
+    @tool
+    def kwargs(self, a: int, **rest: Any) -> dict:
+        return {"a": a, **rest}
+
+
+class FailingInit(BaseAdapter):
+    def initialize(self) -> None:
+        raise RuntimeError("cannot load the model")
+
+    @tool
+    def noop(self) -> None:
+        return None

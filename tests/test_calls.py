@@ -1,0 +1,312 @@
+"""Calls against real workers: execute, execute_stream, stream, and their errors."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+
+import pytest
+from helpers import Point
+
+from snakepit import HALT, SnakepitError, StreamResult
+
+
+def test_execute_returns_result(pool):
+    assert pool.execute("add", {"a": 1, "b": 2}) == 3
+    assert pool.execute("add", {"a": 41}) == 42
+
+
+def test_tool_name_and_description_options(pool):
+    assert pool.execute("echo", {"value": [1, {"a": None}]}) == [1, {"a": None}]
+
+
+def test_values_that_msgpack_would_change_round_trip_exactly(pool):
+    for value in [(1, 2), {1, 2}, frozenset({3}), b"bytes", bytearray(b"ba"), 2**100, {(1, 2): "tuple key"}, Point(1, 2), 1.5, None]:
+        back = pool.execute("echo", {"value": value})
+        assert back == value and type(back) is type(value), value
+
+
+def test_custom_object_results_are_pickled_back(pool):
+    assert pool.execute("point", {"x": 1, "y": 2}) == Point(1, 2)
+    assert pool.execute("huge_int") == 2**100
+
+
+def test_arguments_are_converted_to_annotated_types(pool):
+    assert pool.execute("pair", {"p": [2, 3], "scale": 2}) == (4.0, 6.0)
+    assert pool.execute("kinds", {"value": (1,)}) == "tuple"
+
+
+def test_var_keyword_tools_accept_extra_arguments(pool):
+    assert pool.execute("kwargs", {"a": 1, "b": 2, "c": [3]}) == {"a": 1, "b": 2, "c": [3]}
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ({}, "missing required parameter `a`"),
+        ({"a": "x"}, "parameter `a`"),
+        ({"a": 1, "c": 3}, "unknown parameter `c`"),
+        ({"a": True}, "parameter `a`"),
+    ],
+)
+def test_invalid_arguments_name_the_parameter(pool, args, fragment):
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("add", args)
+    assert (info.value.category, info.value.reason) == ("validation", "invalid_arguments")
+    assert fragment in info.value.message
+    assert info.value.details["reason"] == "invalid_arguments"
+
+
+def test_args_must_be_a_mapping(pool):
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("add", [1, 2])
+    assert info.value.reason == "invalid_arguments"
+
+
+def test_unknown_tool(pool):
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("nope")
+    assert (info.value.category, info.value.reason) == ("validation", "tool_not_found")
+
+
+def test_tool_exception_carries_worker_traceback(pool):
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("fail", {"message": "bad input"})
+    err = info.value
+    assert (err.category, err.reason) == ("python_error", "tool_exception")
+    assert err.details["type"] == "ValueError" and err.details["message"] == "bad input"
+    assert "raise ValueError(message)" in err.traceback and "helpers.py" in err.traceback
+    assert "worker_process.py" not in err.traceback
+
+
+def test_unserializable_argument_names_its_type(pool):
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("echo", {"value": {"inner": threading.Lock()}})
+    err = info.value
+    assert (err.category, err.reason) == ("validation", "serialization_error")
+    assert "lock" in err.message and err.details["path"] == "$['value']['inner']"
+
+
+def test_unserializable_result_is_an_error_and_the_worker_survives(pool):
+    pids = {pool.execute("state")["pid"] for _ in range(4)}
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("unserializable_result")
+    assert info.value.reason == "serialization_error" and "lock" in info.value.message
+    assert {pool.execute("state")["pid"] for _ in range(4)} == pids
+
+
+def test_result_that_cannot_be_loaded_in_the_owner(pool):
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("unloadable_result")
+    assert info.value.reason == "serialization_error"
+    assert "refuses to be unpickled" in info.value.message
+    assert pool.execute("add", {"a": 1}) == 2
+
+
+def test_large_values_travel_both_ways(pool):
+    payload = b"y" * (30 << 20)
+    assert pool.execute("echo", {"value": payload}) == payload
+    assert len(pool.execute("big", {"size": 50 << 20})) == 50 << 20
+
+
+# -- streams ----------------------------------------------------------------------------------
+
+
+def test_execute_stream_delivers_chunks_in_order(pool):
+    seen = []
+    result = pool.execute_stream("count", {"n": 5}, seen.append)
+    assert [c["number"] for c in seen] == [0, 1, 2, 3, 4]
+    assert isinstance(result, StreamResult)
+    assert result.chunks == 5 and result.synthetic_final and not result.halted
+    assert result.worker_id in {w["id"] for w in pool.stats()["worker_info"]}
+    assert result.execution_time_ms > 0
+
+
+def test_many_chunks_arrive_complete_and_ordered(pool):
+    numbers = []
+    result = pool.execute_stream("count", {"n": 100_000}, lambda c: numbers.append(c["number"]))
+    assert result.chunks == 100_000 and numbers == list(range(100_000))
+
+
+def test_mutated_and_reyielded_dict_is_captured_at_each_yield(pool):
+    assert [c["i"] for c in pool.stream("reuse_dict", {"n": 5})] == [0, 1, 2, 3, 4]
+
+
+def test_stream_chunk_final_and_metadata(pool):
+    seen = []
+    result = pool.execute_stream("with_final", {"n": 2}, seen.append)
+    assert seen == [{"i": 0}, {"i": 1}, {"done": True}]
+    assert result.chunks == 3 and not result.synthetic_final
+    assert result.metadata == {"total": 2}
+
+
+def test_execute_on_a_streaming_tool_returns_all_chunks(pool):
+    assert pool.execute("count", {"n": 3}) == [
+        {"number": 0, "is_last": False},
+        {"number": 1, "is_last": False},
+        {"number": 2, "is_last": True},
+    ]
+    assert pool.execute("with_final", {"n": 1}) == [{"i": 0}, {"done": True}]
+
+
+def test_iterable_returning_tool_streams(pool):
+    assert list(pool.stream("iterable", {"n": 4})) == [0, 1, 2, 3]
+
+
+def test_stream_on_non_streaming_tool(pool):
+    for call in (
+        lambda: pool.execute_stream("add", {"a": 1}, print),
+        lambda: pool.stream("add", {"a": 1}),
+        lambda: pool.stream("not_a_stream"),
+    ):
+        with pytest.raises(SnakepitError) as info:
+            call()
+        assert (info.value.category, info.value.reason) == ("validation", "not_streaming")
+    assert pool.execute("not_a_stream", {"n": 2}) == [0, 1]
+
+
+def test_non_plain_chunks_round_trip(pool):
+    values = [(1, 2), {3}, Point(0, 1), b"raw", {"nested": (1, [2, (3,)])}]
+    assert list(pool.stream("stream_values", {"values": values})) == values
+
+
+def _closed_streams(pool, worker_id: int) -> int:
+    """The guarded generator's close count in one worker (drains others' calls by asking all)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = pool.execute("state")
+        if state["pid"] == worker_id:
+            return state["closed_streams"]
+    raise AssertionError("worker not reached")
+
+
+def test_halt_ends_stream_and_closes_generator_before_next_call(single_pool):
+    before = single_pool.execute("state")["closed_streams"]
+    seen = []
+
+    def take_three(chunk):
+        seen.append(chunk)
+        return HALT if len(seen) == 3 else None
+
+    result = single_pool.execute_stream("guarded", {}, take_three)
+    assert seen == [0, 1, 2]
+    assert result.halted and result.chunks == 3 and result.synthetic_final
+    # One worker: the next call runs only after the generator's finally has run.
+    assert single_pool.execute("state")["closed_streams"] == before + 1
+
+
+def test_callback_exception_propagates_unchanged_and_cancels(single_pool):
+    before = single_pool.execute("state")["closed_streams"]
+
+    class Stop(Exception):
+        pass
+
+    def explode(chunk):
+        if chunk == 2:
+            raise Stop("from the callback")
+
+    with pytest.raises(Stop, match="from the callback"):
+        single_pool.execute_stream("guarded", {}, explode)
+    assert single_pool.execute("state")["closed_streams"] == before + 1
+
+
+def test_iterator_early_exit_cancels(single_pool):
+    before = single_pool.execute("state")["closed_streams"]
+    with single_pool.stream("guarded") as chunks:
+        for chunk in chunks:
+            if chunk == 5:
+                break
+    assert chunks.result is None
+    assert single_pool.execute("state")["closed_streams"] == before + 1
+
+
+def test_iterator_close_and_garbage_collection_cancel(single_pool):
+    before = single_pool.execute("state")["closed_streams"]
+    stream = single_pool.stream("guarded")
+    assert next(stream) == 0
+    stream.close()
+    stream = single_pool.stream("guarded")
+    assert next(stream) == 0
+    del stream
+    gc.collect()
+    assert single_pool.execute("state")["closed_streams"] == before + 2
+
+
+def test_exhausted_iterator_has_result(pool):
+    with pool.stream("count", {"n": 3}) as chunks:
+        assert [c["number"] for c in chunks] == [0, 1, 2]
+    assert chunks.result.chunks == 3 and not chunks.result.halted
+
+
+def test_cancelling_a_slow_generator_waits_for_it_off_the_callers_thread(single_pool):
+    """HALT returns at once even while the generator is between yields."""
+    before = single_pool.execute("state")["closed_streams"]
+    started = time.monotonic()
+    result = single_pool.execute_stream("guarded", {"delay": 0.3}, lambda c: HALT)
+    assert time.monotonic() - started < 0.6  # one delay for the first chunk, none for the cancel
+    assert result.halted
+    assert single_pool.execute("state")["closed_streams"] == before + 1
+
+
+def test_chunks_arrive_as_produced(pool):
+    """A chunk followed by two seconds of CPU-bound work arrives before that work ends."""
+    arrivals = []
+    started = time.monotonic()
+    pool.execute_stream("yield_then_work", {"seconds": 2.0}, lambda c: arrivals.append(time.monotonic() - started))
+    assert len(arrivals) == 2
+    assert arrivals[0] < 1.0 and arrivals[1] >= 2.0
+
+
+def test_chunks_of_a_fast_burst_followed_by_work_arrive_before_the_work_ends(pool):
+    arrivals = []
+    started = time.monotonic()
+    for chunk in pool.stream("stream_values", {"values": list(range(50))}):
+        arrivals.append(time.monotonic() - started)
+    assert len(arrivals) == 50 and arrivals[-1] < 1.0
+
+
+def test_stream_failure_after_chunks(pool):
+    seen = []
+    with pytest.raises(SnakepitError) as info:
+        pool.execute_stream("stream_then_fail", {"n": 3}, seen.append)
+    assert seen == [0, 1, 2]
+    assert info.value.reason == "tool_exception" and "failed after 3" in info.value.message
+    with pytest.raises(SnakepitError):
+        list(pool.stream("stream_then_fail", {"n": 2}))
+
+
+def test_callback_must_be_callable(pool):
+    with pytest.raises(SnakepitError) as info:
+        pool.execute_stream("count", {"n": 1}, None)
+    assert info.value.reason == "invalid_arguments"
+
+
+def test_many_threads_share_one_pool(pool):
+    errors: list[BaseException] = []
+    results: dict[int, int] = {}
+
+    def caller(i: int) -> None:
+        try:
+            results[i] = pool.execute("add", {"a": i, "b": i})
+            got = [c["number"] for c in pool.stream("count", {"n": 20})]
+            assert got == list(range(20))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert results == {i: 2 * i for i in range(16)}
+
+
+def test_timeout_on_a_plain_call(pool):
+    started = time.monotonic()
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("sleep", {"seconds": 0.5}, timeout=0.1)
+    assert (info.value.category, info.value.reason) == ("timeout", "timeout")
+    assert time.monotonic() - started < 0.4
+    assert pool.execute("add", {"a": 1}) == 2

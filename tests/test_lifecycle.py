@@ -1,0 +1,257 @@
+"""Pool life cycle against real processes: start, close, crashes, replacement, adapters' travel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+from helpers import FailingInit, Toolbox
+
+from snakepit import BaseAdapter, Pool, SnakepitError, tool
+
+
+def _wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def test_calls_before_start_and_after_close_are_pool_closed():
+    pool = Pool(Toolbox, size=1)
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("add", {"a": 1})
+    assert (info.value.category, info.value.reason) == ("pool", "pool_closed")
+    pool.start()
+    assert pool.execute("add", {"a": 1}) == 2
+    pool.close()
+    pool.close()  # idempotent
+    for call in (lambda: pool.execute("add", {"a": 1}), lambda: pool.stream("count", {"n": 1})):
+        with pytest.raises(SnakepitError) as info:
+            call()
+        assert info.value.reason == "pool_closed"
+
+
+def test_start_runs_workers_in_parallel_and_initialize_once(tmp_path):
+    started = time.monotonic()
+    with Pool(Toolbox, size=3) as pool:
+        elapsed = time.monotonic() - started
+        assert pool.stats()["workers"] == 3
+        states = [pool.execute("state") for _ in range(9)]
+    assert {s["initialized"] for s in states} == {1}
+    assert len({s["pid"] for s in states}) == 3
+    assert elapsed < 10
+
+
+def test_close_runs_cleanup_in_every_worker_and_reaps_them(tmp_path, monkeypatch):
+    marker = tmp_path / "cleanup.txt"
+    monkeypatch.setenv("SNAKEPIT_TEST_CLEANUP_FILE", str(marker))
+    pool = Pool(Toolbox, size=2).start()
+    pids = {w["pid"] for w in pool.stats()["worker_info"]}
+    pool.close()
+    assert {int(line) for line in marker.read_text().split()} == pids
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+def test_failing_initialize_fails_start_with_the_worker_traceback():
+    pool = Pool(FailingInit, size=2)
+    started = time.monotonic()
+    with pytest.raises(SnakepitError) as info:
+        pool.start()
+    assert time.monotonic() - started < 10
+    err = info.value
+    assert (err.category, err.reason) == ("worker", "worker_start_failed")
+    assert "cannot load the model" in err.message
+    assert "RuntimeError" in err.traceback and "initialize" in err.traceback
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("noop")
+    assert info.value.reason == "pool_closed"
+
+
+def test_unimportable_adapter_string_fails_start():
+    with pytest.raises(SnakepitError) as info:
+        Pool("no_such_module_xyz:Adapter", size=1).start()
+    assert info.value.reason == "worker_start_failed" and "no_such_module_xyz" in info.value.message
+
+
+def test_bad_configuration_is_a_validation_error():
+    for kwargs in ({"size": 0}, {"size": "2"}, {"timeout": -1}, {"queue_timeout": 0}, {"max_queue": -1}):
+        with pytest.raises(SnakepitError) as info:
+            Pool(Toolbox, **kwargs)
+        assert (info.value.category, info.value.reason) == ("validation", "invalid_config")
+    with pytest.raises(SnakepitError):
+        Pool("not a path", size=1)
+    with pytest.raises(SnakepitError):
+        Pool(42, size=1)
+
+
+def test_adapter_defined_locally_travels_by_value():
+    class Local(BaseAdapter):
+        def __init__(self, factor: int = 1):
+            self.factor = factor
+
+        @tool
+        def scale(self, x: int) -> int:
+            return x * self.factor
+
+    with Pool(Local, size=1, adapter_args={"factor": 3}) as pool:
+        assert pool.execute("scale", {"x": 5}) == 15
+
+
+def test_adapter_by_import_string_and_constructor_args():
+    with Pool("helpers:Toolbox", size=1, adapter_args={"greeting": "hi"}) as pool:
+        assert pool.execute("state")["greeting"] == "hi"
+
+
+def test_workers_see_owner_path_cwd_and_env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with Pool(Toolbox, size=1, worker_env={"SNAKEPIT_TEST_VAR": "yes", "MKL_NUM_THREADS": "4"}) as pool:
+        state = pool.execute("state")
+    import sys
+
+    assert os.path.realpath(state["cwd"]) == os.path.realpath(str(tmp_path))
+    assert state["sys_path"] == list(sys.path)
+    assert state["env"] == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "4", "SNAKEPIT_TEST_VAR": "yes"}
+
+
+def test_tools_lists_specs_from_introspection(pool):
+    specs = {t.name: t for t in pool.tools()}
+    add = specs["add"]
+    assert add.description == "Add two integers."
+    assert not add.supports_streaming
+    assert [(p.name, p.type, p.required, p.default) for p in add.parameters] == [
+        ("a", "int", True, None),
+        ("b", "int", False, 1),
+    ]
+    assert specs["echo"].description == "echo the value back"
+    assert specs["count"].supports_streaming and specs["iterable"].supports_streaming
+    assert not specs["not_a_stream"].supports_streaming
+
+
+# -- crashes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tool, args, expected",
+    [
+        ("crash", {"code": 7}, {"exit_code": 7}),
+        ("segfault", {}, {"signal": "SIGSEGV"}),
+        ("kill_self", {}, {"signal": "SIGKILL"}),
+    ],
+)
+def test_worker_death_during_a_call(tool, args, expected):
+    with Pool(Toolbox, size=1) as pool:
+        old_pid = pool.execute("state")["pid"]
+        with pytest.raises(SnakepitError) as info:
+            pool.execute(tool, args)
+        err = info.value
+        assert (err.category, err.reason) == ("worker", "worker_crashed")
+        for key, value in expected.items():
+            assert err.details[key] == value
+        # A replacement serves the next call.
+        assert pool.execute("state")["pid"] != old_pid
+        assert pool.stats()["restarts"] == 1
+
+
+def test_worker_death_mid_stream_delivers_earlier_chunks_first():
+    with Pool(Toolbox, size=1) as pool:
+        seen = []
+        with pytest.raises(SnakepitError) as info:
+            pool.execute_stream("stream_then_crash", {"n": 3}, seen.append)
+        assert seen == [0, 1, 2]
+        assert info.value.reason == "worker_crashed" and info.value.details["exit_code"] == 9
+        assert list(pool.stream("count", {"n": 2})) == [
+            {"number": 0, "is_last": False},
+            {"number": 1, "is_last": True},
+        ]
+
+
+def test_worker_killed_from_outside_while_idle_is_replaced():
+    with Pool(Toolbox, size=2) as pool:
+        victim = pool.stats()["worker_info"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        _wait_for(lambda: pool.stats()["restarts"] == 1 and pool.stats()["workers"] == 2)
+        pids = {pool.execute("state")["pid"] for _ in range(6)}
+        assert victim not in pids
+
+
+def test_worker_killed_from_outside_mid_stream():
+    with Pool(Toolbox, size=1) as pool:
+        stream = pool.stream("guarded", {"delay": 0.01})
+        assert next(stream) == 0
+        os.kill(stream.worker_id and pool.stats()["worker_info"][0]["pid"], signal.SIGKILL)
+        with pytest.raises(SnakepitError) as info:
+            for _ in stream:
+                pass
+        assert info.value.reason == "worker_crashed" and info.value.details["signal"] == "SIGKILL"
+
+
+def test_close_while_a_stream_runs_ends_it_with_pool_closed():
+    pool = Pool(Toolbox, size=1).start()
+    outcome: list[BaseException] = []
+    got_first = threading.Event()
+
+    def consume():
+        try:
+            for _ in pool.stream("guarded", {"delay": 0.01}):
+                got_first.set()
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            outcome.append(exc)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    assert got_first.wait(10)
+    pool.close()
+    t.join(10)
+    assert not t.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], SnakepitError)
+    assert outcome[0].reason == "pool_closed"
+
+
+def test_queued_callers_are_served_fifo():
+    with Pool(Toolbox, size=1) as pool:
+        order: list[int] = []
+        lock = threading.Lock()
+        blocker = threading.Thread(target=pool.execute, args=("sleep", {"seconds": 0.3}))
+        blocker.start()
+        _wait_for(lambda: pool.stats()["busy"] == 1)
+
+        def caller(i):
+            pool.execute("add", {"a": i})
+            with lock:
+                order.append(i)
+
+        threads = []
+        for i in range(5):
+            t = threading.Thread(target=caller, args=(i,))
+            t.start()
+            threads.append(t)
+            _wait_for(lambda i=i: pool.stats()["waiting"] == i + 1)
+        blocker.join()
+        for t in threads:
+            t.join(10)
+        assert order == [0, 1, 2, 3, 4]
+
+
+def test_stats_count_requests_and_errors():
+    with Pool(Toolbox, size=1) as pool:
+        pool.execute("add", {"a": 1})
+        list(pool.stream("count", {"n": 2}))
+        with pytest.raises(SnakepitError):
+            pool.execute("fail")
+        with pytest.raises(SnakepitError):
+            pool.execute("missing_tool")
+        stats = pool.stats()
+        assert stats["requests"] == 4 and stats["errors"] == 2
+        assert stats["workers"] == 1 and stats["available"] == 1 and stats["busy"] == 0
+        (info,) = stats["worker_info"]
+        assert info["state"] == "idle" and info["requests"] >= 2 and psutil.pid_exists(info["pid"])
