@@ -7,9 +7,17 @@ import statistics
 from typing import Callable, Sequence
 
 
-def median_of(repeats: int, measure: Callable[[], float]) -> tuple[float, list[float]]:
-    samples = [measure() for _ in range(repeats)]
-    return statistics.median(samples), samples
+def interleaved(repeats: int, contenders: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
+    """Run every contender once per round, ``repeats`` rounds, so noise hits them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, measure in contenders.items():
+            samples[name].append(measure())
+    return samples
+
+
+def medians(samples: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def print_table(title: str, unit: str, rows: Sequence[tuple[str, float]], *, reference: str, higher_is_better: bool = True) -> None:

@@ -26,7 +26,7 @@ import msgspec
 
 from snakepit import BaseAdapter, Pool, tool
 
-from ._harness import emit_json, median_of, print_table
+from ._harness import emit_json, interleaved, medians, print_table
 
 
 class Numbers(BaseAdapter):
@@ -142,18 +142,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", help="also write the results here")
     opts = parser.parse_args(argv)
     n = opts.chunks
-    results: dict[str, float] = {}
-    samples: dict[str, list[float]] = {}
     with Pool(Numbers, size=1) as pool:
-        # Interleave contenders so that noise on this shared machine hits them alike.
-        runs: dict[str, list[float]] = {k: [] for k in ("snakepit execute_stream", "snakepit stream()", "multiprocessing.Pipe", "raw os.pipe + msgpack")}
-        for _ in range(opts.repeats):
-            runs["snakepit execute_stream"].append(bench_snakepit_callback(pool, n))
-            runs["snakepit stream()"].append(bench_snakepit_iterator(pool, n))
-            runs["multiprocessing.Pipe"].append(bench_mp_pipe(n))
-            runs["raw os.pipe + msgpack"].append(bench_raw_pipe(n))
-    for name, values in runs.items():
-        results[name], samples[name] = median_of(1, lambda v=values: sorted(v)[len(v) // 2])[0], values
+        samples = interleaved(
+            opts.repeats,
+            {
+                "snakepit execute_stream": lambda: bench_snakepit_callback(pool, n),
+                "snakepit stream()": lambda: bench_snakepit_iterator(pool, n),
+                "multiprocessing.Pipe": lambda: bench_mp_pipe(n),
+                "raw os.pipe + msgpack": lambda: bench_raw_pipe(n),
+            },
+        )
+    results = medians(samples)
     print_table(
         f"Stream throughput, {n:,} small dict chunks, median of {opts.repeats}",
         "chunks/s",

@@ -13,6 +13,7 @@ its error names the offending parameter.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from msgspec import UNSET, UnsetType
 from . import errors
 from .errors import Reason
 
-__all__ = ["BaseAdapter", "tool", "ToolSpec", "ParameterSpec", "discover_tools", "BoundTool"]
+__all__ = ["BaseAdapter", "tool", "ToolSpec", "ParameterSpec", "discover_tools", "BoundTool", "import_by_path"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -211,6 +212,15 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundT
             f"{spec.name}_args", fields, forbid_unknown_fields=not accepts_extra, kw_only=True
         )
     return BoundTool(spec, func, is_generator, args_type, accepts_extra, tuple(f[0] for f in fields))
+
+
+def import_by_path(path: str) -> Any:
+    """The object at ``"package.module:Qual.name"``."""
+    module_name, _, qualname = path.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
 
 
 def discover_tools(adapter: object) -> dict[str, BoundTool]:

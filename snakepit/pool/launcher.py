@@ -11,7 +11,6 @@ otherwise: a class in ``__main__``, a notebook cell, or a function's local scope
 from __future__ import annotations
 
 import fcntl
-import importlib
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .. import errors, protocol
+from ..adapter import import_by_path
 from ..errors import Reason
 from ..protocol import Boot
 from . import spill
@@ -54,20 +54,17 @@ def adapter_reference(adapter: Any) -> Any:
         raise errors.validation(
             Reason.INVALID_CONFIG, f"adapter must be a class or a 'module:Class' string, got {type(adapter).__name__}"
         )
-    module, qualname = adapter.__module__, adapter.__qualname__
-    if module != "__main__" and "<locals>" not in qualname and _resolves(module, qualname, adapter):
-        return f"{module}:{qualname}"
+    path = f"{adapter.__module__}:{adapter.__qualname__}"
+    if adapter.__module__ != "__main__" and "<locals>" not in path and _resolves(path, adapter):
+        return path
     return protocol.pickled(adapter, protocol._cloud_dumps)
 
 
-def _resolves(module: str, qualname: str, adapter: type) -> bool:
+def _resolves(path: str, adapter: type) -> bool:
     try:
-        target: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            target = getattr(target, part)
+        return import_by_path(path) is adapter
     except Exception:
         return False
-    return target is adapter
 
 
 @dataclass

@@ -12,7 +12,6 @@ SIGINT is ignored: Ctrl-C in a terminal is the owner's to handle; the owner then
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import sys
@@ -21,7 +20,7 @@ import traceback
 from typing import Any
 
 from .. import errors, protocol
-from ..adapter import BoundTool, discover_tools
+from ..adapter import BoundTool, discover_tools, import_by_path
 from ..errors import Reason
 from ..protocol import (
     Boot, Call, Cancel, Chunk, End, Failure, FrameReader, Ping, Ready, Result, Shutdown,
@@ -47,13 +46,7 @@ def _die_with_parent() -> None:
 
 
 def _load_adapter(spec: Any) -> type:
-    if isinstance(spec, str):
-        module_name, _, qualname = spec.partition(":")
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-        return target
-    return decode_value(spec)
+    return import_by_path(spec) if isinstance(spec, str) else decode_value(spec)
 
 
 def _tool_traceback(exc: BaseException) -> str:

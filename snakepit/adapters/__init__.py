@@ -1,0 +1,1 @@
+"""Ready-made adapters. ``showcase`` holds the classic examples used by the demo and the docs."""
