@@ -24,7 +24,7 @@ from typing import Any, Callable
 import msgspec
 
 from ..protocol import HEADER, Chunk, Chunks, FrameWriter
-from .spill import HEADER_SIZE, SpillWriter
+from .spill import SpillWriter
 
 _COALESCE = 50e-6
 
@@ -74,7 +74,7 @@ class Outbox:
         item = bytearray()
         lock = self._lock
         spill = self._spill
-        shared, capacity, publish = spill.map, spill.capacity, spill.publish
+        data_area, header, capacity = spill.data, spill.header, spill.capacity
 
         def send_chunk(data: Any) -> None:
             encode_into(data, item, 0)
@@ -82,12 +82,12 @@ class Outbox:
                 # The hot path of a burst: this stream's batch is open, append the item to it
                 # (SpillWriter.add, inlined).
                 committed = spill.committed
-                if spill.batch_call == call_id and committed + len(item) <= capacity:
-                    end = committed + len(item)
-                    shared[HEADER_SIZE + committed : HEADER_SIZE + end] = item
+                end = committed + len(item)
+                if spill.batch_call == call_id and end <= capacity:
+                    data_area[committed:end] = item
                     spill.committed = end
                     spill.count += 1
-                    publish(end)
+                    header[1] = end
                     return
                 if self._wait_for_room(len(item)):
                     spill.open_batch(call_id, batch_prefix)

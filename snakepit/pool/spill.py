@@ -32,17 +32,15 @@ import mmap
 import os
 import struct
 import tempfile
-from functools import partial
 
 import msgspec
 
 from ..protocol import HEADER as FRAME_HEADER
 
 SIZE = 2 << 20
-_HEADER = struct.Struct("<QQqQ")  # base, committed, batch_at, batch prefix length
+_HEADER = struct.Struct("=QQqQ")  # base, committed, batch_at, prefix length: native, like the views
 HEADER_SIZE = _HEADER.size
-_COMMITTED = struct.Struct("<Q")
-_BATCH = struct.Struct("<qQ")  # batch_at, prefix length
+_BATCH = struct.Struct("=qQ")  # batch_at, prefix length
 _COUNT = struct.Struct(">BI")  # 0xdd + uint32: a msgpack array32 header
 NO_BATCH = -1
 
@@ -68,7 +66,7 @@ def close_batch_in(buffer: bytearray | mmap.mmap, batch_at: int, end: int, count
 class SpillWriter:
     """The worker's view: queue frames and batch items; mark them written."""
 
-    __slots__ = ("map", "capacity", "committed", "count", "batch_at", "batch_call", "batch_prefix_len", "publish")
+    __slots__ = ("map", "data", "capacity", "committed", "count", "batch_at", "batch_call", "batch_prefix_len", "header")
 
     def __init__(self, fd: int) -> None:
         size = os.fstat(fd).st_size
@@ -80,7 +78,10 @@ class SpillWriter:
         self.batch_at = NO_BATCH
         self.batch_call = -1
         self.batch_prefix_len = 0
-        self.publish = partial(_COMMITTED.pack_into, self.map, 8)  # a new ``committed``
+        # Views for the hot path: ``header[1] = n`` publishes ``committed`` with one aligned
+        # 8-byte store; ``data`` is the queue area.
+        self.header = memoryview(self.map)[:HEADER_SIZE].cast("Q")
+        self.data = memoryview(self.map)[HEADER_SIZE:]
 
     def start(self, base: int) -> None:
         """The queue was empty; its first byte will be stream byte ``base``."""
@@ -90,7 +91,7 @@ class SpillWriter:
         """Queue a whole frame (closing the open batch first)."""
         self.close_batch()
         self.put(frame)
-        self.publish(self.committed)
+        self.header[1] = self.committed
 
     def open_batch(self, call_id: int, prefix: bytes) -> None:
         """Start a ``Chunks`` frame for ``call_id``; ``prefix`` ends with an array32 header."""
@@ -101,17 +102,17 @@ class SpillWriter:
         self.count = 0
         self.put(prefix)
         _BATCH.pack_into(self.map, 16, self.batch_at, len(prefix))
-        self.publish(self.committed)
+        self.header[1] = self.committed
 
     def add(self, item: bytes | bytearray) -> None:
         """Append one encoded item to the open batch."""
         self.put(item)
         self.count += 1
-        self.publish(self.committed)
+        self.header[1] = self.committed
 
     def put(self, data: bytes | bytearray | memoryview) -> None:
         end = self.committed + len(data)
-        self.map[HEADER_SIZE + self.committed : HEADER_SIZE + end] = data
+        self.data[self.committed : end] = data
         self.committed = end
 
     def close_batch(self) -> None:
@@ -123,11 +124,11 @@ class SpillWriter:
         _BATCH.pack_into(self.map, 16, NO_BATCH, 0)
 
     def view(self, start: int, end: int) -> memoryview:
-        return memoryview(self.map)[HEADER_SIZE + start : HEADER_SIZE + end]
+        return self.data[start:end]
 
     def clear(self) -> None:
         """Everything queued went into the pipe."""
-        self.publish(0)
+        self.header[1] = 0
         self.committed = 0
 
 
