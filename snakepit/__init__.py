@@ -21,7 +21,7 @@ from .errors import (
     ValidationError,
     WorkerError,
 )
-from .pool import Pool, Stream
+from .pool import Pool, Session, Stream
 from .streaming import HALT, StreamChunk, StreamResult
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Pool",
     "Stream",
+    "Session",
     "BaseAdapter",
     "tool",
     "ToolSpec",

@@ -42,6 +42,7 @@ class Ticket:
     worker: int | None = None  # set when served
     refused: str | None = None  # a Reason when refused
     waiting_for: int | None = None  # the worker a strict_queue ticket waits for
+    session_id: str | None = None  # not used for routing; lets the caller re-pin its session
     waker: Callable[[], Any] | None = field(default=None, repr=False)  # set by whoever waits
 
     @property

@@ -2,5 +2,6 @@
 
 from .calls import Stream
 from .pool import Pool
+from .session import Session
 
-__all__ = ["Pool", "Stream"]
+__all__ = ["Pool", "Stream", "Session"]

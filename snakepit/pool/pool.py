@@ -11,11 +11,13 @@ from typing import Any, Callable, Mapping
 
 from .. import errors, protocol
 from ..adapter import ToolSpec
-from ..affinity import Ticket
+from ..affinity import Affinity, parse_affinity
+from ..affinity.sessions import SessionStore
 from ..errors import Reason
 from ..protocol import Call
 from ..streaming import StreamResult
 from .calls import Exchange, Stream, run_execute, run_stream
+from .session import Session
 from .launcher import build_launch_spec
 from .queue import Counters, Dispatcher
 from .supervisor import Supervisor
@@ -39,10 +41,15 @@ class Pool:
             Importable classes travel by name; others (``__main__``, notebooks, local classes)
             by value with cloudpickle.
         size: number of worker processes; defaults to the number of CPUs available.
+        affinity: what a call with a ``session_id`` does when its worker is busy or gone:
+            ``"hint"`` (run elsewhere), ``"strict_queue"`` (wait for it) or ``"strict_fail_fast"``
+            (fail with ``worker_busy``). Overridable per session and per call.
         adapter_args: keyword arguments for the adapter's constructor (in each worker).
         timeout: default per-call limit in seconds, covering time queued and time running.
         max_queue: how many calls may wait for a worker before ``pool_saturated``.
         queue_timeout: how long a call may wait for a worker before ``queue_timeout``.
+        session_ttl: seconds of inactivity after which a session (and its pin) is forgotten.
+        max_sessions: how many sessions may be open before ``session_quota_exceeded``.
         worker_env: extra environment variables for the workers. BLAS/OpenMP thread counts are
             set to 1 unless this overrides them.
         start_timeout: how long a worker may take to import and ``initialize()``.
@@ -56,10 +63,13 @@ class Pool:
         adapter: type | str,
         *,
         size: int | None = None,
+        affinity: Affinity | str = Affinity.HINT,
         adapter_args: Mapping[str, Any] | None = None,
         timeout: float = 300.0,
         max_queue: int = 1000,
         queue_timeout: float = 10.0,
+        session_ttl: float = 3600.0,
+        max_sessions: int = 10000,
         worker_env: Mapping[str, str] | None = None,
         start_timeout: float = 60.0,
         cancel_grace: float = 5.0,
@@ -71,13 +81,17 @@ class Pool:
             raise errors.validation(Reason.INVALID_CONFIG, f"size must be a positive int, got {size!r}")
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
             raise errors.validation(Reason.INVALID_CONFIG, f"max_queue must be an int >= 0, got {max_queue!r}")
+        if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
+            raise errors.validation(Reason.INVALID_CONFIG, f"max_sessions must be a positive int, got {max_sessions!r}")
+        self.affinity = parse_affinity(affinity, reason=Reason.INVALID_CONFIG)
         self.size = size
         self._timeout = _positive("timeout", timeout)
         self._queue_timeout = _positive("queue_timeout", queue_timeout)
         self._shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout)
         launch = build_launch_spec(adapter, adapter_args, worker_env)
         self._counters = Counters()
-        self._dispatcher = Dispatcher(max_queue, self._counters)
+        sessions = SessionStore(_positive("session_ttl", session_ttl), max_sessions)
+        self._dispatcher = Dispatcher(max_queue, self._counters, sessions, self.affinity)
         self._supervisor = Supervisor(
             self._dispatcher,
             launch,
@@ -138,15 +152,19 @@ class Pool:
         tool: str,
         args: Mapping[str, Any] | None = None,
         *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
         timeout: float | None = None,
     ) -> Any:
         """Run ``tool`` with ``args`` on a worker and return its result.
 
-        On a streaming tool, returns the list of every chunk's data.
+        With a ``session_id`` the call goes to the session's worker as ``affinity`` (or the
+        session's, or the pool's mode) says. On a streaming tool, returns the list of every
+        chunk's data.
         """
         self._counters.bump("requests")
         try:
-            exchange = self._begin(tool, args, stream=False, timeout=timeout)
+            exchange = self._begin(tool, args, False, session_id, affinity, timeout)
             return run_execute(exchange)
         except errors.SnakepitError:
             self._counters.bump("errors")
@@ -158,6 +176,8 @@ class Pool:
         args: Mapping[str, Any] | None,
         callback: Callable[[Any], Any],
         *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
         timeout: float | None = None,
     ) -> StreamResult:
         """Stream ``tool``'s chunks into ``callback``, in order, in this thread.
@@ -170,7 +190,7 @@ class Pool:
             raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
         self._counters.bump("requests")
         try:
-            exchange = self._begin(tool, args, stream=True, timeout=timeout)
+            exchange = self._begin(tool, args, True, session_id, affinity, timeout)
             return run_stream(exchange, callback)
         except errors.SnakepitError:
             self._counters.bump("errors")
@@ -181,6 +201,8 @@ class Pool:
         tool: str,
         args: Mapping[str, Any] | None = None,
         *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
         timeout: float | None = None,
     ) -> Stream:
         """An iterator over ``tool``'s chunk data, usable as a context manager.
@@ -189,13 +211,31 @@ class Pool:
         """
         self._counters.bump("requests")
         try:
-            exchange = self._begin(tool, args, stream=True, timeout=timeout)
+            exchange = self._begin(tool, args, True, session_id, affinity, timeout)
         except errors.SnakepitError:
             self._counters.bump("errors")
             raise
         return Stream(exchange, lambda: self._counters.bump("errors"), self)
 
-    def _begin(self, tool: str, args: Mapping[str, Any] | None, *, stream: bool, timeout: float | None) -> Exchange:
+    def session(self, session_id: str, *, affinity: Affinity | str | None = None) -> Session:
+        """A handle whose calls all carry ``session_id`` (and its ``affinity``, if given).
+
+        Opens the session now, so ``session_quota_exceeded`` surfaces here.
+        """
+        _check_session_id(session_id)
+        mode = None if affinity is None else parse_affinity(affinity)
+        self._dispatcher.open_session(session_id, mode)
+        return Session(self, session_id, mode)
+
+    def _begin(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        stream: bool,
+        session_id: str | None,
+        affinity: Affinity | str | None,
+        timeout: float | None,
+    ) -> Exchange:
         """Check the call, take a worker, send the call: everything before the first answer."""
         spec = self._tools.get(tool)
         if spec is None:
@@ -214,6 +254,9 @@ class Pool:
                     Reason.INVALID_ARGUMENTS, f"args must be a dict, got {type(args).__name__}", tool=tool
                 )
             args = dict(args)
+        if session_id is not None:
+            _check_session_id(session_id)
+        mode = None if affinity is None else parse_affinity(affinity)
         call_id = next(self._ids)
         frame = _call_frame(call_id, tool, args, stream)
         now = time.monotonic()
@@ -222,7 +265,7 @@ class Pool:
         else:
             _positive("timeout", timeout)
         deadline = now + timeout
-        handle = self._dispatcher.checkout(Ticket(), now + self._queue_timeout, deadline)
+        handle = self._dispatcher.checkout(session_id, mode, now + self._queue_timeout, deadline)
         exchange = Exchange(self._dispatcher, handle, call_id, tool, deadline)
         exchange.send(frame)
         return exchange
@@ -245,6 +288,7 @@ class Pool:
             "timeouts": counts.get("timeouts", 0),
             "pool_saturated": counts.get("pool_saturated", 0),
             "restarts": counts.get("restarts", 0),
+            "sessions": snapshot["sessions"],
             "size": self.size,
             "workers": snapshot["workers"],
             "available": snapshot["available"],
@@ -252,6 +296,11 @@ class Pool:
             "waiting": snapshot["waiting"],
             "worker_info": snapshot["worker_info"],
         }
+
+
+def _check_session_id(session_id: Any) -> None:
+    if not isinstance(session_id, str) or not session_id:
+        raise errors.validation(Reason.INVALID_ARGUMENTS, f"session_id must be a non-empty str, got {session_id!r}")
 
 
 def _call_frame(call_id: int, tool: str, args: dict[str, Any], stream: bool) -> bytearray:

@@ -17,7 +17,8 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
-from ..affinity import Router, Ticket
+from ..affinity import Affinity, Router, Ticket
+from ..affinity.sessions import SessionStore
 from ..errors import Reason
 from .worker import WorkerHandle, WorkerState
 
@@ -49,51 +50,119 @@ class Counters:
 
 
 class Dispatcher:
-    def __init__(self, max_queue: int, counters: Counters) -> None:
+    def __init__(self, max_queue: int, counters: Counters, sessions: SessionStore, affinity: Affinity) -> None:
         self.lock = threading.Lock()
         self.router = Router(max_queue)
+        self.sessions = sessions
+        self.affinity = affinity  # the pool's default mode
         self.workers: dict[int, WorkerHandle] = {}
         self.closed = True  # until start()
         self.counters = counters
         self.supervisor: Supervisor | None = None
+        self._sweep_armed = False
 
     # -- callers ---------------------------------------------------------------------------------
 
-    def checkout(self, ticket: Ticket, queue_deadline: float, call_deadline: float | None) -> WorkerHandle:
-        """A worker for ``ticket``, waiting FIFO if none is free; raises the refusal otherwise."""
+    def checkout(
+        self,
+        session_id: str | None,
+        affinity: Affinity | None,
+        queue_deadline: float,
+        call_deadline: float | None,
+    ) -> WorkerHandle:
+        """A worker for this call, waiting FIFO if none may serve it now; raises refusals."""
         with self.lock:
-            handle = self._try_acquire(ticket)
+            if self.closed:
+                raise errors.pool_closed()
+            ticket = self._ticket(session_id, affinity)
+            handle = self._acquire(ticket)
             if handle is not None:
                 return handle
-            waker = threading.Lock()
-            waker.acquire()
-            ticket.waker = waker.release
             self.counters.bump("queued")
+            parked = _park(ticket)
         deadline = queue_deadline if call_deadline is None else min(queue_deadline, call_deadline)
-        waker.acquire(timeout=max(0.0, deadline - time.monotonic()))
-        with self.lock:
-            if not ticket.done and self.router.withdraw(ticket):
-                raise self._deadline_error(queue_deadline, call_deadline)
-            return self._claim(ticket)
+        while True:
+            parked.acquire(timeout=max(0.0, deadline - time.monotonic()))
+            with self.lock:
+                if not ticket.done and self.router.withdraw(ticket):
+                    raise self._deadline_error(queue_deadline, call_deadline)
+                handle = self._claim(ticket)
+                if handle is not None:
+                    return handle
+                # The worker it was handed died before this thread took it: ask again.
+                ticket.worker = None
+                handle = self._acquire(ticket)
+                if handle is not None:
+                    return handle
+                parked = _park(ticket)
 
-    def _try_acquire(self, ticket: Ticket) -> WorkerHandle | None:
-        if self.closed:
-            raise errors.pool_closed()
+    def _ticket(self, session_id: str | None, affinity: Affinity | None) -> Ticket:
+        """The routing request for a call (lock held): its mode and its session's pin."""
+        if session_id is None:
+            return Ticket()
+        session = self.sessions.open(session_id, time.monotonic())
+        self._arm_sweep()
+        mode = affinity or session.affinity or self.affinity
+        return Ticket(affinity=mode, pinned=session.worker, session_id=session_id)
+
+    def _acquire(self, ticket: Ticket) -> WorkerHandle | None:
+        """Serve ``ticket`` now, raise its refusal, or park it (``None``); lock held."""
         self.router.acquire(ticket)
-        if ticket.done:
-            return self._claim(ticket)
-        return None
+        # Router and worker table change together under this lock, so a worker served here exists.
+        return self._claim(ticket) if ticket.done else None
 
-    def _claim(self, ticket: Ticket) -> WorkerHandle:
-        """The worker a served ticket got (lock held), or the refusal as an error."""
+    def _claim(self, ticket: Ticket) -> WorkerHandle | None:
+        """The worker a served ticket got (lock held), or the refusal as an error.
+
+        Pins the ticket's session to that worker; a refusal for a vanished worker drops the pin.
+        """
+        session = self.sessions.get(ticket.session_id) if ticket.session_id is not None else None
         if ticket.refused is not None:
             if ticket.refused == Reason.POOL_SATURATED:
                 self.counters.bump("pool_saturated")
+            elif ticket.refused == Reason.SESSION_WORKER_UNAVAILABLE and session is not None:
+                session.worker = None
             raise self._refusal(ticket.refused)
-        handle = self.workers[ticket.worker]  # type: ignore[index]
+        handle = self.workers.get(ticket.worker)  # type: ignore[arg-type]
+        if handle is None:
+            return None
         handle.state = WorkerState.BUSY
         handle.checked_out = True
+        if session is not None:
+            session.worker = handle.id
+            session.calls += 1
         return handle
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def open_session(self, session_id: str, affinity: Affinity | None) -> None:
+        with self.lock:
+            self.sessions.open(session_id, time.monotonic(), affinity)
+            self._arm_sweep()
+
+    def close_session(self, session_id: str) -> bool:
+        with self.lock:
+            return self.sessions.close(session_id)
+
+    def session_worker(self, session_id: str) -> int | None:
+        with self.lock:
+            session = self.sessions.get(session_id)
+            return None if session is None else session.worker
+
+    def _arm_sweep(self) -> None:
+        """One timer for the next session expiry (lock held); it re-arms itself while needed."""
+        if self._sweep_armed or self.supervisor is None:
+            return
+        expiry = self.sessions.next_expiry()
+        if expiry is not None:
+            self._sweep_armed = True
+            self.supervisor.call_later(max(0.0, expiry - time.monotonic()), self._sweep)
+
+    def _sweep(self) -> None:
+        with self.lock:
+            self._sweep_armed = False
+            self.sessions.sweep(time.monotonic())
+            self._arm_sweep()
 
     def _refusal(self, reason: str) -> errors.SnakepitError:
         if reason == Reason.POOL_CLOSED:
@@ -207,13 +276,23 @@ class Dispatcher:
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
+            self.sessions.sweep(time.monotonic())
             return {
+                "sessions": len(self.sessions),
                 "workers": len(self.workers),
                 "available": self.router.idle,
                 "busy": self.router.busy,
                 "waiting": self.router.waiting,
                 "worker_info": [_worker_info(h) for h in self.workers.values()],
             }
+
+
+def _park(ticket: Ticket) -> Any:
+    """A lock the calling thread blocks on until the ticket's waker releases it."""
+    parked = threading.Lock()
+    parked.acquire()
+    ticket.waker = parked.release
+    return parked
 
 
 def _wake(ticket: Ticket) -> None:

@@ -218,6 +218,10 @@ class Supervisor:
             except Exception:
                 log.exception("snakepit supervisor timer failed")
 
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the supervisor thread after ``delay`` seconds (any thread)."""
+        self.submit(self._later, delay, fn, *args)
+
     def _later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn, args))
 

@@ -1,0 +1,97 @@
+"""The session store: which worker each session is pinned to, and when sessions expire.
+
+Pure logic, no threads: the pool calls it under its checkout lock, with the current time.
+Sessions are kept in an ordered dict in least-recently-used order, so the ones that have
+expired are always at the front: a sweep looks at expired sessions only and stops at the first
+live one (O(expired), no scan of the rest). The pool sweeps on every session operation and
+arms one timer for the next expiry, so memory is returned without any polling loop.
+
+A pin names a worker id; ids are never reused, so a pin to a worker that died or was recycled is
+recognisably stale: the router refuses a strict call pinned to it (and the pin is then
+dropped), and serves a hint call anywhere (and the session is re-pinned there).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .. import errors
+from ..errors import Reason
+from .modes import Affinity
+
+__all__ = ["SessionStore", "SessionState"]
+
+
+@dataclass(eq=False)
+class SessionState:
+    id: str
+    affinity: Affinity | None  # None: the pool's default
+    worker: int | None = None  # pinned worker id
+    last_used: float = 0.0
+    calls: int = 0
+
+
+class SessionStore:
+    def __init__(self, ttl: float, max_sessions: int) -> None:
+        self.ttl = ttl
+        self.max_sessions = max_sessions
+        self._sessions: OrderedDict[str, SessionState] = OrderedDict()
+        self.expired_total = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
+
+    def get(self, session_id: str) -> SessionState | None:
+        return self._sessions.get(session_id)
+
+    def open(self, session_id: str, now: float, affinity: Affinity | None = None) -> SessionState:
+        """The session, created if new (``session_quota_exceeded`` past ``max_sessions``).
+
+        Using a session makes it the most recently used; an explicit ``affinity`` sticks to it.
+        """
+        self.sweep(now)
+        session = self._sessions.get(session_id)
+        if session is None:
+            if len(self._sessions) >= self.max_sessions:
+                raise errors.pool_error(
+                    Reason.SESSION_QUOTA_EXCEEDED,
+                    f"cannot open session {session_id!r}: max_sessions={self.max_sessions} are open",
+                    session_id=session_id,
+                )
+            session = SessionState(session_id, affinity)
+            self._sessions[session_id] = session
+        else:
+            self._sessions.move_to_end(session_id)
+            if affinity is not None:
+                session.affinity = affinity
+        session.last_used = now
+        return session
+
+    def close(self, session_id: str) -> bool:
+        return self._sessions.pop(session_id, None) is not None
+
+    def sweep(self, now: float) -> int:
+        """Forget sessions unused for ``ttl`` seconds; how many were forgotten."""
+        expired = 0
+        sessions = self._sessions
+        while sessions:
+            session = next(iter(sessions.values()))
+            if now - session.last_used < self.ttl:
+                break
+            del sessions[session.id]
+            expired += 1
+        self.expired_total += expired
+        return expired
+
+    def next_expiry(self) -> float | None:
+        """When the least recently used session will expire, if any session is open."""
+        if not self._sessions:
+            return None
+        return next(iter(self._sessions.values())).last_used + self.ttl
+
+    def clear(self) -> None:
+        self._sessions.clear()

@@ -1,0 +1,62 @@
+"""Session handles: the pool's call methods, bound to one session."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from ..affinity import Affinity
+from ..streaming import StreamResult
+
+if TYPE_CHECKING:
+    from .calls import Stream
+    from .pool import Pool
+
+
+class Session:
+    """Calls through a session go to the worker that served the session before.
+
+    Created by :meth:`Pool.session`. ``affinity`` (if given there) applies to every call made
+    through the handle unless a call names its own. ``close()`` forgets the session and its pin.
+    """
+
+    __slots__ = ("pool", "id", "affinity")
+
+    def __init__(self, pool: Pool, session_id: str, affinity: Affinity | None) -> None:
+        self.pool = pool
+        self.id = session_id
+        self.affinity = affinity
+
+    def __repr__(self) -> str:
+        return f"<snakepit.Session {self.id!r} affinity={self.affinity} worker={self.worker_id}>"
+
+    @property
+    def worker_id(self) -> int | None:
+        """The worker this session is pinned to, if any."""
+        return self.pool._dispatcher.session_worker(self.id)
+
+    def execute(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> Any:
+        return self.pool.execute(tool, args, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
+
+    def execute_stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        callback: Callable[[Any], Any],
+        *,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> StreamResult:
+        return self.pool.execute_stream(tool, args, callback, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
+
+    def stream(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> Stream:
+        return self.pool.stream(tool, args, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
+
+    def close(self) -> None:
+        """End the session: its pin is forgotten; a later call with its id starts afresh."""
+        self.pool._dispatcher.close_session(self.id)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

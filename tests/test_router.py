@@ -1,0 +1,213 @@
+"""The router and the session store, exhaustively, with no processes or threads.
+
+A hypothesis state machine drives random sequences of checkouts, check-ins, worker deaths,
+new workers and waiters giving up, against a plain reference model of the rules, and checks the
+invariants after every step: a strict session only ever runs on its pinned worker; no worker
+serves two calls; a freed worker goes to the oldest waiter allowed to use it; no waiter is lost;
+no worker idles while a waiter could use it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from snakepit import Affinity, SnakepitError
+from snakepit.affinity import Router, Ticket, parse_affinity
+from snakepit.affinity.sessions import SessionStore
+from snakepit.errors import Reason
+
+MAX_QUEUE = 4
+
+
+class RouterModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.router = Router(MAX_QUEUE)
+        self.next_id = 1
+        self.alive: set[int] = set()
+        self.dead: set[int] = set()
+        self.holder: dict[int, Ticket] = {}  # busy worker -> the ticket it serves
+        self.waiting: list[Ticket] = []  # in arrival order
+
+    # -- rules -------------------------------------------------------------------------------
+
+    @rule()
+    def add_worker(self) -> None:
+        worker = self.next_id
+        self.next_id += 1
+        self.alive.add(worker)
+        served = self.router.add(worker)
+        self._check_handoff(worker, served)
+
+    @rule(affinity=st.sampled_from(list(Affinity)), pin=st.sampled_from(["none", "busy", "alive", "dead"]), data=st.data())
+    def acquire(self, affinity: Affinity, pin: str, data: st.DataObject) -> None:
+        pinned = None
+        if pin == "busy" and self.holder:  # the interesting case: the session's worker is taken
+            pinned = data.draw(st.sampled_from(sorted(self.holder)))
+        elif pin == "alive" and self.alive:
+            pinned = data.draw(st.sampled_from(sorted(self.alive)))
+        elif pin == "dead" and self.dead:
+            pinned = data.draw(st.sampled_from(sorted(self.dead)))
+        ticket = Ticket(affinity=affinity, pinned=pinned)
+        idle_before = self.alive - set(self.holder)
+        self.router.acquire(ticket)
+
+        if pinned is not None and pinned in self.dead and affinity.strict:
+            assert ticket.refused == Reason.SESSION_WORKER_UNAVAILABLE
+            return
+        if pinned is not None and pinned in idle_before:
+            assert ticket.worker == pinned
+        elif pinned is not None and pinned in self.alive and affinity is Affinity.STRICT_FAIL_FAST:
+            assert ticket.refused == Reason.WORKER_BUSY
+            return
+        elif pinned is not None and pinned in self.alive and affinity is Affinity.STRICT_QUEUE:
+            assert ticket.worker is None
+            self._expect_queued(ticket, waiting_for=pinned)
+            return
+        elif idle_before:
+            assert ticket.worker in idle_before
+        else:
+            self._expect_queued(ticket, waiting_for=None)
+            return
+        assert ticket.worker not in self.holder
+        self.holder[ticket.worker] = ticket
+
+    @precondition(lambda self: self.holder)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        worker = data.draw(st.sampled_from(sorted(self.holder)))
+        del self.holder[worker]
+        self._check_handoff(worker, self.router.release(worker))
+
+    @precondition(lambda self: self.alive)
+    @rule(data=st.data())
+    def worker_dies(self, data: st.DataObject) -> None:
+        worker = data.draw(st.sampled_from(sorted(self.alive)))
+        self.alive.discard(worker)
+        self.dead.add(worker)
+        self.holder.pop(worker, None)
+        refused = self.router.remove(worker)
+        expected = [t for t in self.waiting if t.waiting_for == worker]
+        assert refused == expected
+        assert all(t.refused == Reason.SESSION_WORKER_UNAVAILABLE for t in refused)
+        self.waiting = [t for t in self.waiting if t.waiting_for != worker]
+
+    @precondition(lambda self: self.waiting)
+    @rule(data=st.data())
+    def waiter_gives_up(self, data: st.DataObject) -> None:
+        ticket = data.draw(st.sampled_from(self.waiting))
+        assert self.router.withdraw(ticket)
+        assert not self.router.withdraw(ticket)
+        self.waiting.remove(ticket)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _expect_queued(self, ticket: Ticket, waiting_for: int | None) -> None:
+        if len(self.waiting) >= MAX_QUEUE:
+            assert ticket.refused == Reason.POOL_SATURATED
+            return
+        assert not ticket.done and ticket.waiting_for == waiting_for
+        self.waiting.append(ticket)
+
+    def _check_handoff(self, worker: int, served: Ticket | None) -> None:
+        eligible = [t for t in self.waiting if t.waiting_for in (None, worker)]
+        if not eligible:
+            assert served is None
+            return
+        oldest = min(eligible, key=lambda t: t.seq)
+        assert served is oldest, "a freed worker goes to the oldest waiter allowed to use it"
+        assert served.worker == worker
+        self.waiting.remove(served)
+        self.holder[worker] = served
+
+    # -- invariants --------------------------------------------------------------------------
+
+    @invariant()
+    def bookkeeping_matches(self) -> None:
+        assert self.router.waiting == len(self.waiting)
+        assert set(self.router.waiters()) == set(self.waiting)  # no waiter lost
+        assert self.router.busy == len(self.holder) and self.router.idle == len(self.alive) - len(self.holder)
+        assert len({id(t) for t in self.holder.values()}) == len(self.holder)  # one call per worker
+
+    @invariant()
+    def strict_calls_run_only_on_their_pinned_worker(self) -> None:
+        for worker, ticket in self.holder.items():
+            if ticket.affinity.strict and ticket.pinned is not None:
+                assert worker == ticket.pinned
+
+    @invariant()
+    def no_idle_worker_that_a_waiter_could_use(self) -> None:
+        idle = self.alive - set(self.holder)
+        for ticket in self.waiting:
+            assert ticket.waiting_for not in idle
+            if ticket.waiting_for is None:
+                assert not idle
+
+
+RouterModel.TestCase.settings = settings(max_examples=400, stateful_step_count=40, deadline=None)
+test_router_state_machine = RouterModel.TestCase
+
+
+def test_freed_workers_go_to_the_oldest_eligible_waiter():
+    router = Router(100)
+    router.add(1)
+    router.add(2)
+    router.acquire(Ticket())
+    router.acquire(Ticket())  # both workers busy
+    u1 = Ticket()
+    s1 = Ticket(affinity=Affinity.STRICT_QUEUE, pinned=1)
+    s2 = Ticket(affinity=Affinity.STRICT_QUEUE, pinned=1)
+    u2 = Ticket()
+    for ticket in (u1, s1, s2, u2):
+        router.acquire(ticket)
+        assert not ticket.done
+    assert router.release(1) is u1  # older than the strict waiters for worker 1
+    assert router.release(2) is u2  # strict waiters for worker 1 may not use worker 2
+    assert router.release(1) is s1
+    assert router.release(1) is s2
+    assert router.release(1) is None and router.release(2) is None and router.idle == 2
+
+
+def test_parse_affinity():
+    assert parse_affinity("strict_queue") is Affinity.STRICT_QUEUE
+    assert Affinity.HINT == "hint" and Affinity.STRICT_FAIL_FAST == "strict_fail_fast"
+    with pytest.raises(SnakepitError) as info:
+        parse_affinity("sticky")
+    assert (info.value.category, info.value.reason) == ("validation", "invalid_arguments")
+
+
+# -- sessions -------------------------------------------------------------------------------------
+
+
+def test_sessions_expire_after_ttl_of_inactivity_in_lru_order():
+    store = SessionStore(ttl=10, max_sessions=100)
+    store.open("a", now=0)
+    store.open("b", now=5)
+    store.open("a", now=8)  # used again: now the most recent
+    assert store.next_expiry() == 15  # b, unused since 5
+    assert store.sweep(now=14.9) == 0
+    assert store.sweep(now=15) == 1 and "b" not in store and "a" in store
+    assert store.sweep(now=18) == 1 and len(store) == 0 and store.next_expiry() is None
+
+
+def test_session_quota():
+    store = SessionStore(ttl=10, max_sessions=2)
+    store.open("a", 0)
+    store.open("b", 0)
+    store.open("a", 1)  # existing sessions are not new
+    with pytest.raises(SnakepitError) as info:
+        store.open("c", 1)
+    assert (info.value.category, info.value.reason) == ("pool", "session_quota_exceeded")
+    store.close("a")
+    store.open("c", 1)
+    assert store.open("d", 20).id == "d"  # expired ones make room
+
+
+def test_session_affinity_sticks_once_given():
+    store = SessionStore(ttl=10, max_sessions=10)
+    assert store.open("s", 0).affinity is None
+    assert store.open("s", 1, Affinity.STRICT_QUEUE).affinity is Affinity.STRICT_QUEUE
+    assert store.open("s", 2).affinity is Affinity.STRICT_QUEUE
