@@ -13,7 +13,8 @@ msgpack extension instead: never silently lossy. A value that cannot be pickled 
 
 Pipes: ``requests`` (owner -> worker: boot, calls, shutdown) is read by the worker's main thread;
 ``control`` (owner -> worker: cancel, ping) by a worker thread so a running tool can be cancelled;
-``responses`` (worker -> owner: ready, results, chunks, stream ends, failures).
+``responses`` (worker -> owner: ready, results, chunks, stream ends, failures) is read by whoever
+holds the worker; ``events`` (worker -> owner: heartbeat answers, log records) by the supervisor.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .errors import Reason
 
 __all__ = [
     "Boot", "Call", "Shutdown", "Cancel", "Ping",
-    "Ready", "StartFailed", "Result", "Chunk", "Chunks", "End", "Failure", "Pong",
+    "Ready", "StartFailed", "Result", "Chunk", "Chunks", "End", "Failure", "Pong", "Log",
     "encode_value", "decode_value", "encode_frame", "FrameWriter", "FrameReader",
 ]
 
@@ -56,6 +57,7 @@ class Boot(_Msg, tag=1):
     cwd: str
     adapter: Any  # "module:Class", or an Ext holding the cloudpickled class
     adapter_args: Any
+    log_level: int  # the owner's level for worker logs: records below it are not even sent
 
 
 class Call(_Msg, tag=2):
@@ -128,12 +130,24 @@ class Failure(_Msg, tag=15):
     traceback: Union[str, None] = None
 
 
+# worker -> owner, events pipe
+
+
 class Pong(_Msg, tag=16):
     seq: int
 
 
+class Log(_Msg, tag=18):
+    """A record the tool logged with :mod:`logging`, relayed to the owner's ``snakepit.worker``."""
+
+    level: int
+    name: str
+    message: str
+
+
 ToWorker = Union[Boot, Call, Shutdown, Cancel, Ping]
-FromWorker = Union[Ready, StartFailed, Result, Chunk, Chunks, End, Failure, Pong]
+FromWorker = Union[Ready, StartFailed, Result, Chunk, Chunks, End, Failure]
+Event = Union[Pong, Log]
 
 TERMINAL = (Result, End, Failure)
 

@@ -197,6 +197,16 @@ class Toolbox(BaseAdapter):
     def kwargs(self, a: int, **rest: Any) -> dict:
         return {"a": a, **rest}
 
+    @tool
+    def talk(self) -> None:
+        import logging
+
+        print("printed to stdout")
+        print("printed to stderr", file=sys.stderr)
+        logging.getLogger("toolbox").error("logged at error")
+        logging.getLogger("toolbox").debug("logged at debug: below the owner's level, never sent")
+        os.write(1, b"written to fd 1 from C\n")
+
 
 class FailingInit(BaseAdapter):
     def initialize(self) -> None:
@@ -205,3 +215,99 @@ class FailingInit(BaseAdapter):
     @tool
     def noop(self) -> None:
         return None
+
+
+class Faulty(BaseAdapter):
+    """Tools that misbehave in the ways a supervisor must survive."""
+
+    def __init__(self) -> None:
+        self.hoard: list[bytes] = []
+        self.closed_streams = 0
+
+    @tool
+    def pid(self) -> int:
+        return os.getpid()
+
+    @tool
+    def spin(self, seconds: float = 60.0) -> None:
+        """CPU-bound pure Python: no cooperative cancellation point."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pass
+
+    @tool
+    def c_sleep(self, seconds: int = 60) -> None:
+        """Stuck in C code holding the GIL (PyDLL keeps it during the call)."""
+        ctypes.PyDLL(None).sleep(seconds)
+
+    @tool
+    def sleep(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    @tool
+    def raise_base(self, kind: str = "SystemExit") -> None:
+        if kind == "SystemExit":
+            raise SystemExit(5)
+        raise KeyboardInterrupt()
+
+    @tool
+    def allocate(self, mb: int) -> int:
+        self.hoard.append(bytearray(mb << 20))
+        for block in self.hoard:  # touch the pages so they count in RSS
+            block[::4096] = b"x" * len(block[::4096])
+        return len(self.hoard)
+
+    @tool
+    def chatty(self, lines: int = 1000, width: int = 200) -> int:
+        import logging
+
+        line = "x" * width
+        for i in range(lines):
+            print(f"{i} {line}")
+            if i % 100 == 0:
+                logging.getLogger("chatty").warning("still talking: %d", i)
+        return lines
+
+    @tool
+    def stubborn(self, block: float = 30.0):
+        """Yields once, then blocks between yields far longer than any cancel grace."""
+        try:
+            yield 0
+            time.sleep(block)
+            yield 1
+        finally:
+            self.closed_streams += 1
+
+    @tool
+    def guarded(self, delay: float = 0.01):
+        try:
+            while True:
+                time.sleep(delay)
+                yield 1
+        finally:
+            self.closed_streams += 1
+
+    @tool
+    def closed(self) -> int:
+        return self.closed_streams
+
+    @tool
+    def count(self, n: int):
+        for _ in range(n):
+            yield 1
+
+
+class BreaksOnRestart(BaseAdapter):
+    """Starts fine until ``marker`` exists; from then on every new worker fails to initialize."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def initialize(self) -> None:
+        if os.path.exists(self.marker):
+            raise RuntimeError("the model file is corrupt")
+
+    @tool
+    def pid(self) -> int:
+        return os.getpid()

@@ -59,7 +59,7 @@ def test_close_runs_cleanup_in_every_worker_and_reaps_them(tmp_path, monkeypatch
     pool.close()
     assert {int(line) for line in marker.read_text().split()} == pids
     for pid in pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        assert not psutil.pid_exists(pid)  # exited and reaped: no zombie
 
 
 def test_failing_initialize_fails_start_with_the_worker_traceback():

@@ -11,6 +11,7 @@ otherwise: a class in ``__main__``, a notebook cell, or a function's local scope
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from ..adapter import import_by_path
 from ..errors import Reason
 from ..protocol import Boot
 from . import spill
-from .worker import WorkerHandle
+from .worker import WorkerHandle, WorkerPipes
 
 # One thread per BLAS/OpenMP runtime per worker: N workers already use N cores.
 SINGLE_THREADED_ENV = {
@@ -76,12 +77,14 @@ class LaunchSpec:
     env: Mapping[str, str]
     cwd: str = field(default_factory=os.getcwd)
     sys_path: list[str] = field(default_factory=lambda: list(sys.path))
+    log_level: int = field(default_factory=lambda: logging.getLogger("snakepit.worker").getEffectiveLevel())
 
 
 def build_launch_spec(adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: Mapping[str, str] | None) -> LaunchSpec:
     if adapter_args is not None and not isinstance(adapter_args, Mapping):
         raise errors.validation(Reason.INVALID_CONFIG, "adapter_args must be a mapping of keyword arguments")
-    env = {**os.environ, **SINGLE_THREADED_ENV, **(worker_env or {})}
+    # Unbuffered, so what a tool prints reaches the owner's logs when it is printed.
+    env = {**os.environ, **SINGLE_THREADED_ENV, "PYTHONUNBUFFERED": "1", **(worker_env or {})}
     return LaunchSpec(
         adapter=adapter_reference(adapter),
         adapter_args=protocol.encode_value(dict(adapter_args or {}), protocol._cloud_dumps),
@@ -89,19 +92,32 @@ def build_launch_spec(adapter: Any, adapter_args: Mapping[str, Any] | None, work
     )
 
 
+def _enlarge(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    except (OSError, AttributeError):  # not Linux, or above the system's limit: keep the default
+        pass
+
+
 def spawn(worker_id: int, spec: LaunchSpec) -> WorkerHandle:
-    """Start one worker process and send it its boot frame; it reports ``Ready`` on its own."""
+    """Start one worker process and send it its boot frame; it reports ``Ready`` on its own.
+
+    Pipes: requests and control (owner to worker), responses and events (worker to owner), and
+    the worker's stdout and stderr, which the owner relays to :mod:`logging`. The spill segment
+    is shared memory (see :mod:`.spill`).
+    """
     requests_r, requests_w = os.pipe()
     control_r, control_w = os.pipe()
     responses_r, responses_w = os.pipe()
+    events_r, events_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
     spill_fd = spill.create()
-    child_ends = (requests_r, control_r, responses_w, spill_fd)
+    child_ends = (requests_r, control_r, responses_w, events_w, spill_fd)
+    owner_ends = (requests_w, control_w, responses_r, events_r, stdout_r, stderr_r, spill_fd)
     try:
-        for fd in (requests_w, responses_w):
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-            except (OSError, AttributeError):
-                pass
+        for fd in (requests_w, responses_w, events_w, stdout_w, stderr_w):
+            _enlarge(fd)
         command = [
             sys.executable,
             "-c",
@@ -112,21 +128,25 @@ def spawn(worker_id: int, spec: LaunchSpec) -> WorkerHandle:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
+            stdout=stdout_w,
+            stderr=stderr_w,
             pass_fds=child_ends,
             env=dict(spec.env),
             cwd=spec.cwd,
             close_fds=True,
         )
     except BaseException:
-        for fd in (requests_w, control_w, responses_r, spill_fd):
+        for fd in owner_ends:
             os.close(fd)
         raise
     finally:
-        for fd in child_ends[:3]:
+        for fd in (requests_r, control_r, responses_w, events_w, stdout_w, stderr_w):
             os.close(fd)
-    os.set_blocking(responses_r, False)
-    handle = WorkerHandle(worker_id, process, requests_w, control_w, responses_r, spill_fd)
-    boot = Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args)
+    for fd in (responses_r, events_r, stdout_r, stderr_r):
+        os.set_blocking(fd, False)
+    pipes = WorkerPipes(requests_w, control_w, responses_r, events_r, stdout_r, stderr_r, spill_fd)
+    handle = WorkerHandle(worker_id, process, pipes)
+    boot = Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level)
     try:
         protocol.write_all(requests_w, protocol.encode_frame(boot))
     except OSError:

@@ -19,10 +19,17 @@ from ..streaming import StreamResult
 from .calls import Exchange, Stream, run_execute, run_stream
 from .session import Session
 from .launcher import build_launch_spec
+from .recycling import RECYCLE_REASONS, RecyclePolicy, rss_bytes
 from .queue import Counters, Dispatcher
 from .supervisor import Supervisor
 
 __all__ = ["Pool"]
+
+
+def _positive_int(name: str, value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise errors.validation(Reason.INVALID_CONFIG, f"{name} must be a positive int or None, got {value!r}")
+    return value
 
 
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> Any:
@@ -50,12 +57,21 @@ class Pool:
         queue_timeout: how long a call may wait for a worker before ``queue_timeout``.
         session_ttl: seconds of inactivity after which a session (and its pin) is forgotten.
         max_sessions: how many sessions may be open before ``session_quota_exceeded``.
+        max_requests: recycle a worker after this many calls (default: never).
+        worker_ttl: recycle a worker this many seconds after it started (default: never).
+        memory_limit_mb: recycle a worker whose RSS reaches this, checked after each call and
+            while idle (default: no limit). Recycling happens between calls, never inside one.
         worker_env: extra environment variables for the workers. BLAS/OpenMP thread counts are
             set to 1 unless this overrides them.
         start_timeout: how long a worker may take to import and ``initialize()``.
         cancel_grace: how long a cancelled or timed-out call may take to stop before its worker
+            is terminated and replaced.
+        kill_grace: how long a terminated worker gets between SIGTERM and SIGKILL.
+        shutdown_timeout: how long ``close()`` (or recycling) lets a worker run ``cleanup()``
+            before terminating it.
+        heartbeat_interval: how often idle workers are pinged.
+        heartbeat_timeout: an idle worker that has not answered a ping for this long is hung: it
             is killed and replaced.
-        shutdown_timeout: how long ``close()`` lets workers run ``cleanup()`` before killing them.
     """
 
     def __init__(
@@ -70,10 +86,16 @@ class Pool:
         queue_timeout: float = 10.0,
         session_ttl: float = 3600.0,
         max_sessions: int = 10000,
+        max_requests: int | None = None,
+        worker_ttl: float | None = None,
+        memory_limit_mb: float | None = None,
         worker_env: Mapping[str, str] | None = None,
         start_timeout: float = 60.0,
         cancel_grace: float = 5.0,
+        kill_grace: float = 1.0,
         shutdown_timeout: float = 5.0,
+        heartbeat_interval: float = 2.0,
+        heartbeat_timeout: float = 10.0,
     ) -> None:
         if size is None:
             size = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -87,11 +109,15 @@ class Pool:
         self.size = size
         self._timeout = _positive("timeout", timeout)
         self._queue_timeout = _positive("queue_timeout", queue_timeout)
-        self._shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout)
+        recycle = RecyclePolicy(
+            _positive_int("max_requests", max_requests),
+            _positive("worker_ttl", worker_ttl, allow_none=True),
+            _positive("memory_limit_mb", memory_limit_mb, allow_none=True),
+        )
         launch = build_launch_spec(adapter, adapter_args, worker_env)
         self._counters = Counters()
         sessions = SessionStore(_positive("session_ttl", session_ttl), max_sessions)
-        self._dispatcher = Dispatcher(max_queue, self._counters, sessions, self.affinity)
+        self._dispatcher = Dispatcher(max_queue, self._counters, sessions, self.affinity, recycle)
         self._supervisor = Supervisor(
             self._dispatcher,
             launch,
@@ -99,14 +125,18 @@ class Pool:
             size=size,
             start_timeout=_positive("start_timeout", start_timeout),
             cancel_grace=_positive("cancel_grace", cancel_grace),
-            kill_grace=1.0,
+            kill_grace=_positive("kill_grace", kill_grace),
+            shutdown_timeout=_positive("shutdown_timeout", shutdown_timeout),
+            heartbeat_interval=_positive("heartbeat_interval", heartbeat_interval),
+            heartbeat_timeout=_positive("heartbeat_timeout", heartbeat_timeout),
+            recycle=recycle,
         )
         self._dispatcher.supervisor = self._supervisor
         self._tools: dict[str, ToolSpec] = {}
         self._ids = itertools.count(1)
         self._state_lock = threading.Lock()
         self._state = "new"
-        self._finalizer = weakref.finalize(self, _shutdown, self._dispatcher, self._supervisor, shutdown_timeout)
+        self._finalizer = weakref.finalize(self, _shutdown, self._dispatcher, self._supervisor)
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -280,6 +310,8 @@ class Pool:
         """Counters and per-worker state, as plain data."""
         counts = self._counters.snapshot()
         snapshot = self._dispatcher.snapshot()
+        for info in snapshot["worker_info"]:
+            info["rss"] = rss_bytes(info["pid"])
         return {
             "requests": counts.get("requests", 0),
             "errors": counts.get("errors", 0),
@@ -288,6 +320,11 @@ class Pool:
             "timeouts": counts.get("timeouts", 0),
             "pool_saturated": counts.get("pool_saturated", 0),
             "restarts": counts.get("restarts", 0),
+            "recycled": counts.get("recycled", 0),
+            "recycled_by_reason": {
+                reason: counts[f"recycled_{reason}"] for reason in RECYCLE_REASONS if counts.get(f"recycled_{reason}")
+            },
+            "hung": counts.get("hung", 0),
             "sessions": snapshot["sessions"],
             "size": self.size,
             "workers": snapshot["workers"],
@@ -311,7 +348,7 @@ def _call_frame(call_id: int, tool: str, args: dict[str, Any], stream: bool) -> 
         return protocol.encode_frame(Call(call_id, tool, protocol.pickled(args, protocol._cloud_dumps), stream))
 
 
-def _shutdown(dispatcher: Dispatcher, supervisor: Supervisor, timeout: float) -> None:
+def _shutdown(dispatcher: Dispatcher, supervisor: Supervisor) -> None:
     """Close a pool: at ``close()``, when it is garbage collected, or at interpreter exit."""
     dispatcher.close()
-    supervisor.shutdown(timeout)
+    supervisor.shutdown()

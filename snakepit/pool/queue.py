@@ -20,6 +20,7 @@ from .. import errors
 from ..affinity import Affinity, Router, Ticket
 from ..affinity.sessions import SessionStore
 from ..errors import Reason
+from .recycling import RecyclePolicy
 from .worker import WorkerHandle, WorkerState
 
 if TYPE_CHECKING:
@@ -50,8 +51,11 @@ class Counters:
 
 
 class Dispatcher:
-    def __init__(self, max_queue: int, counters: Counters, sessions: SessionStore, affinity: Affinity) -> None:
+    def __init__(
+        self, max_queue: int, counters: Counters, sessions: SessionStore, affinity: Affinity, recycle: RecyclePolicy
+    ) -> None:
         self.lock = threading.Lock()
+        self.recycle = recycle
         self.router = Router(max_queue)
         self.sessions = sessions
         self.affinity = affinity  # the pool's default mode
@@ -178,22 +182,25 @@ class Dispatcher:
         return errors.timeout(Reason.QUEUE_TIMEOUT, "no worker became available within queue_timeout")
 
     def release(self, handle: WorkerHandle) -> None:
-        """The caller is done with a healthy worker (or one that died under it)."""
+        """The caller is done with its worker: back to the pool, recycled if due, or disposed of
+        if it died under the call."""
+        reason = self.recycle.reason(handle) if self.recycle.active and handle.state is not WorkerState.DEAD else None
         with self.lock:
             handle.checked_out = False
             handle.current_call = None
             handle.current_tool = None
             if handle.state is WorkerState.DEAD:
-                ticket = None
-                dispose = True
+                woken: list[Ticket] = []
+            elif reason is not None:
+                woken = self._retire(handle, reason)
             else:
-                handle.state = WorkerState.IDLE
-                ticket = self._free(handle)
-                dispose = False
-        if dispose:
-            supervisor = self._supervise()
+                woken = self._free(handle)
+        supervisor = self._supervise()
+        if handle.state is WorkerState.DEAD:
             supervisor.submit(supervisor.dispose, handle)
-        elif ticket is not None:
+        elif reason is not None:
+            supervisor.submit(supervisor.retire, handle)
+        for ticket in woken:
             _wake(ticket)
 
     def abandon(self, handle: WorkerHandle, call_id: int) -> None:
@@ -216,22 +223,40 @@ class Dispatcher:
     def add_worker(self, handle: WorkerHandle) -> None:
         with self.lock:
             self.workers[handle.id] = handle
-            handle.state = WorkerState.IDLE
-            ticket = self.router.add(handle.id)
-        if ticket is not None:
+            woken = self._free(handle)
+        for ticket in woken:
             _wake(ticket)
 
     def drained(self, handle: WorkerHandle) -> None:
-        """A cancelled call acknowledged: the worker is clean and free again."""
+        """A cancelled call acknowledged: the worker is clean, and free again (supervisor thread)."""
+        reason = self.recycle.reason(handle) if self.recycle.active else None
         with self.lock:
             if handle.state is not WorkerState.DRAINING:
                 return
-            handle.state = WorkerState.IDLE
             handle.current_call = None
             handle.current_tool = None
-            ticket = self._free(handle)
-        if ticket is not None:
+            woken = self._retire(handle, reason) if reason is not None else self._free(handle)
+        if reason is not None:
+            self._supervise().retire(handle)
+        for ticket in woken:
             _wake(ticket)
+
+    def retire_if_idle(self, handle: WorkerHandle, reason: str) -> bool:
+        """Take an idle worker out of service for recycling; False if it is no longer idle."""
+        with self.lock:
+            if handle.state is not WorkerState.IDLE:
+                return False
+            woken = self._retire(handle, reason)
+        for ticket in woken:
+            _wake(ticket)
+        return True
+
+    def _retire(self, handle: WorkerHandle, reason: str) -> list[Ticket]:
+        """Out of service for good (lock held); its strict waiters are refused."""
+        handle.state = WorkerState.STOPPING
+        handle.retiring = reason
+        self.workers.pop(handle.id, None)
+        return self.router.remove(handle.id)
 
     def worker_died(self, handle: WorkerHandle) -> bool:
         """Take a dead worker out of service (any thread, idempotent). True the first time."""
@@ -245,12 +270,16 @@ class Dispatcher:
             _wake(ticket)
         return True
 
-    def _free(self, handle: WorkerHandle) -> Ticket | None:
+    def _free(self, handle: WorkerHandle) -> list[Ticket]:
+        """Back to the pool (lock held): to the oldest waiter allowed to use it, else idle."""
         ticket = self.router.release(handle.id)
-        if ticket is not None:
-            handle.state = WorkerState.BUSY
-            handle.checked_out = True
-        return ticket
+        if ticket is None:
+            handle.state = WorkerState.IDLE
+            handle.idle_since = time.monotonic()
+            return []
+        handle.state = WorkerState.BUSY
+        handle.checked_out = True
+        return [ticket]
 
     # -- life cycle ------------------------------------------------------------------------------
 

@@ -1,55 +1,60 @@
-"""Supervision: one thread that starts, watches, drains and replaces workers.
+"""Supervision: one thread that starts, watches, drains, recycles and replaces workers.
 
-The thread waits in a selector on everything that can happen to a worker it owns, so it reacts
-at once and never polls with sleeps:
+The supervisor is a :class:`~snakepit.pool.reactor.Reactor`: it waits in a selector on
+everything that can happen to a worker, so it reacts at once and never polls with sleeps:
 
 * a process's pidfd becomes readable when the process exits, whatever killed it;
 * the responses pipe of a *starting* worker delivers ``Ready`` or ``StartFailed``;
 * the responses pipe of a *draining* worker (its caller cancelled or timed out) delivers the
-  call's last message, after which the worker is clean and goes back to the pool;
-* timers: start-up deadlines, cancel grace periods, restart back-off.
-
-Other threads hand it work with :meth:`Supervisor.submit`; a self-pipe wakes the selector. Work
-runs under one lock, also when it runs inline after the thread has stopped (during ``close``), so
-a worker's bookkeeping is never touched by two threads at once.
+  call's last message, after which the worker is clean and goes back to the pool -- or, past
+  ``cancel_grace``, the worker is terminated;
+* the events pipe delivers heartbeat answers and log records, stdout and stderr deliver lines:
+  all relayed to :mod:`logging` (see :mod:`.relay`);
+* timers: start-up deadlines, cancel grace periods, restart back-off, and a periodic health
+  round that pings idle workers (a worker that stops answering is killed and replaced) and
+  recycles idle ones past ``worker_ttl`` or ``memory_limit_mb``.
 
 Workers are spawned from this long-lived thread: on Linux ``PR_SET_PDEATHSIG`` fires when the
-*thread* that forked the child exits, so spawning from a short-lived caller thread would kill them.
+*thread* that forked the child exits, so spawning from a short-lived caller thread would kill
+them. For the same reason the thread lives until every worker has exited at shutdown.
+
+Replacement policy: a worker that dies is replaced at once; failed starts, and workers dying
+young before serving a call, in a row, back off exponentially up to ``_BACKOFF_CAP``. A recycled worker's replacement
+starts before the old one is asked to stop.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import os
-import selectors
 import signal
 import subprocess
 import threading
 import time
-from collections import deque
-from typing import Any, Callable
+from typing import Any
 
 from .. import errors
 from ..adapter import ToolSpec
 from ..errors import Reason
-from ..protocol import TERMINAL, Cancel, Ready, Shutdown, StartFailed, encode_frame
+from ..protocol import TERMINAL, Cancel, Log, Ping, Pong, Ready, Shutdown, StartFailed, encode_frame
 from .launcher import LaunchSpec, spawn
 from .queue import Counters, Dispatcher
+from .reactor import Reactor
+from .recycling import RecyclePolicy
+from .relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
 from .worker import WorkerHandle, WorkerState
 
 log = logging.getLogger("snakepit")
 
-_EXIT, _START, _DRAIN, _WAKE = "exit", "start", "drain", "wake"
-
-# Restart back-off: a worker that dies young (or fails to start) delays the next replacement.
+# Restart back-off: workers that fail to start, or die young without serving a call, in a row
+# delay the next replacement exponentially.
 _YOUNG = 5.0
 _BACKOFF_BASE = 0.05
 _BACKOFF_CAP = 5.0
 
 
-class Supervisor:
+class Supervisor(Reactor):
     def __init__(
         self,
         dispatcher: Dispatcher,
@@ -60,7 +65,12 @@ class Supervisor:
         start_timeout: float,
         cancel_grace: float,
         kill_grace: float,
+        shutdown_timeout: float,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        recycle: RecyclePolicy,
     ) -> None:
+        super().__init__("snakepit-supervisor")
         self._dispatcher = dispatcher
         self._launch = launch
         self._counters = counters
@@ -68,24 +78,17 @@ class Supervisor:
         self._start_timeout = start_timeout
         self._cancel_grace = cancel_grace
         self._kill_grace = kill_grace
+        self._shutdown_timeout = shutdown_timeout
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_timeout = heartbeat_timeout
+        self.recycle = recycle
+        self.relay = LogRelay()
 
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
-
-        self._queue_lock = threading.Lock()
-        self._commands: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
-        self._running = False
-        self._work_lock = threading.RLock()
-        self._thread = threading.Thread(target=self._run, name="snakepit-supervisor", daemon=True)
-
-        self._timers: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
-        self._timer_seq = itertools.count()
         self._ids = itertools.count(1)
+        self._pings = itertools.count(1)
         self.handles: dict[int, WorkerHandle] = {}  # every process not yet disposed of
         self._draining: dict[int, int] = {}  # worker id -> call id being cancelled
+        self._splitters: dict[int, LineSplitter] = {}  # output fd -> its partial line
         self._stopping = False
         self._young_deaths = 0
 
@@ -95,15 +98,14 @@ class Supervisor:
         self._ready = 0
         self._start_error: errors.SnakepitError | None = None
 
-    # -- public ----------------------------------------------------------------------------------
+    # -- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the thread and ``size`` workers; return when all are ready, or raise."""
-        with self._queue_lock:
-            self._running = True
-        self._thread.start()
+        self.start_thread()
         for _ in range(self._size):
             self.submit(self._spawn)
+        self.call_later(self._heartbeat_interval, self._health_round)
         deadline = time.monotonic() + self._start_timeout
         with self._start_cond:
             while self._ready < self._size and self._start_error is None:
@@ -120,34 +122,18 @@ class Supervisor:
                 raise self._start_error
             self._initial = False
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the supervisor thread, or right here once it has stopped."""
-        with self._queue_lock:
-            if self._running:
-                was_empty = not self._commands
-                self._commands.append((fn, args))
-                if was_empty:
-                    try:
-                        os.write(self._wake_w, b"\0")
-                    except BlockingIOError:
-                        pass
-                return
-        with self._work_lock:
-            fn(*args)
-
-    def shutdown(self, timeout: float) -> None:
-        """Stop every worker: gracefully (cleanup runs) within ``timeout``, then by force.
+    def shutdown(self) -> None:
+        """Stop every worker: gracefully (cleanup runs) within ``shutdown_timeout``, then by force.
 
         The supervisor thread sees the shutdown through: it spawned the workers, and on Linux
         they are killed (``PR_SET_PDEATHSIG``) the moment it exits, cleanup or not.
         """
-        self.submit(self._begin_shutdown, timeout)
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join()
-        with self._work_lock:
+        self.submit(self._begin_shutdown)
+        self.join()
+        with self.work_lock:
             leftovers = [h for h in self.handles.values() if h.exit_info is None]
         # Only when the thread never ran (start failed early) or could not watch a process.
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + self._shutdown_timeout
         for handle in leftovers:
             _wait(handle, deadline - time.monotonic())
         for handle in leftovers:
@@ -159,71 +145,35 @@ class Supervisor:
                 handle.kill()
         for handle in list(self.handles.values()):
             handle.reap()
-            self.submit(self._retire_after_shutdown, handle)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        self._selector.close()
+            self.submit(self._forget_after_shutdown, handle)
+        self.relay.close()
+        self.close()
 
-    # -- the thread ------------------------------------------------------------------------------
+    def finished(self) -> bool:
+        return self._stopping and all(h.exit_info is not None for h in self.handles.values())
 
-    def _run(self) -> None:
-        while True:
-            timeout = None
-            if self._timers:
-                timeout = max(0.0, self._timers[0][0] - time.monotonic())
-            events = self._selector.select(timeout)
-            with self._work_lock:
-                for key, _ in events:
-                    kind, handle = key.data
-                    if kind is _WAKE:
-                        try:
-                            os.read(self._wake_r, 4096)
-                        except BlockingIOError:
-                            pass
-                    elif kind is _EXIT:
-                        self._exited(handle)
-                    elif kind is _START:
-                        self._read_start(handle)
-                    elif kind is _DRAIN:
-                        self._read_drain(handle)
-                self._run_commands()
-                self._run_timers()
-                if self._stopping and all(h.exit_info is not None for h in self.handles.values()):
-                    break
-        with self._queue_lock:
-            self._running = False
-            leftover = list(self._commands)
-            self._commands.clear()
-        with self._work_lock:
-            for fn, args in leftover:
-                fn(*args)
+    def _begin_shutdown(self) -> None:
+        self._stopping = True
+        self.clear_timers()
+        self.later(self._shutdown_timeout, self._force_shutdown)
+        for handle in list(self.handles.values()):
+            if handle.exit_info is not None:
+                continue
+            call = handle.current_call if handle.current_call is not None else self._draining.get(handle.id)
+            if call is not None:
+                handle.send_control(Cancel(call))
+            self._ask_to_stop(handle)
 
-    def _run_commands(self) -> None:
-        while True:
-            with self._queue_lock:
-                if not self._commands:
-                    return
-                fn, args = self._commands.popleft()
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("snakepit supervisor: %s failed", getattr(fn, "__name__", fn))
+    def _force_shutdown(self) -> None:
+        """Past the graceful deadline: SIGTERM, then SIGKILL after ``kill_grace``."""
+        for handle in self.handles.values():
+            if handle.exit_info is None:
+                self.terminate(handle)
 
-    def _run_timers(self) -> None:
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, fn, args = heapq.heappop(self._timers)
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("snakepit supervisor timer failed")
-
-    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the supervisor thread after ``delay`` seconds (any thread)."""
-        self.submit(self._later, delay, fn, *args)
-
-    def _later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
-        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn, args))
+    def _forget_after_shutdown(self, handle: WorkerHandle) -> None:
+        self._dispatcher.worker_died(handle)
+        if not handle.checked_out:
+            self.dispose(handle)
 
     # -- starting --------------------------------------------------------------------------------
 
@@ -237,13 +187,17 @@ class Supervisor:
             self._start_failed(None, f"could not start a worker process: {exc}", None)
             return
         self.handles[worker_id] = handle
-        self._watch(handle, handle.responses_fd, _START)
+        self._watch(handle, handle.responses_fd, self._read_start)
+        self._watch(handle, handle.pipes.events, self._read_events)
+        for fd, level in ((handle.pipes.stdout, STDOUT_LEVEL), (handle.pipes.stderr, STDERR_LEVEL)):
+            self._splitters[fd] = LineSplitter()
+            self._watch(handle, fd, self._read_output, fd, level)
         if handle.pidfd is not None:
-            self._watch(handle, handle.pidfd, _EXIT)
+            self._watch(handle, handle.pidfd, self._exited)
         else:
             threading.Thread(target=self._wait_exit, args=(handle,), daemon=True).start()
-        self._later(self._start_timeout, self._start_expired, handle)
-        log.debug("snakepit: started worker %d (pid %d)", worker_id, handle.pid)
+        self.later(self._start_timeout, self._start_expired, handle)
+        log.info("worker %d starting (pid %d)", worker_id, handle.pid)
 
     def _wait_exit(self, handle: WorkerHandle) -> None:
         """Without pidfds, a thread blocked in waitpid is the process sentinel."""
@@ -261,6 +215,7 @@ class Supervisor:
                 if self.tools is None:
                     self.tools = list(message.tools)
                 self._dispatcher.add_worker(handle)
+                log.info("worker %d ready (pid %d)", handle.id, handle.pid)
                 with self._start_cond:
                     self._ready += 1
                     self._start_cond.notify_all()
@@ -286,8 +241,37 @@ class Supervisor:
                     self._start_error = error
                     self._start_cond.notify_all()
                 return
-        log.error("snakepit: %s", error.message)
-        self._schedule_replacement(young=True)
+        log.error("%s", error.message)
+        self._replace(young=True)
+
+    # -- output and events ------------------------------------------------------------------------
+
+    def _read_events(self, handle: WorkerHandle) -> None:
+        messages = handle.events.read(handle.pipes.events)
+        if messages is None:
+            self._unwatch(handle, handle.pipes.events)
+            return
+        for message in messages:
+            if type(message) is Pong:
+                if handle.ping is not None and handle.ping[0] == message.seq:
+                    handle.ping = None
+            elif type(message) is Log:
+                self.relay.emit(handle.id, message.level, message.name, message.message)
+
+    def _read_output(self, handle: WorkerHandle, fd: int, level: int) -> None:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            if handle.exit_info is None:
+                return
+            data = b""  # the process is gone and nothing is left: treat as end of file
+        splitter = self._splitters[fd]
+        lines = splitter.feed(data) if data else splitter.flush()
+        for line in lines:
+            self.relay.emit(handle.id, level, "stdout" if level == STDOUT_LEVEL else "stderr", line)
+        if not data:
+            self._unwatch(handle, fd)
+            del self._splitters[fd]
 
     # -- draining --------------------------------------------------------------------------------
 
@@ -296,8 +280,8 @@ class Supervisor:
         if handle.state is not WorkerState.DRAINING:
             return
         self._draining[handle.id] = call_id
-        self._watch(handle, handle.responses_fd, _DRAIN)
-        self._later(self._cancel_grace, self._drain_expired, handle, call_id)
+        self._watch(handle, handle.responses_fd, self._read_drain)
+        self.later(self._cancel_grace, self._drain_expired, handle, call_id)
         self._read_drain(handle)
 
     def _read_drain(self, handle: WorkerHandle) -> None:
@@ -321,19 +305,66 @@ class Supervisor:
     def _drain_expired(self, handle: WorkerHandle, call_id: int) -> None:
         if self._draining.get(handle.id) == call_id and handle.state is WorkerState.DRAINING:
             log.warning(
-                "snakepit: worker %d did not give up call %d within %.1fs; killing it",
+                "snakepit: worker %d did not give up call %d within cancel_grace=%.1fs; terminating it",
                 handle.id, call_id, self._cancel_grace,
             )
             self.terminate(handle)
 
     def terminate(self, handle: WorkerHandle) -> None:
-        """SIGTERM now, SIGKILL after ``kill_grace`` if it is still there."""
+        """SIGTERM now, SIGKILL after ``kill_grace`` if it is still there (a stopped process
+        ignores SIGTERM until continued; SIGKILL still ends it)."""
         handle.signal(signal.SIGTERM)
-        self._later(self._kill_grace, self._kill_if_alive, handle)
+        self.later(self._kill_grace, self._kill_if_alive, handle)
 
     def _kill_if_alive(self, handle: WorkerHandle) -> None:
         if handle.exit_info is None:
             handle.kill()
+
+    # -- health: heartbeats and recycling ----------------------------------------------------------
+
+    def _health_round(self) -> None:
+        """Ping idle workers, kill the ones that stopped answering, recycle tired idle ones."""
+        if self._stopping:
+            return
+        now = time.monotonic()
+        for handle in list(self.handles.values()):
+            if handle.state is not WorkerState.IDLE:
+                continue
+            if handle.ping is not None:
+                _, sent = handle.ping
+                if handle.idle_since <= sent and now - sent > self._heartbeat_timeout:
+                    log.warning(
+                        "snakepit: worker %d (pid %d) has not answered a heartbeat for %.1fs; killing it",
+                        handle.id, handle.pid, now - sent,
+                    )
+                    self._counters.bump("hung")
+                    handle.kill()
+                continue
+            if self.recycle.active:
+                reason = self.recycle.reason(handle)
+                if reason is not None and self._dispatcher.retire_if_idle(handle, reason):
+                    self.retire(handle)
+                    continue
+            handle.ping = (next(self._pings), now)
+            handle.send_control(Ping(handle.ping[0]))
+        self.later(self._heartbeat_interval, self._health_round)
+
+    def retire(self, handle: WorkerHandle) -> None:
+        """Replace a worker that is out of service but healthy: start its successor, then ask it
+        to stop (``cleanup()`` runs); kill it if it has not stopped within ``shutdown_timeout``."""
+        reason = handle.retiring
+        self._counters.bump("recycled")
+        self._counters.bump(f"recycled_{reason}")
+        log.info("recycling worker %d (pid %d): %s", handle.id, handle.pid, reason)
+        self._spawn()
+        self._ask_to_stop(handle)
+        self.later(self._shutdown_timeout, self._kill_if_alive, handle)
+
+    def _ask_to_stop(self, handle: WorkerHandle) -> None:
+        try:
+            handle.send(encode_frame(Shutdown()))
+        except Exception:  # already gone: nothing to stop
+            pass
 
     # -- deaths ----------------------------------------------------------------------------------
 
@@ -351,84 +382,52 @@ class Supervisor:
             handle.kill()
         info = handle.reap()
         self._draining.pop(handle.id, None)
-        if handle.pidfd is not None:
-            self._unwatch(handle, handle.pidfd)
-        self._unwatch(handle, handle.responses_fd)
+        for fd in (handle.pidfd, handle.responses_fd):
+            self._unwatch(handle, fd)
         if not handle.checked_out:
             self.dispose(handle)
-        if self._stopping:
+        if self._stopping or handle.retiring is not None:
+            log.info("worker %d (pid %d) stopped: %s", handle.id, handle.pid, _describe_exit(info))
             return
-        young = time.monotonic() - handle.started_monotonic < _YOUNG
         if was_starting:
             message, traceback = handle.start_error or (f"exited during start-up ({_describe_exit(info)})", None)
             self._start_failed(handle, message, traceback)
             return
-        log.warning("snakepit: worker %d (pid %d) exited: %s", handle.id, handle.pid, _describe_exit(info))
-        self._schedule_replacement(young)
+        log.warning("worker %d (pid %d) exited: %s", handle.id, handle.pid, _describe_exit(info))
+        # A crash loop is workers dying before they are of any use: soon after start, no call served.
+        young = time.monotonic() - handle.started_monotonic < _YOUNG and handle.requests_served == 0
+        self._replace(young)
 
-    def _retire_after_shutdown(self, handle: WorkerHandle) -> None:
-        self._dispatcher.worker_died(handle)
-        if not handle.checked_out:
-            self.dispose(handle)
-
-    def _schedule_replacement(self, young: bool) -> None:
+    def _replace(self, young: bool) -> None:
         if self._stopping:
             return
         self._young_deaths = self._young_deaths + 1 if young else 0
         delay = 0.0 if self._young_deaths <= 1 else min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (self._young_deaths - 1))
         self._counters.bump("restarts")
-        self._later(delay, self._spawn)
+        if delay:
+            log.warning("workers keep dying young; next start in %.2fs", delay)
+        self.later(delay, self._spawn)
 
     def dispose(self, handle: WorkerHandle) -> None:
         """Forget a dead worker whose pipes nobody uses any more."""
         if self.handles.pop(handle.id, None) is None:
             return
         for fd in list(handle.watched):
+            while fd in self._splitters:  # its last words on stdout/stderr, up to end of file
+                self._read_output(handle, fd, STDOUT_LEVEL if fd == handle.pipes.stdout else STDERR_LEVEL)
             self._unwatch(handle, fd)
         handle.close_fds()
 
-    # -- shutdown --------------------------------------------------------------------------------
-
-    def _begin_shutdown(self, timeout: float) -> None:
-        self._stopping = True
-        self._timers.clear()
-        self._later(timeout, self._force_shutdown)
-        for handle in list(self.handles.values()):
-            if handle.state is WorkerState.DEAD:
-                continue
-            call = handle.current_call if handle.current_call is not None else self._draining.get(handle.id)
-            if call is not None:
-                handle.send_control(Cancel(call))
-            try:
-                handle.send(encode_frame(Shutdown()))
-            except Exception:  # already gone: nothing to shut down
-                pass
-
-    def _force_shutdown(self) -> None:
-        """Past the graceful deadline: SIGTERM, then SIGKILL after ``kill_grace``."""
-        for handle in self.handles.values():
-            if handle.exit_info is None:
-                self.terminate(handle)
-
     # -- selector bookkeeping --------------------------------------------------------------------
 
-    def _watch(self, handle: WorkerHandle, fd: int, kind: str) -> None:
-        watched = handle.watched
-        if fd in watched:
-            self._selector.modify(fd, selectors.EVENT_READ, (kind, handle))
-        else:
-            self._selector.register(fd, selectors.EVENT_READ, (kind, handle))
-        watched[fd] = kind
+    def _watch(self, handle: WorkerHandle, fd: int, callback: Any, *args: Any) -> None:
+        self.watch(fd, callback, handle, *args)
+        handle.watched.add(fd)
 
     def _unwatch(self, handle: WorkerHandle, fd: int | None) -> None:
-        watched = handle.watched
-        if fd is None or fd not in watched:
-            return
-        del watched[fd]
-        try:
-            self._selector.unregister(fd)
-        except (KeyError, ValueError, OSError):
-            pass
+        if fd is not None and fd in handle.watched:
+            handle.watched.discard(fd)
+            self.unwatch(fd)
 
 
 def _wait(handle: WorkerHandle, timeout: float) -> bool:

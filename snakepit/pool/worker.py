@@ -11,6 +11,7 @@ pidfd becoming readable (the latter also when a grandchild inherited the pipe).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import select
@@ -18,11 +19,12 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from ..protocol import FrameReader, FrameWriter, FromWorker, write_all
+from ..protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
 from . import spill
 
 
@@ -43,40 +45,51 @@ class DeadlineExceeded(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class WorkerPipes:
+    """The owner's ends of a worker's pipes (see :func:`~snakepit.pool.launcher.spawn`)."""
+
+    requests: int
+    control: int
+    responses: int
+    events: int
+    stdout: int
+    stderr: int
+    spill: int
+
+
 class WorkerHandle:
-    def __init__(
-        self,
-        worker_id: int,
-        process: subprocess.Popen[bytes],
-        requests: int,
-        control: int,
-        responses: int,
-        spill_fd: int,
-    ) -> None:
+    def __init__(self, worker_id: int, process: subprocess.Popen[bytes], pipes: WorkerPipes) -> None:
         self.id = worker_id
         self.process = process
         self.pid = process.pid
-        self.requests_fd = requests
-        self.control_fd = control
-        self.responses_fd = responses
-        self.spill_fd = spill_fd
+        self.pipes = pipes
+        self.requests_fd = pipes.requests
+        self.control_fd = pipes.control
+        self.responses_fd = pipes.responses
+        self.spill_fd = pipes.spill
         self.pidfd = _pidfd_open(process.pid)
         self.reader = FrameReader(FromWorker)
+        self.events = FrameReader(Event)
+        self.output: dict[int, bytes] = {pipes.stdout: b"", pipes.stderr: b""}  # partial lines
         self.state = WorkerState.STARTING
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
+        self.idle_since = 0.0  # monotonic time it last became idle
         self.requests_served = 0
         self.current_call: int | None = None
         self.current_tool: str | None = None
         self.exit_info: dict[str, Any] | None = None
         self.checked_out = False  # a caller, not the supervisor, owns the responses pipe
         self.start_error: tuple[str, str | None] | None = None  # why it never became ready
-        self.watched: dict[int, str] = {}  # fds the supervisor's selector watches, and why
+        self.retiring: str | None = None  # why it is being recycled, once it is
+        self.ping: tuple[int, float] | None = None  # outstanding heartbeat: (seq, sent at)
+        self.watched: set[int] = set()  # fds the supervisor's selector watches
         self._request_lock = threading.Lock()
         self._control_lock = threading.Lock()
         self._control_writer = FrameWriter()
         self._poller = select.poll()
-        self._poller.register(responses, select.POLLIN)
+        self._poller.register(self.responses_fd, select.POLLIN)
         if self.pidfd is not None:
             self._poller.register(self.pidfd, select.POLLIN)
         self._closed = False
@@ -180,7 +193,7 @@ class WorkerHandle:
         if self._closed:
             return
         self._closed = True
-        for fd in (self.requests_fd, self.control_fd, self.responses_fd, self.spill_fd, self.pidfd):
+        for fd in (*dataclasses.astuple(self.pipes), self.pidfd):
             if fd is not None:
                 try:
                     os.close(fd)

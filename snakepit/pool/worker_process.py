@@ -23,9 +23,10 @@ from .. import errors, protocol
 from ..adapter import BoundTool, discover_tools, import_by_path
 from ..errors import Reason
 from ..protocol import (
-    Boot, Call, Cancel, Chunk, End, Failure, FrameReader, Ping, Ready, Result, Shutdown,
+    Boot, Call, Cancel, Chunk, End, Failure, FrameReader, Ping, Pong, Ready, Result, Shutdown,
     StartFailed, ToWorker, decode_value, encode_value,
 )
+from .events import Events
 from ..streaming import StreamChunk
 from .outbox import Outbox
 
@@ -71,11 +72,12 @@ def _tool_exception(call_id: int, tool: str, exc: BaseException) -> Failure:
 
 
 class Worker:
-    def __init__(self, requests: int, control: int, responses: int, spill: int) -> None:
+    def __init__(self, requests: int, control: int, responses: int, events: int, spill: int) -> None:
         self._requests = requests
         self._control = control
         self._responses = responses
         self._out = Outbox(responses, spill)
+        self._events = Events(events)
         self.cancelled = -1  # id of the call the owner asked to cancel
         self._tools: dict[str, BoundTool] = {}
         self._adapter: Any = None
@@ -106,6 +108,7 @@ class Worker:
             os.chdir(boot.cwd)
         except OSError:
             pass
+        self._events.relay_logging(boot.log_level)
         try:
             cls = _load_adapter(boot.adapter)
             self._adapter = cls(**(decode_value(boot.adapter_args) or {}))
@@ -150,7 +153,7 @@ class Worker:
             if type(message) is Cancel:
                 self.cancelled = message.id
             elif type(message) is Ping:
-                pass
+                self._events.send(Pong(message.seq), essential=True)
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -268,12 +271,12 @@ def _close(items: Any) -> None:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    requests, control, responses, spill = (int(fd) for fd in sys.argv[1:5])
-    owner = int(sys.argv[5])
+    requests, control, responses, events, spill = (int(fd) for fd in sys.argv[1:6])
+    owner = int(sys.argv[6])
     if os.getppid() != owner:  # the owner died before PDEATHSIG was armed
         os._exit(0)
-    for fd in (requests, control, responses, spill):
+    for fd in (requests, control, responses, events, spill):
         os.set_inheritable(fd, False)
-    worker = Worker(requests, control, responses, spill)
+    worker = Worker(requests, control, responses, events, spill)
     worker.boot()
     worker.serve()

@@ -1,0 +1,139 @@
+"""A small event loop: one thread, a selector, timers, and work handed over from other threads.
+
+Callbacks for readable descriptors and due timers run on the loop's thread; other threads hand
+it work with :meth:`Reactor.submit`, which writes one byte to a self-pipe to wake the selector.
+All work runs under one lock -- also work submitted after the thread has stopped, which then
+runs inline in the submitting thread -- so the state the callbacks touch never sees two threads.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+log = logging.getLogger("snakepit")
+
+Callback = Callable[..., Any]
+
+
+class Reactor:
+    def __init__(self, name: str) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, (self._drain_wakeups, ()))
+        self._queue_lock = threading.Lock()
+        self._commands: deque[tuple[Callback, tuple[Any, ...]]] = deque()
+        self._running = False
+        self.work_lock = threading.RLock()
+        self._timers: list[tuple[float, int, Callback, tuple[Any, ...]]] = []
+        self._timer_seq = itertools.count()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    # -- any thread --------------------------------------------------------------------------------
+
+    def start_thread(self) -> None:
+        with self._queue_lock:
+            self._running = True
+        self._thread.start()
+
+    def submit(self, fn: Callback, *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop's thread, or right here once it has stopped."""
+        with self._queue_lock:
+            if self._running:
+                was_empty = not self._commands
+                self._commands.append((fn, args))
+                if was_empty:
+                    try:
+                        os.write(self._wake_w, b"\0")
+                    except BlockingIOError:  # already awake
+                        pass
+                return
+        with self.work_lock:
+            fn(*args)
+
+    def call_later(self, delay: float, fn: Callback, *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop's thread after ``delay`` seconds."""
+        self.submit(self.later, delay, fn, *args)
+
+    def join(self) -> None:
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def close(self) -> None:
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._selector.close()
+
+    # -- the loop's thread (or inline after it stopped) --------------------------------------------
+
+    def later(self, delay: float, fn: Callback, *args: Any) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn, args))
+
+    def clear_timers(self) -> None:
+        self._timers.clear()
+
+    def watch(self, fd: int, fn: Callback, *args: Any) -> None:
+        """Call ``fn(*args)`` whenever ``fd`` is readable."""
+        try:
+            self._selector.modify(fd, selectors.EVENT_READ, (fn, args))
+        except KeyError:
+            self._selector.register(fd, selectors.EVENT_READ, (fn, args))
+
+    def unwatch(self, fd: int) -> None:
+        try:
+            self._selector.unregister(fd)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def finished(self) -> bool:
+        """Whether the loop may end (checked after each round of work)."""
+        return False
+
+    def _run(self) -> None:
+        while True:
+            timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
+            ready = self._selector.select(timeout)
+            with self.work_lock:
+                for key, _ in ready:
+                    fn, args = key.data
+                    self._call(fn, args)
+                while True:
+                    with self._queue_lock:
+                        if not self._commands:
+                            break
+                        fn, args = self._commands.popleft()
+                    self._call(fn, args)
+                now = time.monotonic()
+                while self._timers and self._timers[0][0] <= now:
+                    _, _, fn, args = heapq.heappop(self._timers)
+                    self._call(fn, args)
+                if self.finished():
+                    break
+        with self._queue_lock:
+            self._running = False
+            leftover = list(self._commands)
+            self._commands.clear()
+        with self.work_lock:
+            for fn, args in leftover:
+                self._call(fn, args)
+
+    def _call(self, fn: Callback, args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("snakepit: %s failed on the supervisor thread", getattr(fn, "__name__", fn))
+
+    def _drain_wakeups(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass

@@ -1,0 +1,50 @@
+"""When a healthy worker should be replaced anyway: too many requests, too old, too big.
+
+Checked between calls, never inside one: after each call (the worker is about to go back to the
+pool) and periodically while a worker is idle. RSS is read with psutil, only when a memory limit
+is set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from .worker import WorkerHandle
+
+MAX_REQUESTS = "max_requests"
+WORKER_TTL = "worker_ttl"
+MEMORY_LIMIT = "memory_limit"
+RECYCLE_REASONS = (MAX_REQUESTS, WORKER_TTL, MEMORY_LIMIT)
+
+
+@dataclass(frozen=True)
+class RecyclePolicy:
+    max_requests: int | None = None
+    worker_ttl: float | None = None
+    memory_limit_mb: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.max_requests is not None or self.worker_ttl is not None or self.memory_limit_mb is not None
+
+    def reason(self, handle: WorkerHandle) -> str | None:
+        """Why ``handle`` is due for recycling now, if it is."""
+        if self.max_requests is not None and handle.requests_served >= self.max_requests:
+            return MAX_REQUESTS
+        if self.worker_ttl is not None and time.monotonic() - handle.started_monotonic >= self.worker_ttl:
+            return WORKER_TTL
+        if self.memory_limit_mb is not None:
+            rss = rss_bytes(handle.pid)
+            if rss is not None and rss >= self.memory_limit_mb * 1024 * 1024:
+                return MEMORY_LIMIT
+        return None
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return None

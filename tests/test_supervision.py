@@ -1,0 +1,305 @@
+"""Supervision under fault injection, against real processes: nothing hangs, nothing leaks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import textwrap
+import threading
+import time
+import subprocess
+
+import psutil
+import pytest
+from helpers import Faulty
+
+from snakepit import HALT, Pool, SnakepitError
+
+FAST = dict(cancel_grace=0.3, kill_grace=0.3, shutdown_timeout=2.0)
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def pids(pool: Pool) -> set[int]:
+    return {w["pid"] for w in pool.stats()["worker_info"]}
+
+
+# -- deaths ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, how", [("SystemExit", {"exit_code": 5}), ("KeyboardInterrupt", {"signal": "SIGINT"})])
+def test_exception_escaping_the_worker_loop_is_a_crash(kind, how):
+    with Pool(Faulty, size=1) as pool:
+        with pytest.raises(SnakepitError) as info:
+            pool.execute("raise_base", {"kind": kind})
+        assert info.value.reason == "worker_crashed"
+        assert {k: info.value.details[k] for k in how} == how
+        assert pool.execute("pid") > 0 and pool.stats()["restarts"] == 1
+
+
+def test_a_failing_restart_backs_off_and_the_pool_keeps_serving(tmp_path):
+    """Replacements that cannot start are retried with growing delays; survivors serve meanwhile."""
+    marker = tmp_path / "broken"
+    with Pool("helpers:BreaksOnRestart", size=2, adapter_args={"marker": str(marker)}, **FAST) as pool:
+        marker.write_text("broken from now on")
+        victim = sorted(pids(pool))[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: pool.stats()["workers"] == 1)
+        started = time.monotonic()
+        for _ in range(20):  # the survivor serves every call
+            pool.execute("pid")
+        wait_for(lambda: pool.stats()["restarts"] >= 5, timeout=10)
+        elapsed = time.monotonic() - started
+        assert pool.stats()["workers"] == 1
+        # 5 attempts with back-off 0, 0.1, 0.2, 0.4 s ... take measurably longer than immediate retries.
+        assert elapsed > 0.5
+        marker.unlink()
+        wait_for(lambda: pool.stats()["workers"] == 2, timeout=15)
+
+
+# -- timeouts -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tool, args", [("spin", {}), ("c_sleep", {}), ("sleep", {"seconds": 60})])
+def test_timeout_kills_a_stuck_worker_and_replaces_it(tool, args):
+    with Pool(Faulty, size=1, **FAST) as pool:
+        stuck = pool.execute("pid")
+        started = time.monotonic()
+        with pytest.raises(SnakepitError) as info:
+            pool.execute(tool, args, timeout=0.3)
+        elapsed = time.monotonic() - started
+        assert (info.value.category, info.value.reason) == ("timeout", "timeout")
+        assert 0.3 <= elapsed < 0.45  # near the deadline, not after the cleanup
+        wait_for(lambda: _gone(stuck))
+        assert pool.execute("pid") != stuck
+        assert pool.stats()["restarts"] == 1
+
+
+def test_timeout_of_a_stopped_worker():
+    with Pool(Faulty, size=1, **FAST) as pool:
+        stopped = pool.execute("pid")
+        outcome = []
+        call = threading.Thread(target=lambda: outcome.append(_error(pool.execute, "sleep", {"seconds": 2}, timeout=0.5)))
+        call.start()
+        wait_for(lambda: pool.stats()["busy"] == 1)
+        os.kill(stopped, signal.SIGSTOP)
+        call.join(5)
+        assert outcome[0].reason == "timeout"
+        assert pool.execute("pid") != stopped  # SIGTERM is held while stopped; SIGKILL is not
+
+
+def test_timeout_of_a_cooperative_stream_closes_the_generator():
+    with Pool(Faulty, size=1, **FAST) as pool:
+        started = time.monotonic()
+        with pytest.raises(SnakepitError) as info:
+            for _ in pool.stream("guarded", {"delay": 0.01}, timeout=0.3):
+                pass
+        assert info.value.reason == "timeout" and time.monotonic() - started < 0.45
+        assert pool.execute("closed") == 1  # same worker: the generator's finally ran
+        assert pool.stats()["restarts"] == 0
+
+
+# -- cancellation -----------------------------------------------------------------------------------
+
+
+def test_cancel_not_acknowledged_within_grace_kills_the_worker():
+    with Pool(Faulty, size=1, **FAST) as pool:
+        stubborn = pool.execute("pid")
+        started = time.monotonic()
+        result = pool.execute_stream("stubborn", {"block": 30}, lambda chunk: HALT)
+        assert result.halted and time.monotonic() - started < 0.2  # the caller does not wait
+        # The worker never reaches the next yield: it is killed, not handed out again dirty.
+        assert pool.execute("pid") != stubborn
+        assert pool.stats()["restarts"] == 1
+
+
+def test_cancel_from_every_direction_reaches_the_worker():
+    with Pool(Faulty, size=1, **FAST) as pool:
+        pool.execute_stream("guarded", {}, lambda chunk: HALT)
+
+        def explode(chunk):
+            raise LookupError("from the callback")
+
+        with pytest.raises(LookupError):
+            pool.execute_stream("guarded", {}, explode)
+        for _ in pool.stream("guarded"):
+            break
+        stream = pool.stream("guarded")
+        next(stream)
+        del stream
+        assert pool.execute("closed") == 4 and pool.stats()["restarts"] == 0
+
+
+# -- recycling --------------------------------------------------------------------------------------
+
+
+def test_max_requests_recycles_between_calls_never_inside_one():
+    with Pool(Faulty, size=1, max_requests=3, **FAST) as pool:
+        first = [pool.execute("pid") for _ in range(3)]
+        assert len(set(first)) == 1
+        second = pool.execute("pid")
+        assert second != first[0]
+        # A stream is one request: recycling waits for its end, never cuts it short.
+        for _ in range(3):
+            assert sum(pool.stream("count", {"n": 5000})) == 5000
+        stats = pool.stats()
+        assert stats["recycled"] >= 1 and stats["recycled_by_reason"]["max_requests"] >= 1
+        assert stats["restarts"] == 0
+
+
+def test_worker_ttl_recycles_idle_workers():
+    with Pool(Faulty, size=1, worker_ttl=0.5, heartbeat_interval=0.1, **FAST) as pool:
+        first = pool.execute("pid")
+        wait_for(lambda: pool.stats()["recycled"] >= 1, timeout=5)
+        assert pool.execute("pid") != first
+        assert pool.stats()["recycled_by_reason"]["worker_ttl"] >= 1
+
+
+def test_memory_limit_recycles_after_the_call_that_crossed_it():
+    with Pool(Faulty, size=1, memory_limit_mb=150, **FAST) as pool:
+        big = pool.execute("pid")
+        assert pool.execute("allocate", {"mb": 200}) == 1  # the call itself completes
+        assert pool.execute("pid") != big
+        stats = pool.stats()
+        assert stats["recycled_by_reason"] == {"memory_limit": 1}
+        assert all(w["rss"] < 150 << 20 for w in stats["worker_info"])
+
+
+def test_recycling_a_one_worker_pool_keeps_serving():
+    with Pool(Faulty, size=1, max_requests=1, **FAST) as pool:
+        seen = [pool.execute("pid") for _ in range(5)]
+        assert len(set(seen)) == 5
+        assert pool.stats()["recycled"] >= 4
+
+
+# -- hung idle workers ------------------------------------------------------------------------------
+
+
+def test_a_hung_idle_worker_is_detected_and_replaced():
+    with Pool(Faulty, size=2, heartbeat_interval=0.1, heartbeat_timeout=0.5, **FAST) as pool:
+        victim = sorted(pids(pool))[0]
+        started = time.monotonic()
+        os.kill(victim, signal.SIGSTOP)
+        wait_for(lambda: pool.stats()["hung"] == 1, timeout=5)
+        assert time.monotonic() - started < 2.0
+        wait_for(lambda: victim not in pids(pool) and len(pids(pool)) == 2)
+
+
+# -- worker output ----------------------------------------------------------------------------------
+
+
+def test_worker_output_reaches_logging_with_the_worker_id(caplog):
+    caplog.set_level(logging.INFO, logger="snakepit.worker")
+    with Pool("helpers:Toolbox", size=1) as pool:
+        worker_id = pool.stats()["worker_info"][0]["id"]
+        pool.execute("talk")
+        wait_for(lambda: len([r for r in caplog.records if r.name == "snakepit.worker"]) >= 4)
+    records = {r.getMessage().split("] ", 1)[1]: r for r in caplog.records if r.name == "snakepit.worker"}
+    assert records["printed to stdout"].levelno == logging.INFO
+    assert records["printed to stderr"].levelno == logging.WARNING
+    assert records["logged at error"].levelno == logging.ERROR and records["logged at error"].worker_logger == "toolbox"
+    assert records["written to fd 1 from C"].levelno == logging.INFO
+    assert all(r.worker_id == worker_id for r in records.values())
+
+
+def test_a_slow_log_handler_never_blocks_a_worker():
+    gate = threading.Event()
+
+    class Stuck(logging.Handler):
+        def emit(self, record):
+            gate.wait(30)
+
+    handler = Stuck()
+    logger = logging.getLogger("snakepit.worker")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with Pool(Faulty, size=1) as pool:
+            started = time.monotonic()
+            assert pool.execute("chatty", {"lines": 30_000, "width": 200}, timeout=20) == 30_000  # ~6 MB
+            assert time.monotonic() - started < 10
+            gate.set()
+    finally:
+        gate.set()
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+
+
+# -- orphans, exit and Ctrl-C ---------------------------------------------------------------------------
+
+OWNER = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {tests!r})
+    from snakepit import Pool
+    pool = Pool("helpers:Toolbox", size=2).start()
+    print(" ".join(str(w["pid"]) for w in pool.stats()["worker_info"]), flush=True)
+    mode = sys.argv[1]
+    if mode == "wait":
+        time.sleep(60)
+    elif mode == "exit":
+        pass  # interpreter exit without close(): atexit closes the pool
+    elif mode == "stream":
+        print("streaming", flush=True)
+        for chunk in pool.stream("guarded", {{"delay": 0.01}}):
+            pass
+    """
+).format(tests=os.path.dirname(os.path.abspath(__file__)))
+
+
+def _owner(mode: str, **env: str) -> tuple[subprocess.Popen, list[int]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWNER, mode], stdout=subprocess.PIPE, text=True, env={**os.environ, **env}
+    )
+    worker_pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(worker_pids) == 2
+    return proc, worker_pids
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_workers_exit_when_the_owner_is_killed():
+    owner, workers = _owner("wait")
+    owner.kill()
+    owner.wait()
+    wait_for(lambda: all(_gone(pid) for pid in workers), timeout=5)
+
+
+def test_interpreter_exit_closes_the_pool_gracefully(tmp_path):
+    marker = tmp_path / "cleanup"
+    owner, workers = _owner("exit", SNAKEPIT_TEST_CLEANUP_FILE=str(marker))
+    assert owner.wait(timeout=20) == 0
+    assert {int(line) for line in marker.read_text().split()} == set(workers)  # cleanup ran
+    assert all(_gone(pid) for pid in workers)
+
+
+def test_ctrl_c_while_a_stream_runs_ends_cleanly():
+    owner, workers = _owner("stream")
+    assert owner.stdout.readline().strip() == "streaming"
+    owner.send_signal(signal.SIGINT)
+    assert owner.wait(timeout=10) != 0  # KeyboardInterrupt, promptly
+    wait_for(lambda: all(_gone(pid) for pid in workers), timeout=5)
+
+
+def _error(fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except SnakepitError as exc:
+        return exc
+    raise AssertionError("expected a SnakepitError")
