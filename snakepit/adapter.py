@@ -96,7 +96,13 @@ class ToolSpec(msgspec.Struct, frozen=True):
 
 @dataclass
 class BoundTool:
-    """A tool of one adapter instance, ready to validate arguments and run."""
+    """A tool of one adapter instance, ready to check arguments and run.
+
+    Checking converts an args dict into a "bound" value: the msgspec struct of the parameters
+    or, for a tool taking ``**kwargs`` or with an omitted mutable default, the keyword dict.
+    :meth:`call` runs the tool with it; tools whose parameters all fit positionally are called
+    with the struct's fields as a tuple, the fastest call Python has.
+    """
 
     spec: ToolSpec
     func: Callable[..., Any]
@@ -104,9 +110,17 @@ class BoundTool:
     _args_type: type[msgspec.Struct] | None = field(default=None, repr=False)
     _accepts_extra: bool = False
     _names: tuple[str, ...] = ()
+    _positional: bool = False
 
     def bind(self, args: dict[str, Any]) -> dict[str, Any]:
         """Check ``args`` against the signature; return the (converted) keyword arguments."""
+        bound = self.convert(args)
+        if self._positional:
+            return dict(zip(self._names, msgspec.structs.astuple(bound)))
+        return bound
+
+    def convert(self, args: Any) -> Any:
+        """Check ``args``; the bound value for :meth:`call` (``invalid_arguments`` otherwise)."""
         if type(args) is not dict:
             raise errors.validation(
                 Reason.INVALID_ARGUMENTS,
@@ -122,13 +136,61 @@ class BoundTool:
         try:
             converted = msgspec.convert(args, self._args_type, str_keys=True)
         except msgspec.ValidationError as exc:
-            raise errors.validation(
-                Reason.INVALID_ARGUMENTS,
-                f"invalid arguments for {self.spec.name!r}: {_describe_validation(exc)}",
-                tool=self.spec.name,
-            ) from None
+            raise self._invalid(exc) from None
+        if self._positional:
+            return converted
         kwargs = {k: v for k, v in msgspec.structs.asdict(converted).items() if v is not UNSET}
         return {**kwargs, **extra} if extra else kwargs
+
+    def decode_many(self, encoded: bytes | memoryview, decode_items: Callable[[Any], Any]) -> list[Any]:
+        """The bound values of an encoded list of args dicts: decoded straight into parameter
+        structs with one C call when every item is valid; else item by item (see
+        :meth:`convert_many`). ``decode_items`` turns the encoding into plain values."""
+        if self._batch_decoder is not None:
+            try:
+                return self._batch_decoder.decode(encoded)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                pass  # an invalid item, or a pickled batch: the general path says which
+        return self.convert_many(decode_items(encoded))
+
+    @property
+    def _batch_decoder(self) -> msgspec.msgpack.Decoder | None:
+        if not self._positional or self._args_type is None:
+            return None
+        decoder = self.__dict__.get("_decoder")
+        if decoder is None:
+            decoder = self.__dict__["_decoder"] = msgspec.msgpack.Decoder(list[self._args_type])  # type: ignore[name-defined]
+        return decoder
+
+    def convert_many(self, items: Any) -> list[Any]:
+        """:meth:`convert` for a batch: one C call when every item is valid; else item by item,
+        with the error in place of each invalid item's bound value."""
+        if type(items) is not list:
+            raise errors.validation(Reason.INVALID_ARGUMENTS, f"a batch must be a list, got {type(items).__name__}")
+        if self._positional and self._args_type is not None:
+            try:
+                return msgspec.convert(items, list[self._args_type], str_keys=True)  # type: ignore[name-defined]
+            except msgspec.ValidationError:
+                pass
+        bound: list[Any] = []
+        for args in items:
+            try:
+                bound.append(self.convert(args))
+            except errors.SnakepitError as exc:
+                bound.append(exc)
+        return bound
+
+    def call(self, bound: Any) -> Any:
+        if self._positional:
+            return self.func(*msgspec.structs.astuple(bound))
+        return self.func(**bound)
+
+    def _invalid(self, exc: msgspec.ValidationError) -> errors.SnakepitError:
+        return errors.validation(
+            Reason.INVALID_ARGUMENTS,
+            f"invalid arguments for {self.spec.name!r}: {_describe_validation(exc)}",
+            tool=self.spec.name,
+        )
 
 
 _JSON_NAMES = {"`object`": "`dict`", "`array`": "`list`", "`null`": "`None`"}
@@ -164,6 +226,9 @@ def _supported(annotation: Any) -> bool:
     return True
 
 
+_IMMUTABLE = frozenset({type(None), bool, int, float, str, bytes, tuple, frozenset})
+
+
 def _plain_default(value: Any) -> Any:
     if value is None or type(value) in (str, int, float, bool):
         return value
@@ -182,7 +247,7 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundT
         hints = {}
     params: list[ParameterSpec] = []
     fields: list[tuple[Any, ...]] = []
-    accepts_extra = False
+    accepts_extra = unset_defaults = keyword_only = False
     for p in signature.parameters.values():
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             accepts_extra = True
@@ -195,9 +260,17 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundT
             ParameterSpec(p.name, _type_name(annotation), required, None if required else _plain_default(p.default))
         )
         checked = annotation if annotation is not inspect.Parameter.empty and _supported(annotation) else Any
-        # An omitted optional argument stays UNSET and is left out of the call, so Python applies
-        # the tool's own default (mutable or not) exactly as a direct call would.
-        fields.append((p.name, checked) if required else (p.name, Union[checked, UnsetType], UNSET))
+        if required:
+            fields.append((p.name, checked))
+        elif type(p.default) in _IMMUTABLE:
+            fields.append((p.name, checked, p.default))
+        else:
+            # An omitted mutable default stays UNSET and is left out of the call, so Python
+            # applies the tool's own default object exactly as a direct call would.
+            fields.append((p.name, Union[checked, UnsetType], UNSET))
+            unset_defaults = True
+        if p.kind is inspect.Parameter.KEYWORD_ONLY:
+            keyword_only = True
     is_generator = inspect.isgeneratorfunction(func)
     streaming = is_generator if options.supports_streaming is None else options.supports_streaming
     spec = ToolSpec(
@@ -211,7 +284,8 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundT
         args_type = msgspec.defstruct(
             f"{spec.name}_args", fields, forbid_unknown_fields=not accepts_extra, kw_only=True
         )
-    return BoundTool(spec, func, is_generator, args_type, accepts_extra, tuple(f[0] for f in fields))
+    positional = args_type is not None and not (accepts_extra or unset_defaults or keyword_only)
+    return BoundTool(spec, func, is_generator, args_type, accepts_extra, tuple(f[0] for f in fields), positional)
 
 
 def import_by_path(path: str) -> Any:

@@ -32,8 +32,8 @@ from .adapter import ToolSpec
 from .errors import Reason
 
 __all__ = [
-    "Boot", "Call", "Shutdown", "Cancel", "Ping",
-    "Ready", "StartFailed", "Result", "Chunk", "Chunks", "End", "Failure", "Pong", "Log",
+    "Boot", "Call", "Batch", "Shutdown", "Cancel", "Ping",
+    "Ready", "StartFailed", "Result", "Chunk", "Chunks", "End", "Failure", "BatchResult", "Pong", "Log",
     "encode_value", "decode_value", "encode_frame", "FrameWriter", "FrameReader",
 ]
 
@@ -69,6 +69,18 @@ class Call(_Msg, tag=2):
 
 class Shutdown(_Msg, tag=3):
     pass
+
+
+class Batch(_Msg, tag=6):
+    """Many calls of one tool, run in order (``pool.map``).
+
+    ``items`` is the encoded list of args dicts, kept raw so that the worker can decode it
+    straight into the tool's parameter structs (one C call checks and converts the batch).
+    """
+
+    id: int
+    tool: str
+    items: msgspec.Raw
 
 
 # owner -> worker, control pipe
@@ -114,6 +126,15 @@ class Chunks(_Msg, tag=17):
     items: list[Any]
 
 
+class BatchResult(_Msg, tag=19):
+    """One value per item that ran (``None`` where it failed) and the failures:
+    ``[index, category, reason, message, details, traceback]``."""
+
+    id: int
+    values: Any
+    failures: list[list[Any]]
+
+
 class End(_Msg, tag=14):
     """A stream is over: the generator finished, yielded its final chunk, or was cancelled."""
 
@@ -145,11 +166,11 @@ class Log(_Msg, tag=18):
     message: str
 
 
-ToWorker = Union[Boot, Call, Shutdown, Cancel, Ping]
-FromWorker = Union[Ready, StartFailed, Result, Chunk, Chunks, End, Failure]
+ToWorker = Union[Boot, Call, Batch, Shutdown, Cancel, Ping]
+FromWorker = Union[Ready, StartFailed, Result, Chunk, Chunks, End, Failure, BatchResult]
 Event = Union[Pong, Log]
 
-TERMINAL = (Result, End, Failure)
+TERMINAL = (Result, End, Failure, BatchResult)
 
 
 def failure(call_id: int, error: errors.SnakepitError) -> Failure:
@@ -166,10 +187,11 @@ def raise_failure(msg: Failure) -> None:
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 
 
-def _plain(value: Any, _scalars: frozenset = _SCALARS, type: type = type, str: type = str, int: type = int) -> bool:
+def _plain(value: Any, _scalars: frozenset = _SCALARS, type: type = type, str: type = str, int: type = int, dict: type = dict) -> bool:
     """True when msgpack round-trips ``value`` exactly (same types, same structure).
 
-    On the hot path of every chunk: builtins are bound as defaults to skip global look-ups.
+    On the hot path of every chunk and every map item: builtins are bound as defaults to skip
+    global look-ups, and the dicts inside a list (a batch of arguments) are checked inline.
     """
     kind = type(value)
     if kind is dict:
@@ -181,7 +203,16 @@ def _plain(value: Any, _scalars: frozenset = _SCALARS, type: type = type, str: t
         return True
     if kind is list:
         for item in value:
-            if type(item) not in _scalars and not _plain(item):
+            kind = type(item)
+            if kind in _scalars:
+                continue
+            if kind is dict:
+                for key, inner in item.items():
+                    if type(key) is not str and type(key) is not int:
+                        return False
+                    if type(inner) not in _scalars and not _plain(inner):
+                        return False
+            elif not _plain(item):
                 return False
         return True
     return kind in _scalars

@@ -82,12 +82,13 @@ def test_spec_from_introspection(tools):
 
 
 def test_bind_checks_and_converts(tools):
-    assert tools["plain"].bind({"a": 2}) == {"a": 2}
+    assert tools["plain"].bind({"a": 2}) == {"a": 2, "b": 2.5, "label": "x"}  # immutable defaults filled in
     assert tools["plain"].bind({"a": 2, "b": 3, "label": "y"}) == {"a": 2, "b": 3.0, "label": "y"}
+    assert tools["boxed"]._positional and not tools["plain"]._positional  # keyword-only: by name
     assert tools["boxed"].bind({"box": {"width": 2, "height": 3}}) == {"box": Box(2, 3)}
     assert tools["boxed"].bind({"box": Box(1, 1)}) == {"box": Box(1, 1)}
-    assert tools["optional"].bind({"value": None}) == {"value": None}
-    assert tools["untyped"].bind({"anything": (1, 2)}) == {"anything": (1, 2)}
+    assert tools["optional"].bind({"value": None}) == {"value": None}  # mutable default left out
+    assert tools["untyped"].bind({"anything": (1, 2)}) == {"anything": (1, 2), "other": None}
     assert tools["extra"].bind({"a": 1, "z": 2}) == {"a": 1, "z": 2}
     assert tools["unsupported"].bind({"fn": print}) == {"fn": print}
 

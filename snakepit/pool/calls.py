@@ -15,6 +15,7 @@ else is written twice.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable
 
@@ -199,6 +200,10 @@ class Exchange:
     def expired(self) -> None:
         self.cancel()
         self.dispatcher.counters.bump("timeouts")
+        self.dispatcher.observer.emit(
+            "timeout", logging.WARNING, f"call to {self.tool!r} on worker {self.handle.id} exceeded its timeout",
+            tool=self.tool, worker_id=self.handle.id,
+        )
         raise errors.timeout(
             Reason.TIMEOUT,
             f"call to {self.tool!r} exceeded its timeout",

@@ -7,7 +7,8 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping
 
 from .. import errors, protocol
 from ..adapter import ToolSpec
@@ -15,12 +16,16 @@ from ..affinity import Affinity, parse_affinity
 from ..affinity.sessions import SessionStore
 from ..errors import Reason
 from ..protocol import Call
+from ..observe import Observer
+from ..progress import Reporter
 from ..streaming import StreamResult
+from . import aio, mapping
+from .aio import AsyncStream
 from .calls import Exchange, Stream, run_execute, run_stream
-from .session import Session
 from .launcher import build_launch_spec
-from .recycling import RECYCLE_REASONS, RecyclePolicy, rss_bytes
 from .queue import Counters, Dispatcher
+from .recycling import RECYCLE_REASONS, RecyclePolicy, rss_bytes
+from .session import Session
 from .supervisor import Supervisor
 
 __all__ = ["Pool"]
@@ -72,6 +77,8 @@ class Pool:
         heartbeat_interval: how often idle workers are pinged.
         heartbeat_timeout: an idle worker that has not answered a ping for this long is hung: it
             is killed and replaced.
+        on_event: called with each event (worker start, exit, restart, recycle, hang, timeout,
+            saturation) as a plain dict, for metrics exporters. See :mod:`snakepit.observe`.
     """
 
     def __init__(
@@ -96,6 +103,7 @@ class Pool:
         shutdown_timeout: float = 5.0,
         heartbeat_interval: float = 2.0,
         heartbeat_timeout: float = 10.0,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if size is None:
             size = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -117,7 +125,10 @@ class Pool:
         launch = build_launch_spec(adapter, adapter_args, worker_env)
         self._counters = Counters()
         sessions = SessionStore(_positive("session_ttl", session_ttl), max_sessions)
-        self._dispatcher = Dispatcher(max_queue, self._counters, sessions, self.affinity, recycle)
+        if on_event is not None and not callable(on_event):
+            raise errors.validation(Reason.INVALID_CONFIG, "on_event must be callable")
+        observer = Observer(on_event)
+        self._dispatcher = Dispatcher(max_queue, self._counters, sessions, self.affinity, recycle, observer)
         self._supervisor = Supervisor(
             self._dispatcher,
             launch,
@@ -130,6 +141,7 @@ class Pool:
             heartbeat_interval=_positive("heartbeat_interval", heartbeat_interval),
             heartbeat_timeout=_positive("heartbeat_timeout", heartbeat_timeout),
             recycle=recycle,
+            observer=observer,
         )
         self._dispatcher.supervisor = self._supervisor
         self._tools: dict[str, ToolSpec] = {}
@@ -247,6 +259,164 @@ class Pool:
             raise
         return Stream(exchange, lambda: self._counters.bump("errors"), self)
 
+    # -- many calls ------------------------------------------------------------------------------
+
+    def map(
+        self,
+        tool: str,
+        iterable_of_args: Iterable[Mapping[str, Any]],
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        progress: bool | Callable[[int, int | None], None] = False,
+        chunksize: int | None = None,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Run ``tool`` once per args dict and yield the results, keeping every worker busy.
+
+        Results come in input order (or as completed with ``ordered=False``). The input is read
+        lazily: an endless generator works, in bounded memory. Items travel in batches, sized
+        automatically unless ``chunksize`` is given, pipelined so tiny tasks are not bound by
+        round trips. A failing item raises its :class:`SnakepitError` at its position, unless
+        ``return_exceptions=True`` yields it. ``progress=True`` shows a tqdm bar; a callable gets
+        ``(done, total)``. ``timeout`` bounds each batch. The map occupies the workers it takes
+        (every idle one, or the session's) until its input is exhausted.
+        """
+        return mapping.run_map(*self._map_setup(tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, sync=True))
+
+    def amap(
+        self,
+        tool: str,
+        iterable_of_args: Iterable[Mapping[str, Any]],
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        progress: bool | Callable[[int, int | None], None] = False,
+        chunksize: int | None = None,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """:meth:`map` for asyncio: ``async for result in pool.amap(...)``."""
+        return mapping.arun_map(*self._map_setup(tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, sync=False))
+
+    def _map_setup(
+        self,
+        tool: str,
+        iterable_of_args: Iterable[Mapping[str, Any]],
+        ordered: bool,
+        return_exceptions: bool,
+        progress: bool | Callable[[int, int | None], None],
+        chunksize: int | None,
+        session_id: str | None,
+        affinity: Affinity | str | None,
+        timeout: float | None,
+        *,
+        sync: bool,
+    ) -> tuple[Any, ...]:
+        if tool not in self._tools:
+            if self._dispatcher.closed:
+                raise errors.pool_closed()
+            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}", tool=tool)
+        _positive_int("chunksize", chunksize)
+        if session_id is not None:
+            _check_session_id(session_id)
+        mode = None if affinity is None else parse_affinity(affinity)
+        batch_timeout = self._timeout if timeout is None else _positive("timeout", timeout)
+        try:
+            total: int | None = len(iterable_of_args)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        reporter = Reporter(progress, total, description=tool)
+        engine = mapping.MapEngine(
+            self._dispatcher,
+            self._ids,
+            tool,
+            iterable_of_args,
+            ordered=ordered,
+            chunksize=chunksize,
+            timeout=batch_timeout,
+            on_progress=reporter.update if reporter.active else None,
+            on_items=lambda count: self._counters.bump("requests", count),
+            on_close=lambda engine: self._map_closed(engine, reporter),
+        )
+
+        def first() -> Any:
+            now = time.monotonic()
+            if sync:
+                return self._dispatcher.checkout(session_id, mode, now + self._queue_timeout, None)
+            return aio.checkout(self._dispatcher, session_id, mode, now + self._queue_timeout, None)
+
+        def more() -> Any:
+            return None if session_id is not None else self._dispatcher.checkout_now()
+
+        return engine, first, more, return_exceptions
+
+    def _map_closed(self, engine: mapping.MapEngine, reporter: Reporter) -> None:
+        reporter.close()
+        if engine.failed:
+            self._counters.bump("errors", engine.failed)
+
+    # -- asyncio ---------------------------------------------------------------------------------
+
+    async def aexecute(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """:meth:`execute` for asyncio: waits through the event loop; cancelling the task
+        cancels the call in the worker."""
+        self._counters.bump("requests")
+        try:
+            exchange = await self._abegin(tool, args, False, session_id, affinity, timeout)
+            return await aio.run_execute(exchange)
+        except errors.SnakepitError:
+            self._counters.bump("errors")
+            raise
+
+    async def aexecute_stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        callback: Callable[[Any], Any],
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> StreamResult:
+        """:meth:`execute_stream` for asyncio; ``callback`` may be a coroutine function."""
+        if not callable(callback):
+            raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
+        self._counters.bump("requests")
+        try:
+            exchange = await self._abegin(tool, args, True, session_id, affinity, timeout)
+            return await aio.run_stream(exchange, callback)
+        except errors.SnakepitError:
+            self._counters.bump("errors")
+            raise
+
+    def astream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncStream:
+        """``async for data in pool.astream(...)``: the call starts at the first iteration (or
+        on ``async with``); leaving early, ``aclose()`` or cancelling the task cancels it."""
+        self._counters.bump("requests")
+        return AsyncStream(
+            self._abegin(tool, args, True, session_id, affinity, timeout), lambda: self._counters.bump("errors"), self
+        )
+
     def session(self, session_id: str, *, affinity: Affinity | str | None = None) -> Session:
         """A handle whose calls all carry ``session_id`` (and its ``affinity``, if given).
 
@@ -267,6 +437,33 @@ class Pool:
         timeout: float | None,
     ) -> Exchange:
         """Check the call, take a worker, send the call: everything before the first answer."""
+        call = self._prepare(tool, args, stream, session_id, affinity, timeout)
+        handle = self._dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline)
+        return call.start(self._dispatcher, handle)
+
+    async def _abegin(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        stream: bool,
+        session_id: str | None,
+        affinity: Affinity | str | None,
+        timeout: float | None,
+    ) -> Exchange:
+        call = self._prepare(tool, args, stream, session_id, affinity, timeout)
+        handle = await aio.checkout(self._dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline)
+        return call.start(self._dispatcher, handle)
+
+    def _prepare(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        stream: bool,
+        session_id: str | None,
+        affinity: Affinity | str | None,
+        timeout: float | None,
+    ) -> PreparedCall:
+        """Everything that can be checked and encoded before a worker is taken."""
         spec = self._tools.get(tool)
         if spec is None:
             if self._dispatcher.closed:
@@ -294,11 +491,7 @@ class Pool:
             timeout = self._timeout
         else:
             _positive("timeout", timeout)
-        deadline = now + timeout
-        handle = self._dispatcher.checkout(session_id, mode, now + self._queue_timeout, deadline)
-        exchange = Exchange(self._dispatcher, handle, call_id, tool, deadline)
-        exchange.send(frame)
-        return exchange
+        return PreparedCall(call_id, tool, frame, session_id, mode, now + self._queue_timeout, now + timeout)
 
     # -- introspection ---------------------------------------------------------------------------
 
@@ -333,6 +526,24 @@ class Pool:
             "waiting": snapshot["waiting"],
             "worker_info": snapshot["worker_info"],
         }
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """A call checked and encoded, waiting for a worker."""
+
+    call_id: int
+    tool: str
+    frame: bytearray
+    session_id: str | None
+    affinity: Affinity | None
+    queue_deadline: float
+    deadline: float
+
+    def start(self, dispatcher: Dispatcher, handle: Any) -> Exchange:
+        exchange = Exchange(dispatcher, handle, self.call_id, self.tool, self.deadline)
+        exchange.send(self.frame)
+        return exchange
 
 
 def _check_session_id(session_id: Any) -> None:

@@ -11,15 +11,17 @@ Ownership of a worker's responses pipe moves with the worker: the caller owns it
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import errors
 from ..affinity import Affinity, Router, Ticket
 from ..affinity.sessions import SessionStore
 from ..errors import Reason
+from ..observe import Observer
 from .recycling import RecyclePolicy
 from .worker import WorkerHandle, WorkerState
 
@@ -52,9 +54,16 @@ class Counters:
 
 class Dispatcher:
     def __init__(
-        self, max_queue: int, counters: Counters, sessions: SessionStore, affinity: Affinity, recycle: RecyclePolicy
+        self,
+        max_queue: int,
+        counters: Counters,
+        sessions: SessionStore,
+        affinity: Affinity,
+        recycle: RecyclePolicy,
+        observer: Observer,
     ) -> None:
         self.lock = threading.Lock()
+        self.observer = observer
         self.recycle = recycle
         self.router = Router(max_queue)
         self.sessions = sessions
@@ -75,30 +84,66 @@ class Dispatcher:
         call_deadline: float | None,
     ) -> WorkerHandle:
         """A worker for this call, waiting FIFO if none may serve it now; raises refusals."""
+        handle, ticket, parked = self.request(session_id, affinity, _park)
+        deadline = _earliest(queue_deadline, call_deadline)
+        while handle is None:
+            parked.acquire(timeout=max(0.0, deadline - time.monotonic()))
+            handle, parked = self.settle(ticket, queue_deadline, call_deadline, _park)
+        return handle
+
+    def request(self, session_id: str | None, affinity: Affinity | None, park: Callable[[Ticket], Any]) -> tuple[WorkerHandle | None, Ticket, Any]:
+        """First step of a checkout: ``(worker, ticket, None)`` if one is free now, else
+        ``(None, ticket, park(ticket))`` -- the ticket waits and ``park`` installed its waker.
+
+        The waiting itself is the caller's (a thread blocks on a lock, a coroutine awaits a
+        future); :meth:`settle` ends each wait. This is the only difference between the two.
+        """
         with self.lock:
             if self.closed:
                 raise errors.pool_closed()
             ticket = self._ticket(session_id, affinity)
             handle = self._acquire(ticket)
             if handle is not None:
-                return handle
+                return handle, ticket, None
             self.counters.bump("queued")
-            parked = _park(ticket)
-        deadline = queue_deadline if call_deadline is None else min(queue_deadline, call_deadline)
-        while True:
-            parked.acquire(timeout=max(0.0, deadline - time.monotonic()))
-            with self.lock:
-                if not ticket.done and self.router.withdraw(ticket):
-                    raise self._deadline_error(queue_deadline, call_deadline)
-                handle = self._claim(ticket)
-                if handle is not None:
-                    return handle
-                # The worker it was handed died before this thread took it: ask again.
+            return None, ticket, park(ticket)
+
+    def settle(
+        self, ticket: Ticket, queue_deadline: float, call_deadline: float | None, park: Callable[[Ticket], Any]
+    ) -> tuple[WorkerHandle | None, Any]:
+        """After a wait ended (woken, or at the deadline): the worker, or the refusal or timeout
+        raised, or ``(None, park(ticket))`` to wait again."""
+        with self.lock:
+            if not ticket.done and self.router.withdraw(ticket):
+                raise self._deadline_error(queue_deadline, call_deadline)
+            handle = self._claim(ticket)
+            if handle is None:  # the worker it was handed died before it was taken: ask again
                 ticket.worker = None
                 handle = self._acquire(ticket)
-                if handle is not None:
-                    return handle
-                parked = _park(ticket)
+            return (handle, None) if handle is not None else (None, park(ticket))
+
+    def checkout_now(self) -> WorkerHandle | None:
+        """An idle worker if there is one (no session, no queueing); ``None`` otherwise."""
+        with self.lock:
+            if self.closed or not self.router.idle:
+                return None
+            ticket = Ticket()
+            self.router.acquire(ticket)  # an idle worker and no waiter that could use it: served
+            return self._claim(ticket) if ticket.done else None
+
+    def forsake(self, ticket: Ticket) -> None:
+        """The caller stopped waiting (its task was cancelled): leave the queue, or hand back
+        the worker the ticket was given in the meantime."""
+        with self.lock:
+            if self.router.withdraw(ticket) or not ticket.done or ticket.refused is not None:
+                return
+            handle = self.workers.get(ticket.worker)  # type: ignore[arg-type]
+            if handle is None:
+                return
+            handle.checked_out = False
+            woken = self._free(handle)
+        for other in woken:
+            _wake(other)
 
     def _ticket(self, session_id: str | None, affinity: Affinity | None) -> Ticket:
         """The routing request for a call (lock held): its mode and its session's pin."""
@@ -124,6 +169,10 @@ class Dispatcher:
         if ticket.refused is not None:
             if ticket.refused == Reason.POOL_SATURATED:
                 self.counters.bump("pool_saturated")
+                self.observer.emit(
+                    "pool_saturated", logging.WARNING, f"pool saturated: {self.router.waiting} calls already waiting",
+                    waiting=self.router.waiting,
+                )
             elif ticket.refused == Reason.SESSION_WORKER_UNAVAILABLE and session is not None:
                 session.worker = None
             raise self._refusal(ticket.refused)
@@ -177,8 +226,10 @@ class Dispatcher:
     def _deadline_error(self, queue_deadline: float, call_deadline: float | None) -> errors.SnakepitError:
         if call_deadline is not None and call_deadline <= queue_deadline:
             self.counters.bump("timeouts")
+            self.observer.emit("timeout", logging.WARNING, "a call timed out while waiting for a worker", waiting=True)
             return errors.timeout(Reason.TIMEOUT, "the call timed out while waiting for a worker")
         self.counters.bump("queue_timeouts")
+        self.observer.emit("queue_timeout", logging.WARNING, "no worker became available within queue_timeout")
         return errors.timeout(Reason.QUEUE_TIMEOUT, "no worker became available within queue_timeout")
 
     def release(self, handle: WorkerHandle) -> None:
@@ -314,6 +365,10 @@ class Dispatcher:
                 "waiting": self.router.waiting,
                 "worker_info": [_worker_info(h) for h in self.workers.values()],
             }
+
+
+def _earliest(queue_deadline: float, call_deadline: float | None) -> float:
+    return queue_deadline if call_deadline is None else min(queue_deadline, call_deadline)
 
 
 def _park(ticket: Ticket) -> Any:

@@ -8,6 +8,7 @@ from ..affinity import Affinity
 from ..streaming import StreamResult
 
 if TYPE_CHECKING:
+    from .aio import AsyncStream
     from .calls import Stream
     from .pool import Pool
 
@@ -50,6 +51,23 @@ class Session:
 
     def stream(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> Stream:
         return self.pool.stream(tool, args, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
+
+    async def aexecute(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> Any:
+        return await self.pool.aexecute(tool, args, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
+
+    async def aexecute_stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        callback: Callable[[Any], Any],
+        *,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> StreamResult:
+        return await self.pool.aexecute_stream(tool, args, callback, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
+
+    def astream(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> AsyncStream:
+        return self.pool.astream(tool, args, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
 
     def close(self) -> None:
         """End the session: its pin is forgotten; a later call with its id starts afresh."""

@@ -37,6 +37,7 @@ from typing import Any
 from .. import errors
 from ..adapter import ToolSpec
 from ..errors import Reason
+from ..observe import Observer
 from ..protocol import TERMINAL, Cancel, Log, Ping, Pong, Ready, Shutdown, StartFailed, encode_frame
 from .launcher import LaunchSpec, spawn
 from .queue import Counters, Dispatcher
@@ -45,7 +46,6 @@ from .recycling import RecyclePolicy
 from .relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
 from .worker import WorkerHandle, WorkerState
 
-log = logging.getLogger("snakepit")
 
 # Restart back-off: workers that fail to start, or die young without serving a call, in a row
 # delay the next replacement exponentially.
@@ -69,8 +69,10 @@ class Supervisor(Reactor):
         heartbeat_interval: float,
         heartbeat_timeout: float,
         recycle: RecyclePolicy,
+        observer: Observer,
     ) -> None:
         super().__init__("snakepit-supervisor")
+        self.observer = observer
         self._dispatcher = dispatcher
         self._launch = launch
         self._counters = counters
@@ -197,7 +199,7 @@ class Supervisor(Reactor):
         else:
             threading.Thread(target=self._wait_exit, args=(handle,), daemon=True).start()
         self.later(self._start_timeout, self._start_expired, handle)
-        log.info("worker %d starting (pid %d)", worker_id, handle.pid)
+        self.observer.emit("worker_start", logging.INFO, f"worker {worker_id} starting (pid {handle.pid})", worker_id=worker_id, pid=handle.pid)
 
     def _wait_exit(self, handle: WorkerHandle) -> None:
         """Without pidfds, a thread blocked in waitpid is the process sentinel."""
@@ -215,7 +217,10 @@ class Supervisor(Reactor):
                 if self.tools is None:
                     self.tools = list(message.tools)
                 self._dispatcher.add_worker(handle)
-                log.info("worker %d ready (pid %d)", handle.id, handle.pid)
+                self.observer.emit(
+                    "worker_ready", logging.INFO, f"worker {handle.id} ready (pid {handle.pid})",
+                    worker_id=handle.id, pid=handle.pid, startup_s=time.monotonic() - handle.started_monotonic,
+                )
                 with self._start_cond:
                     self._ready += 1
                     self._start_cond.notify_all()
@@ -241,7 +246,7 @@ class Supervisor(Reactor):
                     self._start_error = error
                     self._start_cond.notify_all()
                 return
-        log.error("%s", error.message)
+        self.observer.emit("worker_start_failed", logging.ERROR, error.message, **details)
         self._replace(young=True)
 
     # -- output and events ------------------------------------------------------------------------
@@ -304,9 +309,10 @@ class Supervisor(Reactor):
 
     def _drain_expired(self, handle: WorkerHandle, call_id: int) -> None:
         if self._draining.get(handle.id) == call_id and handle.state is WorkerState.DRAINING:
-            log.warning(
-                "snakepit: worker %d did not give up call %d within cancel_grace=%.1fs; terminating it",
-                handle.id, call_id, self._cancel_grace,
+            self.observer.emit(
+                "cancel_timeout", logging.WARNING,
+                f"worker {handle.id} did not give up call {call_id} within cancel_grace={self._cancel_grace}s; terminating it",
+                worker_id=handle.id, pid=handle.pid, call_id=call_id,
             )
             self.terminate(handle)
 
@@ -333,9 +339,10 @@ class Supervisor(Reactor):
             if handle.ping is not None:
                 _, sent = handle.ping
                 if handle.idle_since <= sent and now - sent > self._heartbeat_timeout:
-                    log.warning(
-                        "snakepit: worker %d (pid %d) has not answered a heartbeat for %.1fs; killing it",
-                        handle.id, handle.pid, now - sent,
+                    self.observer.emit(
+                        "worker_hung", logging.WARNING,
+                        f"worker {handle.id} (pid {handle.pid}) has not answered a heartbeat for {now - sent:.1f}s; killing it",
+                        worker_id=handle.id, pid=handle.pid, silent_s=now - sent,
                     )
                     self._counters.bump("hung")
                     handle.kill()
@@ -355,7 +362,10 @@ class Supervisor(Reactor):
         reason = handle.retiring
         self._counters.bump("recycled")
         self._counters.bump(f"recycled_{reason}")
-        log.info("recycling worker %d (pid %d): %s", handle.id, handle.pid, reason)
+        self.observer.emit(
+            "worker_recycle", logging.INFO, f"recycling worker {handle.id} (pid {handle.pid}): {reason}",
+            worker_id=handle.id, pid=handle.pid, reason=reason, requests=handle.requests_served,
+        )
         self._spawn()
         self._ask_to_stop(handle)
         self.later(self._shutdown_timeout, self._kill_if_alive, handle)
@@ -386,14 +396,18 @@ class Supervisor(Reactor):
             self._unwatch(handle, fd)
         if not handle.checked_out:
             self.dispose(handle)
-        if self._stopping or handle.retiring is not None:
-            log.info("worker %d (pid %d) stopped: %s", handle.id, handle.pid, _describe_exit(info))
+        expected = self._stopping or handle.retiring is not None
+        self.observer.emit(
+            "worker_exit", logging.INFO if expected else logging.WARNING,
+            f"worker {handle.id} (pid {handle.pid}) {'stopped' if expected else 'exited'}: {_describe_exit(info)}",
+            worker_id=handle.id, pid=handle.pid, expected=expected, **info,
+        )
+        if expected:
             return
         if was_starting:
             message, traceback = handle.start_error or (f"exited during start-up ({_describe_exit(info)})", None)
             self._start_failed(handle, message, traceback)
             return
-        log.warning("worker %d (pid %d) exited: %s", handle.id, handle.pid, _describe_exit(info))
         # A crash loop is workers dying before they are of any use: soon after start, no call served.
         young = time.monotonic() - handle.started_monotonic < _YOUNG and handle.requests_served == 0
         self._replace(young)
@@ -404,8 +418,11 @@ class Supervisor(Reactor):
         self._young_deaths = self._young_deaths + 1 if young else 0
         delay = 0.0 if self._young_deaths <= 1 else min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (self._young_deaths - 1))
         self._counters.bump("restarts")
-        if delay:
-            log.warning("workers keep dying young; next start in %.2fs", delay)
+        self.observer.emit(
+            "worker_restart", logging.WARNING if delay else logging.INFO,
+            f"starting a replacement worker in {delay:.2f}s" + (" (workers keep dying young)" if delay else ""),
+            delay=delay,
+        )
         self.later(delay, self._spawn)
 
     def dispose(self, handle: WorkerHandle) -> None:

@@ -118,20 +118,27 @@ class WorkerHandle:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def take(self, exited: bool = False) -> list[Any]:
+        """Messages available now (maybe none). ``WorkerGone`` at end of file, or once the
+        process has ``exited`` and nothing more is readable (a grandchild may hold the pipe)."""
+        messages = self.reader.read(self.responses_fd)
+        if messages:
+            return messages
+        if messages is None or exited:
+            raise WorkerGone()
+        return messages
+
     def receive(self, deadline: float | None) -> list[Any]:
         """Block until at least one message arrives.
 
         Raises ``WorkerGone`` at end of file or process exit (after delivering what was already
         sent) and ``DeadlineExceeded`` when ``deadline`` (monotonic) passes first.
         """
-        read = self.reader.read
-        fd = self.responses_fd
+        exited = False
         while True:
-            messages = read(fd)
+            messages = self.take(exited)
             if messages:
                 return messages
-            if messages is None:
-                raise WorkerGone()
             if deadline is None:
                 wait_ms = None
             else:
@@ -139,15 +146,7 @@ class WorkerHandle:
                 if remaining <= 0:
                     raise DeadlineExceeded()
                 wait_ms = max(1, int(remaining * 1000 + 0.999))
-            events = self._poller.poll(wait_ms)
-            if not events:
-                continue
-            if any(fd_ == self.pidfd for fd_, _ in events) and not any(fd_ == fd for fd_, _ in events):
-                # The process has exited; whatever it wrote before is already readable.
-                messages = read(fd)
-                if messages:
-                    return messages
-                raise WorkerGone()
+            exited = any(fd == self.pidfd for fd, _ in self._poller.poll(wait_ms))
 
     # -- process -------------------------------------------------------------------------------
 

@@ -19,12 +19,14 @@ import threading
 import traceback
 from typing import Any
 
+import msgspec
+
 from .. import errors, protocol
 from ..adapter import BoundTool, discover_tools, import_by_path
 from ..errors import Reason
 from ..protocol import (
-    Boot, Call, Cancel, Chunk, End, Failure, FrameReader, Ping, Pong, Ready, Result, Shutdown,
-    StartFailed, ToWorker, decode_value, encode_value,
+    Batch, BatchResult, Boot, Call, Cancel, Chunk, End, Failure, FrameReader, Ping, Pong, Ready,
+    Result, Shutdown, StartFailed, ToWorker, decode_value, encode_value,
 )
 from .events import Events
 from ..streaming import StreamChunk
@@ -78,7 +80,8 @@ class Worker:
         self._responses = responses
         self._out = Outbox(responses, spill)
         self._events = Events(events)
-        self.cancelled = -1  # id of the call the owner asked to cancel
+        # Cancel(n) cancels every call up to n: ids grow, and a worker may have calls queued.
+        self.cancelled = -1
         self._tools: dict[str, BoundTool] = {}
         self._adapter: Any = None
 
@@ -130,6 +133,8 @@ class Worker:
                 os._exit(0)
             if type(message) is Call:
                 self._run(message)
+            elif type(message) is Batch:
+                self._run_batch(message)
             elif type(message) is Shutdown:
                 break
         self._cleanup()
@@ -166,12 +171,12 @@ class Worker:
                 raise errors.validation(
                     Reason.NOT_STREAMING, f"tool {call.tool!r} does not support streaming", tool=call.tool
                 )
-            kwargs = tool.bind(decode_value(call.args))
+            bound = tool.convert(decode_value(call.args))
         except errors.SnakepitError as exc:
             self._send(protocol.failure(call.id, exc))
             return
         try:
-            out = tool.func(**kwargs)
+            out = tool.call(bound)
         except Exception as exc:
             self._send(_tool_exception(call.id, call.tool, exc))
             return
@@ -194,7 +199,7 @@ class Worker:
         scalars, plain, pickled = _SCALARS, _plain, protocol.pickled
         try:
             for item in items:
-                if self.cancelled == call_id:
+                if self.cancelled >= call_id:
                     cancelled = True
                     break
                 kind = type(item)
@@ -242,11 +247,19 @@ class Worker:
 
     def _collect(self, call: Call, out: Any) -> None:
         """``execute`` on a streaming tool: the list of every chunk's data."""
+        try:
+            collected = self._gather(call.id, out)
+        except Exception as exc:
+            self._send(_tool_exception(call.id, call.tool, exc))
+            return
+        self._send_value(call.id, collected)
+
+    def _gather(self, call_id: int, out: Any) -> list[Any]:
         items = iter(out)
         collected = []
         try:
             for item in items:
-                if self.cancelled == call.id:
+                if self.cancelled >= call_id:
                     break
                 if type(item) is StreamChunk:
                     collected.append(item.data)
@@ -254,12 +267,69 @@ class Worker:
                         break
                 else:
                     collected.append(item)
+        finally:
             _close(items)
-        except Exception as exc:
-            _close(items)
-            self._send(_tool_exception(call.id, call.tool, exc))
+        return collected
+
+    def _run_batch(self, batch: Batch) -> None:
+        """Many calls of one tool (``pool.map``): one result or error per item, in order.
+
+        Stops early if cancelled: the items after the last value never ran.
+        """
+        values: list[Any] = []
+        failures: list[list[Any]] = []
+        tool = self._tools.get(batch.tool)
+        try:
+            if tool is None:
+                raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {batch.tool!r}", tool=batch.tool)
+            items = tool.decode_many(batch.items, _decode_items)
+        except errors.SnakepitError as exc:
+            self._send(protocol.failure(batch.id, exc))
             return
-        self._send_value(call.id, collected)
+        collect = tool.spec.supports_streaming or tool.is_generator
+        call = tool.call
+        cancelled_at = batch.id
+        for index, bound in enumerate(items):
+            if self.cancelled >= cancelled_at:
+                break
+            try:
+                if isinstance(bound, errors.SnakepitError):
+                    raise bound
+                out = call(bound)
+                values.append(self._gather(batch.id, out) if collect else out)
+            except errors.SnakepitError as exc:
+                values.append(None)
+                failures.append([index, exc.category, exc.reason, exc.message, exc.details, exc.traceback])
+            except Exception as exc:
+                values.append(None)
+                failure = _tool_exception(batch.id, batch.tool, exc)
+                failures.append([index, failure.category, failure.reason, failure.message, failure.details, failure.traceback])
+        self._send_batch_result(batch.id, values, failures)
+
+    def _send_batch_result(self, call_id: int, values: list[Any], failures: list[list[Any]]) -> None:
+        try:
+            try:
+                self._send(BatchResult(call_id, encode_value(values), failures))
+            except OverflowError:
+                self._send(BatchResult(call_id, protocol.pickled(values), failures))
+        except errors.SnakepitError:
+            # Some value cannot be serialized: send the others one by one, and fail just that item.
+            encoded: list[Any] = []
+            for index, value in enumerate(values):
+                try:
+                    encoded.append(protocol.pickled(value))
+                except errors.SnakepitError as exc:
+                    encoded.append(None)
+                    failures.append([index, exc.category, exc.reason, exc.message, exc.details, None])
+            failures.sort(key=lambda failure: failure[0])
+            self._send(BatchResult(call_id, encoded, failures))
+
+
+_generic = msgspec.msgpack.Decoder()
+
+
+def _decode_items(encoded: Any) -> Any:
+    return decode_value(_generic.decode(encoded))
 
 
 def _close(items: Any) -> None:

@@ -1,0 +1,135 @@
+"""Many tiny tasks: pool.map vs ProcessPoolExecutor.map vs multiprocessing.Pool.imap, and astream.
+
+Part 1 maps 50,000 tiny tasks (``add(a, b)``) over two workers with each contender:
+
+* ``snakepit map``: ``pool.map("add", ...)``, batches sized automatically, per-item errors kept;
+* ``ProcessPoolExecutor.map`` with ``chunksize=1`` and with its best chunksize from a sweep;
+* ``multiprocessing.Pool.imap`` with ``chunksize=1`` and with its best chunksize.
+
+Part 2 compares concurrent ``astream`` throughput (4 streams on one event loop) with the sync
+``stream()`` throughput of the same pool.
+
+Run: ``python -m benchmarks.map_throughput [--tasks N] [--repeats R] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from snakepit import BaseAdapter, Pool, tool
+
+from ._harness import emit_json, interleaved, medians, print_table
+
+CHUNKSIZES = (10, 100, 1000, 5000)
+
+
+class Tiny(BaseAdapter):
+    @tool
+    def add(self, a: int, b: int) -> int:
+        return a + b
+
+    @tool
+    def numbers(self, n: int):
+        last = n - 1
+        for i in range(n):
+            yield {"number": i, "is_last": i == last}
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def _timed(run, n: int) -> float:
+    start = time.perf_counter()
+    count = run()
+    elapsed = time.perf_counter() - start
+    assert count == n, count
+    return n / elapsed
+
+
+def bench_map(pool: Pool, n: int) -> float:
+    return _timed(lambda: sum(1 for _ in pool.map("add", ({"a": i, "b": 1} for i in range(n)))), n)
+
+
+def bench_executor(executor: ProcessPoolExecutor, n: int, chunksize: int) -> float:
+    return _timed(lambda: sum(1 for _ in executor.map(add, range(n), range(n), chunksize=chunksize)), n)
+
+
+def bench_mp_pool(mp_pool, n: int, chunksize: int) -> float:
+    return _timed(lambda: sum(1 for _ in mp_pool.imap(_add_pair, ((i, 1) for i in range(n)), chunksize=chunksize)), n)
+
+
+def _add_pair(pair: tuple[int, int]) -> int:
+    return pair[0] + pair[1]
+
+
+def bench_sync_stream(pool: Pool, n: int) -> float:
+    return _timed(lambda: sum(1 for _ in pool.stream("numbers", {"n": n})), n)
+
+
+def bench_astreams(pool: Pool, n: int, streams: int = 4) -> float:
+    async def consume(count: int) -> int:
+        seen = 0
+        async for _ in pool.astream("numbers", {"n": count}):
+            seen += 1
+        return seen
+
+    async def run_all() -> int:
+        return sum(await asyncio.gather(*(consume(n // streams) for _ in range(streams))))
+
+    return _timed(lambda: asyncio.run(run_all()), n // streams * streams)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=50_000)
+    parser.add_argument("--chunks", type=int, default=200_000, help="chunks for the astream comparison")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", help="also write the results here")
+    opts = parser.parse_args(argv)
+    n = opts.tasks
+    ctx = mp.get_context("spawn")
+    with Pool(Tiny, size=2) as pool, ProcessPoolExecutor(2, mp_context=ctx) as executor, ctx.Pool(2) as mp_pool:
+        executor.submit(add, 1, 1).result()
+        contenders = {
+            "snakepit map": lambda: bench_map(pool, n),
+            "ProcessPoolExecutor.map chunksize=1": lambda: bench_executor(executor, n, 1),
+            "multiprocessing.Pool.imap chunksize=1": lambda: bench_mp_pool(mp_pool, n, 1),
+        }
+        for size in CHUNKSIZES:
+            contenders[f"ProcessPoolExecutor.map chunksize={size}"] = lambda size=size: bench_executor(executor, n, size)
+            contenders[f"multiprocessing.Pool.imap chunksize={size}"] = lambda size=size: bench_mp_pool(mp_pool, n, size)
+        map_results = medians(interleaved(opts.repeats, contenders))
+    best_executor = max((k for k in map_results if k.startswith("ProcessPoolExecutor") and not k.endswith("=1")), key=map_results.get)
+    best_imap = max((k for k in map_results if k.startswith("multiprocessing") and not k.endswith("=1")), key=map_results.get)
+    rows = [
+        ("snakepit map", map_results["snakepit map"]),
+        ("ProcessPoolExecutor.map chunksize=1", map_results["ProcessPoolExecutor.map chunksize=1"]),
+        (f"{best_executor} (best)", map_results[best_executor]),
+        ("multiprocessing.Pool.imap chunksize=1", map_results["multiprocessing.Pool.imap chunksize=1"]),
+        (f"{best_imap} (best)", map_results[best_imap]),
+    ]
+    print_table(f"{n:,} tiny tasks over 2 workers, median of {opts.repeats}", "tasks/s", rows, reference="snakepit map")
+
+    with Pool(Tiny, size=4) as pool:
+        stream_results = medians(interleaved(opts.repeats, {
+            "sync stream(), one stream": lambda: bench_sync_stream(pool, opts.chunks),
+            "astream, 4 concurrent on one loop": lambda: bench_astreams(pool, opts.chunks),
+        }))
+    print_table(
+        f"Stream throughput, {opts.chunks:,} chunks in total, median of {opts.repeats}",
+        "chunks/s",
+        list(stream_results.items()),
+        reference="sync stream(), one stream",
+    )
+    payload = {"benchmark": "map_throughput", "tasks": n, "map_tasks_per_s": map_results, "streams_chunks_per_s": stream_results}
+    emit_json(opts.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""The asyncio drivers: the same calls, waiting through the event loop instead of a thread.
+
+Nothing here re-implements a call. Checkout is :meth:`Dispatcher.request`/``settle`` with a
+future as the waker instead of a lock; a call is the same :class:`~snakepit.pool.calls.Exchange`,
+fed by :func:`fetch`, which waits for the worker's pipe (and its pidfd) with
+``loop.add_reader`` instead of ``poll``. No thread is spent per call, and sync and async callers
+share one pool.
+
+Cancelling the awaiting task cancels the call: a waiting checkout leaves the queue, a running
+call is cancelled in the worker exactly as a timeout or a HALT would (the generator's
+``finally`` runs before that worker takes another call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any, Awaitable, Callable
+
+from msgspec.msgpack import Ext
+
+from .. import errors
+from ..affinity import Affinity, Ticket
+from ..streaming import HALT, StreamResult
+from .calls import END, MORE, Exchange
+from .queue import Dispatcher, _earliest
+from .worker import DeadlineExceeded, WorkerGone, WorkerHandle
+
+# Many streams on one loop interleave fairly: a stream hands the loop back after this many
+# chunks even when more are already buffered.
+_FAIR_SHARE = 256
+
+
+async def checkout(
+    dispatcher: Dispatcher,
+    session_id: str | None,
+    affinity: Affinity | None,
+    queue_deadline: float,
+    call_deadline: float | None,
+) -> WorkerHandle:
+    loop = asyncio.get_running_loop()
+
+    def park(ticket: Ticket) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:  # from any thread: whoever frees a worker
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+        ticket.waker = wake
+        return future
+
+    handle, ticket, parked = dispatcher.request(session_id, affinity, park)
+    deadline = _earliest(queue_deadline, call_deadline)
+    try:
+        while handle is None:
+            try:
+                await asyncio.wait_for(parked, max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                pass
+            handle, parked = dispatcher.settle(ticket, queue_deadline, call_deadline, park)
+    except asyncio.CancelledError:
+        dispatcher.forsake(ticket)
+        raise
+    return handle
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Readable:
+    """Wakes a waiting coroutine when a worker's responses pipe (or its pidfd) is readable.
+
+    Registered with the loop for the duration of one exchange, not per wait.
+    """
+
+    __slots__ = ("_loop", "_fds", "_future", "exited", "_pidfd")
+
+    def __init__(self, handle: WorkerHandle) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._future: asyncio.Future[None] | None = None
+        self.exited = False
+        self._pidfd = handle.pidfd
+        self._fds = [handle.responses_fd] + ([handle.pidfd] if handle.pidfd is not None else [])
+        for fd in self._fds:
+            self._loop.add_reader(fd, self._ready, fd)
+
+    def _ready(self, fd: int) -> None:
+        if fd == self._pidfd:
+            self.exited = True
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    async def wait(self, deadline: float | None) -> None:
+        """Until readable; ``DeadlineExceeded`` if ``deadline`` (monotonic, = loop time) passes."""
+        future = self._future = self._loop.create_future()
+        timer = None if deadline is None else self._loop.call_at(deadline, _resolve, future)
+        try:
+            await future
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._future = None
+        if deadline is not None and self._loop.time() >= deadline:
+            raise DeadlineExceeded()
+
+    def close(self) -> None:
+        for fd in self._fds:
+            self._loop.remove_reader(fd)
+        self._fds = []
+
+
+async def fetch(exchange: Exchange, readable: Readable) -> None:
+    """The async twin of :meth:`Exchange.fetch`: wait for more from the worker, then feed it."""
+    try:
+        while True:
+            messages = exchange.handle.take(readable.exited)
+            if messages:
+                exchange.feed(messages)
+                return
+            await readable.wait(exchange.deadline)
+    except WorkerGone:
+        exchange.gone()
+    except DeadlineExceeded:
+        exchange.expired()
+
+
+async def run_execute(exchange: Exchange) -> Any:
+    readable = Readable(exchange.handle)
+    try:
+        while True:
+            value = exchange.next_value()
+            if value is not MORE:
+                return value
+            await fetch(exchange, readable)
+    except BaseException:
+        exchange.cancel()  # a no-op once the call has ended; else the task was cancelled
+        raise
+    finally:
+        readable.close()
+
+
+async def run_stream(exchange: Exchange, callback: Callable[[Any], Any]) -> StreamResult:
+    """``callback`` may be a plain function or a coroutine function."""
+    readable = Readable(exchange.handle)
+    delivered = 0
+    try:
+        while True:
+            batch = exchange.next_batch()
+            if batch is MORE:
+                await fetch(exchange, readable)
+                continue
+            if batch is END:
+                assert exchange.result is not None
+                return exchange.result
+            for position, data in enumerate(batch):
+                if type(data) is Ext:
+                    data = exchange.decode(data)
+                outcome = callback(data)
+                if inspect.isawaitable(outcome):
+                    outcome = await outcome
+                if outcome is HALT:
+                    exchange.chunks -= len(batch) - position - 1
+                    return exchange.halt()
+                delivered += 1
+                if delivered % _FAIR_SHARE == 0:
+                    await asyncio.sleep(0)
+    except BaseException:
+        exchange.cancel()
+        raise
+    finally:
+        readable.close()
+
+
+class AsyncStream:
+    """``async for data in pool.astream(...)``; also an async context manager.
+
+    Leaving the loop early, ``aclose()``, cancelling the task or dropping the iterator cancels
+    the tool in the worker. After exhaustion, :attr:`result` is the :class:`StreamResult`.
+    """
+
+    __slots__ = ("_start", "_exchange", "_readable", "_on_error", "_owner", "_batch", "_next", "_delivered", "__weakref__")
+
+    def __init__(self, start: Awaitable[Exchange], on_error: Callable[[], None], owner: object = None) -> None:
+        self._start: Awaitable[Exchange] | None = start
+        self._exchange: Exchange | None = None
+        self._readable: Readable | None = None
+        self._on_error = on_error
+        self._owner = owner
+        self._batch: list[Any] = []
+        self._next = 0
+        self._delivered = 0
+
+    def __aiter__(self) -> AsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._exchange is None:
+            await self._begin()
+        exchange = self._exchange
+        assert exchange is not None
+        self._delivered += 1
+        if self._delivered % _FAIR_SHARE == 0:
+            await asyncio.sleep(0)
+        position = self._next
+        if position < len(self._batch):
+            self._next = position + 1
+            data = self._batch[position]
+            return data if type(data) is not Ext else exchange.decode(data)
+        try:
+            while True:
+                batch = exchange.next_batch()
+                if batch is MORE:
+                    assert self._readable is not None
+                    await fetch(exchange, self._readable)
+                elif batch is END:
+                    self._close_readable()
+                    raise StopAsyncIteration
+                elif batch:
+                    self._batch, self._next = batch, 1
+                    data = batch[0]
+                    return data if type(data) is not Ext else exchange.decode(data)
+        except errors.SnakepitError:
+            self._close_readable()
+            self._on_error()
+            raise
+        except asyncio.CancelledError:
+            await self.aclose()
+            raise
+
+    async def _begin(self) -> None:
+        assert self._start is not None
+        start, self._start = self._start, None
+        try:
+            self._exchange = await start
+        except errors.SnakepitError:
+            self._on_error()
+            raise
+        self._readable = Readable(self._exchange.handle)
+
+    @property
+    def result(self) -> StreamResult | None:
+        return None if self._exchange is None else self._exchange.result
+
+    async def aclose(self) -> None:
+        """Cancel the tool in the worker if it is still running."""
+        if self._start is not None:  # never started: nothing is running
+            close = getattr(self._start, "close", None)
+            if close is not None:
+                close()
+            self._start = None
+        if self._exchange is not None:
+            self._exchange.cancel()
+        self._close_readable()
+
+    def _close_readable(self) -> None:
+        if self._readable is not None:
+            self._readable.close()
+            self._readable = None
+
+    async def __aenter__(self) -> AsyncStream:
+        if self._exchange is None:
+            await self._begin()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        try:
+            if self._exchange is not None:
+                self._exchange.cancel()
+            if self._readable is not None:
+                self._readable.close()
+            if self._start is not None:
+                close = getattr(self._start, "close", None)
+                if close is not None:
+                    close()
+        except Exception:
+            pass

@@ -1,0 +1,441 @@
+"""``pool.map``: many calls of one tool, batched and pipelined over the workers it holds.
+
+A round trip per item would cap tiny tasks at the IPC latency, so items travel in ``Batch``
+messages (one call per item in the worker, one result or error per item back) and every held
+worker has up to ``_DEPTH`` batches queued: while it runs one, the next is already in its pipe.
+Unless ``chunksize`` is given, batches are sized from the measured service rate so that each
+takes about ``_TARGET_SECONDS`` of worker time: one item at first, up to ``_MAX_BATCH``.
+
+Input is read lazily and at most ``_AHEAD`` items are in flight or waiting to be yielded, so an
+endless generator of arguments maps in bounded memory. Results come in input order (``ordered``)
+or as they complete. A failing item raises its error at its position, or is yielded as the
+error with ``return_exceptions=True``; a worker that dies fails only the items it held.
+
+:class:`MapEngine` is the sans-IO core shared by the sync and async drivers; they differ only in
+how they wait for a worker's pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import select
+import time
+from collections import deque
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+
+import msgspec
+from msgspec.msgpack import Ext
+
+from .. import errors, protocol
+from ..errors import Reason
+from ..protocol import Batch, BatchResult, Cancel, Failure, decode_value
+from .queue import Dispatcher
+from .worker import WorkerGone, WorkerHandle
+
+_DEPTH = 2
+_TARGET_SECONDS = 0.005
+_MAX_BATCH = 4096
+_AHEAD = 16384
+
+
+class _InFlight:
+    __slots__ = ("call_id", "start", "count", "sent", "deadline")
+
+    def __init__(self, call_id: int, start: int, count: int, sent: float, deadline: float) -> None:
+        self.call_id = call_id
+        self.start = start
+        self.count = count
+        self.sent = sent
+        self.deadline = deadline
+
+
+class MapEngine:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        ids: Iterator[int],
+        tool: str,
+        iterable: Iterable[Any],
+        *,
+        ordered: bool,
+        chunksize: int | None,
+        timeout: float,
+        on_progress: Callable[[int], None] | None,
+        on_items: Callable[[int], None] | None = None,
+        on_close: Callable[[MapEngine], None] | None = None,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._ids = ids
+        self.tool = tool
+        self._items = iter(iterable)
+        self._exhausted = False
+        self._ordered = ordered
+        self._chunksize = chunksize
+        self._timeout = timeout
+        self._on_progress = on_progress
+        self._on_close = on_close
+        self._on_items = on_items
+        self.workers: dict[int, WorkerHandle] = {}
+        self._queued: dict[int, deque[_InFlight]] = {}  # worker id -> its batches, oldest first
+        self._last_done: dict[int, float] = {}
+        self._next_index = 0
+        # Completed batches: (values, {offset: error}); by first index when ordered.
+        self._by_start: dict[int, tuple[int, list[Any], dict[int, errors.SnakepitError]]] = {}
+        self._completed: deque[tuple[int, list[Any], dict[int, errors.SnakepitError]]] = deque()
+        self._buffered = 0
+        self._next_yield = 0
+        self._in_flight = 0
+        self._rate: float | None = None  # items per second of worker time
+        self.done = 0
+        self.failed = 0
+
+    # -- workers -----------------------------------------------------------------------------------
+
+    def add_worker(self, handle: WorkerHandle) -> None:
+        self.workers[handle.id] = handle
+        self._queued[handle.id] = deque()
+
+    def fill(self) -> list[WorkerHandle]:
+        """Send batches to workers with room; returns the workers no longer needed."""
+        idle = []
+        for handle in list(self.workers.values()):
+            queue = self._queued[handle.id]
+            while len(queue) < _DEPTH and self._room() and self._send(handle):
+                pass
+            if not queue and self._exhausted:
+                idle.append(handle)
+        for handle in idle:
+            self._drop(handle)
+        return idle
+
+    def _room(self) -> bool:
+        return self._in_flight + self._buffered < _AHEAD
+
+    def _batch_size(self) -> int:
+        if self._chunksize is not None:
+            return self._chunksize
+        if self._rate is None:
+            return 1
+        return max(1, min(_MAX_BATCH, int(self._rate * _TARGET_SECONDS)))
+
+    def _send(self, handle: WorkerHandle) -> bool:
+        if self._exhausted:
+            return False
+        items = list(itertools.islice(self._items, self._batch_size()))
+        if not items:
+            self._exhausted = True
+            return False
+        call_id = next(self._ids)
+        start = self._next_index
+        self._next_index += len(items)
+        if self._on_items is not None:
+            self._on_items(len(items))
+        try:
+            frame = _batch_frame(call_id, self.tool, items)
+        except errors.SnakepitError as exc:  # an argument that cannot travel fails its batch
+            self._fail_range(start, len(items), exc)
+            return True
+        now = time.monotonic()
+        batch = _InFlight(call_id, start, len(items), now, now + self._timeout)
+        self._queued[handle.id].append(batch)
+        self._in_flight += len(items)
+        handle.current_call = call_id
+        handle.current_tool = self.tool
+        try:
+            handle.send(frame)
+        except WorkerGone:
+            self.lost(handle)
+        return True
+
+    # -- what comes back ---------------------------------------------------------------------------
+
+    def receive(self, handle: WorkerHandle, messages: list[Any]) -> None:
+        queue = self._queued.get(handle.id)
+        if queue is None:
+            return
+        for message in messages:
+            if not queue or message.id != queue[0].call_id:
+                continue  # not ours (cannot happen while we hold the worker)
+            batch = queue.popleft()
+            self._in_flight -= batch.count
+            now = time.monotonic()
+            began = max(batch.sent, self._last_done.get(handle.id, 0.0))
+            self._last_done[handle.id] = now
+            if type(message) is BatchResult:
+                handle.requests_served += batch.count
+                self._measure(batch.count, now - began)
+                self._store_batch(batch, message)
+            elif type(message) is Failure:  # the whole batch was refused (e.g. unknown tool)
+                self._fail_range(batch.start, batch.count, errors.build_error(
+                    message.category, message.reason, message.message, message.details, message.traceback))
+
+    def _measure(self, count: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        rate = count / seconds
+        self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+
+    def _store_batch(self, batch: _InFlight, message: BatchResult) -> None:
+        try:
+            values = decode_value(message.values)
+        except errors.SnakepitError as exc:
+            self._fail_range(batch.start, batch.count, exc)
+            return
+        failures = {f[0]: errors.build_error(*f[1:]) for f in message.failures}
+        if len(values) < batch.count:  # cancelled part-way: the rest never ran
+            for offset in range(len(values), batch.count):
+                failures[offset] = errors.pool_closed()
+            values = values + [None] * (batch.count - len(values))
+        if Ext in set(map(type, values)):  # sent one by one (a neighbour could not be pickled)
+            for offset, value in enumerate(values):
+                if type(value) is Ext:
+                    try:
+                        values[offset] = decode_value(value)
+                    except errors.SnakepitError as exc:
+                        failures[offset] = exc
+        self._store(batch.start, values, failures)
+
+    def _store(self, start: int, values: list[Any], failures: dict[int, errors.SnakepitError]) -> None:
+        self.failed += len(failures)
+        self._buffered += len(values)
+        if self._ordered:
+            self._by_start[start] = (start, values, failures)
+        else:
+            self._completed.append((start, values, failures))
+
+    def _fail_range(self, start: int, count: int, error: errors.SnakepitError) -> None:
+        self._store(start, [None] * count, dict.fromkeys(range(count), error))
+
+    def lost(self, handle: WorkerHandle) -> None:
+        """The worker died: its items fail with ``worker_crashed``; it is handed back."""
+        queue = self._queued.get(handle.id, deque())
+        try:
+            info = handle.reap(timeout=2.0)
+        except Exception:
+            handle.kill()
+            info = handle.reap()
+        error = errors.worker_crashed(handle.id, info, f"a map of {self.tool!r}")
+        if self._dispatcher.worker_died(handle):
+            supervisor = self._dispatcher.supervisor
+            assert supervisor is not None
+            supervisor.submit(supervisor.lost, handle)
+        for batch in queue:
+            self._in_flight -= batch.count
+            self._fail_range(batch.start, batch.count, error)
+        queue.clear()
+        self._drop(handle)
+
+    def expire(self, now: float) -> None:
+        """Batches past their deadline fail with ``timeout``; their worker is cancelled and drained."""
+        for handle in list(self.workers.values()):
+            queue = self._queued[handle.id]
+            if queue and queue[0].deadline <= now:
+                error = errors.timeout(Reason.TIMEOUT, f"a batch of {self.tool!r} exceeded its timeout", tool=self.tool)
+                for batch in queue:
+                    self._in_flight -= batch.count
+                    self._fail_range(batch.start, batch.count, error)
+                self._abandon(handle)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [queue[0].deadline for queue in self._queued.values() if queue]
+        return min(deadlines) if deadlines else None
+
+    # -- what goes out ------------------------------------------------------------------------------
+
+    def ready(self) -> Iterator[tuple[list[Any], dict[int, errors.SnakepitError]]]:
+        """Completed batches that may be yielded now, in the promised order:
+        ``(values, {offset: error})``."""
+        while True:
+            if self._ordered:
+                batch = self._by_start.pop(self._next_yield, None)
+            else:
+                batch = self._completed.popleft() if self._completed else None
+            if batch is None:
+                return
+            _, values, failures = batch
+            self._next_yield += len(values)
+            self._buffered -= len(values)
+            self.done += len(values)
+            if self._on_progress is not None:
+                self._on_progress(self.done)
+            yield values, failures
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def finished(self) -> bool:
+        return self._exhausted and self._in_flight == 0 and not self._buffered
+
+    # -- ending -------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Give every held worker back: cancel what it still has queued, or release it."""
+        try:
+            for handle in list(self.workers.values()):
+                if self._queued[handle.id]:
+                    self._abandon(handle)
+                else:
+                    self._drop(handle)
+        finally:
+            if self._on_close is not None:
+                on_close, self._on_close = self._on_close, None
+                on_close(self)
+
+    def _abandon(self, handle: WorkerHandle) -> None:
+        queue = self._queued[handle.id]
+        last = queue[-1].call_id
+        self._in_flight -= sum(batch.count for batch in queue)
+        queue.clear()
+        del self.workers[handle.id]
+        del self._queued[handle.id]
+        handle.send_control(Cancel(last))  # cancels every queued batch up to the last one
+        self._dispatcher.abandon(handle, last)
+
+    def _drop(self, handle: WorkerHandle) -> None:
+        """Hand back a worker with nothing queued (a dead one is disposed of)."""
+        if self.workers.pop(handle.id, None) is None:
+            return
+        self._queued.pop(handle.id, None)
+        self._dispatcher.release(handle)
+
+
+def _batch_frame(call_id: int, tool: str, items: list[Any]) -> bytearray:
+    for args in items:
+        if type(args) is not dict:
+            raise errors.validation(
+                Reason.INVALID_ARGUMENTS, f"each item of a map must be a dict of arguments, got {type(args).__name__}"
+            )
+    try:
+        encoded = msgspec.msgpack.encode(protocol.encode_value(items, protocol._cloud_dumps))
+    except OverflowError:
+        encoded = msgspec.msgpack.encode(protocol.pickled(items, protocol._cloud_dumps))
+    return protocol.encode_frame(Batch(call_id, tool, msgspec.Raw(encoded)))
+
+
+# -- drivers ----------------------------------------------------------------------------------------
+
+
+def run_map(engine: MapEngine, first: Callable[[], WorkerHandle], more: Callable[[], WorkerHandle | None], return_exceptions: bool) -> Iterator[Any]:
+    """The synchronous driver: waits on every held worker's pipe with ``poll``."""
+    try:
+        _acquire(engine, first, more)
+        while True:
+            engine.fill()
+            for values, failures in engine.ready():
+                if not failures:
+                    yield from values
+                else:
+                    yield from _with_failures(values, failures, return_exceptions)
+            if engine.finished:
+                return
+            if not engine.workers:
+                _acquire(engine, first, more)
+            elif engine.in_flight:  # else: what was yielded made room; fill again first
+                _wait(engine)
+    finally:
+        engine.close()
+
+
+def _with_failures(values: list[Any], failures: dict[int, errors.SnakepitError], return_exceptions: bool) -> Iterator[Any]:
+    for offset, value in enumerate(values):
+        error = failures.get(offset)
+        if error is None:
+            yield value
+        elif return_exceptions:
+            yield error
+        else:
+            raise error
+
+
+def _acquire(engine: MapEngine, first: Callable[[], WorkerHandle], more: Callable[[], WorkerHandle | None]) -> None:
+    if not engine.workers:
+        engine.add_worker(first())
+    while (extra := more()) is not None:
+        engine.add_worker(extra)
+
+
+def _wait(engine: MapEngine) -> None:
+    poller = select.poll()
+    by_fd: dict[int, tuple[WorkerHandle, bool]] = {}
+    for handle in engine.workers.values():
+        poller.register(handle.responses_fd, select.POLLIN)
+        by_fd[handle.responses_fd] = (handle, False)
+        if handle.pidfd is not None:
+            poller.register(handle.pidfd, select.POLLIN)
+            by_fd[handle.pidfd] = (handle, True)
+    deadline = engine.next_deadline()
+    wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
+    events = poller.poll(wait_ms)
+    _collect(engine, {by_fd[fd] for fd, _ in events})
+
+
+def _collect(engine: MapEngine, ready: set[tuple[WorkerHandle, bool]]) -> None:
+    exited = {handle.id for handle, is_pidfd in ready if is_pidfd}
+    for handle in {handle.id: handle for handle, _ in ready}.values():
+        if handle.id not in engine.workers:
+            continue
+        try:
+            messages = handle.take(handle.id in exited)
+        except WorkerGone:
+            engine.lost(handle)
+            continue
+        engine.receive(handle, messages)
+    engine.expire(time.monotonic())
+
+
+async def arun_map(
+    engine: MapEngine,
+    first: Callable[[], Any],
+    more: Callable[[], WorkerHandle | None],
+    return_exceptions: bool,
+) -> AsyncIterator[Any]:
+    """The asyncio driver: the same engine, waiting through ``loop.add_reader``."""
+    loop = asyncio.get_running_loop()
+    try:
+        if not engine.workers:
+            engine.add_worker(await first())
+        while (extra := more()) is not None:
+            engine.add_worker(extra)
+        while True:
+            engine.fill()
+            for values, failures in engine.ready():
+                for value in values if not failures else _with_failures(values, failures, return_exceptions):
+                    yield value
+            if engine.finished:
+                return
+            if not engine.workers:
+                engine.add_worker(await first())
+            elif engine.in_flight:
+                await _await_any(loop, engine)
+    finally:
+        engine.close()
+
+
+async def _await_any(loop: asyncio.AbstractEventLoop, engine: MapEngine) -> None:
+    future: asyncio.Future[None] = loop.create_future()
+    ready: set[tuple[WorkerHandle, bool]] = set()
+
+    def on_ready(handle: WorkerHandle, is_pidfd: bool) -> None:
+        ready.add((handle, is_pidfd))
+        if not future.done():
+            future.set_result(None)
+
+    fds = []
+    for handle in engine.workers.values():
+        for fd, is_pidfd in ((handle.responses_fd, False), (handle.pidfd, True)):
+            if fd is not None:
+                loop.add_reader(fd, on_ready, handle, is_pidfd)
+                fds.append(fd)
+    deadline = engine.next_deadline()
+    timer = None if deadline is None else loop.call_at(deadline, lambda: future.done() or future.set_result(None))
+    try:
+        await future
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+        if timer is not None:
+            timer.cancel()
+    _collect(engine, ready)

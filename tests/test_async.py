@@ -1,0 +1,207 @@
+"""The asyncio API against real workers: same calls, waiting through the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from helpers import Faulty, Toolbox
+
+from snakepit import HALT, Pool, SnakepitError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_aexecute_and_errors(pool):
+    async def main():
+        assert await pool.aexecute("add", {"a": 1, "b": 2}) == 3
+        with pytest.raises(SnakepitError) as info:
+            await pool.aexecute("fail", {"message": "async boom"})
+        assert info.value.reason == "tool_exception" and "async boom" in info.value.message
+        with pytest.raises(SnakepitError) as info:
+            await pool.aexecute("nope")
+        assert info.value.reason == "tool_not_found"
+        return await asyncio.gather(*(pool.aexecute("add", {"a": i}) for i in range(40)))
+
+    assert run(main()) == [i + 1 for i in range(40)]
+
+
+def test_astream_and_aexecute_stream_with_plain_and_async_callbacks(pool):
+    async def main():
+        chunks = [c["number"] async for c in pool.astream("count", {"n": 5})]
+        assert chunks == [0, 1, 2, 3, 4]
+        async with pool.astream("with_final", {"n": 2}) as stream:
+            items = [c async for c in stream]
+        assert items[-1] == {"done": True} and stream.result.metadata == {"total": 2}
+
+        seen = []
+        result = await pool.aexecute_stream("count", {"n": 3}, seen.append)
+        assert result.chunks == 3 and len(seen) == 3
+
+        async def slow_consumer(chunk):
+            await asyncio.sleep(0)
+            seen.append(chunk)
+            return HALT if chunk["number"] == 1 else None
+
+        result = await pool.aexecute_stream("count", {"n": 100}, slow_consumer)
+        assert result.halted and result.chunks == 2
+
+    run(main())
+
+
+def test_the_event_loop_is_never_blocked(pool):
+    """A ticker keeps running while calls wait on slow tools."""
+
+    async def main():
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker():
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.gather(pool.aexecute("sleep", {"seconds": 0.5}), pool.aexecute("sleep", {"seconds": 0.5}))
+        stop.set()
+        await task
+        return ticks
+
+    assert run(main()) >= 25  # ~50 ticks of 10 ms fit in 0.5 s if nothing blocks the loop
+
+
+def test_no_thread_per_call(pool):
+    async def main():
+        before = threading.active_count()
+        tasks = [asyncio.create_task(pool.aexecute("sleep", {"seconds": 0.1})) for _ in range(10)]
+        await asyncio.sleep(0.05)
+        during = threading.active_count()
+        await asyncio.gather(*tasks)
+        return before, during
+
+    before, during = run(main())
+    assert during <= before + 1  # at most asyncio's own helper, not one per waiting call
+
+
+def test_cancelling_the_task_cancels_the_tool_in_the_worker():
+    with Pool(Faulty, size=1, cancel_grace=5) as pool:
+
+        async def main():
+            task = asyncio.create_task(pool.aexecute_stream("guarded", {"delay": 0.01}, lambda c: None))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # The same worker, reused: the generator's finally ran before this call.
+            assert await pool.aexecute("closed") == 1
+
+            async def consume():
+                async for _ in pool.astream("guarded", {"delay": 0.01}):
+                    pass
+
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(consume(), 0.2)
+            assert await pool.aexecute("closed") == 2
+
+            async with asyncio.timeout(0.2):
+                async for _ in pool.astream("guarded", {"delay": 0.01}):
+                    break
+            assert await pool.aexecute("closed") == 3
+            assert pool.stats()["restarts"] == 0
+
+        run(main())
+
+
+def test_cancelling_a_queued_call_leaves_the_queue():
+    with Pool(Toolbox, size=1) as pool:
+
+        async def main():
+            busy = asyncio.create_task(pool.aexecute("sleep", {"seconds": 0.3}))
+            await asyncio.sleep(0.05)
+            waiting = asyncio.create_task(pool.aexecute("add", {"a": 1}))
+            await asyncio.sleep(0.05)
+            assert pool.stats()["waiting"] == 1
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert pool.stats()["waiting"] == 0
+            assert await busy == 0.3
+            assert await pool.aexecute("add", {"a": 1}) == 2
+
+        run(main())
+
+
+def test_async_timeout_and_crash():
+    with Pool(Faulty, size=1, cancel_grace=0.3, kill_grace=0.3) as pool:
+
+        async def main():
+            started = time.monotonic()
+            with pytest.raises(SnakepitError) as info:
+                await pool.aexecute("spin", {}, timeout=0.3)
+            assert info.value.reason == "timeout" and time.monotonic() - started < 0.45
+            with pytest.raises(SnakepitError) as info:
+                await pool.aexecute("raise_base", {"kind": "SystemExit"})
+            assert info.value.reason == "worker_crashed"
+            assert await pool.aexecute("pid") > 0
+
+        run(main())
+
+
+def test_many_astreams_on_one_loop_interleave():
+    with Pool(Toolbox, size=3) as pool:
+
+        async def main():
+            order: list[int] = []
+
+            async def consume(index: int):
+                async for _ in pool.astream("count", {"n": 3000}):
+                    order.append(index)
+
+            await asyncio.gather(*(consume(i) for i in range(3)))
+            return order
+
+        order = run(main())
+    assert len(order) == 9000
+    # Fair: no stream ran to completion before the others started.
+    first_done = min(max(i for i, who in enumerate(order) if who == k) for k in range(3))
+    assert all(order[:first_done].count(k) > 0 for k in range(3))
+
+
+def test_sync_and_async_callers_share_one_pool():
+    with Pool(Toolbox, size=2) as pool:
+        results = []
+
+        def sync_caller():
+            for i in range(50):
+                results.append(pool.execute("add", {"a": i}))
+
+        thread = threading.Thread(target=sync_caller)
+        thread.start()
+
+        async def main():
+            return await asyncio.gather(*(pool.aexecute("add", {"a": i}) for i in range(50)))
+
+        async_results = run(main())
+        thread.join(30)
+    assert sorted(results) == list(range(1, 51)) and async_results == list(range(1, 51))
+
+
+def test_session_async_methods():
+    with Pool(Toolbox, size=2) as pool:
+
+        async def main():
+            session = pool.session("s", affinity="strict_queue")
+            pid = (await session.aexecute("state"))["pid"]
+            assert [c["number"] async for c in session.astream("count", {"n": 2})] == [0, 1]
+            seen = []
+            await session.aexecute_stream("count", {"n": 2}, seen.append)
+            assert (await session.aexecute("state"))["pid"] == pid and len(seen) == 2
+
+        run(main())

@@ -1,0 +1,157 @@
+"""pool.map and pool.amap against real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import threading
+import tracemalloc
+
+import pytest
+from helpers import Faulty, Point, Toolbox
+
+from snakepit import Pool, SnakepitError
+
+
+def test_results_in_input_order(pool):
+    assert list(pool.map("add", [{"a": i, "b": 1} for i in range(1000)])) == [i + 1 for i in range(1000)]
+    assert list(pool.map("add", [])) == []
+
+
+def test_unordered_yields_every_result(pool):
+    assert sorted(pool.map("add", ({"a": i} for i in range(1000)), ordered=False)) == [i + 1 for i in range(1000)]
+
+
+def test_every_worker_is_kept_busy(pool):
+    states = list(pool.map("state", [{} for _ in range(400)], chunksize=5))
+    assert len({s["pid"] for s in states}) == 2
+
+
+def test_a_failing_item_raises_at_its_position(pool):
+    items = [{"a": 1}, {"a": 2}, {"a": "three"}, {"a": 4}]
+    results = pool.map("add", items)
+    assert next(results) == 2 and next(results) == 3
+    with pytest.raises(SnakepitError) as info:
+        next(results)
+    assert info.value.reason == "invalid_arguments" and "parameter `a`" in info.value.message
+
+
+def test_return_exceptions_yields_the_errors_in_place(pool):
+    mixed = list(pool.map("echo", [{"value": i} for i in range(3)] + [{"bad": 1}], return_exceptions=True))
+    assert mixed[:3] == [0, 1, 2] and isinstance(mixed[3], SnakepitError)
+    failures = list(pool.map("fail", [{"message": str(i)} for i in range(3)], return_exceptions=True))
+    assert [f.details["message"] for f in failures] == ["0", "1", "2"]
+    assert all(f.reason == "tool_exception" and "ValueError" in f.traceback for f in failures)
+
+
+def test_values_travel_exactly_both_ways(pool):
+    values = [(1, 2), {3}, Point(1, 2), 2**100, None, b"raw"]
+    assert list(pool.map("echo", [{"value": v} for v in values])) == values
+    assert list(pool.map("pair", [{"p": [1, 2]}, {"p": (3, 4), "scale": 2}])) == [(1.0, 2.0), (6.0, 8.0)]
+
+
+def test_an_unserializable_result_fails_only_its_item(pool):
+    results = list(pool.map("unserializable_result", [{}, {}], return_exceptions=True))
+    assert all(r.reason == "serialization_error" for r in results)
+
+
+def test_streaming_tools_map_to_their_chunk_lists(pool):
+    assert list(pool.map("count", [{"n": 1}, {"n": 2}])) == [
+        [{"number": 0, "is_last": True}],
+        [{"number": 0, "is_last": False}, {"number": 1, "is_last": True}],
+    ]
+
+
+def test_an_unbounded_input_is_read_lazily_in_bounded_memory(pool):
+    consumed = itertools.count()
+
+    def endless():
+        for i in consumed:
+            yield {"a": i}
+
+    tracemalloc.start()
+    try:
+        results = pool.map("add", endless())
+        for expected, got in zip(range(1, 200_001), results):
+            assert got == expected
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    results.close()
+    read_ahead = next(consumed) - 200_000
+    assert read_ahead < 20_000  # bounded look-ahead, not the whole input
+    assert peak < 50 << 20
+
+
+def test_large_batches_do_not_stall_when_the_look_ahead_is_full(pool):
+    """Regression: with the look-ahead full, yielding must be followed by refilling."""
+    total = sum(pool.map("add", ({"a": i} for i in range(100_000)), chunksize=8192))
+    assert total == sum(range(1, 100_001))
+
+
+def test_progress_callable_and_bar(pool, capsys):
+    updates = []
+    list(pool.map("add", [{"a": i} for i in range(500)], progress=lambda done, total: updates.append((done, total))))
+    assert updates[-1] == (500, 500) and all(total == 500 for _, total in updates)
+    list(pool.map("add", [{"a": i} for i in range(50)], progress=True))
+    assert "50/50" in capsys.readouterr().err
+
+
+def test_map_with_a_session_stays_on_its_worker(pool):
+    pid = pool.execute("state", session_id="mapper")["pid"]
+    assert {s["pid"] for s in pool.map("state", [{} for _ in range(50)], session_id="mapper")} == {pid}
+
+
+def test_a_worker_dying_mid_map_fails_only_its_items():
+    with Pool(Faulty, size=2) as pool:
+        victim = pool.stats()["worker_info"][0]["pid"]
+        killer = threading.Timer(0.3, os.kill, args=(victim, signal.SIGKILL))
+        killer.start()
+        results = list(pool.map("sleep", [{"seconds": 0.01} for _ in range(200)], return_exceptions=True, chunksize=5))
+        killer.join()
+        crashed = [r for r in results if isinstance(r, SnakepitError)]
+        assert crashed and all(r.reason == "worker_crashed" for r in crashed)
+        assert sum(1 for r in results if r == 0.01) == 200 - len(crashed)
+        assert len(crashed) <= 10  # at most the two batches the dead worker held
+        assert pool.execute("pid") > 0
+
+
+def test_leaving_a_map_early_gives_the_workers_back():
+    with Pool(Faulty, size=2, cancel_grace=2) as pool:
+        results = pool.map("sleep", [{"seconds": 0.05} for _ in range(1000)], chunksize=2)
+        next(results)
+        results.close()
+        assert pool.execute("pid") > 0
+        assert pool.stats()["restarts"] == 0
+
+
+def test_map_counts_requests_and_errors():
+    with Pool(Toolbox, size=1) as pool:
+        list(pool.map("add", [{"a": 1}, {"a": "x"}, {"a": 2}], return_exceptions=True))
+        stats = pool.stats()
+        assert stats["requests"] == 3 and stats["errors"] == 1
+
+
+def test_bad_map_arguments(pool):
+    with pytest.raises(SnakepitError) as info:
+        pool.map("nope", [{}])
+    assert info.value.reason == "tool_not_found"
+    with pytest.raises(SnakepitError):
+        pool.map("add", [{}], chunksize=0)
+    with pytest.raises(SnakepitError) as info:
+        list(pool.map("add", [1, 2]))
+    assert info.value.reason == "invalid_arguments"
+
+
+def test_amap(pool):
+    async def main():
+        ordered = [r async for r in pool.amap("add", ({"a": i} for i in range(500)))]
+        unordered = [r async for r in pool.amap("add", [{"a": i} for i in range(500)], ordered=False)]
+        errors = [r async for r in pool.amap("add", [{"a": "x"}], return_exceptions=True)]
+        return ordered, unordered, errors
+
+    ordered, unordered, errors = asyncio.run(main())
+    assert ordered == [i + 1 for i in range(500)] and sorted(unordered) == ordered
+    assert errors[0].reason == "invalid_arguments"

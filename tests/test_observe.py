@@ -1,0 +1,116 @@
+"""Observability: events as data and as log records, per-worker stats, progress helpers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import pytest
+from helpers import Faulty, Toolbox
+
+from snakepit import Pool, SnakepitError
+from snakepit.progress import progress_callback, track
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def test_events_reach_on_event_as_plain_data():
+    events: list[dict] = []
+    with Pool(Faulty, size=1, max_requests=2, cancel_grace=0.2, kill_grace=0.2, on_event=events.append) as pool:
+        names = lambda: [e["event"] for e in events]  # noqa: E731
+        assert names()[:2] == ["worker_start", "worker_ready"]
+        first = pool.execute("pid")
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: "worker_restart" in names() and names().count("worker_ready") == 2)
+        exit_event = next(e for e in events if e["event"] == "worker_exit")
+        assert exit_event["pid"] == first and exit_event["signal"] == "SIGKILL" and not exit_event["expected"]
+        with pytest.raises(SnakepitError):
+            pool.execute("spin", {"seconds": 5}, timeout=0.1)
+        assert any(e["event"] == "timeout" and e["tool"] == "spin" for e in events)
+        wait_for(lambda: "cancel_timeout" in names())
+        wait_for(lambda: names().count("worker_ready") == 3)
+        pool.execute("pid")
+        pool.execute("pid")  # second call: max_requests reached
+        wait_for(lambda: "worker_recycle" in names())
+    assert all(isinstance(e["time"], float) for e in events)
+    recycle = next(e for e in events if e["event"] == "worker_recycle")
+    assert recycle["reason"] == "max_requests"
+
+
+def test_saturation_and_queue_timeout_events():
+    events: list[dict] = []
+    with Pool(Toolbox, size=1, max_queue=1, queue_timeout=0.1, on_event=events.append) as pool:
+        blocker = threading.Thread(target=pool.execute, args=("sleep", {"seconds": 0.5}))
+        blocker.start()
+        wait_for(lambda: pool.stats()["busy"] == 1)
+        waiter = threading.Thread(target=lambda: pytest.raises(SnakepitError, pool.execute, "add", {"a": 1}))
+        waiter.start()
+        wait_for(lambda: pool.stats()["waiting"] == 1)
+        with pytest.raises(SnakepitError):
+            pool.execute("add", {"a": 1})  # the queue holds max_queue=1 already
+        waiter.join()
+        blocker.join()
+    names = [e["event"] for e in events]
+    assert "pool_saturated" in names and "queue_timeout" in names
+
+
+def test_events_are_log_records_with_the_event_name(caplog):
+    caplog.set_level(logging.INFO, logger="snakepit")
+    with Pool(Toolbox, size=1):
+        pass
+    events = [r.snakepit_event for r in caplog.records if hasattr(r, "snakepit_event")]
+    assert events[:2] == ["worker_start", "worker_ready"] and "worker_exit" in events
+    exit_record = next(r for r in caplog.records if getattr(r, "snakepit_event", None) == "worker_exit")
+    assert exit_record.expected is True and exit_record.exit_code == 0
+
+
+def test_a_failing_event_callback_does_not_break_the_pool():
+    def broken(event):
+        raise RuntimeError("exporter down")
+
+    with Pool(Toolbox, size=1, on_event=broken) as pool:
+        assert pool.execute("add", {"a": 1}) == 2
+
+
+def test_per_worker_stats():
+    with Pool(Toolbox, size=2) as pool:
+        for i in range(4):
+            pool.execute("add", {"a": i})
+        stats = pool.stats()
+    infos = stats["worker_info"]
+    assert len(infos) == 2
+    for info in infos:
+        assert set(info) >= {"id", "pid", "state", "requests", "rss", "started_at", "current_tool"}
+        assert info["state"] == "idle" and info["rss"] > 1 << 20 and info["started_at"] <= time.time()
+    assert sum(info["requests"] for info in infos) == 4
+
+
+def test_current_tool_is_visible_while_running():
+    with Pool(Toolbox, size=1) as pool:
+        call = threading.Thread(target=pool.execute, args=("sleep", {"seconds": 0.3}))
+        call.start()
+        wait_for(lambda: pool.stats()["worker_info"][0]["current_tool"] == "sleep")
+        call.join()
+
+
+def test_track_and_progress_callback_follow_chunk_fields(pool):
+    updates = []
+    chunks = list(track(pool.stream("count", {"n": 3}), step="number", progress=lambda done, total: updates.append(done)))
+    assert len(chunks) == 3 and updates == [0, 1, 2]
+
+    from snakepit.adapters.showcase import ShowcaseAdapter
+
+    with Pool(ShowcaseAdapter, size=1) as showcase:
+        seen, positions = [], []
+        callback = progress_callback(seen.append, step="epoch", progress=lambda done, total: positions.append((done, total)))
+        showcase.execute_stream("train", {"epochs": 3, "delay": 0}, callback)
+        assert positions == [(1, 3), (2, 3), (3, 3)] and len(seen) == 4
