@@ -13,6 +13,28 @@ from typing import Any
 from snakepit import BaseAdapter, StreamChunk, tool
 
 
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie waiting to be)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 @dataclass
 class Point:
     x: int

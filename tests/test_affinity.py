@@ -9,20 +9,9 @@ import time
 from collections import Counter
 
 import pytest
-from helpers import Toolbox
+from helpers import Toolbox, wait_for
 
 from snakepit import Affinity, Pool, SnakepitError
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 def worker_state(pool: Pool, worker_id: int) -> str | None:

@@ -9,20 +9,9 @@ import time
 
 import psutil
 import pytest
-from helpers import FailingInit, Toolbox
+from helpers import FailingInit, Toolbox, wait_for
 
 from snakepit import BaseAdapter, Pool, SnakepitError, tool
-
-
-def _wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def test_calls_before_start_and_after_close_are_pool_closed():
@@ -179,7 +168,7 @@ def test_worker_killed_from_outside_while_idle_is_replaced():
     with Pool(Toolbox, size=2) as pool:
         victim = pool.stats()["worker_info"][0]["pid"]
         os.kill(victim, signal.SIGKILL)
-        _wait_for(lambda: pool.stats()["restarts"] == 1 and pool.stats()["workers"] == 2)
+        wait_for(lambda: pool.stats()["restarts"] == 1 and pool.stats()["workers"] == 2)
         pids = {pool.execute("state")["pid"] for _ in range(6)}
         assert victim not in pids
 
@@ -223,7 +212,7 @@ def test_queued_callers_are_served_fifo():
         lock = threading.Lock()
         blocker = threading.Thread(target=pool.execute, args=("sleep", {"seconds": 0.3}))
         blocker.start()
-        _wait_for(lambda: pool.stats()["busy"] == 1)
+        wait_for(lambda: pool.stats()["busy"] == 1)
 
         def caller(i):
             pool.execute("add", {"a": i})
@@ -235,7 +224,7 @@ def test_queued_callers_are_served_fifo():
             t = threading.Thread(target=caller, args=(i,))
             t.start()
             threads.append(t)
-            _wait_for(lambda i=i: pool.stats()["waiting"] == i + 1)
+            wait_for(lambda i=i: pool.stats()["waiting"] == i + 1)
         blocker.join()
         for t in threads:
             t.join(10)

@@ -9,18 +9,10 @@ import threading
 import time
 
 import pytest
-from helpers import Faulty, Toolbox
+from helpers import Faulty, Toolbox, wait_for
 
 from snakepit import Pool, SnakepitError
 from snakepit.progress import progress_callback, track
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def test_events_reach_on_event_as_plain_data():

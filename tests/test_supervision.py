@@ -11,24 +11,12 @@ import threading
 import time
 import subprocess
 
-import psutil
 import pytest
-from helpers import Faulty
+from helpers import Faulty, gone, wait_for
 
 from snakepit import HALT, Pool, SnakepitError
 
 FAST = dict(cancel_grace=0.3, kill_grace=0.3, shutdown_timeout=2.0)
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def pids(pool: Pool) -> set[int]:
@@ -81,7 +69,7 @@ def test_timeout_kills_a_stuck_worker_and_replaces_it(tool, args):
         elapsed = time.monotonic() - started
         assert (info.value.category, info.value.reason) == ("timeout", "timeout")
         assert 0.3 <= elapsed < 0.45  # near the deadline, not after the cleanup
-        wait_for(lambda: _gone(stuck))
+        wait_for(lambda: gone(stuck))
         assert pool.execute("pid") != stuck
         assert pool.stats()["restarts"] == 1
 
@@ -267,18 +255,11 @@ def _owner(mode: str, **env: str) -> tuple[subprocess.Popen, list[int]]:
     return proc, worker_pids
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def test_workers_exit_when_the_owner_is_killed():
     owner, workers = _owner("wait")
     owner.kill()
     owner.wait()
-    wait_for(lambda: all(_gone(pid) for pid in workers), timeout=5)
+    wait_for(lambda: all(gone(pid) for pid in workers), timeout=5)
 
 
 def test_interpreter_exit_closes_the_pool_gracefully(tmp_path):
@@ -286,7 +267,7 @@ def test_interpreter_exit_closes_the_pool_gracefully(tmp_path):
     owner, workers = _owner("exit", SNAKEPIT_TEST_CLEANUP_FILE=str(marker))
     assert owner.wait(timeout=20) == 0
     assert {int(line) for line in marker.read_text().split()} == set(workers)  # cleanup ran
-    assert all(_gone(pid) for pid in workers)
+    assert all(gone(pid) for pid in workers)
 
 
 def test_ctrl_c_while_a_stream_runs_ends_cleanly():
@@ -294,7 +275,7 @@ def test_ctrl_c_while_a_stream_runs_ends_cleanly():
     assert owner.stdout.readline().strip() == "streaming"
     owner.send_signal(signal.SIGINT)
     assert owner.wait(timeout=10) != 0  # KeyboardInterrupt, promptly
-    wait_for(lambda: all(_gone(pid) for pid in workers), timeout=5)
+    wait_for(lambda: all(gone(pid) for pid in workers), timeout=5)
 
 
 def _error(fn, *args, **kwargs):
