@@ -284,3 +284,26 @@ def _error(fn, *args, **kwargs):
     except SnakepitError as exc:
         return exc
     raise AssertionError("expected a SnakepitError")
+
+
+def test_with_no_worker_able_to_start_calls_fail_at_once_with_the_reason(tmp_path):
+    marker = tmp_path / "broken"
+    with Pool("helpers:BreaksOnRestart", size=1, adapter_args={"marker": str(marker)}, queue_timeout=30, **FAST) as pool:
+        marker.write_text("broken from now on")
+        os.kill(pool.execute("pid"), signal.SIGKILL)
+        wait_for(lambda: pool.stats()["restarts"] >= 1 and pool.stats()["workers"] == 0)
+
+        def fails_fast():
+            started = time.monotonic()
+            try:
+                pool.execute("pid")
+            except SnakepitError as exc:
+                return exc if time.monotonic() - started < 1.0 else None
+            return None
+
+        error = wait_for(fails_fast, timeout=10)
+        assert (error.category, error.reason) == ("worker", "worker_start_failed")
+        assert "the model file is corrupt" in error.message and "RuntimeError" in error.traceback
+        marker.unlink()
+        wait_for(lambda: pool.stats()["workers"] == 1, timeout=15)
+        assert pool.execute("pid") > 0

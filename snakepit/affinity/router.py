@@ -158,7 +158,7 @@ class Router:
         return refused
 
     def refuse_all(self, reason: str) -> list[Ticket]:
-        """Refuse every waiting ticket (the pool is closing)."""
+        """Refuse every waiting ticket (the pool is closing, or no worker can start)."""
         tickets = list(self.waiters())
         for ticket in tickets:
             ticket.refused = reason

@@ -72,6 +72,7 @@ class Dispatcher:
         self.closed = True  # until start()
         self.counters = counters
         self.supervisor: Supervisor | None = None
+        self.start_failure: errors.SnakepitError | None = None  # why no worker could start
         self._sweep_armed = False
 
     # -- callers ---------------------------------------------------------------------------------
@@ -101,6 +102,8 @@ class Dispatcher:
         with self.lock:
             if self.closed:
                 raise errors.pool_closed()
+            if self.start_failure is not None and not self.workers:
+                raise self._refusal(Reason.WORKER_START_FAILED)
             ticket = self._ticket(session_id, affinity)
             handle = self._acquire(ticket)
             if handle is not None:
@@ -220,6 +223,8 @@ class Dispatcher:
     def _refusal(self, reason: str) -> errors.SnakepitError:
         if reason == Reason.POOL_CLOSED:
             return errors.pool_closed()
+        if reason == Reason.WORKER_START_FAILED and self.start_failure is not None:
+            return errors.build_error(**self.start_failure.to_dict())
         message = _REFUSALS[reason].format(limit=self.router.max_queue)
         return errors.pool_error(reason, message)
 
@@ -273,9 +278,19 @@ class Dispatcher:
 
     def add_worker(self, handle: WorkerHandle) -> None:
         with self.lock:
+            self.start_failure = None
             self.workers[handle.id] = handle
             woken = self._free(handle)
         for ticket in woken:
+            _wake(ticket)
+
+    def workers_cannot_start(self, error: errors.SnakepitError) -> None:
+        """A replacement failed to start. With no worker left, waiting is pointless: calls fail
+        at once with this error (until a worker starts again)."""
+        with self.lock:
+            self.start_failure = error
+            refused = self.router.refuse_all(Reason.WORKER_START_FAILED) if not self.workers else []
+        for ticket in refused:
             _wake(ticket)
 
     def drained(self, handle: WorkerHandle) -> None:

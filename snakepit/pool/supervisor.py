@@ -247,6 +247,7 @@ class Supervisor(Reactor):
                     self._start_cond.notify_all()
                 return
         self.observer.emit("worker_start_failed", logging.ERROR, error.message, **details)
+        self._dispatcher.workers_cannot_start(error)
         self._replace(young=True)
 
     # -- output and events ------------------------------------------------------------------------
