@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Callable, TextIO
 
@@ -84,6 +85,30 @@ def run(*, quick: bool = False, size: int = 2, out: TextIO | None = None) -> dic
                 pool.execute(tool, args)
             except SnakepitError as error:
                 say(f"   {tool}: {error}")
+
+        say("\n7. Sessions: calls with a session_id return to the worker that holds its state")
+        with pool.session("alice", affinity="strict_queue") as alice:
+            visits = [alice.execute("ping") for _ in range(3)]
+        say(f"   3 calls of session 'alice' all ran in pid {visits[0]['pid']} "
+            f"(same worker: {len({v['pid'] for v in visits}) == 1}); its call counter went {[v['calls'] for v in visits]}")
+
+        say("\n8. map: many small calls, batched and pipelined over every worker")
+        count = 20_000 if quick else 200_000
+        started = time.perf_counter()
+        total = sum(pool.map("add", ({"a": i, "b": 1} for i in range(count))))
+        elapsed = time.perf_counter() - started
+        figures["map_per_s"] = count / elapsed
+        say(f"   {count:,} calls of add() in {elapsed:.2f} s: {count / elapsed:,.0f} calls/s (sum {total:,.0f})")
+
+        say("\n9. asyncio: three streams interleaved on one event loop")
+
+        async def three_streams() -> list[int]:
+            async def consume(steps: int) -> int:
+                return len([event async for event in pool.astream("progress_stream", {"steps": steps, "delay": 0.01})])
+
+            return list(await asyncio.gather(consume(10), consume(20), consume(30)))
+
+        say(f"   chunks per stream: {asyncio.run(three_streams())}")
 
         stats = pool.stats()
         figures["stats"] = stats

@@ -67,9 +67,10 @@ def test_demo_runs_and_reports_figures():
     out = io.StringIO()
     figures = run_demo(quick=True, out=out)
     text = out.getvalue()
-    for heading in ("Training progress", "large dataset", "Chunk throughput", "Cancellation", "Errors are data"):
+    for heading in ("Training progress", "large dataset", "Chunk throughput", "Cancellation", "Errors are data", "Sessions", "map:", "asyncio"):
         assert heading in text
-    assert figures["chunks_per_s"] > 0 and figures["dataset_rows_per_s"] > 0
+    assert figures["chunks_per_s"] > 0 and figures["dataset_rows_per_s"] > 0 and figures["map_per_s"] > 0
+    assert "(same worker: True)" in text
     assert figures["stats"]["errors"] == 3 and figures["stats"]["restarts"] == 0
 
 
