@@ -19,6 +19,7 @@ holds the worker; ``events`` (worker -> owner: heartbeat answers, log records) b
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import struct
@@ -191,7 +192,7 @@ def _plain(value: Any, _scalars: frozenset = _SCALARS, type: type = type, str: t
     """True when msgpack round-trips ``value`` exactly (same types, same structure).
 
     On the hot path of every chunk and every map item: builtins are bound as defaults to skip
-    global look-ups, and the dicts inside a list (a batch of arguments) are checked inline.
+    global look-ups, and a list (a batch of argument dicts) is checked with C-level passes.
     """
     kind = type(value)
     if kind is dict:
@@ -202,20 +203,27 @@ def _plain(value: Any, _scalars: frozenset = _SCALARS, type: type = type, str: t
                 return False
         return True
     if kind is list:
-        for item in value:
-            kind = type(item)
-            if kind in _scalars:
-                continue
-            if kind is dict:
-                for key, inner in item.items():
-                    if type(key) is not str and type(key) is not int:
-                        return False
-                    if type(inner) not in _scalars and not _plain(inner):
-                        return False
-            elif not _plain(item):
-                return False
-        return True
+        return _plain_list(value)
     return kind in _scalars
+
+
+_KEYS = frozenset({str, int})
+_SCALARS_AND_DICT = _SCALARS | {dict}
+_chain = itertools.chain.from_iterable
+
+
+def _plain_list(items: list[Any]) -> bool:
+    kinds = set(map(type, items))
+    if kinds <= _SCALARS:
+        return True
+    if kinds <= _SCALARS_AND_DICT:
+        dicts = items if kinds == {dict} else [item for item in items if type(item) is dict]
+        if not set(map(type, _chain(dicts))) <= _KEYS:  # iterating a dict gives its keys
+            return False
+        if set(map(type, _chain(map(dict.values, dicts)))) <= _SCALARS:
+            return True
+    # Containers inside: the general check, item by item.
+    return all(type(item) in _SCALARS or _plain(item) for item in items)
 
 
 def _fast_dumps(value: Any) -> bytes:
