@@ -86,7 +86,7 @@ class Exchange:
         """The worker died: first deliver what it had queued, then report the crash."""
         if not self.finished and not self._salvaged:
             self._salvaged = True
-            self._reap()
+            self.handle.reap_dying()  # the spill segment is read once its writer is gone for good
             messages = self.handle.salvage()
             if messages:
                 self.feed(messages)
@@ -211,23 +211,11 @@ class Exchange:
             worker_id=self.handle.id,
         )
 
-    def _reap(self) -> dict[str, Any]:
-        handle = self.handle
-        try:
-            return handle.reap(timeout=2.0)
-        except Exception:  # closed its pipe but did not exit: finish it
-            handle.kill()
-            return handle.reap()
-
     def lost(self) -> None:
         """The worker died under this call: report how, and let the supervisor replace it."""
         self.finished = True
         handle = self.handle
-        info = self._reap()
-        if self.dispatcher.worker_died(handle):
-            supervisor = self.dispatcher.supervisor
-            assert supervisor is not None
-            supervisor.submit(supervisor.lost, handle)
+        info = self.dispatcher.died_under_caller(handle)
         self.dispatcher.release(handle)
         if self.dispatcher.closed:
             raise errors.pool_closed()

@@ -210,16 +210,8 @@ class MapEngine:
     def lost(self, handle: WorkerHandle) -> None:
         """The worker died: its items fail with ``worker_crashed``; it is handed back."""
         queue = self._queued.get(handle.id, deque())
-        try:
-            info = handle.reap(timeout=2.0)
-        except Exception:
-            handle.kill()
-            info = handle.reap()
+        info = self._dispatcher.died_under_caller(handle)
         error = errors.worker_crashed(handle.id, info, f"a map of {self.tool!r}")
-        if self._dispatcher.worker_died(handle):
-            supervisor = self._dispatcher.supervisor
-            assert supervisor is not None
-            supervisor.submit(supervisor.lost, handle)
         for batch in queue:
             self._in_flight -= batch.count
             self._fail_range(batch.start, batch.count, error)

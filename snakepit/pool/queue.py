@@ -324,6 +324,15 @@ class Dispatcher:
         self.workers.pop(handle.id, None)
         return self.router.remove(handle.id)
 
+    def died_under_caller(self, handle: WorkerHandle) -> dict[str, Any]:
+        """A caller saw its worker die: reap it (its exit code or signal is the caller's error),
+        take it out of service and have the supervisor replace it. The caller still releases it."""
+        info = handle.reap_dying()
+        if self.worker_died(handle):
+            supervisor = self._supervise()
+            supervisor.submit(supervisor.lost, handle)
+        return info
+
     def worker_died(self, handle: WorkerHandle) -> bool:
         """Take a dead worker out of service (any thread, idempotent). True the first time."""
         with self.lock:

@@ -184,6 +184,15 @@ class WorkerHandle:
         except msgspec.DecodeError:  # torn by the death: keep what arrived through the pipe
             return []
 
+    def reap_dying(self) -> dict[str, Any]:
+        """Reap a worker seen dying (end of file, or pidfd): one that closed its pipe but did
+        not exit within two seconds is killed first."""
+        try:
+            return self.reap(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.reap()
+
     def has_exited(self) -> bool:
         return self.process.poll() is not None
 
