@@ -73,7 +73,7 @@ def test_unimportable_adapter_string_fails_start():
 
 
 def test_bad_configuration_is_a_validation_error():
-    for kwargs in ({"size": 0}, {"size": "2"}, {"timeout": -1}, {"queue_timeout": 0}, {"max_queue": -1}):
+    for kwargs in ({"size": 0}, {"size": "2"}, {"timeout": -1}, {"queue_timeout": 0}, {"max_queue": -1}, {"backend": "thread"}):
         with pytest.raises(SnakepitError) as info:
             Pool(Toolbox, **kwargs)
         assert (info.value.category, info.value.reason) == ("validation", "invalid_config")

@@ -68,6 +68,8 @@ class Pool:
             while idle (default: no limit). Recycling happens between calls, never inside one.
         worker_env: extra environment variables for the workers. BLAS/OpenMP thread counts are
             set to 1 unless this overrides them.
+        backend: where workers run; ``"process"`` (local worker processes) is the one backend
+            this version has.
         start_timeout: how long a worker may take to import and ``initialize()``.
         cancel_grace: how long a cancelled or timed-out call may take to stop before its worker
             is terminated and replaced.
@@ -97,6 +99,7 @@ class Pool:
         worker_ttl: float | None = None,
         memory_limit_mb: float | None = None,
         worker_env: Mapping[str, str] | None = None,
+        backend: str = "process",
         start_timeout: float = 60.0,
         cancel_grace: float = 5.0,
         kill_grace: float = 1.0,
@@ -105,6 +108,10 @@ class Pool:
         heartbeat_timeout: float = 10.0,
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        if backend != "process":
+            raise errors.validation(
+                Reason.INVALID_CONFIG, f"unknown backend {backend!r}: this version runs workers as local processes ('process')"
+            )
         if size is None:
             size = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
