@@ -164,8 +164,7 @@ async def run_stream(exchange: Exchange, callback: Callable[[Any], Any]) -> Stre
                 if inspect.isawaitable(outcome):
                     outcome = await outcome
                 if outcome is HALT:
-                    exchange.chunks -= len(batch) - position - 1
-                    return exchange.halt()
+                    return exchange.halt(len(batch) - position - 1)
                 delivered += 1
                 if delivered % _FAIR_SHARE == 0:
                     await asyncio.sleep(0)

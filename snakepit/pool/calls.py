@@ -192,7 +192,9 @@ class Exchange:
         self.handle.send_control(Cancel(self.call_id))
         self.dispatcher.abandon(self.handle, self.call_id)
 
-    def halt(self) -> StreamResult:
+    def halt(self, undelivered: int = 0) -> StreamResult:
+        """The callback returned HALT with ``undelivered`` chunks of its batch left: stop."""
+        self.chunks -= undelivered  # the result counts what the caller actually received
         self.cancel()
         self.result = self._stream_result(halted=True)
         return self.result
@@ -259,8 +261,7 @@ def run_stream(exchange: Exchange, callback: Callable[[Any], Any]) -> StreamResu
                 if type(data) is Ext:
                     data = exchange.decode(data)
                 if callback(data) is HALT:
-                    exchange.chunks -= len(batch) - position - 1  # count what was delivered
-                    return exchange.halt()
+                    return exchange.halt(len(batch) - position - 1)
     except BaseException:
         exchange.cancel()
         raise
