@@ -104,7 +104,7 @@ def test_strict_fail_fast_busy_worker_fails_at_once(pool):
         started = time.monotonic()
         with pytest.raises(SnakepitError) as info:
             pool.execute("add", {"a": 1}, session_id="s", affinity="strict_fail_fast")
-        assert time.monotonic() - started < 0.1
+        assert time.monotonic() - started < 0.25  # at once, not after queue_timeout
         assert (info.value.category, info.value.reason) == ("pool", "worker_busy")
 
 
@@ -253,7 +253,7 @@ def test_pool_saturated_when_the_queue_is_full():
         started = time.monotonic()
         with pytest.raises(SnakepitError) as info:
             pool.execute("add", {"a": 1})
-        assert time.monotonic() - started < 0.1
+        assert time.monotonic() - started < 0.25
         assert (info.value.category, info.value.reason) == ("pool", "pool_saturated")
         for t in blockers:
             t.join(10)

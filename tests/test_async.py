@@ -145,7 +145,7 @@ def test_async_timeout_and_crash():
             started = time.monotonic()
             with pytest.raises(SnakepitError) as info:
                 await pool.aexecute("spin", {}, timeout=0.3)
-            assert info.value.reason == "timeout" and time.monotonic() - started < 0.45
+            assert info.value.reason == "timeout" and time.monotonic() - started < 0.5
             with pytest.raises(SnakepitError) as info:
                 await pool.aexecute("raise_base", {"kind": "SystemExit"})
             assert info.value.reason == "worker_crashed"

@@ -68,7 +68,7 @@ def test_timeout_kills_a_stuck_worker_and_replaces_it(tool, args):
             pool.execute(tool, args, timeout=0.3)
         elapsed = time.monotonic() - started
         assert (info.value.category, info.value.reason) == ("timeout", "timeout")
-        assert 0.3 <= elapsed < 0.45  # near the deadline, not after the cleanup
+        assert 0.3 <= elapsed < 0.5  # near the deadline, not after the cleanup
         wait_for(lambda: gone(stuck))
         assert pool.execute("pid") != stuck
         assert pool.stats()["restarts"] == 1
@@ -93,7 +93,7 @@ def test_timeout_of_a_cooperative_stream_closes_the_generator():
         with pytest.raises(SnakepitError) as info:
             for _ in pool.stream("guarded", {"delay": 0.01}, timeout=0.3):
                 pass
-        assert info.value.reason == "timeout" and time.monotonic() - started < 0.45
+        assert info.value.reason == "timeout" and time.monotonic() - started < 0.5
         assert pool.execute("closed") == 1  # same worker: the generator's finally ran
         assert pool.stats()["restarts"] == 0
 
@@ -106,7 +106,7 @@ def test_cancel_not_acknowledged_within_grace_kills_the_worker():
         stubborn = pool.execute("pid")
         started = time.monotonic()
         result = pool.execute_stream("stubborn", {"block": 30}, lambda chunk: HALT)
-        assert result.halted and time.monotonic() - started < 0.2  # the caller does not wait
+        assert result.halted and time.monotonic() - started < 0.3  # the caller does not wait
         # The worker never reaches the next yield: it is killed, not handed out again dirty.
         assert pool.execute("pid") != stubborn
         assert pool.stats()["restarts"] == 1
