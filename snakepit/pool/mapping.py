@@ -35,8 +35,8 @@ from .worker import WorkerGone, WorkerHandle
 
 _DEPTH = 2
 _TARGET_SECONDS = 0.005
-_MAX_BATCH = 4096
-_AHEAD = 16384
+_MAX_BATCH = 2048
+_AHEAD = 32768
 
 
 class _InFlight:
@@ -254,6 +254,11 @@ class MapEngine:
             yield values, failures
 
     @property
+    def exhausted(self) -> bool:
+        """The input has run out: no more workers are needed."""
+        return self._exhausted
+
+    @property
     def in_flight(self) -> int:
         return self._in_flight
 
@@ -315,6 +320,7 @@ def run_map(engine: MapEngine, first: Callable[[], WorkerHandle], more: Callable
     try:
         _acquire(engine, first, more)
         while True:
+            _acquire(engine, first, more)  # workers that freed up since join in
             engine.fill()
             for values, failures in engine.ready():
                 if not failures:
@@ -345,7 +351,7 @@ def _with_failures(values: list[Any], failures: dict[int, errors.SnakepitError],
 def _acquire(engine: MapEngine, first: Callable[[], WorkerHandle], more: Callable[[], WorkerHandle | None]) -> None:
     if not engine.workers:
         engine.add_worker(first())
-    while (extra := more()) is not None:
+    while not engine.exhausted and (extra := more()) is not None:
         engine.add_worker(extra)
 
 
@@ -389,9 +395,9 @@ async def arun_map(
     try:
         if not engine.workers:
             engine.add_worker(await first())
-        while (extra := more()) is not None:
-            engine.add_worker(extra)
         while True:
+            while not engine.exhausted and (extra := more()) is not None:  # freed workers join in
+                engine.add_worker(extra)
             engine.fill()
             for values, failures in engine.ready():
                 for value in values if not failures else _with_failures(values, failures, return_exceptions):
