@@ -288,8 +288,8 @@ class Pool:
         automatically unless ``chunksize`` is given, pipelined so tiny tasks are not bound by
         round trips. A failing item raises its :class:`SnakepitError` at its position, unless
         ``return_exceptions=True`` yields it. ``progress=True`` shows a tqdm bar; a callable gets
-        ``(done, total)``. ``timeout`` bounds each batch. The map occupies the workers it takes
-        (every idle one, or the session's) until its input is exhausted.
+        ``(done, total)``. ``timeout`` bounds each batch. The map takes every worker that is idle
+        while its input lasts (or just the session's) and holds each until the input runs out.
         """
         return mapping.run_map(*self._map_setup(tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, sync=True))
 
