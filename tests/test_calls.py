@@ -171,16 +171,6 @@ def test_non_plain_chunks_round_trip(pool):
     assert list(pool.stream("stream_values", {"values": values})) == values
 
 
-def _closed_streams(pool, worker_id: int) -> int:
-    """The guarded generator's close count in one worker (drains others' calls by asking all)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        state = pool.execute("state")
-        if state["pid"] == worker_id:
-            return state["closed_streams"]
-    raise AssertionError("worker not reached")
-
-
 def test_halt_ends_stream_and_closes_generator_before_next_call(single_pool):
     before = single_pool.execute("state")["closed_streams"]
     seen = []

@@ -73,12 +73,6 @@ class Router:
     def busy(self) -> int:
         return len(self._busy)
 
-    def knows(self, worker: int) -> bool:
-        return worker in self._idle or worker in self._busy
-
-    def is_idle(self, worker: int) -> bool:
-        return worker in self._idle
-
     def waiters(self) -> Iterator[Ticket]:
         yield from self._any
         for queue in self._strict.values():

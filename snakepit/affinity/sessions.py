@@ -92,6 +92,3 @@ class SessionStore:
         if not self._sessions:
             return None
         return next(iter(self._sessions.values())).last_used + self.ttl
-
-    def clear(self) -> None:
-        self._sessions.clear()

@@ -318,9 +318,8 @@ def _batch_frame(call_id: int, tool: str, items: list[Any]) -> bytearray:
 def run_map(engine: MapEngine, first: Callable[[], WorkerHandle], more: Callable[[], WorkerHandle | None], return_exceptions: bool) -> Iterator[Any]:
     """The synchronous driver: waits on every held worker's pipe with ``poll``."""
     try:
-        _acquire(engine, first, more)
         while True:
-            _acquire(engine, first, more)  # workers that freed up since join in
+            _acquire(engine, first, more)
             engine.fill()
             for values, failures in engine.ready():
                 if not failures:
@@ -329,9 +328,7 @@ def run_map(engine: MapEngine, first: Callable[[], WorkerHandle], more: Callable
                     yield from _with_failures(values, failures, return_exceptions)
             if engine.finished:
                 return
-            if not engine.workers:
-                _acquire(engine, first, more)
-            elif engine.in_flight:  # else: what was yielded made room; fill again first
+            if engine.in_flight:  # else: what was yielded made room, or workers died: go round
                 _wait(engine)
     finally:
         engine.close()
@@ -349,6 +346,7 @@ def _with_failures(values: list[Any], failures: dict[int, errors.SnakepitError],
 
 
 def _acquire(engine: MapEngine, first: Callable[[], WorkerHandle], more: Callable[[], WorkerHandle | None]) -> None:
+    """A first worker (waiting for one if the map holds none), then every idle one."""
     if not engine.workers:
         engine.add_worker(first())
     while not engine.exhausted and (extra := more()) is not None:
@@ -393,10 +391,10 @@ async def arun_map(
     """The asyncio driver: the same engine, waiting through ``loop.add_reader``."""
     loop = asyncio.get_running_loop()
     try:
-        if not engine.workers:
-            engine.add_worker(await first())
         while True:
-            while not engine.exhausted and (extra := more()) is not None:  # freed workers join in
+            if not engine.workers:  # as _acquire, awaiting the first worker
+                engine.add_worker(await first())
+            while not engine.exhausted and (extra := more()) is not None:
                 engine.add_worker(extra)
             engine.fill()
             for values, failures in engine.ready():
@@ -404,9 +402,7 @@ async def arun_map(
                     yield value
             if engine.finished:
                 return
-            if not engine.workers:
-                engine.add_worker(await first())
-            elif engine.in_flight:
+            if engine.in_flight:
                 await _await_any(loop, engine)
     finally:
         engine.close()
