@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 
@@ -90,12 +90,17 @@ class Worker:
     def _send(self, message: Any) -> None:
         self._out.send(message)
 
+    def _send_wire(self, build: Callable[[Any], Any], value: Any) -> None:
+        """Send ``build(value on the wire)``; an int beyond 64 bits somewhere inside makes
+        msgpack refuse it, and then the value travels pickled. Raises ``serialization_error``."""
+        try:
+            self._send(build(encode_value(value)))
+        except OverflowError:
+            self._send(build(protocol.pickled(value)))
+
     def _send_value(self, call_id: int, value: Any) -> None:
         try:
-            try:
-                self._send(Result(call_id, encode_value(value)))
-            except OverflowError:  # an int beyond 64 bits: msgpack cannot hold it, pickle can
-                self._send(Result(call_id, protocol.pickled(value)))
+            self._send_wire(lambda wire: Result(call_id, wire), value)
         except errors.SnakepitError as exc:
             self._send(protocol.failure(call_id, exc))
 
@@ -308,10 +313,7 @@ class Worker:
 
     def _send_batch_result(self, call_id: int, values: list[Any], failures: list[list[Any]]) -> None:
         try:
-            try:
-                self._send(BatchResult(call_id, encode_value(values), failures))
-            except OverflowError:
-                self._send(BatchResult(call_id, protocol.pickled(values), failures))
+            self._send_wire(lambda wire: BatchResult(call_id, wire, failures), values)
         except errors.SnakepitError:
             # Some value cannot be serialized: send the others one by one, and fail just that item.
             encoded: list[Any] = []
