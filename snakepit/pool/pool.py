@@ -323,14 +323,9 @@ class Pool:
         *,
         sync: bool,
     ) -> tuple[Any, ...]:
-        if tool not in self._tools:
-            if self._dispatcher.closed:
-                raise errors.pool_closed()
-            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}", tool=tool)
+        self._spec(tool)
         _positive_int("chunksize", chunksize)
-        if session_id is not None:
-            _check_session_id(session_id)
-        mode = None if affinity is None else parse_affinity(affinity)
+        mode = _routing(session_id, affinity)
         batch_timeout = self._timeout if timeout is None else _positive("timeout", timeout)
         try:
             total: int | None = len(iterable_of_args)  # type: ignore[arg-type]
@@ -461,6 +456,14 @@ class Pool:
         handle = await aio.checkout(self._dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline)
         return call.start(self._dispatcher, handle)
 
+    def _spec(self, tool: str) -> ToolSpec:
+        spec = self._tools.get(tool)
+        if spec is None:
+            if self._dispatcher.closed:
+                raise errors.pool_closed()
+            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}", tool=tool)
+        return spec
+
     def _prepare(
         self,
         tool: str,
@@ -471,11 +474,7 @@ class Pool:
         timeout: float | None,
     ) -> PreparedCall:
         """Everything that can be checked and encoded before a worker is taken."""
-        spec = self._tools.get(tool)
-        if spec is None:
-            if self._dispatcher.closed:
-                raise errors.pool_closed()
-            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}", tool=tool)
+        spec = self._spec(tool)
         if stream and not spec.supports_streaming:
             raise errors.validation(
                 Reason.NOT_STREAMING, f"tool {tool!r} does not support streaming; use execute()", tool=tool
@@ -488,9 +487,7 @@ class Pool:
                     Reason.INVALID_ARGUMENTS, f"args must be a dict, got {type(args).__name__}", tool=tool
                 )
             args = dict(args)
-        if session_id is not None:
-            _check_session_id(session_id)
-        mode = None if affinity is None else parse_affinity(affinity)
+        mode = _routing(session_id, affinity)
         call_id = next(self._ids)
         frame = _call_frame(call_id, tool, args, stream)
         now = time.monotonic()
@@ -551,6 +548,13 @@ class PreparedCall:
         exchange = Exchange(dispatcher, handle, self.call_id, self.tool, self.deadline)
         exchange.send(self.frame)
         return exchange
+
+
+def _routing(session_id: Any, affinity: Affinity | str | None) -> Affinity | None:
+    """Check a call's session id; its affinity mode, if it names one."""
+    if session_id is not None:
+        _check_session_id(session_id)
+    return None if affinity is None else parse_affinity(affinity)
 
 
 def _check_session_id(session_id: Any) -> None:
