@@ -155,23 +155,33 @@ def test_async_timeout_and_crash():
 
 
 def test_many_astreams_on_one_loop_interleave():
-    with Pool(Toolbox, size=3) as pool:
+    streams, n = 3, 20_000
+    with Pool(Toolbox, size=streams) as pool:
 
         async def main():
+            # Every stream has started (its worker is producing) before the race is measured, so
+            # the order below reflects the loop's fairness, not which worker the OS ran first.
+            started = asyncio.Barrier(streams)
             order: list[int] = []
 
             async def consume(index: int):
-                async for _ in pool.astream("count", {"n": 3000}):
-                    order.append(index)
+                first = True
+                async for _ in pool.astream("count", {"n": n}):
+                    if first:
+                        first = False
+                        await started.wait()
+                    else:
+                        order.append(index)
 
-            await asyncio.gather(*(consume(i) for i in range(3)))
+            await asyncio.gather(*(consume(i) for i in range(streams)))
             return order
 
         order = run(main())
-    assert len(order) == 9000
-    # Fair: no stream ran to completion before the others started.
-    first_done = min(max(i for i, who in enumerate(order) if who == k) for k in range(3))
-    assert all(order[:first_done].count(k) > 0 for k in range(3))
+    assert len(order) == streams * (n - 1)
+    # Fair: with chunks buffered for all of them, no stream runs to completion before the others
+    # got a turn (each hands the loop back every few hundred chunks).
+    first_done = min(max(i for i, who in enumerate(order) if who == k) for k in range(streams))
+    assert all(order[:first_done].count(k) > 0 for k in range(streams))
 
 
 def test_sync_and_async_callers_share_one_pool():
