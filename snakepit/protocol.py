@@ -101,6 +101,7 @@ class Ping(_Msg, tag=5):
 class Ready(_Msg, tag=10):
     pid: int
     tools: list[ToolSpec]
+    typed_tools: list[str] = []  # whose arguments may skip the lossless check (BoundTool.typed_args)
 
 
 class StartFailed(_Msg, tag=11):
@@ -134,6 +135,7 @@ class BatchResult(_Msg, tag=19):
     id: int
     values: Any
     failures: list[list[Any]]
+    one_by_one: bool = False  # ``values`` is a list of separately pickled values (see the worker)
 
 
 class End(_Msg, tag=14):

@@ -7,6 +7,7 @@ import itertools
 import os
 import signal
 import threading
+import time
 import tracemalloc
 
 import pytest
@@ -50,6 +51,27 @@ def test_values_travel_exactly_both_ways(pool):
     values = [(1, 2), {3}, Point(1, 2), 2**100, None, b"raw"]
     assert list(pool.map("echo", [{"value": v} for v in values])) == values
     assert list(pool.map("pair", [{"p": [1, 2]}, {"p": (3, 4), "scale": 2}])) == [(1.0, 2.0), (6.0, 8.0)]
+
+
+def test_typed_tools_get_the_same_values_by_either_route(pool):
+    """``add`` and ``pair`` are typed: their items skip the lossless check. What msgpack cannot
+    carry (an int past 64 bits, an object) still arrives, pickled, and is checked as usual."""
+    assert list(pool.map("add", [{"a": 2**70, "b": 1}, {"a": True}, {"a": 3}], return_exceptions=True))[0] == 2**70 + 1
+    bad = list(pool.map("add", [{"a": Point(1, 2)}, {"a": True}], return_exceptions=True))
+    assert [getattr(r, "reason", r) for r in bad] == ["invalid_arguments", "invalid_arguments"]
+    assert list(pool.map("pair", [{"p": (1, 2)}, {"p": [3, 4]}])) == [(1.0, 2.0), (3.0, 4.0)]
+
+
+def test_failures_anywhere_in_one_batch_keep_their_positions(pool):
+    """One batch, failures scattered through it: invalid arguments and exceptions the tool
+    raises (``sleep`` refuses a negative length); every other item still runs."""
+    items = [{"a": "x"} if i % 7 == 3 else {"a": i} for i in range(500)]
+    results = list(pool.map("add", items, chunksize=500, return_exceptions=True))
+    assert [isinstance(r, SnakepitError) for r in results] == [i % 7 == 3 for i in range(500)]
+    assert [r for r in results if not isinstance(r, SnakepitError)] == [i + 1 for i in range(500) if i % 7 != 3]
+    sleeps = [{"seconds": -1 if i % 5 == 0 else 0} for i in range(100)]
+    results = list(pool.map("sleep", sleeps, chunksize=100, return_exceptions=True))
+    assert [getattr(r, "reason", None) for r in results] == ["tool_exception" if i % 5 == 0 else None for i in range(100)]
 
 
 def test_an_unserializable_result_fails_only_its_item(pool):
@@ -124,6 +146,20 @@ def test_leaving_a_map_early_gives_the_workers_back():
         next(results)
         results.close()
         assert pool.execute("pid") > 0
+        assert pool.stats()["restarts"] == 0
+
+
+def test_cancelling_stops_a_batch_before_its_next_item():
+    """A batch of 100 slow items is cancelled after the item running: the worker is back at once
+    (not after the other 99), and it is reused, not killed."""
+    with Pool(Faulty, size=1, cancel_grace=5) as pool:
+        items = itertools.chain([{"seconds": 0}] * 100, itertools.repeat({"seconds": 0.05}, 1000))
+        results = pool.map("sleep", items, chunksize=100)
+        next(results)  # the first batch is back; the second, slow one is running
+        started = time.monotonic()
+        results.close()
+        assert pool.execute("pid") > 0
+        assert time.monotonic() - started < 2.0  # the rest of the batch would take ~5 s
         assert pool.stats()["restarts"] == 0
 
 

@@ -61,6 +61,7 @@ class MapEngine:
         ordered: bool,
         chunksize: int | None,
         timeout: float,
+        typed_args: bool = False,
         on_progress: Callable[[int], None] | None,
         on_items: Callable[[int], None] | None = None,
         on_close: Callable[[MapEngine], None] | None = None,
@@ -73,6 +74,7 @@ class MapEngine:
         self._ordered = ordered
         self._chunksize = chunksize
         self._timeout = timeout
+        self._typed_args = typed_args
         self._on_progress = on_progress
         self._on_close = on_close
         self._on_items = on_items
@@ -132,7 +134,7 @@ class MapEngine:
         if self._on_items is not None:
             self._on_items(len(items))
         try:
-            frame = _batch_frame(call_id, self.tool, items)
+            frame = _batch_frame(call_id, self.tool, items, self._typed_args)
         except errors.SnakepitError as exc:  # an argument that cannot travel fails its batch
             self._fail_range(start, len(items), exc)
             return True
@@ -187,7 +189,7 @@ class MapEngine:
             for offset in range(len(values), batch.count):
                 failures[offset] = errors.pool_closed()
             values = values + [None] * (batch.count - len(values))
-        if Ext in set(map(type, values)):  # sent one by one (a neighbour could not be pickled)
+        if message.one_by_one:  # a neighbour could not be pickled
             for offset, value in enumerate(values):
                 if type(value) is Ext:
                     try:
@@ -299,16 +301,26 @@ class MapEngine:
         self._dispatcher.release(handle)
 
 
-def _batch_frame(call_id: int, tool: str, items: list[Any]) -> bytearray:
-    for args in items:
-        if type(args) is not dict:
-            raise errors.validation(
-                Reason.INVALID_ARGUMENTS, f"each item of a map must be a dict of arguments, got {type(args).__name__}"
-            )
-    try:
-        encoded = msgspec.msgpack.encode(protocol.encode_value(items, protocol._cloud_dumps))
-    except OverflowError:
-        encoded = msgspec.msgpack.encode(protocol.pickled(items, protocol._cloud_dumps))
+def _batch_frame(call_id: int, tool: str, items: list[Any], typed_args: bool) -> bytearray:
+    """One ``Batch`` frame. For a tool with ``typed_args`` the worker converts every argument to
+    its annotated type, so the items are encoded as they are, without the lossless check that
+    would otherwise cost more than the encoding; what msgpack refuses takes the general path."""
+    if set(map(type, items)) != {dict}:
+        culprit = next(args for args in items if type(args) is not dict)
+        raise errors.validation(
+            Reason.INVALID_ARGUMENTS, f"each item of a map must be a dict of arguments, got {type(culprit).__name__}"
+        )
+    encoded = None
+    if typed_args:
+        try:
+            encoded = msgspec.msgpack.encode(items)
+        except (TypeError, OverflowError):
+            pass
+    if encoded is None:
+        try:
+            encoded = msgspec.msgpack.encode(protocol.encode_value(items, protocol._cloud_dumps))
+        except OverflowError:
+            encoded = msgspec.msgpack.encode(protocol.pickled(items, protocol._cloud_dumps))
     return protocol.encode_frame(Batch(call_id, tool, msgspec.Raw(encoded)))
 
 

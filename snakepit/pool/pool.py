@@ -340,6 +340,7 @@ class Pool:
             ordered=ordered,
             chunksize=chunksize,
             timeout=batch_timeout,
+            typed_args=tool in self._supervisor.typed_tools,
             on_progress=reporter.update if reporter.active else None,
             on_items=lambda count: self._counters.bump("requests", count),
             on_close=lambda engine: self._map_closed(engine, reporter),

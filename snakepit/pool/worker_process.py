@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import msgspec
 
@@ -82,6 +82,7 @@ class Worker:
         self._events = Events(events)
         # Cancel(n) cancels every call up to n: ids grow, and a worker may have calls queued.
         self.cancelled = -1
+        self._live_batch: tuple[int, list[Any]] | None = None  # the map batch running, see _run_batch
         self._tools: dict[str, BoundTool] = {}
         self._adapter: Any = None
 
@@ -126,7 +127,8 @@ class Worker:
             self._send(StartFailed(f"{type(exc).__name__}: {exc}", _tool_traceback(exc)))
             self._out.flush()
             os._exit(3)
-        self._send(Ready(os.getpid(), [t.spec for t in self._tools.values()]))
+        tools = self._tools.values()
+        self._send(Ready(os.getpid(), [t.spec for t in tools], [t.spec.name for t in tools if t.typed_args]))
         self._reader = reader
 
     def serve(self) -> None:
@@ -162,6 +164,9 @@ class Worker:
                 os._exit(0)
             if type(message) is Cancel:
                 self.cancelled = message.id
+                batch = self._live_batch
+                if batch is not None and batch[0] <= message.id:
+                    batch[1].clear()  # stops the batch's iteration before its next item
             elif type(message) is Ping:
                 self._events.send(Pong(message.seq), essential=True)
 
@@ -291,24 +296,32 @@ class Worker:
         except errors.SnakepitError as exc:
             self._send(protocol.failure(batch.id, exc))
             return
-        collect = tool.spec.supports_streaming or tool.is_generator
-        call = tool.call
-        cancelled_at = batch.id
-        for index, bound in enumerate(items):
-            if self.cancelled >= cancelled_at:
-                break
-            try:
-                if isinstance(bound, errors.SnakepitError):
-                    raise bound
-                out = call(bound)
-                values.append(self._gather(batch.id, out) if collect else out)
-            except errors.SnakepitError as exc:
-                values.append(None)
-                failures.append([index, exc.category, exc.reason, exc.message, exc.details, exc.traceback])
-            except Exception as exc:
-                values.append(None)
-                failure = _tool_exception(batch.id, batch.tool, exc)
-                failures.append([index, failure.category, failure.reason, failure.message, failure.details, failure.traceback])
+        run: Callable[[Iterator[Any]], Iterator[Any]] = tool.call_many
+        if tool.spec.supports_streaming or tool.is_generator:
+            call = tool.call
+            run = lambda pending: (self._gather(batch.id, call(bound)) for bound in pending)  # noqa: E731
+        # The items run in one C-level iteration (a Python loop would triple the cost of a tiny
+        # task) over ``live``, a copy the control thread empties on Cancel: the list iterator
+        # stops before the next item. An exception ends the iteration; it resumes after the item
+        # that raised, which ``len(values)`` identifies.
+        live = list(items)
+        self._live_batch = (batch.id, live)
+        if self.cancelled >= batch.id:
+            live.clear()
+        pending = iter(live)
+        try:
+            while True:
+                try:
+                    values.extend(run(pending))
+                    break
+                except Exception as exc:
+                    index = len(values)
+                    values.append(None)
+                    failures.append(_batch_failure(batch, index, items[index], exc))
+                    pending = iter(live)
+                    pending.__setstate__(index + 1)
+        finally:
+            self._live_batch = None
         self._send_batch_result(batch.id, values, failures)
 
     def _send_batch_result(self, call_id: int, values: list[Any], failures: list[list[Any]]) -> None:
@@ -324,10 +337,18 @@ class Worker:
                     encoded.append(None)
                     failures.append([index, exc.category, exc.reason, exc.message, exc.details, None])
             failures.sort(key=lambda failure: failure[0])
-            self._send(BatchResult(call_id, encoded, failures))
+            self._send(BatchResult(call_id, encoded, failures, one_by_one=True))
 
 
 _generic = msgspec.msgpack.Decoder()
+
+
+def _batch_failure(batch: Batch, index: int, bound: Any, exc: Exception) -> list[Any]:
+    """The failure entry of item ``index``: its invalid arguments, or what the tool raised."""
+    error = bound if isinstance(bound, errors.SnakepitError) else exc
+    if not isinstance(error, errors.SnakepitError):
+        error = _tool_exception(batch.id, batch.tool, exc)
+    return [index, error.category, error.reason, error.message, error.details, error.traceback]
 
 
 def _decode_items(encoded: Any) -> Any:
