@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("multiprocessing.Pool.imap chunksize=1", map_results["multiprocessing.Pool.imap chunksize=1"]),
         (f"{best_imap} (best)", map_results[best_imap]),
     ]
-    print_table(f"{n:,} tiny tasks over 2 workers, median of {opts.repeats}", "tasks/s", rows, reference="snakepit map")
+    print_table(f"{n:,} tiny tasks over 2 workers, median of {opts.repeats}", "tasks/s", rows, reference="snakepit map", reference_vs_each=True)
 
     with Pool(Tiny, size=4) as pool:
         stream_results = medians(interleaved(opts.repeats, {

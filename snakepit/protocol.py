@@ -23,7 +23,7 @@ import itertools
 import os
 import pickle
 import struct
-from typing import Any, Callable, Union
+from typing import Any, Callable, TypeVar, Union
 
 import msgspec
 from msgspec.msgpack import Ext
@@ -35,7 +35,7 @@ from .errors import Reason
 __all__ = [
     "Boot", "Call", "Batch", "Shutdown", "Cancel", "Ping",
     "Ready", "StartFailed", "Result", "Chunk", "Chunks", "End", "Failure", "BatchResult", "Pong", "Log",
-    "encode_value", "decode_value", "encode_frame", "FrameWriter", "FrameReader",
+    "encode_value", "encode_with", "decode_value", "encode_frame", "FrameWriter", "FrameReader",
 ]
 
 PICKLE_EXT = 1
@@ -255,6 +255,30 @@ def encode_value(value: Any, dumps: Callable[[Any], bytes] = _fast_dumps) -> Any
     if type(value) in _SCALARS or _plain(value):
         return value
     return pickled(value, dumps)
+
+
+T = TypeVar("T")
+
+
+def encode_with(
+    encode: Callable[[Any], T], value: Any, *, typed: bool = False, dumps: Callable[[Any], bytes] = _fast_dumps
+) -> T:
+    """``encode(value on the wire)``: the value itself if msgpack carries it exactly, else pickled.
+
+    ``typed``: the receiver converts the value to msgpack-native annotated types (see
+    ``BoundTool.typed_args``), so any form msgpack accepts arrives as the same value and the
+    lossless check is skipped. An int beyond 64 bits makes msgpack refuse a value that passed the
+    check; it then travels pickled. Raises ``serialization_error`` when nothing can carry it.
+    """
+    if typed:
+        try:
+            return encode(value)
+        except (TypeError, OverflowError):
+            pass  # not all msgpack: the general path
+    try:
+        return encode(encode_value(value, dumps))
+    except OverflowError:
+        return encode(pickled(value, dumps))
 
 
 def decode_value(value: Any) -> Any:

@@ -60,6 +60,11 @@ def test_typed_tools_get_the_same_values_by_either_route(pool):
     bad = list(pool.map("add", [{"a": Point(1, 2)}, {"a": True}], return_exceptions=True))
     assert [getattr(r, "reason", r) for r in bad] == ["invalid_arguments", "invalid_arguments"]
     assert list(pool.map("pair", [{"p": (1, 2)}, {"p": [3, 4]}])) == [(1.0, 2.0), (3.0, 4.0)]
+    # execute takes the same route: one call and one map item behave alike.
+    assert pool.execute("add", {"a": 2**70, "b": 1}) == 2**70 + 1
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("add", {"a": Point(1, 2)})
+    assert info.value.reason == "invalid_arguments"
 
 
 def test_failures_anywhere_in_one_batch_keep_their_positions(pool):

@@ -302,25 +302,14 @@ class MapEngine:
 
 
 def _batch_frame(call_id: int, tool: str, items: list[Any], typed_args: bool) -> bytearray:
-    """One ``Batch`` frame. For a tool with ``typed_args`` the worker converts every argument to
-    its annotated type, so the items are encoded as they are, without the lossless check that
-    would otherwise cost more than the encoding; what msgpack refuses takes the general path."""
+    """One ``Batch`` frame. For a tool with ``typed_args`` the items skip the lossless check,
+    which would cost more than their encoding."""
     if set(map(type, items)) != {dict}:
         culprit = next(args for args in items if type(args) is not dict)
         raise errors.validation(
             Reason.INVALID_ARGUMENTS, f"each item of a map must be a dict of arguments, got {type(culprit).__name__}"
         )
-    encoded = None
-    if typed_args:
-        try:
-            encoded = msgspec.msgpack.encode(items)
-        except (TypeError, OverflowError):
-            pass
-    if encoded is None:
-        try:
-            encoded = msgspec.msgpack.encode(protocol.encode_value(items, protocol._cloud_dumps))
-        except OverflowError:
-            encoded = msgspec.msgpack.encode(protocol.pickled(items, protocol._cloud_dumps))
+    encoded = protocol.encode_with(msgspec.msgpack.encode, items, typed=typed_args, dumps=protocol._cloud_dumps)
     return protocol.encode_frame(Batch(call_id, tool, msgspec.Raw(encoded)))
 
 

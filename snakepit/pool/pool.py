@@ -490,7 +490,7 @@ class Pool:
             args = dict(args)
         mode = _routing(session_id, affinity)
         call_id = next(self._ids)
-        frame = _call_frame(call_id, tool, args, stream)
+        frame = _call_frame(call_id, tool, args, stream, tool in self._supervisor.typed_tools)
         now = time.monotonic()
         if timeout is None:
             timeout = self._timeout
@@ -563,12 +563,11 @@ def _check_session_id(session_id: Any) -> None:
         raise errors.validation(Reason.INVALID_ARGUMENTS, f"session_id must be a non-empty str, got {session_id!r}")
 
 
-def _call_frame(call_id: int, tool: str, args: dict[str, Any], stream: bool) -> bytearray:
+def _call_frame(call_id: int, tool: str, args: dict[str, Any], stream: bool, typed: bool) -> bytearray:
     """The call, encoded before a worker is taken: what cannot be sent fails without one."""
-    try:
-        return protocol.encode_frame(Call(call_id, tool, protocol.encode_value(args, protocol._cloud_dumps), stream))
-    except OverflowError:  # an int beyond 64 bits somewhere: msgpack cannot hold it, pickle can
-        return protocol.encode_frame(Call(call_id, tool, protocol.pickled(args, protocol._cloud_dumps), stream))
+    return protocol.encode_with(
+        lambda wire: protocol.encode_frame(Call(call_id, tool, wire, stream)), args, typed=typed, dumps=protocol._cloud_dumps
+    )
 
 
 def _shutdown(dispatcher: Dispatcher, supervisor: Supervisor) -> None:

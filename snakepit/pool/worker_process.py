@@ -92,12 +92,8 @@ class Worker:
         self._out.send(message)
 
     def _send_wire(self, build: Callable[[Any], Any], value: Any) -> None:
-        """Send ``build(value on the wire)``; an int beyond 64 bits somewhere inside makes
-        msgpack refuse it, and then the value travels pickled. Raises ``serialization_error``."""
-        try:
-            self._send(build(encode_value(value)))
-        except OverflowError:
-            self._send(build(protocol.pickled(value)))
+        """Send ``build(value on the wire)``. Raises ``serialization_error``."""
+        protocol.encode_with(lambda wire: self._send(build(wire)), value)
 
     def _send_value(self, call_id: int, value: Any) -> None:
         try:
