@@ -112,10 +112,6 @@ class BoundTool:
     _accepts_extra: bool = False
     _names: tuple[str, ...] = ()
     _positional: bool = False
-    typed_args: bool = False
-    """Every parameter is annotated with a type msgpack carries natively, and arguments are
-    converted to it: an argument arrives as the same value however it travelled, so a sender
-    may skip the lossless check (a tuple for ``list[int]`` ends up a list either way)."""
 
     def bind(self, args: dict[str, Any]) -> dict[str, Any]:
         """Check ``args`` against the signature; return the (converted) keyword arguments."""
@@ -230,39 +226,6 @@ def _type_name(annotation: Any) -> str:
     return repr(annotation).replace("typing.", "")
 
 
-_NATIVE_LEAVES = (
-    msgspec.inspect.IntType,
-    msgspec.inspect.FloatType,
-    msgspec.inspect.StrType,
-    msgspec.inspect.BoolType,
-    msgspec.inspect.BytesType,
-    msgspec.inspect.NoneType,
-    msgspec.inspect.LiteralType,
-    msgspec.inspect.EnumType,
-)
-_NATIVE_ARRAYS = (
-    msgspec.inspect.ListType,
-    msgspec.inspect.VarTupleType,
-    msgspec.inspect.SetType,
-    msgspec.inspect.FrozenSetType,
-)
-
-
-def _native(info: msgspec.inspect.Type) -> bool:
-    """The converted value depends only on what msgpack keeps of an argument."""
-    if isinstance(info, _NATIVE_LEAVES):
-        return True
-    if isinstance(info, _NATIVE_ARRAYS):
-        return _native(info.item_type)
-    if isinstance(info, msgspec.inspect.TupleType):
-        return all(map(_native, info.item_types))
-    if isinstance(info, msgspec.inspect.DictType):
-        return _native(info.key_type) and _native(info.value_type)
-    if isinstance(info, msgspec.inspect.UnionType):
-        return all(map(_native, info.types))
-    return False
-
-
 def _supported(annotation: Any) -> bool:
     try:
         msgspec.inspect.type_info(annotation)
@@ -293,7 +256,6 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundT
     params: list[ParameterSpec] = []
     fields: list[tuple[Any, ...]] = []
     accepts_extra = unset_defaults = keyword_only = False
-    typed_args = True
     for p in signature.parameters.values():
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             accepts_extra = True
@@ -306,7 +268,6 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundT
             ParameterSpec(p.name, _type_name(annotation), required, None if required else _plain_default(p.default))
         )
         checked = annotation if annotation is not inspect.Parameter.empty and _supported(annotation) else Any
-        typed_args = typed_args and checked is not Any and _native(msgspec.inspect.type_info(checked))
         if required:
             fields.append((p.name, checked))
         elif type(p.default) in _IMMUTABLE:
@@ -334,8 +295,7 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundT
             f"{spec.name}_args", fields, forbid_unknown_fields=not accepts_extra, kw_only=True, gc=False
         )
     positional = args_type is not None and not (accepts_extra or unset_defaults or keyword_only)
-    names = tuple(f[0] for f in fields)
-    return BoundTool(spec, func, is_generator, args_type, accepts_extra, names, positional, typed_args and not accepts_extra)
+    return BoundTool(spec, func, is_generator, args_type, accepts_extra, tuple(f[0] for f in fields), positional)
 
 
 def import_by_path(path: str) -> Any:

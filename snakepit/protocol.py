@@ -35,7 +35,7 @@ from .errors import Reason
 __all__ = [
     "Boot", "Call", "Batch", "Shutdown", "Cancel", "Ping",
     "Ready", "StartFailed", "Result", "Chunk", "Chunks", "End", "Failure", "BatchResult", "Pong", "Log",
-    "encode_value", "encode_with", "decode_value", "encode_frame", "FrameWriter", "FrameReader",
+    "encode_value", "encode_with", "exact", "exact_args", "exact_arg_lists", "decode_value", "encode_frame", "FrameWriter", "FrameReader",
 ]
 
 PICKLE_EXT = 1
@@ -101,7 +101,6 @@ class Ping(_Msg, tag=5):
 class Ready(_Msg, tag=10):
     pid: int
     tools: list[ToolSpec]
-    typed_tools: list[str] = []  # whose arguments may skip the lossless check (BoundTool.typed_args)
 
 
 class StartFailed(_Msg, tag=11):
@@ -252,33 +251,50 @@ def pickled(value: Any, dumps: Callable[[Any], bytes] = _fast_dumps) -> Ext:
 
 def encode_value(value: Any, dumps: Callable[[Any], bytes] = _fast_dumps) -> Any:
     """``value`` itself when msgpack carries it exactly, else a pickle extension."""
-    if type(value) in _SCALARS or _plain(value):
-        return value
-    return pickled(value, dumps)
+    return value if exact(value) else pickled(value, dumps)
 
 
 T = TypeVar("T")
 
+# What msgpack refuses in a value that passed the exactness check: an int beyond 64 bits, a str
+# with lone surrogates, a dict key of another type (argument dicts' keys are not checked).
+# Pickle carries all of them.
+REFUSED = (OverflowError, UnicodeEncodeError, TypeError)
+
+
+def exact(value: Any) -> bool:
+    """msgpack round-trips ``value`` exactly."""
+    return type(value) in _SCALARS or _plain(value)
+
+
+def exact_args(args: dict[str, Any]) -> bool:
+    """:func:`exact` for a call's arguments. Their keys are parameter names, checked against the
+    signature in the worker, so only the values need the check."""
+    values = args.values()
+    return set(map(type, values)) <= _SCALARS or all(type(v) in _SCALARS or _plain(v) for v in values)
+
+
+def exact_arg_lists(items: list[dict[str, Any]]) -> bool:
+    """:func:`exact_args` for every argument dict of a batch, in one C-level pass when the values
+    are all scalars (a map's tiny tasks)."""
+    return set(map(type, _chain(map(dict.values, items)))) <= _SCALARS or all(map(exact_args, items))
+
 
 def encode_with(
-    encode: Callable[[Any], T], value: Any, *, typed: bool = False, dumps: Callable[[Any], bytes] = _fast_dumps
+    encode: Callable[[Any], T],
+    value: Any,
+    *,
+    exact: Callable[[Any], bool] = exact,
+    dumps: Callable[[Any], bytes] = _fast_dumps,
 ) -> T:
-    """``encode(value on the wire)``: the value itself if msgpack carries it exactly, else pickled.
-
-    ``typed``: the receiver converts the value to msgpack-native annotated types (see
-    ``BoundTool.typed_args``), so any form msgpack accepts arrives as the same value and the
-    lossless check is skipped. An int beyond 64 bits makes msgpack refuse a value that passed the
-    check; it then travels pickled. Raises ``serialization_error`` when nothing can carry it.
-    """
-    if typed:
+    """``encode(value on the wire)``: the value itself when ``exact`` says msgpack carries it
+    exactly, else pickled. Raises ``serialization_error`` when nothing can carry it."""
+    if exact(value):
         try:
             return encode(value)
-        except (TypeError, OverflowError):
-            pass  # not all msgpack: the general path
-    try:
-        return encode(encode_value(value, dumps))
-    except OverflowError:
-        return encode(pickled(value, dumps))
+        except REFUSED:
+            pass
+    return encode(pickled(value, dumps))
 
 
 def decode_value(value: Any) -> Any:

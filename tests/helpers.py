@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import enum
 import os
 import signal
 import sys
@@ -33,6 +34,10 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+class Mode(str, enum.Enum):
+    FAST = "fast"
 
 
 @dataclass
@@ -81,6 +86,16 @@ class Toolbox(BaseAdapter):
     @tool(description="echo the value back", name="echo")
     def echo_value(self, value: Any = None) -> Any:
         return value
+
+    @tool
+    def typed_kinds(self, text: str, number: float = 0.0) -> list:
+        """What a tool with annotated parameters receives."""
+        return [type(text).__name__, type(number).__name__, number]
+
+    @tool
+    def first(self, items: list) -> Any:
+        """``next`` on an empty list lets a StopIteration escape the tool."""
+        return next(iter(items))
 
     @tool
     def state(self) -> dict:

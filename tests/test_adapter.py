@@ -119,15 +119,6 @@ def test_bind_errors_name_the_parameter(tools, tool_name, args, fragment):
     assert fragment in info.value.message, info.value.message
 
 
-def test_typed_args_only_where_any_route_gives_the_same_value(tools):
-    """``typed_args`` lets a map skip the lossless check: only where conversion to the annotation
-    makes the value independent of how it travelled."""
-    typed = {name for name, bound in tools.items() if bound.typed_args}
-    # plain: int/float/str; renamed/gen: int; optional: Optional[int] and list[int].
-    assert typed == {"plain", "renamed", "gen", "optional"}
-    # boxed (a dataclass may be a subclass), untyped (Any), extra (**rest), unsupported: not typed.
-
-
 def test_duplicate_tool_names_are_refused():
     class Twice(BaseAdapter):
         @tool(name="same")

@@ -9,9 +9,11 @@ import signal
 import threading
 import time
 import tracemalloc
+from decimal import Decimal
 
+import msgspec
 import pytest
-from helpers import Faulty, Point, Toolbox
+from helpers import Faulty, Mode, Point, Toolbox
 
 from snakepit import Pool, SnakepitError
 
@@ -53,18 +55,51 @@ def test_values_travel_exactly_both_ways(pool):
     assert list(pool.map("pair", [{"p": [1, 2]}, {"p": (3, 4), "scale": 2}])) == [(1.0, 2.0), (6.0, 8.0)]
 
 
-def test_typed_tools_get_the_same_values_by_either_route(pool):
-    """``add`` and ``pair`` are typed: their items skip the lossless check. What msgpack cannot
-    carry (an int past 64 bits, an object) still arrives, pickled, and is checked as usual."""
-    assert list(pool.map("add", [{"a": 2**70, "b": 1}, {"a": True}, {"a": 3}], return_exceptions=True))[0] == 2**70 + 1
-    bad = list(pool.map("add", [{"a": Point(1, 2)}, {"a": True}], return_exceptions=True))
-    assert [getattr(r, "reason", r) for r in bad] == ["invalid_arguments", "invalid_arguments"]
-    assert list(pool.map("pair", [{"p": (1, 2)}, {"p": [3, 4]}])) == [(1.0, 2.0), (3.0, 4.0)]
-    # execute takes the same route: one call and one map item behave alike.
-    assert pool.execute("add", {"a": 2**70, "b": 1}) == 2**70 + 1
-    with pytest.raises(SnakepitError) as info:
-        pool.execute("add", {"a": Point(1, 2)})
-    assert info.value.reason == "invalid_arguments"
+def test_a_call_and_a_map_item_receive_the_same_values(pool):
+    """Arguments are sent as msgpack only when it carries them exactly, for execute and map
+    alike; anything else (a str enum member, a Decimal, a big int, an object) travels pickled
+    and is checked against the annotation as it is."""
+    cases = [
+        ("typed_kinds", {"text": Mode.FAST}),
+        ("typed_kinds", {"text": "x", "number": Decimal("1.5")}),
+        ("typed_kinds", {"text": "x", "number": 2}),
+        ("add", {"a": 2**70, "b": 1}),
+        ("pair", {"p": (1, 2)}),
+        ("pair", {"p": [3, 4]}),
+        ("echo", {"value": ("\ud800", {1: b"x"})}),  # msgpack refuses a lone surrogate
+    ]
+    expected = [["Mode", "float", 0.0], ["str", "float", 1.5], ["str", "float", 2.0], 2**70 + 1, (1.0, 2.0), (3.0, 4.0), ("\ud800", {1: b"x"})]
+    assert [pool.execute(tool, args) for tool, args in cases] == expected
+    for (tool, args), value in zip(cases, expected):
+        assert list(pool.map(tool, [args] * 3)) == [value] * 3
+    for bad in ({"a": Point(1, 2)}, {"a": True}):
+        with pytest.raises(SnakepitError) as info:
+            pool.execute("add", bad)
+        assert info.value.reason == "invalid_arguments"
+        assert [r.reason for r in pool.map("add", [bad] * 2, return_exceptions=True)] == ["invalid_arguments"] * 2
+
+
+def test_what_msgpack_refuses_still_travels_in_streams(pool):
+    assert list(pool.stream("stream_values", {"values": ["\ud800", 2**70, "ok"]})) == ["\ud800", 2**70, "ok"]
+
+
+def test_raw_msgpack_in_arguments_cannot_break_a_worker(pool):
+    restarts = pool.stats()["restarts"]
+    for tool, args in (("echo", {"value": msgspec.Raw(b"\xc1")}), ("typed_kinds", {"text": msgspec.Raw(b"")})):
+        try:
+            pool.execute(tool, args)
+        except SnakepitError as exc:
+            assert exc.category == "validation"
+        assert all(isinstance(r, (SnakepitError, msgspec.Raw)) for r in pool.map(tool, [args] * 2, return_exceptions=True))
+    assert pool.stats()["restarts"] == restarts
+
+
+def test_a_stop_iteration_escaping_a_tool_fails_only_its_item(pool):
+    """In a batch's C-level iteration a StopIteration would look like the end of the items."""
+    results = list(pool.map("first", [{"items": [1]}, {"items": []}, {"items": [3]}] * 50, chunksize=150, return_exceptions=True))
+    assert [None if isinstance(r, SnakepitError) else r for r in results] == [1, None, 3] * 50
+    failed = results[1::3]
+    assert all(f.reason == "tool_exception" and "StopIteration" in f.message for f in failed)
 
 
 def test_failures_anywhere_in_one_batch_keep_their_positions(pool):

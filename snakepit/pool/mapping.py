@@ -61,7 +61,6 @@ class MapEngine:
         ordered: bool,
         chunksize: int | None,
         timeout: float,
-        typed_args: bool = False,
         on_progress: Callable[[int], None] | None,
         on_items: Callable[[int], None] | None = None,
         on_close: Callable[[MapEngine], None] | None = None,
@@ -74,7 +73,6 @@ class MapEngine:
         self._ordered = ordered
         self._chunksize = chunksize
         self._timeout = timeout
-        self._typed_args = typed_args
         self._on_progress = on_progress
         self._on_close = on_close
         self._on_items = on_items
@@ -134,7 +132,7 @@ class MapEngine:
         if self._on_items is not None:
             self._on_items(len(items))
         try:
-            frame = _batch_frame(call_id, self.tool, items, self._typed_args)
+            frame = _batch_frame(call_id, self.tool, items)
         except errors.SnakepitError as exc:  # an argument that cannot travel fails its batch
             self._fail_range(start, len(items), exc)
             return True
@@ -301,15 +299,13 @@ class MapEngine:
         self._dispatcher.release(handle)
 
 
-def _batch_frame(call_id: int, tool: str, items: list[Any], typed_args: bool) -> bytearray:
-    """One ``Batch`` frame. For a tool with ``typed_args`` the items skip the lossless check,
-    which would cost more than their encoding."""
+def _batch_frame(call_id: int, tool: str, items: list[Any]) -> bytearray:
     if set(map(type, items)) != {dict}:
         culprit = next(args for args in items if type(args) is not dict)
         raise errors.validation(
             Reason.INVALID_ARGUMENTS, f"each item of a map must be a dict of arguments, got {type(culprit).__name__}"
         )
-    encoded = protocol.encode_with(msgspec.msgpack.encode, items, typed=typed_args, dumps=protocol._cloud_dumps)
+    encoded = protocol.encode_with(msgspec.msgpack.encode, items, exact=protocol.exact_arg_lists, dumps=protocol._cloud_dumps)
     return protocol.encode_frame(Batch(call_id, tool, msgspec.Raw(encoded)))
 
 

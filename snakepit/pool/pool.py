@@ -340,7 +340,6 @@ class Pool:
             ordered=ordered,
             chunksize=chunksize,
             timeout=batch_timeout,
-            typed_args=tool in self._supervisor.typed_tools,
             on_progress=reporter.update if reporter.active else None,
             on_items=lambda count: self._counters.bump("requests", count),
             on_close=lambda engine: self._map_closed(engine, reporter),
@@ -490,7 +489,7 @@ class Pool:
             args = dict(args)
         mode = _routing(session_id, affinity)
         call_id = next(self._ids)
-        frame = _call_frame(call_id, tool, args, stream, tool in self._supervisor.typed_tools)
+        frame = _call_frame(call_id, tool, args, stream)
         now = time.monotonic()
         if timeout is None:
             timeout = self._timeout
@@ -563,10 +562,13 @@ def _check_session_id(session_id: Any) -> None:
         raise errors.validation(Reason.INVALID_ARGUMENTS, f"session_id must be a non-empty str, got {session_id!r}")
 
 
-def _call_frame(call_id: int, tool: str, args: dict[str, Any], stream: bool, typed: bool) -> bytearray:
+def _call_frame(call_id: int, tool: str, args: dict[str, Any], stream: bool) -> bytearray:
     """The call, encoded before a worker is taken: what cannot be sent fails without one."""
     return protocol.encode_with(
-        lambda wire: protocol.encode_frame(Call(call_id, tool, wire, stream)), args, typed=typed, dumps=protocol._cloud_dumps
+        lambda wire: protocol.encode_frame(Call(call_id, tool, wire, stream)),
+        args,
+        exact=protocol.exact_args,
+        dumps=protocol._cloud_dumps,
     )
 
 

@@ -95,7 +95,6 @@ class Supervisor(Reactor):
         self._young_deaths = 0
 
         self.tools: list[ToolSpec] | None = None
-        self.typed_tools: frozenset[str] = frozenset()
         self._start_cond = threading.Condition()
         self._initial = True  # start-up failures fail start(); later ones are retried with back-off
         self._ready = 0
@@ -217,7 +216,6 @@ class Supervisor(Reactor):
                 self._unwatch(handle, handle.responses_fd)
                 if self.tools is None:
                     self.tools = list(message.tools)
-                    self.typed_tools = frozenset(message.typed_tools)
                 self._dispatcher.add_worker(handle)
                 self.observer.emit(
                     "worker_ready", logging.INFO, f"worker {handle.id} ready (pid {handle.pid})",

@@ -12,6 +12,7 @@ SIGINT is ignored: Ctrl-C in a terminal is the owner's to handle; the owner then
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -123,8 +124,7 @@ class Worker:
             self._send(StartFailed(f"{type(exc).__name__}: {exc}", _tool_traceback(exc)))
             self._out.flush()
             os._exit(3)
-        tools = self._tools.values()
-        self._send(Ready(os.getpid(), [t.spec for t in tools], [t.spec.name for t in tools if t.typed_args]))
+        self._send(Ready(os.getpid(), [t.spec for t in self._tools.values()]))
         self._reader = reader
 
     def serve(self) -> None:
@@ -221,7 +221,7 @@ class Worker:
                     item = pickled(item)
                 try:
                     chunk(item)
-                except OverflowError:  # an int beyond 64 bits: msgpack cannot hold it, pickle can
+                except protocol.REFUSED:  # e.g. an int beyond 64 bits: msgpack cannot hold it, pickle can
                     chunk(pickled(item))
         except errors.SnakepitError as exc:
             self._end_with(call_id, items, protocol.failure(call_id, exc))
@@ -241,7 +241,7 @@ class Worker:
         metadata = None if item.metadata is None else encode_value(item.metadata)
         try:
             self._send(Chunk(call_id, encode_value(item.data), item.is_final, metadata))
-        except OverflowError:
+        except protocol.REFUSED:
             self._send(Chunk(call_id, protocol.pickled(item.data), item.is_final, protocol.pickled(item.metadata)))
 
     def _end_with(self, call_id: int, items: Any, failure: Failure) -> None:
@@ -295,11 +295,12 @@ class Worker:
         run: Callable[[Iterator[Any]], Iterator[Any]] = tool.call_many
         if tool.spec.supports_streaming or tool.is_generator:
             call = tool.call
-            run = lambda pending: (self._gather(batch.id, call(bound)) for bound in pending)  # noqa: E731
+            run = functools.partial(map, lambda bound: self._gather(batch.id, call(bound)))
         # The items run in one C-level iteration (a Python loop would triple the cost of a tiny
         # task) over ``live``, a copy the control thread empties on Cancel: the list iterator
-        # stops before the next item. An exception ends the iteration; it resumes after the item
-        # that raised, which ``len(values)`` identifies.
+        # stops before the next item. An exception ends the iteration, and so does a
+        # StopIteration escaping the tool (as if the items had run out); either way
+        # ``len(values)`` names the item, and the iteration resumes after it.
         live = list(items)
         self._live_batch = (batch.id, live)
         if self.cancelled >= batch.id:
@@ -309,13 +310,17 @@ class Worker:
             while True:
                 try:
                     values.extend(run(pending))
-                    break
                 except Exception as exc:
-                    index = len(values)
-                    values.append(None)
-                    failures.append(_batch_failure(batch, index, items[index], exc))
-                    pending = iter(live)
-                    pending.__setstate__(index + 1)
+                    failed, error = len(values), exc
+                else:
+                    failed = len(values)
+                    if failed >= len(live):  # every item ran, or a Cancel emptied the list
+                        break
+                    error = StopIteration("escaped the tool (its traceback is lost in a map batch)")
+                values.append(None)
+                failures.append(_batch_failure(batch, failed, items[failed], error))
+                pending = iter(live)
+                pending.__setstate__(failed + 1)
         finally:
             self._live_batch = None
         self._send_batch_result(batch.id, values, failures)
