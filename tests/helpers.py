@@ -266,6 +266,12 @@ class Faulty(BaseAdapter):
         return os.getpid()
 
     @tool
+    def hold(self, payload: bytes, seconds: float) -> int:
+        """Takes a large argument, then sleeps."""
+        time.sleep(seconds)
+        return len(payload)
+
+    @tool
     def spin(self, seconds: float = 60.0) -> None:
         """CPU-bound pure Python: no cooperative cancellation point."""
         deadline = time.monotonic() + seconds

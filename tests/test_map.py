@@ -207,6 +207,38 @@ def test_cancelling_stops_a_batch_before_its_next_item():
         assert pool.stats()["restarts"] == 0
 
 
+@pytest.mark.parametrize("payload", [400_000, 700_000], ids=["batches-fit-the-pipe", "batches-overflow-the-pipe"])
+def test_stuck_batches_time_out(payload):
+    """Every batch of a stuck tool fails with ``timeout``, the workers are replaced, the map ends.
+
+    With 1.4 MB batches, a second batch queued behind a running one would block the map in
+    ``write`` until the worker read it (a stuck tool never does), so no timeout could fire."""
+    with Pool(Faulty, size=1, cancel_grace=0.2, kill_grace=0.2) as pool:
+        items = [{"payload": b"x" * payload, "seconds": 30}] * 6
+        started = time.monotonic()
+        results = list(pool.map("hold", items, chunksize=2, timeout=0.5, return_exceptions=True))
+        assert time.monotonic() - started < 10
+        assert [r.reason for r in results] == ["timeout"] * 6
+        assert pool.execute("pid") > 0
+
+
+def test_amap_times_out_stuck_batches_too():
+    with Pool(Faulty, size=1, cancel_grace=0.2, kill_grace=0.2) as pool:
+
+        async def main():
+            items = [{"payload": b"", "seconds": 30}] * 4
+            return [r async for r in pool.amap("hold", items, chunksize=1, timeout=0.5, return_exceptions=True)]
+
+        assert [r.reason for r in asyncio.run(main())] == ["timeout"] * 4
+
+
+def test_a_queued_batch_gets_its_whole_timeout():
+    """A batch's timeout counts from when it starts running, not from when it was queued."""
+    with Pool(Faulty, size=1) as pool:
+        results = list(pool.map("sleep", [{"seconds": 0.3}] * 4, chunksize=1, timeout=0.5, return_exceptions=True))
+        assert results == [0.3] * 4
+
+
 def test_map_counts_requests_and_errors():
     with Pool(Toolbox, size=1) as pool:
         list(pool.map("add", [{"a": 1}, {"a": "x"}, {"a": 2}], return_exceptions=True))

@@ -59,8 +59,7 @@ class Exchange:
     def send(self, frame: bytes | bytearray) -> None:
         """Send the encoded ``Call``; if that is interrupted half-way, the pipe is unusable."""
         handle = self.handle
-        handle.current_call = self.call_id
-        handle.current_tool = self.tool
+        handle.begin(self.call_id, self.tool)
         try:
             handle.send(frame)
         except WorkerGone:

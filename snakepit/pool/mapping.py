@@ -80,6 +80,7 @@ class MapEngine:
         self._queued: dict[int, deque[_InFlight]] = {}  # worker id -> its batches, oldest first
         self._last_done: dict[int, float] = {}
         self._next_index = 0
+        self._held: tuple[int, int, int, bytearray] | None = None  # (call id, start, count, frame), see _send
         # Completed batches: (values, {offset: error}); by first index when ordered.
         self._by_start: dict[int, tuple[int, list[Any], dict[int, errors.SnakepitError]]] = {}
         self._completed: deque[tuple[int, list[Any], dict[int, errors.SnakepitError]]] = deque()
@@ -103,7 +104,7 @@ class MapEngine:
             queue = self._queued[handle.id]
             while len(queue) < _DEPTH and self._room() and self._send(handle):
                 pass
-            if not queue and self._exhausted:
+            if not queue and self.exhausted:
                 idle.append(handle)
         for handle in idle:
             self._drop(handle)
@@ -120,6 +121,31 @@ class MapEngine:
         return max(1, min(_MAX_BATCH, int(self._rate * _TARGET_SECONDS)))
 
     def _send(self, handle: WorkerHandle) -> bool:
+        """Send the next batch to ``handle``; False if there is none it may take now.
+
+        A batch too big for the worker's requests pipe waits (``_held``) until a worker has
+        nothing queued: queued behind a running batch, writing it would block this thread until
+        the worker reads it, and a stuck tool never would, so no timeout could fire.
+        """
+        if self._held is None and not self._take_batch():
+            return not self._exhausted  # True: the batch failed to encode, its items have failed
+        call_id, start, count, frame = self._held  # type: ignore[misc]
+        queue = self._queued[handle.id]
+        if queue and len(frame) > handle.requests_room:
+            return False
+        self._held = None
+        now = time.monotonic()
+        queue.append(_InFlight(call_id, start, count, now, now + self._timeout))
+        handle.begin(call_id, self.tool)
+        try:
+            handle.send(frame)
+        except WorkerGone:
+            self.lost(handle)
+        return True
+
+    def _take_batch(self) -> bool:
+        """Read and encode the next batch into ``_held``; False if the input has run out or the
+        batch cannot be encoded (its items fail)."""
         if self._exhausted:
             return False
         items = list(itertools.islice(self._items, self._batch_size()))
@@ -135,17 +161,9 @@ class MapEngine:
             frame = _batch_frame(call_id, self.tool, items)
         except errors.SnakepitError as exc:  # an argument that cannot travel fails its batch
             self._fail_range(start, len(items), exc)
-            return True
-        now = time.monotonic()
-        batch = _InFlight(call_id, start, len(items), now, now + self._timeout)
-        self._queued[handle.id].append(batch)
+            return False
+        self._held = (call_id, start, len(items), frame)
         self._in_flight += len(items)
-        handle.current_call = call_id
-        handle.current_tool = self.tool
-        try:
-            handle.send(frame)
-        except WorkerGone:
-            self.lost(handle)
         return True
 
     # -- what comes back ---------------------------------------------------------------------------
@@ -160,6 +178,8 @@ class MapEngine:
             batch = queue.popleft()
             self._in_flight -= batch.count
             now = time.monotonic()
+            if queue:  # the next batch starts now: its timeout counts from here, not from sending
+                queue[0].deadline = now + self._timeout
             began = max(batch.sent, self._last_done.get(handle.id, 0.0))
             self._last_done[handle.id] = now
             if type(message) is BatchResult:
@@ -225,9 +245,8 @@ class MapEngine:
             if queue and queue[0].deadline <= now:
                 error = errors.timeout(Reason.TIMEOUT, f"a batch of {self.tool!r} exceeded its timeout", tool=self.tool)
                 for batch in queue:
-                    self._in_flight -= batch.count
                     self._fail_range(batch.start, batch.count, error)
-                self._abandon(handle)
+                self._abandon(handle)  # takes them out of flight
 
     def next_deadline(self) -> float | None:
         deadlines = [queue[0].deadline for queue in self._queued.values() if queue]
@@ -255,8 +274,8 @@ class MapEngine:
 
     @property
     def exhausted(self) -> bool:
-        """The input has run out: no more workers are needed."""
-        return self._exhausted
+        """The input has run out and every batch is sent: no more workers are needed."""
+        return self._exhausted and self._held is None
 
     @property
     def in_flight(self) -> int:
@@ -264,7 +283,7 @@ class MapEngine:
 
     @property
     def finished(self) -> bool:
-        return self._exhausted and self._in_flight == 0 and not self._buffered
+        return self.exhausted and self._in_flight == 0 and not self._buffered
 
     # -- ending -------------------------------------------------------------------------------------
 

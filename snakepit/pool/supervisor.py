@@ -409,8 +409,10 @@ class Supervisor(Reactor):
             message, traceback = handle.start_error or (f"exited during start-up ({_describe_exit(info)})", None)
             self._start_failed(handle, message, traceback)
             return
-        # A crash loop is workers dying before they are of any use: soon after start, no call served.
-        young = time.monotonic() - handle.started_monotonic < _YOUNG and handle.requests_served == 0
+        # A crash loop is workers dying before they are of any use: soon after start, before any
+        # call. Dying in a call (a crash, or killed for not giving up a timed-out one) is that
+        # call's failure, paced by the callers.
+        young = time.monotonic() - handle.started_monotonic < _YOUNG and not handle.took_call
         self._replace(young)
 
     def _replace(self, young: bool) -> None:

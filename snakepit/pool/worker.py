@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import fcntl
 import os
 import select
 import signal
@@ -58,6 +59,13 @@ class WorkerPipes:
     spill: int
 
 
+def _pipe_capacity(fd: int) -> int:
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    except (OSError, AttributeError):  # not Linux: assume the smallest common default (macOS)
+        return 16 << 10
+
+
 class WorkerHandle:
     def __init__(self, worker_id: int, process: subprocess.Popen[bytes], pipes: WorkerPipes) -> None:
         self.id = worker_id
@@ -65,6 +73,7 @@ class WorkerHandle:
         self.pid = process.pid
         self.pipes = pipes
         self.requests_fd = pipes.requests
+        self.requests_room = _pipe_capacity(pipes.requests)  # what a write takes without a reader
         self.control_fd = pipes.control
         self.responses_fd = pipes.responses
         self.spill_fd = pipes.spill
@@ -77,6 +86,7 @@ class WorkerHandle:
         self.started_monotonic = time.monotonic()
         self.idle_since = 0.0  # monotonic time it last became idle
         self.requests_served = 0
+        self.took_call = False  # ever sent a call: its death is that call's, not a crash loop's
         self.current_call: int | None = None
         self.current_tool: str | None = None
         self.exit_info: dict[str, Any] | None = None
@@ -98,6 +108,12 @@ class WorkerHandle:
         return f"<worker {self.id} pid={self.pid} {self.state.value}>"
 
     # -- writing -------------------------------------------------------------------------------
+
+    def begin(self, call_id: int, tool: str) -> None:
+        """A call (or a map batch) is about to be sent."""
+        self.current_call = call_id
+        self.current_tool = tool
+        self.took_call = True
 
     def send(self, frame: bytes | bytearray) -> None:
         """Write a frame to the requests pipe; ``WorkerGone`` if the worker has exited."""
