@@ -56,6 +56,19 @@ def test_a_failing_restart_backs_off_and_the_pool_keeps_serving(tmp_path):
         wait_for(lambda: pool.stats()["workers"] == 2, timeout=15)
 
 
+def test_workers_dying_in_calls_are_replaced_without_back_off():
+    """Back-off is for workers dying before they are of use; a call that kills its worker is
+    that call's failure, and the next call must not wait for a delayed replacement."""
+    events = []
+    with Pool(Faulty, size=1, on_event=events.append, **FAST) as pool:
+        for _ in range(4):
+            with pytest.raises(SnakepitError):
+                pool.execute("raise_base", {"kind": "SystemExit"})
+        assert pool.execute("pid") > 0
+    delays = [e["delay"] for e in events if e["event"] == "worker_restart"]
+    assert delays == [0.0] * 4
+
+
 # -- timeouts -------------------------------------------------------------------------------------
 
 
