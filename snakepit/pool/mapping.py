@@ -319,12 +319,14 @@ class MapEngine:
 
 
 def _batch_frame(call_id: int, tool: str, items: list[Any]) -> bytearray:
-    if set(map(type, items)) != {dict}:
-        culprit = next(args for args in items if type(args) is not dict)
+    try:
+        exact = protocol.exact_arg_lists(items)  # TypeError unless every item is a dict
+    except TypeError:
+        culprit = next(args for args in items if not isinstance(args, dict))
         raise errors.validation(
             Reason.INVALID_ARGUMENTS, f"each item of a map must be a dict of arguments, got {type(culprit).__name__}"
-        )
-    encoded = protocol.encode_with(msgspec.msgpack.encode, items, exact=protocol.exact_arg_lists, dumps=protocol._cloud_dumps)
+        ) from None
+    encoded = protocol.encode_with(msgspec.msgpack.encode, items, exact=lambda _: exact, dumps=protocol._cloud_dumps)
     return protocol.encode_frame(Batch(call_id, tool, msgspec.Raw(encoded)))
 
 
