@@ -101,6 +101,14 @@ def test_adapter_by_import_string_and_constructor_args():
         assert pool.execute("state")["greeting"] == "hi"
 
 
+@pytest.mark.parametrize("greeting", ["\ud800", 2**70, (1, 2)], ids=["lone-surrogate", "big-int", "tuple"])
+def test_constructor_args_msgpack_refuses_or_changes_travel_pickled(greeting):
+    """Regression: a lone surrogate made the boot frame fail on the supervisor thread and
+    start() waited forever."""
+    with Pool(Toolbox, size=1, adapter_args={"greeting": greeting}) as pool:
+        assert pool.execute("state")["greeting"] == greeting
+
+
 def test_workers_see_owner_path_cwd_and_env(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with Pool(Toolbox, size=1, worker_env={"SNAKEPIT_TEST_VAR": "yes", "MKL_NUM_THREADS": "4"}) as pool:

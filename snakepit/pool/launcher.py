@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import msgspec
+
 from .. import errors, protocol
 from ..adapter import import_by_path
 from ..errors import Reason
@@ -87,9 +89,16 @@ def build_launch_spec(adapter: Any, adapter_args: Mapping[str, Any] | None, work
     env = {**os.environ, **SINGLE_THREADED_ENV, "PYTHONUNBUFFERED": "1", **(worker_env or {})}
     return LaunchSpec(
         adapter=adapter_reference(adapter),
-        adapter_args=protocol.encode_value(dict(adapter_args or {}), protocol._cloud_dumps),
+        adapter_args=protocol.encode_with(_encodable, dict(adapter_args or {}), dumps=protocol._cloud_dumps),
         env=env,
     )
+
+
+def _encodable(wire: Any) -> Any:
+    """``wire`` itself, once msgpack has shown it can carry it (the boot frame is encoded on the
+    supervisor thread, where an error would only be logged)."""
+    msgspec.msgpack.encode(wire)
+    return wire
 
 
 def _enlarge(fd: int) -> None:
@@ -106,6 +115,7 @@ def spawn(worker_id: int, spec: LaunchSpec) -> WorkerHandle:
     the worker's stdout and stderr, which the owner relays to :mod:`logging`. The spill segment
     is shared memory (see :mod:`.spill`).
     """
+    boot = protocol.encode_frame(Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level))
     requests_r, requests_w = os.pipe()
     control_r, control_w = os.pipe()
     responses_r, responses_w = os.pipe()
@@ -146,9 +156,8 @@ def spawn(worker_id: int, spec: LaunchSpec) -> WorkerHandle:
         os.set_blocking(fd, False)
     pipes = WorkerPipes(requests_w, control_w, responses_r, events_r, stdout_r, stderr_r, spill_fd)
     handle = WorkerHandle(worker_id, process, pipes)
-    boot = Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level)
     try:
-        protocol.write_all(requests_w, protocol.encode_frame(boot))
+        protocol.write_all(requests_w, boot)
     except OSError:
         pass  # it died at once; the supervisor sees the exit
     return handle

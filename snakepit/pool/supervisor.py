@@ -185,8 +185,8 @@ class Supervisor(Reactor):
         worker_id = next(self._ids)
         try:
             handle = spawn(worker_id, self._launch)
-        except OSError as exc:
-            self._start_failed(None, f"could not start a worker process: {exc}", None)
+        except Exception as exc:  # nothing was left running; the caller waiting on start() must hear of it
+            self._start_failed(None, f"could not start a worker process: {type(exc).__name__}: {exc}", None)
             return
         self.handles[worker_id] = handle
         self._watch(handle, handle.responses_fd, self._read_start)
