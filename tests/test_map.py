@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import msgspec
 import pytest
-from helpers import Faulty, Mode, Point, Toolbox
+from helpers import Faulty, Mode, Point, Toolbox, wait_for
 
 from snakepit import Pool, SnakepitError
 
@@ -230,6 +230,54 @@ def test_amap_times_out_stuck_batches_too():
             return [r async for r in pool.amap("hold", items, chunksize=1, timeout=0.5, return_exceptions=True)]
 
         assert [r.reason for r in asyncio.run(main())] == ["timeout"] * 4
+
+
+def test_a_held_batch_goes_out_even_with_the_look_ahead_full(pool):
+    """Regression: batches too big to queue are held; held items count against the look-ahead,
+    so with it full the held batch was never offered to a worker and the map waited forever."""
+    items = [{"value": "x" * 60} for _ in range(40_000)]
+    assert sum(1 for _ in pool.map("echo", items, chunksize=20_000)) == 40_000
+
+
+def test_a_held_batch_is_not_mistaken_for_a_cancelled_one():
+    """Regression: a held batch kept the call id drawn when it was read. Sent later to a worker
+    that had meanwhile been told to cancel a newer call, the worker skipped it as cancelled."""
+    with Pool(Faulty, size=2) as pool:
+        other = pool.stream("guarded", {"delay": 0.01}, session_id="other")
+        next(other)  # "other" holds one worker; the map gets the second
+        results: list = []
+        items = [{"payload": b"", "seconds": 30}, {"payload": b"x" * (2 << 20), "seconds": 0}]
+        mapper = threading.Thread(target=lambda: results.extend(pool.map("hold", items, chunksize=1, return_exceptions=True)))
+        mapper.start()
+        # The first batch runs; the second, too big to queue behind it, is held by the map.
+        busy = wait_for(lambda: [w for w in pool.stats()["worker_info"] if w["current_tool"] == "hold"])
+        other.close()
+        wait_for(lambda: pool.stats()["available"] == 1)
+        newer = pool.stream("guarded", {"delay": 0.01}, session_id="other")  # a newer call id
+        next(newer)
+        newer.close()  # that worker now treats every id up to this call's as cancelled
+        wait_for(lambda: pool.stats()["available"] == 1)
+        os.kill(busy[0]["pid"], signal.SIGKILL)  # the map takes the other worker for its held batch
+        mapper.join(timeout=30)
+        assert results[0].reason == "worker_crashed"
+        assert results[1] == 2 << 20
+
+
+def test_a_worker_found_dead_while_sending_fails_only_its_items():
+    """Regression: a worker that died idle between batches was noticed by the write of the next
+    batch; the map then tried to send another to it and raised KeyError."""
+    def slow_input():  # the pace of a slow source, so the death is found by the next write
+        yield {"signum": 0}
+        yield {"signum": signal.SIGKILL}
+        for _ in range(3):
+            time.sleep(0.2)
+            yield {"signum": 0}
+
+    with Pool(Toolbox, size=1) as pool:
+        results = list(pool.map("kill_self", slow_input(), chunksize=1, return_exceptions=True))
+        assert results[0] is None and results[1].reason == "worker_crashed"
+        assert len(results) == 5
+        assert pool.execute("state")["pid"] > 0
 
 
 def test_a_queued_batch_gets_its_whole_timeout():

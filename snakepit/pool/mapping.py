@@ -37,6 +37,7 @@ _DEPTH = 2
 _TARGET_SECONDS = 0.005
 _MAX_BATCH = 2048
 _AHEAD = 32768
+_ENVELOPE = 64  # a Batch frame's bytes around its items and tool name, at most
 
 
 class _InFlight:
@@ -80,7 +81,7 @@ class MapEngine:
         self._queued: dict[int, deque[_InFlight]] = {}  # worker id -> its batches, oldest first
         self._last_done: dict[int, float] = {}
         self._next_index = 0
-        self._held: tuple[int, int, int, bytearray] | None = None  # (call id, start, count, frame), see _send
+        self._held: tuple[int, int, bytes] | None = None  # (start, count, encoded items), see _send
         # Completed batches: (values, {offset: error}); by first index when ordered.
         self._by_start: dict[int, tuple[int, list[Any], dict[int, errors.SnakepitError]]] = {}
         self._completed: deque[tuple[int, list[Any], dict[int, errors.SnakepitError]]] = deque()
@@ -102,7 +103,13 @@ class MapEngine:
         idle = []
         for handle in list(self.workers.values()):
             queue = self._queued[handle.id]
-            while len(queue) < _DEPTH and self._room() and self._send(handle):
+            # A held batch is already read (and counted): it goes out even with the look-ahead full.
+            while (
+                handle.id in self.workers  # not lost while sending
+                and len(queue) < _DEPTH
+                and (self._held is not None or self._room())
+                and self._send(handle)
+            ):
                 pass
             if not queue and self.exhausted:
                 idle.append(handle)
@@ -129,11 +136,15 @@ class MapEngine:
         """
         if self._held is None and not self._take_batch():
             return not self._exhausted  # True: the batch failed to encode, its items have failed
-        call_id, start, count, frame = self._held  # type: ignore[misc]
+        start, count, items = self._held  # type: ignore[misc]
         queue = self._queued[handle.id]
-        if queue and len(frame) > handle.requests_room:
+        if queue and len(items) + len(self.tool) + _ENVELOPE > handle.requests_room:
             return False
         self._held = None
+        # The id is drawn now, not when the batch was read: a worker treats every id up to the
+        # last it was told to cancel as cancelled, and other calls draw ids meanwhile.
+        call_id = next(self._ids)
+        frame = protocol.encode_frame(Batch(call_id, self.tool, msgspec.Raw(items)))
         now = time.monotonic()
         queue.append(_InFlight(call_id, start, count, now, now + self._timeout))
         handle.begin(call_id, self.tool)
@@ -152,17 +163,16 @@ class MapEngine:
         if not items:
             self._exhausted = True
             return False
-        call_id = next(self._ids)
         start = self._next_index
         self._next_index += len(items)
         if self._on_items is not None:
             self._on_items(len(items))
         try:
-            frame = _batch_frame(call_id, self.tool, items)
+            encoded = _encode_items(items)
         except errors.SnakepitError as exc:  # an argument that cannot travel fails its batch
             self._fail_range(start, len(items), exc)
             return False
-        self._held = (call_id, start, len(items), frame)
+        self._held = (start, len(items), encoded)
         self._in_flight += len(items)
         return True
 
@@ -318,7 +328,8 @@ class MapEngine:
         self._dispatcher.release(handle)
 
 
-def _batch_frame(call_id: int, tool: str, items: list[Any]) -> bytearray:
+def _encode_items(items: list[Any]) -> bytes:
+    """A batch's argument dicts as the ``items`` of a ``Batch``."""
     try:
         exact = protocol.exact_arg_lists(items)  # TypeError unless every item is a dict
     except TypeError:
@@ -326,8 +337,7 @@ def _batch_frame(call_id: int, tool: str, items: list[Any]) -> bytearray:
         raise errors.validation(
             Reason.INVALID_ARGUMENTS, f"each item of a map must be a dict of arguments, got {type(culprit).__name__}"
         ) from None
-    encoded = protocol.encode_with(msgspec.msgpack.encode, items, exact=lambda _: exact, dumps=protocol._cloud_dumps)
-    return protocol.encode_frame(Batch(call_id, tool, msgspec.Raw(encoded)))
+    return protocol.encode_with(msgspec.msgpack.encode, items, exact=lambda _: exact, dumps=protocol._cloud_dumps)
 
 
 # -- drivers ----------------------------------------------------------------------------------------
