@@ -341,6 +341,21 @@ class Faulty(BaseAdapter):
             yield 1
 
 
+class DiesSoon(BaseAdapter):
+    """Every worker exits ``after`` seconds after initializing, whatever it is doing: a broken
+    runtime, a crash loop."""
+
+    def initialize(self) -> None:
+        import threading
+
+        threading.Thread(target=lambda: (time.sleep(0.3), os._exit(3)), daemon=True).start()
+
+    @tool
+    def work(self, seconds: float = 1.0) -> float:
+        time.sleep(seconds)
+        return seconds
+
+
 class BreaksOnRestart(BaseAdapter):
     """Starts fine until ``marker`` exists; from then on every new worker fails to initialize."""
 

@@ -56,17 +56,50 @@ def test_a_failing_restart_backs_off_and_the_pool_keeps_serving(tmp_path):
         wait_for(lambda: pool.stats()["workers"] == 2, timeout=15)
 
 
-def test_workers_dying_in_calls_are_replaced_without_back_off():
-    """Back-off is for workers dying before they are of use; a call that kills its worker is
-    that call's failure, and the next call must not wait for a delayed replacement."""
+def test_workers_killed_for_timeouts_are_replaced_without_back_off():
+    """Back-off is for crash loops; a worker the supervisor killed (it would not give up a
+    timed-out call or batch) says nothing about its replacement, and the next must not wait."""
     events = []
     with Pool(Faulty, size=1, on_event=events.append, **FAST) as pool:
-        for _ in range(4):
-            with pytest.raises(SnakepitError):
-                pool.execute("raise_base", {"kind": "SystemExit"})
+        for _ in range(2):
+            wait_for(lambda: pool.stats()["available"] == 1)  # each time on a fresh worker
+            with pytest.raises(SnakepitError) as info:
+                pool.execute("c_sleep", {}, timeout=0.2)
+            assert info.value.reason == "timeout"
+        for _ in range(2):  # a map's batch too, which never counts as a served call
+            wait_for(lambda: pool.stats()["available"] == 1)
+            [error] = pool.map("c_sleep", [{}], timeout=0.2, return_exceptions=True)
+            assert error.reason == "timeout"
+        wait_for(lambda: pool.stats()["restarts"] == 4)
         assert pool.execute("pid") > 0
     delays = [e["delay"] for e in events if e["event"] == "worker_restart"]
     assert delays == [0.0] * 4
+
+
+def test_a_crash_loop_backs_off_under_load_too():
+    """Workers that die soon after start back off even when each took a call before dying."""
+    events = []
+    with Pool("helpers:DiesSoon", size=1, on_event=events.append, queue_timeout=1.0, **FAST) as pool:
+        stop = threading.Event()
+
+        def load():
+            while not stop.is_set():
+                try:
+                    pool.execute("work", {"seconds": 1.0})
+                except SnakepitError:
+                    pass
+
+        clients = [threading.Thread(target=load) for _ in range(2)]
+        for client in clients:
+            client.start()
+        try:
+            wait_for(lambda: sum(1 for e in events if e["event"] == "worker_restart") >= 4, timeout=15)
+        finally:
+            stop.set()
+            for client in clients:
+                client.join(timeout=10)
+    delays = [e["delay"] for e in events if e["event"] == "worker_restart"]
+    assert max(delays) > 0
 
 
 # -- timeouts -------------------------------------------------------------------------------------

@@ -101,6 +101,12 @@ def _encodable(wire: Any) -> Any:
     return wire
 
 
+def _pipe(opened: list[int]) -> tuple[int, int]:
+    read, write = os.pipe()
+    opened += (read, write)
+    return read, write
+
+
 def _enlarge(fd: int) -> None:
     try:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
@@ -116,16 +122,17 @@ def spawn(worker_id: int, spec: LaunchSpec) -> WorkerHandle:
     is shared memory (see :mod:`.spill`).
     """
     boot = protocol.encode_frame(Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level))
-    requests_r, requests_w = os.pipe()
-    control_r, control_w = os.pipe()
-    responses_r, responses_w = os.pipe()
-    events_r, events_w = os.pipe()
-    stdout_r, stdout_w = os.pipe()
-    stderr_r, stderr_w = os.pipe()
-    spill_fd = spill.create()
-    child_ends = (requests_r, control_r, responses_w, events_w, spill_fd)
-    owner_ends = (requests_w, control_w, responses_r, events_r, stdout_r, stderr_r, spill_fd)
+    opened: list[int] = []  # closed again if anything below fails (e.g. out of descriptors)
     try:
+        requests_r, requests_w = _pipe(opened)
+        control_r, control_w = _pipe(opened)
+        responses_r, responses_w = _pipe(opened)
+        events_r, events_w = _pipe(opened)
+        stdout_r, stdout_w = _pipe(opened)
+        stderr_r, stderr_w = _pipe(opened)
+        spill_fd = spill.create()
+        opened.append(spill_fd)
+        child_ends = (requests_r, control_r, responses_w, events_w, spill_fd)
         for fd in (requests_w, responses_w, events_w, stdout_w, stderr_w):
             _enlarge(fd)
         command = [
@@ -146,12 +153,11 @@ def spawn(worker_id: int, spec: LaunchSpec) -> WorkerHandle:
             close_fds=True,
         )
     except BaseException:
-        for fd in owner_ends:
+        for fd in opened:
             os.close(fd)
         raise
-    finally:
-        for fd in (requests_r, control_r, responses_w, events_w, stdout_w, stderr_w):
-            os.close(fd)
+    for fd in (requests_r, control_r, responses_w, events_w, stdout_w, stderr_w):  # the child's now
+        os.close(fd)
     for fd in (responses_r, events_r, stdout_r, stderr_r):
         os.set_blocking(fd, False)
     pipes = WorkerPipes(requests_w, control_w, responses_r, events_r, stdout_r, stderr_r, spill_fd)

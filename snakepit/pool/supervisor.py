@@ -32,6 +32,7 @@ import signal
 import subprocess
 import threading
 import time
+import traceback
 from typing import Any
 
 from .. import errors
@@ -186,7 +187,7 @@ class Supervisor(Reactor):
         try:
             handle = spawn(worker_id, self._launch)
         except Exception as exc:  # nothing was left running; the caller waiting on start() must hear of it
-            self._start_failed(None, f"could not start a worker process: {type(exc).__name__}: {exc}", None)
+            self._start_failed(None, f"could not start a worker process: {type(exc).__name__}: {exc}", traceback.format_exc())
             return
         self.handles[worker_id] = handle
         self._watch(handle, handle.responses_fd, self._read_start)
@@ -320,6 +321,7 @@ class Supervisor(Reactor):
     def terminate(self, handle: WorkerHandle) -> None:
         """SIGTERM now, SIGKILL after ``kill_grace`` if it is still there (a stopped process
         ignores SIGTERM until continued; SIGKILL still ends it)."""
+        handle.killed_on_purpose = True
         handle.signal(signal.SIGTERM)
         self.later(self._kill_grace, self._kill_if_alive, handle)
 
@@ -346,6 +348,7 @@ class Supervisor(Reactor):
                         worker_id=handle.id, pid=handle.pid, silent_s=now - sent,
                     )
                     self._counters.bump("hung")
+                    handle.killed_on_purpose = True
                     handle.kill()
                 continue
             if self.recycle.active:
@@ -409,10 +412,14 @@ class Supervisor(Reactor):
             message, traceback = handle.start_error or (f"exited during start-up ({_describe_exit(info)})", None)
             self._start_failed(handle, message, traceback)
             return
-        # A crash loop is workers dying before they are of any use: soon after start, before any
-        # call. Dying in a call (a crash, or killed for not giving up a timed-out one) is that
-        # call's failure, paced by the callers.
-        young = time.monotonic() - handle.started_monotonic < _YOUNG and not handle.took_call
+        # A crash loop is workers dying before they are of any use: soon after start, no call
+        # served. One this supervisor killed (a timed-out call it would not give up, a hung
+        # heartbeat) says nothing about the next one.
+        young = (
+            time.monotonic() - handle.started_monotonic < _YOUNG
+            and handle.requests_served == 0
+            and not handle.killed_on_purpose
+        )
         self._replace(young)
 
     def _replace(self, young: bool) -> None:

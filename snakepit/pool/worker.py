@@ -86,7 +86,7 @@ class WorkerHandle:
         self.started_monotonic = time.monotonic()
         self.idle_since = 0.0  # monotonic time it last became idle
         self.requests_served = 0
-        self.took_call = False  # ever sent a call: its death is that call's, not a crash loop's
+        self.killed_on_purpose = False  # by the supervisor: its death is no sign of a crash loop
         self.current_call: int | None = None
         self.current_tool: str | None = None
         self.exit_info: dict[str, Any] | None = None
@@ -113,7 +113,6 @@ class WorkerHandle:
         """A call (or a map batch) is about to be sent."""
         self.current_call = call_id
         self.current_tool = tool
-        self.took_call = True
 
     def send(self, frame: bytes | bytearray) -> None:
         """Write a frame to the requests pipe; ``WorkerGone`` if the worker has exited."""
