@@ -133,6 +133,26 @@ def test_timeout_of_a_stopped_worker():
         assert pool.execute("pid") != stopped  # SIGTERM is held while stopped; SIGKILL is not
 
 
+@pytest.mark.parametrize("how", ["execute", "map"])
+def test_timeout_while_sending_large_arguments_to_a_stopped_worker(how):
+    """Arguments bigger than the pipe are written while the worker reads them. A worker stopped
+    while idle (before a heartbeat could notice) reads nothing: the write must give up at the
+    call's deadline, and the worker, with half a frame in its pipe, is replaced."""
+    with Pool(Faulty, size=1, heartbeat_interval=60, heartbeat_timeout=60, **FAST) as pool:
+        stopped = pool.execute("pid")
+        os.kill(stopped, signal.SIGSTOP)
+        args = {"payload": b"x" * (4 << 20), "seconds": 0}
+        started = time.monotonic()
+        if how == "execute":
+            error = _error(pool.execute, "hold", args, timeout=0.5)
+        else:
+            [error] = pool.map("hold", [args], timeout=0.5, return_exceptions=True)
+        assert error.reason == "timeout"
+        assert time.monotonic() - started < 1.0
+        assert pool.execute("pid") != stopped
+        wait_for(lambda: gone(stopped))
+
+
 def test_timeout_of_a_cooperative_stream_closes_the_generator():
     with Pool(Faulty, size=1, **FAST) as pool:
         started = time.monotonic()

@@ -61,9 +61,12 @@ class Exchange:
         handle = self.handle
         handle.begin(self.call_id, self.tool)
         try:
-            handle.send(frame)
+            handle.send(frame, self.deadline)
         except WorkerGone:
             self.gone()
+        except DeadlineExceeded:  # it read nothing of a large call: stopped or hung
+            handle.kill()
+            self.expired()
         except BaseException:
             handle.kill()
             self.lost()

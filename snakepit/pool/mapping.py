@@ -31,7 +31,7 @@ from .. import errors, protocol
 from ..errors import Reason
 from ..protocol import Batch, BatchResult, Cancel, Failure, decode_value
 from .queue import Dispatcher
-from .worker import WorkerGone, WorkerHandle
+from .worker import DeadlineExceeded, WorkerGone, WorkerHandle
 
 _DEPTH = 2
 _TARGET_SECONDS = 0.005
@@ -146,12 +146,16 @@ class MapEngine:
         call_id = next(self._ids)
         frame = protocol.encode_frame(Batch(call_id, self.tool, msgspec.Raw(items)))
         now = time.monotonic()
-        queue.append(_InFlight(call_id, start, count, now, now + self._timeout))
+        batch = _InFlight(call_id, start, count, now, now + self._timeout)
+        queue.append(batch)
         handle.begin(call_id, self.tool)
         try:
-            handle.send(frame)
+            handle.send(frame, batch.deadline)
         except WorkerGone:
             self.lost(handle)
+        except DeadlineExceeded:  # it read nothing of a large batch: stopped or hung
+            handle.kill()
+            self._expire(handle)
         return True
 
     def _take_batch(self) -> bool:
@@ -253,10 +257,13 @@ class MapEngine:
         for handle in list(self.workers.values()):
             queue = self._queued[handle.id]
             if queue and queue[0].deadline <= now:
-                error = errors.timeout(Reason.TIMEOUT, f"a batch of {self.tool!r} exceeded its timeout", tool=self.tool)
-                for batch in queue:
-                    self._fail_range(batch.start, batch.count, error)
-                self._abandon(handle)  # takes them out of flight
+                self._expire(handle)
+
+    def _expire(self, handle: WorkerHandle) -> None:
+        error = errors.timeout(Reason.TIMEOUT, f"a batch of {self.tool!r} exceeded its timeout", tool=self.tool)
+        for batch in self._queued[handle.id]:
+            self._fail_range(batch.start, batch.count, error)
+        self._abandon(handle)  # takes them out of flight
 
     def next_deadline(self) -> float | None:
         deadlines = [queue[0].deadline for queue in self._queued.values() if queue]

@@ -59,6 +59,24 @@ class WorkerPipes:
     spill: int
 
 
+def _write_until(fd: int, data: bytes | bytearray, deadline: float) -> None:
+    view = memoryview(data)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    os.set_blocking(fd, False)
+    try:
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded() from None
+                poller.poll(max(1, int(remaining * 1000 + 0.999)))
+    finally:
+        os.set_blocking(fd, True)
+
+
 def _pipe_capacity(fd: int) -> int:
     try:
         return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
@@ -114,11 +132,19 @@ class WorkerHandle:
         self.current_call = call_id
         self.current_tool = tool
 
-    def send(self, frame: bytes | bytearray) -> None:
-        """Write a frame to the requests pipe; ``WorkerGone`` if the worker has exited."""
+    def send(self, frame: bytes | bytearray, deadline: float | None = None) -> None:
+        """Write a frame to the requests pipe; ``WorkerGone`` if the worker has exited.
+
+        A frame the pipe cannot hold is written while the worker reads it; a worker that reads
+        nothing (stopped, hung) makes that wait end at ``deadline`` with ``DeadlineExceeded``,
+        part of the frame in the pipe: the worker cannot take another call.
+        """
         with self._request_lock:
             try:
-                write_all(self.requests_fd, frame)
+                if deadline is None or len(frame) <= self.requests_room:
+                    write_all(self.requests_fd, frame)
+                else:
+                    _write_until(self.requests_fd, frame, deadline)
             except OSError as exc:
                 raise WorkerGone() from exc
 
