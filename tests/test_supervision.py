@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -151,6 +152,50 @@ def test_timeout_while_sending_large_arguments_to_a_stopped_worker(how):
         assert time.monotonic() - started < 1.0
         assert pool.execute("pid") != stopped
         wait_for(lambda: gone(stopped))
+
+
+def test_async_large_arguments_to_a_stopped_worker_time_out_without_stalling_the_loop():
+    with Pool(Faulty, size=1, heartbeat_interval=60, heartbeat_timeout=60, **FAST) as pool:
+        stopped = pool.execute("pid")
+        os.kill(stopped, signal.SIGSTOP)
+
+        async def main():
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            beat = asyncio.create_task(ticker())
+            try:
+                with pytest.raises(SnakepitError) as info:
+                    await pool.aexecute("hold", {"payload": b"x" * (4 << 20), "seconds": 0}, timeout=0.5)
+            finally:
+                beat.cancel()
+            return info.value, ticks
+
+        error, ticks = asyncio.run(main())
+        assert error.reason == "timeout"
+        assert ticks >= 10  # the loop kept running while the write waited for the worker
+        assert pool.execute("pid") != stopped
+
+
+def test_cancelling_an_async_call_while_its_large_arguments_are_written_frees_the_worker():
+    """The write goes on in its thread after the task is cancelled; the call it started is then
+    cancelled too, so the worker comes back rather than staying checked out."""
+    with Pool(Faulty, size=1, queue_timeout=5, **FAST) as pool:
+
+        async def main():
+            task = asyncio.create_task(pool.aexecute("hold", {"payload": b"x" * (64 << 20), "seconds": 30}))
+            await asyncio.to_thread(wait_for, lambda: pool.stats()["busy"] == 1)  # checked out, writing or running
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        assert pool.execute("pid") > 0  # within queue_timeout: the worker was given back (or replaced)
 
 
 def test_timeout_of_a_cooperative_stream_closes_the_generator():

@@ -67,6 +67,18 @@ async def checkout(
     return handle
 
 
+async def start_off_loop(start: Callable[[Dispatcher, WorkerHandle], Exchange], dispatcher: Dispatcher, handle: WorkerHandle) -> Exchange:
+    """Start a call whose frame the worker's pipe cannot hold, from a thread: writing it waits
+    for the worker to read (until the call's deadline), which must not stall the loop."""
+    started = asyncio.get_running_loop().run_in_executor(None, start, dispatcher, handle)
+    try:
+        return await asyncio.shield(started)
+    except asyncio.CancelledError:
+        # The write goes on in its thread; once it is done, cancel the call it started.
+        started.add_done_callback(lambda done: done.cancelled() or done.exception() or done.result().cancel())
+        raise
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
