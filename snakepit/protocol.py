@@ -271,7 +271,7 @@ def exact_args(args: dict[str, Any]) -> bool:
     """:func:`exact` for a call's arguments. Their keys are parameter names, checked against the
     signature in the worker, so only the values need the check."""
     values = args.values()
-    return set(map(type, values)) <= _SCALARS or all(type(v) in _SCALARS or _plain(v) for v in values)
+    return set(map(type, values)) <= _SCALARS or all(map(exact, values))
 
 
 def exact_arg_lists(items: list[dict[str, Any]]) -> bool:

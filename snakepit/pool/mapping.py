@@ -138,7 +138,7 @@ class MapEngine:
             return not self._exhausted  # True: the batch failed to encode, its items have failed
         start, count, items = self._held  # type: ignore[misc]
         queue = self._queued[handle.id]
-        if queue and len(items) + len(self.tool) + _ENVELOPE > handle.requests_room:
+        if queue and not handle.fits(len(items) + len(self.tool) + _ENVELOPE):
             return False
         self._held = None
         # The id is drawn now, not when the batch was read: a worker treats every id up to the

@@ -454,7 +454,7 @@ class Pool:
     ) -> Exchange:
         call = self._prepare(tool, args, stream, session_id, affinity, timeout)
         handle = await aio.checkout(self._dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline)
-        if len(call.frame) <= handle.requests_room:  # the idle worker's pipe takes it at once
+        if handle.fits(len(call.frame)):  # the idle worker's pipe takes it at once
             return call.start(self._dispatcher, handle)
         return await aio.start_off_loop(call.start, self._dispatcher, handle)
 

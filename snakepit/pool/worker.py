@@ -132,6 +132,10 @@ class WorkerHandle:
         self.current_call = call_id
         self.current_tool = tool
 
+    def fits(self, size: int) -> bool:
+        """A frame of ``size`` bytes goes into the empty requests pipe without waiting for a read."""
+        return size <= self.requests_room
+
     def send(self, frame: bytes | bytearray, deadline: float | None = None) -> None:
         """Write a frame to the requests pipe; ``WorkerGone`` if the worker has exited.
 
@@ -141,7 +145,7 @@ class WorkerHandle:
         """
         with self._request_lock:
             try:
-                if deadline is None or len(frame) <= self.requests_room:
+                if deadline is None or self.fits(len(frame)):
                     write_all(self.requests_fd, frame)
                 else:
                     _write_until(self.requests_fd, frame, deadline)
