@@ -14,6 +14,7 @@
 from .adapter import BaseAdapter, ParameterSpec, ToolSpec, tool
 from .affinity import Affinity
 from .errors import (
+    CallCancelled,
     PoolError,
     SnakepitError,
     TimeoutError,
@@ -38,6 +39,7 @@ __all__ = [
     "StreamResult",
     "HALT",
     "Affinity",
+    "CallCancelled",
     "SnakepitError",
     "ValidationError",
     "ToolError",

@@ -22,6 +22,7 @@ __all__ = [
     "PoolError",
     "Category",
     "Reason",
+    "CallCancelled",
 ]
 
 
@@ -113,6 +114,12 @@ class TimeoutError(SnakepitError, builtins.TimeoutError):  # noqa: A001 - delibe
 
 class PoolError(SnakepitError):
     """The pool could not take the call (saturated, closed, busy or missing session worker)."""
+
+
+class CallCancelled(BaseException):
+    """Raised inside a running tool, in the worker, when its call is cancelled (timeout, HALT,
+    ``break``, ``close()``, a cancelled task). A ``BaseException``, like ``KeyboardInterrupt``, so
+    that ``except Exception`` in a tool does not swallow it; let it propagate after cleaning up."""
 
 
 _BY_CATEGORY: dict[str, type[SnakepitError]] = {

@@ -88,7 +88,9 @@ class Batch(_Msg, tag=6):
 
 
 class Cancel(_Msg, tag=4):
-    id: int
+    """Cancel exactly these calls (a call, or the batches a map has queued on one worker)."""
+
+    ids: list[int]
 
 
 class Ping(_Msg, tag=5):
@@ -175,6 +177,31 @@ Event = Union[Pong, Log]
 TERMINAL = (Result, End, Failure, BatchResult)
 
 
+# A call is encoded (and refused if it cannot travel) before it has a worker, but its id is drawn
+# when it is sent, so that each worker sees its calls' ids in increasing order. The frame is
+# encoded with a placeholder id that msgpack writes as a fixed-width uint64, and the real id is
+# stamped over it in place: no copy of a large call.
+_UNSTAMPED = 1 << 63
+_UINT64 = 0xCF
+_CALL_ID_AT = HEADER.size + 3  # after the frame header, the fixarray header, the tag and the uint64 marker
+_CALL_ID = struct.Struct(">Q")
+
+
+def call_frame(tool: str, args: dict[str, Any], stream: bool) -> bytearray:
+    """A ``Call`` frame without its id (see :func:`stamp_call_id`); ``serialization_error`` if
+    the arguments cannot travel."""
+    frame = encode_with(
+        lambda wire: encode_frame(Call(_UNSTAMPED, tool, wire, stream)), args, exact=exact_args, dumps=_cloud_dumps
+    )
+    if frame[_CALL_ID_AT - 1] != _UINT64:  # the layout of Call changed: the stamp would corrupt it
+        raise AssertionError("unexpected Call frame layout")
+    return frame
+
+
+def stamp_call_id(frame: bytearray, call_id: int) -> None:
+    _CALL_ID.pack_into(frame, _CALL_ID_AT, call_id)
+
+
 def failure(call_id: int, error: errors.SnakepitError) -> Failure:
     return Failure(call_id, error.category, error.reason, error.message, error.details, error.traceback)
 
@@ -188,8 +215,16 @@ def raise_failure(msg: Failure) -> None:
 
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 
+# msgpack carries containers exactly only up to this depth; deeper ones are pickled. Decoding
+# msgpack recurses (into the receiver's recursion limit, wherever its stack is), unpickling does
+# not, so a deep value never fails on the receiving side, and the check itself stays far from the
+# sender's recursion limit (three frames per level).
+MAX_DEPTH = 100
 
-def _plain(value: Any, _scalars: frozenset = _SCALARS, type: type = type, str: type = str, int: type = int, dict: type = dict) -> bool:
+
+def _plain(
+    value: Any, depth: int = 0, _scalars: frozenset = _SCALARS, type: type = type, str: type = str, int: type = int, dict: type = dict
+) -> bool:
     """True when msgpack round-trips ``value`` exactly (same types, same structure).
 
     On the hot path of every chunk and every map item: builtins are bound as defaults to skip
@@ -197,14 +232,16 @@ def _plain(value: Any, _scalars: frozenset = _SCALARS, type: type = type, str: t
     """
     kind = type(value)
     if kind is dict:
+        if depth >= MAX_DEPTH:
+            return False
         for key, item in value.items():
             if type(key) is not str and type(key) is not int:
                 return False
-            if type(item) not in _scalars and not _plain(item):
+            if type(item) not in _scalars and not _plain(item, depth + 1):
                 return False
         return True
     if kind is list:
-        return _plain_list(value)
+        return depth < MAX_DEPTH and _plain_list(value, depth)
     return kind in _scalars
 
 
@@ -213,18 +250,19 @@ _SCALARS_AND_DICT = _SCALARS | {dict}
 _chain = itertools.chain.from_iterable
 
 
-def _plain_list(items: list[Any]) -> bool:
+def _plain_list(items: list[Any], depth: int) -> bool:
     kinds = set(map(type, items))
     if kinds <= _SCALARS:
         return True
-    if kinds <= _SCALARS_AND_DICT:
+    if kinds <= _SCALARS_AND_DICT and depth + 1 < MAX_DEPTH:
         dicts = items if kinds == {dict} else [item for item in items if type(item) is dict]
         if not set(map(type, _chain(dicts))) <= _KEYS:  # iterating a dict gives its keys
             return False
         if set(map(type, _chain(map(dict.values, dicts)))) <= _SCALARS:
             return True
     # Containers inside: the general check, item by item.
-    return all(type(item) in _SCALARS or _plain(item) for item in items)
+    depth += 1
+    return all(type(item) in _SCALARS or _plain(item, depth) for item in items)
 
 
 def _fast_dumps(value: Any) -> bytes:
@@ -257,14 +295,18 @@ def encode_value(value: Any, dumps: Callable[[Any], bytes] = _fast_dumps) -> Any
 T = TypeVar("T")
 
 # What msgpack refuses in a value that passed the exactness check: an int beyond 64 bits, a str
-# with lone surrogates, a dict key of another type (argument dicts' keys are not checked).
-# Pickle carries all of them.
-REFUSED = (OverflowError, UnicodeEncodeError, TypeError)
+# with lone surrogates, a dict key of another type (argument dicts' keys are not checked), and
+# nesting the encoder cannot follow from where it was called. Pickle carries all of them, or
+# names what it cannot carry.
+REFUSED = (OverflowError, UnicodeEncodeError, TypeError, RecursionError)
 
 
 def exact(value: Any) -> bool:
     """msgpack round-trips ``value`` exactly."""
-    return type(value) in _SCALARS or _plain(value)
+    try:
+        return type(value) in _SCALARS or _plain(value)
+    except RecursionError:  # called from deep in the caller's stack: let pickle decide
+        return False
 
 
 def exact_args(args: dict[str, Any]) -> bool:
@@ -360,6 +402,11 @@ def encode_frame(message: msgspec.Struct) -> bytearray:
     return _frame_into(message, bytearray(HEADER.size))
 
 
+# A reused buffer keeps its largest size: one that grew past this is handed out, not kept, so a
+# process that sent one big value once does not hold its size for good.
+KEEP_BUFFER = 1 << 20
+
+
 class FrameWriter:
     """Encodes messages into frames reusing one buffer, for a writer that sends one at a time."""
 
@@ -369,8 +416,11 @@ class FrameWriter:
         self._buffer = bytearray(64)
 
     def frame(self, message: msgspec.Struct) -> bytearray:
-        """The message as a frame. The returned buffer is reused by the next call."""
-        return _frame_into(message, self._buffer)
+        """The message as a frame. The returned buffer is reused by the next call (unless big)."""
+        frame = _frame_into(message, self._buffer)
+        if len(frame) > KEEP_BUFFER:
+            self._buffer = bytearray(64)
+        return frame
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -391,7 +441,7 @@ class FrameReader:
     buffer of its final size, so a 100 MB result is copied once, not re-joined per read.
     """
 
-    __slots__ = ("_decoder", "_rest", "_big", "_big_filled", "received")
+    __slots__ = ("_decoder", "_rest", "_big", "_big_filled", "received", "broken")
 
     def __init__(self, message_type: Any) -> None:
         self.received = 0  # bytes read from the pipe so far
@@ -399,6 +449,9 @@ class FrameReader:
         self._rest = b""
         self._big: bytearray | None = None
         self._big_filled = 0
+        # An exception escaped a read (a MemoryError for a big frame, Ctrl-C between reading
+        # bytes and keeping them): bytes may be lost, so no later message can be trusted.
+        self.broken = False
 
     def read(self, fd: int) -> list[Any] | None:
         """Messages that are available now (maybe none); ``None`` once the writer has gone."""
@@ -406,12 +459,15 @@ class FrameReader:
             if self._big is not None:
                 return self._read_big(fd)
             data = os.read(fd, _READ_SIZE)
+            if not data:
+                return None
+            self.received += len(data)
+            return self.feed(data)
         except BlockingIOError:
             return []
-        if not data:
-            return None
-        self.received += len(data)
-        return self.feed(data)
+        except BaseException:
+            self.broken = True
+            raise
 
     def feed(self, data: bytes) -> list[Any]:
         if self._rest:

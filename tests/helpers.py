@@ -223,6 +223,17 @@ class Toolbox(BaseAdapter):
             yield d
 
     @tool
+    def deep(self, depth: int) -> list:
+        value: list = []
+        for _ in range(depth - 1):
+            value = [value]
+        return value
+
+    @tool
+    def deep_chunks(self, depth: int):
+        yield self.deep(depth)
+
+    @tool
     def big(self, size: int) -> bytes:
         return b"x" * size
 
@@ -260,6 +271,7 @@ class Faulty(BaseAdapter):
     def __init__(self) -> None:
         self.hoard: list[bytes] = []
         self.closed_streams = 0
+        self.finished_calls = 0
 
     @tool
     def pid(self) -> int:
@@ -289,6 +301,10 @@ class Faulty(BaseAdapter):
         return seconds
 
     @tool
+    def exit(self, code: int = 3) -> None:
+        os._exit(code)
+
+    @tool
     def raise_base(self, kind: str = "SystemExit") -> None:
         if kind == "SystemExit":
             raise SystemExit(5)
@@ -313,14 +329,64 @@ class Faulty(BaseAdapter):
         return lines
 
     @tool
-    def stubborn(self, block: float = 30.0):
-        """Yields once, then blocks between yields far longer than any cancel grace."""
+    def stubborn(self, block: int = 30):
+        """Yields once, then blocks in C (holding the GIL) between yields, far longer than any
+        cancel grace: nothing can interrupt it."""
         try:
             yield 0
-            time.sleep(block)
+            ctypes.PyDLL(None).sleep(block)
             yield 1
         finally:
             self.closed_streams += 1
+
+    @tool
+    def blocked(self, how: str = "sleep", seconds: float = 60.0) -> str:
+        """Blocks the way a tool does (a sleep, a lock, a socket, pure-Python work); counts the
+        calls whose ``finally`` ran."""
+        try:
+            if how == "sleep":
+                time.sleep(seconds)
+            elif how == "lock":
+                import threading
+
+                lock = threading.Lock()
+                lock.acquire()
+                lock.acquire(timeout=seconds)
+            elif how == "socket":
+                import socket
+
+                left, right = socket.socketpair()
+                with left, right:
+                    left.settimeout(seconds)
+                    left.recv(1)
+            elif how == "spin":
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    pass
+            elif how == "swallow":  # a tool whose `except Exception` must not swallow the cancel
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    try:
+                        time.sleep(seconds)
+                    except Exception:
+                        pass
+            return how
+        finally:
+            self.finished_calls += 1
+
+    @tool
+    def blocked_stream(self, seconds: float = 60.0):
+        """Yields once, then blocks between two yields."""
+        try:
+            yield 0
+            time.sleep(seconds)
+            yield 1
+        finally:
+            self.closed_streams += 1
+
+    @tool
+    def counters(self) -> dict:
+        return {"pid": os.getpid(), "finished_calls": self.finished_calls, "closed_streams": self.closed_streams}
 
     @tool
     def guarded(self, delay: float = 0.01):

@@ -147,8 +147,8 @@ def test_async_timeout_and_crash():
                 await pool.aexecute("spin", {}, timeout=0.3)
             assert info.value.reason == "timeout" and time.monotonic() - started < 0.5
             with pytest.raises(SnakepitError) as info:
-                await pool.aexecute("raise_base", {"kind": "SystemExit"})
-            assert info.value.reason == "worker_crashed"
+                await pool.aexecute("exit", {"code": 3})
+            assert info.value.reason == "worker_crashed" and info.value.details["exit_code"] == 3
             assert await pool.aexecute("pid") > 0
 
         run(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -73,10 +74,14 @@ def test_unimportable_adapter_string_fails_start():
 
 
 def test_bad_configuration_is_a_validation_error():
-    for kwargs in ({"size": 0}, {"size": "2"}, {"timeout": -1}, {"queue_timeout": 0}, {"max_queue": -1}, {"backend": "thread"}):
+    for kwargs in ({"size": 0}, {"size": "2"}, {"max_queue": -1}, {"backend": "thread"}, {"cancel_grace": math.nan}, {"start_timeout": math.inf}):
         with pytest.raises(SnakepitError) as info:
             Pool(Toolbox, **kwargs)
         assert (info.value.category, info.value.reason) == ("validation", "invalid_config")
+    for kwargs in ({"timeout": -1}, {"timeout": 0}, {"timeout": math.nan}, {"queue_timeout": 0}, {"queue_timeout": "1"}):
+        with pytest.raises(SnakepitError) as info:
+            Pool(Toolbox, **kwargs)
+        assert (info.value.category, info.value.reason) == ("validation", "invalid_arguments")
     with pytest.raises(SnakepitError):
         Pool("not a path", size=1)
     with pytest.raises(SnakepitError):

@@ -26,8 +26,8 @@ def test_events_reach_on_event_as_plain_data():
         exit_event = next(e for e in events if e["event"] == "worker_exit")
         assert exit_event["pid"] == first and exit_event["signal"] == "SIGKILL" and not exit_event["expected"]
         with pytest.raises(SnakepitError):
-            pool.execute("spin", {"seconds": 5}, timeout=0.1)
-        assert any(e["event"] == "timeout" and e["tool"] == "spin" for e in events)
+            pool.execute("c_sleep", {"seconds": 5}, timeout=0.1)  # stuck in C: killed after cancel_grace
+        assert any(e["event"] == "timeout" and e["tool"] == "c_sleep" for e in events)
         wait_for(lambda: "cancel_timeout" in names())
         wait_for(lambda: names().count("worker_ready") == 3)
         pool.execute("pid")

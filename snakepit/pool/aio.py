@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
+import time
 from typing import Any, Awaitable, Callable
 
 from msgspec.msgpack import Ext
@@ -23,19 +25,22 @@ from .. import errors
 from ..affinity import Affinity, Ticket
 from ..streaming import HALT, StreamResult
 from .calls import END, MORE, Exchange
-from .queue import Dispatcher, _earliest
+from .queue import Dispatcher
+from .timing import earliest
 from .worker import DeadlineExceeded, WorkerGone, WorkerHandle
 
 # Many streams on one loop interleave fairly: a stream hands the loop back after this many
 # chunks even when more are already buffered.
 _FAIR_SHARE = 256
 
+loop_time = time.monotonic  # what asyncio's default loop.time() is, and what deadlines are made of
+
 
 async def checkout(
     dispatcher: Dispatcher,
     session_id: str | None,
     affinity: Affinity | None,
-    queue_deadline: float,
+    queue_deadline: float | None,
     call_deadline: float | None,
 ) -> WorkerHandle:
     loop = asyncio.get_running_loop()
@@ -53,15 +58,17 @@ async def checkout(
         return future
 
     handle, ticket, parked = dispatcher.request(session_id, affinity, park)
-    deadline = _earliest(queue_deadline, call_deadline)
+    deadline = earliest(queue_deadline, call_deadline)
     try:
         while handle is None:
             try:
-                await asyncio.wait_for(parked, max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(parked, None if deadline is None else max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 pass
             handle, parked = dispatcher.settle(ticket, queue_deadline, call_deadline, park)
-    except asyncio.CancelledError:
+    except errors.SnakepitError:
+        raise  # the ticket was refused or timed out: it is no longer anywhere
+    except BaseException:  # the task was cancelled, or anything else interrupted the wait
         dispatcher.forsake(ticket)
         raise
     return handle
@@ -125,6 +132,13 @@ class Readable:
             self._loop.remove_reader(fd)
         self._fds = []
 
+    def close_soon(self) -> None:
+        """:meth:`close`, from any thread (a garbage collection): on the loop's own thread."""
+        try:
+            self._loop.call_soon_threadsafe(self.close)
+        except RuntimeError:  # the loop is closed, and its readers with it
+            pass
+
 
 async def fetch(exchange: Exchange, readable: Readable) -> None:
     """The async twin of :meth:`Exchange.fetch`: wait for more from the worker, then feed it."""
@@ -160,6 +174,7 @@ async def run_stream(exchange: Exchange, callback: Callable[[Any], Any]) -> Stre
     """``callback`` may be a plain function or a coroutine function."""
     readable = Readable(exchange.handle)
     delivered = 0
+    limit = exchange.limit
     try:
         while True:
             batch = exchange.next_batch()
@@ -170,6 +185,8 @@ async def run_stream(exchange: Exchange, callback: Callable[[Any], Any]) -> Stre
                 assert exchange.result is not None
                 return exchange.result
             for position, data in enumerate(batch):
+                if loop_time() >= limit:
+                    exchange.expired()
                 if type(data) is Ext:
                     data = exchange.decode(data)
                 outcome = callback(data)
@@ -194,7 +211,7 @@ class AsyncStream:
     the tool in the worker. After exhaustion, :attr:`result` is the :class:`StreamResult`.
     """
 
-    __slots__ = ("_start", "_exchange", "_readable", "_on_error", "_owner", "_batch", "_next", "_delivered", "__weakref__")
+    __slots__ = ("_start", "_exchange", "_readable", "_on_error", "_owner", "_batch", "_next", "_delivered", "_limit", "__weakref__")
 
     def __init__(self, start: Awaitable[Exchange], on_error: Callable[[], None], owner: object = None) -> None:
         self._start: Awaitable[Exchange] | None = start
@@ -205,6 +222,7 @@ class AsyncStream:
         self._batch: list[Any] = []
         self._next = 0
         self._delivered = 0
+        self._limit = math.inf
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -219,6 +237,11 @@ class AsyncStream:
             await asyncio.sleep(0)
         position = self._next
         if position < len(self._batch):
+            if loop_time() >= self._limit:
+                self._batch = []
+                self._close_readable()
+                self._on_error()
+                exchange.expired()
             self._next = position + 1
             data = self._batch[position]
             return data if type(data) is not Ext else exchange.decode(data)
@@ -239,7 +262,7 @@ class AsyncStream:
             self._close_readable()
             self._on_error()
             raise
-        except asyncio.CancelledError:
+        except BaseException:  # the task was cancelled, or anything else interrupted the wait
             await self.aclose()
             raise
 
@@ -252,6 +275,7 @@ class AsyncStream:
             self._on_error()
             raise
         self._readable = Readable(self._exchange.handle)
+        self._limit = self._exchange.limit
 
     @property
     def result(self) -> StreamResult | None:
@@ -282,14 +306,16 @@ class AsyncStream:
         await self.aclose()
 
     def __del__(self) -> None:
-        try:
-            if self._exchange is not None:
-                self._exchange.cancel()
-            if self._readable is not None:
-                self._readable.close()
-            if self._start is not None:
-                close = getattr(self._start, "close", None)
-                if close is not None:
-                    close()
-        except Exception:
-            pass
+        # A collection may run anywhere, even inside a pool call holding a pool lock: take no
+        # lock here. The cancel goes to the supervisor thread, the readers' removal to the loop.
+        exchange = self._exchange
+        if exchange is not None and not exchange.finished:
+            exchange.dispatcher.cancel_later(exchange)
+        readable = self._readable
+        if readable is not None:
+            readable.close_soon()
+        start = self._start
+        if start is not None:
+            close = getattr(start, "close", None)
+            if close is not None:
+                close()

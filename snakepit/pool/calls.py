@@ -8,6 +8,13 @@ chunks, the end of a stream, a failure) and decides how the worker leaves the ca
   told to cancel and the supervisor drains it until it acknowledges, off the caller's thread;
 * lost, when the process died: the caller reports ``worker_crashed`` with its exit status.
 
+Whatever else interrupts the caller (Ctrl-C, a ``MemoryError``, an exception in its own code)
+abandons the call the same way, so the worker always comes back: drained, or, if the interruption
+may have cost bytes of its pipe, killed and replaced.
+
+A call's deadline holds while chunks keep coming: each chunk is delivered only before it, and a
+consumer past it gets the ``timeout`` error instead of its next chunk.
+
 The drivers differ only in how they wait for the next batch of messages: :meth:`Exchange.fetch`
 blocks the calling thread; the asyncio driver waits for the pipe through the event loop. Nothing
 else is written twice.
@@ -16,6 +23,7 @@ else is written twice.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Callable
 
@@ -67,9 +75,13 @@ class Exchange:
         except DeadlineExceeded:  # it read nothing of a large call: stopped or hung
             handle.kill()
             self.expired()
-        except BaseException:
+        except BaseException:  # Ctrl-C mid-write: part of a frame is in the pipe
+            handle.killed_on_purpose = True
             handle.kill()
-            self.lost()
+            self.finished = True
+            self.dispatcher.died_under_caller(handle)
+            self.dispatcher.release(handle)
+            raise
 
     def feed(self, messages: list[Any]) -> None:
         self._messages = messages
@@ -175,6 +187,11 @@ class Exchange:
 
     # -- ending ----------------------------------------------------------------------------------
 
+    @property
+    def limit(self) -> float:
+        """The deadline as a number (``inf``: none), for the per-chunk check."""
+        return math.inf if self.deadline is None else self.deadline
+
     def release(self) -> None:
         if not self.finished:
             self.finished = True
@@ -191,7 +208,7 @@ class Exchange:
             return
         self.finished = True
         self.handle.requests_served += 1
-        self.handle.send_control(Cancel(self.call_id))
+        self.handle.send_control(Cancel([self.call_id]))
         self.dispatcher.abandon(self.handle, self.call_id)
 
     def halt(self, undelivered: int = 0) -> StreamResult:
@@ -241,15 +258,20 @@ class Exchange:
 
 
 def run_execute(exchange: Exchange) -> Any:
-    while True:
-        value = exchange.next_value()
-        if value is not MORE:
-            return value
-        exchange.fetch()
+    try:
+        while True:
+            value = exchange.next_value()
+            if value is not MORE:
+                return value
+            exchange.fetch()
+    except BaseException:
+        exchange.cancel()  # a no-op once the call has ended; else the caller was interrupted
+        raise
 
 
 def run_stream(exchange: Exchange, callback: Callable[[Any], Any]) -> StreamResult:
     next_batch = exchange.next_batch
+    limit, monotonic = exchange.limit, time.monotonic
     try:
         while True:
             batch = next_batch()
@@ -260,6 +282,8 @@ def run_stream(exchange: Exchange, callback: Callable[[Any], Any]) -> StreamResu
                 assert exchange.result is not None
                 return exchange.result
             for position, data in enumerate(batch):
+                if monotonic() >= limit:
+                    exchange.expired()
                 if type(data) is Ext:
                     data = exchange.decode(data)
                 if callback(data) is HALT:
@@ -276,7 +300,7 @@ class Stream:
     After exhaustion, :attr:`result` is the :class:`~snakepit.StreamResult`.
     """
 
-    __slots__ = ("_exchange", "_on_error", "_owner", "_batch", "_next", "__weakref__")
+    __slots__ = ("_exchange", "_on_error", "_owner", "_batch", "_next", "_limit", "__weakref__")
 
     def __init__(self, exchange: Exchange, on_error: Callable[[], None], owner: object = None) -> None:
         self._exchange = exchange
@@ -284,6 +308,7 @@ class Stream:
         self._owner = owner  # keeps the pool alive while its stream is in use
         self._batch: list[Any] = []
         self._next = 0
+        self._limit = exchange.limit
 
     def __iter__(self) -> Stream:
         return self
@@ -292,6 +317,8 @@ class Stream:
         position = self._next
         batch = self._batch
         if position < len(batch):
+            if time.monotonic() >= self._limit:
+                return self._expire()
             self._next = position + 1
             data = batch[position]
             return data if type(data) is not Ext else self._exchange.decode(data)
@@ -313,6 +340,18 @@ class Stream:
         except errors.SnakepitError:
             self._on_error()
             raise
+        except StopIteration:
+            raise
+        except BaseException:
+            exchange.cancel()  # Ctrl-C or a MemoryError while waiting: the worker comes back
+            raise
+
+    def _expire(self) -> Any:
+        self._batch = []
+        try:
+            self._exchange.expired()
+        finally:
+            self._on_error()
 
     @property
     def result(self) -> StreamResult | None:
@@ -334,7 +373,8 @@ class Stream:
         self.close()
 
     def __del__(self) -> None:
-        try:
-            self._exchange.cancel()
-        except Exception:
-            pass
+        # A collection may run inside a pool call that holds a pool lock on this very thread:
+        # the cancel is handed to the supervisor thread instead of taking any lock here.
+        exchange = self._exchange
+        if not exchange.finished:
+            exchange.dispatcher.cancel_later(exchange)

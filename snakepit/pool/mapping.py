@@ -31,6 +31,7 @@ from .. import errors, protocol
 from ..errors import Reason
 from ..protocol import Batch, BatchResult, Cancel, Failure, decode_value
 from .queue import Dispatcher
+from .timing import deadline_after, poll_ms
 from .worker import DeadlineExceeded, WorkerGone, WorkerHandle
 
 _DEPTH = 2
@@ -43,7 +44,7 @@ _ENVELOPE = 64  # a Batch frame's bytes around its items and tool name, at most
 class _InFlight:
     __slots__ = ("call_id", "start", "count", "sent", "deadline")
 
-    def __init__(self, call_id: int, start: int, count: int, sent: float, deadline: float) -> None:
+    def __init__(self, call_id: int, start: int, count: int, sent: float, deadline: float | None) -> None:
         self.call_id = call_id
         self.start = start
         self.count = count
@@ -55,19 +56,18 @@ class MapEngine:
     def __init__(
         self,
         dispatcher: Dispatcher,
-        ids: Iterator[int],
         tool: str,
         iterable: Iterable[Any],
         *,
         ordered: bool,
         chunksize: int | None,
-        timeout: float,
+        timeout: float | None,
         on_progress: Callable[[int], None] | None,
         on_items: Callable[[int], None] | None = None,
+        on_timeout: Callable[[int, int], None] | None = None,
         on_close: Callable[[MapEngine], None] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
-        self._ids = ids
         self.tool = tool
         self._items = iter(iterable)
         self._exhausted = False
@@ -77,6 +77,7 @@ class MapEngine:
         self._on_progress = on_progress
         self._on_close = on_close
         self._on_items = on_items
+        self._on_timeout = on_timeout
         self.workers: dict[int, WorkerHandle] = {}
         self._queued: dict[int, deque[_InFlight]] = {}  # worker id -> its batches, oldest first
         self._last_done: dict[int, float] = {}
@@ -141,12 +142,11 @@ class MapEngine:
         if queue and not handle.fits(len(items) + len(self.tool) + _ENVELOPE):
             return False
         self._held = None
-        # The id is drawn now, not when the batch was read: a worker treats every id up to the
-        # last it was told to cancel as cancelled, and other calls draw ids meanwhile.
-        call_id = next(self._ids)
+        # The id is drawn now, as a call's is when it is sent, so each worker sees ids grow.
+        call_id = next(self._dispatcher.call_ids)
         frame = protocol.encode_frame(Batch(call_id, self.tool, msgspec.Raw(items)))
         now = time.monotonic()
-        batch = _InFlight(call_id, start, count, now, now + self._timeout)
+        batch = _InFlight(call_id, start, count, now, deadline_after(self._timeout, now))
         queue.append(batch)
         handle.begin(call_id, self.tool)
         try:
@@ -193,7 +193,7 @@ class MapEngine:
             self._in_flight -= batch.count
             now = time.monotonic()
             if queue:  # the next batch starts now: its timeout counts from here, not from sending
-                queue[0].deadline = now + self._timeout
+                queue[0].deadline = deadline_after(self._timeout, now)
             began = max(batch.sent, self._last_done.get(handle.id, 0.0))
             self._last_done[handle.id] = now
             if type(message) is BatchResult:
@@ -256,17 +256,23 @@ class MapEngine:
         """Batches past their deadline fail with ``timeout``; their worker is cancelled and drained."""
         for handle in list(self.workers.values()):
             queue = self._queued[handle.id]
-            if queue and queue[0].deadline <= now:
+            if queue and queue[0].deadline is not None and queue[0].deadline <= now:
                 self._expire(handle)
 
     def _expire(self, handle: WorkerHandle) -> None:
+        """The running batch timed out: it fails, and so do the batches queued behind it on that
+        worker (they are cancelled with it). Each item counts as a timed-out call."""
         error = errors.timeout(Reason.TIMEOUT, f"a batch of {self.tool!r} exceeded its timeout", tool=self.tool)
-        for batch in self._queued[handle.id]:
+        queue = self._queued[handle.id]
+        items = sum(batch.count for batch in queue)
+        for batch in queue:
             self._fail_range(batch.start, batch.count, error)
         self._abandon(handle)  # takes them out of flight
+        if self._on_timeout is not None:
+            self._on_timeout(handle.id, items)
 
     def next_deadline(self) -> float | None:
-        deadlines = [queue[0].deadline for queue in self._queued.values() if queue]
+        deadlines = [queue[0].deadline for queue in self._queued.values() if queue and queue[0].deadline is not None]
         return min(deadlines) if deadlines else None
 
     # -- what goes out ------------------------------------------------------------------------------
@@ -319,13 +325,13 @@ class MapEngine:
 
     def _abandon(self, handle: WorkerHandle) -> None:
         queue = self._queued[handle.id]
-        last = queue[-1].call_id
+        ids = [batch.call_id for batch in queue]
         self._in_flight -= sum(batch.count for batch in queue)
         queue.clear()
         del self.workers[handle.id]
         del self._queued[handle.id]
-        handle.send_control(Cancel(last))  # cancels every queued batch up to the last one
-        self._dispatcher.abandon(handle, last)
+        handle.send_control(Cancel(ids))  # the running batch and those queued behind it
+        self._dispatcher.abandon(handle, ids[-1])
 
     def _drop(self, handle: WorkerHandle) -> None:
         """Hand back a worker with nothing queued (a dead one is disposed of)."""
@@ -397,9 +403,7 @@ def _wait(engine: MapEngine) -> None:
         if handle.pidfd is not None:
             poller.register(handle.pidfd, select.POLLIN)
             by_fd[handle.pidfd] = (handle, True)
-    deadline = engine.next_deadline()
-    wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
-    events = poller.poll(wait_ms)
+    events = poller.poll(poll_ms(engine.next_deadline()))
     _collect(engine, {by_fd[fd] for fd, _ in events})
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
+import logging
+import math
 import os
 import threading
 import time
@@ -15,7 +16,6 @@ from ..adapter import ToolSpec
 from ..affinity import Affinity, parse_affinity
 from ..affinity.sessions import SessionStore
 from ..errors import Reason
-from ..protocol import Call
 from ..observe import Observer
 from ..progress import Reporter
 from ..streaming import StreamResult
@@ -27,6 +27,7 @@ from .queue import Counters, Dispatcher
 from .recycling import RECYCLE_REASONS, RecyclePolicy, rss_bytes
 from .session import Session
 from .supervisor import Supervisor
+from .timing import check_timeout, deadline_after
 
 __all__ = ["Pool"]
 
@@ -40,8 +41,8 @@ def _positive_int(name: str, value: Any) -> int | None:
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> Any:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise errors.validation(Reason.INVALID_CONFIG, f"{name} must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise errors.validation(Reason.INVALID_CONFIG, f"{name} must be a positive, finite number, got {value!r}")
     return value
 
 
@@ -57,9 +58,11 @@ class Pool:
             ``"hint"`` (run elsewhere), ``"strict_queue"`` (wait for it) or ``"strict_fail_fast"``
             (fail with ``worker_busy``). Overridable per session and per call.
         adapter_args: keyword arguments for the adapter's constructor (in each worker).
-        timeout: default per-call limit in seconds, covering time queued and time running.
+        timeout: default per-call limit in seconds, covering time queued and time running;
+            ``None`` or ``math.inf`` for no limit.
         max_queue: how many calls may wait for a worker before ``pool_saturated``.
-        queue_timeout: how long a call may wait for a worker before ``queue_timeout``.
+        queue_timeout: how long a call may wait for a worker before ``queue_timeout``
+            (``None`` or ``math.inf``: as long as it takes).
         session_ttl: seconds of inactivity after which a session (and its pin) is forgotten.
         max_sessions: how many sessions may be open before ``session_quota_exceeded``.
         max_requests: recycle a worker after this many calls (default: never).
@@ -90,9 +93,9 @@ class Pool:
         size: int | None = None,
         affinity: Affinity | str = Affinity.HINT,
         adapter_args: Mapping[str, Any] | None = None,
-        timeout: float = 300.0,
+        timeout: float | None = 300.0,
         max_queue: int = 1000,
-        queue_timeout: float = 10.0,
+        queue_timeout: float | None = 10.0,
         session_ttl: float = 3600.0,
         max_sessions: int = 10000,
         max_requests: int | None = None,
@@ -122,8 +125,8 @@ class Pool:
             raise errors.validation(Reason.INVALID_CONFIG, f"max_sessions must be a positive int, got {max_sessions!r}")
         self.affinity = parse_affinity(affinity, reason=Reason.INVALID_CONFIG)
         self.size = size
-        self._timeout = _positive("timeout", timeout)
-        self._queue_timeout = _positive("queue_timeout", queue_timeout)
+        self._timeout = check_timeout("timeout", timeout)
+        self._queue_timeout = check_timeout("queue_timeout", queue_timeout)
         recycle = RecyclePolicy(
             _positive_int("max_requests", max_requests),
             _positive("worker_ttl", worker_ttl, allow_none=True),
@@ -152,7 +155,6 @@ class Pool:
         )
         self._dispatcher.supervisor = self._supervisor
         self._tools: dict[str, ToolSpec] = {}
-        self._ids = itertools.count(1)
         self._state_lock = threading.Lock()
         self._state = "new"
         self._finalizer = weakref.finalize(self, _shutdown, self._dispatcher, self._supervisor)
@@ -326,7 +328,7 @@ class Pool:
         self._spec(tool)
         _positive_int("chunksize", chunksize)
         mode = _routing(session_id, affinity)
-        batch_timeout = self._timeout if timeout is None else _positive("timeout", timeout)
+        batch_timeout = self._timeout if timeout is None else check_timeout("timeout", timeout)
         try:
             total: int | None = len(iterable_of_args)  # type: ignore[arg-type]
         except TypeError:
@@ -334,7 +336,6 @@ class Pool:
         reporter = Reporter(progress, total, description=tool)
         engine = mapping.MapEngine(
             self._dispatcher,
-            self._ids,
             tool,
             iterable_of_args,
             ordered=ordered,
@@ -342,19 +343,29 @@ class Pool:
             timeout=batch_timeout,
             on_progress=reporter.update if reporter.active else None,
             on_items=lambda count: self._counters.bump("requests", count),
+            on_timeout=lambda worker_id, items: self._map_timed_out(tool, worker_id, items),
             on_close=lambda engine: self._map_closed(engine, reporter),
         )
 
         def first() -> Any:
-            now = time.monotonic()
+            queue_deadline = deadline_after(self._queue_timeout)
             if sync:
-                return self._dispatcher.checkout(session_id, mode, now + self._queue_timeout, None)
-            return aio.checkout(self._dispatcher, session_id, mode, now + self._queue_timeout, None)
+                return self._dispatcher.checkout(session_id, mode, queue_deadline, None)
+            return aio.checkout(self._dispatcher, session_id, mode, queue_deadline, None)
 
         def more() -> Any:
             return None if session_id is not None else self._dispatcher.checkout_now()
 
         return engine, first, more, return_exceptions
+
+    def _map_timed_out(self, tool: str, worker_id: int, items: int) -> None:
+        """A map batch ran past its timeout: each of its items (and of the batches queued behind
+        it, cancelled with it) counts as a timed-out call."""
+        self._counters.bump("timeouts", items)
+        self._dispatcher.observer.emit(
+            "timeout", logging.WARNING, f"a batch of {tool!r} on worker {worker_id} exceeded its timeout",
+            tool=tool, worker_id=worker_id, items=items,
+        )
 
     def _map_closed(self, engine: mapping.MapEngine, reporter: Reporter) -> None:
         reporter.close()
@@ -490,14 +501,10 @@ class Pool:
                 )
             args = dict(args)
         mode = _routing(session_id, affinity)
-        call_id = next(self._ids)
-        frame = _call_frame(call_id, tool, args, stream)
+        limit = self._timeout if timeout is None else check_timeout("timeout", timeout)
+        frame = protocol.call_frame(tool, args, stream)
         now = time.monotonic()
-        if timeout is None:
-            timeout = self._timeout
-        else:
-            _positive("timeout", timeout)
-        return PreparedCall(call_id, tool, frame, session_id, mode, now + self._queue_timeout, now + timeout)
+        return PreparedCall(tool, frame, session_id, mode, deadline_after(self._queue_timeout, now), deadline_after(limit, now))
 
     # -- introspection ---------------------------------------------------------------------------
 
@@ -538,16 +545,22 @@ class Pool:
 class PreparedCall:
     """A call checked and encoded, waiting for a worker."""
 
-    call_id: int
     tool: str
-    frame: bytearray
+    frame: bytearray  # without its id, which is drawn when it is sent
     session_id: str | None
     affinity: Affinity | None
-    queue_deadline: float
-    deadline: float
+    queue_deadline: float | None
+    deadline: float | None
 
     def start(self, dispatcher: Dispatcher, handle: Any) -> Exchange:
-        exchange = Exchange(dispatcher, handle, self.call_id, self.tool, self.deadline)
+        """Send the call to its checked-out worker; the exchange owns the worker from here."""
+        try:
+            call_id = next(dispatcher.call_ids)
+            protocol.stamp_call_id(self.frame, call_id)
+            exchange = Exchange(dispatcher, handle, call_id, self.tool, self.deadline)
+        except BaseException:  # interrupted before anything was sent: the worker is clean
+            dispatcher.release(handle)
+            raise
         exchange.send(self.frame)
         return exchange
 
@@ -562,16 +575,6 @@ def _routing(session_id: Any, affinity: Affinity | str | None) -> Affinity | Non
 def _check_session_id(session_id: Any) -> None:
     if not isinstance(session_id, str) or not session_id:
         raise errors.validation(Reason.INVALID_ARGUMENTS, f"session_id must be a non-empty str, got {session_id!r}")
-
-
-def _call_frame(call_id: int, tool: str, args: dict[str, Any], stream: bool) -> bytearray:
-    """The call, encoded before a worker is taken: what cannot be sent fails without one."""
-    return protocol.encode_with(
-        lambda wire: protocol.encode_frame(Call(call_id, tool, wire, stream)),
-        args,
-        exact=protocol.exact_args,
-        dumps=protocol._cloud_dumps,
-    )
 
 
 def _shutdown(dispatcher: Dispatcher, supervisor: Supervisor) -> None:

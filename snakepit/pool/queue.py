@@ -11,6 +11,7 @@ Ownership of a worker's responses pipe moves with the worker: the caller owns it
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from ..affinity.sessions import SessionStore
 from ..errors import Reason
 from ..observe import Observer
 from .recycling import RecyclePolicy
+from .timing import earliest, lock_seconds
 from .worker import WorkerHandle, WorkerState
 
 if TYPE_CHECKING:
@@ -52,6 +54,21 @@ class Counters:
             return dict(self._counts)
 
 
+class _Refused(Exception):
+    """A refusal decided under the lock, raised to the caller once the lock is released, with
+    its event emitted then: an ``on_event`` callback or a log handler may call into the pool."""
+
+    def __init__(self, error: errors.SnakepitError, event: tuple[str, str, dict[str, Any]] | None = None) -> None:
+        self.error = error
+        self.event = event
+
+    def surface(self, observer: Observer) -> errors.SnakepitError:
+        if self.event is not None:
+            name, message, fields = self.event
+            observer.emit(name, logging.WARNING, message, **fields)
+        return self.error
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -74,6 +91,8 @@ class Dispatcher:
         self.supervisor: Supervisor | None = None
         self.start_failure: errors.SnakepitError | None = None  # why no worker could start
         self._sweep_armed = False
+        # Call ids are drawn when a call is sent to its worker, so each worker sees them grow.
+        self.call_ids = itertools.count(1)
 
     # -- callers ---------------------------------------------------------------------------------
 
@@ -81,15 +100,27 @@ class Dispatcher:
         self,
         session_id: str | None,
         affinity: Affinity | None,
-        queue_deadline: float,
+        queue_deadline: float | None,
         call_deadline: float | None,
     ) -> WorkerHandle:
-        """A worker for this call, waiting FIFO if none may serve it now; raises refusals."""
+        """A worker for this call, waiting FIFO if none may serve it now; raises refusals.
+
+        Whatever interrupts the wait (Ctrl-C, any exception) withdraws the ticket, or hands back
+        the worker it was given meanwhile.
+        """
         handle, ticket, parked = self.request(session_id, affinity, _park)
-        deadline = _earliest(queue_deadline, call_deadline)
-        while handle is None:
-            parked.acquire(timeout=max(0.0, deadline - time.monotonic()))
-            handle, parked = self.settle(ticket, queue_deadline, call_deadline, _park)
+        if handle is not None:
+            return handle
+        deadline = earliest(queue_deadline, call_deadline)
+        try:
+            while handle is None:
+                parked.acquire(timeout=lock_seconds(deadline))
+                handle, parked = self.settle(ticket, queue_deadline, call_deadline, _park)
+        except errors.SnakepitError:
+            raise  # the ticket was refused or timed out: it is no longer anywhere
+        except BaseException:
+            self.forsake(ticket)
+            raise
         return handle
 
     def request(self, session_id: str | None, affinity: Affinity | None, park: Callable[[Ticket], Any]) -> tuple[WorkerHandle | None, Ticket, Any]:
@@ -99,31 +130,37 @@ class Dispatcher:
         The waiting itself is the caller's (a thread blocks on a lock, a coroutine awaits a
         future); :meth:`settle` ends each wait. This is the only difference between the two.
         """
-        with self.lock:
-            if self.closed:
-                raise errors.pool_closed()
-            if self.start_failure is not None and not self.workers:
-                raise self._refusal(Reason.WORKER_START_FAILED)
-            ticket = self._ticket(session_id, affinity)
-            handle = self._acquire(ticket)
-            if handle is not None:
-                return handle, ticket, None
-            self.counters.bump("queued")
-            return None, ticket, park(ticket)
+        try:
+            with self.lock:
+                if self.closed:
+                    raise errors.pool_closed()
+                if self.start_failure is not None and not self.workers:
+                    raise self._refusal(Reason.WORKER_START_FAILED)
+                ticket = self._ticket(session_id, affinity)
+                handle = self._acquire(ticket)
+                if handle is not None:
+                    return handle, ticket, None
+                self.counters.bump("queued")
+                return None, ticket, park(ticket)
+        except _Refused as refused:
+            raise refused.surface(self.observer) from None
 
     def settle(
-        self, ticket: Ticket, queue_deadline: float, call_deadline: float | None, park: Callable[[Ticket], Any]
+        self, ticket: Ticket, queue_deadline: float | None, call_deadline: float | None, park: Callable[[Ticket], Any]
     ) -> tuple[WorkerHandle | None, Any]:
         """After a wait ended (woken, or at the deadline): the worker, or the refusal or timeout
         raised, or ``(None, park(ticket))`` to wait again."""
-        with self.lock:
-            if not ticket.done and self.router.withdraw(ticket):
-                raise self._deadline_error(queue_deadline, call_deadline)
-            handle = self._claim(ticket)
-            if handle is None:  # the worker it was handed died before it was taken: ask again
-                ticket.worker = None
-                handle = self._acquire(ticket)
-            return (handle, None) if handle is not None else (None, park(ticket))
+        try:
+            with self.lock:
+                if not ticket.done and self.router.withdraw(ticket):
+                    raise self._deadline_error(queue_deadline, call_deadline)
+                handle = self._claim(ticket)
+                if handle is None:  # the worker it was handed died before it was taken: ask again
+                    ticket.worker = None
+                    handle = self._acquire(ticket)
+                return (handle, None) if handle is not None else (None, park(ticket))
+        except _Refused as refused:
+            raise refused.surface(self.observer) from None
 
     def checkout_now(self) -> WorkerHandle | None:
         """An idle worker if there is one (no session, no queueing); ``None`` otherwise."""
@@ -170,15 +207,14 @@ class Dispatcher:
         """
         session = self.sessions.get(ticket.session_id) if ticket.session_id is not None else None
         if ticket.refused is not None:
+            event = None
             if ticket.refused == Reason.POOL_SATURATED:
                 self.counters.bump("pool_saturated")
-                self.observer.emit(
-                    "pool_saturated", logging.WARNING, f"pool saturated: {self.router.waiting} calls already waiting",
-                    waiting=self.router.waiting,
-                )
+                waiting = self.router.waiting
+                event = ("pool_saturated", f"pool saturated: {waiting} calls already waiting", {"waiting": waiting})
             elif ticket.refused == Reason.SESSION_WORKER_UNAVAILABLE and session is not None:
                 session.worker = None
-            raise self._refusal(ticket.refused)
+            raise _Refused(self._refusal(ticket.refused), event)
         handle = self.workers.get(ticket.worker)  # type: ignore[arg-type]
         if handle is None:
             return None
@@ -228,18 +264,21 @@ class Dispatcher:
         message = _REFUSALS[reason].format(limit=self.router.max_queue)
         return errors.pool_error(reason, message)
 
-    def _deadline_error(self, queue_deadline: float, call_deadline: float | None) -> errors.SnakepitError:
-        if call_deadline is not None and call_deadline <= queue_deadline:
+    def _deadline_error(self, queue_deadline: float | None, call_deadline: float | None) -> _Refused:
+        if call_deadline is not None and (queue_deadline is None or call_deadline <= queue_deadline):
             self.counters.bump("timeouts")
-            self.observer.emit("timeout", logging.WARNING, "a call timed out while waiting for a worker", waiting=True)
-            return errors.timeout(Reason.TIMEOUT, "the call timed out while waiting for a worker")
+            message = "the call timed out while waiting for a worker"
+            return _Refused(errors.timeout(Reason.TIMEOUT, message), ("timeout", message, {"waiting": True}))
         self.counters.bump("queue_timeouts")
-        self.observer.emit("queue_timeout", logging.WARNING, "no worker became available within queue_timeout")
-        return errors.timeout(Reason.QUEUE_TIMEOUT, "no worker became available within queue_timeout")
+        message = "no worker became available within queue_timeout"
+        return _Refused(errors.timeout(Reason.QUEUE_TIMEOUT, message), ("queue_timeout", message, {}))
 
     def release(self, handle: WorkerHandle) -> None:
         """The caller is done with its worker: back to the pool, recycled if due, or disposed of
         if it died under the call."""
+        if handle.reader.broken and handle.state is not WorkerState.DEAD:  # its pipe cannot be read on
+            self.abandon(handle, -1)
+            return
         reason = self.recycle.reason(handle) if self.recycle.active and handle.state is not WorkerState.DEAD else None
         with self.lock:
             handle.checked_out = False
@@ -259,8 +298,17 @@ class Dispatcher:
         for ticket in woken:
             _wake(ticket)
 
+    def cancel_later(self, exchange: Any) -> None:
+        """Cancel an exchange from a garbage collection (``__del__``), which may run on a thread
+        that holds this very lock: the supervisor thread does it, with nothing taken here."""
+        self._supervise().defer(exchange.cancel)
+
     def abandon(self, handle: WorkerHandle, call_id: int) -> None:
-        """The caller gives up on a running call: the worker cancels it and is drained, then freed."""
+        """The caller gives up on a running call: the worker cancels it and is drained, then freed.
+
+        If what the worker says next cannot be trusted (an exception escaped a read of its
+        pipe), it is killed and replaced instead.
+        """
         with self.lock:
             handle.checked_out = False
             if handle.state is WorkerState.DEAD:
@@ -271,6 +319,8 @@ class Dispatcher:
         supervisor = self._supervise()
         if dispose:
             supervisor.submit(supervisor.dispose, handle)
+        elif handle.reader.broken:
+            supervisor.submit(supervisor.scrap, handle)
         else:
             supervisor.submit(supervisor.drain, handle, call_id)
 
@@ -389,10 +439,6 @@ class Dispatcher:
                 "waiting": self.router.waiting,
                 "worker_info": [_worker_info(h) for h in self.workers.values()],
             }
-
-
-def _earliest(queue_deadline: float, call_deadline: float | None) -> float:
-    return queue_deadline if call_deadline is None else min(queue_deadline, call_deadline)
 
 
 def _park(ticket: Ticket) -> Any:

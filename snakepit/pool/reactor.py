@@ -4,6 +4,10 @@ Callbacks for readable descriptors and due timers run on the loop's thread; othe
 it work with :meth:`Reactor.submit`, which writes one byte to a self-pipe to wake the selector.
 All work runs under one lock -- also work submitted after the thread has stopped, which then
 runs inline in the submitting thread -- so the state the callbacks touch never sees two threads.
+:meth:`Reactor.defer` hands work over without taking any lock at all, for ``__del__`` methods.
+
+User code never runs under that lock: events emitted by the work (which reach ``on_event`` and
+log handlers) are held by the observer and delivered once a round of work has released it.
 """
 
 from __future__ import annotations
@@ -12,19 +16,27 @@ import heapq
 import itertools
 import logging
 import os
+import queue
 import selectors
 import threading
 import time
 from collections import deque
 from typing import Any, Callable
 
+from ..observe import Observer
+
 log = logging.getLogger("snakepit")
 
 Callback = Callable[..., Any]
 
 
+# The selector's wait is re-armed after this long at most: a far-off timer needs no huge timeout.
+_LONGEST_WAIT = 3600.0
+
+
 class Reactor:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, observer: Observer) -> None:
+        self.observer = observer
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -32,6 +44,7 @@ class Reactor:
         self._selector.register(self._wake_r, selectors.EVENT_READ, (self._drain_wakeups, ()))
         self._queue_lock = threading.Lock()
         self._commands: deque[tuple[Callback, tuple[Any, ...]]] = deque()
+        self._deferred: queue.SimpleQueue[tuple[Callback, tuple[Any, ...]]] = queue.SimpleQueue()
         self._running = False
         self.work_lock = threading.RLock()
         self._timers: list[tuple[float, int, Callback, tuple[Any, ...]]] = []
@@ -57,8 +70,16 @@ class Reactor:
                     except BlockingIOError:  # already awake
                         pass
                 return
-        with self.work_lock:
-            fn(*args)
+        self._locked(fn, args)
+
+    def defer(self, fn: Callback, *args: Any) -> None:
+        """:meth:`submit` without taking a lock: safe from ``__del__`` and from a thread that
+        holds any pool lock. Dropped if the loop has stopped (the pool is closed)."""
+        self._deferred.put((fn, args))  # SimpleQueue.put is reentrant
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:  # already awake (pipe full), or closed with the pool
+            pass
 
     def call_later(self, delay: float, fn: Callback, *args: Any) -> None:
         """Run ``fn(*args)`` on the loop's thread after ``delay`` seconds."""
@@ -100,31 +121,51 @@ class Reactor:
 
     def _run(self) -> None:
         while True:
-            timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
+            timeout = min(_LONGEST_WAIT, max(0.0, self._timers[0][0] - time.monotonic())) if self._timers else None
             ready = self._selector.select(timeout)
-            with self.work_lock:
-                for key, _ in ready:
-                    fn, args = key.data
-                    self._call(fn, args)
-                while True:
-                    with self._queue_lock:
-                        if not self._commands:
-                            break
-                        fn, args = self._commands.popleft()
-                    self._call(fn, args)
-                now = time.monotonic()
-                while self._timers and self._timers[0][0] <= now:
-                    _, _, fn, args = heapq.heappop(self._timers)
-                    self._call(fn, args)
-                if self.finished():
-                    break
+            self.observer.hold()
+            try:
+                with self.work_lock:
+                    done = self._round(ready)
+            finally:
+                self.observer.release()
+            if done:
+                break
         with self._queue_lock:
             self._running = False
             leftover = list(self._commands)
             self._commands.clear()
-        with self.work_lock:
-            for fn, args in leftover:
-                self._call(fn, args)
+        for fn, args in leftover:
+            self._locked(fn, args)
+
+    def _round(self, ready: list[tuple[selectors.SelectorKey, int]]) -> bool:
+        """One round of work (lock held); True when the loop may end."""
+        for key, _ in ready:
+            fn, args = key.data
+            self._call(fn, args)
+        while True:
+            with self._queue_lock:
+                if not self._commands:
+                    break
+                fn, args = self._commands.popleft()
+            self._call(fn, args)
+        while not self._deferred.empty():
+            fn, args = self._deferred.get_nowait()
+            self._call(fn, args)
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn, args = heapq.heappop(self._timers)
+            self._call(fn, args)
+        return self.finished()
+
+    def _locked(self, fn: Callback, args: tuple[Any, ...]) -> None:
+        """Work run inline, outside the loop's thread: under the lock, events held until after."""
+        self.observer.hold()
+        try:
+            with self.work_lock:
+                fn(*args)
+        finally:
+            self.observer.release()
 
     def _call(self, fn: Callback, args: tuple[Any, ...]) -> None:
         try:

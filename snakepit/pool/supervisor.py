@@ -72,8 +72,7 @@ class Supervisor(Reactor):
         recycle: RecyclePolicy,
         observer: Observer,
     ) -> None:
-        super().__init__("snakepit-supervisor")
-        self.observer = observer
+        super().__init__("snakepit-supervisor", observer)
         self._dispatcher = dispatcher
         self._launch = launch
         self._counters = counters
@@ -164,7 +163,7 @@ class Supervisor(Reactor):
                 continue
             call = handle.current_call if handle.current_call is not None else self._draining.get(handle.id)
             if call is not None:
-                handle.send_control(Cancel(call))
+                handle.send_control(Cancel([call]))
             self._ask_to_stop(handle)
 
     def _force_shutdown(self) -> None:
@@ -317,6 +316,12 @@ class Supervisor(Reactor):
                 worker_id=handle.id, pid=handle.pid, call_id=call_id,
             )
             self.terminate(handle)
+
+    def scrap(self, handle: WorkerHandle) -> None:
+        """Kill a worker whose pipe can no longer be read (an exception escaped a read of it,
+        losing bytes); it is replaced once it has exited, like any worker that dies."""
+        handle.killed_on_purpose = True
+        handle.kill()
 
     def terminate(self, handle: WorkerHandle) -> None:
         """SIGTERM now, SIGKILL after ``kill_grace`` if it is still there (a stopped process

@@ -27,6 +27,7 @@ import msgspec
 
 from ..protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
 from . import spill
+from .timing import poll_ms
 
 
 class WorkerState(enum.Enum):
@@ -69,10 +70,10 @@ def _write_until(fd: int, data: bytes | bytearray, deadline: float) -> None:
             try:
                 view = view[os.write(fd, view) :]
             except BlockingIOError:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                wait_ms = poll_ms(deadline)
+                if wait_ms == 0:
                     raise DeadlineExceeded() from None
-                poller.poll(max(1, int(remaining * 1000 + 0.999)))
+                poller.poll(wait_ms)
     finally:
         os.set_blocking(fd, True)
 
@@ -184,13 +185,9 @@ class WorkerHandle:
             messages = self.take(exited)
             if messages:
                 return messages
-            if deadline is None:
-                wait_ms = None
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceeded()
-                wait_ms = max(1, int(remaining * 1000 + 0.999))
+            wait_ms = poll_ms(deadline)
+            if wait_ms == 0:
+                raise DeadlineExceeded()
             exited = any(fd == self.pidfd for fd, _ in self._poller.poll(wait_ms))
 
     # -- process -------------------------------------------------------------------------------

@@ -1,12 +1,24 @@
 """What runs inside a worker process: one adapter instance, one call at a time.
 
 The main thread reads calls from the requests pipe and writes results and chunks to the responses
-pipe, directly, with no thread hand-off on the hot path. A control thread reads the control pipe so
-that a cancel reaches a running stream: the stream loop checks the cancelled call id between items
-and closes the generator (its ``finally`` runs) before the worker reads its next call.
+pipe, directly, with no thread hand-off on the hot path. A control thread reads the control pipe.
 
-The worker never outlives its owner: on Linux the kernel sends SIGKILL when the owner dies
-(``PR_SET_PDEATHSIG``), and on every OS end-of-file on the control pipe ends the process.
+Cancellation names calls exactly (``Cancel(ids)``). The ids a worker receives grow, so a cancel
+for a call not read yet (a map's queued batch) waits in ``_cancelled`` until the call arrives, and
+ids below the call being started are forgotten. A cancelled call stops
+
+* before its tool code runs, if the cancel came first;
+* between two chunks: the stream loop checks before it asks the generator for the next one;
+* inside the tool's own code: the control thread sends ``CANCEL_SIGNAL`` to the main thread,
+  whose handler raises :class:`~snakepit.CallCancelled` there, as Ctrl-C raises
+  ``KeyboardInterrupt``. It does so only while that very call's tool code runs (``_armed``):
+  never while a frame is being written, never into the next call. Python code and interruptible
+  waits (``time.sleep``, locks, sockets) stop at once and the tool's ``finally`` runs; code stuck
+  in C runs on until the owner kills the worker after ``cancel_grace``.
+
+Whatever a tool raises, ``SystemExit`` and ``KeyboardInterrupt`` included, is that call's error:
+the worker lives on. It never outlives its owner: on Linux the kernel sends SIGKILL when the owner
+dies (``PR_SET_PDEATHSIG``), and on every OS end-of-file on the control pipe ends the process.
 SIGINT is ignored: Ctrl-C in a terminal is the owner's to handle; the owner then shuts us down.
 """
 
@@ -24,7 +36,7 @@ import msgspec
 
 from .. import errors, protocol
 from ..adapter import BoundTool, discover_tools, import_by_path
-from ..errors import Reason
+from ..errors import CallCancelled, Reason
 from ..protocol import (
     Batch, BatchResult, Boot, Call, Cancel, Chunk, End, Failure, FrameReader, Ping, Pong, Ready,
     Result, Shutdown, StartFailed, ToWorker, decode_value, encode_value,
@@ -35,6 +47,9 @@ from .outbox import Outbox
 
 _SCALARS = protocol._SCALARS
 _plain = protocol._plain
+
+# A real-time signal: unlike SIGUSR1/2, libraries and tools hardly ever claim one.
+CANCEL_SIGNAL = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
 
 
 def _die_with_parent() -> None:
@@ -74,6 +89,30 @@ def _tool_exception(call_id: int, tool: str, exc: BaseException) -> Failure:
     )
 
 
+def _dumps(value: Any) -> bytes:
+    """Pickle a value the worker sends. Its own pickling code may raise anything (``SystemExit``
+    included): that is this value's ``serialization_error``, not the worker's end."""
+    try:
+        return protocol._fast_dumps(value)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _decode_args(value: Any) -> Any:
+    """A call's arguments as the tool gets them; unpickling code that raises is the caller's
+    ``serialization_error`` (decoding the owner's results keeps Ctrl-C a ``KeyboardInterrupt``)."""
+    try:
+        return decode_value(value)
+    except errors.SnakepitError:
+        raise
+    except BaseException as exc:
+        raise errors.validation(
+            Reason.SERIALIZATION_ERROR, f"cannot deserialize value: {type(exc).__name__}: {exc}"
+        ) from None
+
+
 class Worker:
     def __init__(self, requests: int, control: int, responses: int, events: int, spill: int) -> None:
         self._requests = requests
@@ -81,8 +120,10 @@ class Worker:
         self._responses = responses
         self._out = Outbox(responses, spill)
         self._events = Events(events)
-        # Cancel(n) cancels every call up to n: ids grow, and a worker may have calls queued.
-        self.cancelled = -1
+        self._cancelled: set[int] = set()  # ids told to cancel that may still run here
+        self._running: int | None = None  # the call or batch being run
+        self._armed = False  # the running call's tool code is executing: it may be interrupted
+        self._main = threading.get_ident()  # the thread that runs tools
         self._live_batch: tuple[int, list[Any]] | None = None  # the map batch running, see _run_batch
         self._tools: dict[str, BoundTool] = {}
         self._adapter: Any = None
@@ -94,7 +135,7 @@ class Worker:
 
     def _send_wire(self, build: Callable[[Any], Any], value: Any) -> None:
         """Send ``build(value on the wire)``. Raises ``serialization_error``."""
-        protocol.encode_with(lambda wire: self._send(build(wire)), value)
+        protocol.encode_with(lambda wire: self._send(build(wire)), value, dumps=_dumps)
 
     def _send_value(self, call_id: int, value: Any) -> None:
         try:
@@ -128,17 +169,26 @@ class Worker:
         self._reader = reader
 
     def serve(self) -> None:
+        signal.signal(CANCEL_SIGNAL, self._interrupt)
         threading.Thread(target=self._control_loop, name="snakepit-control", daemon=True).start()
         read = self._reader.read_blocking
+        cancelled = self._cancelled
         while True:
             message = read(self._requests)
             if message is None:  # the owner is gone
                 os._exit(0)
-            if type(message) is Call:
-                self._run(message)
-            elif type(message) is Batch:
-                self._run_batch(message)
-            elif type(message) is Shutdown:
+            kind = type(message)
+            if kind is Call or kind is Batch:
+                call_id = self._running = message.id
+                if cancelled:
+                    self._forget_before(call_id)
+                if kind is Call:
+                    self._run(message)
+                else:
+                    self._run_batch(message)
+                self._running = None
+                cancelled.discard(call_id)
+            elif kind is Shutdown:
                 break
         self._cleanup()
         self._out.flush()
@@ -148,6 +198,8 @@ class Worker:
             self._adapter.cleanup()
         except Exception:
             traceback.print_exc()
+
+    # -- cancellation --------------------------------------------------------------------------
 
     def _control_loop(self) -> None:
         reader = FrameReader(ToWorker)
@@ -159,16 +211,45 @@ class Worker:
             if message is None:  # the owner is gone: nobody will read what we produce
                 os._exit(0)
             if type(message) is Cancel:
-                self.cancelled = message.id
+                ids = message.ids
+                self._cancelled.update(ids)
                 batch = self._live_batch
-                if batch is not None and batch[0] <= message.id:
+                if batch is not None and batch[0] in ids:
                     batch[1].clear()  # stops the batch's iteration before its next item
+                if self._running in ids:
+                    signal.pthread_kill(self._main, CANCEL_SIGNAL)
             elif type(message) is Ping:
                 self._events.send(Pong(message.seq), essential=True)
+
+    def _forget_before(self, call_id: int) -> None:
+        """Cancels of calls older than ``call_id`` came after those calls ended: drop them."""
+        for stale in [i for i in list(self._cancelled) if i < call_id]:  # list(): one atomic copy
+            self._cancelled.discard(stale)
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        """``CANCEL_SIGNAL``, on the main thread: stop the running tool if its call is cancelled."""
+        if self._armed and self._running in self._cancelled:
+            self._stop()
+
+    def _stop(self) -> None:
+        """Raise ``CallCancelled`` into the running tool, once: its ``finally`` is not interrupted."""
+        self._armed = False
+        raise CallCancelled()
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``: tool code, which a cancel of the running call interrupts."""
+        self._armed = True
+        try:
+            if self._running in self._cancelled:
+                self._stop()
+            return fn(*args)
+        finally:
+            self._armed = False
 
     # -- calls ---------------------------------------------------------------------------------
 
     def _run(self, call: Call) -> None:
+        call_id = call.id
         tool = self._tools.get(call.tool)
         try:
             if tool is None:
@@ -177,96 +258,97 @@ class Worker:
                 raise errors.validation(
                     Reason.NOT_STREAMING, f"tool {call.tool!r} does not support streaming", tool=call.tool
                 )
-            bound = tool.convert(decode_value(call.args))
+            bound = tool.convert(_decode_args(call.args))
         except errors.SnakepitError as exc:
-            self._send(protocol.failure(call.id, exc))
-            return
-        try:
-            out = tool.call(bound)
-        except Exception as exc:
-            self._send(_tool_exception(call.id, call.tool, exc))
+            self._send(protocol.failure(call_id, exc))
             return
         if call.stream:
-            self._stream(call, out)
-        elif tool.spec.supports_streaming or tool.is_generator:
-            self._collect(call, out)
-        else:
-            self._send_value(call.id, out)
-
-    def _stream(self, call: Call, out: Any) -> None:
-        call_id = call.id
-        chunk = self._out.chunk_writer(call_id)
-        cancelled = False
+            self._stream(call_id, call.tool, tool, bound)
+            return
         try:
-            items = iter(out)
-        except TypeError as exc:
+            if tool.spec.supports_streaming or tool.is_generator:  # execute on a stream: every chunk
+                out = self._guarded(self._gather, call_id, tool.call(bound))
+            else:
+                out = self._guarded(tool.call, bound)
+        except CallCancelled:
+            self._send(End(call_id, True))
+            return
+        except BaseException as exc:
             self._send(_tool_exception(call_id, call.tool, exc))
             return
+        self._send_value(call_id, out)
+
+    def _stream(self, call_id: int, name: str, tool: BoundTool, bound: Any) -> None:
+        """Send each chunk as it is yielded; tool code runs armed, chunk writes do not."""
+        chunk = self._out.chunk_writer(call_id)
+        cancelled_ids = self._cancelled
         scalars, plain, pickled = _SCALARS, _plain, protocol.pickled
+        items: Any = None
+        cancelled = False
+        ending: Failure | None = None
         try:
-            for item in items:
-                if self.cancelled >= call_id:
-                    cancelled = True
-                    break
-                kind = type(item)
-                if kind is StreamChunk:
-                    if item.is_final or item.metadata is not None:
-                        self._special_chunk(call_id, item)
-                        if item.is_final:
-                            break
-                        continue
-                    item = item.data
+            try:
+                items = self._guarded(_iterate, tool, bound)
+                # Armed from here to each yield; disarmed while a chunk is written. A cancel is
+                # looked for after arming: either the signal finds the tool armed, or this check
+                # finds the cancel (the control thread records it before signalling).
+                self._armed = True
+                if call_id in cancelled_ids:
+                    self._stop()
+                for item in items:
+                    self._armed = False
                     kind = type(item)
-                if kind not in scalars and not plain(item):
-                    item = pickled(item)
-                try:
-                    chunk(item)
-                except protocol.REFUSED:  # e.g. an int beyond 64 bits: msgpack cannot hold it, pickle can
-                    chunk(pickled(item))
-        except errors.SnakepitError as exc:
-            self._end_with(call_id, items, protocol.failure(call_id, exc))
-            return
-        except Exception as exc:
-            self._end_with(call_id, items, _tool_exception(call_id, call.tool, exc))
-            return
+                    if kind is StreamChunk:
+                        if item.is_final or item.metadata is not None:
+                            self._special_chunk(call_id, item)
+                            if item.is_final:
+                                break
+                            self._armed = True
+                            if call_id in cancelled_ids:
+                                self._stop()
+                            continue
+                        item = item.data
+                        kind = type(item)
+                    if kind not in scalars and not plain(item):
+                        item = pickled(item, _dumps)
+                    try:
+                        chunk(item)
+                    except protocol.REFUSED:  # e.g. an int beyond 64 bits: msgpack cannot hold it, pickle can
+                        chunk(pickled(item, _dumps))
+                    self._armed = True
+                    if call_id in cancelled_ids:
+                        self._stop()
+            finally:
+                self._armed = False
+        except CallCancelled:
+            cancelled = True
+        except errors.SnakepitError as exc:  # a chunk that cannot be serialized
+            ending = protocol.failure(call_id, exc)
+        except BaseException as exc:
+            ending = _tool_exception(call_id, name, exc)
         try:
             _close(items)
-        except Exception as exc:  # the generator's finally raised
-            self._send(_tool_exception(call_id, call.tool, exc))
-            return
-        self._send(End(call_id, cancelled))
+        except BaseException as exc:  # the generator's finally raised
+            if ending is None:
+                ending = _tool_exception(call_id, name, exc)
+        self._send(ending if ending is not None else End(call_id, cancelled))
 
     def _special_chunk(self, call_id: int, item: StreamChunk) -> None:
         """A chunk with a final flag or metadata travels as a ``Chunk`` of its own."""
-        metadata = None if item.metadata is None else encode_value(item.metadata)
+        metadata = None if item.metadata is None else encode_value(item.metadata, _dumps)
         try:
-            self._send(Chunk(call_id, encode_value(item.data), item.is_final, metadata))
+            self._send(Chunk(call_id, encode_value(item.data, _dumps), item.is_final, metadata))
         except protocol.REFUSED:
-            self._send(Chunk(call_id, protocol.pickled(item.data), item.is_final, protocol.pickled(item.metadata)))
-
-    def _end_with(self, call_id: int, items: Any, failure: Failure) -> None:
-        try:
-            _close(items)
-        except Exception:  # the stream already failed; that failure is the one to report
-            pass
-        self._send(failure)
-
-    def _collect(self, call: Call, out: Any) -> None:
-        """``execute`` on a streaming tool: the list of every chunk's data."""
-        try:
-            collected = self._gather(call.id, out)
-        except Exception as exc:
-            self._send(_tool_exception(call.id, call.tool, exc))
-            return
-        self._send_value(call.id, collected)
+            self._send(Chunk(call_id, protocol.pickled(item.data, _dumps), item.is_final, protocol.pickled(item.metadata, _dumps)))
 
     def _gather(self, call_id: int, out: Any) -> list[Any]:
+        """Every chunk's data of a streaming tool's output (runs armed: it is tool code)."""
         items = iter(out)
         collected = []
         try:
             for item in items:
-                if self.cancelled >= call_id:
-                    break
+                if call_id in self._cancelled:
+                    self._stop()
                 if type(item) is StreamChunk:
                     collected.append(item.data)
                     if item.is_final:
@@ -300,17 +382,21 @@ class Worker:
         # task) over ``live``, a copy the control thread empties on Cancel: the list iterator
         # stops before the next item. An exception ends the iteration, and so does a
         # StopIteration escaping the tool (as if the items had run out); either way
-        # ``len(values)`` names the item, and the iteration resumes after it.
+        # ``len(values)`` names the item, and the iteration resumes after it. The whole loop is
+        # tool code: a cancel interrupts the item running.
         live = list(items)
         self._live_batch = (batch.id, live)
-        if self.cancelled >= batch.id:
+        if batch.id in self._cancelled:
             live.clear()
         pending = iter(live)
         try:
+            self._armed = True
             while True:
                 try:
                     values.extend(run(pending))
-                except Exception as exc:
+                except CallCancelled:
+                    raise
+                except BaseException as exc:
                     failed, error = len(values), exc
                 else:
                     failed = len(values)
@@ -321,7 +407,10 @@ class Worker:
                 failures.append(_batch_failure(batch, failed, items[failed], error))
                 pending = iter(live)
                 pending.__setstate__(failed + 1)
+        except CallCancelled:
+            pass  # the items after the last value never ran
         finally:
+            self._armed = False
             self._live_batch = None
         self._send_batch_result(batch.id, values, failures)
 
@@ -333,7 +422,7 @@ class Worker:
             encoded: list[Any] = []
             for index, value in enumerate(values):
                 try:
-                    encoded.append(protocol.pickled(value))
+                    encoded.append(protocol.pickled(value, _dumps))
                 except errors.SnakepitError as exc:
                     encoded.append(None)
                     failures.append([index, exc.category, exc.reason, exc.message, exc.details, None])
@@ -341,10 +430,15 @@ class Worker:
             self._send(BatchResult(call_id, encoded, failures, one_by_one=True))
 
 
+def _iterate(tool: BoundTool, bound: Any) -> Iterator[Any]:
+    """Call a streaming tool and start iterating what it returned."""
+    return iter(tool.call(bound))
+
+
 _generic = msgspec.msgpack.Decoder()
 
 
-def _batch_failure(batch: Batch, index: int, bound: Any, exc: Exception) -> list[Any]:
+def _batch_failure(batch: Batch, index: int, bound: Any, exc: BaseException) -> list[Any]:
     """The failure entry of item ``index``: its invalid arguments, or what the tool raised."""
     error = bound if isinstance(bound, errors.SnakepitError) else exc
     if not isinstance(error, errors.SnakepitError):
@@ -353,11 +447,11 @@ def _batch_failure(batch: Batch, index: int, bound: Any, exc: Exception) -> list
 
 
 def _decode_items(encoded: Any) -> Any:
-    return decode_value(_generic.decode(encoded))
+    return _decode_args(_generic.decode(encoded))
 
 
 def _close(items: Any) -> None:
-    close = getattr(items, "close", None)
+    close = getattr(items, "close", None) if items is not None else None
     if close is not None:
         close()
 

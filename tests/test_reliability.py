@@ -1,0 +1,355 @@
+"""Defects a red-team pass found, each kept as a test that fails without its fix: lost results,
+deadlocks, workers lost for good, deep values, stream deadlines, and the smaller ones."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from helpers import Faulty, Toolbox, wait_for
+
+from snakepit import Pool, SnakepitError
+
+
+def _deep(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def _depth(value: list) -> int:
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        value = value[0] if value else None
+    return depth
+
+
+# -- 1. a cancel names exactly the calls it cancels -----------------------------------------------
+
+
+def test_breaking_out_of_a_map_cancels_only_the_maps_own_batches():
+    """Calls that waited while a map held the only worker, and drew their ids before the map's
+    later batches, were taken for cancelled by the map's cancel: an empty result, a false
+    pool_closed."""
+    with Pool(Toolbox, size=1) as pool, ThreadPoolExecutor(2) as callers:
+        results = pool.map("sleep", ({"seconds": 0.05} for _ in range(1000)), chunksize=1)
+        next(results)  # the map holds the worker
+        execute = callers.submit(pool.execute, "count", {"n": 3})
+        stream = callers.submit(lambda: list(pool.stream("count", {"n": 3})))
+        wait_for(lambda: pool.stats()["waiting"] == 2)
+        for _ in range(3):  # newer batches go out while both calls wait
+            next(results)
+        results.close()  # break: the map cancels what it has queued
+        expected = [{"number": i, "is_last": i == 2} for i in range(3)]
+        assert execute.result(timeout=10) == expected
+        assert stream.result(timeout=10) == expected
+
+
+def test_many_threads_with_early_map_breaks_lose_no_result():
+    with Pool(Toolbox, size=1) as pool:
+        stop = time.monotonic() + 3.0
+        failures: list[object] = []
+        done = [0]
+
+        def call(kind: str) -> None:
+            while time.monotonic() < stop:
+                try:
+                    got = pool.execute("count", {"n": 3}) if kind == "execute" else list(pool.stream("count", {"n": 3}))
+                except SnakepitError as exc:
+                    if exc.reason != "queue_timeout":
+                        failures.append(exc)
+                    continue
+                if len(got) != 3:
+                    failures.append(got)
+                done[0] += 1
+
+        def mapper() -> None:
+            while time.monotonic() < stop:
+                for i, _ in enumerate(pool.map("add", ({"a": i} for i in range(1000)), chunksize=1)):
+                    if i == 3:
+                        break
+
+        threads = [threading.Thread(target=call, args=(kind,)) for kind in ("execute", "stream") * 3]
+        threads += [threading.Thread(target=mapper) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not failures, failures[:5]
+        assert done[0] > 50
+
+
+# -- 2. no user code under a pool lock --------------------------------------------------------------
+
+
+def test_an_event_callback_reading_stats_deadlocks_nothing():
+    """A metrics exporter's on_event reads pool.stats(); the events raised while a call waits
+    (queue_timeout, pool_saturated, a timeout in the queue) once ran under the dispatcher's lock."""
+    seen: list[tuple[str, int]] = []
+    pool = Pool(Toolbox, size=1, max_queue=1, queue_timeout=0.3, on_event=lambda event: seen.append((event["event"], pool.stats()["workers"])))
+
+    def scenario() -> None:
+        with pool:
+            with ThreadPoolExecutor(3) as callers:
+                busy = callers.submit(pool.execute, "sleep", {"seconds": 1.5})
+                wait_for(lambda: pool.stats()["busy"] == 1)
+                waiting = callers.submit(pool.execute, "add", {"a": 1})  # waits, then queue_timeout
+                wait_for(lambda: pool.stats()["waiting"] == 1)
+                with pytest.raises(SnakepitError) as saturated:
+                    pool.execute("add", {"a": 1})
+                assert saturated.value.reason == "pool_saturated"
+                with pytest.raises(SnakepitError) as queued:
+                    waiting.result(timeout=10)
+                assert queued.value.reason == "queue_timeout"
+                with pytest.raises(SnakepitError) as timed_out:
+                    pool.execute("add", {"a": 1}, timeout=0.1)  # times out while waiting
+                assert timed_out.value.reason == "timeout"
+                assert busy.result(timeout=10) == 1.5
+
+    runner = threading.Thread(target=scenario, daemon=True)
+    runner.start()
+    runner.join(timeout=20)
+    assert not runner.is_alive(), "deadlocked"
+    assert {"pool_saturated", "queue_timeout", "timeout"} <= {name for name, _ in seen}
+    assert all(workers == 1 for name, workers in seen if name in {"pool_saturated", "queue_timeout", "timeout"})
+
+
+def test_on_event_is_a_pool_option_whose_callback_may_call_the_pool():
+    seen: list[int] = []
+    holder: list[Pool] = []
+    with Pool(Toolbox, size=1, on_event=lambda event: seen.append(holder[0].stats()["size"]) if holder else None) as pool:
+        holder.append(pool)
+        os.kill(pool.execute("state")["pid"], signal.SIGKILL)  # worker_exit, worker_restart... on the supervisor thread
+        wait_for(lambda: pool.stats()["restarts"] == 1 and pool.stats()["workers"] == 1)
+        wait_for(lambda: len(seen) >= 3)
+    assert set(seen) == {1}
+
+
+def test_a_stream_dropped_during_a_collection_inside_a_pool_call_does_not_deadlock():
+    """``Stream.__del__`` ran the cancel inline, taking the dispatcher's lock: a collection that
+    happens while this thread holds it (inside a checkout) deadlocked. It is handed over now."""
+    import gc
+
+    with Pool(Toolbox, size=2) as pool:
+        lock = pool._dispatcher.lock
+
+        class Cycle:
+            pass
+
+        def run() -> None:
+            stream = pool.stream("guarded", {"delay": 0.01})
+            next(stream)
+            cycle = Cycle()
+            cycle.self, cycle.stream = cycle, stream  # collected only by the cyclic collector
+            del stream, cycle
+            with lock:  # as a checkout would hold it when the collector runs
+                gc.collect()
+
+        runner = threading.Thread(target=run, daemon=True)
+        runner.start()
+        runner.join(timeout=10)
+        assert not runner.is_alive(), "deadlocked"
+        wait_for(lambda: pool.stats()["available"] == 2)  # the stream was cancelled and drained
+        assert pool.execute("state")["closed_streams"] in (0, 1)
+
+
+# -- 3. whatever interrupts a call, its worker comes back --------------------------------------------
+
+
+def _interrupt_main_after(seconds: float) -> threading.Timer:
+    """Ctrl-C for this (the main) thread: a real SIGINT, which also interrupts a blocking wait."""
+    main = threading.main_thread().ident
+    timer = threading.Timer(seconds, signal.pthread_kill, args=(main, signal.SIGINT))
+    timer.start()
+    return timer
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
+def test_ctrl_c_while_a_call_runs_gives_the_worker_back():
+    with Pool(Faulty, size=1, queue_timeout=2.0) as pool:
+        worker = pool.execute("pid")
+        _interrupt_main_after(0.3)
+        with pytest.raises(KeyboardInterrupt):
+            pool.execute("blocked", {"how": "sleep", "seconds": 30})
+        assert pool.execute("counters") == {"pid": worker, "finished_calls": 1, "closed_streams": 0}
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
+def test_ctrl_c_while_waiting_for_a_worker_withdraws_the_ticket():
+    with Pool(Faulty, size=1, queue_timeout=5.0) as pool, ThreadPoolExecutor(1) as other:
+        busy = other.submit(pool.execute, "sleep", {"seconds": 0.8})
+        wait_for(lambda: pool.stats()["busy"] == 1)
+        _interrupt_main_after(0.2)
+        with pytest.raises(KeyboardInterrupt):
+            pool.execute("pid")
+        assert pool.stats()["waiting"] == 0
+        busy.result(timeout=10)
+        assert pool.execute("pid", timeout=3) > 0  # the withdrawn ticket did not take the worker
+        assert pool.stats()["available"] == 1
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
+def test_ctrl_c_while_iterating_a_stream_gives_the_worker_back():
+    with Pool(Faulty, size=1, queue_timeout=2.0) as pool:
+        worker = pool.execute("pid")
+        stream = pool.stream("blocked_stream", {"seconds": 30})
+        assert next(stream) == 0
+        _interrupt_main_after(0.3)
+        with pytest.raises(KeyboardInterrupt):
+            next(stream)
+        assert pool.execute("counters") == {"pid": worker, "finished_calls": 0, "closed_streams": 1}
+
+
+@pytest.mark.parametrize("timeout", [math.inf, 1e300, 10**400, threading.TIMEOUT_MAX, 3e6])
+def test_huge_timeouts_mean_no_limit(timeout, pool):
+    assert pool.execute("add", {"a": 1}, timeout=timeout) == 2
+    assert list(pool.stream("count", {"n": 2}, timeout=timeout))[-1]["is_last"]
+    assert list(pool.map("add", [{"a": 1}], timeout=timeout)) == [2]
+    assert asyncio.run(pool.aexecute("add", {"a": 1}, timeout=timeout)) == 2
+
+
+@pytest.mark.parametrize("timeout", [math.nan, 0, -1, -math.inf, "1", True])
+def test_nan_zero_and_negative_timeouts_are_invalid_arguments(timeout, pool):
+    calls = [
+        lambda: pool.execute("add", {"a": 1}, timeout=timeout),
+        lambda: pool.stream("count", {"n": 1}, timeout=timeout),
+        lambda: pool.map("add", [{"a": 1}], timeout=timeout),
+        lambda: asyncio.run(pool.aexecute("add", {"a": 1}, timeout=timeout)),
+    ]
+    for call in calls:
+        with pytest.raises(SnakepitError) as info:
+            call()
+        assert (info.value.category, info.value.reason) == ("validation", "invalid_arguments")
+    assert pool.execute("add", {"a": 1}) == 2 and pool.stats()["available"] == 2
+
+
+def test_a_pool_without_limits():
+    with Pool(Toolbox, size=1, timeout=None, queue_timeout=math.inf) as pool:
+        assert pool.execute("add", {"a": 1}) == 2
+        assert list(pool.map("add", [{"a": 1}])) == [2]
+
+
+MEMORY_ERROR_OWNER = textwrap.dedent(
+    """
+    import resource, sys
+    sys.path.insert(0, "tests")
+    from helpers import Toolbox
+    from snakepit import Pool
+
+    with Pool(Toolbox, size=1, queue_timeout=30) as pool:
+        worker = pool.execute("state")["pid"]
+        with open("/proc/self/status") as status:
+            vm = next(int(line.split()[1]) << 10 for line in status if line.startswith("VmSize:"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (200 << 20), hard))
+        try:
+            pool.execute("big", {"size": 400 << 20})
+        except MemoryError:
+            print("MemoryError")
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        print(pool.execute("add", {"a": 1}), pool.execute("state")["pid"] != worker, flush=True)
+    """
+)
+
+
+def test_a_memory_error_receiving_a_big_result_replaces_the_worker():
+    """The frame was half read when the owner ran out of memory: that worker's pipe cannot be
+    read on, so it is replaced, and the pool keeps its size."""
+    owner = subprocess.run([sys.executable, "-c", MEMORY_ERROR_OWNER], capture_output=True, text=True, timeout=60)
+    assert owner.stdout.split() == ["MemoryError", "2", "True"], owner.stderr[-2000:]
+
+
+# -- 4. deep values -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [300, 400])
+def test_deep_values_travel_both_ways(depth, single_pool):
+    worker = single_pool.execute("state")["pid"]
+    value = _deep(depth)
+    assert _depth(single_pool.execute("echo", {"value": value})) == depth
+    assert _depth(next(iter(single_pool.stream("stream_values", {"values": [value]})))) == depth
+    assert [_depth(v) for v in single_pool.map("echo", [{"value": value}] * 3)] == [depth] * 3
+    assert single_pool.execute("state")["pid"] == worker
+
+
+def test_values_too_deep_for_any_encoding_are_serialization_errors(single_pool):
+    worker = single_pool.execute("state")["pid"]
+    with pytest.raises(SnakepitError) as info:  # as an argument
+        single_pool.execute("echo", {"value": _deep(5000)})
+    assert info.value.reason == "serialization_error"
+    with pytest.raises(SnakepitError) as info:  # as a result
+        single_pool.execute("deep", {"depth": 5000})
+    assert (info.value.category, info.value.reason) == ("validation", "serialization_error")
+    with pytest.raises(SnakepitError) as info:  # as a chunk
+        list(single_pool.stream("deep_chunks", {"depth": 5000}))
+    assert info.value.reason == "serialization_error"
+    assert single_pool.execute("state")["pid"] == worker and single_pool.stats()["restarts"] == 0
+
+
+# -- 5. a stream's deadline holds while chunks keep coming ---------------------------------------------
+
+
+def test_a_stream_read_slowly_times_out_at_its_deadline():
+    with Pool(Faulty, size=1) as pool:
+        worker = pool.execute("pid")
+        started = time.monotonic()
+        received = 0
+        with pytest.raises(SnakepitError) as info:
+            for _ in pool.stream("guarded", {"delay": 0.001}, timeout=1.0):
+                received += 1
+                time.sleep(0.002)  # a little slower than the generator
+        elapsed = time.monotonic() - started
+        assert info.value.reason == "timeout" and received > 10
+        assert 1.0 <= elapsed < 2.0
+        assert pool.execute("closed") == 1 and pool.execute("pid") == worker
+
+
+def test_execute_stream_with_a_slow_callback_times_out_instead_of_the_next_chunk():
+    with Pool(Faulty, size=1) as pool:
+        delivered = []
+        started = time.monotonic()
+        with pytest.raises(SnakepitError) as info:
+            pool.execute_stream("count", {"n": 10}, lambda chunk: (delivered.append(chunk), time.sleep(0.4)), timeout=1.0)
+        elapsed = time.monotonic() - started
+        assert info.value.reason == "timeout"
+        assert len(delivered) == 3 and elapsed < 2.0  # chunks at 0, 0.4 and 0.8 s; the fourth is past 1 s
+
+
+def test_an_async_stream_read_slowly_times_out_at_its_deadline():
+    with Pool(Faulty, size=1) as pool:
+
+        async def main() -> int:
+            received = 0
+            with pytest.raises(SnakepitError) as info:
+                async for _ in pool.astream("guarded", {"delay": 0.001}, timeout=1.0):
+                    received += 1
+                    await asyncio.sleep(0.002)
+            assert info.value.reason == "timeout"
+            return received
+
+        started = time.monotonic()
+        assert asyncio.run(main()) > 10
+        assert time.monotonic() - started < 2.0
+        assert pool.execute("closed") == 1
+
+
+# -- 9. smaller ------------------------------------------------------------------------------------------
+
+
+def test_map_batch_timeouts_count_in_stats():
+    with Pool(Faulty, size=1, cancel_grace=5.0) as pool:
+        errors = list(pool.map("blocked", [{"how": "sleep"}] * 3, chunksize=3, timeout=0.3, return_exceptions=True))
+        assert [error.reason for error in errors] == ["timeout"] * 3
+        assert pool.stats()["timeouts"] == 3
