@@ -435,3 +435,14 @@ class BreaksOnRestart(BaseAdapter):
     @tool
     def pid(self) -> int:
         return os.getpid()
+
+
+class SlowStart(BaseAdapter):
+    """``initialize`` takes far longer than any start_timeout a test sets."""
+
+    def initialize(self) -> None:
+        time.sleep(30)
+
+    @tool
+    def noop(self) -> None:
+        return None

@@ -345,6 +345,17 @@ def test_an_async_stream_read_slowly_times_out_at_its_deadline():
         assert pool.execute("closed") == 1
 
 
+# -- 8. start() fails promptly ----------------------------------------------------------------------
+
+
+def test_start_fails_within_start_timeout_plus_a_second():
+    started = time.monotonic()
+    with pytest.raises(SnakepitError) as info:
+        Pool("helpers:SlowStart", size=2, start_timeout=0.5, shutdown_timeout=5.0).start()
+    assert info.value.reason == "worker_start_failed" and "start_timeout" in info.value.message
+    assert time.monotonic() - started < 1.5 + 1.0  # promised: start_timeout + 1 s; slack for CI
+
+
 # -- 9. smaller ------------------------------------------------------------------------------------------
 
 

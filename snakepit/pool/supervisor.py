@@ -126,6 +126,8 @@ class Supervisor(Reactor):
 
     def shutdown(self) -> None:
         """Stop every worker: gracefully (cleanup runs) within ``shutdown_timeout``, then by force.
+        Workers still starting (inside ``initialize()``) are killed at once: a failed ``start()``
+        must not wait for them.
 
         The supervisor thread sees the shutdown through: it spawned the workers, and on Linux
         they are killed (``PR_SET_PDEATHSIG``) the moment it exits, cleanup or not.
@@ -160,6 +162,10 @@ class Supervisor(Reactor):
         self.later(self._shutdown_timeout, self._force_shutdown)
         for handle in list(self.handles.values()):
             if handle.exit_info is not None:
+                continue
+            if handle.state is WorkerState.STARTING:  # inside initialize(): it would read Shutdown only after
+                handle.killed_on_purpose = True
+                handle.kill()
                 continue
             call = handle.current_call if handle.current_call is not None else self._draining.get(handle.id)
             if call is not None:
