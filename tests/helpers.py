@@ -238,6 +238,14 @@ class Toolbox(BaseAdapter):
         return b"x" * size
 
     @tool
+    def big_then_small(self, size: int, small: int = 1000, delay: float = 0.001):
+        """One big chunk, then a long tail of small ones: a stream that goes on after a big value."""
+        yield b"x" * size
+        for i in range(small):
+            time.sleep(delay)
+            yield i
+
+    @tool
     def huge_int(self) -> int:
         return 2**100
 

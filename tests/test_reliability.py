@@ -345,6 +345,46 @@ def test_an_async_stream_read_slowly_times_out_at_its_deadline():
         assert pool.execute("closed") == 1
 
 
+# -- 7. a big value's memory is given back -----------------------------------------------------------
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / (1 << 20)
+
+
+def test_after_a_big_value_worker_and_owner_give_the_memory_back():
+    import gc
+
+    big = 256 << 20  # the finding was with 500 MB; without the fix a worker keeps all of it
+    with Pool(Toolbox, size=1) as pool:
+        worker = pool.execute("state")["pid"]
+        pool.execute("add", {"a": 1})
+        gc.collect()
+        before = _rss_mb(worker), _rss_mb(os.getpid())
+
+        assert len(pool.execute("big", {"size": big})) == big  # a big result
+        pool.execute("add", {"a": 1})
+        gc.collect()
+        assert _rss_mb(worker) < before[0] + 50 and _rss_mb(os.getpid()) < before[1] + 50
+
+        assert pool.execute("echo", {"value": b"y" * 16}) == b"y" * 16
+        assert len(pool.execute("echo", {"value": bytes(big)})) == big  # a big argument (and result)
+        pool.execute("add", {"a": 1})
+        gc.collect()
+        assert _rss_mb(worker) < before[0] + 50 and _rss_mb(os.getpid()) < before[1] + 50
+
+        stream = pool.stream("big_then_small", {"size": big, "small": 100_000})
+        assert len(next(stream)) == big  # a big chunk, then the stream goes on
+        for _ in range(200):
+            next(stream)
+        gc.collect()
+        assert _rss_mb(worker) < before[0] + 50 and _rss_mb(os.getpid()) < before[1] + 50
+        stream.close()
+        assert pool.execute("state")["pid"] == worker
+
+
 # -- 8. start() fails promptly ----------------------------------------------------------------------
 
 

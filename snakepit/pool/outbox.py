@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from ..protocol import HEADER, Chunk, Chunks, FrameWriter
+from ..protocol import HEADER, KEEP_BUFFER, Chunk, Chunks, FrameWriter
 from .spill import SpillWriter
 
 _COALESCE = 50e-6
@@ -77,6 +77,7 @@ class Outbox:
         data_area, header, capacity = spill.data, spill.header, spill.capacity
 
         def send_chunk(data: Any) -> None:
+            nonlocal item, frame
             encode_into(data, item, 0)
             acquire()  # not ``with lock``: the context-manager protocol doubles the lock's cost
             try:
@@ -95,7 +96,7 @@ class Outbox:
                     spill.add(item)
                     return
                 now = monotonic()
-                if now - self._last_direct < _COALESCE:
+                if now - self._last_direct < _COALESCE and len(item) + 64 <= capacity:
                     spill.start(self._sent)
                     spill.open_batch(call_id, batch_prefix)
                     spill.add(item)
@@ -108,6 +109,9 @@ class Outbox:
             frame.extend(_TAIL)
             pack_header(frame, 0, len(frame) - HEADER.size)
             self._write_direct(frame)
+            if len(frame) > KEEP_BUFFER:  # a big chunk: do not keep its size for the rest of the stream
+                frame = bytearray(frame[:frame_start])
+                item = bytearray()
 
         return send_chunk
 
