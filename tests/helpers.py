@@ -57,6 +57,16 @@ def _refuse():
     raise RuntimeError("this object refuses to be unpickled")
 
 
+def _stuck_in_c(seconds: int) -> None:
+    """What a cancel cannot interrupt: C code that holds the GIL and does not return to Python
+    when a signal interrupts it (it masks signals, or retries its system call)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - {signal.SIGTERM})
+    try:
+        ctypes.PyDLL(None).sleep(seconds)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signal.valid_signals())
+
+
 class Toolbox(BaseAdapter):
     """A bit of everything, for exercising the pool against real workers."""
 
@@ -301,7 +311,7 @@ class Faulty(BaseAdapter):
     @tool
     def c_sleep(self, seconds: int = 60) -> None:
         """Stuck in C code holding the GIL (PyDLL keeps it during the call)."""
-        ctypes.PyDLL(None).sleep(seconds)
+        _stuck_in_c(seconds)
 
     @tool
     def sleep(self, seconds: float) -> float:
@@ -342,7 +352,7 @@ class Faulty(BaseAdapter):
         cancel grace: nothing can interrupt it."""
         try:
             yield 0
-            ctypes.PyDLL(None).sleep(block)
+            _stuck_in_c(block)
             yield 1
         finally:
             self.closed_streams += 1
@@ -454,3 +464,45 @@ class SlowStart(BaseAdapter):
     @tool
     def noop(self) -> None:
         return None
+
+
+class Spawner(BaseAdapter):
+    """Tools that leave processes behind, the ways real tools do."""
+
+    @tool
+    def spawn(self, how: str = "popen", then: str = "return") -> int:
+        """Start a long ``sleep`` (``popen``; ``session``: in a session of its own; ``fork``; ``daemon``:
+        a double fork, so it is re-parented at once), then return its pid, or exit, or hang in C."""
+        import subprocess
+
+        if how == "popen":
+            pid = subprocess.Popen(["sleep", "300"]).pid
+        elif how == "session":
+            pid = subprocess.Popen(["sleep", "300"], start_new_session=True).pid
+        elif how == "fork":
+            pid = os.fork()
+            if pid == 0:
+                os.execvp("sleep", ["sleep", "300"])
+        else:
+            read, write = os.pipe()
+            middle = os.fork()
+            if middle == 0:
+                if os.fork() == 0:
+                    os.write(write, str(os.getpid()).encode())
+                    os.execvp("sleep", ["sleep", "300"])
+                os._exit(0)
+            os.waitpid(middle, 0)
+            pid = int(os.read(read, 32))
+        if then == "exit":
+            with open(os.environ["SNAKEPIT_TEST_SPAWNED"], "a") as record:
+                record.write(f"{pid}\n")
+            os._exit(4)
+        if then == "c_sleep":
+            with open(os.environ["SNAKEPIT_TEST_SPAWNED"], "a") as record:
+                record.write(f"{pid}\n")
+            _stuck_in_c(60)
+        return pid
+
+    @tool
+    def pid(self) -> int:
+        return os.getpid()

@@ -345,6 +345,116 @@ def test_an_async_stream_read_slowly_times_out_at_its_deadline():
         assert pool.execute("closed") == 1
 
 
+# -- 6. what a tool starts ends with its worker ----------------------------------------------------
+
+SPAWNS = ["popen", "session", "fork", "daemon"]
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _spawned(record) -> list[int]:
+    return [int(line) for line in record.read_text().split()] if record.exists() else []
+
+
+def _reap_strays(pids: list[int]) -> None:
+    """Kill what a failing test left behind (init reaps them: they are not our children)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("end", ["close", "recycle"])
+def test_processes_a_tool_started_end_when_its_worker_shuts_down(end):
+    pids: list[int] = []
+    try:
+        # max_requests: the worker is recycled after the call that follows the spawns
+        with Pool("helpers:Spawner", size=1, max_requests=len(SPAWNS) + 2 if end == "recycle" else None) as pool:
+            worker = pool.execute("pid")
+            pids = [pool.execute("spawn", {"how": how}) for how in SPAWNS]
+            assert all(_alive(pid) for pid in pids)
+            if end == "recycle":
+                assert pool.execute("pid") == worker
+                assert pool.execute("pid") != worker
+                wait_for(lambda: not any(_alive(pid) for pid in pids))
+        wait_for(lambda: not any(_alive(pid) for pid in pids))  # even one in a session of its own
+    finally:
+        _reap_strays(pids)
+
+
+@pytest.mark.parametrize("how", SPAWNS)
+def test_processes_a_tool_started_end_when_its_worker_is_killed_for_a_timeout(how, tmp_path, monkeypatch):
+    record = tmp_path / "spawned"
+    monkeypatch.setenv("SNAKEPIT_TEST_SPAWNED", str(record))
+    try:
+        with Pool("helpers:Spawner", size=1, cancel_grace=0.3, kill_grace=0.3) as pool:
+            with pytest.raises(SnakepitError) as info:
+                pool.execute("spawn", {"how": how, "then": "c_sleep"}, timeout=1.0)
+            assert info.value.reason == "timeout"
+            [pid] = _spawned(record)
+            wait_for(lambda: not _alive(pid))  # the worker was alive when killed: all its tree goes
+    finally:
+        _reap_strays(_spawned(record))
+
+
+@pytest.mark.parametrize("how", SPAWNS)
+def test_processes_a_tool_started_end_when_its_worker_crashes_unless_in_their_own_session(how, tmp_path, monkeypatch):
+    """After an unexpected death the worker's group is ended; a process that started a session
+    of its own left the group and escapes (as the README says)."""
+    record = tmp_path / "spawned"
+    monkeypatch.setenv("SNAKEPIT_TEST_SPAWNED", str(record))
+    try:
+        with Pool("helpers:Spawner", size=1) as pool:
+            with pytest.raises(SnakepitError) as info:
+                pool.execute("spawn", {"how": how, "then": "exit"})
+            assert info.value.reason == "worker_crashed"
+            [pid] = _spawned(record)
+            if how == "session":
+                assert _alive(pid)
+            else:
+                wait_for(lambda: not _alive(pid))
+    finally:
+        _reap_strays(_spawned(record))
+
+
+SPAWNING_OWNER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, "tests")
+    from snakepit import Pool
+
+    pool = Pool("helpers:Spawner", size=2).start()
+    print(" ".join(str(pool.execute("spawn", {"how": how})) for how in sys.argv[1:]), flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_after_the_owner_is_killed_only_processes_in_a_session_of_their_own_survive():
+    """Best effort: the workers die with their owner (PDEATHSIG) and the janitor ends their
+    process groups; a process that started its own session has left the group."""
+    owner = subprocess.Popen([sys.executable, "-c", SPAWNING_OWNER, *SPAWNS], stdout=subprocess.PIPE, text=True)
+    pids = dict(zip(SPAWNS, (int(pid) for pid in owner.stdout.readline().split())))
+    try:
+        assert len(pids) == len(SPAWNS) and all(_alive(pid) for pid in pids.values())
+        owner.kill()
+        owner.wait()
+        wait_for(lambda: not any(_alive(pid) for how, pid in pids.items() if how != "session"), timeout=5)
+        assert _alive(pids["session"])
+    finally:
+        owner.kill()
+        owner.wait()
+        _reap_strays(list(pids.values()))
+
+
 # -- 7. a big value's memory is given back -----------------------------------------------------------
 
 

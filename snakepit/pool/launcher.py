@@ -151,6 +151,7 @@ def spawn(worker_id: int, spec: LaunchSpec) -> WorkerHandle:
             env=dict(spec.env),
             cwd=spec.cwd,
             close_fds=True,
+            process_group=0,  # its own group: what its tools start can be ended with it
         )
     except BaseException:
         for fd in opened:

@@ -29,7 +29,6 @@ import itertools
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
 import traceback
@@ -40,6 +39,7 @@ from ..adapter import ToolSpec
 from ..errors import Reason
 from ..observe import Observer
 from ..protocol import TERMINAL, Cancel, Log, Ping, Pong, Ready, Shutdown, StartFailed, encode_frame
+from .janitor import Janitor
 from .launcher import LaunchSpec, spawn
 from .queue import Counters, Dispatcher
 from .reactor import Reactor
@@ -85,6 +85,7 @@ class Supervisor(Reactor):
         self._heartbeat_timeout = heartbeat_timeout
         self.recycle = recycle
         self.relay = LogRelay()
+        self.janitor = Janitor()
 
         self._ids = itertools.count(1)
         self._pings = itertools.count(1)
@@ -104,6 +105,7 @@ class Supervisor(Reactor):
 
     def start(self) -> None:
         """Start the thread and ``size`` workers; return when all are ready, or raise."""
+        self.janitor.start()
         self.start_thread()
         for _ in range(self._size):
             self.submit(self._spawn)
@@ -150,6 +152,7 @@ class Supervisor(Reactor):
         for handle in list(self.handles.values()):
             handle.reap()
             self.submit(self._forget_after_shutdown, handle)
+        self.janitor.stop()
         self.relay.close()
         self.close()
 
@@ -195,6 +198,8 @@ class Supervisor(Reactor):
             self._start_failed(None, f"could not start a worker process: {type(exc).__name__}: {exc}", traceback.format_exc())
             return
         self.handles[worker_id] = handle
+        handle.on_group_ended = self.janitor.forget
+        self.janitor.watch(handle.pid)
         self._watch(handle, handle.responses_fd, self._read_start)
         self._watch(handle, handle.pipes.events, self._read_events)
         for fd, level in ((handle.pipes.stdout, STDOUT_LEVEL), (handle.pipes.stderr, STDERR_LEVEL)):
@@ -469,11 +474,7 @@ class Supervisor(Reactor):
 
 
 def _wait(handle: WorkerHandle, timeout: float) -> bool:
-    try:
-        handle.process.wait(max(0.0, timeout))
-        return True
-    except subprocess.TimeoutExpired:
-        return False
+    return handle.wait_exit(max(0.0, timeout))
 
 
 def _describe_exit(info: dict[str, Any]) -> str:

@@ -21,13 +21,14 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
+import psutil
 
 from ..protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
 from . import spill
-from .timing import poll_ms
+from .timing import deadline_after, poll_ms
 
 
 class WorkerState(enum.Enum):
@@ -114,8 +115,10 @@ class WorkerHandle:
         self.retiring: str | None = None  # why it is being recycled, once it is
         self.ping: tuple[int, float] | None = None  # outstanding heartbeat: (seq, sent at)
         self.watched: set[int] = set()  # fds the supervisor's selector watches
+        self.on_group_ended: Callable[[int], None] | None = None  # told before it is reaped
         self._request_lock = threading.Lock()
         self._control_lock = threading.Lock()
+        self._reap_lock = threading.Lock()
         self._control_writer = FrameWriter()
         self._poller = select.poll()
         self._poller.register(self.responses_fd, select.POLLIN)
@@ -192,7 +195,13 @@ class WorkerHandle:
 
     # -- process -------------------------------------------------------------------------------
 
+    # A worker leads its own process group and is a child subreaper (see worker_process), so what
+    # a tool started stays findable: as the worker's descendants while it lives, and as members
+    # of its group once it is gone.
+
     def signal(self, signum: int) -> None:
+        """Send ``signum`` to the worker and to every process below it."""
+        descendants = self._descendants()
         try:
             if self.pidfd is not None:
                 signal.pidfd_send_signal(self.pidfd, signum)
@@ -200,23 +209,62 @@ class WorkerHandle:
                 os.kill(self.pid, signum)
         except (ProcessLookupError, OSError):
             pass
+        for process in descendants:
+            try:
+                process.send_signal(signum)  # psutil checks the pid still names that process
+            except psutil.Error:
+                pass
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
 
+    def _descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
     def reap(self, timeout: float | None = None) -> dict[str, Any]:
-        """Wait for the process to end; its exit code or the signal that ended it."""
-        if self.exit_info is None:
-            code = self.process.wait(timeout)
-            if code < 0:
+        """Wait for the process to end; its exit code or the signal that ended it.
+
+        Before the worker is reaped (while its pid, and so its group id, cannot be reused), what
+        is left of its process group is killed: processes a tool started and left behind.
+        """
+        with self._reap_lock:
+            if self.exit_info is None:
+                if not self.wait_exit(timeout):
+                    raise subprocess.TimeoutExpired(self.process.args, timeout or 0.0)
                 try:
-                    name = signal.Signals(-code).name
-                except ValueError:
-                    name = f"signal {-code}"
-                self.exit_info = {"exit_code": code, "signal": name}
-            else:
-                self.exit_info = {"exit_code": code}
-        return self.exit_info
+                    os.killpg(self.pid, signal.SIGKILL)
+                except OSError:  # nothing left in the group
+                    pass
+                if self.on_group_ended is not None:
+                    self.on_group_ended(self.pid)
+                code = self.process.wait()
+                if code < 0:
+                    try:
+                        name = signal.Signals(-code).name
+                    except ValueError:
+                        name = f"signal {-code}"
+                    self.exit_info = {"exit_code": code, "signal": name}
+                else:
+                    self.exit_info = {"exit_code": code}
+            return self.exit_info
+
+    def wait_exit(self, timeout: float | None = None) -> bool:
+        """Wait until the process has ended, without reaping it; False at the timeout."""
+        if self.has_exited():
+            return True
+        if self.pidfd is None or self._closed:
+            try:
+                self.process.wait(timeout)  # reaps: no group clean-up without pidfds
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        poller.poll(poll_ms(deadline_after(timeout)))
+        return self.has_exited()
 
     def salvage(self) -> list[Any]:
         """Messages a dead worker had queued but not yet written (see :mod:`.spill`)."""
@@ -236,7 +284,13 @@ class WorkerHandle:
             return self.reap()
 
     def has_exited(self) -> bool:
-        return self.process.poll() is not None
+        """The process has ended (it may not be reaped yet: see :meth:`reap`)."""
+        if self.process.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:  # reaped elsewhere
+            return True
 
     def close_fds(self) -> None:
         """Release the pipes; only once nobody can be waiting on them."""

@@ -20,6 +20,10 @@ Whatever a tool raises, ``SystemExit`` and ``KeyboardInterrupt`` included, is th
 the worker lives on. It never outlives its owner: on Linux the kernel sends SIGKILL when the owner
 dies (``PR_SET_PDEATHSIG``), and on every OS end-of-file on the control pipe ends the process.
 SIGINT is ignored: Ctrl-C in a terminal is the owner's to handle; the owner then shuts us down.
+
+Processes a tool starts do not outlive the worker: it leads its own process group and adopts
+orphaned descendants (a child subreaper), ends them all after ``cleanup()`` when it shuts down,
+and the owner ends its descendants and its group when it kills or reaps it.
 """
 
 from __future__ import annotations
@@ -52,16 +56,52 @@ _plain = protocol._plain
 CANCEL_SIGNAL = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
 
 
-def _die_with_parent() -> None:
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> None:
     if sys.platform.startswith("linux"):
         try:
             import ctypes
 
-            libc = ctypes.CDLL(None, use_errno=True)
-            PR_SET_PDEATHSIG = 1
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except Exception:  # no libc symbol: pipe end-of-file still ends us
+            ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+        except Exception:  # no libc symbol: the fallbacks below still hold
             pass
+
+
+def _die_with_parent() -> None:
+    """SIGKILL when the owner dies (end-of-file on the control pipe ends us everywhere else)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _adopt_orphans() -> None:
+    """Become a child subreaper: a process a tool started whose parent exits (a daemon's double
+    fork, a detached child) is re-parented here, not to init, so it stays our descendant and
+    can be ended with us. The worker also leads its own process group (see the launcher)."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _end_descendants(grace: float = 1.0) -> None:
+    """End every process below this one: SIGTERM, then SIGKILL after ``grace``; reap them."""
+    import psutil
+
+    try:
+        descendants = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for process in descendants:
+        try:
+            process.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(descendants, timeout=grace)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
 
 
 def _load_adapter(spec: Any) -> type:
@@ -191,6 +231,7 @@ class Worker:
             elif kind is Shutdown:
                 break
         self._cleanup()
+        _end_descendants()
         self._out.flush()
 
     def _cleanup(self) -> None:
@@ -459,6 +500,7 @@ def _close(items: Any) -> None:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    _adopt_orphans()
     requests, control, responses, events, spill = (int(fd) for fd in sys.argv[1:6])
     owner = int(sys.argv[6])
     if os.getppid() != owner:  # the owner died before PDEATHSIG was armed
