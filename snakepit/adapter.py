@@ -175,6 +175,9 @@ class BoundTool:
                 pass
         bound: list[Any] = []
         for args in items:
+            if isinstance(args, errors.SnakepitError):  # could not be decoded: already its error
+                bound.append(args)
+                continue
             try:
                 bound.append(self.convert(args))
             except errors.SnakepitError as exc:

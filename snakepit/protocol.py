@@ -284,7 +284,7 @@ def pickled(value: Any, dumps: Callable[[Any], bytes] = _fast_dumps) -> Ext:
     try:
         return Ext(PICKLE_EXT, dumps(value))
     except Exception as exc:
-        raise _unserializable(value, exc) from None
+        raise _unserializable(value, exc, dumps) from None
 
 
 def encode_value(value: Any, dumps: Callable[[Any], bytes] = _fast_dumps) -> Any:
@@ -339,6 +339,17 @@ def encode_with(
     return encode(pickled(value, dumps))
 
 
+def wire_value(value: Any, *, exact: Callable[[Any], bool] = exact, dumps: Callable[[Any], bytes] = _fast_dumps) -> Any:
+    """``value`` as it is to travel inside a message that is encoded later: itself once msgpack
+    has shown it carries it (exactly), else pickled. Raises ``serialization_error``."""
+    return encode_with(_carried, value, exact=exact, dumps=dumps)
+
+
+def _carried(wire: Any) -> Any:
+    _ENCODER.encode(wire)  # raises what REFUSED lists if msgpack cannot carry it
+    return wire
+
+
 def decode_value(value: Any) -> Any:
     if type(value) is Ext:
         if value.code != PICKLE_EXT:
@@ -353,8 +364,8 @@ def decode_value(value: Any) -> Any:
     return value
 
 
-def _unserializable(value: Any, exc: BaseException) -> errors.ValidationError:
-    path, culprit = _find_culprit(value, "$")
+def _unserializable(value: Any, exc: BaseException, dumps: Callable[[Any], bytes]) -> errors.ValidationError:
+    path, culprit = _find_culprit(value, "$", dumps)
     where = "" if path == "$" else f" at {path}"
     return errors.validation(
         Reason.SERIALIZATION_ERROR,
@@ -369,15 +380,16 @@ def _type_label(value: Any) -> str:
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
-def _find_culprit(value: Any, path: str, depth: int = 0) -> tuple[str, Any]:
-    """The innermost element of a container that fails to pickle, to name it in the error."""
+def _find_culprit(value: Any, path: str, dumps: Callable[[Any], bytes], depth: int = 0) -> tuple[str, Any]:
+    """The innermost element of a container that fails to pickle (with ``dumps``), to name it in
+    the error."""
     if depth < 32 and type(value) in (dict, list, tuple, set, frozenset):
         items = value.items() if type(value) is dict else enumerate(value)
         for key, item in items:
             try:
-                _fast_dumps(item)
+                dumps(item)
             except Exception:
-                return _find_culprit(item, f"{path}[{key!r}]", depth + 1)
+                return _find_culprit(item, f"{path}[{key!r}]", dumps, depth + 1)
     return path, value
 
 

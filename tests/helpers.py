@@ -506,3 +506,85 @@ class Spawner(BaseAdapter):
     @tool
     def pid(self) -> int:
         return os.getpid()
+
+
+# -- fault injection for the crash matrix ------------------------------------------------------------
+
+FAULT_EXIT_CODE = 7
+
+
+def fail(how: str) -> None:
+    """Fail the way a process or a tool can: raise, exit, be killed, crash."""
+    if how == "raise":
+        raise RuntimeError("injected fault")
+    if how == "systemexit":  # a BaseException: the worker must survive it as any other
+        raise SystemExit("injected fault")
+    if how == "exit":
+        os._exit(FAULT_EXIT_CODE)
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if how == "segv":
+        ctypes.string_at(0)
+    raise ValueError(f"unknown fault {how!r}")
+
+
+class Fault:
+    """A value that fails while it is pickled (``when="dump"``, wherever that is) or unpickled
+    (``when="load"``): it carries a fault into any stage of a call."""
+
+    def __init__(self, how: str, when: str) -> None:
+        self.how = how
+        self.when = when
+
+    def __reduce__(self):
+        if self.when == "dump":
+            fail(self.how)
+        return (fail, (self.how,))
+
+
+class Matrix(BaseAdapter):
+    """One tool per way a value reaches a stage: echoed arguments, produced results, failures
+    while running; and their streaming twins, which yield a first chunk before."""
+
+    @tool
+    def echo(self, value: Any = None) -> Any:
+        return value
+
+    @tool
+    def produce(self, how: str, when: str) -> Any:
+        import threading
+
+        if how == "none":
+            return "ok"
+        return threading.Lock() if how == "unpicklable" else Fault(how, when)
+
+    @tool
+    def fail_by(self, how: str) -> str:
+        if how == "none":
+            return "ok"
+        fail(how)
+        return "unreachable"
+
+    @tool
+    def stream_echo(self, value: Any = None):
+        yield "first"
+        yield value
+
+    @tool
+    def stream_produce(self, how: str, when: str):
+        yield "first"
+        yield self.produce(how, when)
+
+    @tool
+    def stream_fail_by(self, how: str):
+        yield "first"
+        fail(how)
+
+    @tool
+    def pid(self) -> int:
+        return os.getpid()
+
+    @tool
+    def hold(self, seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()

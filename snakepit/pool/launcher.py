@@ -18,7 +18,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import msgspec
 
 from .. import errors, protocol
 from ..adapter import import_by_path
@@ -89,16 +88,10 @@ def build_launch_spec(adapter: Any, adapter_args: Mapping[str, Any] | None, work
     env = {**os.environ, **SINGLE_THREADED_ENV, "PYTHONUNBUFFERED": "1", **(worker_env or {})}
     return LaunchSpec(
         adapter=adapter_reference(adapter),
-        adapter_args=protocol.encode_with(_encodable, dict(adapter_args or {}), dumps=protocol._cloud_dumps),
+        # Encoded now: the boot frame is built on the supervisor thread, where an error would only be logged.
+        adapter_args=protocol.wire_value(dict(adapter_args or {}), dumps=protocol._cloud_dumps),
         env=env,
     )
-
-
-def _encodable(wire: Any) -> Any:
-    """``wire`` itself, once msgpack has shown it can carry it (the boot frame is encoded on the
-    supervisor thread, where an error would only be logged)."""
-    msgspec.msgpack.encode(wire)
-    return wire
 
 
 def _pipe(opened: list[int]) -> tuple[int, int]:

@@ -41,15 +41,21 @@ _AHEAD = 32768
 _ENVELOPE = 64  # a Batch frame's bytes around its items and tool name, at most
 
 
-class _InFlight:
-    __slots__ = ("call_id", "start", "count", "sent", "deadline")
+_NONE_REFUSED: dict[int, errors.SnakepitError] = {}
 
-    def __init__(self, call_id: int, start: int, count: int, sent: float, deadline: float | None) -> None:
+
+class _InFlight:
+    __slots__ = ("call_id", "start", "count", "sent", "deadline", "refused")
+
+    def __init__(
+        self, call_id: int, start: int, count: int, sent: float, deadline: float | None, refused: dict[int, errors.SnakepitError]
+    ) -> None:
         self.call_id = call_id
         self.start = start
         self.count = count
         self.sent = sent
         self.deadline = deadline
+        self.refused = refused  # items whose arguments could not travel: {offset: error}
 
 
 class MapEngine:
@@ -137,7 +143,7 @@ class MapEngine:
         """
         if self._held is None and not self._take_batch():
             return not self._exhausted  # True: the batch failed to encode, its items have failed
-        start, count, items = self._held  # type: ignore[misc]
+        start, count, items, refused = self._held  # type: ignore[misc]
         queue = self._queued[handle.id]
         if queue and not handle.fits(len(items) + len(self.tool) + _ENVELOPE):
             return False
@@ -146,7 +152,7 @@ class MapEngine:
         call_id = next(self._dispatcher.call_ids)
         frame = protocol.encode_frame(Batch(call_id, self.tool, msgspec.Raw(items)))
         now = time.monotonic()
-        batch = _InFlight(call_id, start, count, now, deadline_after(self._timeout, now))
+        batch = _InFlight(call_id, start, count, now, deadline_after(self._timeout, now), refused)
         queue.append(batch)
         handle.begin(call_id, self.tool)
         try:
@@ -159,8 +165,7 @@ class MapEngine:
         return True
 
     def _take_batch(self) -> bool:
-        """Read and encode the next batch into ``_held``; False if the input has run out or the
-        batch cannot be encoded (its items fail)."""
+        """Read and encode the next batch into ``_held``; False if the input has run out."""
         if self._exhausted:
             return False
         items = list(itertools.islice(self._items, self._batch_size()))
@@ -171,12 +176,8 @@ class MapEngine:
         self._next_index += len(items)
         if self._on_items is not None:
             self._on_items(len(items))
-        try:
-            encoded = _encode_items(items)
-        except errors.SnakepitError as exc:  # an argument that cannot travel fails its batch
-            self._fail_range(start, len(items), exc)
-            return False
-        self._held = (start, len(items), encoded)
+        encoded, refused = _encode_items(items)
+        self._held = (start, len(items), encoded, refused)
         self._in_flight += len(items)
         return True
 
@@ -213,10 +214,12 @@ class MapEngine:
     def _store_batch(self, batch: _InFlight, message: BatchResult) -> None:
         try:
             values = decode_value(message.values)
-        except errors.SnakepitError as exc:
+        except errors.SnakepitError as exc:  # results pickled together: one that will not load fails them all
             self._fail_range(batch.start, batch.count, exc)
             return
         failures = {f[0]: errors.build_error(*f[1:]) for f in message.failures}
+        if batch.refused:
+            failures.update(batch.refused)
         if len(values) < batch.count:  # cancelled part-way: the rest never ran
             for offset in range(len(values), batch.count):
                 failures[offset] = errors.pool_closed()
@@ -341,16 +344,38 @@ class MapEngine:
         self._dispatcher.release(handle)
 
 
-def _encode_items(items: list[Any]) -> bytes:
-    """A batch's argument dicts as the ``items`` of a ``Batch``."""
+def _encode_items(items: list[Any]) -> tuple[bytes, dict[int, errors.SnakepitError]]:
+    """A batch's argument dicts as the ``items`` of a ``Batch``, and the items refused.
+
+    A batch msgpack carries exactly is one C-level pass. Otherwise each item travels on its own
+    (pickled where msgpack would change it), so that one that cannot be pickled here, or
+    unpickled in the worker, fails alone. A refused item travels as ``None``, which the worker
+    refuses without running the tool; its error here is the one the caller sees.
+    """
     try:
         exact = protocol.exact_arg_lists(items)  # TypeError unless every item is a dict
     except TypeError:
-        culprit = next(args for args in items if not isinstance(args, dict))
-        raise errors.validation(
-            Reason.INVALID_ARGUMENTS, f"each item of a map must be a dict of arguments, got {type(culprit).__name__}"
-        ) from None
-    return protocol.encode_with(msgspec.msgpack.encode, items, exact=lambda _: exact, dumps=protocol._cloud_dumps)
+        exact = False
+    if exact:
+        try:
+            return msgspec.msgpack.encode(items), _NONE_REFUSED
+        except protocol.REFUSED:  # a value msgpack refuses despite its type: pickle it
+            pass
+    wire: list[Any] = []
+    refused: dict[int, errors.SnakepitError] = {}
+    for offset, args in enumerate(items):
+        if type(args) is not dict:
+            refused[offset] = errors.validation(
+                Reason.INVALID_ARGUMENTS, f"each item of a map must be a dict of arguments, got {type(args).__name__}"
+            )
+            wire.append(None)
+            continue
+        try:
+            wire.append(protocol.wire_value(args, exact=protocol.exact_args, dumps=protocol._cloud_dumps))
+        except errors.SnakepitError as exc:
+            refused[offset] = exc
+            wire.append(None)
+    return msgspec.msgpack.encode(wire), refused
 
 
 # -- drivers ----------------------------------------------------------------------------------------

@@ -488,7 +488,17 @@ def _batch_failure(batch: Batch, index: int, bound: Any, exc: BaseException) -> 
 
 
 def _decode_items(encoded: Any) -> Any:
-    return _decode_args(_generic.decode(encoded))
+    """A batch's items, each decoded on its own: one that will not unpickle is its error."""
+    items = _generic.decode(encoded)
+    if type(items) is not list:
+        return _decode_args(items)
+    decoded = []
+    for args in items:
+        try:
+            decoded.append(_decode_args(args))
+        except errors.SnakepitError as exc:
+            decoded.append(exc)
+    return decoded
 
 
 def _close(items: Any) -> None:
