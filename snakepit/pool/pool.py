@@ -75,7 +75,8 @@ class Pool:
             this version has.
         start_timeout: how long a worker may take to import and ``initialize()``.
         cancel_grace: how long a cancelled or timed-out call may take to stop before its worker
-            is terminated and replaced.
+            is terminated and replaced. The tool is interrupted at once (``CallCancelled`` is
+            raised in it); only code stuck in C outlives the grace.
         kill_grace: how long a terminated worker gets between SIGTERM and SIGKILL.
         shutdown_timeout: how long ``close()`` (or recycling) lets a worker run ``cleanup()``
             before terminating it.
