@@ -271,6 +271,20 @@ def test_a_memory_error_receiving_a_big_result_replaces_the_worker():
     assert owner.stdout.split() == ["MemoryError", "2", "True"], owner.stderr[-2000:]
 
 
+def test_callers_do_not_wait_for_a_stuck_workers_grace_when_another_can_serve_them():
+    with Pool(Faulty, size=2, cancel_grace=5.0, shutdown_timeout=1.0) as pool, ThreadPoolExecutor(2) as callers:
+        stuck = callers.submit(pool.execute, "c_sleep", {"seconds": 30}, timeout=0.3)  # killed only after 5 s
+        with pytest.raises(SnakepitError) as info:
+            stuck.result(timeout=10)
+        assert info.value.reason == "timeout"
+        busy = callers.submit(pool.execute, "sleep", {"seconds": 0.5})
+        wait_for(lambda: pool.stats()["busy"] == 2)  # one draining, one running
+        started = time.monotonic()
+        assert pool.execute("pid") > 0  # served by the other worker once it is free
+        assert time.monotonic() - started < 2.5
+        assert busy.result(timeout=10) == 0.5
+
+
 # -- 4. deep values -----------------------------------------------------------------------------------
 
 
