@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Callable, TextIO
 
@@ -15,6 +16,15 @@ def run(*, quick: bool = False, size: int = 2, out: TextIO | None = None) -> dic
     say: Callable[..., None] = (lambda *a, **k: print(*a, **k, file=out)) if out else print
     figures: dict[str, Any] = {}
     started = time.perf_counter()
+    quiet = logging.NullHandler()  # the demo narrates its own timeout; no stray warning lines
+    logging.getLogger("snakepit").addHandler(quiet)
+    try:
+        return _run(say, quick, size, started, figures)
+    finally:
+        logging.getLogger("snakepit").removeHandler(quiet)
+
+
+def _run(say: Callable[..., None], quick: bool, size: int, started: float, figures: dict[str, Any]) -> dict[str, Any]:
     with Pool(ShowcaseAdapter, size=size) as pool:
         say(f"snakepit demo: {size} worker processes hosting ShowcaseAdapter, ready in {time.perf_counter() - started:.2f} s")
 
@@ -78,6 +88,19 @@ def run(*, quick: bool = False, size: int = 2, out: TextIO | None = None) -> dic
                 if tick["tick"] == 99:
                     break
         say("   a `for` loop left with `break` cancels the same way")
+
+        say("\n   A timeout interrupts the tool itself: a worker blocked in time.sleep(30) is free at once")
+        with pool.session("demo-timeout", affinity="strict_queue") as pinned:  # both calls on one worker
+            worker = pinned.execute("stats")["pid"]
+            started = time.perf_counter()
+            try:
+                pinned.execute("sleep", {"seconds": 30}, timeout=0.5)
+            except SnakepitError as error:
+                say(f"   sleep(30) with timeout=0.5: [{error.category}/{error.reason}] after {time.perf_counter() - started:.2f} s")
+            started = time.perf_counter()
+            after = pinned.execute("stats")["pid"]
+        say(f"   the next call took {1000 * (time.perf_counter() - started):.1f} ms on "
+            f"{'the same worker' if after == worker else 'another worker'} (restarts: {pool.stats()['restarts']})")
 
         say("\n6. Errors are data: category, reason, message, worker traceback")
         for tool, args in (("fail", {"message": "the model exploded"}), ("add", {"a": "two"}), ("no_such_tool", {})):

@@ -71,7 +71,8 @@ def test_demo_runs_and_reports_figures():
         assert heading in text
     assert figures["chunks_per_s"] > 0 and figures["dataset_rows_per_s"] > 0 and figures["map_per_s"] > 0
     assert "(same worker: True)" in text
-    assert figures["stats"]["errors"] == 3 and figures["stats"]["restarts"] == 0
+    assert "timeout=0.5: [timeout/timeout]" in text and "on the same worker (restarts: 0)" in text
+    assert figures["stats"]["errors"] == 4 and figures["stats"]["restarts"] == 0  # 3 error examples and the timeout
 
 
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
