@@ -43,6 +43,7 @@ class Reactor:
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, (self._drain_wakeups, ()))
         self._queue_lock = threading.Lock()
+        self._wake_lock = threading.Lock()  # see defer()
         self._commands: deque[tuple[Callback, tuple[Any, ...]]] = deque()
         self._deferred: queue.SimpleQueue[tuple[Callback, tuple[Any, ...]]] = queue.SimpleQueue()
         self._running = False
@@ -73,13 +74,20 @@ class Reactor:
         self._locked(fn, args)
 
     def defer(self, fn: Callback, *args: Any) -> None:
-        """:meth:`submit` without taking a lock: safe from ``__del__`` and from a thread that
-        holds any pool lock. Dropped if the loop has stopped (the pool is closed)."""
+        """:meth:`submit` without waiting for a lock: safe from ``__del__`` and from a thread
+        that holds any pool lock. Dropped if the loop has stopped (the pool is closed)."""
         self._deferred.put((fn, args))  # SimpleQueue.put is reentrant
-        try:
-            os.write(self._wake_w, b"\0")
-        except OSError:  # already awake (pipe full), or closed with the pool
-            pass
+        # The wake-up pipe must not be written once closed (its number may name another file by
+        # then); close() holds this lock while it closes it. Never wait for it: if it is taken,
+        # the loop is closing and needs no wake-up.
+        if self._wake_lock.acquire(blocking=False):
+            try:
+                if self._wake_w >= 0:
+                    os.write(self._wake_w, b"\0")
+            except OSError:  # already awake (pipe full)
+                pass
+            finally:
+                self._wake_lock.release()
 
     def call_later(self, delay: float, fn: Callback, *args: Any) -> None:
         """Run ``fn(*args)`` on the loop's thread after ``delay`` seconds."""
@@ -90,8 +98,10 @@ class Reactor:
             self._thread.join()
 
     def close(self) -> None:
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._wake_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
         self._selector.close()
 
     # -- the loop's thread (or inline after it stopped) --------------------------------------------
