@@ -402,6 +402,28 @@ class Faulty(BaseAdapter):
         finally:
             self.closed_streams += 1
 
+    @tool(supports_streaming=True)
+    def slow_list(self, seconds: float = 30.0):
+        """A streaming tool that is not a generator: its body runs before any chunk."""
+        try:
+            time.sleep(seconds)
+            return [1, 2, 3]
+        finally:
+            self.finished_calls += 1
+
+    @tool
+    def log_flood(self, size: int = 1 << 20, seconds: float = 30.0) -> int:
+        """Logs records bigger than the events pipe holds, as fast as it can."""
+        import logging
+
+        record = "x" * size
+        deadline = time.monotonic() + seconds
+        count = 0
+        while time.monotonic() < deadline:
+            logging.getLogger("flood").warning(record)
+            count += 1
+        return count
+
     @tool
     def counters(self) -> dict:
         return {"pid": os.getpid(), "finished_calls": self.finished_calls, "closed_streams": self.closed_streams}

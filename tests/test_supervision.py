@@ -173,6 +173,35 @@ def test_every_way_of_stopping_a_call_interrupts_its_tool(stop):
         assert counters["pid"] == worker and counters["finished_calls"] + counters["closed_streams"] == 1
 
 
+def test_execute_on_a_streaming_tool_that_is_not_a_generator_is_interrupted_too():
+    with Pool(Faulty, size=1, timeout=0.5, cancel_grace=5.0) as pool:
+        worker = pool.execute("pid")
+        with pytest.raises(SnakepitError) as info:
+            pool.execute("slow_list", {"seconds": 30})
+        assert info.value.reason == "timeout"
+        served = time.monotonic()
+        assert pool.execute("counters", timeout=5) == {"pid": worker, "finished_calls": 1, "closed_streams": 0}
+        assert time.monotonic() - served < 2.5
+
+
+def test_a_cancel_never_cuts_a_log_record_in_half():
+    """A tool cancelled while it writes a log record bigger than the events pipe: the record is
+    finished first, so the pipe stays readable and heartbeats keep the worker alive."""
+    events = []
+    logging.getLogger("snakepit.worker").addFilter(quiet := lambda record: False)
+    try:
+        with Pool(Faulty, size=1, heartbeat_interval=0.2, heartbeat_timeout=1.0, on_event=events.append) as pool:
+            worker = pool.execute("pid")
+            for attempt in range(3):
+                with pytest.raises(SnakepitError):
+                    pool.execute("log_flood", {"size": 1 << 20}, timeout=0.3 + 0.05 * attempt)
+            time.sleep(2.0)  # several heartbeat rounds: a torn frame would swallow every answer
+            assert pool.execute("pid") == worker
+            assert not [e for e in events if e["event"] in ("worker_hung", "worker_exit", "cancel_timeout")]
+    finally:
+        logging.getLogger("snakepit.worker").removeFilter(quiet)
+
+
 @pytest.mark.parametrize("tool, args", [("c_sleep", {})])
 def test_timeout_kills_a_worker_stuck_in_c_and_replaces_it(tool, args):
     with Pool(Faulty, size=1, **FAST) as pool:

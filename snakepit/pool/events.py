@@ -9,10 +9,12 @@ since a lost answer would make a healthy worker look hung.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
 import threading
+from typing import Callable, ContextManager
 
 import msgspec
 
@@ -20,15 +22,16 @@ from ..protocol import FrameWriter, Log
 
 
 class Events:
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, shield: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> None:
         self._fd = fd
         os.set_blocking(fd, False)
         self._lock = threading.Lock()
         self._writer = FrameWriter()
+        self._shield = shield  # a frame half-written must not be cut off by a cancel (see the worker)
         self.dropped = 0
 
     def send(self, message: msgspec.Struct, *, essential: bool = False) -> bool:
-        with self._lock:
+        with self._shield(), self._lock:
             frame = self._writer.frame(message)
             view = memoryview(frame)
             try:

@@ -159,10 +159,12 @@ class Worker:
         self._control = control
         self._responses = responses
         self._out = Outbox(responses, spill)
-        self._events = Events(events)
+        self._events = Events(events, shield=self._shield)
         self._cancelled: set[int] = set()  # ids told to cancel that may still run here
         self._running: int | None = None  # the call or batch being run
         self._armed = False  # the running call's tool code is executing: it may be interrupted
+        self._shielded = 0  # our code, called by the tool, is writing a frame: a cancel waits
+        self._cancel_waits = False
         self._main = threading.get_ident()  # the thread that runs tools
         self._live_batch: tuple[int, list[Any]] | None = None  # the map batch running, see _run_batch
         self._tools: dict[str, BoundTool] = {}
@@ -270,7 +272,14 @@ class Worker:
     def _interrupt(self, signum: int, frame: Any) -> None:
         """``CANCEL_SIGNAL``, on the main thread: stop the running tool if its call is cancelled."""
         if self._armed and self._running in self._cancelled:
-            self._stop()
+            if self._shielded:
+                self._cancel_waits = True  # raised when the frame is written, see _Shield
+            else:
+                self._stop()
+
+    def _shield(self) -> _Shield:
+        """A context in which a cancel is not raised (the tool logs: a frame is being written)."""
+        return _Shield(self)
 
     def _stop(self) -> None:
         """Raise ``CallCancelled`` into the running tool, once: its ``finally`` is not interrupted."""
@@ -308,7 +317,7 @@ class Worker:
             return
         try:
             if tool.spec.supports_streaming or tool.is_generator:  # execute on a stream: every chunk
-                out = self._guarded(self._gather, call_id, tool.call(bound))
+                out = self._guarded(lambda: self._gather(call_id, tool.call(bound)))
             else:
                 out = self._guarded(tool.call, bound)
         except CallCancelled:
@@ -469,6 +478,32 @@ class Worker:
                     failures.append([index, exc.category, exc.reason, exc.message, exc.details, None])
             failures.sort(key=lambda failure: failure[0])
             self._send(BatchResult(call_id, encoded, failures, one_by_one=True))
+
+
+class _Shield:
+    """Held by the main thread while it writes a frame from inside tool code (a log record):
+    ``CallCancelled`` there would leave half a frame in the pipe. A cancel that comes meanwhile
+    is raised on the way out. Other threads need no shield: the signal only reaches the main one."""
+
+    __slots__ = ("_worker", "_main")
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._main = threading.get_ident() == worker._main
+
+    def __enter__(self) -> None:
+        if self._main:
+            self._worker._shielded += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._main:
+            return
+        worker = self._worker
+        worker._shielded -= 1
+        if not worker._shielded and worker._cancel_waits:
+            worker._cancel_waits = False
+            if worker._armed and worker._running in worker._cancelled:
+                worker._stop()
 
 
 def _iterate(tool: BoundTool, bound: Any) -> Iterator[Any]:
