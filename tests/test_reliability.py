@@ -285,6 +285,26 @@ def test_callers_do_not_wait_for_a_stuck_workers_grace_when_another_can_serve_th
         assert busy.result(timeout=10) == 0.5
 
 
+def test_closing_the_pool_during_a_map_interrupts_the_running_batch_and_runs_cleanup(tmp_path, monkeypatch):
+    """close() cancelled only the last batch sent, not the one running behind it: the worker was
+    terminated after shutdown_timeout without running cleanup()."""
+    marker = tmp_path / "cleanup"
+    monkeypatch.setenv("SNAKEPIT_TEST_CLEANUP_FILE", str(marker))
+    pool = Pool(Toolbox, size=1, shutdown_timeout=5.0).start()
+    worker = pool.execute("state")["pid"]
+    with ThreadPoolExecutor(1) as caller:
+        mapping = caller.submit(lambda: list(pool.map("sleep", [{"seconds": 30}] * 4, chunksize=1, return_exceptions=True)))
+        wait_for(lambda: pool.stats()["busy"] == 1)
+        time.sleep(0.2)  # the map has its next batch queued behind the running one
+        started = time.monotonic()
+        pool.close()
+        assert time.monotonic() - started < 2.5  # not shutdown_timeout
+        with pytest.raises(SnakepitError) as info:
+            mapping.result(timeout=10)
+        assert info.value.reason == "pool_closed"
+    assert marker.read_text().split() == [str(worker)]  # cleanup() ran
+
+
 # -- 4. deep values -----------------------------------------------------------------------------------
 
 

@@ -191,6 +191,7 @@ class MapEngine:
             if not queue or message.id != queue[0].call_id:
                 continue  # not ours (cannot happen while we hold the worker)
             batch = queue.popleft()
+            handle.outstanding.remove(batch.call_id)
             self._in_flight -= batch.count
             now = time.monotonic()
             if queue:  # the next batch starts now: its timeout counts from here, not from sending

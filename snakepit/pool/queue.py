@@ -282,7 +282,7 @@ class Dispatcher:
         reason = self.recycle.reason(handle) if self.recycle.active and handle.state is not WorkerState.DEAD else None
         with self.lock:
             handle.checked_out = False
-            handle.current_call = None
+            handle.outstanding.clear()
             handle.current_tool = None
             if handle.state is WorkerState.DEAD:
                 woken: list[Ticket] = []
@@ -349,7 +349,7 @@ class Dispatcher:
         with self.lock:
             if handle.state is not WorkerState.DRAINING:
                 return
-            handle.current_call = None
+            handle.outstanding.clear()
             handle.current_tool = None
             woken = self._retire(handle, reason) if reason is not None else self._free(handle)
         if reason is not None:

@@ -170,9 +170,8 @@ class Supervisor(Reactor):
                 handle.killed_on_purpose = True
                 handle.kill()
                 continue
-            call = handle.current_call if handle.current_call is not None else self._draining.get(handle.id)
-            if call is not None:
-                handle.send_control(Cancel([call]))
+            if handle.outstanding:  # running, queued (a map's batches) or being drained
+                handle.send_control(Cancel(list(handle.outstanding)))
             self._ask_to_stop(handle)
 
     def _force_shutdown(self) -> None:

@@ -107,7 +107,7 @@ class WorkerHandle:
         self.idle_since = 0.0  # monotonic time it last became idle
         self.requests_served = 0
         self.killed_on_purpose = False  # by the supervisor: its death is no sign of a crash loop
-        self.current_call: int | None = None
+        self.outstanding: list[int] = []  # ids of the calls (or map batches) sent and not answered
         self.current_tool: str | None = None
         self.exit_info: dict[str, Any] | None = None
         self.checked_out = False  # a caller, not the supervisor, owns the responses pipe
@@ -133,7 +133,7 @@ class WorkerHandle:
 
     def begin(self, call_id: int, tool: str) -> None:
         """A call (or a map batch) is about to be sent."""
-        self.current_call = call_id
+        self.outstanding.append(call_id)
         self.current_tool = tool
 
     def fits(self, size: int) -> bool:
