@@ -74,7 +74,7 @@ def test_unimportable_adapter_string_fails_start():
 
 
 def test_bad_configuration_is_a_validation_error():
-    for kwargs in ({"size": 0}, {"size": "2"}, {"max_queue": -1}, {"backend": "thread"}, {"cancel_grace": math.nan}, {"start_timeout": math.inf}):
+    for kwargs in ({"size": 0}, {"size": "2"}, {"max_queue": -1}, {"backend": "thread"}, {"cancel_grace": math.nan}, {"kill_grace": math.inf}, {"heartbeat_interval": None}):
         with pytest.raises(SnakepitError) as info:
             Pool(Toolbox, **kwargs)
         assert (info.value.category, info.value.reason) == ("validation", "invalid_config")

@@ -235,7 +235,8 @@ def test_nan_zero_and_negative_timeouts_are_invalid_arguments(timeout, pool):
 
 
 def test_a_pool_without_limits():
-    with Pool(Toolbox, size=1, timeout=None, queue_timeout=math.inf) as pool:
+    limits = dict(start_timeout=1e10, cancel_grace=math.inf, shutdown_timeout=None, heartbeat_timeout=math.inf)
+    with Pool(Toolbox, size=1, timeout=None, queue_timeout=math.inf, **limits) as pool:
         assert pool.execute("add", {"a": 1}) == 2
         assert list(pool.map("add", [{"a": 1}])) == [2]
 

@@ -73,7 +73,9 @@ class Pool:
             set to 1 unless this overrides them.
         backend: where workers run; ``"process"`` (local worker processes) is the one backend
             this version has.
-        start_timeout: how long a worker may take to import and ``initialize()``.
+        start_timeout: how long a worker may take to import and ``initialize()``. This and
+            ``cancel_grace``, ``shutdown_timeout`` and ``heartbeat_timeout`` may be ``None`` (or
+            ``math.inf``): no limit.
         cancel_grace: how long a cancelled or timed-out call may take to stop before its worker
             is terminated and replaced. The tool is interrupted at once (``CallCancelled`` is
             raised in it); only code stuck in C outlives the grace.
@@ -104,12 +106,12 @@ class Pool:
         memory_limit_mb: float | None = None,
         worker_env: Mapping[str, str] | None = None,
         backend: str = "process",
-        start_timeout: float = 60.0,
-        cancel_grace: float = 5.0,
+        start_timeout: float | None = 60.0,
+        cancel_grace: float | None = 5.0,
         kill_grace: float = 1.0,
-        shutdown_timeout: float = 5.0,
+        shutdown_timeout: float | None = 5.0,
         heartbeat_interval: float = 2.0,
-        heartbeat_timeout: float = 10.0,
+        heartbeat_timeout: float | None = 10.0,
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if backend != "process":
@@ -145,12 +147,13 @@ class Pool:
             launch,
             self._counters,
             size=size,
-            start_timeout=_positive("start_timeout", start_timeout),
-            cancel_grace=_positive("cancel_grace", cancel_grace),
+            # Waits that may be unbounded (None or inf); the rhythms of supervision may not.
+            start_timeout=check_timeout("start_timeout", start_timeout, Reason.INVALID_CONFIG),
+            cancel_grace=check_timeout("cancel_grace", cancel_grace, Reason.INVALID_CONFIG),
             kill_grace=_positive("kill_grace", kill_grace),
-            shutdown_timeout=_positive("shutdown_timeout", shutdown_timeout),
+            shutdown_timeout=check_timeout("shutdown_timeout", shutdown_timeout, Reason.INVALID_CONFIG),
             heartbeat_interval=_positive("heartbeat_interval", heartbeat_interval),
-            heartbeat_timeout=_positive("heartbeat_timeout", heartbeat_timeout),
+            heartbeat_timeout=check_timeout("heartbeat_timeout", heartbeat_timeout, Reason.INVALID_CONFIG),
             recycle=recycle,
             observer=observer,
         )

@@ -89,7 +89,7 @@ class Reactor:
             finally:
                 self._wake_lock.release()
 
-    def call_later(self, delay: float, fn: Callback, *args: Any) -> None:
+    def call_later(self, delay: float | None, fn: Callback, *args: Any) -> None:
         """Run ``fn(*args)`` on the loop's thread after ``delay`` seconds."""
         self.submit(self.later, delay, fn, *args)
 
@@ -106,8 +106,10 @@ class Reactor:
 
     # -- the loop's thread (or inline after it stopped) --------------------------------------------
 
-    def later(self, delay: float, fn: Callback, *args: Any) -> None:
-        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn, args))
+    def later(self, delay: float | None, fn: Callback, *args: Any) -> None:
+        """Run ``fn(*args)`` after ``delay`` seconds; never, if ``delay`` is ``None``."""
+        if delay is not None:
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn, args))
 
     def clear_timers(self) -> None:
         self._timers.clear()

@@ -45,6 +45,7 @@ from .queue import Counters, Dispatcher
 from .reactor import Reactor
 from .recycling import RecyclePolicy
 from .relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
+from .timing import deadline_after, lock_seconds
 from .worker import WorkerHandle, WorkerState
 
 
@@ -63,12 +64,12 @@ class Supervisor(Reactor):
         counters: Counters,
         *,
         size: int,
-        start_timeout: float,
-        cancel_grace: float,
+        start_timeout: float | None,
+        cancel_grace: float | None,
         kill_grace: float,
-        shutdown_timeout: float,
+        shutdown_timeout: float | None,
         heartbeat_interval: float,
-        heartbeat_timeout: float,
+        heartbeat_timeout: float | None,
         recycle: RecyclePolicy,
         observer: Observer,
     ) -> None:
@@ -110,18 +111,18 @@ class Supervisor(Reactor):
         for _ in range(self._size):
             self.submit(self._spawn)
         self.call_later(self._heartbeat_interval, self._health_round)
-        deadline = time.monotonic() + self._start_timeout
+        deadline = deadline_after(self._start_timeout)
         with self._start_cond:
             while self._ready < self._size and self._start_error is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                remaining = lock_seconds(deadline)
+                if remaining == 0:
                     raise errors.WorkerError(
                         errors.Category.WORKER,
                         Reason.WORKER_START_FAILED,
                         f"workers did not become ready within start_timeout={self._start_timeout}s "
                         f"({self._ready} of {self._size} ready)",
                     )
-                self._start_cond.wait(remaining)
+                self._start_cond.wait(None if remaining < 0 else remaining)
             if self._start_error is not None:
                 raise self._start_error
             self._initial = False
@@ -139,15 +140,15 @@ class Supervisor(Reactor):
         with self.work_lock:
             leftovers = [h for h in self.handles.values() if h.exit_info is None]
         # Only when the thread never ran (start failed early) or could not watch a process.
-        deadline = time.monotonic() + self._shutdown_timeout
+        deadline = deadline_after(self._shutdown_timeout)
         for handle in leftovers:
-            _wait(handle, deadline - time.monotonic())
+            handle.wait_exit(None if deadline is None else max(0.0, deadline - time.monotonic()))
         for handle in leftovers:
             if not handle.has_exited():
                 handle.signal(signal.SIGTERM)
         deadline = time.monotonic() + self._kill_grace
         for handle in leftovers:
-            if not _wait(handle, deadline - time.monotonic()):
+            if not handle.wait_exit(max(0.0, deadline - time.monotonic())):
                 handle.kill()
         for handle in list(self.handles.values()):
             handle.reap()
@@ -356,7 +357,8 @@ class Supervisor(Reactor):
                 continue
             if handle.ping is not None:
                 _, sent = handle.ping
-                if handle.idle_since <= sent and now - sent > self._heartbeat_timeout:
+                timeout = self._heartbeat_timeout
+                if timeout is not None and handle.idle_since <= sent and now - sent > timeout:
                     self.observer.emit(
                         "worker_hung", logging.WARNING,
                         f"worker {handle.id} (pid {handle.pid}) has not answered a heartbeat for {now - sent:.1f}s; killing it",
@@ -470,10 +472,6 @@ class Supervisor(Reactor):
         if fd is not None and fd in handle.watched:
             handle.watched.discard(fd)
             self.unwatch(fd)
-
-
-def _wait(handle: WorkerHandle, timeout: float) -> bool:
-    return handle.wait_exit(max(0.0, timeout))
 
 
 def _describe_exit(info: dict[str, Any]) -> str:
