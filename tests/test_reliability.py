@@ -490,6 +490,23 @@ def test_after_the_owner_is_killed_only_processes_in_a_session_of_their_own_surv
         _reap_strays(list(pids.values()))
 
 
+def test_a_child_the_owner_forked_does_not_delay_close():
+    """The fork inherits the owner's end of the janitor's pipe: close() must not wait for its
+    end-of-file."""
+    pool = Pool(Toolbox, size=1).start()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the forked child only waits to be killed
+        time.sleep(60)
+        os._exit(0)
+    try:
+        started = time.monotonic()
+        pool.close()
+        assert time.monotonic() - started < 2.5
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
 # -- 7. a big value's memory is given back -----------------------------------------------------------
 
 

@@ -5,8 +5,9 @@ ends (see :meth:`WorkerHandle.reap`). When the owner dies, even by SIGKILL, the 
 its workers (``PR_SET_PDEATHSIG``), but not the processes their tools started: those sit in their
 worker's process group. So each pool starts a janitor, a tiny ``/bin/sh`` loop reading a pipe
 from the owner: ``+ <group>`` when a worker starts, ``- <group>`` when it has been reaped. When
-the pipe closes -- the owner died, or the pool closed -- it kills every group still listed, and
-exits. A process that started a session of its own (``setsid``) has left its worker's group and
+the pipe closes (the owner died) or it reads ``done`` (the pool closed) it kills every group still
+listed, and exits. (A process the owner forked holds the pipe open too: after the owner's death
+the janitor then acts only once that process has exited as well.) A process that started a session of its own (``setsid``) has left its worker's group and
 escapes.
 
 A group is forgotten before its worker is reaped, while its id cannot name anything else; after
@@ -28,6 +29,7 @@ while read -r op group; do
   case "$op" in
     +) groups="$groups$group " ;;
     -) case "$groups" in *" $group "*) groups="${groups%% $group *} ${groups#* $group }" ;; esac ;;
+    done) break ;;
   esac
 done
 for group in $groups; do kill -9 -"$group" 2>/dev/null; done
@@ -75,6 +77,7 @@ class Janitor:
 
     def stop(self) -> None:
         """The pool is closed and its workers reaped: let the janitor finish, and reap it."""
+        self._tell("done\n")  # not only end-of-file: a child the owner forked keeps the pipe open
         with self._lock:
             if self._pipe is not None:
                 os.close(self._pipe)
