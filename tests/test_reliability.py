@@ -164,6 +164,23 @@ def test_a_stream_dropped_during_a_collection_inside_a_pool_call_does_not_deadlo
         assert pool.execute("state")["closed_streams"] in (0, 1)
 
 
+def test_a_stream_dropped_after_its_pool_closed_releases_the_workers_descriptors():
+    import gc
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = fds()
+    for _ in range(3):
+        pool = Pool(Toolbox, size=1).start()
+        stream = pool.stream("count", {"n": 100_000, "delay": 0.01})
+        next(stream)
+        pool.close()
+        del stream, pool
+        gc.collect()
+    wait_for(lambda: fds() == before, timeout=5)
+
+
 # -- 3. whatever interrupts a call, its worker comes back --------------------------------------------
 
 

@@ -76,6 +76,8 @@ class Reactor:
     def defer(self, fn: Callback, *args: Any) -> None:
         """:meth:`submit` without waiting for a lock: safe from ``__del__`` and from a thread
         that holds any pool lock. Dropped if the loop has stopped (the pool is closed)."""
+        if not self._running:  # nothing will run it; keeping it would keep what it holds alive
+            return
         self._deferred.put((fn, args))  # SimpleQueue.put is reentrant
         # The wake-up pipe must not be written once closed (its number may name another file by
         # then); close() holds this lock while it closes it. Never wait for it: if it is taken,
@@ -147,6 +149,8 @@ class Reactor:
             self._running = False
             leftover = list(self._commands)
             self._commands.clear()
+        while not self._deferred.empty():
+            leftover.append(self._deferred.get_nowait())
         for fn, args in leftover:
             self._locked(fn, args)
 

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -124,7 +125,9 @@ class WorkerHandle:
         self._poller.register(self.responses_fd, select.POLLIN)
         if self.pidfd is not None:
             self._poller.register(self.pidfd, select.POLLIN)
-        self._closed = False
+        # The pipes are closed by close_fds(), or when the handle is collected (a stream dropped
+        # after its pool was closed is the last to hold its worker's handle).
+        self._release_fds = weakref.finalize(self, _close_all, (*dataclasses.astuple(pipes), self.pidfd))
 
     def __repr__(self) -> str:
         return f"<worker {self.id} pid={self.pid} {self.state.value}>"
@@ -294,15 +297,20 @@ class WorkerHandle:
 
     def close_fds(self) -> None:
         """Release the pipes; only once nobody can be waiting on them."""
-        if self._closed:
-            return
-        self._closed = True
-        for fd in (*dataclasses.astuple(self.pipes), self.pidfd):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        self._release_fds()
+
+    @property
+    def _closed(self) -> bool:
+        return not self._release_fds.alive
+
+
+def _close_all(fds: tuple[int | None, ...]) -> None:
+    for fd in fds:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _pidfd_open(pid: int) -> int | None:
