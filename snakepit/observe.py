@@ -12,7 +12,8 @@ give a cancelled call up in time), ``timeout``, ``queue_timeout``, ``pool_satura
 
 They are emitted on the slow paths only (a start, a death, an error), and cost a flag check
 when nobody listens: nothing is built unless the logger or a callback wants it. They are never
-delivered while a pool lock is held, so a callback may call into the pool (``pool.stats()``).
+delivered while a pool lock is held, nor on the supervisor thread, so a callback may call into
+the pool (``pool.stats()``, even ``pool.close()``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 
 log = logging.getLogger("snakepit")
@@ -28,19 +30,25 @@ EventCallback = Callable[[dict[str, Any]], None]
 
 
 class Observer:
-    """Delivers events to the log and to ``on_event``.
+    """Delivers events to the log and to ``on_event``, never while a pool lock is held.
 
-    A thread that holds a pool lock while events arise (the supervisor during a round of work)
-    calls :meth:`hold` first and :meth:`release` once the lock is released: the events are
-    delivered then, so no callback or log handler ever runs under a pool lock (it may call back
-    into the pool, e.g. ``pool.stats()``).
+    Events raised on a caller's thread (a timeout, a full queue) are delivered there, at once. A
+    thread that holds a lock while events arise (the supervisor during a round of work) calls
+    :meth:`hold` first and :meth:`release` after: its events then go to a delivery thread of
+    their own, so user code never runs on the supervisor thread either. An ``on_event`` that
+    blocks, or calls ``pool.close()``, cannot stall supervision.
     """
 
-    __slots__ = ("_callback", "_held")
+    __slots__ = ("_callback", "_held", "_cond", "_pending", "_busy", "_thread", "_closed")
 
     def __init__(self, callback: EventCallback | None = None) -> None:
         self._callback = callback
         self._held = threading.local()  # per thread: hold depth and the events held
+        self._cond = threading.Condition()
+        self._pending: deque[tuple[str, int, str, dict[str, Any], float]] = deque()
+        self._busy = False  # the delivery thread is delivering
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
     def emit(self, event: str, level: int, message: str, **fields: Any) -> None:
         if self._callback is None and not log.isEnabledFor(level):
@@ -63,15 +71,64 @@ class Observer:
         held.depth -= 1
         if held.depth == 0:
             events, held.events = held.events, None
+            if events:
+                self._post(events)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait (up to ``timeout``) until every event posted so far is delivered."""
+        if threading.current_thread() is self._thread:
+            return
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self._pending or self._busy) and (remaining := deadline - time.monotonic()) > 0:
+                self._cond.wait(remaining)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is pending (up to ``timeout``), then stop the delivery thread."""
+        self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _post(self, events: list[tuple[str, int, str, dict[str, Any], float]]) -> None:
+        with self._cond:
+            if self._closed:  # nothing will deliver them any more: at least log them here
+                late = True
+            else:
+                late = False
+                self._pending.extend(events)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="snakepit-events", daemon=True)
+                    self._thread.start()
+                self._cond.notify_all()
+        if late:
             for args in events:
                 self._deliver(*args)
 
-    def _deliver(self, event: str, level: int, message: str, fields: dict[str, Any], when: float) -> None:
-        if log.isEnabledFor(level):
-            log.log(level, message, extra={"snakepit_event": event, **fields})
-        callback = self._callback
-        if callback is not None:
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch = list(self._pending)
+                self._pending.clear()
+                self._busy = True
             try:
+                for args in batch:
+                    self._deliver(*args)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _deliver(self, event: str, level: int, message: str, fields: dict[str, Any], when: float) -> None:
+        try:
+            if log.isEnabledFor(level):
+                log.log(level, message, extra={"snakepit_event": event, **fields})
+            callback = self._callback
+            if callback is not None:
                 callback({"event": event, "time": when, **fields})
-            except Exception:  # a broken exporter must not break the pool
-                log.exception("snakepit: on_event callback failed for %s", event)
+        except Exception:  # a broken exporter or handler must not break the pool
+            log.exception("snakepit: on_event callback failed for %s", event)

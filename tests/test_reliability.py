@@ -136,6 +136,44 @@ def test_on_event_is_a_pool_option_whose_callback_may_call_the_pool():
     assert set(seen) == {1}
 
 
+def test_an_event_callback_that_blocks_does_not_stall_supervision():
+    release = threading.Event()
+
+    def slow_exporter(event: dict) -> None:
+        if event["event"] == "worker_exit":
+            release.wait(20)
+
+    try:
+        with Pool(Toolbox, size=2, on_event=slow_exporter) as pool:
+            victim = pool.execute("state")["pid"]
+            os.kill(victim, signal.SIGKILL)  # its worker_exit event blocks the callback
+            wait_for(lambda: pool.stats()["restarts"] == 1 and pool.stats()["workers"] == 2)
+            assert sum(pool.map("add", [{"a": i} for i in range(100)])) == sum(range(1, 101))
+            release.set()
+    finally:
+        release.set()
+
+
+def test_an_event_callback_may_close_the_pool(tmp_path, monkeypatch):
+    marker = tmp_path / "cleanup"
+    monkeypatch.setenv("SNAKEPIT_TEST_CLEANUP_FILE", str(marker))
+    closed = threading.Event()
+    holder: list[Pool] = []
+
+    def on_event(event: dict) -> None:
+        if event["event"] == "worker_exit" and not event["expected"]:
+            holder[0].close()
+            closed.set()
+
+    pool = Pool(Toolbox, size=2, on_event=on_event)
+    holder.append(pool)
+    pool.start()
+    with pytest.raises(SnakepitError):
+        pool.execute("crash")
+    assert closed.wait(10)
+    assert marker.read_text().split()  # a graceful close: the surviving worker ran cleanup()
+
+
 def test_a_stream_dropped_during_a_collection_inside_a_pool_call_does_not_deadlock():
     """``Stream.__del__`` ran the cancel inline, taking the dispatcher's lock: a collection that
     happens while this thread holds it (inside a checkout) deadlocked. It is handed over now."""

@@ -178,6 +178,7 @@ class Pool:
             self.close()
             raise
         self._tools = {spec.name: spec for spec in self._supervisor.tools or ()}
+        self._dispatcher.observer.flush()  # start-up's events have reached on_event and the log
         with self._state_lock:
             if self._state == "starting":
                 self._state = "running"

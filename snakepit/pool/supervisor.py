@@ -155,6 +155,7 @@ class Supervisor(Reactor):
             self.submit(self._forget_after_shutdown, handle)
         self.janitor.stop()
         self.relay.close()
+        self.observer.close()
         self.close()
 
     def finished(self) -> bool:
