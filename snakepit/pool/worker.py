@@ -128,6 +128,7 @@ class WorkerHandle:
         # The pipes are closed by close_fds(), or when the handle is collected (a stream dropped
         # after its pool was closed is the last to hold its worker's handle).
         self._release_fds = weakref.finalize(self, _close_all, (*dataclasses.astuple(pipes), self.pidfd))
+        self._release_fds.atexit = False  # at exit the pool's own shutdown still reads them
 
     def __repr__(self) -> str:
         return f"<worker {self.id} pid={self.pid} {self.state.value}>"
