@@ -491,6 +491,33 @@ class SlowStart(BaseAdapter):
 class Spawner(BaseAdapter):
     """Tools that leave processes behind, the ways real tools do."""
 
+    def __init__(self) -> None:
+        self.children: list[Any] = []
+
+    @tool
+    def background(self) -> None:
+        """``sh -c "cmd &"``: the shell exits at once and its background job is orphaned."""
+        import subprocess
+
+        subprocess.run(["/bin/sh", "-c", "sleep 0.01 &"], check=True)
+
+    @tool
+    def start_children(self, code: int) -> list[int]:
+        """A Popen child and a forked child that exit with ``code``; waited for later."""
+        import subprocess
+
+        popen = subprocess.Popen(["/bin/sh", "-c", f"exit {code}"])
+        forked = os.fork()
+        if forked == 0:
+            os._exit(code)
+        self.children = [popen, forked]
+        return [popen.pid, forked]
+
+    @tool
+    def wait_children(self) -> list[int]:
+        popen, forked = self.children
+        return [popen.wait(), os.waitstatus_to_exitcode(os.waitpid(forked, 0)[1])]
+
     @tool
     def spawn(self, how: str = "popen", then: str = "return") -> int:
         """Start a long ``sleep`` (``popen``; ``session``: in a session of its own; ``fork``; ``daemon``:

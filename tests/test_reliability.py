@@ -515,6 +515,40 @@ def test_processes_a_tool_started_end_when_its_worker_crashes_unless_in_their_ow
         _reap_strays(_spawned(record))
 
 
+def _zombies(pid: int) -> int:
+    import psutil
+
+    count = 0
+    for child in psutil.Process(pid).children():
+        try:
+            count += child.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:  # reaped meanwhile
+            pass
+    return count
+
+
+def test_orphans_a_worker_adopts_are_reaped():
+    """A subreaper adopts the orphans of ``sh -c "cmd &"``; once they exit, it must reap them,
+    or every such call leaves a zombie for the worker's lifetime."""
+    with Pool("helpers:Spawner", size=1, heartbeat_interval=0.2) as pool:
+        worker = pool.execute("pid")
+        for _ in range(100):
+            pool.execute("background")
+        wait_for(lambda: _zombies(worker) == 0, timeout=10)  # reaped between calls and while idle
+
+
+def test_a_tools_own_children_are_left_for_it_to_wait_for():
+    """Only adopted orphans are reaped: the tool's own children keep their exit status for it."""
+    with Pool("helpers:Spawner", size=1, heartbeat_interval=0.2) as pool:
+        worker = pool.execute("pid")
+        pool.execute("start_children", {"code": 3})
+        wait_for(lambda: _zombies(worker) == 2)
+        for _ in range(3):  # calls and idle heartbeats, each a chance to reap
+            pool.execute("background")
+            time.sleep(0.3)
+        assert pool.execute("wait_children") == [3, 3]
+
+
 SPAWNING_OWNER = textwrap.dedent(
     """
     import sys, time

@@ -34,6 +34,7 @@ import signal
 import sys
 import threading
 import traceback
+from time import monotonic
 from typing import Any, Callable, Iterator
 
 import msgspec
@@ -45,63 +46,18 @@ from ..protocol import (
     Batch, BatchResult, Boot, Call, Cancel, Chunk, End, Failure, FrameReader, Ping, Pong, Ready,
     Result, Shutdown, StartFailed, ToWorker, decode_value, encode_value,
 )
-from .events import Events
 from ..streaming import StreamChunk
+from .events import Events
+from .orphans import adopt_orphans, die_with_parent, end_descendants, reap_orphans
 from .outbox import Outbox
 
 _SCALARS = protocol._SCALARS
 _plain = protocol._plain
 
+_REAP_EVERY = 0.1  # seconds between two looks for adopted orphans' zombies (see orphans.py)
+
 # A real-time signal: unlike SIGUSR1/2, libraries and tools hardly ever claim one.
 CANCEL_SIGNAL = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else signal.SIGUSR2
-
-
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-def _prctl(option: int, value: int) -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
-        except Exception:  # no libc symbol: the fallbacks below still hold
-            pass
-
-
-def _die_with_parent() -> None:
-    """SIGKILL when the owner dies (end-of-file on the control pipe ends us everywhere else)."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _adopt_orphans() -> None:
-    """Become a child subreaper: a process a tool started whose parent exits (a daemon's double
-    fork, a detached child) is re-parented here, not to init, so it stays our descendant and
-    can be ended with us. The worker also leads its own process group (see the launcher)."""
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-
-
-def _end_descendants(grace: float = 1.0) -> None:
-    """End every process below this one: SIGTERM, then SIGKILL after ``grace``; reap them."""
-    import psutil
-
-    try:
-        descendants = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return
-    for process in descendants:
-        try:
-            process.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(descendants, timeout=grace)
-    for process in alive:
-        try:
-            process.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
 
 
 def _load_adapter(spec: Any) -> type:
@@ -215,6 +171,7 @@ class Worker:
         threading.Thread(target=self._control_loop, name="snakepit-control", daemon=True).start()
         read = self._reader.read_blocking
         cancelled = self._cancelled
+        next_reap = 0.0
         while True:
             message = read(self._requests)
             if message is None:  # the owner is gone
@@ -230,10 +187,14 @@ class Worker:
                     self._run_batch(message)
                 self._running = None
                 cancelled.discard(call_id)
+                now = monotonic()
+                if now >= next_reap:  # a few times a second at most
+                    next_reap = now + _REAP_EVERY
+                    reap_orphans()
             elif kind is Shutdown:
                 break
         self._cleanup()
-        _end_descendants()
+        end_descendants()
         self._out.flush()
 
     def _cleanup(self) -> None:
@@ -261,8 +222,9 @@ class Worker:
                     batch[1].clear()  # stops the batch's iteration before its next item
                 if self._running in ids:
                     signal.pthread_kill(self._main, CANCEL_SIGNAL)
-            elif type(message) is Ping:
+            elif type(message) is Ping:  # the worker is idle: a moment to reap what it adopted
                 self._events.send(Pong(message.seq), essential=True)
+                reap_orphans()
 
     def _forget_before(self, call_id: int) -> None:
         """Cancels of calls older than ``call_id`` came after those calls ended: drop them."""
@@ -544,8 +506,8 @@ def _close(items: Any) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
-    _adopt_orphans()
+    die_with_parent()
+    adopt_orphans()
     requests, control, responses, events, spill = (int(fd) for fd in sys.argv[1:6])
     owner = int(sys.argv[6])
     if os.getppid() != owner:  # the owner died before PDEATHSIG was armed

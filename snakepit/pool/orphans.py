@@ -1,0 +1,139 @@
+"""Inside a worker: the processes its tools start, and the orphans it adopts.
+
+A worker leads its own process group (see the launcher) and is a child subreaper
+(``PR_SET_CHILD_SUBREAPER``): a process a tool started whose parent exits -- a daemon's double
+fork, ``sh -c "cmd &"`` -- is re-parented to the worker instead of init, so it stays the worker's
+descendant and can be ended with it (:func:`end_descendants`).
+
+An adopted orphan that exits becomes the worker's zombie, and no tool will ever wait for it: the
+worker reaps those between calls (:func:`reap_orphans`), and only those. Its own children --
+what ``subprocess``, ``os.fork`` and ``os.posix_spawn`` return to a tool -- are the tool's to wait
+for: reaping one would make the tool's ``Popen.wait()`` report exit status 0. So their pids are
+recorded as they are made, under the same lock the reaper takes, by wrapping those functions in
+the worker process (and nowhere else).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+_lock = threading.Lock()  # held while a child is made and recorded, and while zombies are reaped
+_own: set[int] = set()  # pids of the children this process made itself
+_next_scan = 0.0
+_SCAN_EVERY = 5.0  # the full scan (a pass over /proc) runs at most this often
+
+
+def prctl(option: int, value: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+        except Exception:  # no libc symbol: the fallbacks (pipe end-of-file, process groups) hold
+            pass
+
+
+def die_with_parent() -> None:
+    """SIGKILL when the owner dies (end-of-file on the control pipe ends us everywhere else)."""
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def adopt_orphans() -> None:
+    """Become a child subreaper, and record the children this process makes from now on."""
+    prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    os.fork = _recording(os.fork, forks=True)
+    if hasattr(os, "posix_spawn"):
+        os.posix_spawn = _recording(os.posix_spawn)
+        os.posix_spawnp = _recording(os.posix_spawnp)
+    fork_exec = getattr(subprocess, "_fork_exec", None)  # what Popen calls, bound at its import
+    if fork_exec is not None:
+        subprocess._fork_exec = _recording(fork_exec)  # type: ignore[attr-defined]
+
+
+def _recording(make: Callable[..., int], forks: bool = False) -> Callable[..., int]:
+    def recorded(*args: Any, **kwargs: Any) -> int:
+        with _lock:
+            pid = make(*args, **kwargs)
+            if pid > 0:
+                _own.add(pid)
+        if forks and pid == 0:  # the child: none of these are its children
+            _own.clear()
+        return pid
+
+    recorded.__wrapped__ = make  # type: ignore[attr-defined]
+    recorded.__name__ = getattr(make, "__name__", "recorded")
+    recorded.__doc__ = make.__doc__
+    return recorded
+
+
+def reap_orphans() -> None:
+    """Reap the zombies of adopted orphans. Between calls: cheap (one ``waitid``) when there are
+    none; a scan of this process's children only when one of its own children is waitable."""
+    global _next_scan
+    with _lock:
+        while True:
+            try:
+                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # no children at all
+                return
+            if found is None:  # nothing has exited
+                return
+            if found.si_pid in _own:  # the tool's to wait for; others may hide behind it
+                break
+            _reap(found.si_pid)
+        now = time.monotonic()
+        if now < _next_scan:
+            return
+        _next_scan = now + _SCAN_EVERY
+        import psutil
+
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return
+        _own.intersection_update(child.pid for child in children)  # forget what the tool reaped
+        for child in children:
+            if child.pid not in _own:
+                try:
+                    if child.status() == psutil.STATUS_ZOMBIE:
+                        _reap(child.pid)
+                except psutil.Error:
+                    pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def end_descendants(grace: float = 1.0) -> None:
+    """End every process below this one: SIGTERM, then SIGKILL after ``grace``; reap them."""
+    import psutil
+
+    try:
+        descendants = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for process in descendants:
+        try:
+            process.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(descendants, timeout=grace)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
