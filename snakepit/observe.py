@@ -8,7 +8,8 @@ its fields as extras, and is passed as a dict to ``Pool(on_event=...)`` for metr
 Events: ``worker_start``, ``worker_ready``, ``worker_start_failed``, ``worker_exit`` (with ``exit_code`` or ``signal``,
 and ``expected`` for a shutdown or recycling), ``worker_restart`` (with ``delay``),
 ``worker_recycle`` (with ``reason``), ``worker_hung``, ``cancel_timeout`` (a worker that did not
-give a cancelled call up in time), ``timeout``, ``queue_timeout``, ``pool_saturated``.
+give a cancelled call up in time), ``worker_reclaimed`` (taken back from a caller interrupted
+half-way), ``timeout``, ``queue_timeout``, ``pool_saturated``.
 
 They are emitted on the slow paths only (a start, a death, an error), and cost a flag check
 when nobody listens: nothing is built unless the logger or a callback wants it. They are never

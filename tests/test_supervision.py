@@ -311,9 +311,14 @@ def test_timeout_of_a_cooperative_stream_closes_the_generator():
 def test_cancel_not_acknowledged_within_grace_kills_the_worker():
     with Pool(Faulty, size=1, **FAST) as pool:
         stubborn = pool.execute("pid")
+
+        def halt_once_stuck(chunk: int) -> object:
+            time.sleep(0.3)  # by now the tool is stuck in C, past any point a cancel could reach
+            return HALT
+
         started = time.monotonic()
-        result = pool.execute_stream("stubborn", {"block": 30}, lambda chunk: HALT)
-        assert result.halted and time.monotonic() - started < 0.3  # the caller does not wait
+        result = pool.execute_stream("stubborn", {"block": 30}, halt_once_stuck)
+        assert result.halted and time.monotonic() - started < 0.6  # the caller does not wait
         # The worker never reaches the next yield: it is killed, not handed out again dirty.
         assert pool.execute("pid") != stubborn
         assert pool.stats()["restarts"] == 1

@@ -43,11 +43,21 @@ class Ticket:
     refused: str | None = None  # a Reason when refused
     waiting_for: int | None = None  # the worker a strict_queue ticket waits for
     session_id: str | None = None  # not used for routing; lets the caller re-pin its session
-    waker: Callable[[], Any] | None = field(default=None, repr=False)  # set by whoever waits
+    # Set by whoever waits (the pool; routing ignores them): how to wake the caller; a weak
+    # reference to what it waits on, dead once the caller has stopped waiting; who takes the
+    # worker it is given.
+    waker: Callable[[], Any] | None = field(default=None, repr=False)
+    waiter: Callable[[], Any] | None = field(default=None, repr=False)
+    owner: Any = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
         return self.worker is not None or self.refused is not None
+
+    @property
+    def abandoned(self) -> bool:
+        """Its caller stopped waiting without withdrawing it (interrupted mid-step)."""
+        return self.waiter is not None and self.waiter() is None
 
 
 class Router:
@@ -72,6 +82,9 @@ class Router:
     @property
     def busy(self) -> int:
         return len(self._busy)
+
+    def is_idle(self, worker: int) -> bool:
+        return worker in self._idle
 
     def waiters(self) -> Iterator[Ticket]:
         yield from self._any

@@ -17,6 +17,7 @@ import asyncio
 import inspect
 import math
 import time
+import weakref
 from typing import Any, Awaitable, Callable
 
 from msgspec.msgpack import Ext
@@ -25,7 +26,7 @@ from .. import errors
 from ..affinity import Affinity, Ticket
 from ..streaming import HALT, StreamResult
 from .calls import END, MORE, Exchange
-from .queue import Dispatcher
+from .queue import Dispatcher, Owner
 from .timing import earliest
 from .worker import DeadlineExceeded, WorkerGone, WorkerHandle
 
@@ -42,22 +43,27 @@ async def checkout(
     affinity: Affinity | None,
     queue_deadline: float | None,
     call_deadline: float | None,
+    owner: Owner | None = None,
 ) -> WorkerHandle:
     loop = asyncio.get_running_loop()
 
     def park(ticket: Ticket) -> asyncio.Future[None]:
         future: asyncio.Future[None] = loop.create_future()
+        waiter = weakref.ref(future)  # held weakly, as the sync waiter is (see queue._park)
 
         def wake() -> None:  # from any thread: whoever frees a worker
+            parked = waiter()
+            if parked is None:
+                return
             try:
-                loop.call_soon_threadsafe(_resolve, future)
+                loop.call_soon_threadsafe(_resolve, parked)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass
 
-        ticket.waker = wake
+        ticket.waiter, ticket.waker = waiter, wake
         return future
 
-    handle, ticket, parked = dispatcher.request(session_id, affinity, park)
+    handle, ticket, parked = dispatcher.request(session_id, affinity, park, owner)
     deadline = earliest(queue_deadline, call_deadline)
     try:
         while handle is None:
@@ -74,15 +80,15 @@ async def checkout(
     return handle
 
 
-async def start_off_loop(start: Callable[[Dispatcher, WorkerHandle], Exchange], dispatcher: Dispatcher, handle: WorkerHandle) -> Exchange:
+async def start_off_loop(start: Callable[[Exchange], None], exchange: Exchange) -> None:
     """Start a call whose frame the worker's pipe cannot hold, from a thread: writing it waits
     for the worker to read (until the call's deadline), which must not stall the loop."""
-    started = asyncio.get_running_loop().run_in_executor(None, start, dispatcher, handle)
+    started = asyncio.get_running_loop().run_in_executor(None, start, exchange)
     try:
-        return await asyncio.shield(started)
+        await asyncio.shield(started)
     except asyncio.CancelledError:
         # The write goes on in its thread; once it is done, cancel the call it started.
-        started.add_done_callback(lambda done: done.cancelled() or done.exception() or done.result().cancel())
+        started.add_done_callback(lambda done: exchange.cancel())
         raise
 
 
@@ -307,10 +313,8 @@ class AsyncStream:
 
     def __del__(self) -> None:
         # A collection may run anywhere, even inside a pool call holding a pool lock: take no
-        # lock here. The cancel goes to the supervisor thread, the readers' removal to the loop.
-        exchange = self._exchange
-        if exchange is not None and not exchange.finished:
-            exchange.dispatcher.cancel_later(exchange)
+        # lock here. The readers' removal goes to the loop; the exchange, dropped with this
+        # stream, cancels its call itself (Exchange.__del__).
         readable = self._readable
         if readable is not None:
             readable.close_soon()

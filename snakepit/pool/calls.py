@@ -41,19 +41,24 @@ END: Any = object()  # the stream is over; see Exchange.result
 
 
 class Exchange:
+    """One call, from the moment its worker is assigned (:meth:`adopt`, under the dispatcher's
+    lock) until the worker is given back: released, abandoned or lost. Dropped unfinished -- its
+    caller interrupted between two steps -- it gives the worker back when collected."""
+
     __slots__ = (
-        "dispatcher", "handle", "call_id", "tool", "deadline", "started", "finished",
-        "chunks", "final", "metadata", "result", "_messages", "_index", "_salvaged",
+        "dispatcher", "handle", "call_id", "tool", "deadline", "started", "finished", "sent",
+        "chunks", "final", "metadata", "result", "_messages", "_index", "_salvaged", "__weakref__",
     )
 
-    def __init__(self, dispatcher: Dispatcher, handle: WorkerHandle, call_id: int, tool: str, deadline: float | None) -> None:
+    def __init__(self, dispatcher: Dispatcher, tool: str, deadline: float | None) -> None:
+        self.finished = False
+        self.handle: WorkerHandle = None  # type: ignore[assignment]  # set by adopt()
         self.dispatcher = dispatcher
-        self.handle = handle
-        self.call_id = call_id
+        self.call_id = -1  # drawn when the call is sent
         self.tool = tool
         self.deadline = deadline
         self.started = time.perf_counter()
-        self.finished = False
+        self.sent = False  # the call may be in the worker's pipe
         self.chunks = 0
         self.final = False
         self.metadata: Any = None
@@ -62,20 +67,42 @@ class Exchange:
         self._index = 0
         self._salvaged = False
 
+    # -- owning the worker (Owner, see queue.py) ----------------------------------------------------
+
+    def adopt(self, handle: WorkerHandle) -> None:
+        self.handle = handle
+
+    def disown(self, handle: WorkerHandle) -> bool:
+        if self.sent or self.finished:
+            return False
+        self.handle = None  # type: ignore[assignment]
+        return True
+
+    def __del__(self) -> None:
+        # getattr: an __init__ interrupted half-way leaves attributes unset
+        if getattr(self, "handle", None) is not None and not self.finished:
+            self.dispatcher.cancel_later(self)  # no lock here: see Dispatcher.cancel_later
+
     # -- sending and waiting ---------------------------------------------------------------------
 
-    def send(self, frame: bytes | bytearray) -> None:
-        """Send the encoded ``Call``; if that is interrupted half-way, the pipe is unusable."""
+    def send(self, frame: bytearray, call_id: int) -> None:
+        """Send the encoded ``Call`` (its id stamped in); if that is interrupted half-way, the
+        pipe is unusable."""
         handle = self.handle
-        handle.begin(self.call_id, self.tool)
         try:
+            self.call_id = call_id
+            handle.begin(call_id, self.tool)
+            self.sent = True
             handle.send(frame, self.deadline)
         except WorkerGone:
             self.gone()
         except DeadlineExceeded:  # it read nothing of a large call: stopped or hung
             handle.kill()
             self.expired()
-        except BaseException:  # Ctrl-C mid-write: part of a frame is in the pipe
+        except BaseException:  # Ctrl-C mid-write: part of a frame may be in the pipe
+            if not self.sent:
+                self.cancel()  # nothing was written: the worker is clean
+                raise
             handle.killed_on_purpose = True
             handle.kill()
             self.finished = True
@@ -199,8 +226,13 @@ class Exchange:
             self.dispatcher.release(self.handle)
 
     def cancel(self) -> None:
-        """Stop early: if the call already ended, just release; else cancel it in the worker."""
-        if self.finished:
+        """Stop early: if the call already ended, or never reached the worker, just release;
+        else cancel it in the worker."""
+        if self.finished or self.handle is None:
+            return
+        if not self.sent:
+            self.finished = True
+            self.dispatcher.release(self.handle)
             return
         rest = self._messages[self._index :]
         if any(isinstance(m, TERMINAL) and m.id == self.call_id for m in rest):
@@ -372,9 +404,4 @@ class Stream:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        # A collection may run inside a pool call that holds a pool lock on this very thread:
-        # the cancel is handed to the supervisor thread instead of taking any lock here.
-        exchange = self._exchange
-        if not exchange.finished:
-            exchange.dispatcher.cancel_later(exchange)
+    # Dropping the stream drops its exchange, whose __del__ cancels the call.

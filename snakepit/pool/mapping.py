@@ -102,8 +102,20 @@ class MapEngine:
     # -- workers -----------------------------------------------------------------------------------
 
     def add_worker(self, handle: WorkerHandle) -> None:
-        self.workers[handle.id] = handle
-        self._queued[handle.id] = deque()
+        if handle.id not in self.workers:
+            self._queued[handle.id] = deque()
+            self.workers[handle.id] = handle
+
+    # Owner (see queue.py): a worker is the map's from the moment it is assigned; whatever
+    # interrupts the map after that, close() gives it back.
+    adopt = add_worker
+
+    def disown(self, handle: WorkerHandle) -> bool:
+        if self._queued.get(handle.id):
+            return False
+        self.workers.pop(handle.id, None)
+        self._queued.pop(handle.id, None)
+        return True
 
     def fill(self) -> list[WorkerHandle]:
         """Send batches to workers with room; returns the workers no longer needed."""
@@ -162,6 +174,11 @@ class MapEngine:
         except DeadlineExceeded:  # it read nothing of a large batch: stopped or hung
             handle.kill()
             self._expire(handle)
+        except BaseException:  # Ctrl-C mid-write: part of a frame may be in the pipe
+            handle.killed_on_purpose = True
+            handle.kill()
+            self.lost(handle)
+            raise
         return True
 
     def _take_batch(self) -> bool:

@@ -219,11 +219,16 @@ class Pool:
         chunk's data.
         """
         self._counters.bump("requests")
+        exchange = None
         try:
             exchange = self._begin(tool, args, False, session_id, affinity, timeout)
             return run_execute(exchange)
         except errors.SnakepitError:
             self._counters.bump("errors")
+            raise
+        except BaseException:  # interrupted between two steps: the worker comes back
+            if exchange is not None:
+                exchange.cancel()
             raise
 
     def execute_stream(
@@ -245,11 +250,16 @@ class Pool:
         if not callable(callback):
             raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
         self._counters.bump("requests")
+        exchange = None
         try:
             exchange = self._begin(tool, args, True, session_id, affinity, timeout)
             return run_stream(exchange, callback)
         except errors.SnakepitError:
             self._counters.bump("errors")
+            raise
+        except BaseException:
+            if exchange is not None:
+                exchange.cancel()
             raise
 
     def stream(
@@ -266,12 +276,17 @@ class Pool:
         Leaving the loop early, ``close()``, or dropping the iterator cancels the tool.
         """
         self._counters.bump("requests")
+        exchange = None
         try:
             exchange = self._begin(tool, args, True, session_id, affinity, timeout)
+            return Stream(exchange, lambda: self._counters.bump("errors"), self)
         except errors.SnakepitError:
             self._counters.bump("errors")
             raise
-        return Stream(exchange, lambda: self._counters.bump("errors"), self)
+        except BaseException:
+            if exchange is not None:
+                exchange.cancel()
+            raise
 
     # -- many calls ------------------------------------------------------------------------------
 
@@ -352,14 +367,15 @@ class Pool:
             on_close=lambda engine: self._map_closed(engine, reporter),
         )
 
+        # The engine owns the workers it is given from the moment they are assigned.
         def first() -> Any:
             queue_deadline = deadline_after(self._queue_timeout)
             if sync:
-                return self._dispatcher.checkout(session_id, mode, queue_deadline, None)
-            return aio.checkout(self._dispatcher, session_id, mode, queue_deadline, None)
+                return self._dispatcher.checkout(session_id, mode, queue_deadline, None, engine)
+            return aio.checkout(self._dispatcher, session_id, mode, queue_deadline, None, engine)
 
         def more() -> Any:
-            return None if session_id is not None else self._dispatcher.checkout_now()
+            return None if session_id is not None else self._dispatcher.checkout_now(engine)
 
         return engine, first, more, return_exceptions
 
@@ -454,10 +470,20 @@ class Pool:
         affinity: Affinity | str | None,
         timeout: float | None,
     ) -> Exchange:
-        """Check the call, take a worker, send the call: everything before the first answer."""
+        """Check the call, take a worker, send the call: everything before the first answer.
+
+        The exchange exists before the checkout, so that it owns the worker from the moment the
+        worker is assigned: whatever interrupts a step after that, the worker comes back.
+        """
         call = self._prepare(tool, args, stream, session_id, affinity, timeout)
-        handle = self._dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline)
-        return call.start(self._dispatcher, handle)
+        exchange = Exchange(self._dispatcher, call.tool, call.deadline)
+        try:
+            self._dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
+            call.start(exchange)
+        except BaseException:
+            exchange.cancel()  # a no-op without a worker, or once the call has ended
+            raise
+        return exchange
 
     async def _abegin(
         self,
@@ -469,10 +495,17 @@ class Pool:
         timeout: float | None,
     ) -> Exchange:
         call = self._prepare(tool, args, stream, session_id, affinity, timeout)
-        handle = await aio.checkout(self._dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline)
-        if handle.fits(len(call.frame)):  # the idle worker's pipe takes it at once
-            return call.start(self._dispatcher, handle)
-        return await aio.start_off_loop(call.start, self._dispatcher, handle)
+        exchange = Exchange(self._dispatcher, call.tool, call.deadline)
+        try:
+            await aio.checkout(self._dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
+            if exchange.handle.fits(len(call.frame)):  # the idle worker's pipe takes it at once
+                call.start(exchange)
+                return exchange
+        except BaseException:
+            exchange.cancel()
+            raise
+        await aio.start_off_loop(call.start, exchange)  # cancels the exchange itself if need be
+        return exchange
 
     def _spec(self, tool: str) -> ToolSpec:
         spec = self._tools.get(tool)
@@ -557,17 +590,11 @@ class PreparedCall:
     queue_deadline: float | None
     deadline: float | None
 
-    def start(self, dispatcher: Dispatcher, handle: Any) -> Exchange:
-        """Send the call to its checked-out worker; the exchange owns the worker from here."""
-        try:
-            call_id = next(dispatcher.call_ids)
-            protocol.stamp_call_id(self.frame, call_id)
-            exchange = Exchange(dispatcher, handle, call_id, self.tool, self.deadline)
-        except BaseException:  # interrupted before anything was sent: the worker is clean
-            dispatcher.release(handle)
-            raise
-        exchange.send(self.frame)
-        return exchange
+    def start(self, exchange: Exchange) -> None:
+        """Send the call to the worker its exchange was given; its id is drawn now."""
+        call_id = next(exchange.dispatcher.call_ids)
+        protocol.stamp_call_id(self.frame, call_id)
+        exchange.send(self.frame, call_id)
 
 
 def _routing(session_id: Any, affinity: Affinity | str | None) -> Affinity | None:

@@ -16,7 +16,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import errors
 from ..affinity import Affinity, Router, Ticket
@@ -52,6 +53,20 @@ class Counters:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+
+class Owner(Protocol):
+    """Whoever a checked-out worker belongs to (a call's exchange, a map): it adopts the worker
+    under the dispatcher's lock, at the moment the worker is assigned, and gives it back when
+    it is done -- or, if it is dropped unfinished, when it is collected. No step between the
+    assignment and the call's first message can lose the worker."""
+
+    def adopt(self, handle: WorkerHandle) -> None: ...
+
+    def disown(self, handle: WorkerHandle) -> bool:
+        """The worker is handed back before use (the wait was interrupted); False if the owner
+        has started using it (it then gives it back itself)."""
+        ...
 
 
 class _Refused(Exception):
@@ -102,13 +117,16 @@ class Dispatcher:
         affinity: Affinity | None,
         queue_deadline: float | None,
         call_deadline: float | None,
+        owner: Owner | None = None,
     ) -> WorkerHandle:
         """A worker for this call, waiting FIFO if none may serve it now; raises refusals.
 
+        ``owner`` adopts the worker the moment it is assigned (under the lock), so that an
+        interruption between two steps of the caller cannot lose it (see :class:`Owner`).
         Whatever interrupts the wait (Ctrl-C, any exception) withdraws the ticket, or hands back
         the worker it was given meanwhile.
         """
-        handle, ticket, parked = self.request(session_id, affinity, _park)
+        handle, ticket, parked = self.request(session_id, affinity, _park, owner)
         if handle is not None:
             return handle
         deadline = earliest(queue_deadline, call_deadline)
@@ -123,13 +141,16 @@ class Dispatcher:
             raise
         return handle
 
-    def request(self, session_id: str | None, affinity: Affinity | None, park: Callable[[Ticket], Any]) -> tuple[WorkerHandle | None, Ticket, Any]:
+    def request(
+        self, session_id: str | None, affinity: Affinity | None, park: Callable[[Ticket], Any], owner: Owner | None = None
+    ) -> tuple[WorkerHandle | None, Ticket, Any]:
         """First step of a checkout: ``(worker, ticket, None)`` if one is free now, else
         ``(None, ticket, park(ticket))`` -- the ticket waits and ``park`` installed its waker.
 
         The waiting itself is the caller's (a thread blocks on a lock, a coroutine awaits a
         future); :meth:`settle` ends each wait. This is the only difference between the two.
         """
+        ticket: Ticket | None = None
         try:
             with self.lock:
                 if self.closed:
@@ -137,6 +158,7 @@ class Dispatcher:
                 if self.start_failure is not None and not self.workers:
                     raise self._refusal(Reason.WORKER_START_FAILED)
                 ticket = self._ticket(session_id, affinity)
+                ticket.owner = owner
                 handle = self._acquire(ticket)
                 if handle is not None:
                     return handle, ticket, None
@@ -144,6 +166,12 @@ class Dispatcher:
                 return None, ticket, park(ticket)
         except _Refused as refused:
             raise refused.surface(self.observer) from None
+        except errors.SnakepitError:
+            raise
+        except BaseException:  # interrupted mid-way: leave no ticket behind
+            if ticket is not None:
+                self.forsake(ticket)
+            raise
 
     def settle(
         self, ticket: Ticket, queue_deadline: float | None, call_deadline: float | None, park: Callable[[Ticket], Any]
@@ -162,25 +190,32 @@ class Dispatcher:
         except _Refused as refused:
             raise refused.surface(self.observer) from None
 
-    def checkout_now(self) -> WorkerHandle | None:
+    def checkout_now(self, owner: Owner | None = None) -> WorkerHandle | None:
         """An idle worker if there is one (no session, no queueing); ``None`` otherwise."""
         with self.lock:
             if self.closed or not self.router.idle:
                 return None
-            ticket = Ticket()
+            ticket = Ticket(owner=owner)
             self.router.acquire(ticket)  # an idle worker and no waiter that could use it: served
             return self._claim(ticket) if ticket.done else None
 
     def forsake(self, ticket: Ticket) -> None:
-        """The caller stopped waiting (its task was cancelled): leave the queue, or hand back
-        the worker the ticket was given in the meantime."""
+        """The caller stopped waiting (its task was cancelled, it was interrupted): leave the
+        queue, or hand back the worker the ticket was given in the meantime."""
         with self.lock:
             if self.router.withdraw(ticket) or not ticket.done or ticket.refused is not None:
                 return
             handle = self.workers.get(ticket.worker)  # type: ignore[arg-type]
             if handle is None:
                 return
+            ours = ticket.owner is not None and handle.owner is not None and handle.owner() is ticket.owner
+            if handle.checked_out and not ours:
+                return  # given back already, and someone else's now
+            if ours and not ticket.owner.disown(handle):
+                return  # its owner is using it already: it comes back through the owner
+            # Ours, or assigned by the router but never claimed (interrupted): back to the pool.
             handle.checked_out = False
+            handle.owner = None
             woken = self._free(handle)
         for other in woken:
             _wake(other)
@@ -218,6 +253,7 @@ class Dispatcher:
         handle = self.workers.get(ticket.worker)  # type: ignore[arg-type]
         if handle is None:
             return None
+        _hand_over(handle, ticket)  # first: the owner knows it before it is marked taken
         handle.state = WorkerState.BUSY
         handle.checked_out = True
         if session is not None:
@@ -282,6 +318,7 @@ class Dispatcher:
         reason = self.recycle.reason(handle) if self.recycle.active and handle.state is not WorkerState.DEAD else None
         with self.lock:
             handle.checked_out = False
+            handle.owner = None
             handle.outstanding.clear()
             handle.current_tool = None
             if handle.state is WorkerState.DEAD:
@@ -311,6 +348,7 @@ class Dispatcher:
         """
         with self.lock:
             handle.checked_out = False
+            handle.owner = None
             if handle.state is WorkerState.DEAD:
                 dispose = True
             else:
@@ -357,6 +395,38 @@ class Dispatcher:
         for ticket in woken:
             _wake(ticket)
 
+    def audit(self) -> list[tuple[WorkerHandle, list[int]]]:
+        """Take back workers an interrupted caller left half-way (supervisor thread).
+
+        A signal handler that raises (Ctrl-C) can interrupt a caller anywhere, even inside the
+        pool's own steps; code on the supervisor thread is never interrupted that way (Python
+        runs signal handlers on the main thread only). Taken back: a busy worker nobody has
+        checked out (given back half-way), and one whose owner was collected without giving it
+        back. A worker still processing calls is returned for cancelling and draining; the
+        others are free again at once.
+        """
+        to_drain: list[tuple[WorkerHandle, list[int]]] = []
+        woken: list[Ticket] = []
+        with self.lock:
+            for handle in list(self.workers.values()):
+                if handle.state is WorkerState.IDLE and not self.router.is_idle(handle.id):
+                    woken += self._free(handle)  # the router gave it out, but nobody claimed it
+                    continue
+                if handle.state is not WorkerState.BUSY:
+                    continue
+                if handle.checked_out and handle.owner is not None and handle.owner() is not None:
+                    continue  # in its owner's hands
+                handle.checked_out = False
+                handle.owner = None
+                if handle.outstanding:
+                    handle.state = WorkerState.DRAINING
+                    to_drain.append((handle, list(handle.outstanding)))
+                else:
+                    woken += self._free(handle)
+        for ticket in woken:
+            _wake(ticket)
+        return to_drain
+
     def retire_if_idle(self, handle: WorkerHandle, reason: str) -> bool:
         """Take an idle worker out of service for recycling; False if it is no longer idle."""
         with self.lock:
@@ -396,12 +466,21 @@ class Dispatcher:
         return True
 
     def _free(self, handle: WorkerHandle) -> list[Ticket]:
-        """Back to the pool (lock held): to the oldest waiter allowed to use it, else idle."""
-        ticket = self.router.release(handle.id)
-        if ticket is None:
-            handle.state = WorkerState.IDLE
-            handle.idle_since = time.monotonic()
-            return []
+        """Back to the pool (lock held): to the oldest waiter allowed to use it, else idle.
+
+        A waiter whose caller has gone (interrupted between two steps, so it never withdrew)
+        is passed over and dropped.
+        """
+        while True:
+            ticket = self.router.release(handle.id)
+            if ticket is None:
+                handle.state = WorkerState.IDLE
+                handle.idle_since = time.monotonic()
+                return []
+            if not ticket.abandoned:
+                break
+            ticket.worker, ticket.refused = None, Reason.POOL_CLOSED
+        _hand_over(handle, ticket)
         handle.state = WorkerState.BUSY
         handle.checked_out = True
         return [ticket]
@@ -441,12 +520,32 @@ class Dispatcher:
             }
 
 
+def _hand_over(handle: WorkerHandle, ticket: Ticket) -> None:
+    """The worker is the ticket's owner's now (lock held); the supervisor's audit can tell if
+    that owner vanishes without giving it back."""
+    owner = ticket.owner
+    if owner is not None:
+        handle.owner = weakref.ref(owner)  # first: if adopt() is interrupted, the audit still knows
+        owner.adopt(handle)
+
+
 def _park(ticket: Ticket) -> Any:
-    """A lock the calling thread blocks on until the ticket's waker releases it."""
+    """A lock the calling thread blocks on until the ticket's waker releases it. The ticket
+    holds it weakly: once the caller has gone, the ticket is seen abandoned."""
     parked = threading.Lock()
     parked.acquire()
-    ticket.waker = parked.release
+    ticket.waiter = waiter = weakref.ref(parked)
+    ticket.waker = lambda: _release(waiter)
     return parked
+
+
+def _release(waiter: Callable[[], Any]) -> None:
+    parked = waiter()
+    if parked is not None:
+        try:
+            parked.release()
+        except RuntimeError:  # woken twice
+            pass
 
 
 def _wake(ticket: Ticket) -> None:

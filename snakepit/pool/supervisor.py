@@ -349,9 +349,11 @@ class Supervisor(Reactor):
     # -- health: heartbeats and recycling ----------------------------------------------------------
 
     def _health_round(self) -> None:
-        """Ping idle workers, kill the ones that stopped answering, recycle tired idle ones."""
+        """Ping idle workers, kill the ones that stopped answering, recycle tired idle ones;
+        take back workers interrupted callers left behind."""
         if self._stopping:
             return
+        self._audit()
         now = time.monotonic()
         for handle in list(self.handles.values()):
             if handle.state is not WorkerState.IDLE:
@@ -377,6 +379,26 @@ class Supervisor(Reactor):
             handle.ping = (next(self._pings), now)
             handle.send_control(Ping(handle.ping[0]))
         self.later(self._heartbeat_interval, self._health_round)
+
+    def _audit(self) -> None:
+        """Take back what callers interrupted half-way left behind (see Dispatcher.audit): a
+        worker still checked out by nobody, and one left draining with no drain under way."""
+        for handle, calls in self._dispatcher.audit():
+            self.observer.emit(
+                "worker_reclaimed", logging.WARNING,
+                f"worker {handle.id} was left checked out by an interrupted caller; cancelling its calls {calls}",
+                worker_id=handle.id, pid=handle.pid, calls=calls,
+            )
+            handle.send_control(Cancel(calls))
+            self.drain(handle, calls[-1])
+        for handle in list(self.handles.values()):
+            if handle.state is WorkerState.DRAINING and handle.id not in self._draining and handle.exit_info is None:
+                if handle.reader.broken:
+                    self.scrap(handle)
+                elif handle.outstanding:
+                    self.drain(handle, handle.outstanding[-1])
+                else:
+                    self._dispatcher.drained(handle)
 
     def retire(self, handle: WorkerHandle) -> None:
         """Replace a worker that is out of service but healthy: start its successor, then ask it

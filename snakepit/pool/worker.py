@@ -112,6 +112,7 @@ class WorkerHandle:
         self.current_tool: str | None = None
         self.exit_info: dict[str, Any] | None = None
         self.checked_out = False  # a caller, not the supervisor, owns the responses pipe
+        self.owner: Callable[[], Any] | None = None  # weak reference to the caller's exchange or map
         self.start_error: tuple[str, str | None] | None = None  # why it never became ready
         self.retiring: str | None = None  # why it is being recycled, once it is
         self.ping: tuple[int, float] | None = None  # outstanding heartbeat: (seq, sent at)
