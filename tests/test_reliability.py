@@ -483,7 +483,7 @@ def test_execute_stream_with_a_slow_callback_times_out_instead_of_the_next_chunk
             pool.execute_stream("count", {"n": 10}, lambda chunk: (delivered.append(chunk), time.sleep(0.4)), timeout=1.0)
         elapsed = time.monotonic() - started
         assert info.value.reason == "timeout"
-        assert len(delivered) == 3 and elapsed < 2.0  # chunks at 0, 0.4 and 0.8 s; the fourth is past 1 s
+        assert len(delivered) in (2, 3) and elapsed < 2.0  # chunks at 0, 0.4, 0.8 s (later if the machine is loaded)
 
 
 def test_an_async_stream_read_slowly_times_out_at_its_deadline():
