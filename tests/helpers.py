@@ -514,6 +514,32 @@ class Spawner(BaseAdapter):
         return [popen.pid, forked]
 
     @tool
+    def start_library_children(self, seconds: float = 0.2) -> list[int]:
+        """Children made the ways libraries make them: multiprocessing (fork and spawn start
+        methods) and pty.fork; waited for in a later call."""
+        import multiprocessing
+        import pty
+
+        self.library_children = [
+            multiprocessing.get_context(method).Process(target=time.sleep, args=(seconds,)) for method in ("fork", "spawn")
+        ]
+        for process in self.library_children:
+            process.start()
+        pid, self.pty_fd = pty.fork()
+        if pid == 0:
+            os._exit(7)
+        self.pty_child = pid
+        return [process.pid for process in self.library_children] + [pid]
+
+    @tool
+    def wait_library_children(self) -> list[Any]:
+        for process in self.library_children:
+            process.join(10)
+        os.close(self.pty_fd)
+        status = os.waitstatus_to_exitcode(os.waitpid(self.pty_child, 0)[1])
+        return [process.exitcode for process in self.library_children] + [status]
+
+    @tool
     def wait_children(self) -> list[int]:
         popen, forked = self.children
         return [popen.wait(), os.waitstatus_to_exitcode(os.waitpid(forked, 0)[1])]

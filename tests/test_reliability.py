@@ -176,6 +176,60 @@ def test_an_event_callback_may_close_the_pool(tmp_path, monkeypatch):
     assert marker.read_text().split()  # a graceful close: the surviving worker ran cleanup()
 
 
+def test_fire_and_forget_async_calls_that_wait_in_the_queue_complete():
+    """Tasks whose only reference is their wait in the pool's queue (no one keeps the task) must
+    not be collected while they wait."""
+    done: list[int] = []
+
+    async def job(i: int) -> None:
+        await pool.aexecute("sleep", {"seconds": 0.1})
+        done.append(i)
+
+    async def main() -> None:
+        for i in range(4):
+            asyncio.get_running_loop().create_task(job(i))  # no reference kept
+        await asyncio.sleep(0.05)
+        gc.collect()
+        while len(done) < 4:
+            await asyncio.sleep(0.05)
+
+    with Pool(Toolbox, size=1, timeout=None, queue_timeout=None) as pool:
+        asyncio.run(asyncio.wait_for(main(), 20))
+    assert sorted(done) == [0, 1, 2, 3]
+
+
+def test_an_owner_back_from_the_dead_does_not_take_its_reclaimed_worker_back():
+    """An amap dropped in a reference cycle: the collector clears weak references to its engine
+    (the audit takes the worker back and hands it on), then asyncio revives the generator and
+    closes it, which abandons the worker again. Under its stale lease that is ignored: the
+    worker's new caller keeps it."""
+    outcome: dict = {}
+
+    def other_caller() -> None:
+        outcome["value"] = pool.execute("sleep", {"seconds": 1.0})
+
+    async def main() -> None:
+        agen = pool.amap("sleep", [{"seconds": 0.3}] * 6, chunksize=1)
+        assert await agen.__anext__() == 0.3
+        box: list = [agen]
+        box.append(box)  # a cycle, as a traceback or a self-reference makes
+        del agen, box
+        other.start()
+        time.sleep(0.05)
+        gc.collect()  # the engine's weak reference is cleared; aclose() is scheduled on this loop
+        wait_for(lambda: "worker_reclaimed" in events, timeout=10)  # the audit took it back meanwhile
+        await asyncio.sleep(0)  # aclose() runs now
+        await asyncio.sleep(0.1)
+
+    events: list[str] = []
+    with Pool(Toolbox, size=1, heartbeat_interval=0.2, on_event=lambda event: events.append(event["event"])) as pool:
+        other = threading.Thread(target=other_caller)
+        asyncio.run(main())
+        other.join(10)
+        assert outcome == {"value": 1.0}
+        assert "cancel_timeout" not in events and pool.stats()["restarts"] == 0
+
+
 def test_a_stream_dropped_during_a_collection_inside_a_pool_call_does_not_deadlock():
     """``Stream.__del__`` ran the cancel inline, taking the dispatcher's lock: a collection that
     happens while this thread holds it (inside a checkout) deadlocked. It is handed over now."""
@@ -603,7 +657,7 @@ def test_orphans_a_worker_adopts_are_reaped():
         worker = pool.execute("pid")
         for _ in range(100):
             pool.execute("background")
-        wait_for(lambda: _zombies(worker) == 0, timeout=10)  # reaped between calls and while idle
+        wait_for(lambda: pool.execute("pid") and _zombies(worker) == 0, timeout=10)  # reaped between calls
 
 
 def test_a_tools_own_children_are_left_for_it_to_wait_for():
@@ -616,6 +670,19 @@ def test_a_tools_own_children_are_left_for_it_to_wait_for():
             pool.execute("background")
             time.sleep(0.3)
         assert pool.execute("wait_children") == [3, 3]
+
+
+def test_children_libraries_make_are_left_for_them_to_wait_for():
+    """multiprocessing (spawn starts its children through _posixsubprocess) and pty.fork: their
+    children exit between two calls, and must still be theirs to join and wait for."""
+    with Pool("helpers:Spawner", size=1) as pool:
+        worker = pool.execute("pid")
+        pool.execute("start_library_children", {"seconds": 0.2}, timeout=60)
+        wait_for(lambda: _zombies(worker) >= 3, timeout=20)
+        for _ in range(3):  # calls, each a chance for the worker to reap adopted orphans
+            pool.execute("background")
+            time.sleep(0.2)
+        assert pool.execute("wait_library_children") == [0, 0, 7]
 
 
 SPAWNING_OWNER = textwrap.dedent(

@@ -17,7 +17,6 @@ import asyncio
 import inspect
 import math
 import time
-import weakref
 from typing import Any, Awaitable, Callable
 
 from msgspec.msgpack import Ext
@@ -48,19 +47,18 @@ async def checkout(
     loop = asyncio.get_running_loop()
 
     def park(ticket: Ticket) -> asyncio.Future[None]:
+        # Held strongly, unlike a thread's lock (queue._park): a task waiting here may be
+        # referenced by nothing else, and must not be collected while it waits in the queue.
+        # A cancelled task leaves the queue itself (forsake, below).
         future: asyncio.Future[None] = loop.create_future()
-        waiter = weakref.ref(future)  # held weakly, as the sync waiter is (see queue._park)
 
         def wake() -> None:  # from any thread: whoever frees a worker
-            parked = waiter()
-            if parked is None:
-                return
             try:
-                loop.call_soon_threadsafe(_resolve, parked)
+                loop.call_soon_threadsafe(_resolve, future)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass
 
-        ticket.waiter, ticket.waker = waiter, wake
+        ticket.waker = wake
         return future
 
     handle, ticket, parked = dispatcher.request(session_id, affinity, park, owner)

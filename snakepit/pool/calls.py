@@ -46,13 +46,14 @@ class Exchange:
     caller interrupted between two steps -- it gives the worker back when collected."""
 
     __slots__ = (
-        "dispatcher", "handle", "call_id", "tool", "deadline", "started", "finished", "sent",
+        "dispatcher", "handle", "lease", "call_id", "tool", "deadline", "started", "finished", "sent",
         "chunks", "final", "metadata", "result", "_messages", "_index", "_salvaged", "__weakref__",
     )
 
     def __init__(self, dispatcher: Dispatcher, tool: str, deadline: float | None) -> None:
         self.finished = False
         self.handle: WorkerHandle = None  # type: ignore[assignment]  # set by adopt()
+        self.lease = 0
         self.dispatcher = dispatcher
         self.call_id = -1  # drawn when the call is sent
         self.tool = tool
@@ -69,8 +70,9 @@ class Exchange:
 
     # -- owning the worker (Owner, see queue.py) ----------------------------------------------------
 
-    def adopt(self, handle: WorkerHandle) -> None:
+    def adopt(self, handle: WorkerHandle, lease: int) -> None:
         self.handle = handle
+        self.lease = lease
 
     def disown(self, handle: WorkerHandle) -> bool:
         if self.sent or self.finished:
@@ -107,7 +109,7 @@ class Exchange:
             handle.kill()
             self.finished = True
             self.dispatcher.died_under_caller(handle)
-            self.dispatcher.release(handle)
+            self.dispatcher.release(handle, self.lease)
             raise
 
     def feed(self, messages: list[Any]) -> None:
@@ -142,16 +144,15 @@ class Exchange:
         call_id = self.call_id
         while self._index < len(messages):
             message = messages[self._index]
+            if message.id == call_id:
+                kind = type(message)
+                if kind is Result or kind is Failure:
+                    self.release()  # before the index moves past it: see cancel()
+                    self._index += 1
+                    if kind is Failure:
+                        raise_failure(message)
+                    return decode_value(message.value)
             self._index += 1
-            if message.id != call_id:
-                continue
-            kind = type(message)
-            if kind is Result:
-                self.release()
-                return decode_value(message.value)
-            if kind is Failure:
-                self.release()
-                raise_failure(message)
         return MORE
 
     def next_batch(self) -> Any:
@@ -186,15 +187,15 @@ class Exchange:
             index += 1
             if message.id != call_id:
                 continue
+            if kind is End or kind is Failure:
+                self.release()  # before the index moves past it: cancel() looks for it there
             self._index = index
             if kind is End:
-                self.release()
                 if message.cancelled:  # not by us: the pool is closing
                     raise errors.pool_closed()
                 self.result = self._stream_result(halted=False)
                 return END
             if kind is Failure:
-                self.release()
                 raise_failure(message)
         self._index = index
         if batch:
@@ -223,7 +224,7 @@ class Exchange:
         if not self.finished:
             self.finished = True
             self.handle.requests_served += 1
-            self.dispatcher.release(self.handle)
+            self.dispatcher.release(self.handle, self.lease)
 
     def cancel(self) -> None:
         """Stop early: if the call already ended, or never reached the worker, just release;
@@ -232,7 +233,7 @@ class Exchange:
             return
         if not self.sent:
             self.finished = True
-            self.dispatcher.release(self.handle)
+            self.dispatcher.release(self.handle, self.lease)
             return
         rest = self._messages[self._index :]
         if any(isinstance(m, TERMINAL) and m.id == self.call_id for m in rest):
@@ -241,7 +242,7 @@ class Exchange:
         self.finished = True
         self.handle.requests_served += 1
         self.handle.send_control(Cancel([self.call_id]))
-        self.dispatcher.abandon(self.handle, self.call_id)
+        self.dispatcher.abandon(self.handle, self.call_id, self.lease)
 
     def halt(self, undelivered: int = 0) -> StreamResult:
         """The callback returned HALT with ``undelivered`` chunks of its batch left: stop."""
@@ -269,7 +270,7 @@ class Exchange:
         self.finished = True
         handle = self.handle
         info = self.dispatcher.died_under_caller(handle)
-        self.dispatcher.release(handle)
+        self.dispatcher.release(handle, self.lease)
         if self.dispatcher.closed:
             raise errors.pool_closed()
         during = "a stream" if self.chunks else "a call"

@@ -85,6 +85,7 @@ class MapEngine:
         self._on_items = on_items
         self._on_timeout = on_timeout
         self.workers: dict[int, WorkerHandle] = {}
+        self._leases: dict[int, int] = {}  # worker id -> the lease it was given under
         self._queued: dict[int, deque[_InFlight]] = {}  # worker id -> its batches, oldest first
         self._last_done: dict[int, float] = {}
         self._next_index = 0
@@ -108,7 +109,9 @@ class MapEngine:
 
     # Owner (see queue.py): a worker is the map's from the moment it is assigned; whatever
     # interrupts the map after that, close() gives it back.
-    adopt = add_worker
+    def adopt(self, handle: WorkerHandle, lease: int) -> None:
+        self._leases[handle.id] = lease
+        self.add_worker(handle)
 
     def disown(self, handle: WorkerHandle) -> bool:
         if self._queued.get(handle.id):
@@ -352,14 +355,14 @@ class MapEngine:
         del self.workers[handle.id]
         del self._queued[handle.id]
         handle.send_control(Cancel(ids))  # the running batch and those queued behind it
-        self._dispatcher.abandon(handle, ids[-1])
+        self._dispatcher.abandon(handle, ids[-1], self._leases.pop(handle.id, None))
 
     def _drop(self, handle: WorkerHandle) -> None:
         """Hand back a worker with nothing queued (a dead one is disposed of)."""
         if self.workers.pop(handle.id, None) is None:
             return
         self._queued.pop(handle.id, None)
-        self._dispatcher.release(handle)
+        self._dispatcher.release(handle, self._leases.pop(handle.id, None))
 
 
 def _encode_items(items: list[Any]) -> tuple[bytes, dict[int, errors.SnakepitError]]:

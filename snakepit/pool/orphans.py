@@ -7,10 +7,12 @@ descendant and can be ended with it (:func:`end_descendants`).
 
 An adopted orphan that exits becomes the worker's zombie, and no tool will ever wait for it: the
 worker reaps those between calls (:func:`reap_orphans`), and only those. Its own children --
-what ``subprocess``, ``os.fork`` and ``os.posix_spawn`` return to a tool -- are the tool's to wait
-for: reaping one would make the tool's ``Popen.wait()`` report exit status 0. So their pids are
-recorded as they are made, under the same lock the reaper takes, by wrapping those functions in
-the worker process (and nowhere else).
+what ``subprocess``, ``multiprocessing``, ``pty`` and ``os.fork``/``os.posix_spawn`` return to a
+tool -- are the tool's to wait for: reaping one would make the tool's ``Popen.wait()`` report
+exit status 0. So their pids are recorded as they are made, by wrapping those functions in the
+worker process (and nowhere else). A child made in C code (``os.system`` is fine: it waits
+before it returns) by a tool thread still running after its call, and waited for later, is the
+one case this cannot tell from an orphan.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from typing import Any, Callable
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
-_lock = threading.Lock()  # held while a child is made and recorded, and while zombies are reaped
+_lock = threading.Lock()  # guards _own and _making; never held across a fork
 _own: set[int] = set()  # pids of the children this process made itself
+_making = 0  # children being made right now (their pids not recorded yet): no reaping meanwhile
 _next_scan = 0.0
 _SCAN_EVERY = 5.0  # the full scan (a pass over /proc) runs at most this often
+_PRUNE_AT = 256  # recorded pids past which the scan forgets those the tool has reaped
 
 
 def prctl(option: int, value: int) -> None:
@@ -48,26 +52,38 @@ def die_with_parent() -> None:
 
 
 def adopt_orphans() -> None:
-    """Become a child subreaper, and record the children this process makes from now on."""
+    """Become a child subreaper, and record the children this process makes from now on:
+    through ``os`` (``fork``, ``forkpty``, ``posix_spawn[p]``, and so ``pty``, ``os.spawn*`` and
+    multiprocessing's fork start method) and ``_posixsubprocess`` (``subprocess``, and
+    multiprocessing's spawn and forkserver start methods)."""
+    import _posixsubprocess
+
     prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    os.fork = _recording(os.fork, forks=True)
-    if hasattr(os, "posix_spawn"):
-        os.posix_spawn = _recording(os.posix_spawn)
-        os.posix_spawnp = _recording(os.posix_spawnp)
-    fork_exec = getattr(subprocess, "_fork_exec", None)  # what Popen calls, bound at its import
-    if fork_exec is not None:
-        subprocess._fork_exec = _recording(fork_exec)  # type: ignore[attr-defined]
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
+        if hasattr(os, name):
+            setattr(os, name, _recording(getattr(os, name)))
+    _posixsubprocess.fork_exec = _recording(_posixsubprocess.fork_exec)
+    if getattr(subprocess, "_fork_exec", None) is not None:  # bound when subprocess was imported
+        subprocess._fork_exec = _recording(subprocess._fork_exec)  # type: ignore[attr-defined]
+    os.register_at_fork(after_in_child=_forget_all)
 
 
-def _recording(make: Callable[..., int], forks: bool = False) -> Callable[..., int]:
-    def recorded(*args: Any, **kwargs: Any) -> int:
+def _recording(make: Callable[..., Any]) -> Callable[..., Any]:
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        global _making
         with _lock:
-            pid = make(*args, **kwargs)
-            if pid > 0:
-                _own.add(pid)
-        if forks and pid == 0:  # the child: none of these are its children
-            _own.clear()
-        return pid
+            _making += 1
+        made: Any = 0
+        try:
+            made = make(*args, **kwargs)
+            return made
+        finally:
+            pid = made[0] if type(made) is tuple else made  # forkpty returns (pid, fd)
+            if pid != 0:  # in a forked child, _forget_all has reset everything
+                with _lock:
+                    _making -= 1
+                    if pid > 0:
+                        _own.add(pid)
 
     recorded.__wrapped__ = make  # type: ignore[attr-defined]
     recorded.__name__ = getattr(make, "__name__", "recorded")
@@ -75,18 +91,34 @@ def _recording(make: Callable[..., int], forks: bool = False) -> Callable[..., i
     return recorded
 
 
+def _forget_all() -> None:
+    """In a child forked from a worker: none of these are its children; the lock may have been
+    held by a thread the child does not have."""
+    global _lock, _making
+    _lock = threading.Lock()
+    _making = 0
+    _own.clear()
+
+
 def reap_orphans() -> None:
-    """Reap the zombies of adopted orphans. Between calls: cheap (one ``waitid``) when there are
-    none; a scan of this process's children only when one of its own children is waitable."""
+    """Reap the zombies of adopted orphans: between two calls, on the thread that runs tools (so
+    never while a tool waits for a child of its own). Cheap -- one ``waitid`` -- when there are
+    none; a scan of this process's children only when one of its own children is waitable, or
+    to forget recorded pids."""
     global _next_scan
     with _lock:
+        if _making:
+            return
         while True:
             try:
                 found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:  # no children at all
+                _own.clear()
                 return
             if found is None:  # nothing has exited
-                return
+                if len(_own) < _PRUNE_AT:
+                    return
+                break
             if found.si_pid in _own:  # the tool's to wait for; others may hide behind it
                 break
             _reap(found.si_pid)

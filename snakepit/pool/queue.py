@@ -61,7 +61,9 @@ class Owner(Protocol):
     it is done -- or, if it is dropped unfinished, when it is collected. No step between the
     assignment and the call's first message can lose the worker."""
 
-    def adopt(self, handle: WorkerHandle) -> None: ...
+    def adopt(self, handle: WorkerHandle, lease: int) -> None:
+        """The worker is yours under ``lease``: pass it back to release and abandon."""
+        ...
 
     def disown(self, handle: WorkerHandle) -> bool:
         """The worker is handed back before use (the wait was interrupted); False if the owner
@@ -309,9 +311,11 @@ class Dispatcher:
         message = "no worker became available within queue_timeout"
         return _Refused(errors.timeout(Reason.QUEUE_TIMEOUT, message), ("queue_timeout", message, {}))
 
-    def release(self, handle: WorkerHandle) -> None:
+    def release(self, handle: WorkerHandle, lease: int | None = None) -> None:
         """The caller is done with its worker: back to the pool, recycled if due, or disposed of
-        if it died under the call."""
+        if it died under the call. Ignored under a stale ``lease`` (the worker has moved on)."""
+        if lease is not None and lease != handle.lease:
+            return
         if handle.reader.broken and handle.state is not WorkerState.DEAD:  # its pipe cannot be read on
             self.abandon(handle, -1)
             return
@@ -340,12 +344,14 @@ class Dispatcher:
         that holds this very lock: the supervisor thread does it, with nothing taken here."""
         self._supervise().defer(exchange.cancel)
 
-    def abandon(self, handle: WorkerHandle, call_id: int) -> None:
+    def abandon(self, handle: WorkerHandle, call_id: int, lease: int | None = None) -> None:
         """The caller gives up on a running call: the worker cancels it and is drained, then freed.
 
         If what the worker says next cannot be trusted (an exception escaped a read of its
-        pipe), it is killed and replaced instead.
+        pipe), it is killed and replaced instead. Ignored under a stale ``lease``.
         """
+        if lease is not None and lease != handle.lease:
+            return
         with self.lock:
             handle.checked_out = False
             handle.owner = None
@@ -418,6 +424,7 @@ class Dispatcher:
                     continue  # in its owner's hands
                 handle.checked_out = False
                 handle.owner = None
+                handle.lease += 1  # if its owner comes back after all, it owns nothing any more
                 if handle.outstanding:
                     handle.state = WorkerState.DRAINING
                     to_drain.append((handle, list(handle.outstanding)))
@@ -524,9 +531,10 @@ def _hand_over(handle: WorkerHandle, ticket: Ticket) -> None:
     """The worker is the ticket's owner's now (lock held); the supervisor's audit can tell if
     that owner vanishes without giving it back."""
     owner = ticket.owner
+    handle.lease += 1
     if owner is not None:
         handle.owner = weakref.ref(owner)  # first: if adopt() is interrupted, the audit still knows
-        owner.adopt(handle)
+        owner.adopt(handle, handle.lease)
 
 
 def _park(ticket: Ticket) -> Any:

@@ -113,6 +113,9 @@ class WorkerHandle:
         self.exit_info: dict[str, Any] | None = None
         self.checked_out = False  # a caller, not the supervisor, owns the responses pipe
         self.owner: Callable[[], Any] | None = None  # weak reference to the caller's exchange or map
+        # Bumped at each checkout (and when the audit takes a worker back): an owner's release or
+        # abandon under an older lease is stale -- the worker has moved on -- and is ignored.
+        self.lease = 0
         self.start_error: tuple[str, str | None] | None = None  # why it never became ready
         self.retiring: str | None = None  # why it is being recycled, once it is
         self.ping: tuple[int, float] | None = None  # outstanding heartbeat: (seq, sent at)

@@ -222,9 +222,8 @@ class Worker:
                     batch[1].clear()  # stops the batch's iteration before its next item
                 if self._running in ids:
                     signal.pthread_kill(self._main, CANCEL_SIGNAL)
-            elif type(message) is Ping:  # the worker is idle: a moment to reap what it adopted
+            elif type(message) is Ping:
                 self._events.send(Pong(message.seq), essential=True)
-                reap_orphans()
 
     def _forget_before(self, call_id: int) -> None:
         """Cancels of calls older than ``call_id`` came after those calls ended: drop them."""
