@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from typing import Any, Callable
+
+from .courier import Courier
 
 log = logging.getLogger("snakepit")
 
@@ -40,16 +41,14 @@ class Observer:
     blocks, or calls ``pool.close()``, cannot stall supervision.
     """
 
-    __slots__ = ("_callback", "_held", "_cond", "_pending", "_busy", "_thread", "_closed")
+    __slots__ = ("_callback", "_held", "_courier")
 
     def __init__(self, callback: EventCallback | None = None) -> None:
         self._callback = callback
         self._held = threading.local()  # per thread: hold depth and the events held
-        self._cond = threading.Condition()
-        self._pending: deque[tuple[str, int, str, dict[str, Any], float]] = deque()
-        self._busy = False  # the delivery thread is delivering
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._courier: Courier[tuple[str, int, str, dict[str, Any], float]] = Courier(
+            "snakepit-events", lambda args: self._deliver(*args)
+        )
 
     def emit(self, event: str, level: int, message: str, **fields: Any) -> None:
         if self._callback is None and not log.isEnabledFor(level):
@@ -77,52 +76,16 @@ class Observer:
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait (up to ``timeout``) until every event posted so far is delivered."""
-        if threading.current_thread() is self._thread:
-            return
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while (self._pending or self._busy) and (remaining := deadline - time.monotonic()) > 0:
-                self._cond.wait(remaining)
+        self._courier.flush(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is pending (up to ``timeout``), then stop the delivery thread."""
-        self.flush(timeout)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._courier.close(timeout)
 
     def _post(self, events: list[tuple[str, int, str, dict[str, Any], float]]) -> None:
-        with self._cond:
-            if self._closed:  # nothing will deliver them any more: at least log them here
-                late = True
-            else:
-                late = False
-                self._pending.extend(events)
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="snakepit-events", daemon=True)
-                    self._thread.start()
-                self._cond.notify_all()
-        if late:
+        if not self._courier.post(events):  # closed: nothing will deliver them, so here
             for args in events:
                 self._deliver(*args)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if not self._pending:
-                    return
-                batch = list(self._pending)
-                self._pending.clear()
-                self._busy = True
-            try:
-                for args in batch:
-                    self._deliver(*args)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
 
     def _deliver(self, event: str, level: int, message: str, fields: dict[str, Any], when: float) -> None:
         try:

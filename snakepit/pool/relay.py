@@ -15,8 +15,8 @@ record carries ``worker_id`` and ``worker_logger`` (the logger name inside the w
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
+
+from ..courier import Courier
 
 worker_log = logging.getLogger("snakepit.worker")
 
@@ -26,49 +26,26 @@ STDERR_LEVEL = logging.WARNING
 
 class LogRelay:
     def __init__(self, capacity: int = 10_000) -> None:
-        self._pending: deque[tuple[int, int, str, str]] = deque()
-        self._capacity = capacity
-        self._cond = threading.Condition()
-        self._closed = False
-        self.dropped = 0
-        self._thread: threading.Thread | None = None
+        self._courier: Courier[tuple[int, int, str, str]] = Courier(
+            "snakepit-log-relay", _log, capacity=capacity, deliver_dropped=_report_dropped
+        )
 
     def emit(self, worker_id: int, level: int, name: str, message: str) -> None:
-        if not worker_log.isEnabledFor(level):
-            return
-        with self._cond:
-            if len(self._pending) >= self._capacity:
-                self.dropped += 1
-                return
-            self._pending.append((worker_id, level, name, message))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="snakepit-log-relay", daemon=True)
-                self._thread.start()
-            self._cond.notify()
+        if worker_log.isEnabledFor(level):
+            self._courier.post(((worker_id, level, name, message),))
 
     def close(self, timeout: float = 2.0) -> None:
         """Emit what is pending (within ``timeout``), then stop."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+        self._courier.close(timeout)
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if not self._pending:
-                    return
-                batch = list(self._pending)
-                self._pending.clear()
-                dropped, self.dropped = self.dropped, 0
-            for worker_id, level, name, message in batch:
-                worker_log.log(level, "[worker %d] %s", worker_id, message, extra={"worker_id": worker_id, "worker_logger": name})
-            if dropped:
-                worker_log.warning("%d worker log lines dropped: log handlers were not keeping up", dropped)
+
+def _log(line: tuple[int, int, str, str]) -> None:
+    worker_id, level, name, message = line
+    worker_log.log(level, "[worker %d] %s", worker_id, message, extra={"worker_id": worker_id, "worker_logger": name})
+
+
+def _report_dropped(count: int) -> None:
+    worker_log.warning("%d worker log lines dropped: log handlers were not keeping up", count)
 
 
 class LineSplitter:
