@@ -49,6 +49,7 @@ class Reason:
     WORKER_BUSY = "worker_busy"
     SESSION_WORKER_UNAVAILABLE = "session_worker_unavailable"
     SESSION_QUOTA_EXCEEDED = "session_quota_exceeded"
+    SESSION_NOT_FOUND = "session_not_found"
     POOL_CLOSED = "pool_closed"
 
 

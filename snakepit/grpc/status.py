@@ -22,6 +22,7 @@ ERROR_METADATA = "snakepit-error"
 
 _BY_REASON = {
     Reason.TOOL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.SESSION_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     Reason.INVALID_ARGUMENTS: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.SERIALIZATION_ERROR: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.INVALID_CONFIG: grpc.StatusCode.INVALID_ARGUMENT,

@@ -285,6 +285,17 @@ class AsyncStream:
     def result(self) -> StreamResult | None:
         return None if self._exchange is None else self._exchange.result
 
+    @property
+    def worker_id(self) -> int | None:
+        return None if self._exchange is None else self._exchange.handle.id
+
+    @property
+    def last_was_final(self) -> bool:
+        """The item returned last was the tool's final chunk (``StreamChunk(is_final=True)``):
+        the worker sends it last, at the end of the run of chunks it came in."""
+        exchange = self._exchange
+        return exchange is not None and exchange.final and self._next >= len(self._batch)
+
     async def aclose(self) -> None:
         """Cancel the tool in the worker if it is still running."""
         if self._start is not None:  # never started: nothing is running

@@ -161,7 +161,8 @@ class Pool:
         self._tools: dict[str, ToolSpec] = {}
         self._state_lock = threading.Lock()
         self._state = "new"
-        self._finalizer = weakref.finalize(self, _shutdown, self._dispatcher, self._supervisor)
+        self._servers: list[Any] = []  # gRPC servers of this pool, stopped when it closes
+        self._finalizer = weakref.finalize(self, _shutdown, self._dispatcher, self._supervisor, self._servers)
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -544,6 +545,36 @@ class Pool:
         now = time.monotonic()
         return PreparedCall(tool, frame, session_id, mode, deadline_after(self._queue_timeout, now), deadline_after(limit, now))
 
+    # -- remote use ------------------------------------------------------------------------------
+
+    def serve(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        tls: Any = None,
+        allow_pickle: bool = False,
+        insecure: bool = False,
+        max_message_mb: float = 64,
+    ) -> Any:
+        """Serve this pool over gRPC (Snakepit's bridge protocol) from this process.
+
+        Returns the running :class:`snakepit.grpc.server.Server` (``.address``, ``.port`` -- port
+        0 picks a free one -- ``.stop(grace=None)``, a context manager); closing the pool stops it.
+        Loopback or ``unix:`` addresses only, unless ``token`` or mutual ``tls``
+        (:class:`snakepit.grpc.server.TLS`) authenticate clients, or ``insecure=True``.
+        Needs the ``grpc`` extra.
+        """
+        if self._dispatcher.closed:
+            raise errors.pool_closed()
+        from ..grpc.server import Server  # the extra is imported only by those who serve
+
+        server = Server(
+            self, address, token=token, tls=tls, allow_pickle=allow_pickle, insecure=insecure, max_message_mb=max_message_mb
+        )
+        self._servers.append(server)
+        return server
+
     # -- introspection ---------------------------------------------------------------------------
 
     def tools(self) -> list[ToolSpec]:
@@ -609,7 +640,9 @@ def _check_session_id(session_id: Any) -> None:
         raise errors.validation(Reason.INVALID_ARGUMENTS, f"session_id must be a non-empty str, got {session_id!r}")
 
 
-def _shutdown(dispatcher: Dispatcher, supervisor: Supervisor) -> None:
+def _shutdown(dispatcher: Dispatcher, supervisor: Supervisor, servers: list[Any]) -> None:
     """Close a pool: at ``close()``, when it is garbage collected, or at interpreter exit."""
+    while servers:
+        servers.pop().stop(grace=0)
     dispatcher.close()
     supervisor.shutdown()

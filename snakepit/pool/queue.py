@@ -274,6 +274,15 @@ class Dispatcher:
         with self.lock:
             return self.sessions.close(session_id)
 
+    def touch_session(self, session_id: str) -> bool:
+        """Keep a session alive (its TTL starts again); False if there is no such session."""
+        with self.lock:
+            self.sessions.sweep(time.monotonic())
+            if session_id not in self.sessions:
+                return False
+            self.sessions.open(session_id, time.monotonic())
+            return True
+
     def session_worker(self, session_id: str) -> int | None:
         with self.lock:
             session = self.sessions.get(session_id)

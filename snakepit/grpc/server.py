@@ -1,0 +1,374 @@
+"""The gRPC facade's server: Snakepit's ``BridgeService`` in the owner process, over the pool.
+
+``pool.serve(...)`` starts one. It runs on the process's shared gRPC loop (:mod:`.loop`) and
+reaches the pool through its asyncio API: a call is a coroutine on that loop, a stream an
+``astream`` -- no other process, no thread per stream. A client's cancellation, disconnect or
+deadline cancels the task, which cancels the tool in the worker. Server-streaming writes wait for
+HTTP/2 flow control, so a slow client slows the stream down; nothing buffers a whole stream.
+
+Security: a loopback address (127.0.0.0/8, ``::1``, ``localhost``) or a ``unix:`` socket path
+(guarded by its file permissions) needs nothing more. Any other address needs a bearer token or
+mutual TLS (server TLS alone authenticates nobody), unless ``insecure=True``. With a token, every
+call but the health service's must carry ``authorization: Bearer <token>`` (compared in constant
+time). Pickled parameters are refused unless ``allow_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
+
+import grpc
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .. import errors
+from ..errors import Reason
+from . import bridge_pb2 as pb
+from . import bridge_pb2_grpc
+from . import codec
+from .loop import run, shared_loop
+from .status import ERROR_METADATA, error_json, is_tool_failure, status_of
+
+if TYPE_CHECKING:
+    from ..adapter import ToolSpec
+    from ..pool.pool import Pool
+
+log = logging.getLogger("snakepit.grpc")
+
+SERVICE = "snakepit.bridge.BridgeService"
+_KEEPALIVE_MS = 20_000  # ping an idle connection this often...
+_KEEPALIVE_TIMEOUT_MS = 10_000  # ...and drop it (cancelling its calls) if no answer within this
+
+
+@dataclass(frozen=True)
+class TLS:
+    """PEM files for the server's certificate and key; with ``client_ca_file``, clients must
+    present a certificate signed by that CA (mutual TLS)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        with open(self.key_file, "rb") as key, open(self.cert_file, "rb") as cert:
+            pair = [(key.read(), cert.read())]
+        root = None
+        if self.client_ca_file is not None:
+            with open(self.client_ca_file, "rb") as ca:
+                root = ca.read()
+        return grpc.ssl_server_credentials(pair, root_certificates=root, require_client_auth=root is not None)
+
+
+def check_bind(address: str, *, token: str | None, tls: TLS | None, insecure: bool) -> None:
+    """Refuse to expose the pool beyond this machine to whoever connects."""
+    if address.startswith("unix:") or insecure or token or (tls is not None and tls.client_ca_file):
+        return
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise errors.validation(
+        Reason.INVALID_CONFIG,
+        f"refusing to serve the pool on {address!r} to anyone who connects: give a token or mutual TLS "
+        "(tls=TLS(..., client_ca_file=...)), bind a loopback address or a unix: socket, or pass insecure=True",
+        address=address,
+    )
+
+
+class Server:
+    """A running gRPC server for one pool (see :meth:`snakepit.Pool.serve`)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        address: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        tls: TLS | None = None,
+        allow_pickle: bool = False,
+        insecure: bool = False,
+        max_message_mb: float = 64,
+    ) -> None:
+        if token is not None and (not isinstance(token, str) or not token):
+            raise errors.validation(Reason.INVALID_CONFIG, "token must be a non-empty str")
+        if not isinstance(max_message_mb, (int, float)) or isinstance(max_message_mb, bool) or max_message_mb <= 0:
+            raise errors.validation(Reason.INVALID_CONFIG, f"max_message_mb must be positive, got {max_message_mb!r}")
+        check_bind(address, token=token, tls=tls, insecure=insecure)
+        self._pool = pool
+        self._requested = address
+        self._token = token
+        self._tls = tls
+        self._allow_pickle = allow_pickle
+        self._max_bytes = int(max_message_mb * 1024 * 1024)
+        self._server: grpc.aio.Server | None = None
+        self._health: Any = None
+        self.port = 0
+        shared_loop()
+        run(self._start())
+
+    @property
+    def address(self) -> str:
+        """Where clients connect (with the port bound, if 0 was asked for)."""
+        if self._requested.startswith("unix:"):
+            return self._requested
+        host = self._requested.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"<snakepit.grpc.Server {self.address} {'running' if self._server else 'stopped'}>"
+
+    async def _start(self) -> None:
+        options = [
+            ("grpc.max_send_message_length", self._max_bytes),
+            ("grpc.max_receive_message_length", self._max_bytes),
+            ("grpc.keepalive_time_ms", _KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ]
+        interceptors = [_BearerToken(self._token)] if self._token else []
+        server = grpc.aio.server(interceptors=interceptors, options=options)
+        bridge_pb2_grpc.add_BridgeServiceServicer_to_server(_Bridge(self._pool, self._allow_pickle), server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        if self._tls is not None:
+            port = server.add_secure_port(self._requested, self._tls.credentials())
+        else:
+            port = server.add_insecure_port(self._requested)
+        if not port and not self._requested.startswith("unix:"):
+            raise errors.validation(Reason.INVALID_CONFIG, f"could not bind {self._requested!r}")
+        await server.start()
+        for name in ("", SERVICE):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server, self.port = server, port
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop serving: in-flight calls may finish within ``grace`` seconds, then are cancelled
+        (their tools are cancelled in the workers)."""
+        server, self._server = self._server, None
+        if server is not None:
+            run(self._stop(server, grace))
+
+    async def _stop(self, server: grpc.aio.Server, grace: float | None) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        await server.stop(grace)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class _BearerToken(grpc.aio.ServerInterceptor):
+    """Every call but the health service's carries ``authorization: Bearer <token>``."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith("/grpc.health.v1.Health/"):
+            return handler
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization" and hmac.compare_digest(str(value).encode(), self._expected):
+                return handler
+        return _refusing(handler)
+
+
+def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED."""
+    message = "missing or wrong bearer token (metadata 'authorization: Bearer <token>')"
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - an async generator that never yields
+
+    serializers = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **serializers)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, **serializers)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, **serializers)
+    return grpc.unary_unary_rpc_method_handler(refuse, **serializers)
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: errors.SnakepitError) -> None:
+    text = error_json(error)
+    await context.abort(status_of(error), text, trailing_metadata=((ERROR_METADATA, text),))
+
+
+class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
+    def __init__(self, pool: Pool, allow_pickle: bool) -> None:
+        self._pool = pool
+        self._allow_pickle = allow_pickle
+        self._sessions: dict[str, tuple[dict[str, str], Timestamp]] = {}  # metadata, created at
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    def _prepare(self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+        """The tool's arguments, the call's options and its metadata (the call's gRPC metadata,
+        overridden by the request's own)."""
+        meta = {key: str(value) for key, value in (context.invocation_metadata() or ())}
+        meta.update(request.metadata)
+        args = codec.decode_parameters(request.parameters, request.binary_parameters, meta, allow_pickle=self._allow_pickle)
+        timeout = None
+        if meta.get("timeout_ms"):
+            try:
+                timeout = int(meta["timeout_ms"]) / 1000.0
+            except ValueError:
+                raise errors.validation(Reason.INVALID_ARGUMENTS, f"timeout_ms must be an integer, got {meta['timeout_ms']!r}") from None
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = remaining if timeout is None else min(timeout, remaining)
+            timeout = max(timeout, 0.001)  # the deadline is near: let the call time out, not refuse it
+        options = {"session_id": request.session_id or None, "affinity": meta.get("affinity") or None, "timeout": timeout}
+        if meta.get("correlation_id"):
+            log.info("call %s of %r (correlation_id %s)", "stream" if request.stream else "execute", request.tool_name, meta["correlation_id"])
+        return args, options, meta
+
+    async def ExecuteTool(self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext) -> pb.ExecuteToolResponse:
+        started = time.perf_counter()
+        response = pb.ExecuteToolResponse()
+        meta: Mapping[str, str] = {}
+        try:
+            args, options, meta = self._prepare(request, context)
+            value = await self._pool.aexecute(request.tool_name, args, **options)
+            data, content_type = codec.encode_value(value, accept_pickle=meta.get("accept") == "pickle")
+        except errors.SnakepitError as error:
+            if not is_tool_failure(error):
+                await _abort(context, error)
+            response.success = False
+            response.error_message = error_json(error)
+        else:
+            response.success = True
+            if content_type == codec.JSON:
+                response.result.type_url = codec.TYPE_PREFIX + "json"
+                response.result.value = data
+            else:
+                response.result.type_url = codec.TYPE_PREFIX + ("binary" if content_type == codec.OCTETS else "pickle")
+                response.binary_result = data
+                response.metadata["content_type"] = content_type
+        response.execution_time_ms = int((time.perf_counter() - started) * 1000)
+        if meta.get("correlation_id"):
+            response.metadata["correlation_id"] = meta["correlation_id"]
+        return response
+
+    async def ExecuteStreamingTool(self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ToolChunk]:
+        started = time.perf_counter()
+        stream = None
+        try:
+            args, options, meta = self._prepare(request, context)
+            accept_pickle = meta.get("accept") == "pickle"
+            stream = self._pool.astream(request.tool_name, args, **options)
+            count = 0
+            async for item in stream:
+                count += 1
+                data, content_type = codec.encode_value(item, accept_pickle=accept_pickle)
+                chunk = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=data)
+                if content_type != codec.JSON:
+                    chunk.metadata["content_type"] = content_type
+                if stream.last_was_final:
+                    self._finish(chunk, stream, meta, started)
+                    yield chunk
+                    return
+                yield chunk
+            count += 1
+            final = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=b"")
+            self._finish(final, stream, meta, started)
+            final.metadata["synthetic_final"] = "true"
+            yield final
+        except errors.SnakepitError as error:
+            await _abort(context, error)
+        finally:
+            if stream is not None:
+                await stream.aclose()
+
+    @staticmethod
+    def _finish(chunk: pb.ToolChunk, stream: Any, meta: Mapping[str, str], started: float) -> None:
+        chunk.is_final = True
+        chunk.metadata["execution_time_ms"] = str(int((time.perf_counter() - started) * 1000))
+        chunk.metadata["tool_type"] = "remote"
+        chunk.metadata["worker_id"] = str(stream.worker_id)
+        if meta.get("correlation_id"):
+            chunk.metadata["correlation_id"] = meta["correlation_id"]
+
+    # -- sessions and tools ----------------------------------------------------------------------
+
+    async def Ping(self, request: pb.PingRequest, context: grpc.aio.ServicerContext) -> pb.PingResponse:
+        return pb.PingResponse(message=request.message, server_time=_now())
+
+    async def InitializeSession(self, request: pb.InitializeSessionRequest, context: grpc.aio.ServicerContext) -> pb.InitializeSessionResponse:
+        if request.session_id:  # an empty id lists the tools without using up a session
+            try:
+                self._pool.session(request.session_id)
+            except errors.SnakepitError as error:
+                await _abort(context, error)
+            self._sessions.setdefault(request.session_id, (dict(request.metadata), _now()))
+        return pb.InitializeSessionResponse(
+            success=True, available_tools={spec.name: _tool_spec(spec) for spec in self._pool.tools()}
+        )
+
+    async def CleanupSession(self, request: pb.CleanupSessionRequest, context: grpc.aio.ServicerContext) -> pb.CleanupSessionResponse:
+        existed = self._pool._dispatcher.close_session(request.session_id)
+        self._sessions.pop(request.session_id, None)
+        return pb.CleanupSessionResponse(success=True, resources_cleaned=int(existed))
+
+    async def GetSession(self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext) -> pb.GetSessionResponse:
+        if not self._pool._dispatcher.touch_session(request.session_id):
+            self._sessions.pop(request.session_id, None)
+            await _abort(context, errors.pool_error(Reason.SESSION_NOT_FOUND, f"no session {request.session_id!r}"))
+        metadata, created = self._sessions.get(request.session_id, ({}, _now()))
+        return pb.GetSessionResponse(
+            session_id=request.session_id, metadata=metadata, created_at=created, tool_count=len(self._pool.tools())
+        )
+
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
+        valid = bool(request.session_id) and self._pool._dispatcher.touch_session(request.session_id)
+        return pb.HeartbeatResponse(server_time=_now(), session_valid=valid)
+
+    # -- Snakepit's own runtime's rpcs ----------------------------------------------------------------
+
+    async def RegisterTools(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server hosts its tools in its pool; it registers none")
+
+    async def GetExposedElixirTools(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server exposes no Elixir tools")
+
+    async def ExecuteElixirTool(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server exposes no Elixir tools")
+
+
+def _tool_spec(spec: ToolSpec) -> pb.ToolSpec:
+    parameters = []
+    for param in spec.parameters:
+        message = pb.ParameterSpec(name=param.name, type=param.type, required=param.required)
+        if not param.required:
+            message.default_value.CopyFrom(AnyMessage(type_url=codec.TYPE_PREFIX + param.type, value=codec.encode_json(param.default)))
+        parameters.append(message)
+    return pb.ToolSpec(
+        name=spec.name, description=spec.description, parameters=parameters, supports_streaming=spec.supports_streaming
+    )
