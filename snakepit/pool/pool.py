@@ -462,6 +462,12 @@ class Pool:
         self._dispatcher.open_session(session_id, mode)
         return Session(self, session_id, mode)
 
+    def _session_worker(self, session_id: str) -> int | None:
+        return self._dispatcher.session_worker(session_id)
+
+    def _close_session(self, session_id: str) -> bool:
+        return self._dispatcher.close_session(session_id)
+
     def _begin(
         self,
         tool: str,

@@ -10,13 +10,13 @@ from ..streaming import StreamResult
 if TYPE_CHECKING:
     from .aio import AsyncStream
     from .calls import Stream
-    from .pool import Pool
+    from .pool import Pool  # or a snakepit.grpc.Client: the same call methods
 
 
 class Session:
     """Calls through a session go to the worker that served the session before.
 
-    Created by :meth:`Pool.session`. ``affinity`` (if given there) applies to every call made
+    Created by :meth:`Pool.session` (or :meth:`snakepit.grpc.Client.session`). ``affinity`` (if given there) applies to every call made
     through the handle unless a call names its own. ``close()`` forgets the session and its pin.
     """
 
@@ -32,8 +32,8 @@ class Session:
 
     @property
     def worker_id(self) -> int | None:
-        """The worker this session is pinned to, if any."""
-        return self.pool._dispatcher.session_worker(self.id)
+        """The worker this session is pinned to, if any (``None`` as well for a remote pool)."""
+        return self.pool._session_worker(self.id)
 
     def execute(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> Any:
         return self.pool.execute(tool, args, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
@@ -71,7 +71,7 @@ class Session:
 
     def close(self) -> None:
         """End the session: its pin is forgotten; a later call with its id starts afresh."""
-        self.pool._dispatcher.close_session(self.id)
+        self.pool._close_session(self.id)
 
     def __enter__(self) -> Session:
         return self

@@ -1,0 +1,441 @@
+"""A Python client for a served pool: the pool's call methods, over gRPC.
+
+Code written against a :class:`~snakepit.Pool` runs against a :class:`Client`: ``execute``,
+``execute_stream``, ``stream``, ``tools``, ``session(...)`` and the async twins, with the same
+signatures, return values and errors (the same ``SnakepitError`` category and reason, rebuilt from
+the JSON the server sends). Values round-trip exactly: the client asks for pickled results
+(``accept: pickle``; it trusts its server), and sends an argument JSON cannot carry exactly as a
+pickled binary parameter -- which the server accepts only if it was started with
+``allow_pickle=True`` (else ``serialization_error``).
+
+The async methods run on the process's shared gRPC loop thread (:mod:`.loop`), like every server
+of the process, and are awaited from any event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import grpc
+from google.protobuf.any_pb2 import Any as AnyMessage
+
+from .. import errors
+from ..adapter import ParameterSpec, ToolSpec
+from ..affinity import Affinity
+from ..errors import Category, Reason
+from ..pool.session import Session
+from ..streaming import HALT, StreamResult
+from . import bridge_pb2 as pb
+from . import bridge_pb2_grpc, codec
+from .loop import shared_loop
+from .status import ERROR_METADATA, error_from_json
+
+_MARGIN = 2.0  # the gRPC deadline trails the call's timeout, so the server's timeout error arrives first
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """PEM files: the CA that signed the server's certificate (``None``: the system's roots), and
+    the client's own certificate and key when the server wants mutual TLS."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            with open(path, "rb") as file:
+                return file.read()
+
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+
+class Client:
+    """A connection to a served pool (``pool.serve(...)``, ``snakepit serve``)."""
+
+    def __init__(self, address: str, *, token: str | None = None, tls: ClientTLS | None = None) -> None:
+        self.address = address
+        self._token = token
+        self._tls = tls
+        self._channel = grpc.secure_channel(address, tls.credentials()) if tls else grpc.insecure_channel(address)
+        self._stub = bridge_pb2_grpc.BridgeServiceStub(self._channel)
+        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+        self._aio: tuple[Any, Any] | None = None  # (channel, stub) on the shared loop
+
+    def __repr__(self) -> str:
+        return f"<snakepit.grpc.Client {self.address}>"
+
+    def close(self) -> None:
+        self._channel.close()
+        if self._aio is not None:
+            channel, self._aio = self._aio[0], None
+            asyncio.run_coroutine_threadsafe(channel.close(), shared_loop()).result(5)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    def execute(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        request, metadata, deadline = self._request(tool, args, False, session_id, affinity, timeout)
+        try:
+            response = self._stub.ExecuteTool(request, metadata=metadata, timeout=deadline)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return _result(response)
+
+    def execute_stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        callback: Callable[[Any], Any],
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> StreamResult:
+        if not callable(callback):
+            raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
+        with self.stream(tool, args, session_id=session_id, affinity=affinity, timeout=timeout) as stream:
+            for data in stream:
+                if callback(data) is HALT:
+                    stream.halt()
+                    break
+        assert stream.result is not None
+        return stream.result
+
+    def stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> RemoteStream:
+        request, metadata, deadline = self._request(tool, args, True, session_id, affinity, timeout)
+        return RemoteStream(self._stub.ExecuteStreamingTool(request, metadata=metadata, timeout=deadline))
+
+    def tools(self) -> list[ToolSpec]:
+        try:
+            response = self._stub.InitializeSession(pb.InitializeSessionRequest(), metadata=self._auth)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return [_tool_spec(spec) for spec in response.available_tools.values()]
+
+    def session(self, session_id: str, *, affinity: Affinity | str | None = None) -> Session:
+        """A handle whose calls all carry ``session_id``; opens the session on the server now."""
+        from ..affinity import parse_affinity
+
+        mode = None if affinity is None else parse_affinity(affinity)
+        try:
+            self._stub.InitializeSession(pb.InitializeSessionRequest(session_id=session_id), metadata=self._auth)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return Session(self, session_id, mode)  # type: ignore[arg-type]
+
+    def _session_worker(self, session_id: str) -> int | None:
+        return None  # the server does not say which worker a session is pinned to
+
+    def _close_session(self, session_id: str) -> bool:
+        try:
+            response = self._stub.CleanupSession(pb.CleanupSessionRequest(session_id=session_id), metadata=self._auth)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return bool(response.resources_cleaned)
+
+    # -- asyncio ---------------------------------------------------------------------------------
+
+    async def aexecute(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        request, metadata, deadline = self._request(tool, args, False, session_id, affinity, timeout)
+
+        async def call() -> Any:
+            _, stub = await self._async_stub()
+            try:
+                return await stub.ExecuteTool(request, metadata=metadata, timeout=deadline)
+            except grpc.aio.AioRpcError as error:
+                raise _error(error) from None
+
+        return _result(await _on_shared_loop(call()))
+
+    async def aexecute_stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        callback: Callable[[Any], Any],
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> StreamResult:
+        """``callback`` may be a plain function or a coroutine function."""
+        import inspect
+
+        if not callable(callback):
+            raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
+        stream = self.astream(tool, args, session_id=session_id, affinity=affinity, timeout=timeout)
+        try:
+            async for data in stream:
+                outcome = callback(data)
+                if inspect.isawaitable(outcome):
+                    outcome = await outcome
+                if outcome is HALT:
+                    await stream.ahalt()
+                    break
+        finally:
+            await stream.aclose()
+        assert stream.result is not None
+        return stream.result
+
+    def astream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncRemoteStream:
+        request, metadata, deadline = self._request(tool, args, True, session_id, affinity, timeout)
+
+        async def start() -> Any:
+            _, stub = await self._async_stub()
+            return stub.ExecuteStreamingTool(request, metadata=metadata, timeout=deadline)
+
+        return AsyncRemoteStream(start)
+
+    async def _async_stub(self) -> tuple[Any, Any]:
+        """The aio channel and stub, made on (and used only from) the shared loop."""
+        if self._aio is None:
+            options = self._tls.credentials() if self._tls else None
+            channel = grpc.aio.secure_channel(self.address, options) if options else grpc.aio.insecure_channel(self.address)
+            self._aio = (channel, bridge_pb2_grpc.BridgeServiceStub(channel))
+        return self._aio
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _request(
+        self, tool: str, args: Mapping[str, Any] | None, stream: bool, session_id: str | None, affinity: Any, timeout: float | None
+    ) -> tuple[pb.ExecuteToolRequest, tuple[tuple[str, str], ...], float | None]:
+        request = pb.ExecuteToolRequest(tool_name=tool, session_id=session_id or "", stream=stream)
+        options = request.metadata  # the call's options travel in the request (only the token is a header)
+        options["accept"] = "pickle"
+        if args is not None and not isinstance(args, Mapping):
+            raise errors.validation(Reason.INVALID_ARGUMENTS, f"args must be a dict, got {type(args).__name__}", tool=tool)
+        for name, value in (args or {}).items():
+            kind = type(value).__name__
+            if type(value) is bytes:
+                request.binary_parameters[name] = value
+                request.parameters[name].type_url = f"{codec.TYPE_PREFIX}{kind}.binary"
+            elif codec.json_exact(value):
+                request.parameters[name].CopyFrom(AnyMessage(type_url=codec.TYPE_PREFIX + kind, value=codec.encode_json(value)))
+            else:
+                try:
+                    request.binary_parameters[name] = pickle.dumps(value, protocol=5)
+                except Exception as exc:
+                    raise errors.validation(
+                        Reason.SERIALIZATION_ERROR, f"cannot serialize argument {name!r} of type {kind}: {exc}", type=kind
+                    ) from None
+                request.parameters[name].type_url = f"{codec.TYPE_PREFIX}{kind}.binary"
+                options[f"binary_format:{name}"] = "pickle"
+        if affinity is not None:
+            options["affinity"] = str(affinity.value if isinstance(affinity, Affinity) else affinity)
+        deadline = None
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+                raise errors.validation(Reason.INVALID_ARGUMENTS, f"timeout must be a positive number of seconds, got {timeout!r}")
+            if timeout < float("inf"):
+                options["timeout_ms"] = str(max(1, int(timeout * 1000)))
+                deadline = timeout + _MARGIN
+        return request, self._auth, deadline
+
+
+class RemoteStream:
+    """An iterator over a remote stream's chunk data; also a context manager. Leaving the loop
+    early or ``close()`` cancels the call (and so the tool in the worker)."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._chunks = 0
+        self._halted = False
+        self.result: StreamResult | None = None
+
+    def __iter__(self) -> RemoteStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self.result is not None:
+            raise StopIteration
+        try:
+            chunk = next(self._call)
+        except StopIteration:
+            raise errors.worker_crashed(-1, {}, "a stream (it ended without its final chunk)") from None
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return self._take(chunk)
+
+    def _take(self, chunk: pb.ToolChunk) -> Any:
+        synthetic = chunk.metadata.get("synthetic_final") == "true"
+        if chunk.is_final:
+            self.result = _stream_result(chunk, self._chunks + (not synthetic), self._halted)
+            if synthetic:
+                raise StopIteration
+        self._chunks += 1
+        return codec.decode_value(chunk.data, chunk.metadata.get("content_type", codec.JSON))
+
+    def halt(self) -> None:
+        """Stop early, as HALT does (``result.halted`` is True)."""
+        self._halted = True
+        self.close()
+
+    def close(self) -> None:
+        self._call.cancel()
+        if self.result is None:
+            self.result = StreamResult(self._chunks, -1, 0.0, True, halted=self._halted)
+
+    def __enter__(self) -> RemoteStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.result is None:
+            self.close()
+
+
+class AsyncRemoteStream:
+    """``async for data in client.astream(...)``: the call is read on the shared loop."""
+
+    def __init__(self, start: Callable[[], Any]) -> None:
+        self._start = start
+        self._call: Any = None
+        self._chunks = 0
+        self._halted = False
+        self.result: StreamResult | None = None
+
+    def __aiter__(self) -> AsyncRemoteStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self.result is not None:
+            raise StopAsyncIteration
+        if self._call is None:
+            self._call = await _on_shared_loop(self._start())
+        call = self._call
+
+        async def read() -> Any:
+            try:
+                return await call.read()
+            except grpc.aio.AioRpcError as error:
+                raise _error(error) from None
+
+        chunk = await _on_shared_loop(read())
+        if chunk is grpc.aio.EOF:
+            raise errors.worker_crashed(-1, {}, "a stream (it ended without its final chunk)")
+        synthetic = chunk.metadata.get("synthetic_final") == "true"
+        if chunk.is_final:
+            self.result = _stream_result(chunk, self._chunks + (not synthetic), self._halted)
+            if synthetic:
+                raise StopAsyncIteration
+        self._chunks += 1
+        return codec.decode_value(chunk.data, chunk.metadata.get("content_type", codec.JSON))
+
+    async def ahalt(self) -> None:
+        self._halted = True
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._call is not None and self.result is None:
+            call = self._call
+
+            async def cancel() -> None:
+                call.cancel()
+
+            await _on_shared_loop(cancel())
+        if self.result is None:
+            self.result = StreamResult(self._chunks, -1, 0.0, True, halted=self._halted)
+
+    async def __aenter__(self) -> AsyncRemoteStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+async def _on_shared_loop(coroutine: Any) -> Any:
+    """Await ``coroutine`` run on the shared gRPC loop, from whatever loop this is."""
+    future = asyncio.run_coroutine_threadsafe(coroutine, shared_loop())
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+
+
+def _result(response: pb.ExecuteToolResponse) -> Any:
+    if not response.success:
+        raise error_from_json(response.error_message)
+    content_type = response.metadata.get("content_type", codec.JSON)
+    if content_type == codec.JSON:
+        return codec.decode_value(response.result.value, content_type)
+    return codec.decode_value(response.binary_result, content_type)
+
+
+def _stream_result(chunk: pb.ToolChunk, chunks: int, halted: bool) -> StreamResult:
+    meta = chunk.metadata
+    return StreamResult(
+        chunks=chunks,
+        worker_id=int(meta.get("worker_id", -1)),
+        execution_time_ms=float(meta.get("execution_time_ms", 0)),
+        synthetic_final=meta.get("synthetic_final") == "true",
+        halted=halted,
+        metadata=None,
+    )
+
+
+def _error(error: grpc.RpcError) -> errors.SnakepitError:
+    """The SnakepitError a failed rpc stands for: rebuilt exactly from the server's JSON, else
+    (the server was not reached, or refused the call before it) from its status."""
+    for key, value in error.trailing_metadata() or ():
+        if key == ERROR_METADATA:
+            return error_from_json(value)
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.timeout(Reason.TIMEOUT, f"the call exceeded its deadline ({details})")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return errors.SnakepitError(Category.POOL, "unauthenticated", details or "missing or wrong token")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return errors.pool_error(Reason.POOL_CLOSED, f"the server is not reachable: {details}", status=code.name)
+    return errors.SnakepitError(Category.POOL, code.name.lower(), details, {"status": code.name})
+
+
+def _tool_spec(spec: pb.ToolSpec) -> ToolSpec:
+    parameters = []
+    for param in spec.parameters:
+        default = None
+        if param.HasField("default_value") and param.default_value.value:
+            default = codec.decode_value(param.default_value.value, codec.JSON)
+        parameters.append(ParameterSpec(param.name, param.type, param.required, default))
+    return ToolSpec(spec.name, spec.description, parameters, spec.supports_streaming)

@@ -1,0 +1,134 @@
+"""snakepit.grpc.Client against a real server on 127.0.0.1: the pool's methods, values and errors,
+as code written against a Pool expects them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+pytest.importorskip("grpc")
+
+from helpers import Faulty, Point, Toolbox, wait_for  # noqa: E402
+
+from snakepit import HALT, Pool, SnakepitError  # noqa: E402
+from snakepit.grpc import Client  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def remote():
+    """A pool served with pickles allowed, the client, and the pool itself (for comparison)."""
+    with Pool(Toolbox, size=2, start_timeout=30) as pool:
+        server = pool.serve("127.0.0.1:0", allow_pickle=True)
+        with Client(server.address) as client:
+            yield client, pool
+
+
+@pytest.mark.parametrize(
+    "args",
+    [{"value": (1, "two")}, {"value": {3, 4}}, {"value": Point(1, 2)}, {"value": b"\x00\xff"}, {"value": 2**80}, {"value": {"nested": [1.5, None, True]}}],
+)
+def test_values_round_trip_exactly(remote, args):
+    client, pool = remote
+    assert client.execute("echo", args) == pool.execute("echo", args) == args["value"]
+
+
+CALLS = [
+    ("nope", {}),
+    ("add", {"a": "two"}),
+    ("add", {"b": 1}),
+    ("fail", {"message": "boom"}),
+    ("unserializable_result", {}),
+    ("sleep", {"seconds": 5}),
+]
+
+
+@pytest.mark.parametrize("tool, args", CALLS)
+def test_errors_have_the_category_and_reason_of_in_process_calls(remote, tool, args):
+    client, pool = remote
+    outcomes = []
+    for target in (pool, client):
+        with pytest.raises(SnakepitError) as info:
+            target.execute(tool, args, timeout=0.3 if tool == "sleep" else None)
+        outcomes.append((type(info.value), info.value.category, info.value.reason))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_streams_and_their_results(remote):
+    client, pool = remote
+    assert list(client.stream("count", {"n": 3})) == list(pool.stream("count", {"n": 3}))
+    stream = client.stream("with_final", {"n": 2})
+    assert list(stream) == [{"i": 0}, {"i": 1}, {"done": True}]
+    assert stream.result.chunks == 3 and not stream.result.synthetic_final and stream.result.worker_id > 0
+    seen = []
+    result = client.execute_stream("count", {"n": 5}, lambda chunk: seen.append(chunk) or (HALT if len(seen) == 2 else None))
+    assert result.halted and len(seen) == 2
+    with pytest.raises(SnakepitError) as info:
+        list(client.stream("stream_then_fail", {"n": 2}))
+    assert info.value.reason == "tool_exception"
+
+
+def test_tools_and_sessions(remote):
+    client, pool = remote
+    assert {spec.name: spec for spec in client.tools()} == {spec.name: spec for spec in pool.tools()}
+    with client.session("alice", affinity="strict_queue") as alice:
+        assert len({alice.execute("state")["pid"] for _ in range(4)}) == 1
+    assert "alice" not in pool._dispatcher.sessions
+
+
+def test_async_twins(remote):
+    client, pool = remote
+
+    async def main() -> None:
+        assert await client.aexecute("add", {"a": 1, "b": 2}) == 3
+        assert [chunk async for chunk in client.astream("count", {"n": 2})] == list(pool.stream("count", {"n": 2}))
+        result = await client.aexecute_stream("count", {"n": 9}, lambda chunk: HALT if chunk["number"] == 2 else None)
+        assert result.halted and result.chunks == 3
+        with pytest.raises(SnakepitError) as info:
+            await client.aexecute("fail")
+        assert info.value.reason == "tool_exception"
+
+    asyncio.run(main())
+
+
+def test_cancelling_a_remote_call_cancels_the_tool():
+    with Pool(Faulty, size=1) as pool, Client(pool.serve("127.0.0.1:0").address) as client:
+        worker = pool.execute("pid")
+        for _ in client.stream("guarded", {"delay": 0.01}):
+            break
+        wait_for(lambda: pool.execute("closed") == 1)
+
+        async def main() -> None:
+            task = asyncio.ensure_future(client.aexecute("blocked", {"how": "sleep"}))
+            await asyncio.sleep(0.5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        wait_for(lambda: pool.execute("counters")["finished_calls"] == 1)  # interrupted in the worker
+        assert pool.execute("pid") == worker
+
+
+def test_a_token_and_a_server_that_refuses_pickles():
+    with Pool(Toolbox, size=1) as pool:
+        address = pool.serve("127.0.0.1:0", token="t0ken").address
+        with Client(address, token="t0ken") as client:
+            assert client.execute("add", {"a": 1}) == 2
+            with pytest.raises(SnakepitError) as info:
+                client.execute("echo", {"value": (1, 2)})  # pickled argument, refused by default
+            assert info.value.reason == "serialization_error"
+            assert client.execute("pair", {"p": [1, 2]}) == (1.0, 2.0)  # results still come pickled
+        with Client(address, token="wrong") as client:
+            with pytest.raises(SnakepitError) as info:
+                client.execute("add", {"a": 1})
+            assert info.value.reason == "unauthenticated"
+
+
+def test_a_server_that_is_not_there_is_a_pool_error():
+    with Client("127.0.0.1:1") as client:
+        started = time.monotonic()
+        with pytest.raises(SnakepitError) as info:
+            client.execute("add", {"a": 1}, timeout=2)
+        assert info.value.category in ("pool", "timeout") and time.monotonic() - started < 10
