@@ -1,9 +1,17 @@
-"""The ``snakepit`` command line: ``demo``, ``tools``, ``call``, ``bench``."""
+"""The ``snakepit`` command line: ``demo``, ``serve``, ``tools``, ``call``, ``bench``.
+
+``tools`` and ``call`` run an adapter in a pool of their own, or, with ``--address``, call a
+served pool (``snakepit serve``, ``pool.serve()``) instead; the token then comes from the
+``SNAKEPIT_TOKEN`` environment variable, never from an argument (arguments are visible to every
+user of the machine).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from typing import Any, Sequence
 
@@ -27,29 +35,85 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target(adapter: str | None, address: str | None) -> Any:
+    """A pool of one worker for ``adapter``, or a client of the pool served at ``address``."""
+    if address is not None:
+        from .grpc import Client
+
+        return Client(address, token=os.environ.get("SNAKEPIT_TOKEN") or None)
+    return Pool(_adapter(adapter), size=1).start()  # type: ignore[arg-type]
+
+
 def _cmd_tools(args: argparse.Namespace) -> int:
-    with Pool(_adapter(args.adapter), size=1) as pool:
-        for spec in pool.tools():
+    if (args.adapter is None) == (args.address is None):
+        print("snakepit tools: give an ADAPTER, or --address of a served pool", file=sys.stderr)
+        return 2
+    target = _target(args.adapter, args.address)
+    try:
+        for spec in target.tools():
             params = ", ".join(
                 f"{p.name}: {p.type}" + ("" if p.required else f" = {p.default!r}") for p in spec.parameters
             )
             kind = "stream" if spec.supports_streaming else "call"
             print(f"{spec.name}({params})  [{kind}]  {spec.description}")
+    finally:
+        target.close()
     return 0
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
+    words = list(args.words)
+    adapter = None if args.address else (words.pop(0) if words else None)
+    if not words or len(words) > 2 or (args.address is None and adapter is None):
+        usage = "TOOL [ARGS] with --address" if args.address else "ADAPTER TOOL [ARGS]"
+        print(f"snakepit call: expected {usage}", file=sys.stderr)
+        return 2
+    tool, raw = words[0], (words[1] if len(words) > 1 else None)
     try:
-        arguments = json.loads(args.args) if args.args else {}
+        arguments = json.loads(raw) if raw else {}
     except json.JSONDecodeError as exc:
         print(f"snakepit: arguments must be a JSON object: {exc}", file=sys.stderr)
         return 2
-    with Pool(_adapter(args.adapter), size=1) as pool:
+    target = _target(adapter, args.address)
+    try:
+        options = {"timeout": args.timeout, "session_id": args.session}
         if args.stream:
-            pool.execute_stream(args.tool, arguments, _print_json, timeout=args.timeout)
+            target.execute_stream(tool, arguments, _print_json, **options)
         else:
-            _print_json(pool.execute(args.tool, arguments, timeout=args.timeout))
+            _print_json(target.execute(tool, arguments, **options))
+    finally:
+        target.close()
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a pool until Ctrl-C or SIGTERM, then close it (every worker reaped)."""
+    tls = None
+    if args.tls_cert or args.tls_key:
+        from .grpc import TLS
+
+        tls = TLS(args.tls_cert, args.tls_key, args.tls_client_ca)
+    # Ctrl-C and SIGTERM shut down cleanly (also when started in the background, where a shell
+    # may have set SIGINT to be ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with Pool(_adapter(args.adapter), size=args.size) as pool:
+        server = pool.serve(
+            args.address, token=os.environ.get("SNAKEPIT_TOKEN") or None, tls=tls,
+            allow_pickle=args.allow_pickle, insecure=args.insecure,
+        )
+        print(f"serving {args.adapter} ({args.size or pool.size} workers) on {server.address}", flush=True)
+        try:
+            signal.pause() if hasattr(signal, "pause") else _wait_forever()
+        except KeyboardInterrupt:
+            print("shutting down", flush=True)
+    return 0
+
+
+def _wait_forever() -> None:  # pragma: no cover - platforms without signal.pause
+    import threading
+
+    threading.Event().wait()
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -70,15 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=2, help="worker processes (default 2)")
     demo.set_defaults(run=_cmd_demo)
 
-    tools = commands.add_parser("tools", help="list an adapter's tools")
-    tools.add_argument("adapter", help="'package.module:Class', or 'showcase'")
+    serve = commands.add_parser("serve", help="serve a pool over gRPC until Ctrl-C or SIGTERM")
+    serve.add_argument("adapter", help="'package.module:Class', or 'showcase'")
+    serve.add_argument("--size", type=int, default=None, help="worker processes (default: the CPU count)")
+    serve.add_argument("--address", default="127.0.0.1:50051", help="HOST:PORT or unix:PATH (default 127.0.0.1:50051)")
+    serve.add_argument("--tls-cert", help="PEM certificate (with --tls-key): serve TLS")
+    serve.add_argument("--tls-key", help="PEM private key")
+    serve.add_argument("--tls-client-ca", help="PEM CA: clients must present a certificate it signed")
+    serve.add_argument("--allow-pickle", action="store_true", help="unpickle pickled parameters (trusted clients only)")
+    serve.add_argument("--insecure", action="store_true", help="serve a public address without a token or mutual TLS")
+    serve.set_defaults(run=_cmd_serve)
+
+    tools = commands.add_parser("tools", help="list an adapter's tools, or a served pool's (--address)")
+    tools.add_argument("adapter", nargs="?", help="'package.module:Class', or 'showcase'")
+    tools.add_argument("--address", help="HOST:PORT of a served pool (token: $SNAKEPIT_TOKEN)")
     tools.set_defaults(run=_cmd_tools)
 
-    call = commands.add_parser("call", help="call one tool and print the result (JSON)")
-    call.add_argument("adapter", help="'package.module:Class', or 'showcase'")
-    call.add_argument("tool")
-    call.add_argument("args", nargs="?", help="arguments as a JSON object")
+    call = commands.add_parser(
+        "call", help="call one tool and print the result (JSON)",
+        usage="snakepit call ADAPTER TOOL [ARGS] | snakepit call --address HOST:PORT TOOL [ARGS]",
+    )
+    call.add_argument("words", nargs="+", help="ADAPTER TOOL [ARGS], or TOOL [ARGS] with --address; ARGS a JSON object")
+    call.add_argument("--address", help="HOST:PORT of a served pool (token: $SNAKEPIT_TOKEN)")
     call.add_argument("--stream", action="store_true", help="stream the chunks, one JSON line each")
+    call.add_argument("--session", help="a session id: the call goes to the session's worker")
     call.add_argument("--timeout", type=float, default=None)
     call.set_defaults(run=_cmd_call)
 

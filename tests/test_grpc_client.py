@@ -4,6 +4,11 @@ as code written against a Pool expects them."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -132,3 +137,41 @@ def test_a_server_that_is_not_there_is_a_pool_error():
         with pytest.raises(SnakepitError) as info:
             client.execute("add", {"a": 1}, timeout=2)
         assert info.value.category in ("pool", "timeout") and time.monotonic() - started < 10
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakepit", *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
+
+
+def test_the_command_line_serves_calls_and_shuts_down_cleanly():
+    import psutil
+
+    env = {**os.environ, "SNAKEPIT_TOKEN": "cli-token"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "snakepit", "serve", "showcase", "--size", "2", "--address", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        banner = server.stdout.readline()
+        assert banner.startswith("serving showcase (2 workers) on 127.0.0.1:"), banner + server.stderr.read()
+        address = banner.split()[-1]
+        workers = [child.pid for child in psutil.Process(server.pid).children() if "worker_process" in " ".join(child.cmdline())]
+        assert len(workers) == 2
+        listed = _cli("tools", "--address", address, env={"SNAKEPIT_TOKEN": "cli-token"})
+        assert listed.returncode == 0 and "add(a: float, b: float = 1)  [call]" in listed.stdout
+        called = _cli("call", "--address", address, "add", '{"a": 2, "b": 3}', env={"SNAKEPIT_TOKEN": "cli-token"})
+        assert (called.returncode, called.stdout.strip()) == (0, "5.0")
+        streamed = _cli("call", "--address", address, "progress_stream", '{"steps": 2, "delay": 0}', "--stream", "--session", "s", env={"SNAKEPIT_TOKEN": "cli-token"})
+        assert [json.loads(line)["step"] for line in streamed.stdout.splitlines()] == [1, 2]
+        refused = _cli("call", "--address", address, "add", '{"a": 1}', env={"SNAKEPIT_TOKEN": ""})
+        assert refused.returncode == 1 and "unauthenticated" in refused.stderr
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=20) == 0
+        assert "shutting down" in server.stdout.read()
+        wait_for(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in workers))
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
