@@ -290,6 +290,7 @@ class Faulty(BaseAdapter):
         self.hoard: list[bytes] = []
         self.closed_streams = 0
         self.finished_calls = 0
+        self.produced = 0
 
     @tool
     def pid(self) -> int:
@@ -427,6 +428,22 @@ class Faulty(BaseAdapter):
     @tool
     def counters(self) -> dict:
         return {"pid": os.getpid(), "finished_calls": self.finished_calls, "closed_streams": self.closed_streams}
+
+    @tool
+    def flooded(self) -> dict:
+        """How many chunks ``flood`` made, and whether its stream was closed."""
+        return {"produced": self.produced, "closed_streams": self.closed_streams}
+
+    @tool
+    def flood(self, size: int = 1 << 20, n: int = 1_000_000):
+        """Yields ``n`` chunks of ``size`` bytes as fast as they are taken, counting them."""
+        chunk = b"x" * size
+        try:
+            for _ in range(n):
+                self.produced += 1
+                yield chunk
+        finally:
+            self.closed_streams += 1
 
     @tool
     def guarded(self, delay: float = 0.01):

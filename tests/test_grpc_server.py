@@ -147,6 +147,18 @@ def test_streams_number_their_chunks_and_end_with_exactly_one_final(served, comp
     assert [chunk["is_final"] for chunk in raw["chunks"]] == [True]  # no chunk at all: the synthetic final only
 
 
+def test_batched_streams_pack_the_chunks_at_hand_into_json_arrays(served, compiled):
+    pool, address = served
+    [batched] = bridge(compiled, address, {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "count", "metadata": {"chunk_batch": "100"}}, "params": {"n": ["int", "250"]}})
+    chunks = batched["chunks"]
+    items = [item for chunk in chunks if data(chunk) for item in json.loads(data(chunk))]
+    assert items == [{"number": i, "is_last": i == 249} for i in range(250)]  # all, in order
+    assert all(len(json.loads(data(chunk))) <= 100 for chunk in chunks if data(chunk))
+    assert len(chunks) < 250 and [chunk["is_final"] for chunk in chunks].count(True) == 1 and chunks[-1]["is_final"]
+    [refused] = bridge(compiled, address, {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "count", "metadata": {"chunk_batch": "lots"}}, "params": {"n": ["int", "1"]}})
+    assert refused["code"] == "INVALID_ARGUMENT"
+
+
 @pytest.mark.parametrize(
     "op, code, reason",
     [

@@ -15,6 +15,7 @@ time). Pickled parameters are refused unless ``allow_pickle=True``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
@@ -43,8 +44,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("snakepit.grpc")
 
 SERVICE = "snakepit.bridge.BridgeService"
-_KEEPALIVE_MS = 20_000  # ping an idle connection this often...
-_KEEPALIVE_TIMEOUT_MS = 10_000  # ...and drop it (cancelling its calls) if no answer within this
+# A client whose network vanished (no FIN, no RST) is found within about 30 s: the server pings
+# every connection this often, even while a stream is stalled on flow control...
+_KEEPALIVE_MS = 20_000
+# ...and drops it, cancelling its calls, when a ping goes unanswered this long (both the keepalive
+# timeout and grpc's own ping timeout, whose default is a minute).
+_KEEPALIVE_TIMEOUT_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -135,12 +140,14 @@ class Server:
             ("grpc.keepalive_time_ms", _KEEPALIVE_MS),
             ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
             ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),  # keep pinging a stream stalled by flow control
+            ("grpc.http2.ping_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ]
         interceptors = [_BearerToken(self._token)] if self._token else []
         server = grpc.aio.server(interceptors=interceptors, options=options)
         bridge_pb2_grpc.add_BridgeServiceServicer_to_server(_Bridge(self._pool, self._allow_pickle), server)
-        self._health = health.aio.HealthServicer()
+        self._health = _PoolHealth(self._pool)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         if self._tls is not None:
@@ -150,8 +157,7 @@ class Server:
         if not port and not self._requested.startswith("unix:"):
             raise errors.validation(Reason.INVALID_CONFIG, f"could not bind {self._requested!r}")
         await server.start()
-        for name in ("", SERVICE):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.start()
         self._server, self.port = server, port
 
     def stop(self, grace: float | None = None) -> None:
@@ -163,7 +169,7 @@ class Server:
 
     async def _stop(self, server: grpc.aio.Server, grace: float | None) -> None:
         if self._health is not None:
-            await self._health.enter_graceful_shutdown()
+            await self._health.stop()
         await server.stop(grace)
 
     def __enter__(self) -> Server:
@@ -171,6 +177,47 @@ class Server:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class _PoolHealth(health.aio.HealthServicer):
+    """``grpc.health.v1``: SERVING while the pool has a worker ready to call, NOT_SERVING when it
+    has none (every worker died and none has come back yet) or is closing. ``Check`` looks at the
+    pool as it answers; ``Watch`` streams hear of a change within a polling period."""
+
+    POLL_SECONDS = 0.5
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__()
+        self._pool = pool
+        self._status: int | None = None
+        self._watching: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._watching = asyncio.get_running_loop().create_task(self._watch_pool())
+
+    async def stop(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+            self._watching = None
+        await self.enter_graceful_shutdown()
+
+    async def refresh(self) -> None:
+        serving = self._pool._dispatcher.serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        if status != self._status:
+            self._status = status
+            for name in ("", SERVICE):
+                await self.set(name, status)
+
+    async def _watch_pool(self) -> None:
+        while True:
+            await asyncio.sleep(self.POLL_SECONDS)
+            await self.refresh()
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> Any:
+        await self.refresh()
+        return await super().Check(request, context)
 
 
 class _BearerToken(grpc.aio.ServerInterceptor):
@@ -283,11 +330,15 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         try:
             args, options, meta = self._prepare(request, context)
             accept_pickle = meta.get("accept") == "pickle"
+            batch = _batch_size(meta)
             stream = self._pool.astream(request.tool_name, args, **options)
             count = 0
             async for item in stream:
                 count += 1
-                data, content_type = codec.encode_value(item, accept_pickle=accept_pickle)
+                if batch > 1:  # the chunks at hand, up to the batch size, as one JSON array
+                    data, content_type = codec.encode_value([item, *stream.take_ready(batch - 1)], accept_pickle=False)
+                else:
+                    data, content_type = codec.encode_value(item, accept_pickle=accept_pickle)
                 chunk = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=data)
                 if content_type != codec.JSON:
                     chunk.metadata["content_type"] = content_type
@@ -360,6 +411,21 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
 
     async def ExecuteElixirTool(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server exposes no Elixir tools")
+
+
+def _batch_size(meta: Mapping[str, str]) -> int:
+    """Request metadata ``chunk_batch`` = N: up to N chunks per ``ToolChunk``, ``data`` a JSON
+    array of them, sent as soon as they are at hand (never waiting to fill a batch)."""
+    text = meta.get("chunk_batch")
+    if not text:
+        return 1
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise errors.validation(Reason.INVALID_ARGUMENTS, f"chunk_batch must be a positive integer, got {text!r}")
+    return size
 
 
 def _tool_spec(spec: ToolSpec) -> pb.ToolSpec:

@@ -289,6 +289,18 @@ class AsyncStream:
     def worker_id(self) -> int | None:
         return None if self._exchange is None else self._exchange.handle.id
 
+    def take_ready(self, limit: int) -> list[Any]:
+        """Up to ``limit`` more items that have already arrived, without waiting for any (what a
+        consumer batching on its own side can pack with the item it just got)."""
+        exchange = self._exchange
+        if exchange is None or limit <= 0:
+            return []
+        start = self._next
+        items = self._batch[start : start + limit]
+        self._next = start + len(items)
+        self._delivered += len(items)
+        return [item if type(item) is not Ext else exchange.decode(item) for item in items]
+
     @property
     def last_was_final(self) -> bool:
         """The item returned last was the tool's final chunk (``StreamChunk(is_final=True)``):

@@ -523,6 +523,11 @@ class Dispatcher:
 
     # -- observation -----------------------------------------------------------------------------
 
+    @property
+    def serving(self) -> bool:
+        """Open, with at least one worker up (what a health probe asks)."""
+        return not self.closed and bool(self.workers)
+
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             self.sessions.sweep(time.monotonic())
