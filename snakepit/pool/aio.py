@@ -98,10 +98,12 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class Readable:
     """Wakes a waiting coroutine when a worker's responses pipe (or its pidfd) is readable.
 
-    Registered with the loop for the duration of one exchange, not per wait.
+    Registered with the loop at the first wait of an exchange, and kept until it ends. A reply
+    is often there before anyone waits for it (the loop had other work): then the exchange never
+    registers at all, which saves two ``epoll_ctl`` pairs a call.
     """
 
-    __slots__ = ("_loop", "_fds", "_future", "exited", "_pidfd")
+    __slots__ = ("_loop", "_fds", "_future", "exited", "_pidfd", "_registered")
 
     def __init__(self, handle: WorkerHandle) -> None:
         self._loop = asyncio.get_running_loop()
@@ -109,8 +111,7 @@ class Readable:
         self.exited = False
         self._pidfd = handle.pidfd
         self._fds = [handle.responses_fd] + ([handle.pidfd] if handle.pidfd is not None else [])
-        for fd in self._fds:
-            self._loop.add_reader(fd, self._ready, fd)
+        self._registered = False
 
     def _ready(self, fd: int) -> None:
         if fd == self._pidfd:
@@ -120,6 +121,10 @@ class Readable:
 
     async def wait(self, deadline: float | None) -> None:
         """Until readable; ``DeadlineExceeded`` if ``deadline`` (monotonic, = loop time) passes."""
+        if not self._registered:
+            self._registered = True
+            for fd in self._fds:
+                self._loop.add_reader(fd, self._ready, fd)
         future = self._future = self._loop.create_future()
         timer = None if deadline is None else self._loop.call_at(deadline, _resolve, future)
         try:
@@ -132,9 +137,11 @@ class Readable:
             raise DeadlineExceeded()
 
     def close(self) -> None:
-        for fd in self._fds:
-            self._loop.remove_reader(fd)
+        if self._registered:
+            for fd in self._fds:
+                self._loop.remove_reader(fd)
         self._fds = []
+        self._registered = False
 
     def close_soon(self) -> None:
         """:meth:`close`, from any thread (a garbage collection): on the loop's own thread."""
