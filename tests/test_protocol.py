@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snakepit import SnakepitError
-from snakepit.pool import spill
-from snakepit.pool.outbox import Outbox
+from snakepit.backends.process import spill
+from snakepit.backends.process.child.outbox import Outbox
 from snakepit.protocol import (
     Chunk,
     Chunks,

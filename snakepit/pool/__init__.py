@@ -1,6 +1,6 @@
 """The process pool: workers, their supervision, checkout and the call protocol."""
 
-from .calls import Stream
+from .exchange import Stream
 from .pool import Pool
 from .session import Session
 

@@ -1,7 +1,7 @@
 """The asyncio drivers: the same calls, waiting through the event loop instead of a thread.
 
 Nothing here re-implements a call. Checkout is :meth:`Dispatcher.request`/``settle`` with a
-future as the waker instead of a lock; a call is the same :class:`~snakepit.pool.calls.Exchange`,
+future as the waker instead of a lock; a call is the same :class:`~snakepit.pool.exchange.Exchange`,
 fed by :func:`fetch`, which waits for the worker's pipe (and its pidfd) with
 ``loop.add_reader`` instead of ``poll``. No thread is spent per call, and sync and async callers
 share one pool.
@@ -24,10 +24,11 @@ from msgspec.msgpack import Ext
 from .. import errors
 from ..affinity import Affinity, Ticket
 from ..streaming import HALT, StreamResult
-from .calls import END, MORE, Exchange
-from .queue import Dispatcher, Owner
+from .dispatcher import Dispatcher, Owner
+from .exchange import END, MORE, Exchange
 from .timing import earliest
-from .worker import DeadlineExceeded, WorkerGone, WorkerHandle
+from ..backends.base import DeadlineExceeded, WorkerGone
+from ..backends.process.handle import WorkerHandle
 
 # Many streams on one loop interleave fairly: a stream hands the loop back after this many
 # chunks even when more are already buffered.

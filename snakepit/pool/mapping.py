@@ -30,9 +30,10 @@ from msgspec.msgpack import Ext
 from .. import errors, protocol
 from ..errors import Reason
 from ..protocol import Batch, BatchResult, Cancel, Failure, decode_value
-from .queue import Dispatcher
+from .dispatcher import Dispatcher
 from .timing import deadline_after, poll_ms
-from .worker import DeadlineExceeded, WorkerGone, WorkerHandle
+from ..backends.base import DeadlineExceeded, WorkerGone
+from ..backends.process.handle import WorkerHandle
 
 _DEPTH = 2
 _TARGET_SECONDS = 0.005
@@ -107,7 +108,7 @@ class MapEngine:
             self._queued[handle.id] = deque()
             self.workers[handle.id] = handle
 
-    # Owner (see queue.py): a worker is the map's from the moment it is assigned; whatever
+    # Owner (see dispatcher.py): a worker is the map's from the moment it is assigned; whatever
     # interrupts the map after that, close() gives it back.
     def adopt(self, handle: WorkerHandle, lease: int) -> None:
         self._leases[handle.id] = lease

@@ -21,9 +21,9 @@ from ..progress import Reporter
 from ..streaming import StreamResult
 from . import aio, mapping
 from .aio import AsyncStream
-from .calls import Exchange, Stream, run_execute, run_stream
-from .launcher import build_launch_spec
-from .queue import Counters, Dispatcher
+from ..backends.process.launcher import build_launch_spec
+from .dispatcher import Counters, Dispatcher
+from .exchange import Exchange, Stream, run_execute, run_stream
 from .recycling import RECYCLE_REASONS, RecyclePolicy, rss_bytes
 from .session import Session
 from .supervisor import Supervisor

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from .worker import WorkerHandle
+from ..backends.process.handle import WorkerHandle
 
 MAX_REQUESTS = "max_requests"
 WORKER_TTL = "worker_ttl"

@@ -9,7 +9,7 @@ from ..streaming import StreamResult
 
 if TYPE_CHECKING:
     from .aio import AsyncStream
-    from .calls import Stream
+    from .exchange import Stream
     from .pool import Pool  # or a snakepit.grpc.Client: the same call methods
 
 

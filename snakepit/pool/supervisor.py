@@ -39,14 +39,15 @@ from ..adapter import ToolSpec
 from ..errors import Reason
 from ..observe import Observer
 from ..protocol import TERMINAL, Cancel, Log, Ping, Pong, Ready, Shutdown, StartFailed, encode_frame
-from .janitor import Janitor
-from .launcher import LaunchSpec, spawn
-from .queue import Counters, Dispatcher
+from ..backends.process.janitor import Janitor
+from ..backends.process.launcher import LaunchSpec, spawn
+from .dispatcher import Counters, Dispatcher
 from .reactor import Reactor
 from .recycling import RecyclePolicy
-from .relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
+from ..backends.process.relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
 from .timing import deadline_after, lock_seconds
-from .worker import WorkerHandle, WorkerState
+from ..backends.process.handle import WorkerHandle
+from .workers import WorkerState
 
 
 # Restart back-off: workers that fail to start, or die young without serving a call, in a row

@@ -26,7 +26,8 @@ from ..errors import Reason
 from ..observe import Observer
 from .recycling import RecyclePolicy
 from .timing import earliest, lock_seconds
-from .worker import WorkerHandle, WorkerState
+from ..backends.process.handle import WorkerHandle
+from .workers import WorkerState, move
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -256,7 +257,7 @@ class Dispatcher:
         if handle is None:
             return None
         _hand_over(handle, ticket)  # first: the owner knows it before it is marked taken
-        handle.state = WorkerState.BUSY
+        move(handle, WorkerState.BUSY)
         handle.checked_out = True
         if session is not None:
             session.worker = handle.id
@@ -367,7 +368,7 @@ class Dispatcher:
             if handle.state is WorkerState.DEAD:
                 dispose = True
             else:
-                handle.state = WorkerState.DRAINING
+                move(handle, WorkerState.DRAINING)
                 dispose = False
         supervisor = self._supervise()
         if dispose:
@@ -435,7 +436,7 @@ class Dispatcher:
                 handle.owner = None
                 handle.lease += 1  # if its owner comes back after all, it owns nothing any more
                 if handle.outstanding:
-                    handle.state = WorkerState.DRAINING
+                    move(handle, WorkerState.DRAINING)
                     to_drain.append((handle, list(handle.outstanding)))
                 else:
                     woken += self._free(handle)
@@ -455,7 +456,7 @@ class Dispatcher:
 
     def _retire(self, handle: WorkerHandle, reason: str) -> list[Ticket]:
         """Out of service for good (lock held); its strict waiters are refused."""
-        handle.state = WorkerState.STOPPING
+        move(handle, WorkerState.STOPPING)
         handle.retiring = reason
         self.workers.pop(handle.id, None)
         return self.router.remove(handle.id)
@@ -474,7 +475,7 @@ class Dispatcher:
         with self.lock:
             if handle.state is WorkerState.DEAD:
                 return False
-            handle.state = WorkerState.DEAD
+            move(handle, WorkerState.DEAD)
             refused = self.router.remove(handle.id)
             self.workers.pop(handle.id, None)
         for ticket in refused:
@@ -490,14 +491,14 @@ class Dispatcher:
         while True:
             ticket = self.router.release(handle.id)
             if ticket is None:
-                handle.state = WorkerState.IDLE
+                move(handle, WorkerState.IDLE)
                 handle.idle_since = time.monotonic()
                 return []
             if not ticket.abandoned:
                 break
             ticket.worker, ticket.refused = None, Reason.POOL_CLOSED
         _hand_over(handle, ticket)
-        handle.state = WorkerState.BUSY
+        move(handle, WorkerState.BUSY)
         handle.checked_out = True
         return [ticket]
 

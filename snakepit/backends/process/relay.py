@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from ..courier import Courier
+from ...courier import Courier
 
 worker_log = logging.getLogger("snakepit.worker")
 

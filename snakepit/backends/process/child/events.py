@@ -18,7 +18,7 @@ from typing import Callable, ContextManager
 
 import msgspec
 
-from ..protocol import FrameWriter, Log
+from ....protocol import FrameWriter, Log
 
 
 class Events:

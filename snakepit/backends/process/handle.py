@@ -12,7 +12,6 @@ pidfd becoming readable (the latter also when a grandchild inherited the pipe).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import fcntl
 import os
 import select
@@ -27,31 +26,16 @@ from typing import Any, Callable
 import msgspec
 import psutil
 
-from ..protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
+from ...pool.timing import deadline_after, poll_ms
+from ...pool.workers import WorkerState
+from ...protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
+from ..base import DeadlineExceeded, WorkerGone
 from . import spill
-from .timing import deadline_after, poll_ms
-
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    DRAINING = "draining"  # a cancelled call is finishing; not available until it acknowledges
-    STOPPING = "stopping"
-    DEAD = "dead"
-
-
-class WorkerGone(Exception):
-    """The worker process ended (or closed its end of the pipe)."""
-
-
-class DeadlineExceeded(Exception):
-    pass
 
 
 @dataclass(frozen=True)
 class WorkerPipes:
-    """The owner's ends of a worker's pipes (see :func:`~snakepit.pool.launcher.spawn`)."""
+    """The owner's ends of a worker's pipes (see :func:`~snakepit.backends.process.launcher.spawn`)."""
 
     requests: int
     control: int

@@ -35,7 +35,7 @@ import tempfile
 
 import msgspec
 
-from ..protocol import HEADER as FRAME_HEADER
+from ...protocol import HEADER as FRAME_HEADER
 
 SIZE = 2 << 20
 _HEADER = struct.Struct("=QQqQ")  # base, committed, batch_at, prefix length: native, like the views

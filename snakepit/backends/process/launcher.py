@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 
-from .. import errors, protocol
-from ..adapter import import_by_path
-from ..errors import Reason
-from ..protocol import Boot
+from ... import errors, protocol
+from ...adapter import import_by_path
+from ...errors import Reason
+from ...protocol import Boot
 from . import spill
-from .worker import WorkerHandle, WorkerPipes
+from .handle import WorkerHandle, WorkerPipes
 
 # One thread per BLAS/OpenMP runtime per worker: N workers already use N cores.
 SINGLE_THREADED_ENV = {
@@ -37,10 +37,10 @@ SINGLE_THREADED_ENV = {
 
 _PIPE_SIZE = 1 << 20  # the Linux default maximum; bigger pipes mean fewer wake-ups per stream
 
-_SNAKEPIT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_SNAKEPIT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 _BOOTSTRAP = (
     "import sys; sys.path.insert(0, {root!r}); "
-    "from snakepit.pool.worker_process import main; main()"
+    "from snakepit.backends.process.child.worker_process import main; main()"
 )
 
 

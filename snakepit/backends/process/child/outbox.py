@@ -9,7 +9,7 @@ the stream packed into one ``Chunks`` frame, and a writer thread sends everythin
 default, or at once if the tool blocks). Messages keep their order: while anything is queued,
 every message queues behind it.
 
-The queue is a :mod:`~snakepit.pool.spill` segment shared with the owner, so chunks queued when
+The queue is a :mod:`~snakepit.backends.process.spill` segment shared with the owner, so chunks queued when
 the worker dies abruptly are still delivered. A yield followed by long work is never held back:
 either it was written directly, or the writer thread sends it while the work runs.
 """
@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import msgspec
 
-from ..protocol import HEADER, KEEP_BUFFER, Chunk, Chunks, FrameWriter
-from .spill import SpillWriter
+from ....protocol import HEADER, KEEP_BUFFER, Chunk, Chunks, FrameWriter
+from ..spill import SpillWriter
 
 _COALESCE = 50e-6
 

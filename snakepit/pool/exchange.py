@@ -33,8 +33,9 @@ from .. import errors
 from ..errors import Reason
 from ..protocol import Cancel, Chunk, Chunks, End, Failure, Result, TERMINAL, decode_value, raise_failure
 from ..streaming import HALT, StreamResult
-from .queue import Dispatcher
-from .worker import DeadlineExceeded, WorkerGone, WorkerHandle
+from ..backends.base import DeadlineExceeded, WorkerGone
+from ..backends.process.handle import WorkerHandle
+from .dispatcher import Dispatcher
 
 MORE: Any = object()  # no answer in the messages at hand: fetch more
 END: Any = object()  # the stream is over; see Exchange.result

@@ -39,14 +39,14 @@ from typing import Any, Callable, Iterator
 
 import msgspec
 
-from .. import errors, protocol
-from ..adapter import BoundTool, discover_tools, import_by_path
-from ..errors import CallCancelled, Reason
-from ..protocol import (
+from .... import errors, protocol
+from ....adapter import BoundTool, discover_tools, import_by_path
+from ....errors import CallCancelled, Reason
+from ....protocol import (
     Batch, BatchResult, Boot, Call, Cancel, Chunk, End, Failure, FrameReader, Ping, Pong, Ready,
     Result, Shutdown, StartFailed, ToWorker, decode_value, encode_value,
 )
-from ..streaming import StreamChunk
+from ....streaming import StreamChunk
 from .events import Events
 from .orphans import adopt_orphans, die_with_parent, end_descendants, reap_orphans
 from .outbox import Outbox

@@ -1,0 +1,1 @@
+"""What runs inside a worker process (never imported by the owner's pool)."""
