@@ -27,8 +27,8 @@ from ..streaming import HALT, StreamResult
 from .dispatcher import Dispatcher, Owner
 from .exchange import END, MORE, Exchange
 from .timing import earliest
+from .workers import Worker
 from ..backends.base import DeadlineExceeded, WorkerGone
-from ..backends.process.handle import WorkerHandle
 
 # Many streams on one loop interleave fairly: a stream hands the loop back after this many
 # chunks even when more are already buffered.
@@ -44,7 +44,7 @@ async def checkout(
     queue_deadline: float | None,
     call_deadline: float | None,
     owner: Owner | None = None,
-) -> WorkerHandle:
+) -> Worker:
     loop = asyncio.get_running_loop()
 
     def park(ticket: Ticket) -> asyncio.Future[None]:
@@ -106,12 +106,12 @@ class Readable:
 
     __slots__ = ("_loop", "_fds", "_future", "exited", "_pidfd", "_registered")
 
-    def __init__(self, handle: WorkerHandle) -> None:
+    def __init__(self, handle: Worker) -> None:
         self._loop = asyncio.get_running_loop()
         self._future: asyncio.Future[None] | None = None
         self.exited = False
-        self._pidfd = handle.pidfd
-        self._fds = [handle.responses_fd] + ([handle.pidfd] if handle.pidfd is not None else [])
+        self._pidfd = handle.conn.pidfd
+        self._fds = [handle.conn.responses_fd] + ([handle.conn.pidfd] if handle.conn.pidfd is not None else [])
         self._registered = False
 
     def _ready(self, fd: int) -> None:
@@ -156,7 +156,7 @@ async def fetch(exchange: Exchange, readable: Readable) -> None:
     """The async twin of :meth:`Exchange.fetch`: wait for more from the worker, then feed it."""
     try:
         while True:
-            messages = exchange.handle.take(readable.exited)
+            messages = exchange.handle.conn.take(readable.exited)
             if messages:
                 exchange.feed(messages)
                 return

@@ -26,8 +26,7 @@ from ..errors import Reason
 from ..observe import Observer
 from .recycling import RecyclePolicy
 from .timing import earliest, lock_seconds
-from ..backends.process.handle import WorkerHandle
-from .workers import WorkerState, move
+from .workers import Worker, WorkerState, move
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -62,11 +61,11 @@ class Owner(Protocol):
     it is done -- or, if it is dropped unfinished, when it is collected. No step between the
     assignment and the call's first message can lose the worker."""
 
-    def adopt(self, handle: WorkerHandle, lease: int) -> None:
+    def adopt(self, handle: Worker, lease: int) -> None:
         """The worker is yours under ``lease``: pass it back to release and abandon."""
         ...
 
-    def disown(self, handle: WorkerHandle) -> bool:
+    def disown(self, handle: Worker) -> bool:
         """The worker is handed back before use (the wait was interrupted); False if the owner
         has started using it (it then gives it back itself)."""
         ...
@@ -103,7 +102,7 @@ class Dispatcher:
         self.router = Router(max_queue)
         self.sessions = sessions
         self.affinity = affinity  # the pool's default mode
-        self.workers: dict[int, WorkerHandle] = {}
+        self.workers: dict[int, Worker] = {}
         self.closed = True  # until start()
         self.counters = counters
         self.supervisor: Supervisor | None = None
@@ -121,7 +120,7 @@ class Dispatcher:
         queue_deadline: float | None,
         call_deadline: float | None,
         owner: Owner | None = None,
-    ) -> WorkerHandle:
+    ) -> Worker:
         """A worker for this call, waiting FIFO if none may serve it now; raises refusals.
 
         ``owner`` adopts the worker the moment it is assigned (under the lock), so that an
@@ -146,7 +145,7 @@ class Dispatcher:
 
     def request(
         self, session_id: str | None, affinity: Affinity | None, park: Callable[[Ticket], Any], owner: Owner | None = None
-    ) -> tuple[WorkerHandle | None, Ticket, Any]:
+    ) -> tuple[Worker | None, Ticket, Any]:
         """First step of a checkout: ``(worker, ticket, None)`` if one is free now, else
         ``(None, ticket, park(ticket))`` -- the ticket waits and ``park`` installed its waker.
 
@@ -178,7 +177,7 @@ class Dispatcher:
 
     def settle(
         self, ticket: Ticket, queue_deadline: float | None, call_deadline: float | None, park: Callable[[Ticket], Any]
-    ) -> tuple[WorkerHandle | None, Any]:
+    ) -> tuple[Worker | None, Any]:
         """After a wait ended (woken, or at the deadline): the worker, or the refusal or timeout
         raised, or ``(None, park(ticket))`` to wait again."""
         try:
@@ -193,7 +192,7 @@ class Dispatcher:
         except _Refused as refused:
             raise refused.surface(self.observer) from None
 
-    def checkout_now(self, owner: Owner | None = None) -> WorkerHandle | None:
+    def checkout_now(self, owner: Owner | None = None) -> Worker | None:
         """An idle worker if there is one (no session, no queueing); ``None`` otherwise."""
         with self.lock:
             if self.closed or not self.router.idle:
@@ -232,13 +231,13 @@ class Dispatcher:
         mode = affinity or session.affinity or self.affinity
         return Ticket(affinity=mode, pinned=session.worker, session_id=session_id)
 
-    def _acquire(self, ticket: Ticket) -> WorkerHandle | None:
+    def _acquire(self, ticket: Ticket) -> Worker | None:
         """Serve ``ticket`` now, raise its refusal, or park it (``None``); lock held."""
         self.router.acquire(ticket)
         # Router and worker table change together under this lock, so a worker served here exists.
         return self._claim(ticket) if ticket.done else None
 
-    def _claim(self, ticket: Ticket) -> WorkerHandle | None:
+    def _claim(self, ticket: Ticket) -> Worker | None:
         """The worker a served ticket got (lock held), or the refusal as an error.
 
         Pins the ticket's session to that worker; a refusal for a vanished worker drops the pin.
@@ -321,12 +320,12 @@ class Dispatcher:
         message = "no worker became available within queue_timeout"
         return _Refused(errors.timeout(Reason.QUEUE_TIMEOUT, message), ("queue_timeout", message, {}))
 
-    def release(self, handle: WorkerHandle, lease: int | None = None) -> None:
+    def release(self, handle: Worker, lease: int | None = None) -> None:
         """The caller is done with its worker: back to the pool, recycled if due, or disposed of
         if it died under the call. Ignored under a stale ``lease`` (the worker has moved on)."""
         if lease is not None and lease != handle.lease:
             return
-        if handle.reader.broken and handle.state is not WorkerState.DEAD:  # its pipe cannot be read on
+        if handle.conn.reader.broken and handle.state is not WorkerState.DEAD:  # its pipe cannot be read on
             self.abandon(handle, -1)
             return
         reason = self.recycle.reason(handle) if self.recycle.active and handle.state is not WorkerState.DEAD else None
@@ -354,7 +353,7 @@ class Dispatcher:
         that holds this very lock: the supervisor thread does it, with nothing taken here."""
         self._supervise().defer(exchange.cancel)
 
-    def abandon(self, handle: WorkerHandle, call_id: int, lease: int | None = None) -> None:
+    def abandon(self, handle: Worker, call_id: int, lease: int | None = None) -> None:
         """The caller gives up on a running call: the worker cancels it and is drained, then freed.
 
         If what the worker says next cannot be trusted (an exception escaped a read of its
@@ -373,14 +372,14 @@ class Dispatcher:
         supervisor = self._supervise()
         if dispose:
             supervisor.submit(supervisor.dispose, handle)
-        elif handle.reader.broken:
+        elif handle.conn.reader.broken:
             supervisor.submit(supervisor.scrap, handle)
         else:
             supervisor.submit(supervisor.drain, handle, call_id)
 
     # -- supervisor ------------------------------------------------------------------------------
 
-    def add_worker(self, handle: WorkerHandle) -> None:
+    def add_worker(self, handle: Worker) -> None:
         with self.lock:
             self.start_failure = None
             self.workers[handle.id] = handle
@@ -397,7 +396,7 @@ class Dispatcher:
         for ticket in refused:
             _wake(ticket)
 
-    def drained(self, handle: WorkerHandle) -> None:
+    def drained(self, handle: Worker) -> None:
         """A cancelled call acknowledged: the worker is clean, and free again (supervisor thread)."""
         reason = self.recycle.reason(handle) if self.recycle.active else None
         with self.lock:
@@ -411,7 +410,7 @@ class Dispatcher:
         for ticket in woken:
             _wake(ticket)
 
-    def audit(self) -> list[tuple[WorkerHandle, list[int]]]:
+    def audit(self) -> list[tuple[Worker, list[int]]]:
         """Take back workers an interrupted caller left half-way (supervisor thread).
 
         A signal handler that raises (Ctrl-C) can interrupt a caller anywhere, even inside the
@@ -421,7 +420,7 @@ class Dispatcher:
         back. A worker still processing calls is returned for cancelling and draining; the
         others are free again at once.
         """
-        to_drain: list[tuple[WorkerHandle, list[int]]] = []
+        to_drain: list[tuple[Worker, list[int]]] = []
         woken: list[Ticket] = []
         with self.lock:
             for handle in list(self.workers.values()):
@@ -444,7 +443,7 @@ class Dispatcher:
             _wake(ticket)
         return to_drain
 
-    def retire_if_idle(self, handle: WorkerHandle, reason: str) -> bool:
+    def retire_if_idle(self, handle: Worker, reason: str) -> bool:
         """Take an idle worker out of service for recycling; False if it is no longer idle."""
         with self.lock:
             if handle.state is not WorkerState.IDLE:
@@ -454,23 +453,23 @@ class Dispatcher:
             _wake(ticket)
         return True
 
-    def _retire(self, handle: WorkerHandle, reason: str) -> list[Ticket]:
+    def _retire(self, handle: Worker, reason: str) -> list[Ticket]:
         """Out of service for good (lock held); its strict waiters are refused."""
         move(handle, WorkerState.STOPPING)
         handle.retiring = reason
         self.workers.pop(handle.id, None)
         return self.router.remove(handle.id)
 
-    def died_under_caller(self, handle: WorkerHandle) -> dict[str, Any]:
+    def died_under_caller(self, handle: Worker) -> dict[str, Any]:
         """A caller saw its worker die: reap it (its exit code or signal is the caller's error),
         take it out of service and have the supervisor replace it. The caller still releases it."""
-        info = handle.reap_dying()
+        info = handle.conn.reap_dying()
         if self.worker_died(handle):
             supervisor = self._supervise()
             supervisor.submit(supervisor.lost, handle)
         return info
 
-    def worker_died(self, handle: WorkerHandle) -> bool:
+    def worker_died(self, handle: Worker) -> bool:
         """Take a dead worker out of service (any thread, idempotent). True the first time."""
         with self.lock:
             if handle.state is WorkerState.DEAD:
@@ -482,7 +481,7 @@ class Dispatcher:
             _wake(ticket)
         return True
 
-    def _free(self, handle: WorkerHandle) -> list[Ticket]:
+    def _free(self, handle: Worker) -> list[Ticket]:
         """Back to the pool (lock held): to the oldest waiter allowed to use it, else idle.
 
         A waiter whose caller has gone (interrupted between two steps, so it never withdrew)
@@ -508,7 +507,7 @@ class Dispatcher:
         with self.lock:
             self.closed = False
 
-    def close(self) -> list[WorkerHandle]:
+    def close(self) -> list[Worker]:
         """Refuse new calls and every waiting one; the workers left to shut down."""
         with self.lock:
             self.closed = True
@@ -542,7 +541,7 @@ class Dispatcher:
             }
 
 
-def _hand_over(handle: WorkerHandle, ticket: Ticket) -> None:
+def _hand_over(handle: Worker, ticket: Ticket) -> None:
     """The worker is the ticket's owner's now (lock held); the supervisor's audit can tell if
     that owner vanishes without giving it back."""
     owner = ticket.owner
@@ -576,7 +575,7 @@ def _wake(ticket: Ticket) -> None:
         ticket.waker()
 
 
-def _worker_info(handle: WorkerHandle) -> dict[str, Any]:
+def _worker_info(handle: Worker) -> dict[str, Any]:
     return {
         "id": handle.id,
         "pid": handle.pid,

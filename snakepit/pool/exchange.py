@@ -34,8 +34,8 @@ from ..errors import Reason
 from ..protocol import Cancel, Chunk, Chunks, End, Failure, Result, TERMINAL, decode_value, raise_failure
 from ..streaming import HALT, StreamResult
 from ..backends.base import DeadlineExceeded, WorkerGone
-from ..backends.process.handle import WorkerHandle
 from .dispatcher import Dispatcher
+from .workers import Worker
 
 MORE: Any = object()  # no answer in the messages at hand: fetch more
 END: Any = object()  # the stream is over; see Exchange.result
@@ -53,7 +53,7 @@ class Exchange:
 
     def __init__(self, dispatcher: Dispatcher, tool: str, deadline: float | None) -> None:
         self.finished = False
-        self.handle: WorkerHandle = None  # type: ignore[assignment]  # set by adopt()
+        self.handle: Worker = None  # type: ignore[assignment]  # set by adopt()
         self.lease = 0
         self.dispatcher = dispatcher
         self.call_id = -1  # drawn when the call is sent
@@ -71,11 +71,11 @@ class Exchange:
 
     # -- owning the worker (Owner, see queue.py) ----------------------------------------------------
 
-    def adopt(self, handle: WorkerHandle, lease: int) -> None:
+    def adopt(self, handle: Worker, lease: int) -> None:
         self.handle = handle
         self.lease = lease
 
-    def disown(self, handle: WorkerHandle) -> bool:
+    def disown(self, handle: Worker) -> bool:
         if self.sent or self.finished:
             return False
         self.handle = None  # type: ignore[assignment]
@@ -96,18 +96,18 @@ class Exchange:
             self.call_id = call_id
             handle.begin(call_id, self.tool)
             self.sent = True
-            handle.send(frame, self.deadline)
+            handle.conn.send(frame, self.deadline)
         except WorkerGone:
             self.gone()
         except DeadlineExceeded:  # it read nothing of a large call: stopped or hung
-            handle.kill()
+            handle.conn.kill()
             self.expired()
         except BaseException:  # Ctrl-C mid-write: part of a frame may be in the pipe
             if not self.sent:
                 self.cancel()  # nothing was written: the worker is clean
                 raise
             handle.killed_on_purpose = True
-            handle.kill()
+            handle.conn.kill()
             self.finished = True
             self.dispatcher.died_under_caller(handle)
             self.dispatcher.release(handle, self.lease)
@@ -120,7 +120,7 @@ class Exchange:
     def fetch(self) -> None:
         """Block until the worker says more (the synchronous driver)."""
         try:
-            self.feed(self.handle.receive(self.deadline))
+            self.feed(self.handle.conn.receive(self.deadline))
         except WorkerGone:
             self.gone()
         except DeadlineExceeded:
@@ -130,8 +130,8 @@ class Exchange:
         """The worker died: first deliver what it had queued, then report the crash."""
         if not self.finished and not self._salvaged:
             self._salvaged = True
-            self.handle.reap_dying()  # the spill segment is read once its writer is gone for good
-            messages = self.handle.salvage()
+            self.handle.conn.reap_dying()  # the spill segment is read once its writer is gone for good
+            messages = self.handle.conn.salvage()
             if messages:
                 self.feed(messages)
                 return
@@ -242,7 +242,7 @@ class Exchange:
             return
         self.finished = True
         self.handle.requests_served += 1
-        self.handle.send_control(Cancel([self.call_id]))
+        self.handle.conn.send_control(Cancel([self.call_id]))
         self.dispatcher.abandon(self.handle, self.call_id, self.lease)
 
     def halt(self, undelivered: int = 0) -> StreamResult:

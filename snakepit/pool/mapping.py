@@ -31,9 +31,9 @@ from .. import errors, protocol
 from ..errors import Reason
 from ..protocol import Batch, BatchResult, Cancel, Failure, decode_value
 from .dispatcher import Dispatcher
+from .workers import Worker
 from .timing import deadline_after, poll_ms
 from ..backends.base import DeadlineExceeded, WorkerGone
-from ..backends.process.handle import WorkerHandle
 
 _DEPTH = 2
 _TARGET_SECONDS = 0.005
@@ -85,7 +85,7 @@ class MapEngine:
         self._on_close = on_close
         self._on_items = on_items
         self._on_timeout = on_timeout
-        self.workers: dict[int, WorkerHandle] = {}
+        self.workers: dict[int, Worker] = {}
         self._leases: dict[int, int] = {}  # worker id -> the lease it was given under
         self._queued: dict[int, deque[_InFlight]] = {}  # worker id -> its batches, oldest first
         self._last_done: dict[int, float] = {}
@@ -103,25 +103,25 @@ class MapEngine:
 
     # -- workers -----------------------------------------------------------------------------------
 
-    def add_worker(self, handle: WorkerHandle) -> None:
+    def add_worker(self, handle: Worker) -> None:
         if handle.id not in self.workers:
             self._queued[handle.id] = deque()
             self.workers[handle.id] = handle
 
     # Owner (see dispatcher.py): a worker is the map's from the moment it is assigned; whatever
     # interrupts the map after that, close() gives it back.
-    def adopt(self, handle: WorkerHandle, lease: int) -> None:
+    def adopt(self, handle: Worker, lease: int) -> None:
         self._leases[handle.id] = lease
         self.add_worker(handle)
 
-    def disown(self, handle: WorkerHandle) -> bool:
+    def disown(self, handle: Worker) -> bool:
         if self._queued.get(handle.id):
             return False
         self.workers.pop(handle.id, None)
         self._queued.pop(handle.id, None)
         return True
 
-    def fill(self) -> list[WorkerHandle]:
+    def fill(self) -> list[Worker]:
         """Send batches to workers with room; returns the workers no longer needed."""
         idle = []
         for handle in list(self.workers.values()):
@@ -150,7 +150,7 @@ class MapEngine:
             return 1
         return max(1, min(_MAX_BATCH, int(self._rate * _TARGET_SECONDS)))
 
-    def _send(self, handle: WorkerHandle) -> bool:
+    def _send(self, handle: Worker) -> bool:
         """Send the next batch to ``handle``; False if there is none it may take now.
 
         A batch too big for the worker's requests pipe waits (``_held``) until a worker has
@@ -161,7 +161,7 @@ class MapEngine:
             return not self._exhausted  # True: the batch failed to encode, its items have failed
         start, count, items, refused = self._held  # type: ignore[misc]
         queue = self._queued[handle.id]
-        if queue and not handle.fits(len(items) + len(self.tool) + _ENVELOPE):
+        if queue and not handle.conn.fits(len(items) + len(self.tool) + _ENVELOPE):
             return False
         self._held = None
         # The id is drawn now, as a call's is when it is sent, so each worker sees ids grow.
@@ -172,15 +172,15 @@ class MapEngine:
         queue.append(batch)
         handle.begin(call_id, self.tool)
         try:
-            handle.send(frame, batch.deadline)
+            handle.conn.send(frame, batch.deadline)
         except WorkerGone:
             self.lost(handle)
         except DeadlineExceeded:  # it read nothing of a large batch: stopped or hung
-            handle.kill()
+            handle.conn.kill()
             self._expire(handle)
         except BaseException:  # Ctrl-C mid-write: part of a frame may be in the pipe
             handle.killed_on_purpose = True
-            handle.kill()
+            handle.conn.kill()
             self.lost(handle)
             raise
         return True
@@ -204,7 +204,7 @@ class MapEngine:
 
     # -- what comes back ---------------------------------------------------------------------------
 
-    def receive(self, handle: WorkerHandle, messages: list[Any]) -> None:
+    def receive(self, handle: Worker, messages: list[Any]) -> None:
         queue = self._queued.get(handle.id)
         if queue is None:
             return
@@ -266,7 +266,7 @@ class MapEngine:
     def _fail_range(self, start: int, count: int, error: errors.SnakepitError) -> None:
         self._store(start, [None] * count, dict.fromkeys(range(count), error))
 
-    def lost(self, handle: WorkerHandle) -> None:
+    def lost(self, handle: Worker) -> None:
         """The worker died: its items fail with ``worker_crashed``; it is handed back."""
         queue = self._queued.get(handle.id, deque())
         info = self._dispatcher.died_under_caller(handle)
@@ -284,7 +284,7 @@ class MapEngine:
             if queue and queue[0].deadline is not None and queue[0].deadline <= now:
                 self._expire(handle)
 
-    def _expire(self, handle: WorkerHandle) -> None:
+    def _expire(self, handle: Worker) -> None:
         """The running batch timed out: it fails, and so do the batches queued behind it on that
         worker (they are cancelled with it). Each item counts as a timed-out call."""
         error = errors.timeout(Reason.TIMEOUT, f"a batch of {self.tool!r} exceeded its timeout", tool=self.tool)
@@ -348,17 +348,17 @@ class MapEngine:
                 on_close, self._on_close = self._on_close, None
                 on_close(self)
 
-    def _abandon(self, handle: WorkerHandle) -> None:
+    def _abandon(self, handle: Worker) -> None:
         queue = self._queued[handle.id]
         ids = [batch.call_id for batch in queue]
         self._in_flight -= sum(batch.count for batch in queue)
         queue.clear()
         del self.workers[handle.id]
         del self._queued[handle.id]
-        handle.send_control(Cancel(ids))  # the running batch and those queued behind it
+        handle.conn.send_control(Cancel(ids))  # the running batch and those queued behind it
         self._dispatcher.abandon(handle, ids[-1], self._leases.pop(handle.id, None))
 
-    def _drop(self, handle: WorkerHandle) -> None:
+    def _drop(self, handle: Worker) -> None:
         """Hand back a worker with nothing queued (a dead one is disposed of)."""
         if self.workers.pop(handle.id, None) is None:
             return
@@ -403,7 +403,7 @@ def _encode_items(items: list[Any]) -> tuple[bytes, dict[int, errors.SnakepitErr
 # -- drivers ----------------------------------------------------------------------------------------
 
 
-def run_map(engine: MapEngine, first: Callable[[], WorkerHandle], more: Callable[[], WorkerHandle | None], return_exceptions: bool) -> Iterator[Any]:
+def run_map(engine: MapEngine, first: Callable[[], Worker], more: Callable[[], Worker | None], return_exceptions: bool) -> Iterator[Any]:
     """The synchronous driver: waits on every held worker's pipe with ``poll``."""
     try:
         while True:
@@ -433,7 +433,7 @@ def _with_failures(values: list[Any], failures: dict[int, errors.SnakepitError],
             raise error
 
 
-def _acquire(engine: MapEngine, first: Callable[[], WorkerHandle], more: Callable[[], WorkerHandle | None]) -> None:
+def _acquire(engine: MapEngine, first: Callable[[], Worker], more: Callable[[], Worker | None]) -> None:
     """A first worker (waiting for one if the map holds none), then every idle one."""
     if not engine.workers:
         engine.add_worker(first())
@@ -443,24 +443,24 @@ def _acquire(engine: MapEngine, first: Callable[[], WorkerHandle], more: Callabl
 
 def _wait(engine: MapEngine) -> None:
     poller = select.poll()
-    by_fd: dict[int, tuple[WorkerHandle, bool]] = {}
+    by_fd: dict[int, tuple[Worker, bool]] = {}
     for handle in engine.workers.values():
-        poller.register(handle.responses_fd, select.POLLIN)
-        by_fd[handle.responses_fd] = (handle, False)
-        if handle.pidfd is not None:
-            poller.register(handle.pidfd, select.POLLIN)
-            by_fd[handle.pidfd] = (handle, True)
+        poller.register(handle.conn.responses_fd, select.POLLIN)
+        by_fd[handle.conn.responses_fd] = (handle, False)
+        if handle.conn.pidfd is not None:
+            poller.register(handle.conn.pidfd, select.POLLIN)
+            by_fd[handle.conn.pidfd] = (handle, True)
     events = poller.poll(poll_ms(engine.next_deadline()))
     _collect(engine, {by_fd[fd] for fd, _ in events})
 
 
-def _collect(engine: MapEngine, ready: set[tuple[WorkerHandle, bool]]) -> None:
+def _collect(engine: MapEngine, ready: set[tuple[Worker, bool]]) -> None:
     exited = {handle.id for handle, is_pidfd in ready if is_pidfd}
     for handle in {handle.id: handle for handle, _ in ready}.values():
         if handle.id not in engine.workers:
             continue
         try:
-            messages = handle.take(handle.id in exited)
+            messages = handle.conn.take(handle.id in exited)
         except WorkerGone:
             engine.lost(handle)
             continue
@@ -471,7 +471,7 @@ def _collect(engine: MapEngine, ready: set[tuple[WorkerHandle, bool]]) -> None:
 async def arun_map(
     engine: MapEngine,
     first: Callable[[], Any],
-    more: Callable[[], WorkerHandle | None],
+    more: Callable[[], Worker | None],
     return_exceptions: bool,
 ) -> AsyncIterator[Any]:
     """The asyncio driver: the same engine, waiting through ``loop.add_reader``."""
@@ -496,16 +496,16 @@ async def arun_map(
 
 async def _await_any(loop: asyncio.AbstractEventLoop, engine: MapEngine) -> None:
     future: asyncio.Future[None] = loop.create_future()
-    ready: set[tuple[WorkerHandle, bool]] = set()
+    ready: set[tuple[Worker, bool]] = set()
 
-    def on_ready(handle: WorkerHandle, is_pidfd: bool) -> None:
+    def on_ready(handle: Worker, is_pidfd: bool) -> None:
         ready.add((handle, is_pidfd))
         if not future.done():
             future.set_result(None)
 
     fds = []
     for handle in engine.workers.values():
-        for fd, is_pidfd in ((handle.responses_fd, False), (handle.pidfd, True)):
+        for fd, is_pidfd in ((handle.conn.responses_fd, False), (handle.conn.pidfd, True)):
             if fd is not None:
                 loop.add_reader(fd, on_ready, handle, is_pidfd)
                 fds.append(fd)

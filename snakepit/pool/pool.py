@@ -505,7 +505,7 @@ class Pool:
         exchange = Exchange(self._dispatcher, call.tool, call.deadline)
         try:
             await aio.checkout(self._dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
-            if exchange.handle.fits(len(call.frame)):  # the idle worker's pipe takes it at once
+            if exchange.handle.conn.fits(len(call.frame)):  # the idle worker's pipe takes it at once
                 call.start(exchange)
                 return exchange
         except BaseException:

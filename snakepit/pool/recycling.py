@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from ..backends.process.handle import WorkerHandle
+from .workers import Worker
 
 MAX_REQUESTS = "max_requests"
 WORKER_TTL = "worker_ttl"
@@ -30,7 +30,7 @@ class RecyclePolicy:
     def active(self) -> bool:
         return self.max_requests is not None or self.worker_ttl is not None or self.memory_limit_mb is not None
 
-    def reason(self, handle: WorkerHandle) -> str | None:
+    def reason(self, handle: Worker) -> str | None:
         """Why ``handle`` is due for recycling now, if it is."""
         if self.max_requests is not None and handle.requests_served >= self.max_requests:
             return MAX_REQUESTS

@@ -46,8 +46,7 @@ from .reactor import Reactor
 from .recycling import RecyclePolicy
 from ..backends.process.relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
 from .timing import deadline_after, lock_seconds
-from ..backends.process.handle import WorkerHandle
-from .workers import WorkerState
+from .workers import Worker, WorkerState
 
 
 # Restart back-off: workers that fail to start, or die young without serving a call, in a row
@@ -91,7 +90,7 @@ class Supervisor(Reactor):
 
         self._ids = itertools.count(1)
         self._pings = itertools.count(1)
-        self.handles: dict[int, WorkerHandle] = {}  # every process not yet disposed of
+        self.handles: dict[int, Worker] = {}  # every process not yet disposed of
         self._draining: dict[int, int] = {}  # worker id -> call id being cancelled
         self._splitters: dict[int, LineSplitter] = {}  # output fd -> its partial line
         self._stopping = False
@@ -139,20 +138,20 @@ class Supervisor(Reactor):
         self.submit(self._begin_shutdown)
         self.join()
         with self.work_lock:
-            leftovers = [h for h in self.handles.values() if h.exit_info is None]
+            leftovers = [h for h in self.handles.values() if h.conn.exit_info is None]
         # Only when the thread never ran (start failed early) or could not watch a process.
         deadline = deadline_after(self._shutdown_timeout)
         for handle in leftovers:
-            handle.wait_exit(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            handle.conn.wait_exit(None if deadline is None else max(0.0, deadline - time.monotonic()))
         for handle in leftovers:
-            if not handle.has_exited():
-                handle.signal(signal.SIGTERM)
+            if not handle.conn.has_exited():
+                handle.conn.signal(signal.SIGTERM)
         deadline = time.monotonic() + self._kill_grace
         for handle in leftovers:
-            if not handle.wait_exit(max(0.0, deadline - time.monotonic())):
-                handle.kill()
+            if not handle.conn.wait_exit(max(0.0, deadline - time.monotonic())):
+                handle.conn.kill()
         for handle in list(self.handles.values()):
-            handle.reap()
+            handle.conn.reap()
             self.submit(self._forget_after_shutdown, handle)
         self.janitor.stop()
         self.relay.close()
@@ -160,30 +159,30 @@ class Supervisor(Reactor):
         self.close()
 
     def finished(self) -> bool:
-        return self._stopping and all(h.exit_info is not None for h in self.handles.values())
+        return self._stopping and all(h.conn.exit_info is not None for h in self.handles.values())
 
     def _begin_shutdown(self) -> None:
         self._stopping = True
         self.clear_timers()
         self.later(self._shutdown_timeout, self._force_shutdown)
         for handle in list(self.handles.values()):
-            if handle.exit_info is not None:
+            if handle.conn.exit_info is not None:
                 continue
             if handle.state is WorkerState.STARTING:  # inside initialize(): it would read Shutdown only after
                 handle.killed_on_purpose = True
-                handle.kill()
+                handle.conn.kill()
                 continue
             if handle.outstanding:  # running, queued (a map's batches) or being drained
-                handle.send_control(Cancel(list(handle.outstanding)))
+                handle.conn.send_control(Cancel(list(handle.outstanding)))
             self._ask_to_stop(handle)
 
     def _force_shutdown(self) -> None:
         """Past the graceful deadline: SIGTERM, then SIGKILL after ``kill_grace``."""
         for handle in self.handles.values():
-            if handle.exit_info is None:
+            if handle.conn.exit_info is None:
                 self.terminate(handle)
 
-    def _forget_after_shutdown(self, handle: WorkerHandle) -> None:
+    def _forget_after_shutdown(self, handle: Worker) -> None:
         self._dispatcher.worker_died(handle)
         if not handle.checked_out:
             self.dispose(handle)
@@ -195,38 +194,38 @@ class Supervisor(Reactor):
             return
         worker_id = next(self._ids)
         try:
-            handle = spawn(worker_id, self._launch)
+            handle = Worker(worker_id, spawn(worker_id, self._launch))
         except Exception as exc:  # nothing was left running; the caller waiting on start() must hear of it
             self._start_failed(None, f"could not start a worker process: {type(exc).__name__}: {exc}", traceback.format_exc())
             return
         self.handles[worker_id] = handle
-        handle.on_group_ended = self.janitor.forget
+        handle.conn.on_group_ended = self.janitor.forget
         self.janitor.watch(handle.pid)
-        self._watch(handle, handle.responses_fd, self._read_start)
-        self._watch(handle, handle.pipes.events, self._read_events)
-        for fd, level in ((handle.pipes.stdout, STDOUT_LEVEL), (handle.pipes.stderr, STDERR_LEVEL)):
+        self._watch(handle, handle.conn.responses_fd, self._read_start)
+        self._watch(handle, handle.conn.pipes.events, self._read_events)
+        for fd, level in ((handle.conn.pipes.stdout, STDOUT_LEVEL), (handle.conn.pipes.stderr, STDERR_LEVEL)):
             self._splitters[fd] = LineSplitter()
             self._watch(handle, fd, self._read_output, fd, level)
-        if handle.pidfd is not None:
-            self._watch(handle, handle.pidfd, self._exited)
+        if handle.conn.pidfd is not None:
+            self._watch(handle, handle.conn.pidfd, self._exited)
         else:
             threading.Thread(target=self._wait_exit, args=(handle,), daemon=True).start()
         self.later(self._start_timeout, self._start_expired, handle)
         self.observer.emit("worker_start", logging.INFO, f"worker {worker_id} starting (pid {handle.pid})", worker_id=worker_id, pid=handle.pid)
 
-    def _wait_exit(self, handle: WorkerHandle) -> None:
+    def _wait_exit(self, handle: Worker) -> None:
         """Without pidfds, a thread blocked in waitpid is the process sentinel."""
-        handle.process.wait()
+        handle.conn.process.wait()
         self.submit(self._exited, handle)
 
-    def _read_start(self, handle: WorkerHandle) -> None:
-        messages = handle.reader.read(handle.responses_fd)
+    def _read_start(self, handle: Worker) -> None:
+        messages = handle.conn.reader.read(handle.conn.responses_fd)
         if messages is None:
-            self._unwatch(handle, handle.responses_fd)  # the exit watch reports the death
+            self._unwatch(handle, handle.conn.responses_fd)  # the exit watch reports the death
             return
         for message in messages:
             if type(message) is Ready:
-                self._unwatch(handle, handle.responses_fd)
+                self._unwatch(handle, handle.conn.responses_fd)
                 if self.tools is None:
                     self.tools = list(message.tools)
                 self._dispatcher.add_worker(handle)
@@ -241,15 +240,15 @@ class Supervisor(Reactor):
             if type(message) is StartFailed:
                 handle.start_error = (message.message, message.traceback)
 
-    def _start_expired(self, handle: WorkerHandle) -> None:
+    def _start_expired(self, handle: Worker) -> None:
         if handle.state is WorkerState.STARTING:
             handle.start_error = (f"not ready within start_timeout={self._start_timeout}s", None)
-            handle.kill()
+            handle.conn.kill()
 
-    def _start_failed(self, handle: WorkerHandle | None, message: str, traceback: str | None) -> None:
+    def _start_failed(self, handle: Worker | None, message: str, traceback: str | None) -> None:
         details: dict[str, Any] = {"worker_id": None if handle is None else handle.id}
-        if handle is not None and handle.exit_info:
-            details.update(handle.exit_info)
+        if handle is not None and handle.conn.exit_info:
+            details.update(handle.conn.exit_info)
         error = errors.WorkerError(
             errors.Category.WORKER, Reason.WORKER_START_FAILED, f"worker failed to start: {message}", details, traceback
         )
@@ -265,10 +264,10 @@ class Supervisor(Reactor):
 
     # -- output and events ------------------------------------------------------------------------
 
-    def _read_events(self, handle: WorkerHandle) -> None:
-        messages = handle.events.read(handle.pipes.events)
+    def _read_events(self, handle: Worker) -> None:
+        messages = handle.conn.events.read(handle.conn.pipes.events)
         if messages is None:
-            self._unwatch(handle, handle.pipes.events)
+            self._unwatch(handle, handle.conn.pipes.events)
             return
         for message in messages:
             if type(message) is Pong:
@@ -277,11 +276,11 @@ class Supervisor(Reactor):
             elif type(message) is Log:
                 self.relay.emit(handle.id, message.level, message.name, message.message)
 
-    def _read_output(self, handle: WorkerHandle, fd: int, level: int) -> None:
+    def _read_output(self, handle: Worker, fd: int, level: int) -> None:
         try:
             data = os.read(fd, 1 << 16)
         except BlockingIOError:
-            if handle.exit_info is None:
+            if handle.conn.exit_info is None:
                 return
             data = b""  # the process is gone and nothing is left: treat as end of file
         splitter = self._splitters[fd]
@@ -294,34 +293,34 @@ class Supervisor(Reactor):
 
     # -- draining --------------------------------------------------------------------------------
 
-    def drain(self, handle: WorkerHandle, call_id: int) -> None:
+    def drain(self, handle: Worker, call_id: int) -> None:
         """Wait (off the caller's thread) for a cancelled call to end; kill the worker if it won't."""
         if handle.state is not WorkerState.DRAINING:
             return
         self._draining[handle.id] = call_id
-        self._watch(handle, handle.responses_fd, self._read_drain)
+        self._watch(handle, handle.conn.responses_fd, self._read_drain)
         self.later(self._cancel_grace, self._drain_expired, handle, call_id)
         self._read_drain(handle)
 
-    def _read_drain(self, handle: WorkerHandle) -> None:
+    def _read_drain(self, handle: Worker) -> None:
         call_id = self._draining.get(handle.id)
         if call_id is None:
             return
         while True:
-            messages = handle.reader.read(handle.responses_fd)
+            messages = handle.conn.reader.read(handle.conn.responses_fd)
             if not messages:
                 if messages is None:
-                    self._unwatch(handle, handle.responses_fd)
+                    self._unwatch(handle, handle.conn.responses_fd)
                     self._draining.pop(handle.id, None)
                 return
             for message in messages:
                 if isinstance(message, TERMINAL) and message.id == call_id:
-                    self._unwatch(handle, handle.responses_fd)
+                    self._unwatch(handle, handle.conn.responses_fd)
                     del self._draining[handle.id]
                     self._dispatcher.drained(handle)
                     return
 
-    def _drain_expired(self, handle: WorkerHandle, call_id: int) -> None:
+    def _drain_expired(self, handle: Worker, call_id: int) -> None:
         if self._draining.get(handle.id) == call_id and handle.state is WorkerState.DRAINING:
             self.observer.emit(
                 "cancel_timeout", logging.WARNING,
@@ -330,22 +329,22 @@ class Supervisor(Reactor):
             )
             self.terminate(handle)
 
-    def scrap(self, handle: WorkerHandle) -> None:
+    def scrap(self, handle: Worker) -> None:
         """Kill a worker whose pipe can no longer be read (an exception escaped a read of it,
         losing bytes); it is replaced once it has exited, like any worker that dies."""
         handle.killed_on_purpose = True
-        handle.kill()
+        handle.conn.kill()
 
-    def terminate(self, handle: WorkerHandle) -> None:
+    def terminate(self, handle: Worker) -> None:
         """SIGTERM now, SIGKILL after ``kill_grace`` if it is still there (a stopped process
         ignores SIGTERM until continued; SIGKILL still ends it)."""
         handle.killed_on_purpose = True
-        handle.signal(signal.SIGTERM)
+        handle.conn.signal(signal.SIGTERM)
         self.later(self._kill_grace, self._kill_if_alive, handle)
 
-    def _kill_if_alive(self, handle: WorkerHandle) -> None:
-        if handle.exit_info is None:
-            handle.kill()
+    def _kill_if_alive(self, handle: Worker) -> None:
+        if handle.conn.exit_info is None:
+            handle.conn.kill()
 
     # -- health: heartbeats and recycling ----------------------------------------------------------
 
@@ -370,7 +369,7 @@ class Supervisor(Reactor):
                     )
                     self._counters.bump("hung")
                     handle.killed_on_purpose = True
-                    handle.kill()
+                    handle.conn.kill()
                 continue
             if self.recycle.active:
                 reason = self.recycle.reason(handle)
@@ -378,7 +377,7 @@ class Supervisor(Reactor):
                     self.retire(handle)
                     continue
             handle.ping = (next(self._pings), now)
-            handle.send_control(Ping(handle.ping[0]))
+            handle.conn.send_control(Ping(handle.ping[0]))
         self.later(self._heartbeat_interval, self._health_round)
 
     def _audit(self) -> None:
@@ -390,18 +389,18 @@ class Supervisor(Reactor):
                 f"worker {handle.id} was left checked out by an interrupted caller; cancelling its calls {calls}",
                 worker_id=handle.id, pid=handle.pid, calls=calls,
             )
-            handle.send_control(Cancel(calls))
+            handle.conn.send_control(Cancel(calls))
             self.drain(handle, calls[-1])
         for handle in list(self.handles.values()):
-            if handle.state is WorkerState.DRAINING and handle.id not in self._draining and handle.exit_info is None:
-                if handle.reader.broken:
+            if handle.state is WorkerState.DRAINING and handle.id not in self._draining and handle.conn.exit_info is None:
+                if handle.conn.reader.broken:
                     self.scrap(handle)
                 elif handle.outstanding:
                     self.drain(handle, handle.outstanding[-1])
                 else:
                     self._dispatcher.drained(handle)
 
-    def retire(self, handle: WorkerHandle) -> None:
+    def retire(self, handle: Worker) -> None:
         """Replace a worker that is out of service but healthy: start its successor, then ask it
         to stop (``cleanup()`` runs); kill it if it has not stopped within ``shutdown_timeout``."""
         reason = handle.retiring
@@ -415,29 +414,29 @@ class Supervisor(Reactor):
         self._ask_to_stop(handle)
         self.later(self._shutdown_timeout, self._kill_if_alive, handle)
 
-    def _ask_to_stop(self, handle: WorkerHandle) -> None:
+    def _ask_to_stop(self, handle: Worker) -> None:
         try:
-            handle.send(encode_frame(Shutdown()))
+            handle.conn.send(encode_frame(Shutdown()))
         except Exception:  # already gone: nothing to stop
             pass
 
     # -- deaths ----------------------------------------------------------------------------------
 
-    def _exited(self, handle: WorkerHandle) -> None:
+    def _exited(self, handle: Worker) -> None:
         was_starting = handle.state is WorkerState.STARTING
         if self._dispatcher.worker_died(handle):
             self._on_death(handle, was_starting)
 
-    def lost(self, handle: WorkerHandle) -> None:
+    def lost(self, handle: Worker) -> None:
         """A caller saw its worker die (it has already taken it out of service)."""
         self._on_death(handle, False)
 
-    def _on_death(self, handle: WorkerHandle, was_starting: bool) -> None:
-        if not handle.has_exited():  # end of file without exit: make sure it is gone
-            handle.kill()
-        info = handle.reap()
+    def _on_death(self, handle: Worker, was_starting: bool) -> None:
+        if not handle.conn.has_exited():  # end of file without exit: make sure it is gone
+            handle.conn.kill()
+        info = handle.conn.reap()
         self._draining.pop(handle.id, None)
-        for fd in (handle.pidfd, handle.responses_fd):
+        for fd in (handle.conn.pidfd, handle.conn.responses_fd):
             self._unwatch(handle, fd)
         if not handle.checked_out:
             self.dispose(handle)
@@ -476,25 +475,25 @@ class Supervisor(Reactor):
         )
         self.later(delay, self._spawn)
 
-    def dispose(self, handle: WorkerHandle) -> None:
+    def dispose(self, handle: Worker) -> None:
         """Forget a dead worker whose pipes nobody uses any more."""
         if self.handles.pop(handle.id, None) is None:
             return
-        for fd in list(handle.watched):
+        for fd in list(handle.conn.watched):
             while fd in self._splitters:  # its last words on stdout/stderr, up to end of file
-                self._read_output(handle, fd, STDOUT_LEVEL if fd == handle.pipes.stdout else STDERR_LEVEL)
+                self._read_output(handle, fd, STDOUT_LEVEL if fd == handle.conn.pipes.stdout else STDERR_LEVEL)
             self._unwatch(handle, fd)
-        handle.close_fds()
+        handle.conn.close_fds()
 
     # -- selector bookkeeping --------------------------------------------------------------------
 
-    def _watch(self, handle: WorkerHandle, fd: int, callback: Any, *args: Any) -> None:
+    def _watch(self, handle: Worker, fd: int, callback: Any, *args: Any) -> None:
         self.watch(fd, callback, handle, *args)
-        handle.watched.add(fd)
+        handle.conn.watched.add(fd)
 
-    def _unwatch(self, handle: WorkerHandle, fd: int | None) -> None:
-        if fd is not None and fd in handle.watched:
-            handle.watched.discard(fd)
+    def _unwatch(self, handle: Worker, fd: int | None) -> None:
+        if fd is not None and fd in handle.conn.watched:
+            handle.conn.watched.discard(fd)
             self.unwatch(fd)
 
 

@@ -8,7 +8,8 @@ below is the whole state machine.
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+import time
+from typing import Any, Callable, Protocol
 
 
 class WorkerState(enum.Enum):
@@ -40,3 +41,41 @@ def move(worker: _Stateful, to: WorkerState) -> None:
     is a bug in the pool."""
     assert to in TRANSITIONS[worker.state], f"{worker!r}: {worker.state.value} -> {to.value} is not a transition"
     worker.state = to
+
+
+class Worker:
+    """The pool's bookkeeping for one worker, whatever runs it; ``conn`` is the backend's
+    connection to it. The dispatcher writes the state, checkout and ownership fields under its
+    lock; the supervisor the health ones (``ping``, ``start_error``, ``killed_on_purpose``)."""
+
+    def __init__(self, worker_id: int, conn: Any) -> None:
+        self.id = worker_id
+        self.conn = conn
+        self.state = WorkerState.STARTING
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.idle_since = 0.0  # monotonic time it last became idle
+        self.requests_served = 0
+        self.killed_on_purpose = False  # by the supervisor: its death is no sign of a crash loop
+        self.outstanding: list[int] = []  # ids of the calls (or map batches) sent and not answered
+        self.current_tool: str | None = None
+        self.checked_out = False  # a caller, not the supervisor, owns the connection
+        self.owner: Callable[[], Any] | None = None  # weak reference to the caller's exchange or map
+        # Bumped at each checkout (and when the audit takes a worker back): an owner's release or
+        # abandon under an older lease is stale -- the worker has moved on -- and is ignored.
+        self.lease = 0
+        self.start_error: tuple[str, str | None] | None = None  # why it never became ready
+        self.retiring: str | None = None  # why it is being recycled, once it is
+        self.ping: tuple[int, float] | None = None  # outstanding heartbeat: (seq, sent at)
+
+    def __repr__(self) -> str:
+        return f"<worker {self.id} pid={self.pid} {self.state.value}>"
+
+    @property
+    def pid(self) -> int:
+        return self.conn.pid
+
+    def begin(self, call_id: int, tool: str) -> None:
+        """A call (or a map batch) is about to be sent."""
+        self.outstanding.append(call_id)
+        self.current_tool = tool

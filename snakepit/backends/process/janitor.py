@@ -1,7 +1,7 @@
 """After the owner's death: end what its workers' tools left behind (best effort).
 
 While the owner lives, it ends a worker's process group and descendants whenever the worker
-ends (see :meth:`WorkerHandle.reap`). When the owner dies, even by SIGKILL, the kernel kills
+ends (see :meth:`ProcessConnection.reap`). When the owner dies, even by SIGKILL, the kernel kills
 its workers (``PR_SET_PDEATHSIG``), but not the processes their tools started: those sit in their
 worker's process group. So each pool starts a janitor, a tiny ``/bin/sh`` loop reading a pipe
 from the owner: ``+ <group>`` when a worker starts, ``- <group>`` when it has been reaped. When

@@ -24,7 +24,7 @@ from ...adapter import import_by_path
 from ...errors import Reason
 from ...protocol import Boot
 from . import spill
-from .handle import WorkerHandle, WorkerPipes
+from .connection import ProcessConnection, WorkerPipes
 
 # One thread per BLAS/OpenMP runtime per worker: N workers already use N cores.
 SINGLE_THREADED_ENV = {
@@ -107,7 +107,7 @@ def _enlarge(fd: int) -> None:
         pass
 
 
-def spawn(worker_id: int, spec: LaunchSpec) -> WorkerHandle:
+def spawn(worker_id: int, spec: LaunchSpec) -> ProcessConnection:
     """Start one worker process and send it its boot frame; it reports ``Ready`` on its own.
 
     Pipes: requests and control (owner to worker), responses and events (worker to owner), and
@@ -155,9 +155,9 @@ def spawn(worker_id: int, spec: LaunchSpec) -> WorkerHandle:
     for fd in (responses_r, events_r, stdout_r, stderr_r):
         os.set_blocking(fd, False)
     pipes = WorkerPipes(requests_w, control_w, responses_r, events_r, stdout_r, stderr_r, spill_fd)
-    handle = WorkerHandle(worker_id, process, pipes)
+    conn = ProcessConnection(worker_id, process, pipes)
     try:
         protocol.write_all(requests_w, boot)
     except OSError:
         pass  # it died at once; the supervisor sees the exit
-    return handle
+    return conn

@@ -1,6 +1,6 @@
-"""The owner's handle on one worker process: its pipes, its process, its state.
+"""The owner's connection to one worker process: its pipes, its pidfd, the process.
 
-A handle is used by one party at a time: the supervisor while the worker starts, idles or drains
+A connection is used by one party at a time: the supervisor while the worker starts, idles or drains
 a cancelled call; the calling thread (or event loop) while the worker is checked out. Only that
 party reads the responses pipe, so no lock guards it. Writes to the requests and control pipes
 may come from two parties at once (a call and a shutdown), so each has a lock.
@@ -18,7 +18,6 @@ import select
 import signal
 import subprocess
 import threading
-import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -27,7 +26,6 @@ import msgspec
 import psutil
 
 from ...pool.timing import deadline_after, poll_ms
-from ...pool.workers import WorkerState
 from ...protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
 from ..base import DeadlineExceeded, WorkerGone
 from . import spill
@@ -71,9 +69,11 @@ def _pipe_capacity(fd: int) -> int:
         return 16 << 10
 
 
-class WorkerHandle:
+class ProcessConnection:
+    """The owner's side of one worker process: its pipes, its pidfd, the process itself."""
+
     def __init__(self, worker_id: int, process: subprocess.Popen[bytes], pipes: WorkerPipes) -> None:
-        self.id = worker_id
+        self.worker_id = worker_id
         self.process = process
         self.pid = process.pid
         self.pipes = pipes
@@ -86,23 +86,7 @@ class WorkerHandle:
         self.reader = FrameReader(FromWorker)
         self.events = FrameReader(Event)
         self.output: dict[int, bytes] = {pipes.stdout: b"", pipes.stderr: b""}  # partial lines
-        self.state = WorkerState.STARTING
-        self.started_at = time.time()
-        self.started_monotonic = time.monotonic()
-        self.idle_since = 0.0  # monotonic time it last became idle
-        self.requests_served = 0
-        self.killed_on_purpose = False  # by the supervisor: its death is no sign of a crash loop
-        self.outstanding: list[int] = []  # ids of the calls (or map batches) sent and not answered
-        self.current_tool: str | None = None
-        self.exit_info: dict[str, Any] | None = None
-        self.checked_out = False  # a caller, not the supervisor, owns the responses pipe
-        self.owner: Callable[[], Any] | None = None  # weak reference to the caller's exchange or map
-        # Bumped at each checkout (and when the audit takes a worker back): an owner's release or
-        # abandon under an older lease is stale -- the worker has moved on -- and is ignored.
-        self.lease = 0
-        self.start_error: tuple[str, str | None] | None = None  # why it never became ready
-        self.retiring: str | None = None  # why it is being recycled, once it is
-        self.ping: tuple[int, float] | None = None  # outstanding heartbeat: (seq, sent at)
+        self.exit_info: dict[str, Any] | None = None  # once reaped: its exit code or signal
         self.watched: set[int] = set()  # fds the supervisor's selector watches
         self.on_group_ended: Callable[[int], None] | None = None  # told before it is reaped
         self._request_lock = threading.Lock()
@@ -113,20 +97,20 @@ class WorkerHandle:
         self._poller.register(self.responses_fd, select.POLLIN)
         if self.pidfd is not None:
             self._poller.register(self.pidfd, select.POLLIN)
-        # The pipes are closed by close_fds(), or when the handle is collected (a stream dropped
-        # after its pool was closed is the last to hold its worker's handle).
+        # The pipes are closed by close_fds(), or when the connection is collected (a stream
+        # dropped after its pool was closed is the last to hold its worker).
         self._release_fds = weakref.finalize(self, _close_all, (*dataclasses.astuple(pipes), self.pidfd))
         self._release_fds.atexit = False  # at exit the pool's own shutdown still reads them
 
     def __repr__(self) -> str:
-        return f"<worker {self.id} pid={self.pid} {self.state.value}>"
+        return f"<worker process {self.worker_id} pid={self.pid}>"
+
+    @property
+    def broken(self) -> bool:
+        """Bytes of the responses pipe may have been lost: what it says next cannot be trusted."""
+        return self.reader.broken
 
     # -- writing -------------------------------------------------------------------------------
-
-    def begin(self, call_id: int, tool: str) -> None:
-        """A call (or a map batch) is about to be sent."""
-        self.outstanding.append(call_id)
-        self.current_tool = tool
 
     def fits(self, size: int) -> bool:
         """A frame of ``size`` bytes goes into the empty requests pipe without waiting for a read."""
