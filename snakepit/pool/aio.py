@@ -23,12 +23,12 @@ from msgspec.msgpack import Ext
 
 from .. import errors
 from ..affinity import Affinity, Ticket
+from ..backends.base import DeadlineExceeded, WorkerGone
 from ..streaming import HALT, StreamResult
 from .dispatcher import Dispatcher, Owner
 from .exchange import END, MORE, Exchange
 from .timing import earliest
 from .workers import Worker
-from ..backends.base import DeadlineExceeded, WorkerGone
 
 # Many streams on one loop interleave fairly: a stream hands the loop back after this many
 # chunks even when more are already buffered.
@@ -97,35 +97,32 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class Readable:
-    """Wakes a waiting coroutine when a worker's responses pipe (or its pidfd) is readable.
+    """Wakes a waiting coroutine when a worker has something to take, or has ended.
 
-    Registered with the loop at the first wait of an exchange, and kept until it ends. A reply
-    is often there before anyone waits for it (the loop had other work): then the exchange never
-    registers at all, which saves two ``epoll_ctl`` pairs a call.
+    Watched through the loop from the first wait of an exchange until it ends. A reply is often
+    there before anyone waits for it (the loop had other work): then the exchange never watches
+    at all, which saves registering with the loop and unregistering on every call.
     """
 
-    __slots__ = ("_loop", "_fds", "_future", "exited", "_pidfd", "_registered")
+    __slots__ = ("_loop", "_conn", "_future", "exited", "_unwatch")
 
     def __init__(self, handle: Worker) -> None:
         self._loop = asyncio.get_running_loop()
+        self._conn = handle.conn
         self._future: asyncio.Future[None] | None = None
         self.exited = False
-        self._pidfd = handle.conn.pidfd
-        self._fds = [handle.conn.responses_fd] + ([handle.conn.pidfd] if handle.conn.pidfd is not None else [])
-        self._registered = False
+        self._unwatch: Callable[[], None] | None = None
 
-    def _ready(self, fd: int) -> None:
-        if fd == self._pidfd:
+    def _ready(self, exited: bool) -> None:
+        if exited:
             self.exited = True
         if self._future is not None and not self._future.done():
             self._future.set_result(None)
 
     async def wait(self, deadline: float | None) -> None:
         """Until readable; ``DeadlineExceeded`` if ``deadline`` (monotonic, = loop time) passes."""
-        if not self._registered:
-            self._registered = True
-            for fd in self._fds:
-                self._loop.add_reader(fd, self._ready, fd)
+        if self._unwatch is None and self._conn is not None:
+            self._unwatch = self._conn.watch(self._loop, self._ready)
         future = self._future = self._loop.create_future()
         timer = None if deadline is None else self._loop.call_at(deadline, _resolve, future)
         try:
@@ -138,11 +135,9 @@ class Readable:
             raise DeadlineExceeded()
 
     def close(self) -> None:
-        if self._registered:
-            for fd in self._fds:
-                self._loop.remove_reader(fd)
-        self._fds = []
-        self._registered = False
+        unwatch, self._unwatch, self._conn = self._unwatch, None, None
+        if unwatch is not None:
+            unwatch()
 
     def close_soon(self) -> None:
         """:meth:`close`, from any thread (a garbage collection): on the loop's own thread."""

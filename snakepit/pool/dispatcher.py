@@ -15,8 +15,8 @@ import itertools
 import logging
 import threading
 import time
-from collections import Counter
 import weakref
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import errors
@@ -325,7 +325,7 @@ class Dispatcher:
         if it died under the call. Ignored under a stale ``lease`` (the worker has moved on)."""
         if lease is not None and lease != handle.lease:
             return
-        if handle.conn.reader.broken and handle.state is not WorkerState.DEAD:  # its pipe cannot be read on
+        if handle.conn.broken and handle.state is not WorkerState.DEAD:  # its pipe cannot be read on
             self.abandon(handle, -1)
             return
         reason = self.recycle.reason(handle) if self.recycle.active and handle.state is not WorkerState.DEAD else None
@@ -372,7 +372,7 @@ class Dispatcher:
         supervisor = self._supervise()
         if dispose:
             supervisor.submit(supervisor.dispose, handle)
-        elif handle.conn.reader.broken:
+        elif handle.conn.broken:
             supervisor.submit(supervisor.scrap, handle)
         else:
             supervisor.submit(supervisor.drain, handle, call_id)
@@ -463,7 +463,7 @@ class Dispatcher:
     def died_under_caller(self, handle: Worker) -> dict[str, Any]:
         """A caller saw its worker die: reap it (its exit code or signal is the caller's error),
         take it out of service and have the supervisor replace it. The caller still releases it."""
-        info = handle.conn.reap_dying()
+        info = handle.conn.exit_status()
         if self.worker_died(handle):
             supervisor = self._supervise()
             supervisor.submit(supervisor.lost, handle)

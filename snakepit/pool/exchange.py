@@ -30,10 +30,10 @@ from typing import Any, Callable
 from msgspec.msgpack import Ext
 
 from .. import errors
-from ..errors import Reason
-from ..protocol import Cancel, Chunk, Chunks, End, Failure, Result, TERMINAL, decode_value, raise_failure
-from ..streaming import HALT, StreamResult
 from ..backends.base import DeadlineExceeded, WorkerGone
+from ..errors import Reason
+from ..protocol import TERMINAL, Cancel, Chunk, Chunks, End, Failure, Result, decode_value, raise_failure
+from ..streaming import HALT, StreamResult
 from .dispatcher import Dispatcher
 from .workers import Worker
 
@@ -130,7 +130,7 @@ class Exchange:
         """The worker died: first deliver what it had queued, then report the crash."""
         if not self.finished and not self._salvaged:
             self._salvaged = True
-            self.handle.conn.reap_dying()  # the spill segment is read once its writer is gone for good
+            self.handle.conn.exit_status()  # what it left is recovered once it is gone for good
             messages = self.handle.conn.salvage()
             if messages:
                 self.feed(messages)

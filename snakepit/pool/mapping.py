@@ -18,8 +18,8 @@ how they wait for a worker's pipe.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
-import select
 import time
 from collections import deque
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
@@ -28,12 +28,12 @@ import msgspec
 from msgspec.msgpack import Ext
 
 from .. import errors, protocol
+from ..backends.base import DeadlineExceeded, WorkerGone
 from ..errors import Reason
 from ..protocol import Batch, BatchResult, Cancel, Failure, decode_value
 from .dispatcher import Dispatcher
+from .timing import deadline_after
 from .workers import Worker
-from .timing import deadline_after, poll_ms
-from ..backends.base import DeadlineExceeded, WorkerGone
 
 _DEPTH = 2
 _TARGET_SECONDS = 0.005
@@ -442,20 +442,14 @@ def _acquire(engine: MapEngine, first: Callable[[], Worker], more: Callable[[], 
 
 
 def _wait(engine: MapEngine) -> None:
-    poller = select.poll()
-    by_fd: dict[int, tuple[Worker, bool]] = {}
-    for handle in engine.workers.values():
-        poller.register(handle.conn.responses_fd, select.POLLIN)
-        by_fd[handle.conn.responses_fd] = (handle, False)
-        if handle.conn.pidfd is not None:
-            poller.register(handle.conn.pidfd, select.POLLIN)
-            by_fd[handle.conn.pidfd] = (handle, True)
-    events = poller.poll(poll_ms(engine.next_deadline()))
-    _collect(engine, {by_fd[fd] for fd, _ in events})
+    held = {id(handle.conn): handle for handle in engine.workers.values()}
+    conns = [handle.conn for handle in held.values()]
+    ready = type(conns[0]).wait_any(conns, engine.next_deadline()) if conns else []
+    _collect(engine, [(held[id(conn)], exited) for conn, exited in ready])
 
 
-def _collect(engine: MapEngine, ready: set[tuple[Worker, bool]]) -> None:
-    exited = {handle.id for handle, is_pidfd in ready if is_pidfd}
+def _collect(engine: MapEngine, ready: Iterable[tuple[Worker, bool]]) -> None:
+    exited = {handle.id for handle, has_exited in ready if has_exited}
     for handle in {handle.id: handle for handle, _ in ready}.values():
         if handle.id not in engine.workers:
             continue
@@ -498,24 +492,19 @@ async def _await_any(loop: asyncio.AbstractEventLoop, engine: MapEngine) -> None
     future: asyncio.Future[None] = loop.create_future()
     ready: set[tuple[Worker, bool]] = set()
 
-    def on_ready(handle: Worker, is_pidfd: bool) -> None:
-        ready.add((handle, is_pidfd))
+    def on_ready(handle: Worker, exited: bool) -> None:
+        ready.add((handle, exited))
         if not future.done():
             future.set_result(None)
 
-    fds = []
-    for handle in engine.workers.values():
-        for fd, is_pidfd in ((handle.conn.responses_fd, False), (handle.conn.pidfd, True)):
-            if fd is not None:
-                loop.add_reader(fd, on_ready, handle, is_pidfd)
-                fds.append(fd)
+    unwatch = [handle.conn.watch(loop, functools.partial(on_ready, handle)) for handle in engine.workers.values()]
     deadline = engine.next_deadline()
     timer = None if deadline is None else loop.call_at(deadline, lambda: future.done() or future.set_result(None))
     try:
         await future
     finally:
-        for fd in fds:
-            loop.remove_reader(fd)
+        for stop in unwatch:
+            stop()
         if timer is not None:
             timer.cancel()
     _collect(engine, ready)

@@ -15,13 +15,13 @@ from .. import errors, protocol
 from ..adapter import ToolSpec
 from ..affinity import Affinity, parse_affinity
 from ..affinity.sessions import SessionStore
+from ..backends.process.launcher import build_launch_spec
 from ..errors import Reason
 from ..observe import Observer
 from ..progress import Reporter
 from ..streaming import StreamResult
 from . import aio, mapping
 from .aio import AsyncStream
-from ..backends.process.launcher import build_launch_spec
 from .dispatcher import Counters, Dispatcher
 from .exchange import Exchange, Stream, run_execute, run_stream
 from .recycling import RECYCLE_REASONS, RecyclePolicy, rss_bytes

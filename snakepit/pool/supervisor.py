@@ -36,18 +36,17 @@ from typing import Any
 
 from .. import errors
 from ..adapter import ToolSpec
+from ..backends.process.janitor import Janitor
+from ..backends.process.launcher import LaunchSpec, spawn
+from ..backends.process.relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
 from ..errors import Reason
 from ..observe import Observer
 from ..protocol import TERMINAL, Cancel, Log, Ping, Pong, Ready, Shutdown, StartFailed, encode_frame
-from ..backends.process.janitor import Janitor
-from ..backends.process.launcher import LaunchSpec, spawn
 from .dispatcher import Counters, Dispatcher
 from .reactor import Reactor
 from .recycling import RecyclePolicy
-from ..backends.process.relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
 from .timing import deadline_after, lock_seconds
 from .workers import Worker, WorkerState
-
 
 # Restart back-off: workers that fail to start, or die young without serving a call, in a row
 # delay the next replacement exponentially.

@@ -11,6 +11,7 @@ pidfd becoming readable (the latter also when a grandchild inherited the pipe).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fcntl
 import os
@@ -20,7 +21,7 @@ import subprocess
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import msgspec
 import psutil
@@ -153,6 +154,36 @@ class ProcessConnection:
             raise WorkerGone()
         return messages
 
+    def watch(self, loop: asyncio.AbstractEventLoop, callback: Callable[[bool], None]) -> Callable[[], None]:
+        """``callback(exited)`` on ``loop`` when the responses pipe is readable (False) or the
+        process has exited (True: its pidfd is readable)."""
+        fds = [(self.responses_fd, False)] + ([(self.pidfd, True)] if self.pidfd is not None else [])
+        for fd, exited in fds:
+            loop.add_reader(fd, callback, exited)
+
+        def unwatch() -> None:
+            for fd, _ in fds:
+                loop.remove_reader(fd)
+
+        return unwatch
+
+    @classmethod
+    def wait_any(cls, conns: Sequence[ProcessConnection], deadline: float | None) -> list[tuple[ProcessConnection, bool]]:
+        """Wait with ``poll`` on the responses pipes and pidfds of ``conns``."""
+        poller = select.poll()
+        by_fd: dict[int, tuple[ProcessConnection, bool]] = {}
+        for conn in conns:
+            for fd, exited in ((conn.responses_fd, False), (conn.pidfd, True)):
+                if fd is not None:
+                    poller.register(fd, select.POLLIN)
+                    by_fd[fd] = (conn, exited)
+        ready: dict[int, tuple[ProcessConnection, bool]] = {}
+        for fd, _ in poller.poll(poll_ms(deadline)):
+            conn, exited = by_fd[fd]
+            if exited or id(conn) not in ready:
+                ready[id(conn)] = (conn, exited)
+        return list(ready.values())
+
     def receive(self, deadline: float | None) -> list[Any]:
         """Block until at least one message arrives.
 
@@ -250,7 +281,7 @@ class ProcessConnection:
         except msgspec.DecodeError:  # torn by the death: keep what arrived through the pipe
             return []
 
-    def reap_dying(self) -> dict[str, Any]:
+    def exit_status(self) -> dict[str, Any]:
         """Reap a worker seen dying (end of file, or pidfd): one that closed its pipe but did
         not exit within two seconds is killed first."""
         try:

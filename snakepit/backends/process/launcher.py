@@ -18,7 +18,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-
 from ... import errors, protocol
 from ...adapter import import_by_path
 from ...errors import Reason
