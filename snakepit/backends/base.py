@@ -3,13 +3,18 @@
 The generic pool (dispatcher, exchange, map engine, asyncio drivers) speaks to a worker only
 through a :class:`Connection`; a connection raises :class:`WorkerGone` and
 :class:`DeadlineExceeded`, which the pool's call logic turns into the caller's errors
-(``worker_crashed``, ``timeout``).
+(``worker_crashed``, ``timeout``). The supervisor starts, watches and stops workers through a
+:class:`Backend`, which reports back through :class:`WorkerEvents`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from ..pool.reactor import Reactor
+    from ..pool.workers import Worker
 
 
 class WorkerGone(Exception):
@@ -70,3 +75,59 @@ class Connection(Protocol):
     def wait_any(cls, conns: Sequence[Connection], deadline: float | None) -> list[tuple[Connection, bool]]:
         """Block until some of ``conns`` (all of this kind) have something to take or have
         ended, or ``deadline`` passes: those connections, each with whether it has ended."""
+
+
+class WorkerEvents(Protocol):
+    """What a backend reports to the supervisor, always on the supervisor's thread."""
+
+    def ready(self, worker: Worker, tools: list[Any]) -> None:
+        """The worker initialised its adapter and takes calls; ``tools``: its tool specs."""
+
+    def exited(self, worker: Worker) -> None:
+        """The worker has ended (whatever ended it). A worker that failed to start sets
+        ``worker.start_error`` first."""
+
+    def pong(self, worker: Worker, seq: int) -> None:
+        """The worker answered heartbeat ``seq``."""
+
+    def drained(self, worker: Worker) -> None:
+        """The call being drained (see :meth:`Backend.drain`) has ended: the worker is clean."""
+
+
+class Backend(Protocol):
+    """Launches, watches, stops and describes workers: the mechanisms. When to do what (start
+    gating, back-off, drain grace, heartbeats, recycling) is the supervisor's policy."""
+
+    name: str
+
+    def start(self, reactor: Reactor, events: WorkerEvents) -> None:
+        """Before the first launch: ``reactor`` is the supervisor's thread, where ``events``
+        must be reported (``reactor.submit`` from other threads)."""
+
+    def launch(self, worker: Worker) -> None:
+        """Start ``worker`` (setting ``worker.conn``); raises if nothing could be started."""
+
+    def drain(self, worker: Worker, call_id: int) -> None:
+        """Report ``events.drained(worker)`` once the cancelled call ``call_id`` has ended."""
+
+    def draining(self, worker: Worker) -> int | None:
+        """The call being drained from ``worker``, if any."""
+
+    def ask_to_stop(self, worker: Worker) -> None:
+        """Ask the worker to stop once idle, running its adapter's ``cleanup()``."""
+
+    def terminate(self, worker: Worker) -> None:
+        """Ask the worker to stop now (it may ignore it; ``worker.conn.kill()`` may not)."""
+
+    def ended(self, worker: Worker) -> dict[str, Any]:
+        """The worker was seen ending: make sure it is gone, and say how (exit information)."""
+
+    def dispose(self, worker: Worker) -> None:
+        """Release what the backend holds for a dead worker nobody uses any more."""
+
+    def finish(self, leftovers: Iterable[Worker], deadline: float | None, kill_grace: float) -> None:
+        """At shutdown, after supervision ended: stop the workers still running, by
+        ``deadline`` gracefully, then by force within ``kill_grace``."""
+
+    def close(self) -> None:
+        """After every worker is gone."""

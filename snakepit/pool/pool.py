@@ -11,11 +11,10 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping
 
-from .. import errors, protocol
+from .. import backends, errors, protocol
 from ..adapter import ToolSpec
 from ..affinity import Affinity, parse_affinity
 from ..affinity.sessions import SessionStore
-from ..backends.process.launcher import build_launch_spec
 from ..errors import Reason
 from ..observe import Observer
 from ..progress import Reporter
@@ -114,10 +113,6 @@ class Pool:
         heartbeat_timeout: float | None = 10.0,
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        if backend != "process":
-            raise errors.validation(
-                Reason.INVALID_CONFIG, f"unknown backend {backend!r}: this version runs workers as local processes ('process')"
-            )
         if size is None:
             size = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -135,7 +130,7 @@ class Pool:
             _positive("worker_ttl", worker_ttl, allow_none=True),
             _positive("memory_limit_mb", memory_limit_mb, allow_none=True),
         )
-        launch = build_launch_spec(adapter, adapter_args, worker_env)
+        workers = backends.create(backend, adapter, adapter_args, worker_env)
         self._counters = Counters()
         sessions = SessionStore(_positive("session_ttl", session_ttl), max_sessions)
         if on_event is not None and not callable(on_event):
@@ -144,7 +139,7 @@ class Pool:
         self._dispatcher = Dispatcher(max_queue, self._counters, sessions, self.affinity, recycle, observer)
         self._supervisor = Supervisor(
             self._dispatcher,
-            launch,
+            workers,
             self._counters,
             size=size,
             # Waits that may be unbounded (None or inf); the rhythms of supervision may not.

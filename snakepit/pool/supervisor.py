@@ -1,34 +1,23 @@
 """Supervision: one thread that starts, watches, drains, recycles and replaces workers.
 
-The supervisor is a :class:`~snakepit.pool.reactor.Reactor`: it waits in a selector on
-everything that can happen to a worker, so it reacts at once and never polls with sleeps:
-
-* a process's pidfd becomes readable when the process exits, whatever killed it;
-* the responses pipe of a *starting* worker delivers ``Ready`` or ``StartFailed``;
-* the responses pipe of a *draining* worker (its caller cancelled or timed out) delivers the
-  call's last message, after which the worker is clean and goes back to the pool -- or, past
-  ``cancel_grace``, the worker is terminated;
-* the events pipe delivers heartbeat answers and log records, stdout and stderr deliver lines:
-  all relayed to :mod:`logging` (see :mod:`.relay`);
-* timers: start-up deadlines, cancel grace periods, restart back-off, and a periodic health
-  round that pings idle workers (a worker that stops answering is killed and replaced) and
-  recycles idle ones past ``worker_ttl`` or ``memory_limit_mb``.
-
-Workers are spawned from this long-lived thread: on Linux ``PR_SET_PDEATHSIG`` fires when the
-*thread* that forked the child exits, so spawning from a short-lived caller thread would kill
-them. For the same reason the thread lives until every worker has exited at shutdown.
+The supervisor is a :class:`~snakepit.pool.reactor.Reactor`: everything that can happen to a
+worker reaches it as an event on its thread (the backend's :class:`WorkerEvents`: ready,
+exited, a heartbeat answered, a cancelled call drained) or as one of its timers: start-up
+deadlines, cancel grace periods, restart back-off, and a periodic health round that pings idle
+workers (a worker that stops answering is killed and replaced) and recycles idle ones past
+``worker_ttl`` or ``memory_limit_mb``. It holds the policy; the backend
+(:mod:`snakepit.backends`) the mechanisms. The thread lives until every worker has exited at
+shutdown (a process backend's workers die with the thread that started them).
 
 Replacement policy: a worker that dies is replaced at once; failed starts, and workers dying
-young before serving a call, in a row, back off exponentially up to ``_BACKOFF_CAP``. A recycled worker's replacement
-starts before the old one is asked to stop.
+young before serving a call, in a row, back off exponentially up to ``_BACKOFF_CAP``. A recycled
+worker's replacement starts before the old one is asked to stop.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
-import signal
 import threading
 import time
 import traceback
@@ -36,12 +25,10 @@ from typing import Any
 
 from .. import errors
 from ..adapter import ToolSpec
-from ..backends.process.janitor import Janitor
-from ..backends.process.launcher import LaunchSpec, spawn
-from ..backends.process.relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
+from ..backends.base import Backend
 from ..errors import Reason
 from ..observe import Observer
-from ..protocol import TERMINAL, Cancel, Log, Ping, Pong, Ready, Shutdown, StartFailed, encode_frame
+from ..protocol import Cancel, Ping
 from .dispatcher import Counters, Dispatcher
 from .reactor import Reactor
 from .recycling import RecyclePolicy
@@ -59,7 +46,7 @@ class Supervisor(Reactor):
     def __init__(
         self,
         dispatcher: Dispatcher,
-        launch: LaunchSpec,
+        backend: Backend,
         counters: Counters,
         *,
         size: int,
@@ -74,7 +61,7 @@ class Supervisor(Reactor):
     ) -> None:
         super().__init__("snakepit-supervisor", observer)
         self._dispatcher = dispatcher
-        self._launch = launch
+        self.backend = backend
         self._counters = counters
         self._size = size
         self._start_timeout = start_timeout
@@ -84,14 +71,10 @@ class Supervisor(Reactor):
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_timeout = heartbeat_timeout
         self.recycle = recycle
-        self.relay = LogRelay()
-        self.janitor = Janitor()
 
         self._ids = itertools.count(1)
         self._pings = itertools.count(1)
-        self.handles: dict[int, Worker] = {}  # every process not yet disposed of
-        self._draining: dict[int, int] = {}  # worker id -> call id being cancelled
-        self._splitters: dict[int, LineSplitter] = {}  # output fd -> its partial line
+        self.handles: dict[int, Worker] = {}  # every worker not yet disposed of
         self._stopping = False
         self._young_deaths = 0
 
@@ -105,7 +88,7 @@ class Supervisor(Reactor):
 
     def start(self) -> None:
         """Start the thread and ``size`` workers; return when all are ready, or raise."""
-        self.janitor.start()
+        self.backend.start(self, self)
         self.start_thread()
         for _ in range(self._size):
             self.submit(self._spawn)
@@ -139,21 +122,11 @@ class Supervisor(Reactor):
         with self.work_lock:
             leftovers = [h for h in self.handles.values() if h.conn.exit_info is None]
         # Only when the thread never ran (start failed early) or could not watch a process.
-        deadline = deadline_after(self._shutdown_timeout)
-        for handle in leftovers:
-            handle.conn.wait_exit(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        for handle in leftovers:
-            if not handle.conn.has_exited():
-                handle.conn.signal(signal.SIGTERM)
-        deadline = time.monotonic() + self._kill_grace
-        for handle in leftovers:
-            if not handle.conn.wait_exit(max(0.0, deadline - time.monotonic())):
-                handle.conn.kill()
+        self.backend.finish(leftovers, deadline_after(self._shutdown_timeout), self._kill_grace)
         for handle in list(self.handles.values()):
-            handle.conn.reap()
+            handle.conn.exit_status()  # all have ended by now: this reaps them
             self.submit(self._forget_after_shutdown, handle)
-        self.janitor.stop()
-        self.relay.close()
+        self.backend.close()
         self.observer.close()
         self.close()
 
@@ -191,53 +164,41 @@ class Supervisor(Reactor):
     def _spawn(self) -> None:
         if self._stopping:
             return
-        worker_id = next(self._ids)
+        handle = Worker(next(self._ids), None)
         try:
-            handle = Worker(worker_id, spawn(worker_id, self._launch))
+            self.backend.launch(handle)
         except Exception as exc:  # nothing was left running; the caller waiting on start() must hear of it
             self._start_failed(None, f"could not start a worker process: {type(exc).__name__}: {exc}", traceback.format_exc())
             return
-        self.handles[worker_id] = handle
-        handle.conn.on_group_ended = self.janitor.forget
-        self.janitor.watch(handle.pid)
-        self._watch(handle, handle.conn.responses_fd, self._read_start)
-        self._watch(handle, handle.conn.pipes.events, self._read_events)
-        for fd, level in ((handle.conn.pipes.stdout, STDOUT_LEVEL), (handle.conn.pipes.stderr, STDERR_LEVEL)):
-            self._splitters[fd] = LineSplitter()
-            self._watch(handle, fd, self._read_output, fd, level)
-        if handle.conn.pidfd is not None:
-            self._watch(handle, handle.conn.pidfd, self._exited)
-        else:
-            threading.Thread(target=self._wait_exit, args=(handle,), daemon=True).start()
+        self.handles[handle.id] = handle
         self.later(self._start_timeout, self._start_expired, handle)
-        self.observer.emit("worker_start", logging.INFO, f"worker {worker_id} starting (pid {handle.pid})", worker_id=worker_id, pid=handle.pid)
+        self.observer.emit("worker_start", logging.INFO, f"worker {handle.id} starting (pid {handle.pid})", worker_id=handle.id, pid=handle.pid)
 
-    def _wait_exit(self, handle: Worker) -> None:
-        """Without pidfds, a thread blocked in waitpid is the process sentinel."""
-        handle.conn.process.wait()
-        self.submit(self._exited, handle)
+    # -- what the backend reports (WorkerEvents) ----------------------------------------------------
 
-    def _read_start(self, handle: Worker) -> None:
-        messages = handle.conn.reader.read(handle.conn.responses_fd)
-        if messages is None:
-            self._unwatch(handle, handle.conn.responses_fd)  # the exit watch reports the death
-            return
-        for message in messages:
-            if type(message) is Ready:
-                self._unwatch(handle, handle.conn.responses_fd)
-                if self.tools is None:
-                    self.tools = list(message.tools)
-                self._dispatcher.add_worker(handle)
-                self.observer.emit(
-                    "worker_ready", logging.INFO, f"worker {handle.id} ready (pid {handle.pid})",
-                    worker_id=handle.id, pid=handle.pid, startup_s=time.monotonic() - handle.started_monotonic,
-                )
-                with self._start_cond:
-                    self._ready += 1
-                    self._start_cond.notify_all()
-                return
-            if type(message) is StartFailed:
-                handle.start_error = (message.message, message.traceback)
+    def ready(self, handle: Worker, tools: list[Any]) -> None:
+        if self.tools is None:
+            self.tools = tools
+        self._dispatcher.add_worker(handle)
+        self.observer.emit(
+            "worker_ready", logging.INFO, f"worker {handle.id} ready (pid {handle.pid})",
+            worker_id=handle.id, pid=handle.pid, startup_s=time.monotonic() - handle.started_monotonic,
+        )
+        with self._start_cond:
+            self._ready += 1
+            self._start_cond.notify_all()
+
+    def pong(self, handle: Worker, seq: int) -> None:
+        if handle.ping is not None and handle.ping[0] == seq:
+            handle.ping = None
+
+    def drained(self, handle: Worker) -> None:
+        self._dispatcher.drained(handle)
+
+    def exited(self, handle: Worker) -> None:
+        was_starting = handle.state is WorkerState.STARTING
+        if self._dispatcher.worker_died(handle):
+            self._on_death(handle, was_starting)
 
     def _start_expired(self, handle: Worker) -> None:
         if handle.state is WorkerState.STARTING:
@@ -261,66 +222,17 @@ class Supervisor(Reactor):
         self._dispatcher.workers_cannot_start(error)
         self._replace(young=True)
 
-    # -- output and events ------------------------------------------------------------------------
-
-    def _read_events(self, handle: Worker) -> None:
-        messages = handle.conn.events.read(handle.conn.pipes.events)
-        if messages is None:
-            self._unwatch(handle, handle.conn.pipes.events)
-            return
-        for message in messages:
-            if type(message) is Pong:
-                if handle.ping is not None and handle.ping[0] == message.seq:
-                    handle.ping = None
-            elif type(message) is Log:
-                self.relay.emit(handle.id, message.level, message.name, message.message)
-
-    def _read_output(self, handle: Worker, fd: int, level: int) -> None:
-        try:
-            data = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            if handle.conn.exit_info is None:
-                return
-            data = b""  # the process is gone and nothing is left: treat as end of file
-        splitter = self._splitters[fd]
-        lines = splitter.feed(data) if data else splitter.flush()
-        for line in lines:
-            self.relay.emit(handle.id, level, "stdout" if level == STDOUT_LEVEL else "stderr", line)
-        if not data:
-            self._unwatch(handle, fd)
-            del self._splitters[fd]
-
     # -- draining --------------------------------------------------------------------------------
 
     def drain(self, handle: Worker, call_id: int) -> None:
         """Wait (off the caller's thread) for a cancelled call to end; kill the worker if it won't."""
         if handle.state is not WorkerState.DRAINING:
             return
-        self._draining[handle.id] = call_id
-        self._watch(handle, handle.conn.responses_fd, self._read_drain)
         self.later(self._cancel_grace, self._drain_expired, handle, call_id)
-        self._read_drain(handle)
-
-    def _read_drain(self, handle: Worker) -> None:
-        call_id = self._draining.get(handle.id)
-        if call_id is None:
-            return
-        while True:
-            messages = handle.conn.reader.read(handle.conn.responses_fd)
-            if not messages:
-                if messages is None:
-                    self._unwatch(handle, handle.conn.responses_fd)
-                    self._draining.pop(handle.id, None)
-                return
-            for message in messages:
-                if isinstance(message, TERMINAL) and message.id == call_id:
-                    self._unwatch(handle, handle.conn.responses_fd)
-                    del self._draining[handle.id]
-                    self._dispatcher.drained(handle)
-                    return
+        self.backend.drain(handle, call_id)
 
     def _drain_expired(self, handle: Worker, call_id: int) -> None:
-        if self._draining.get(handle.id) == call_id and handle.state is WorkerState.DRAINING:
+        if self.backend.draining(handle) == call_id and handle.state is WorkerState.DRAINING:
             self.observer.emit(
                 "cancel_timeout", logging.WARNING,
                 f"worker {handle.id} did not give up call {call_id} within cancel_grace={self._cancel_grace}s; terminating it",
@@ -338,7 +250,7 @@ class Supervisor(Reactor):
         """SIGTERM now, SIGKILL after ``kill_grace`` if it is still there (a stopped process
         ignores SIGTERM until continued; SIGKILL still ends it)."""
         handle.killed_on_purpose = True
-        handle.conn.signal(signal.SIGTERM)
+        self.backend.terminate(handle)
         self.later(self._kill_grace, self._kill_if_alive, handle)
 
     def _kill_if_alive(self, handle: Worker) -> None:
@@ -391,8 +303,8 @@ class Supervisor(Reactor):
             handle.conn.send_control(Cancel(calls))
             self.drain(handle, calls[-1])
         for handle in list(self.handles.values()):
-            if handle.state is WorkerState.DRAINING and handle.id not in self._draining and handle.conn.exit_info is None:
-                if handle.conn.reader.broken:
+            if handle.state is WorkerState.DRAINING and self.backend.draining(handle) is None and handle.conn.exit_info is None:
+                if handle.conn.broken:
                     self.scrap(handle)
                 elif handle.outstanding:
                     self.drain(handle, handle.outstanding[-1])
@@ -414,29 +326,16 @@ class Supervisor(Reactor):
         self.later(self._shutdown_timeout, self._kill_if_alive, handle)
 
     def _ask_to_stop(self, handle: Worker) -> None:
-        try:
-            handle.conn.send(encode_frame(Shutdown()))
-        except Exception:  # already gone: nothing to stop
-            pass
+        self.backend.ask_to_stop(handle)
 
     # -- deaths ----------------------------------------------------------------------------------
-
-    def _exited(self, handle: Worker) -> None:
-        was_starting = handle.state is WorkerState.STARTING
-        if self._dispatcher.worker_died(handle):
-            self._on_death(handle, was_starting)
 
     def lost(self, handle: Worker) -> None:
         """A caller saw its worker die (it has already taken it out of service)."""
         self._on_death(handle, False)
 
     def _on_death(self, handle: Worker, was_starting: bool) -> None:
-        if not handle.conn.has_exited():  # end of file without exit: make sure it is gone
-            handle.conn.kill()
-        info = handle.conn.reap()
-        self._draining.pop(handle.id, None)
-        for fd in (handle.conn.pidfd, handle.conn.responses_fd):
-            self._unwatch(handle, fd)
+        info = self.backend.ended(handle)
         if not handle.checked_out:
             self.dispose(handle)
         expected = self._stopping or handle.retiring is not None
@@ -475,25 +374,10 @@ class Supervisor(Reactor):
         self.later(delay, self._spawn)
 
     def dispose(self, handle: Worker) -> None:
-        """Forget a dead worker whose pipes nobody uses any more."""
+        """Forget a dead worker nobody uses any more."""
         if self.handles.pop(handle.id, None) is None:
             return
-        for fd in list(handle.conn.watched):
-            while fd in self._splitters:  # its last words on stdout/stderr, up to end of file
-                self._read_output(handle, fd, STDOUT_LEVEL if fd == handle.conn.pipes.stdout else STDERR_LEVEL)
-            self._unwatch(handle, fd)
-        handle.conn.close_fds()
-
-    # -- selector bookkeeping --------------------------------------------------------------------
-
-    def _watch(self, handle: Worker, fd: int, callback: Any, *args: Any) -> None:
-        self.watch(fd, callback, handle, *args)
-        handle.conn.watched.add(fd)
-
-    def _unwatch(self, handle: Worker, fd: int | None) -> None:
-        if fd is not None and fd in handle.conn.watched:
-            handle.conn.watched.discard(fd)
-            self.unwatch(fd)
+        self.backend.dispose(handle)
 
 
 def _describe_exit(info: dict[str, Any]) -> str:

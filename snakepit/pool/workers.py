@@ -72,8 +72,8 @@ class Worker:
         return f"<worker {self.id} pid={self.pid} {self.state.value}>"
 
     @property
-    def pid(self) -> int:
-        return self.conn.pid
+    def pid(self) -> int | None:
+        return None if self.conn is None else self.conn.pid
 
     def begin(self, call_id: int, tool: str) -> None:
         """A call (or a map batch) is about to be sent."""

@@ -1,0 +1,212 @@
+"""The process backend's mechanisms: how a worker process is started, watched and ended.
+
+The supervisor (:mod:`snakepit.pool.supervisor`) decides what happens and when; this carries it
+out for local processes. Everything it watches is a file descriptor in the supervisor's
+selector, so it reacts at once and never polls:
+
+* a process's pidfd becomes readable when the process exits, whatever killed it (without
+  pidfds, a thread blocked in ``waitpid`` stands in);
+* the responses pipe of a *starting* worker delivers ``Ready`` or ``StartFailed``, that of a
+  *draining* one the cancelled call's last message;
+* the events pipe delivers heartbeat answers and log records, stdout and stderr deliver lines:
+  all relayed to :mod:`logging` (see :mod:`.relay`).
+
+Workers are spawned from the supervisor's long-lived thread: on Linux ``PR_SET_PDEATHSIG`` fires
+when the *thread* that forked the child exits, so spawning from a short-lived caller thread
+would kill them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any, Iterable
+
+from ...pool.reactor import Reactor
+from ...pool.workers import Worker
+from ...protocol import TERMINAL, Log, Pong, Ready, Shutdown, StartFailed, encode_frame
+from ..base import WorkerEvents
+from .janitor import Janitor
+from .launcher import LaunchSpec, spawn
+from .relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
+
+
+class ProcessBackend:
+    name = "process"
+
+    def __init__(self, launch: LaunchSpec) -> None:
+        self._launch = launch
+        self.relay = LogRelay()
+        self.janitor = Janitor()
+        self._splitters: dict[int, LineSplitter] = {}  # output fd -> its partial line
+        self._draining: dict[int, int] = {}  # worker id -> call id being cancelled
+        self._reactor: Reactor = None  # type: ignore[assignment]  # set by start()
+        self._events: WorkerEvents = None  # type: ignore[assignment]
+
+    def start(self, reactor: Reactor, events: WorkerEvents) -> None:
+        self._reactor = reactor
+        self._events = events
+        self.janitor.start()
+
+    # -- starting --------------------------------------------------------------------------------
+
+    def launch(self, worker: Worker) -> None:
+        """Start ``worker``'s process (the supervisor's thread); raises if none could start."""
+        conn = spawn(worker.id, self._launch)
+        worker.conn = conn
+        conn.on_group_ended = self.janitor.forget
+        self.janitor.watch(conn.pid)
+        self._watch(worker, conn.responses_fd, self._read_start)
+        self._watch(worker, conn.pipes.events, self._read_events)
+        for fd, level in ((conn.pipes.stdout, STDOUT_LEVEL), (conn.pipes.stderr, STDERR_LEVEL)):
+            self._splitters[fd] = LineSplitter()
+            self._watch(worker, fd, self._read_output, fd, level)
+        if conn.pidfd is not None:
+            self._watch(worker, conn.pidfd, self._events.exited)
+        else:
+            threading.Thread(target=self._wait_exit, args=(worker,), daemon=True).start()
+
+    def _wait_exit(self, worker: Worker) -> None:
+        """Without pidfds, a thread blocked in waitpid is the process sentinel."""
+        worker.conn.process.wait()
+        self._reactor.submit(self._events.exited, worker)
+
+    def _read_start(self, worker: Worker) -> None:
+        conn = worker.conn
+        messages = conn.reader.read(conn.responses_fd)
+        if messages is None:
+            self._unwatch(worker, conn.responses_fd)  # the exit watch reports the death
+            return
+        for message in messages:
+            if type(message) is Ready:
+                self._unwatch(worker, conn.responses_fd)
+                self._events.ready(worker, list(message.tools))
+                return
+            if type(message) is StartFailed:
+                worker.start_error = (message.message, message.traceback)
+
+    # -- output and events ------------------------------------------------------------------------
+
+    def _read_events(self, worker: Worker) -> None:
+        conn = worker.conn
+        messages = conn.events.read(conn.pipes.events)
+        if messages is None:
+            self._unwatch(worker, conn.pipes.events)
+            return
+        for message in messages:
+            if type(message) is Pong:
+                self._events.pong(worker, message.seq)
+            elif type(message) is Log:
+                self.relay.emit(worker.id, message.level, message.name, message.message)
+
+    def _read_output(self, worker: Worker, fd: int, level: int) -> None:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            if worker.conn.exit_info is None:
+                return
+            data = b""  # the process is gone and nothing is left: treat as end of file
+        splitter = self._splitters[fd]
+        lines = splitter.feed(data) if data else splitter.flush()
+        for line in lines:
+            self.relay.emit(worker.id, level, "stdout" if level == STDOUT_LEVEL else "stderr", line)
+        if not data:
+            self._unwatch(worker, fd)
+            del self._splitters[fd]
+
+    # -- draining --------------------------------------------------------------------------------
+
+    def drain(self, worker: Worker, call_id: int) -> None:
+        """Report ``events.drained`` once the worker has sent call ``call_id``'s last message."""
+        self._draining[worker.id] = call_id
+        self._watch(worker, worker.conn.responses_fd, self._read_drain)
+        self._read_drain(worker)
+
+    def draining(self, worker: Worker) -> int | None:
+        """The call being drained from ``worker``, if any."""
+        return self._draining.get(worker.id)
+
+    def _read_drain(self, worker: Worker) -> None:
+        call_id = self._draining.get(worker.id)
+        if call_id is None:
+            return
+        conn = worker.conn
+        while True:
+            messages = conn.reader.read(conn.responses_fd)
+            if not messages:
+                if messages is None:  # end of file: the exit watch reports the death
+                    self._unwatch(worker, conn.responses_fd)
+                    self._draining.pop(worker.id, None)
+                return
+            for message in messages:
+                if isinstance(message, TERMINAL) and message.id == call_id:
+                    self._unwatch(worker, conn.responses_fd)
+                    del self._draining[worker.id]
+                    self._events.drained(worker)
+                    return
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    def ask_to_stop(self, worker: Worker) -> None:
+        """Ask it to stop after what it is doing (``cleanup()`` runs)."""
+        try:
+            worker.conn.send(encode_frame(Shutdown()))
+        except Exception:  # already gone: nothing to stop
+            pass
+
+    def terminate(self, worker: Worker) -> None:
+        """Ask it to stop now (SIGTERM; a stopped process ignores it until continued)."""
+        worker.conn.signal(signal.SIGTERM)
+
+    def ended(self, worker: Worker) -> dict[str, Any]:
+        """The worker was seen dying: make sure it is gone, reap it, stop watching its calls.
+        How it ended (exit code, signal)."""
+        conn = worker.conn
+        if not conn.has_exited():  # end of file without exit
+            conn.kill()
+        info = conn.reap()
+        self._draining.pop(worker.id, None)
+        for fd in (conn.pidfd, conn.responses_fd):
+            self._unwatch(worker, fd)
+        return info
+
+    def dispose(self, worker: Worker) -> None:
+        """Forget a dead worker whose pipes nobody uses any more: relay its last words on
+        stdout and stderr, up to end of file, and close them."""
+        conn = worker.conn
+        for fd in list(conn.watched):
+            while fd in self._splitters:
+                self._read_output(worker, fd, STDOUT_LEVEL if fd == conn.pipes.stdout else STDERR_LEVEL)
+            self._unwatch(worker, fd)
+        conn.close_fds()
+
+    def finish(self, leftovers: Iterable[Worker], deadline: float | None, kill_grace: float) -> None:
+        """At shutdown, from the caller's thread once supervision has ended: stop what is left
+        (only when the supervisor never ran, or could not watch a process), then reap all."""
+        leftovers = list(leftovers)
+        for worker in leftovers:
+            worker.conn.wait_exit(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for worker in leftovers:
+            if not worker.conn.has_exited():
+                worker.conn.signal(signal.SIGTERM)
+        kill_at = time.monotonic() + kill_grace
+        for worker in leftovers:
+            if not worker.conn.wait_exit(max(0.0, kill_at - time.monotonic())):
+                worker.conn.kill()
+
+    def close(self) -> None:
+        self.janitor.stop()
+        self.relay.close()
+
+    # -- selector bookkeeping --------------------------------------------------------------------
+
+    def _watch(self, worker: Worker, fd: int, callback: Any, *args: Any) -> None:
+        self._reactor.watch(fd, callback, worker, *args)
+        worker.conn.watched.add(fd)
+
+    def _unwatch(self, worker: Worker, fd: int | None) -> None:
+        if fd is not None and fd in worker.conn.watched:
+            worker.conn.watched.discard(fd)
+            self._reactor.unwatch(fd)
