@@ -26,6 +26,7 @@ from .. import errors
 from ..adapter import ParameterSpec, ToolSpec
 from ..affinity import Affinity
 from ..errors import Category, Reason
+from ..pool.request import CallRequest
 from ..pool.session import Session
 from ..streaming import HALT, StreamResult
 from . import bridge_pb2 as pb
@@ -93,12 +94,7 @@ class Client:
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
     ) -> Any:
-        request, metadata, deadline = self._request(tool, args, False, session_id, affinity, timeout)
-        try:
-            response = self._stub.ExecuteTool(request, metadata=metadata, timeout=deadline)
-        except grpc.RpcError as error:
-            raise _error(error) from None
-        return _result(response)
+        return self.run(CallRequest(tool, args, session_id, affinity, timeout))
 
     def execute_stream(
         self,
@@ -110,15 +106,7 @@ class Client:
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
     ) -> StreamResult:
-        if not callable(callback):
-            raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
-        with self.stream(tool, args, session_id=session_id, affinity=affinity, timeout=timeout) as stream:
-            for data in stream:
-                if callback(data) is HALT:
-                    stream.halt()
-                    break
-        assert stream.result is not None
-        return stream.result
+        return self.run_stream(CallRequest(tool, args, session_id, affinity, timeout), callback)
 
     def stream(
         self,
@@ -129,7 +117,31 @@ class Client:
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
     ) -> RemoteStream:
-        request, metadata, deadline = self._request(tool, args, True, session_id, affinity, timeout)
+        return self.open_stream(CallRequest(tool, args, session_id, affinity, timeout))
+
+    # The request-level calls (see snakepit.pool.request): what a Session calls, as on a Pool.
+
+    def run(self, call: CallRequest) -> Any:
+        request, metadata, deadline = self._request(call, False)
+        try:
+            response = self._stub.ExecuteTool(request, metadata=metadata, timeout=deadline)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return _result(response)
+
+    def run_stream(self, call: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
+        if not callable(callback):
+            raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
+        with self.open_stream(call) as stream:
+            for data in stream:
+                if callback(data) is HALT:
+                    stream.halt()
+                    break
+        assert stream.result is not None
+        return stream.result
+
+    def open_stream(self, call: CallRequest) -> RemoteStream:
+        request, metadata, deadline = self._request(call, True)
         return RemoteStream(self._stub.ExecuteStreamingTool(request, metadata=metadata, timeout=deadline))
 
     def tools(self) -> list[ToolSpec]:
@@ -148,7 +160,7 @@ class Client:
             self._stub.InitializeSession(pb.InitializeSessionRequest(session_id=session_id), metadata=self._auth)
         except grpc.RpcError as error:
             raise _error(error) from None
-        return Session(self, session_id, mode)  # type: ignore[arg-type]
+        return Session(self, session_id, mode)
 
     def _session_worker(self, session_id: str) -> int | None:
         return None  # the server does not say which worker a session is pinned to
@@ -171,16 +183,7 @@ class Client:
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
     ) -> Any:
-        request, metadata, deadline = self._request(tool, args, False, session_id, affinity, timeout)
-
-        async def call() -> Any:
-            _, stub = await self._async_stub()
-            try:
-                return await stub.ExecuteTool(request, metadata=metadata, timeout=deadline)
-            except grpc.aio.AioRpcError as error:
-                raise _error(error) from None
-
-        return _result(await _on_shared_loop(call()))
+        return await self.arun(CallRequest(tool, args, session_id, affinity, timeout))
 
     async def aexecute_stream(
         self,
@@ -193,11 +196,37 @@ class Client:
         timeout: float | None = None,
     ) -> StreamResult:
         """``callback`` may be a plain function or a coroutine function."""
+        return await self.arun_stream(CallRequest(tool, args, session_id, affinity, timeout), callback)
+
+    def astream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncRemoteStream:
+        return self.open_astream(CallRequest(tool, args, session_id, affinity, timeout))
+
+    async def arun(self, call_request: CallRequest) -> Any:
+        request, metadata, deadline = self._request(call_request, False)
+
+        async def call() -> Any:
+            _, stub = await self._async_stub()
+            try:
+                return await stub.ExecuteTool(request, metadata=metadata, timeout=deadline)
+            except grpc.aio.AioRpcError as error:
+                raise _error(error) from None
+
+        return _result(await _on_shared_loop(call()))
+
+    async def arun_stream(self, call: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
         import inspect
 
         if not callable(callback):
             raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
-        stream = self.astream(tool, args, session_id=session_id, affinity=affinity, timeout=timeout)
+        stream = self.open_astream(call)
         try:
             async for data in stream:
                 outcome = callback(data)
@@ -211,16 +240,8 @@ class Client:
         assert stream.result is not None
         return stream.result
 
-    def astream(
-        self,
-        tool: str,
-        args: Mapping[str, Any] | None = None,
-        *,
-        session_id: str | None = None,
-        affinity: Affinity | str | None = None,
-        timeout: float | None = None,
-    ) -> AsyncRemoteStream:
-        request, metadata, deadline = self._request(tool, args, True, session_id, affinity, timeout)
+    def open_astream(self, call: CallRequest) -> AsyncRemoteStream:
+        request, metadata, deadline = self._request(call, True)
 
         async def start() -> Any:
             _, stub = await self._async_stub()
@@ -238,9 +259,8 @@ class Client:
 
     # -- requests --------------------------------------------------------------------------------
 
-    def _request(
-        self, tool: str, args: Mapping[str, Any] | None, stream: bool, session_id: str | None, affinity: Any, timeout: float | None
-    ) -> tuple[pb.ExecuteToolRequest, tuple[tuple[str, str], ...], float | None]:
+    def _request(self, call: CallRequest, stream: bool) -> tuple[pb.ExecuteToolRequest, tuple[tuple[str, str], ...], float | None]:
+        tool, args, session_id, affinity, timeout = call
         request = pb.ExecuteToolRequest(tool_name=tool, session_id=session_id or "", stream=stream)
         options = request.metadata  # the call's options travel in the request (only the token is a header)
         options["accept"] = "pickle"

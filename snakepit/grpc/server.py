@@ -31,9 +31,9 @@ from grpc_reflection.v1alpha import reflection
 
 from .. import errors
 from ..errors import Reason
+from ..pool.request import CallRequest
 from . import bridge_pb2 as pb
-from . import bridge_pb2_grpc
-from . import codec
+from . import bridge_pb2_grpc, codec
 from .loop import run, shared_loop
 from .status import ERROR_METADATA, error_json, is_tool_failure, status_of
 
@@ -276,8 +276,8 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
 
     # -- calls -----------------------------------------------------------------------------------
 
-    def _prepare(self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
-        """The tool's arguments, the call's options and its metadata (the call's gRPC metadata,
+    def _prepare(self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext) -> tuple[CallRequest, dict[str, str]]:
+        """The call, as the pool takes it, and its metadata (the call's gRPC metadata,
         overridden by the request's own)."""
         meta = {key: str(value) for key, value in (context.invocation_metadata() or ())}
         meta.update(request.metadata)
@@ -292,18 +292,17 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         if remaining is not None:
             timeout = remaining if timeout is None else min(timeout, remaining)
             timeout = max(timeout, 0.001)  # the deadline is near: let the call time out, not refuse it
-        options = {"session_id": request.session_id or None, "affinity": meta.get("affinity") or None, "timeout": timeout}
         if meta.get("correlation_id"):
             log.info("call %s of %r (correlation_id %s)", "stream" if request.stream else "execute", request.tool_name, meta["correlation_id"])
-        return args, options, meta
+        return CallRequest(request.tool_name, args, request.session_id or None, meta.get("affinity") or None, timeout), meta
 
     async def ExecuteTool(self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext) -> pb.ExecuteToolResponse:
         started = time.perf_counter()
         response = pb.ExecuteToolResponse()
         meta: Mapping[str, str] = {}
         try:
-            args, options, meta = self._prepare(request, context)
-            value = await self._pool.aexecute(request.tool_name, args, **options)
+            call, meta = self._prepare(request, context)
+            value = await self._pool.arun(call)
             data, content_type = codec.encode_value(value, accept_pickle=meta.get("accept") == "pickle")
         except errors.SnakepitError as error:
             if not is_tool_failure(error):
@@ -328,10 +327,10 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         started = time.perf_counter()
         stream = None
         try:
-            args, options, meta = self._prepare(request, context)
+            call, meta = self._prepare(request, context)
             accept_pickle = meta.get("accept") == "pickle"
             batch = _batch_size(meta)
-            stream = self._pool.astream(request.tool_name, args, **options)
+            stream = self._pool.open_astream(call)
             count = 0
             async for item in stream:
                 count += 1

@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from .. import errors
 from ..affinity import Affinity, Router, Ticket
@@ -27,9 +27,6 @@ from ..observe import Observer
 from .recycling import RecyclePolicy
 from .timing import earliest, lock_seconds
 from .workers import Worker, WorkerState, move
-
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
 
 _REFUSALS = {
     Reason.POOL_SATURATED: "the pool queue is full ({limit} requests waiting)",
@@ -71,6 +68,27 @@ class Owner(Protocol):
         ...
 
 
+class Supervision(Protocol):
+    """What the dispatcher hands to the supervisor's thread (see :mod:`.supervisor`): work that
+    must not run under the dispatcher's lock, or on a caller's thread."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None: ...
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Any: ...
+
+    def defer(self, fn: Callable[..., Any], *args: Any) -> None: ...
+
+    def dispose(self, handle: Worker) -> None: ...
+
+    def retire(self, handle: Worker) -> None: ...
+
+    def scrap(self, handle: Worker) -> None: ...
+
+    def drain(self, handle: Worker, call_id: int) -> None: ...
+
+    def lost(self, handle: Worker) -> None: ...
+
+
 class _Refused(Exception):
     """A refusal decided under the lock, raised to the caller once the lock is released, with
     its event emitted then: an ``on_event`` callback or a log handler may call into the pool."""
@@ -105,7 +123,7 @@ class Dispatcher:
         self.workers: dict[int, Worker] = {}
         self.closed = True  # until start()
         self.counters = counters
-        self.supervisor: Supervisor | None = None
+        self.supervisor: Supervision | None = None
         self.start_failure: errors.SnakepitError | None = None  # why no worker could start
         self._sweep_armed = False
         # Call ids are drawn when a call is sent to its worker, so each worker sees them grow.
@@ -517,7 +535,7 @@ class Dispatcher:
             _wake(ticket)
         return handles
 
-    def _supervise(self) -> Supervisor:
+    def _supervise(self) -> Supervision:
         assert self.supervisor is not None, "the pool wires its supervisor before starting"
         return self.supervisor
 

@@ -24,6 +24,7 @@ from .aio import AsyncStream
 from .dispatcher import Counters, Dispatcher
 from .exchange import Exchange, Stream, run_execute, run_stream
 from .recycling import RECYCLE_REASONS, RecyclePolicy, rss_bytes
+from .request import CallRequest
 from .session import Session
 from .supervisor import Supervisor
 from .timing import check_timeout, deadline_after
@@ -214,18 +215,7 @@ class Pool:
         session's, or the pool's mode) says. On a streaming tool, returns the list of every
         chunk's data.
         """
-        self._counters.bump("requests")
-        exchange = None
-        try:
-            exchange = self._begin(tool, args, False, session_id, affinity, timeout)
-            return run_execute(exchange)
-        except errors.SnakepitError:
-            self._counters.bump("errors")
-            raise
-        except BaseException:  # interrupted between two steps: the worker comes back
-            if exchange is not None:
-                exchange.cancel()
-            raise
+        return self.run(CallRequest(tool, args, session_id, affinity, timeout))
 
     def execute_stream(
         self,
@@ -243,20 +233,7 @@ class Pool:
         raises ends the stream and propagates unchanged. Either way the tool's generator is
         closed in the worker before that worker takes another call.
         """
-        if not callable(callback):
-            raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
-        self._counters.bump("requests")
-        exchange = None
-        try:
-            exchange = self._begin(tool, args, True, session_id, affinity, timeout)
-            return run_stream(exchange, callback)
-        except errors.SnakepitError:
-            self._counters.bump("errors")
-            raise
-        except BaseException:
-            if exchange is not None:
-                exchange.cancel()
-            raise
+        return self.run_stream(CallRequest(tool, args, session_id, affinity, timeout), callback)
 
     def stream(
         self,
@@ -271,10 +248,48 @@ class Pool:
 
         Leaving the loop early, ``close()``, or dropping the iterator cancels the tool.
         """
+        return self.open_stream(CallRequest(tool, args, session_id, affinity, timeout))
+
+    # -- the request-level calls: every front end's one path (see request.py) ----------------------
+
+    def run(self, request: CallRequest) -> Any:
+        """:meth:`execute` of a prepared request."""
         self._counters.bump("requests")
         exchange = None
         try:
-            exchange = self._begin(tool, args, True, session_id, affinity, timeout)
+            exchange = self._begin(request, False)
+            return run_execute(exchange)
+        except errors.SnakepitError:
+            self._counters.bump("errors")
+            raise
+        except BaseException:  # interrupted between two steps: the worker comes back
+            if exchange is not None:
+                exchange.cancel()
+            raise
+
+    def run_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
+        """:meth:`execute_stream` of a prepared request."""
+        if not callable(callback):
+            raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
+        self._counters.bump("requests")
+        exchange = None
+        try:
+            exchange = self._begin(request, True)
+            return run_stream(exchange, callback)
+        except errors.SnakepitError:
+            self._counters.bump("errors")
+            raise
+        except BaseException:
+            if exchange is not None:
+                exchange.cancel()
+            raise
+
+    def open_stream(self, request: CallRequest) -> Stream:
+        """:meth:`stream` of a prepared request."""
+        self._counters.bump("requests")
+        exchange = None
+        try:
+            exchange = self._begin(request, True)
             return Stream(exchange, lambda: self._counters.bump("errors"), self)
         except errors.SnakepitError:
             self._counters.bump("errors")
@@ -402,9 +417,13 @@ class Pool:
     ) -> Any:
         """:meth:`execute` for asyncio: waits through the event loop; cancelling the task
         cancels the call in the worker."""
+        return await self.arun(CallRequest(tool, args, session_id, affinity, timeout))
+
+    async def arun(self, request: CallRequest) -> Any:
+        """:meth:`aexecute` of a prepared request."""
         self._counters.bump("requests")
         try:
-            exchange = await self._abegin(tool, args, False, session_id, affinity, timeout)
+            exchange = await self._abegin(request, False)
             return await aio.run_execute(exchange)
         except errors.SnakepitError:
             self._counters.bump("errors")
@@ -421,11 +440,15 @@ class Pool:
         timeout: float | None = None,
     ) -> StreamResult:
         """:meth:`execute_stream` for asyncio; ``callback`` may be a coroutine function."""
+        return await self.arun_stream(CallRequest(tool, args, session_id, affinity, timeout), callback)
+
+    async def arun_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
+        """:meth:`aexecute_stream` of a prepared request."""
         if not callable(callback):
             raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
         self._counters.bump("requests")
         try:
-            exchange = await self._abegin(tool, args, True, session_id, affinity, timeout)
+            exchange = await self._abegin(request, True)
             return await aio.run_stream(exchange, callback)
         except errors.SnakepitError:
             self._counters.bump("errors")
@@ -442,10 +465,12 @@ class Pool:
     ) -> AsyncStream:
         """``async for data in pool.astream(...)``: the call starts at the first iteration (or
         on ``async with``); leaving early, ``aclose()`` or cancelling the task cancels it."""
+        return self.open_astream(CallRequest(tool, args, session_id, affinity, timeout))
+
+    def open_astream(self, request: CallRequest) -> AsyncStream:
+        """:meth:`astream` of a prepared request."""
         self._counters.bump("requests")
-        return AsyncStream(
-            self._abegin(tool, args, True, session_id, affinity, timeout), lambda: self._counters.bump("errors"), self
-        )
+        return AsyncStream(self._abegin(request, True), lambda: self._counters.bump("errors"), self)
 
     def session(self, session_id: str, *, affinity: Affinity | str | None = None) -> Session:
         """A handle whose calls all carry ``session_id`` (and its ``affinity``, if given).
@@ -463,21 +488,13 @@ class Pool:
     def _close_session(self, session_id: str) -> bool:
         return self._dispatcher.close_session(session_id)
 
-    def _begin(
-        self,
-        tool: str,
-        args: Mapping[str, Any] | None,
-        stream: bool,
-        session_id: str | None,
-        affinity: Affinity | str | None,
-        timeout: float | None,
-    ) -> Exchange:
+    def _begin(self, request: CallRequest, stream: bool) -> Exchange:
         """Check the call, take a worker, send the call: everything before the first answer.
 
         The exchange exists before the checkout, so that it owns the worker from the moment the
         worker is assigned: whatever interrupts a step after that, the worker comes back.
         """
-        call = self._prepare(tool, args, stream, session_id, affinity, timeout)
+        call = self._prepare(request, stream)
         exchange = Exchange(self._dispatcher, call.tool, call.deadline)
         try:
             self._dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
@@ -487,16 +504,8 @@ class Pool:
             raise
         return exchange
 
-    async def _abegin(
-        self,
-        tool: str,
-        args: Mapping[str, Any] | None,
-        stream: bool,
-        session_id: str | None,
-        affinity: Affinity | str | None,
-        timeout: float | None,
-    ) -> Exchange:
-        call = self._prepare(tool, args, stream, session_id, affinity, timeout)
+    async def _abegin(self, request: CallRequest, stream: bool) -> Exchange:
+        call = self._prepare(request, stream)
         exchange = Exchange(self._dispatcher, call.tool, call.deadline)
         try:
             await aio.checkout(self._dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
@@ -517,16 +526,9 @@ class Pool:
             raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}", tool=tool)
         return spec
 
-    def _prepare(
-        self,
-        tool: str,
-        args: Mapping[str, Any] | None,
-        stream: bool,
-        session_id: str | None,
-        affinity: Affinity | str | None,
-        timeout: float | None,
-    ) -> PreparedCall:
+    def _prepare(self, request: CallRequest, stream: bool) -> PreparedCall:
         """Everything that can be checked and encoded before a worker is taken."""
+        tool, args, session_id, affinity, timeout = request
         spec = self._spec(tool)
         if stream and not spec.supports_streaming:
             raise errors.validation(

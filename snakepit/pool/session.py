@@ -6,23 +6,24 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..affinity import Affinity
 from ..streaming import StreamResult
+from .request import Caller, CallRequest
 
 if TYPE_CHECKING:
     from .aio import AsyncStream
     from .exchange import Stream
-    from .pool import Pool  # or a snakepit.grpc.Client: the same call methods
 
 
 class Session:
     """Calls through a session go to the worker that served the session before.
 
-    Created by :meth:`Pool.session` (or :meth:`snakepit.grpc.Client.session`). ``affinity`` (if given there) applies to every call made
-    through the handle unless a call names its own. ``close()`` forgets the session and its pin.
+    Created by :meth:`Pool.session` (or :meth:`snakepit.grpc.Client.session`). ``affinity`` (if
+    given there) applies to every call made through the handle unless a call names its own.
+    ``close()`` forgets the session and its pin.
     """
 
     __slots__ = ("pool", "id", "affinity")
 
-    def __init__(self, pool: Pool, session_id: str, affinity: Affinity | None) -> None:
+    def __init__(self, pool: Caller, session_id: str, affinity: Affinity | None) -> None:
         self.pool = pool
         self.id = session_id
         self.affinity = affinity
@@ -35,8 +36,11 @@ class Session:
         """The worker this session is pinned to, if any (``None`` as well for a remote pool)."""
         return self.pool._session_worker(self.id)
 
+    def _request(self, tool: str, args: Mapping[str, Any] | None, affinity: Affinity | str | None, timeout: float | None) -> CallRequest:
+        return CallRequest(tool, args, self.id, affinity or self.affinity, timeout)
+
     def execute(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> Any:
-        return self.pool.execute(tool, args, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
+        return self.pool.run(self._request(tool, args, affinity, timeout))
 
     def execute_stream(
         self,
@@ -47,13 +51,13 @@ class Session:
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
     ) -> StreamResult:
-        return self.pool.execute_stream(tool, args, callback, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
+        return self.pool.run_stream(self._request(tool, args, affinity, timeout), callback)
 
     def stream(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> Stream:
-        return self.pool.stream(tool, args, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
+        return self.pool.open_stream(self._request(tool, args, affinity, timeout))  # type: ignore[return-value]
 
     async def aexecute(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> Any:
-        return await self.pool.aexecute(tool, args, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
+        return await self.pool.arun(self._request(tool, args, affinity, timeout))
 
     async def aexecute_stream(
         self,
@@ -64,10 +68,10 @@ class Session:
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
     ) -> StreamResult:
-        return await self.pool.aexecute_stream(tool, args, callback, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
+        return await self.pool.arun_stream(self._request(tool, args, affinity, timeout), callback)
 
     def astream(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> AsyncStream:
-        return self.pool.astream(tool, args, session_id=self.id, affinity=affinity or self.affinity, timeout=timeout)
+        return self.pool.open_astream(self._request(tool, args, affinity, timeout))  # type: ignore[return-value]
 
     def close(self) -> None:
         """End the session: its pin is forgotten; a later call with its id starts afresh."""

@@ -1,0 +1,45 @@
+"""One call, as every front end describes it.
+
+The pool's methods, a session handle and the gRPC facade all build a :class:`CallRequest` and hand
+it to the same request-level methods (:class:`Caller`): ``run``, ``run_stream``, ``open_stream``
+and their asyncio twins. A :class:`~snakepit.Pool` serves them in process, a
+:class:`snakepit.grpc.Client` over the wire.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Protocol
+
+from ..affinity import Affinity
+from ..streaming import StreamResult
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+
+class CallRequest(NamedTuple):
+    tool: str
+    args: Mapping[str, Any] | None = None
+    session_id: str | None = None
+    affinity: Affinity | str | None = None
+    timeout: float | None = None
+
+
+class Caller(Protocol):
+    """What serves call requests: a Pool, or a gRPC Client of a served one."""
+
+    def run(self, request: CallRequest) -> Any: ...
+
+    def run_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult: ...
+
+    def open_stream(self, request: CallRequest) -> Iterator[Any]: ...
+
+    async def arun(self, request: CallRequest) -> Any: ...
+
+    async def arun_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult: ...
+
+    def open_astream(self, request: CallRequest) -> AsyncIterator[Any]: ...
+
+    def _session_worker(self, session_id: str) -> int | None: ...
+
+    def _close_session(self, session_id: str) -> bool: ...
