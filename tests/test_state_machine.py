@@ -1,0 +1,307 @@
+"""The dispatcher and the exchange against an in-memory connection: no processes, no pipes.
+
+These are the edge cases of the pool's state machine that are hard to reach with real workers
+at the right instant: a death with answers still queued, a stale lease, a waiter handed a worker
+on release, a strict session whose worker died, a move the state table forbids. The fake is a
+test double of a *backend's* connection (the seam in snakepit/backends/base.py), not of the pool:
+the dispatcher and exchange under test are the real ones.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from typing import Any, Callable
+
+import pytest
+
+from snakepit import SnakepitError
+from snakepit.affinity import Affinity
+from snakepit.affinity.sessions import SessionStore
+from snakepit.backends.base import DeadlineExceeded, WorkerGone
+from snakepit.observe import Observer
+from snakepit.pool.dispatcher import Counters, Dispatcher
+from snakepit.pool.exchange import END, MORE, Exchange, run_execute
+from snakepit.pool.recycling import RecyclePolicy
+from snakepit.pool.workers import TRANSITIONS, Worker, WorkerState, move
+from snakepit.protocol import Cancel, Chunk, End, Failure, Result
+
+
+class MemoryConnection:
+    """A worker's connection whose messages the test scripts: ``replies`` is what ``take`` and
+    ``receive`` deliver next; ``dies`` makes the worker end once they are delivered."""
+
+    def __init__(self, pid: int = 4242) -> None:
+        self.pid = pid
+        self.exit_info: dict[str, Any] | None = None
+        self.broken = False
+        self.sent: list[Any] = []
+        self.controls: list[Any] = []
+        self.replies: list[Any] = []
+        self.salvaged: list[Any] = []
+        self.dies = False
+        self.killed = False
+
+    def fits(self, size: int) -> bool:
+        return True
+
+    def send(self, frame: Any, deadline: float | None = None) -> None:
+        if self.exit_info is not None:
+            raise WorkerGone()
+        self.sent.append(frame)
+
+    def send_control(self, message: Any) -> bool:
+        self.controls.append(message)
+        return self.exit_info is None
+
+    def take(self, exited: bool = False) -> list[Any]:
+        messages, self.replies = self.replies, []
+        if not messages and (self.dies or exited):
+            raise WorkerGone()
+        return messages
+
+    def receive(self, deadline: float | None) -> list[Any]:
+        messages = self.take()
+        if not messages:
+            raise DeadlineExceeded()  # nothing scripted: as if the deadline passed
+        return messages
+
+    def watch(self, loop: Any, callback: Callable[[bool], None]) -> Callable[[], None]:
+        return lambda: None
+
+    def exit_status(self) -> dict[str, Any]:
+        if self.exit_info is None:
+            self.exit_info = {"exit_code": -9, "signal": "SIGKILL"}
+        return self.exit_info
+
+    def salvage(self) -> list[Any]:
+        messages, self.salvaged = self.salvaged, []
+        return messages
+
+    def kill(self) -> None:
+        self.killed = True
+        self.dies = True
+
+
+class RecordingSupervision:
+    """Runs what the dispatcher hands the supervisor's thread at once, and records it."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.log: list[tuple[str, int]] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        fn(*args)
+
+    def defer(self, fn: Callable[..., Any], *args: Any) -> None:
+        fn(*args)
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        pass
+
+    def dispose(self, handle: Worker) -> None:
+        self.log.append(("dispose", handle.id))
+
+    def retire(self, handle: Worker) -> None:
+        self.log.append(("retire", handle.id))
+
+    def scrap(self, handle: Worker) -> None:
+        self.log.append(("scrap", handle.id))
+
+    def drain(self, handle: Worker, call_id: int) -> None:
+        self.log.append(("drain", handle.id))
+
+    def lost(self, handle: Worker) -> None:
+        self.log.append(("lost", handle.id))
+
+
+@pytest.fixture
+def pool_core():
+    dispatcher = Dispatcher(10, Counters(), SessionStore(3600.0, 100), Affinity.HINT, RecyclePolicy(), Observer(None))
+    supervision = RecordingSupervision(dispatcher)
+    dispatcher.supervisor = supervision
+    dispatcher.open()
+    workers = []
+    for worker_id in (1, 2):
+        worker = Worker(worker_id, MemoryConnection(pid=1000 + worker_id))
+        dispatcher.add_worker(worker)
+        workers.append(worker)
+    yield dispatcher, supervision, workers
+    dispatcher.close()
+
+
+def begin(dispatcher: Dispatcher, tool: str = "t", session_id: str | None = None, affinity: Affinity | None = None) -> Exchange:
+    exchange = Exchange(dispatcher, tool, None)
+    dispatcher.checkout(session_id, affinity, None, None, exchange)
+    exchange.send(bytearray(b"call"), next(dispatcher.call_ids))
+    return exchange
+
+
+def test_a_result_releases_the_worker_once(pool_core):
+    dispatcher, _, _ = pool_core
+    exchange = begin(dispatcher)
+    worker = exchange.handle
+    assert worker.state is WorkerState.BUSY and worker.checked_out and worker.outstanding == [exchange.call_id]
+    worker.conn.replies = [Result(exchange.call_id, 42)]
+    assert run_execute(exchange) == 42
+    assert worker.state is WorkerState.IDLE and not worker.checked_out and worker.requests_served == 1
+    exchange.cancel()  # after the end: nothing more happens
+    assert worker.state is WorkerState.IDLE and worker.conn.controls == []
+
+
+def test_answers_to_other_calls_are_skipped(pool_core):
+    dispatcher, _, _ = pool_core
+    exchange = begin(dispatcher)
+    exchange.handle.conn.replies = [Result(exchange.call_id - 1, "stale"), Result(exchange.call_id, "mine")]
+    assert run_execute(exchange) == "mine"
+
+
+def test_a_tool_failure_is_raised_and_the_worker_is_clean(pool_core):
+    dispatcher, _, _ = pool_core
+    exchange = begin(dispatcher)
+    exchange.handle.conn.replies = [Failure(exchange.call_id, "python_error", "tool_exception", "boom", {"type": "ValueError"})]
+    with pytest.raises(SnakepitError) as info:
+        run_execute(exchange)
+    assert (info.value.category, info.value.reason) == ("python_error", "tool_exception")
+    assert exchange.handle.state is WorkerState.IDLE
+
+
+def test_cancelling_a_running_call_drains_the_worker_then_frees_it(pool_core):
+    dispatcher, supervision, _ = pool_core
+    exchange = begin(dispatcher)
+    worker = exchange.handle
+    exchange.cancel()
+    assert worker.conn.controls == [Cancel([exchange.call_id])]
+    assert worker.state is WorkerState.DRAINING and ("drain", worker.id) in supervision.log
+    dispatcher.drained(worker)  # the supervisor saw the call's End
+    assert worker.state is WorkerState.IDLE and worker.outstanding == []
+
+
+def test_a_cancel_after_the_answer_arrived_releases_without_draining(pool_core):
+    dispatcher, supervision, _ = pool_core
+    exchange = begin(dispatcher)
+    worker = exchange.handle
+    exchange.feed([Chunk(exchange.call_id, 1), End(exchange.call_id)])
+    assert exchange.next_batch() == [1]
+    exchange.cancel()  # the End is already here: the worker is clean
+    assert worker.state is WorkerState.IDLE and worker.conn.controls == [] and supervision.log == []
+
+
+def test_a_death_delivers_what_was_salvaged_before_the_crash(pool_core):
+    dispatcher, supervision, _ = pool_core
+    exchange = begin(dispatcher)
+    worker = exchange.handle
+    worker.conn.dies = True
+    worker.conn.salvaged = [Result(exchange.call_id, "saved")]
+    assert run_execute(exchange) == "saved"  # the answer was written before it died
+
+
+def test_a_death_with_nothing_salvaged_is_worker_crashed_with_its_exit(pool_core):
+    dispatcher, supervision, _ = pool_core
+    exchange = begin(dispatcher)
+    worker = exchange.handle
+    worker.conn.dies = True
+    with pytest.raises(SnakepitError) as info:
+        run_execute(exchange)
+    assert (info.value.category, info.value.reason) == ("worker", "worker_crashed")
+    assert info.value.details["signal"] == "SIGKILL"
+    assert worker.state is WorkerState.DEAD and worker.id not in dispatcher.workers
+    assert ("lost", worker.id) in supervision.log and ("dispose", worker.id) in supervision.log
+
+
+def test_a_waiter_is_handed_the_worker_on_release(pool_core):
+    dispatcher, _, (first, second) = pool_core
+    holders = [begin(dispatcher), begin(dispatcher)]  # both workers busy
+    got: list[Worker] = []
+    waiter = threading.Thread(target=lambda: got.append(dispatcher.checkout(None, None, None, None)))
+    waiter.start()
+    try:
+        for _ in range(500):
+            if dispatcher.router.waiting:
+                break
+            threading.Event().wait(0.01)
+        assert dispatcher.router.waiting == 1
+        holder = holders[0]
+        holder.handle.conn.replies = [Result(holder.call_id, None)]
+        run_execute(holder)
+        waiter.join(10)
+    finally:
+        waiter.join(10)
+    assert got == [holder.handle] and holder.handle.state is WorkerState.BUSY  # BUSY -> BUSY, never idle
+
+
+def test_a_stale_lease_cannot_release_a_worker_someone_else_holds(pool_core):
+    dispatcher, _, _ = pool_core
+    exchange = begin(dispatcher)
+    worker, old_lease = exchange.handle, exchange.lease
+    worker.conn.replies = [Result(exchange.call_id, 1)]
+    run_execute(exchange)
+    again = begin(dispatcher, session_id=None)
+    if again.handle is not worker:  # make sure the same worker is taken again
+        again.handle.conn.replies = [Result(again.call_id, 1)]
+        run_execute(again)
+        again = begin(dispatcher)
+    assert again.handle is worker and worker.lease != old_lease
+    dispatcher.release(worker, old_lease)  # the first call's late release
+    assert worker.state is WorkerState.BUSY and worker.checked_out
+
+
+def test_a_strict_session_whose_worker_died_is_told_once(pool_core):
+    dispatcher, _, _ = pool_core
+    dispatcher.open_session("s", Affinity.STRICT_QUEUE)
+    exchange = begin(dispatcher, session_id="s")
+    pinned = exchange.handle
+    pinned.conn.dies = True
+    with pytest.raises(SnakepitError):
+        run_execute(exchange)
+    with pytest.raises(SnakepitError) as info:
+        dispatcher.checkout("s", None, None, None)
+    assert info.value.reason == "session_worker_unavailable"
+    replacement = dispatcher.checkout("s", None, None, None)  # it starts afresh on another worker
+    assert replacement is not pinned
+
+
+def test_an_orphaned_checkout_is_taken_back_by_the_audit(pool_core):
+    dispatcher, _, _ = pool_core
+    exchange = begin(dispatcher)
+    worker = exchange.handle
+    del exchange  # dropped unfinished: its __del__ hands the cancel over
+    gc.collect()
+    assert worker.state is WorkerState.DRAINING  # cancelled in the worker, being drained
+    dispatcher.drained(worker)
+    assert worker.state is WorkerState.IDLE
+
+    holder = Exchange(dispatcher, "t", None)
+    dispatcher.checkout(None, None, None, None, holder)
+    worker = holder.handle
+    worker.owner = lambda: None  # the owner was collected without giving it back (never sent)
+    assert dispatcher.audit() == [] and worker.state is WorkerState.IDLE
+
+
+def test_a_broken_connection_gets_the_worker_scrapped_not_reused(pool_core):
+    dispatcher, supervision, _ = pool_core
+    exchange = begin(dispatcher)
+    worker = exchange.handle
+    worker.conn.broken = True
+    exchange.cancel()
+    assert ("scrap", worker.id) in supervision.log and worker.state is not WorkerState.IDLE
+
+
+def test_streams_deliver_runs_of_chunks_then_end(pool_core):
+    dispatcher, _, _ = pool_core
+    exchange = begin(dispatcher)
+    exchange.feed([Chunk(exchange.call_id, 1), Chunk(exchange.call_id, 2), Chunk(exchange.call_id, 3, True, {"k": "v"}), End(exchange.call_id)])
+    assert exchange.next_batch() == [1, 2, 3]
+    assert exchange.next_batch() is END and exchange.result.chunks == 3 and exchange.result.metadata == {"k": "v"}
+    assert exchange.result.synthetic_final is False and exchange.handle.state is WorkerState.IDLE
+
+
+def test_the_state_table_refuses_moves_it_does_not_list():
+    worker = Worker(9, MemoryConnection())
+    for state in WorkerState:
+        assert state in TRANSITIONS  # every state has its row
+    move(worker, WorkerState.IDLE)
+    move(worker, WorkerState.BUSY)
+    move(worker, WorkerState.DEAD)
+    with pytest.raises(AssertionError):
+        move(worker, WorkerState.IDLE)  # the dead stay dead
