@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 import time
 from typing import Any, Awaitable, Callable
-
-from msgspec.msgpack import Ext
 
 from .. import errors
 from ..affinity import Affinity, Ticket
 from ..backends.base import DeadlineExceeded, WorkerGone
 from ..streaming import HALT, StreamResult
 from .dispatcher import Dispatcher, Owner
-from .exchange import END, MORE, Exchange
+from .exchange import END, MORE, Delivery, Exchange
 from .timing import earliest
 from .workers import Worker
 
@@ -180,30 +177,26 @@ async def run_execute(exchange: Exchange) -> Any:
 async def run_stream(exchange: Exchange, callback: Callable[[Any], Any]) -> StreamResult:
     """``callback`` may be a plain function or a coroutine function."""
     readable = Readable(exchange.handle)
+    delivery = Delivery(exchange)
+    take = delivery.take
     delivered = 0
-    limit = exchange.limit
     try:
         while True:
-            batch = exchange.next_batch()
-            if batch is MORE:
+            data = take()
+            if data is MORE:
                 await fetch(exchange, readable)
                 continue
-            if batch is END:
+            if data is END:
                 assert exchange.result is not None
                 return exchange.result
-            for position, data in enumerate(batch):
-                if loop_time() >= limit:
-                    exchange.expired()
-                if type(data) is Ext:
-                    data = exchange.decode(data)
-                outcome = callback(data)
-                if inspect.isawaitable(outcome):
-                    outcome = await outcome
-                if outcome is HALT:
-                    return exchange.halt(len(batch) - position - 1)
-                delivered += 1
-                if delivered % _FAIR_SHARE == 0:
-                    await asyncio.sleep(0)
+            outcome = callback(data)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            if outcome is HALT:
+                return exchange.halt(delivery.undelivered)
+            delivered += 1
+            if delivered % _FAIR_SHARE == 0:
+                await asyncio.sleep(0)
     except BaseException:
         exchange.cancel()
         raise
@@ -218,53 +211,34 @@ class AsyncStream:
     the tool in the worker. After exhaustion, :attr:`result` is the :class:`StreamResult`.
     """
 
-    __slots__ = ("_start", "_exchange", "_readable", "_on_error", "_owner", "_batch", "_next", "_delivered", "_limit", "__weakref__")
+    __slots__ = ("_start", "_exchange", "_delivery", "_readable", "_on_error", "_owner", "_delivered", "__weakref__")
 
     def __init__(self, start: Awaitable[Exchange], on_error: Callable[[], None], owner: object = None) -> None:
         self._start: Awaitable[Exchange] | None = start
         self._exchange: Exchange | None = None
+        self._delivery: Delivery | None = None
         self._readable: Readable | None = None
         self._on_error = on_error
         self._owner = owner
-        self._batch: list[Any] = []
-        self._next = 0
         self._delivered = 0
-        self._limit = math.inf
 
     def __aiter__(self) -> AsyncStream:
         return self
 
     async def __anext__(self) -> Any:
-        if self._exchange is None:
+        if self._delivery is None:
             await self._begin()
-        exchange = self._exchange
-        assert exchange is not None
+        delivery = self._delivery
+        assert delivery is not None
         self._delivered += 1
         if self._delivered % _FAIR_SHARE == 0:
             await asyncio.sleep(0)
-        position = self._next
-        if position < len(self._batch):
-            if loop_time() >= self._limit:
-                self._batch = []
-                self._close_readable()
-                self._on_error()
-                exchange.expired()
-            self._next = position + 1
-            data = self._batch[position]
-            return data if type(data) is not Ext else exchange.decode(data)
         try:
-            while True:
-                batch = exchange.next_batch()
-                if batch is MORE:
-                    assert self._readable is not None
-                    await fetch(exchange, self._readable)
-                elif batch is END:
-                    self._close_readable()
-                    raise StopAsyncIteration
-                elif batch:
-                    self._batch, self._next = batch, 1
-                    data = batch[0]
-                    return data if type(data) is not Ext else exchange.decode(data)
+            data = delivery.take()
+            while data is MORE:
+                assert self._readable is not None
+                await fetch(delivery.exchange, self._readable)
+                data = delivery.take()
         except errors.SnakepitError:
             self._close_readable()
             self._on_error()
@@ -272,6 +246,10 @@ class AsyncStream:
         except BaseException:  # the task was cancelled, or anything else interrupted the wait
             await self.aclose()
             raise
+        if data is END:
+            self._close_readable()
+            raise StopAsyncIteration
+        return data
 
     async def _begin(self) -> None:
         assert self._start is not None
@@ -282,7 +260,7 @@ class AsyncStream:
             self._on_error()
             raise
         self._readable = Readable(self._exchange.handle)
-        self._limit = self._exchange.limit
+        self._delivery = Delivery(self._exchange)
 
     @property
     def result(self) -> StreamResult | None:
@@ -295,21 +273,16 @@ class AsyncStream:
     def take_ready(self, limit: int) -> list[Any]:
         """Up to ``limit`` more items that have already arrived, without waiting for any (what a
         consumer batching on its own side can pack with the item it just got)."""
-        exchange = self._exchange
-        if exchange is None or limit <= 0:
+        if self._delivery is None or limit <= 0:
             return []
-        start = self._next
-        items = self._batch[start : start + limit]
-        self._next = start + len(items)
+        items = self._delivery.take_ready(limit)
         self._delivered += len(items)
-        return [item if type(item) is not Ext else exchange.decode(item) for item in items]
+        return items
 
     @property
     def last_was_final(self) -> bool:
-        """The item returned last was the tool's final chunk (``StreamChunk(is_final=True)``):
-        the worker sends it last, at the end of the run of chunks it came in."""
-        exchange = self._exchange
-        return exchange is not None and exchange.final and self._next >= len(self._batch)
+        """The item returned last was the tool's final chunk (``StreamChunk(is_final=True)``)."""
+        return self._delivery is not None and self._delivery.last_was_final
 
     async def aclose(self) -> None:
         """Cancel the tool in the worker if it is still running."""

@@ -288,6 +288,56 @@ class Exchange:
         )
 
 
+class Delivery:
+    """The one chunk-delivery loop of every stream driver (sync and asyncio, callback and
+    iterator): the next chunk's data as the caller may have it -- decoded, and only before the
+    call's deadline -- or ``MORE`` (wait for the worker, then ask again) or ``END``. The drivers
+    differ only in how they wait."""
+
+    __slots__ = ("exchange", "batch", "next", "limit")
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.batch: list[Any] = []
+        self.next = 0
+        self.limit = exchange.limit
+
+    def take(self) -> Any:
+        position = self.next
+        batch = self.batch
+        if position >= len(batch):
+            batch = self.exchange.next_batch()
+            if batch is MORE or batch is END:
+                return batch
+            self.batch = batch
+            position = 0
+        if time.monotonic() >= self.limit:
+            self.batch = []
+            self.exchange.expired()
+        self.next = position + 1
+        data = batch[position]
+        return data if type(data) is not Ext else self.exchange.decode(data)
+
+    def take_ready(self, limit: int) -> list[Any]:
+        """Up to ``limit`` more chunks that have already arrived, without waiting for any."""
+        start = self.next
+        items = self.batch[start : start + limit]
+        self.next = start + len(items)
+        decode = self.exchange.decode
+        return [item if type(item) is not Ext else decode(item) for item in items]
+
+    @property
+    def undelivered(self) -> int:
+        """Chunks of the current run not delivered (a HALT leaves them)."""
+        return len(self.batch) - self.next
+
+    @property
+    def last_was_final(self) -> bool:
+        """The chunk delivered last was the tool's final one (``StreamChunk(is_final=True)``):
+        the worker sends it last, at the end of the run it came in."""
+        return self.exchange.final and self.next >= len(self.batch)
+
+
 # -- synchronous drivers -------------------------------------------------------------------------
 
 
@@ -304,24 +354,18 @@ def run_execute(exchange: Exchange) -> Any:
 
 
 def run_stream(exchange: Exchange, callback: Callable[[Any], Any]) -> StreamResult:
-    next_batch = exchange.next_batch
-    limit, monotonic = exchange.limit, time.monotonic
+    delivery = Delivery(exchange)
+    take = delivery.take
     try:
         while True:
-            batch = next_batch()
-            if batch is MORE:
+            data = take()
+            if data is MORE:
                 exchange.fetch()
-                continue
-            if batch is END:
+            elif data is END:
                 assert exchange.result is not None
                 return exchange.result
-            for position, data in enumerate(batch):
-                if monotonic() >= limit:
-                    exchange.expired()
-                if type(data) is Ext:
-                    data = exchange.decode(data)
-                if callback(data) is HALT:
-                    return exchange.halt(len(batch) - position - 1)
+            elif callback(data) is HALT:
+                return exchange.halt(delivery.undelivered)
     except BaseException:
         exchange.cancel()
         raise
@@ -334,58 +378,32 @@ class Stream:
     After exhaustion, :attr:`result` is the :class:`~snakepit.StreamResult`.
     """
 
-    __slots__ = ("_exchange", "_on_error", "_owner", "_batch", "_next", "_limit", "__weakref__")
+    __slots__ = ("_exchange", "_delivery", "_on_error", "_owner", "__weakref__")
 
     def __init__(self, exchange: Exchange, on_error: Callable[[], None], owner: object = None) -> None:
         self._exchange = exchange
+        self._delivery = Delivery(exchange)
         self._on_error = on_error
         self._owner = owner  # keeps the pool alive while its stream is in use
-        self._batch: list[Any] = []
-        self._next = 0
-        self._limit = exchange.limit
 
     def __iter__(self) -> Stream:
         return self
 
     def __next__(self) -> Any:
-        position = self._next
-        batch = self._batch
-        if position < len(batch):
-            if time.monotonic() >= self._limit:
-                return self._expire()
-            self._next = position + 1
-            data = batch[position]
-            return data if type(data) is not Ext else self._exchange.decode(data)
-        return self._refill()
-
-    def _refill(self) -> Any:
-        exchange = self._exchange
         try:
-            while True:
-                batch = exchange.next_batch()
-                if batch is MORE:
-                    exchange.fetch()
-                elif batch is END:
-                    raise StopIteration
-                elif batch:
-                    self._batch = batch
-                    self._next = 0
-                    return self.__next__()
+            data = self._delivery.take()
+            while data is MORE:
+                self._exchange.fetch()
+                data = self._delivery.take()
         except errors.SnakepitError:
             self._on_error()
             raise
-        except StopIteration:
-            raise
         except BaseException:
-            exchange.cancel()  # Ctrl-C or a MemoryError while waiting: the worker comes back
+            self._exchange.cancel()  # Ctrl-C or a MemoryError while waiting: the worker comes back
             raise
-
-    def _expire(self) -> Any:
-        self._batch = []
-        try:
-            self._exchange.expired()
-        finally:
-            self._on_error()
+        if data is END:
+            raise StopIteration
+        return data
 
     @property
     def result(self) -> StreamResult | None:
