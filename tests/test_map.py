@@ -316,3 +316,36 @@ def test_amap(pool):
     ordered, unordered, errors = asyncio.run(main())
     assert ordered == [i + 1 for i in range(500)] and sorted(unordered) == ordered
     assert errors[0].reason == "invalid_arguments"
+
+
+def test_amap_writes_a_batch_too_big_for_the_pipe_off_the_event_loop():
+    """A stopped worker reads nothing: a batch bigger than its pipe cannot be written until it
+    runs again. amap writes it from a thread, so the loop goes on serving everything else."""
+    payload = b"x" * (4 << 20)  # four times the pipe's capacity
+
+    async def scenario(pool: Pool, worker: int) -> tuple[list[int], float]:
+        gaps: list[float] = []
+        mapping = asyncio.ensure_future(_collect(pool.amap("hold", [{"payload": payload, "seconds": 0}], timeout=30)))
+        last = time.monotonic()
+        for _ in range(50):  # half a second of ticks while the worker is stopped
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+        os.kill(worker, signal.SIGCONT)
+        return await asyncio.wait_for(mapping, 30), max(gaps)
+
+    with Pool(Faulty, size=1, heartbeat_timeout=None) as pool:
+        worker = pool.stats()["worker_info"][0]["pid"]
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            results, longest_gap = asyncio.run(scenario(pool, worker))
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        assert results == [len(payload)]
+        assert longest_gap < 2.0  # blocked on the write, the loop would not tick until SIGCONT
+        assert pool.execute("pid") == worker and pool.stats()["restarts"] == 0
+
+
+async def _collect(items) -> list:
+    return [item async for item in items]

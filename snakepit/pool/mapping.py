@@ -100,6 +100,11 @@ class MapEngine:
         self._rate: float | None = None  # items per second of worker time
         self.done = 0
         self.failed = 0
+        # The asyncio driver's: write a frame the worker's pipe cannot hold at once somewhere
+        # that may block (a thread), then report back through written(). Meanwhile that worker
+        # gets nothing more. Without it (the thread driver) such a write blocks the caller.
+        self.offload: Callable[[Worker, bytes, _InFlight], None] | None = None
+        self._writing: set[int] = set()  # workers with an offloaded write under way
 
     # -- workers -----------------------------------------------------------------------------------
 
@@ -129,6 +134,7 @@ class MapEngine:
             # A held batch is already read (and counted): it goes out even with the look-ahead full.
             while (
                 handle.id in self.workers  # not lost while sending
+                and handle.id not in self._writing
                 and len(queue) < _DEPTH
                 and (self._held is not None or self._room())
                 and self._send(handle)
@@ -171,19 +177,36 @@ class MapEngine:
         batch = _InFlight(call_id, start, count, now, deadline_after(self._timeout, now), refused)
         queue.append(batch)
         handle.begin(call_id, self.tool)
+        if self.offload is not None and not handle.conn.fits(len(frame)):
+            self._writing.add(handle.id)
+            self.offload(handle, frame, batch)
+            return False
         try:
             handle.conn.send(frame, batch.deadline)
-        except WorkerGone:
+        except BaseException as exc:
+            self._send_failed(handle, exc)
+        return True
+
+    def written(self, handle: Worker, error: BaseException | None) -> None:
+        """An offloaded write has ended (on the driver's own thread)."""
+        self._writing.discard(handle.id)
+        if error is not None and handle.id in self.workers:
+            try:
+                self._send_failed(handle, error)
+            except BaseException:
+                pass  # not this thread's to raise: the write's own thread was interrupted
+
+    def _send_failed(self, handle: Worker, error: BaseException) -> None:
+        if isinstance(error, WorkerGone):
             self.lost(handle)
-        except DeadlineExceeded:  # it read nothing of a large batch: stopped or hung
+        elif isinstance(error, DeadlineExceeded):  # it read nothing of a large batch: stopped or hung
             handle.conn.kill()
             self._expire(handle)
-        except BaseException:  # Ctrl-C mid-write: part of a frame may be in the pipe
+        else:  # Ctrl-C mid-write: part of a frame may be in the pipe
             handle.killed_on_purpose = True
             handle.conn.kill()
             self.lost(handle)
-            raise
-        return True
+            raise error
 
     def _take_batch(self) -> bool:
         """Read and encode the next batch into ``_held``; False if the input has run out."""
@@ -468,8 +491,22 @@ async def arun_map(
     more: Callable[[], Worker | None],
     return_exceptions: bool,
 ) -> AsyncIterator[Any]:
-    """The asyncio driver: the same engine, waiting through ``loop.add_reader``."""
+    """The asyncio driver: the same engine, waiting through the event loop. A batch too big
+    for a worker's pipe is written from a thread, so the loop never blocks on a slow reader."""
     loop = asyncio.get_running_loop()
+    writes: set[asyncio.Future[None]] = set()
+
+    def offload(handle: Worker, frame: bytes, batch: _InFlight) -> None:
+        write = loop.run_in_executor(None, handle.conn.send, frame, batch.deadline)
+        writes.add(write)
+
+        def done(write: asyncio.Future[None]) -> None:
+            writes.discard(write)
+            engine.written(handle, None if write.cancelled() else write.exception())
+
+        write.add_done_callback(done)
+
+    engine.offload = offload
     try:
         while True:
             if not engine.workers:  # as _acquire, awaiting the first worker
@@ -483,12 +520,14 @@ async def arun_map(
             if engine.finished:
                 return
             if engine.in_flight:
-                await _await_any(loop, engine)
+                await _await_any(loop, engine, writes)
     finally:
         engine.close()
 
 
-async def _await_any(loop: asyncio.AbstractEventLoop, engine: MapEngine) -> None:
+async def _await_any(loop: asyncio.AbstractEventLoop, engine: MapEngine, writes: set[asyncio.Future[None]]) -> None:
+    """Until a held worker has something to take or has ended, an offloaded write has ended,
+    or the next deadline."""
     future: asyncio.Future[None] = loop.create_future()
     ready: set[tuple[Worker, bool]] = set()
 
@@ -498,6 +537,8 @@ async def _await_any(loop: asyncio.AbstractEventLoop, engine: MapEngine) -> None
             future.set_result(None)
 
     unwatch = [handle.conn.watch(loop, functools.partial(on_ready, handle)) for handle in engine.workers.values()]
+    for write in writes:
+        write.add_done_callback(lambda _: future.done() or future.set_result(None))
     deadline = engine.next_deadline()
     timer = None if deadline is None else loop.call_at(deadline, lambda: future.done() or future.set_result(None))
     try:
