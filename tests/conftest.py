@@ -11,7 +11,17 @@ from snakepit import Pool
 
 
 def _children() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
+    """This process's descendants, but for a Ray instance's (a test session starts one, whose
+    raylet starts and ends worker processes as it pleases)."""
+    return [p for p in psutil.Process().children(recursive=True) if not _is_ray(p)]
+
+
+def _is_ray(process: psutil.Process) -> bool:
+    try:
+        line = " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+    return "ray::" in line or "/ray/" in line or "raylet" in line or "gcs_server" in line
 
 
 @pytest.fixture(autouse=True)

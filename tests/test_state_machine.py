@@ -21,7 +21,7 @@ from snakepit.affinity.sessions import SessionStore
 from snakepit.backends.base import DeadlineExceeded, WorkerGone
 from snakepit.observe import Observer
 from snakepit.pool.dispatcher import Counters, Dispatcher
-from snakepit.pool.exchange import END, MORE, Exchange, run_execute
+from snakepit.pool.exchange import END, Exchange, run_execute
 from snakepit.pool.recycling import RecyclePolicy
 from snakepit.pool.workers import TRANSITIONS, Worker, WorkerState, move
 from snakepit.protocol import Cancel, Chunk, End, Failure, Result

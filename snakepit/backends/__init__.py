@@ -12,14 +12,45 @@ from .. import errors
 from ..errors import Reason
 from .base import Backend
 
-NAMES = ("process",)
+NAMES = ("process", "ray")
 
 
-def create(name: Any, adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: Mapping[str, str] | None) -> Backend:
-    """The backend called ``name``, set up to run ``adapter``; ``invalid_config`` if there is none."""
+def create(
+    name: Any,
+    adapter: Any,
+    adapter_args: Mapping[str, Any] | None,
+    worker_env: Mapping[str, str] | None,
+    *,
+    memory_limit_mb: float | None = None,
+    ray_address: str | None = None,
+    actor_options: Mapping[str, Any] | None = None,
+) -> Backend:
+    """The backend called ``name``, set up to run ``adapter``; ``invalid_config`` if there is
+    none, or if an option does not apply to it."""
+    from .process.launcher import build_launch_spec
+
     if name == "process":
         from .process.backend import ProcessBackend
-        from .process.launcher import build_launch_spec
 
+        if ray_address is not None or actor_options is not None:
+            raise errors.validation(Reason.INVALID_CONFIG, "ray_address and actor_options apply to backend='ray' only")
         return ProcessBackend(build_launch_spec(adapter, adapter_args, worker_env))
+    if name == "ray":
+        from .ray.backend import RayBackend
+
+        if memory_limit_mb is not None:
+            raise errors.validation(
+                Reason.INVALID_CONFIG,
+                "memory_limit_mb applies to backend='process' only: give Ray actors a memory budget in actor_options={'memory': ...}",
+            )
+        options = dict(actor_options or {})
+        if worker_env:  # the actors' environment: Ray's runtime_env env_vars
+            runtime_env = dict(options.get("runtime_env") or {})
+            runtime_env["env_vars"] = {**dict(worker_env), **runtime_env.get("env_vars", {})}
+            options["runtime_env"] = runtime_env
+        # On a cluster other nodes lack this process's sys.path: the adapter travels with its
+        # module's code, unless the user's runtime_env ships that code there.
+        shipped = {"working_dir", "py_modules"} & set(options.get("runtime_env") or {})
+        by_value = ray_address is not None and not shipped
+        return RayBackend(build_launch_spec(adapter, adapter_args, None, by_value=by_value), ray_address, options)
     raise errors.validation(Reason.INVALID_CONFIG, f"unknown backend {name!r}: choose one of {', '.join(map(repr, NAMES))}")

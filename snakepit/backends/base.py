@@ -33,6 +33,7 @@ class Connection(Protocol):
     """
 
     pid: int | None  # the worker's process id, where it has one (for stats and events)
+    node: str | None  # the machine it runs on, when not this one (Ray: the node's address)
     exit_info: dict[str, Any] | None  # how it ended, once known: exit_code, signal
 
     @property

@@ -597,6 +597,7 @@ def _worker_info(handle: Worker) -> dict[str, Any]:
     return {
         "id": handle.id,
         "pid": handle.pid,
+        "node": None if handle.conn is None else handle.conn.node,  # where it runs (Ray: the node's address)
         "state": handle.state.value,
         "requests": handle.requests_served,
         "started_at": handle.started_at,

@@ -113,6 +113,8 @@ class Pool:
         heartbeat_interval: float = 2.0,
         heartbeat_timeout: float | None = 10.0,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        ray_address: str | None = None,
+        actor_options: Mapping[str, Any] | None = None,
     ) -> None:
         if size is None:
             size = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -131,7 +133,10 @@ class Pool:
             _positive("worker_ttl", worker_ttl, allow_none=True),
             _positive("memory_limit_mb", memory_limit_mb, allow_none=True),
         )
-        workers = backends.create(backend, adapter, adapter_args, worker_env)
+        workers = backends.create(
+            backend, adapter, adapter_args, worker_env,
+            memory_limit_mb=memory_limit_mb, ray_address=ray_address, actor_options=actor_options,
+        )
         self._counters = Counters()
         sessions = SessionStore(_positive("session_ttl", session_ttl), max_sessions)
         if on_event is not None and not callable(on_event):
@@ -589,7 +594,7 @@ class Pool:
         counts = self._counters.snapshot()
         snapshot = self._dispatcher.snapshot()
         for info in snapshot["worker_info"]:
-            info["rss"] = rss_bytes(info["pid"])
+            info["rss"] = rss_bytes(info["pid"]) if info["node"] is None else None  # a local process's only
         return {
             "requests": counts.get("requests", 0),
             "errors": counts.get("errors", 0),

@@ -77,6 +77,7 @@ class ProcessConnection:
         self.worker_id = worker_id
         self.process = process
         self.pid = process.pid
+        self.node: str | None = None  # this machine
         self.pipes = pipes
         self.requests_fd = pipes.requests
         self.requests_room = _pipe_capacity(pipes.requests)  # what a write takes without a reader

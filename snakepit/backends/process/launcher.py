@@ -43,8 +43,9 @@ _BOOTSTRAP = (
 )
 
 
-def adapter_reference(adapter: Any) -> Any:
-    """How the adapter travels: ``"module:Qualname"`` if importable by that name, else pickled."""
+def adapter_reference(adapter: Any, by_value: bool = False) -> Any:
+    """How the adapter travels: ``"module:Qualname"`` if importable by that name, else pickled.
+    ``by_value``: pickled with its module's code (for machines that cannot import it)."""
     if isinstance(adapter, str):
         if ":" not in adapter:
             raise errors.validation(
@@ -56,9 +57,29 @@ def adapter_reference(adapter: Any) -> Any:
             Reason.INVALID_CONFIG, f"adapter must be a class or a 'module:Class' string, got {type(adapter).__name__}"
         )
     path = f"{adapter.__module__}:{adapter.__qualname__}"
+    if by_value:
+        return _by_value(adapter)
     if adapter.__module__ != "__main__" and "<locals>" not in path and _resolves(path, adapter):
         return path
     return protocol.pickled(adapter, protocol._cloud_dumps)
+
+
+def _by_value(adapter: type) -> Any:
+    import cloudpickle
+
+    module = sys.modules.get(adapter.__module__)
+    registered = False
+    if module is not None and adapter.__module__ != "__main__":
+        try:
+            cloudpickle.register_pickle_by_value(module)
+            registered = True
+        except ValueError:  # already by value
+            pass
+    try:
+        return protocol.pickled(adapter, protocol._cloud_dumps)
+    finally:
+        if registered:
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 def _resolves(path: str, adapter: type) -> bool:
@@ -80,13 +101,15 @@ class LaunchSpec:
     log_level: int = field(default_factory=lambda: logging.getLogger("snakepit.worker").getEffectiveLevel())
 
 
-def build_launch_spec(adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: Mapping[str, str] | None) -> LaunchSpec:
+def build_launch_spec(
+    adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: Mapping[str, str] | None, *, by_value: bool = False
+) -> LaunchSpec:
     if adapter_args is not None and not isinstance(adapter_args, Mapping):
         raise errors.validation(Reason.INVALID_CONFIG, "adapter_args must be a mapping of keyword arguments")
     # Unbuffered, so what a tool prints reaches the owner's logs when it is printed.
     env = {**os.environ, **SINGLE_THREADED_ENV, "PYTHONUNBUFFERED": "1", **(worker_env or {})}
     return LaunchSpec(
-        adapter=adapter_reference(adapter),
+        adapter=adapter_reference(adapter, by_value),
         # Encoded now: the boot frame is built on the supervisor thread, where an error would only be logged.
         adapter_args=protocol.wire_value(dict(adapter_args or {}), dumps=protocol._cloud_dumps),
         env=env,

@@ -1,0 +1,198 @@
+"""The owner's connection to one Ray actor.
+
+A call is an ``actor.run`` streaming generator; a reader thread per connection takes the
+streamed frames in order, as they come, into a bounded buffer, and marks a pipe readable
+whenever there is something to take (or the actor died). So a Ray worker looks to the pool like
+a process worker: ``take`` drains the buffer, ``receive`` and ``wait_any`` wait with ``poll``,
+``watch`` is ``loop.add_reader`` -- the generic pool's waits work unchanged, and the buffer's
+bound, with Ray's generator backpressure behind it, keeps a slow consumer from holding a
+whole stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import threading
+from collections import deque
+from typing import Any, Callable, Sequence
+
+from ...pool.timing import poll_ms
+from ...protocol import Cancel, FrameReader, FromWorker, Ping
+from ..base import DeadlineExceeded, WorkerGone
+
+_BUFFERED = 4096  # messages the reader thread takes ahead of the consumer, at most
+_BACKPRESSURE = 16  # streamed objects an actor may run ahead of the reader thread
+
+
+class RayConnection:
+    def __init__(self, ray: Any, actor: Any, on_control: Callable[[str, Any, Any], None], on_death: Callable[[], None]) -> None:
+        self._ray = ray
+        self.actor = actor
+        self.pid: int | None = None
+        self.node: str | None = None
+        self.exit_info: dict[str, Any] | None = None
+        self.exit_reported = False  # the supervisor was told it ended
+        self.broken = False
+        self._on_control = on_control  # (kind, ref, argument): the backend watches control calls
+        self._on_death = on_death
+        self._signal_r, self._signal_w = os.pipe()
+        os.set_blocking(self._signal_r, False)
+        os.set_blocking(self._signal_w, False)
+        self._lock = threading.Condition()
+        self._calls: deque[Any] = deque()  # streaming generators, in the order the calls were sent
+        self._messages: list[Any] = []
+        self._died: str | None = None
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, name="snakepit-ray-reader", daemon=True)
+        self._reader.start()
+
+    def __repr__(self) -> str:
+        return f"<ray actor pid={self.pid} node={self.node}>"
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def fits(self, size: int) -> bool:
+        return True  # Ray moves big arguments itself, without blocking the sender
+
+    def send(self, frame: bytes | bytearray, deadline: float | None = None) -> None:
+        with self._lock:
+            if self._died is not None:
+                raise WorkerGone()
+            call = self.actor.run.options(_generator_backpressure_num_objects=_BACKPRESSURE).remote(bytes(frame))
+            self._calls.append(call)
+            self._lock.notify_all()
+
+    def send_control(self, message: Any) -> bool:
+        if self._died is not None:
+            return False
+        if type(message) is Cancel:
+            self._on_control("cancel", self.actor.cancel.remote(list(message.ids)), None)
+        elif type(message) is Ping:
+            self._on_control("ping", self.actor.ping.remote(message.seq), message.seq)
+        return True
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        reader = FrameReader(FromWorker)
+        ray = self._ray
+        while True:
+            with self._lock:
+                while not self._calls and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                call = self._calls[0]
+            try:
+                ref = next(call)
+            except StopIteration:
+                with self._lock:
+                    self._calls.popleft()
+                continue
+            except Exception as exc:  # the actor died (RayActorError), or Ray itself is going
+                self._die(exc)
+                return
+            try:
+                data = ray.get(ref)
+            except Exception as exc:
+                self._die(exc)
+                return
+            messages = reader.feed(data)
+            with self._lock:
+                self._messages += messages
+                self._signal()
+                while len(self._messages) > _BUFFERED and not self._closed:
+                    self._lock.wait()
+
+    def _die(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._died is None:
+                self._died = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            self._signal()
+        self._on_death()
+
+    def _signal(self) -> None:
+        try:
+            os.write(self._signal_w, b"!")
+        except (BlockingIOError, OSError):  # already readable (full), or closed
+            pass
+
+    def take(self, exited: bool = False) -> list[Any]:
+        with self._lock:
+            try:
+                while os.read(self._signal_r, 4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+            messages, self._messages = self._messages, []
+            self._lock.notify_all()
+            if not messages and self._died is not None:
+                raise WorkerGone()
+        return messages
+
+    def receive(self, deadline: float | None) -> list[Any]:
+        poller = select.poll()
+        poller.register(self._signal_r, select.POLLIN)
+        while True:
+            messages = self.take()
+            if messages:
+                return messages
+            wait_ms = poll_ms(deadline)
+            if wait_ms == 0:
+                raise DeadlineExceeded()
+            poller.poll(wait_ms)
+
+    def watch(self, loop: asyncio.AbstractEventLoop, callback: Callable[[bool], None]) -> Callable[[], None]:
+        fd = self._signal_r
+        loop.add_reader(fd, callback, False)
+        return lambda: loop.remove_reader(fd)
+
+    @classmethod
+    def wait_any(cls, conns: Sequence[RayConnection], deadline: float | None) -> list[tuple[RayConnection, bool]]:
+        poller = select.poll()
+        by_fd = {}
+        for conn in conns:
+            poller.register(conn._signal_r, select.POLLIN)
+            by_fd[conn._signal_r] = conn
+        return [(by_fd[fd], False) for fd, _ in poller.poll(poll_ms(deadline))]
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    @property
+    def died(self) -> str | None:
+        """Why the actor is gone, once the connection has seen it go."""
+        return self._died
+
+    def kill(self) -> None:
+        try:
+            self._ray.kill(self.actor, no_restart=True)
+        except Exception:  # already gone, or Ray is shutting down
+            pass
+
+    def exit_status(self) -> dict[str, Any]:
+        if self.exit_info is None:
+            self.kill()  # what died under a call must not linger half-alive
+            self.exit_info = {"exit_code": None, "error": self._died or "the actor was killed"}
+        return self.exit_info
+
+    def salvage(self) -> list[Any]:
+        return []  # an object the actor streamed arrives whole or not at all: nothing is left to recover
+
+    def mark_dead(self, why: str) -> None:
+        """The backend saw the actor go (a control call failed, or it was stopped)."""
+        with self._lock:
+            if self._died is None:
+                self._died = why
+            self._signal()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        for fd in (self._signal_r, self._signal_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

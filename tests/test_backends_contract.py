@@ -1,0 +1,223 @@
+"""One contract, two backends: what a caller sees is the same whether workers are local
+processes or Ray actors -- calls, streams, cancellation, errors, sessions and the three affinity
+modes, map, asyncio, a worker that dies mid-stream.
+
+The differences the README's backend table lists are encoded here, and nothing more:
+* a crashed process worker's error names its exit (``exit_code``/``signal``), an actor's the
+  error Ray reported (``error``);
+* chunks a process worker yielded before dying are all delivered (its spill queue); an actor's
+  are delivered as far as Ray had streamed them;
+* a tool blocked in a C call (``time.sleep``) is interrupted at once in a process worker; an
+  actor's is stopped by killing the actor after ``cancel_grace`` (it is replaced).
+
+Ray runs as one local instance for the whole test session (``num_cpus=2``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+from helpers import FailingInit, Toolbox, wait_for
+
+from snakepit import HALT, Pool, SnakepitError
+
+BACKENDS = ["process", "ray"]
+
+
+@pytest.fixture(scope="session")
+def ray_instance():
+    ray = pytest.importorskip("ray", reason="the ray extra runs the Ray half of the contract")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local test instance
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> dict:
+    if request.param == "ray":
+        request.getfixturevalue("ray_instance")
+        return {"backend": "ray", "actor_options": {"num_cpus": 0.25}}
+    return {"backend": "process"}
+
+
+@pytest.fixture
+def pool(backend):
+    with Pool(Toolbox, size=2, start_timeout=60, cancel_grace=1.0, **backend) as pool:
+        yield pool
+
+
+def test_calls_results_and_errors(pool):
+    assert pool.execute("add", {"a": 2, "b": 40}) == 42
+    assert pool.execute("pair", {"p": (1, 2)}) == (1.0, 2.0)  # values travel exactly
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("fail", {"message": "nope"})
+    assert (info.value.category, info.value.reason) == ("python_error", "tool_exception")
+    assert "nope" in info.value.message and "in fail" in (info.value.traceback or "")  # the worker-side traceback
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("missing")
+    assert info.value.reason == "tool_not_found"
+    assert pool.stats()["size"] == 2 and all(w["pid"] for w in pool.stats()["worker_info"])
+
+
+def test_streams_in_order_with_halt_final_and_failure(pool):
+    assert [c["number"] for c in pool.stream("count", {"n": 50})] == list(range(50))
+    stream = pool.stream("with_final", {"n": 2})
+    assert list(stream)[-1] == {"done": True} and stream.result.metadata == {"total": 2}
+    seen = []
+    result = pool.execute_stream("count", {"n": 1000}, lambda c: HALT if len(seen) == 3 else seen.append(c))
+    assert result.halted and len(seen) == 3
+    got = []
+    with pytest.raises(SnakepitError) as info:
+        for item in pool.stream("stream_then_fail", {"n": 3}):
+            got.append(item)
+    assert got == [0, 1, 2] and info.value.reason == "tool_exception"
+
+
+def test_leaving_a_stream_early_closes_the_generator_in_the_worker(pool):
+    with pool.session("s", affinity="strict_queue") as session:
+        for index, _ in enumerate(session.stream("guarded", {"delay": 0.001})):
+            if index == 5:
+                break
+        wait_for(lambda: session.execute("state")["closed_streams"] == 1, timeout=30)
+
+
+def test_sessions_and_the_three_affinity_modes(pool):
+    strict = pool.session("pinned", affinity="strict_queue")
+    worker = strict.execute("state")["pid"]
+    assert all(strict.execute("state")["pid"] == worker for _ in range(5))
+    busy = threading.Thread(target=lambda: strict.execute("sleep", {"seconds": 1.0}))
+    busy.start()
+    wait_for(lambda: pool.stats()["busy"] >= 1)
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("state", session_id="pinned", affinity="strict_fail_fast")
+    assert info.value.reason == "worker_busy"
+    assert strict.execute("state")["pid"] == worker  # strict_queue waited for it
+    busy.join(30)
+    hinted = pool.execute("state", session_id="pinned", affinity="hint")
+    assert hinted["pid"] == worker
+
+
+def test_map_keeps_order_and_reports_failures_in_place(pool):
+    assert list(pool.map("add", [{"a": i} for i in range(200)])) == [i + 1 for i in range(200)]
+    results = list(pool.map("first", [{"items": [1]}, {"items": []}, {"items": [3]}], return_exceptions=True))
+    assert results[0] == 1 and isinstance(results[1], SnakepitError) and results[2] == 3
+
+
+def test_asyncio_calls_streams_and_cancellation(pool):
+    async def scenario():
+        assert await pool.aexecute("add", {"a": 1}) == 2
+        assert [c["number"] async for c in pool.astream("count", {"n": 5})] == list(range(5))
+        task = asyncio.ensure_future(pool.aexecute("sleep", {"seconds": 30}))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await asyncio.gather(*(pool.aexecute("add", {"a": i}) for i in range(10)))
+
+    assert asyncio.run(scenario()) == [i + 1 for i in range(10)]
+
+
+def test_a_worker_dying_mid_stream_is_worker_crashed_and_replaced(pool, backend):
+    got = []
+    with pytest.raises(SnakepitError) as info:
+        for item in pool.stream("stream_then_crash", {"n": 3}):
+            got.append(item)
+    assert (info.value.category, info.value.reason) == ("worker", "worker_crashed")
+    if backend["backend"] == "process":
+        assert got == [0, 1, 2] and info.value.details["exit_code"] == 9
+    else:
+        assert got == [0, 1, 2][: len(got)] and info.value.details["error"]
+    wait_for(lambda: pool.stats()["available"] == 2, timeout=60)
+    assert pool.execute("add", {"a": 1}) == 2
+
+
+def test_a_timed_out_call_frees_its_worker(pool, backend):
+    started = time.monotonic()
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("sleep", {"seconds": 30}, timeout=0.5)
+    assert info.value.category == "timeout" and time.monotonic() - started < 10
+    # process: interrupted at once; ray: the actor is killed after cancel_grace and replaced
+    wait_for(lambda: pool.stats()["available"] == 2, timeout=60)
+    assert pool.execute("add", {"a": 1}) == 2
+
+
+def test_a_worker_that_cannot_start_fails_start(backend):
+    with pytest.raises(SnakepitError) as info:
+        Pool(FailingInit, size=1, start_timeout=60, **backend).start()
+    assert info.value.reason == "worker_start_failed" and "cannot load the model" in info.value.message
+
+
+def test_cleanup_runs_once_per_worker_at_close(backend, tmp_path):
+    marker = tmp_path / "cleaned"
+    with Pool(Toolbox, size=2, start_timeout=60, worker_env={"SNAKEPIT_TEST_CLEANUP_FILE": str(marker)}, **backend) as pool:
+        pids = {info["pid"] for info in pool.stats()["worker_info"]}
+        assert pool.execute("state")["initialized"] == 1  # initialize() once per worker
+    assert sorted(int(line) for line in marker.read_text().split()) == sorted(pids)
+
+
+def test_a_served_pool_works_the_same_over_grpc(pool):
+    pytest.importorskip("grpc", reason="the grpc extra")
+    from snakepit.grpc import Client
+
+    with Client(pool.serve("127.0.0.1:0").address) as client:
+        assert client.execute("add", {"a": 2, "b": 3}) == 5
+        assert [c["number"] for c in client.stream("count", {"n": 3})] == [0, 1, 2]
+
+
+def test_ray_actors_show_their_node_and_an_unplaceable_one_fails_start(ray_instance):
+    with Pool(Toolbox, size=1, backend="ray", actor_options={"num_cpus": 0.25}, start_timeout=60) as pool:
+        [info] = pool.stats()["worker_info"]
+        assert info["pid"] > 0 and info["node"]  # the node's address
+    started = time.monotonic()
+    with pytest.raises(SnakepitError) as info:
+        Pool(Toolbox, size=1, backend="ray", actor_options={"num_gpus": 1}, start_timeout=3).start()  # no GPU here
+    assert info.value.reason == "worker_start_failed" and time.monotonic() - started < 30
+
+
+def test_ray_options_that_do_not_apply_are_refused():
+    with pytest.raises(SnakepitError) as info:
+        Pool(Toolbox, size=1, backend="ray", memory_limit_mb=100)
+    assert info.value.reason == "invalid_config" and "actor_options" in info.value.message
+    with pytest.raises(SnakepitError) as info:
+        Pool(Toolbox, size=1, actor_options={"num_cpus": 1})
+    assert info.value.reason == "invalid_config"
+
+
+_RAY_OWNERSHIP = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import ray
+from helpers import Toolbox
+from snakepit import Pool
+
+with Pool(Toolbox, size=1, backend="ray", actor_options={"num_cpus": 0.25}, start_timeout=120) as pool:
+    assert pool.execute("add", {"a": 1}) == 2
+    assert ray.is_initialized()
+print("pool-started ray shut down:", not ray.is_initialized())
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+with Pool(Toolbox, size=1, backend="ray", actor_options={"num_cpus": 0.25}, start_timeout=120) as pool:
+    assert pool.execute("add", {"a": 1}) == 2
+print("user-started ray left running:", ray.is_initialized())
+ray.shutdown()
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_pool_shuts_down_the_ray_it_started_and_never_the_users():
+    pytest.importorskip("ray", reason="the ray extra")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _RAY_OWNERSHIP, str(Path(__file__).parent)], capture_output=True, text=True, timeout=170, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pool-started ray shut down: True" in done.stdout and "user-started ray left running: True" in done.stdout
