@@ -6,7 +6,7 @@ import importlib
 import sys
 from typing import Sequence
 
-BENCHMARKS = ["stream_throughput", "execute_latency", "map_throughput", "grpc_throughput"]
+BENCHMARKS = ["stream_throughput", "execute_latency", "map_throughput", "grpc_throughput", "ray_backend"]
 
 
 def main(names: Sequence[str] | None = None) -> int:

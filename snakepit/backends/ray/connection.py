@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any, Callable, Sequence
 
 from ...pool.timing import poll_ms
-from ...protocol import Cancel, FrameReader, FromWorker, Ping
+from ...protocol import Call, Cancel, FrameReader, FromWorker, Ping, ToWorker
 from ..base import DeadlineExceeded, WorkerGone
 
 _BUFFERED = 4096  # messages the reader thread takes ahead of the consumer, at most
@@ -60,7 +60,10 @@ class RayConnection:
         with self._lock:
             if self._died is not None:
                 raise WorkerGone()
-            call = self.actor.run.options(_generator_backpressure_num_objects=_BACKPRESSURE).remote(bytes(frame))
+            if _streams(frame):
+                call = self.actor.run.options(_generator_backpressure_num_objects=_BACKPRESSURE).remote(bytes(frame))
+            else:
+                call = self.actor.call.remote(bytes(frame))
             self._calls.append(call)
             self._lock.notify_all()
 
@@ -85,15 +88,20 @@ class RayConnection:
                 if self._closed:
                     return
                 call = self._calls[0]
-            try:
-                ref = next(call)
-            except StopIteration:
+            if isinstance(call, ray.ObjectRef):  # a plain call: one object, then it is done
+                ref = call
                 with self._lock:
                     self._calls.popleft()
-                continue
-            except Exception as exc:  # the actor died (RayActorError), or Ray itself is going
-                self._die(exc)
-                return
+            else:
+                try:
+                    ref = next(call)
+                except StopIteration:
+                    with self._lock:
+                        self._calls.popleft()
+                    continue
+                except Exception as exc:  # the actor died (RayActorError), or Ray itself is going
+                    self._die(exc)
+                    return
             try:
                 data = ray.get(ref)
             except Exception as exc:
@@ -196,3 +204,9 @@ class RayConnection:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _streams(frame: bytes | bytearray) -> bool:
+    """Whether an encoded call is a stream (whose chunks must come as they are yielded)."""
+    [message] = FrameReader(ToWorker).feed(bytes(frame))
+    return type(message) is Call and message.stream
