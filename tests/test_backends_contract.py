@@ -221,3 +221,11 @@ def test_a_pool_shuts_down_the_ray_it_started_and_never_the_users():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "pool-started ray shut down: True" in done.stdout and "user-started ray left running: True" in done.stdout
+
+
+def test_a_worker_is_recycled_after_max_requests(backend):
+    with Pool(Toolbox, size=1, max_requests=2, start_timeout=60, **backend) as pool:
+        first = [pool.execute("state")["pid"] for _ in range(2)]
+        assert first[0] == first[1]
+        wait_for(lambda: pool.stats()["recycled"] == 1 and pool.stats()["available"] == 1, timeout=60)
+        assert pool.execute("state")["pid"] != first[0]  # a fresh worker
