@@ -229,3 +229,18 @@ def test_a_worker_is_recycled_after_max_requests(backend):
         assert first[0] == first[1]
         wait_for(lambda: pool.stats()["recycled"] == 1 and pool.stats()["available"] == 1, timeout=60)
         assert pool.execute("state")["pid"] != first[0]  # a fresh worker
+
+
+def test_import_snakepit_and_a_process_pool_never_import_ray():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import snakepit; from helpers import Toolbox\n"
+        "with snakepit.Pool(Toolbox, size=1) as pool: pool.execute('add', {'a': 1})\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", probe, str(Path(__file__).parent)], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
