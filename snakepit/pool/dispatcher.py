@@ -478,6 +478,20 @@ class Dispatcher:
         self.workers.pop(handle.id, None)
         return self.router.remove(handle.id)
 
+    def end(self, handle: Worker, *, on_purpose: bool) -> None:
+        """A caller found its worker cannot go on (it read nothing of a call by the deadline, or
+        a write was cut half-way): end it now; once it has exited it is replaced like any
+        worker that dies. ``on_purpose``: its death says nothing of a crash loop."""
+        if on_purpose:
+            handle.killed_on_purpose = True
+        handle.conn.kill()
+
+    def postmortem(self, handle: Worker) -> list[Any]:
+        """A worker died under a caller: once it is gone for good, the messages it had produced
+        but not delivered (they are the caller's, in order, before the crash is reported)."""
+        handle.conn.exit_status()
+        return handle.conn.salvage()
+
     def died_under_caller(self, handle: Worker) -> dict[str, Any]:
         """A caller saw its worker die: reap it (its exit code or signal is the caller's error),
         take it out of service and have the supervisor replace it. The caller still releases it."""

@@ -6,18 +6,22 @@ chunks, the end of a stream, a failure) and decides how the worker leaves the ca
 * released, when the call ended normally or with an error the worker reported (it is clean);
 * abandoned, when the caller stops early (HALT, exception, ``close()``, timeout): the worker is
   told to cancel and the supervisor drains it until it acknowledges, off the caller's thread;
-* lost, when the process died: the caller reports ``worker_crashed`` with its exit status.
+* lost, when the worker died: the caller reports ``worker_crashed`` with how it ended.
 
 Whatever else interrupts the caller (Ctrl-C, a ``MemoryError``, an exception in its own code)
 abandons the call the same way, so the worker always comes back: drained, or, if the interruption
-may have cost bytes of its pipe, killed and replaced.
+may have cost bytes of its connection, ended and replaced.
+
+The exchange decides; it does not end, reap or salvage a worker itself. The dispatcher carries
+those decisions out (``end``, ``postmortem``, ``release``, ``abandon``) through the backend's
+connection.
 
 A call's deadline holds while chunks keep coming: each chunk is delivered only before it, and a
 consumer past it gets the ``timeout`` error instead of its next chunk.
 
 The drivers differ only in how they wait for the next batch of messages: :meth:`Exchange.fetch`
-blocks the calling thread; the asyncio driver waits for the pipe through the event loop. Nothing
-else is written twice.
+blocks the calling thread; the asyncio driver waits through the event loop. Both deliver chunks
+through one :class:`Delivery`.
 """
 
 from __future__ import annotations
@@ -100,14 +104,13 @@ class Exchange:
         except WorkerGone:
             self.gone()
         except DeadlineExceeded:  # it read nothing of a large call: stopped or hung
-            handle.conn.kill()
+            self.dispatcher.end(handle, on_purpose=False)
             self.expired()
         except BaseException:  # Ctrl-C mid-write: part of a frame may be in the pipe
             if not self.sent:
                 self.cancel()  # nothing was written: the worker is clean
                 raise
-            handle.killed_on_purpose = True
-            handle.conn.kill()
+            self.dispatcher.end(handle, on_purpose=True)
             self.finished = True
             self.dispatcher.died_under_caller(handle)
             self.dispatcher.release(handle, self.lease)
@@ -130,8 +133,7 @@ class Exchange:
         """The worker died: first deliver what it had queued, then report the crash."""
         if not self.finished and not self._salvaged:
             self._salvaged = True
-            self.handle.conn.exit_status()  # what it left is recovered once it is gone for good
-            messages = self.handle.conn.salvage()
+            messages = self.dispatcher.postmortem(self.handle)
             if messages:
                 self.feed(messages)
                 return

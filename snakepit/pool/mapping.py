@@ -200,11 +200,10 @@ class MapEngine:
         if isinstance(error, WorkerGone):
             self.lost(handle)
         elif isinstance(error, DeadlineExceeded):  # it read nothing of a large batch: stopped or hung
-            handle.conn.kill()
+            self._dispatcher.end(handle, on_purpose=False)
             self._expire(handle)
         else:  # Ctrl-C mid-write: part of a frame may be in the pipe
-            handle.killed_on_purpose = True
-            handle.conn.kill()
+            self._dispatcher.end(handle, on_purpose=True)
             self.lost(handle)
             raise error
 
