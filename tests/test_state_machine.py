@@ -33,6 +33,7 @@ class MemoryConnection:
 
     def __init__(self, pid: int = 4242) -> None:
         self.pid = pid
+        self.node = None
         self.exit_info: dict[str, Any] | None = None
         self.broken = False
         self.sent: list[Any] = []
@@ -44,6 +45,9 @@ class MemoryConnection:
 
     def fits(self, size: int) -> bool:
         return True
+
+    def memory(self) -> int | None:
+        return None
 
     def send(self, frame: Any, deadline: float | None = None) -> None:
         if self.exit_info is not None:

@@ -41,6 +41,9 @@ class Connection(Protocol):
         """Bytes may have been lost reading it (an exception escaped a read): what it says next
         cannot be trusted, so the worker must be replaced."""
 
+    def memory(self) -> int | None:
+        """The worker's resident memory in bytes, where it can be measured from here."""
+
     def fits(self, size: int) -> bool:
         """A call of ``size`` bytes is taken at once, without waiting for the worker to read."""
 

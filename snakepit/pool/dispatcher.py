@@ -563,14 +563,18 @@ class Dispatcher:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             self.sessions.sweep(time.monotonic())
-            return {
+            workers = list(self.workers.values())
+            snapshot = {
                 "sessions": len(self.sessions),
                 "workers": len(self.workers),
                 "available": self.router.idle,
                 "busy": self.router.busy,
                 "waiting": self.router.waiting,
-                "worker_info": [_worker_info(h) for h in self.workers.values()],
+                "worker_info": [_worker_info(h) for h in workers],
             }
+        for info, handle in zip(snapshot["worker_info"], workers):  # measured outside the lock
+            info["rss"] = handle.conn.memory()
+        return snapshot
 
 
 def _hand_over(handle: Worker, ticket: Ticket) -> None:

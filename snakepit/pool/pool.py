@@ -23,7 +23,7 @@ from . import aio, mapping
 from .aio import AsyncStream
 from .dispatcher import Counters, Dispatcher
 from .exchange import Exchange, Stream, run_execute, run_stream
-from .recycling import RECYCLE_REASONS, RecyclePolicy, rss_bytes
+from .recycling import RECYCLE_REASONS, RecyclePolicy
 from .request import CallRequest
 from .session import Session
 from .supervisor import Supervisor
@@ -593,8 +593,6 @@ class Pool:
         """Counters and per-worker state, as plain data."""
         counts = self._counters.snapshot()
         snapshot = self._dispatcher.snapshot()
-        for info in snapshot["worker_info"]:
-            info["rss"] = rss_bytes(info["pid"]) if info["node"] is None else None  # a local process's only
         return {
             "requests": counts.get("requests", 0),
             "errors": counts.get("errors", 0),

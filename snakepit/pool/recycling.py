@@ -1,16 +1,14 @@
 """When a healthy worker should be replaced anyway: too many requests, too old, too big.
 
 Checked between calls, never inside one: after each call (the worker is about to go back to the
-pool) and periodically while a worker is idle. RSS is read with psutil, only when a memory limit
-is set.
+pool) and periodically while a worker is idle. Memory is what the backend's connection measures
+(a process's RSS), read only when a memory limit is set.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-
-import psutil
 
 from .workers import Worker
 
@@ -37,14 +35,8 @@ class RecyclePolicy:
         if self.worker_ttl is not None and time.monotonic() - handle.started_monotonic >= self.worker_ttl:
             return WORKER_TTL
         if self.memory_limit_mb is not None:
-            rss = rss_bytes(handle.pid)
+            rss = handle.conn.memory()
             if rss is not None and rss >= self.memory_limit_mb * 1024 * 1024:
                 return MEMORY_LIMIT
         return None
 
-
-def rss_bytes(pid: int) -> int | None:
-    try:
-        return psutil.Process(pid).memory_info().rss
-    except psutil.Error:
-        return None

@@ -107,6 +107,13 @@ class ProcessConnection:
     def __repr__(self) -> str:
         return f"<worker process {self.worker_id} pid={self.pid}>"
 
+    def memory(self) -> int | None:
+        """The process's resident memory, in bytes (None once it is gone)."""
+        try:
+            return psutil.Process(self.pid).memory_info().rss
+        except psutil.Error:
+            return None
+
     @property
     def broken(self) -> bool:
         """Bytes of the responses pipe may have been lost: what it says next cannot be trusted."""

@@ -53,6 +53,9 @@ class RayConnection:
 
     # -- sending ---------------------------------------------------------------------------------
 
+    def memory(self) -> int | None:
+        return None  # the actor may run on another machine: Ray's dashboard has it
+
     def fits(self, size: int) -> bool:
         return True  # Ray moves big arguments itself, without blocking the sender
 
