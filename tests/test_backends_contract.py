@@ -244,3 +244,16 @@ def test_import_snakepit_and_a_process_pool_never_import_ray():
 
     out = subprocess.run([sys.executable, "-c", probe, str(Path(__file__).parent)], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("death", ["crash", "kill_self"])  # os._exit, SIGKILL
+def test_a_strict_session_whose_worker_died_is_told_once_then_starts_afresh(pool, death):
+    session = pool.session("strict", affinity="strict_queue")
+    session.execute("add", {"a": 1})
+    with pytest.raises(SnakepitError) as info:
+        session.execute(death)
+    assert info.value.reason == "worker_crashed"
+    with pytest.raises(SnakepitError) as info:
+        session.execute("add", {"a": 1})
+    assert info.value.reason == "session_worker_unavailable"
+    assert session.execute("add", {"a": 1}) == 2  # pinned afresh to a live worker
