@@ -257,3 +257,22 @@ def test_a_strict_session_whose_worker_died_is_told_once_then_starts_afresh(pool
         session.execute("add", {"a": 1})
     assert info.value.reason == "session_worker_unavailable"
     assert session.execute("add", {"a": 1}) == 2  # pinned afresh to a live worker
+
+
+def test_a_slow_reader_of_big_chunks_holds_the_tool_back(backend):
+    """Backpressure on both backends: 1 MiB chunks, endless; the consumer reads a few slowly.
+    The tool runs only a bounded number of chunks ahead (the buffers on the way), far from the
+    hundreds of megabytes an unbounded stream would make."""
+    from helpers import Faulty
+
+    with Pool(Faulty, size=1, start_timeout=60, **backend) as pool:
+        with pool.session("s", affinity="strict_queue") as session:
+            stream = session.stream("flood", {"size": 1 << 20})
+            for index, chunk in enumerate(stream):
+                assert len(chunk) == 1 << 20
+                time.sleep(0.2)
+                if index == 5:
+                    break
+            stream.close()
+            counters = wait_for(lambda: (c := session.execute("flooded", timeout=30))["closed_streams"] == 1 and c, timeout=60)
+    assert counters["produced"] < 6 + 200, counters

@@ -30,8 +30,12 @@ from ...errors import CallCancelled, Category, Reason
 from ...hosting import ToolHost
 from ...protocol import TERMINAL, Batch, Boot, Call, Chunk, Failure, FrameReader, Ready, ToWorker, encode_frame
 
-_MAX_PER_OBJECT = 512  # messages packed into one streamed object, at most
-_QUEUE = 4096  # messages the tool thread may run ahead of the stream (then it waits)
+# A stream's tool runs at most this many messages ahead of what Ray has taken (then it waits).
+# One streamed object packs what is at hand, up to _MAX_PER_OBJECT messages or about
+# _OBJECT_BYTES: small chunks travel many per object, big ones (arrays) one or a few.
+_QUEUE = 32
+_MAX_PER_OBJECT = 256
+_OBJECT_BYTES = 1 << 20
 
 
 class _Outbox:
@@ -97,14 +101,24 @@ class SnakepitActor:
         call_id = message.id
         pending = self._out.queue
         while True:
-            batch = [pending.get()]
-            while len(batch) < _MAX_PER_OBJECT:
+            item = pending.get()
+            frames, size, count, done = [], 0, 0, False
+            while True:
+                frame = encode_frame(item)
+                frames.append(frame)
+                size += len(frame)
+                count += 1
+                if isinstance(item, TERMINAL) and item.id == call_id:
+                    done = True
+                    break
+                if count >= _MAX_PER_OBJECT or size >= _OBJECT_BYTES:
+                    break
                 try:
-                    batch.append(pending.get_nowait())
+                    item = pending.get_nowait()
                 except queue.Empty:
                     break
-            yield b"".join(encode_frame(item) for item in batch)
-            if any(isinstance(item, TERMINAL) and item.id == call_id for item in batch):
+            yield b"".join(frames)
+            if done:
                 return
 
     def _message(self, frame: bytes) -> Any:

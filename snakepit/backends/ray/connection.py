@@ -22,8 +22,11 @@ from ...pool.timing import poll_ms
 from ...protocol import Call, Cancel, FrameReader, FromWorker, Ping, ToWorker
 from ..base import DeadlineExceeded, WorkerGone
 
-_BUFFERED = 4096  # messages the reader thread takes ahead of the consumer, at most
-_BACKPRESSURE = 16  # streamed objects an actor may run ahead of the reader thread
+# The reader thread takes at most this much ahead of the consumer, then waits (and Ray's
+# generator backpressure holds the actor): in messages, and in bytes for streams of big chunks.
+_BUFFERED = 4096
+_BUFFERED_BYTES = 16 << 20
+_BACKPRESSURE = 8  # streamed objects an actor may run ahead of the reader thread
 
 
 class RayConnection:
@@ -43,6 +46,7 @@ class RayConnection:
         self._lock = threading.Condition()
         self._calls: deque[Any] = deque()  # streaming generators, in the order the calls were sent
         self._messages: list[Any] = []
+        self._buffered_bytes = 0
         self._died: str | None = None
         self._closed = False
         self._reader = threading.Thread(target=self._read, name="snakepit-ray-reader", daemon=True)
@@ -113,8 +117,9 @@ class RayConnection:
             messages = reader.feed(data)
             with self._lock:
                 self._messages += messages
+                self._buffered_bytes += len(data)
                 self._signal()
-                while len(self._messages) > _BUFFERED and not self._closed:
+                while (len(self._messages) > _BUFFERED or self._buffered_bytes > _BUFFERED_BYTES) and not self._closed:
                     self._lock.wait()
 
     def _die(self, exc: BaseException) -> None:
@@ -138,6 +143,7 @@ class RayConnection:
             except (BlockingIOError, OSError):
                 pass
             messages, self._messages = self._messages, []
+            self._buffered_bytes = 0
             self._lock.notify_all()
             if not messages and self._died is not None:
                 raise WorkerGone()
