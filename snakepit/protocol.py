@@ -183,6 +183,8 @@ TERMINAL = (Result, End, Failure, BatchResult)
 # stamped over it in place: no copy of a large call.
 _UNSTAMPED = 1 << 63
 _UINT64 = 0xCF
+_TRUE = 0xC3
+_CALL_TAG_AT = HEADER.size + 1  # after the frame header and the fixarray header
 _CALL_ID_AT = HEADER.size + 3  # after the frame header, the fixarray header, the tag and the uint64 marker
 _CALL_ID = struct.Struct(">Q")
 
@@ -200,6 +202,13 @@ def call_frame(tool: str, args: dict[str, Any], stream: bool) -> bytearray:
 
 def stamp_call_id(frame: bytearray, call_id: int) -> None:
     _CALL_ID.pack_into(frame, _CALL_ID_AT, call_id)
+
+
+def is_stream_call(frame: bytes | bytearray) -> bool:
+    """Whether an encoded frame (from :func:`call_frame`, or a ``Batch``) is a streaming ``Call``,
+    read from its layout -- the tag is its second byte, the stream flag its last -- without
+    decoding its arguments."""
+    return frame[_CALL_TAG_AT] == Call.__struct_config__.tag and frame[-1] == _TRUE
 
 
 def failure(call_id: int, error: errors.SnakepitError) -> Failure:

@@ -209,3 +209,14 @@ def test_outbox_delivers_bursts_in_order_through_a_pipe():
             items.extend(message.items)
     assert items == [{"i": i} for i in range(20_000)]
     assert isinstance(received[-1], End)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_streaming_call_is_told_from_its_frame_without_decoding_it(stream):
+    from snakepit import protocol
+
+    frame = protocol.call_frame("tool", {"blob": b"x" * 1000, "flag": True}, stream)
+    protocol.stamp_call_id(frame, 7)
+    assert protocol.is_stream_call(frame) is stream
+    batch = protocol.encode_frame(protocol.Batch(1, "tool", msgspec.Raw(msgspec.msgpack.encode([True]))))
+    assert batch[-1] == 0xC3 and protocol.is_stream_call(batch) is False  # ends in True, but is no Call

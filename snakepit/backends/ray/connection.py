@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any, Callable, Sequence
 
 from ...pool.timing import poll_ms
-from ...protocol import Call, Cancel, FrameReader, FromWorker, Ping, ToWorker
+from ...protocol import Cancel, FrameReader, FromWorker, Ping, is_stream_call
 from ..base import DeadlineExceeded, WorkerGone
 
 # The reader thread takes at most this much ahead of the consumer, then waits (and Ray's
@@ -57,6 +57,11 @@ class RayConnection:
 
     # -- sending ---------------------------------------------------------------------------------
 
+    @property
+    def ready_fd(self) -> int:
+        """The signal pipe: readable when there is something to take, or the actor died."""
+        return self._signal_r
+
     def memory(self) -> int | None:
         return None  # the actor may run on another machine: Ray's dashboard has it
 
@@ -67,7 +72,7 @@ class RayConnection:
         with self._lock:
             if self._died is not None:
                 raise WorkerGone()
-            if _streams(frame):
+            if is_stream_call(frame):
                 call = self.actor.run.options(_generator_backpressure_num_objects=_BACKPRESSURE).remote(bytes(frame))
             else:
                 call = self.actor.call.remote(bytes(frame))
@@ -214,8 +219,3 @@ class RayConnection:
             except OSError:
                 pass
 
-
-def _streams(frame: bytes | bytearray) -> bool:
-    """Whether an encoded call is a stream (whose chunks must come as they are yielded)."""
-    [message] = FrameReader(ToWorker).feed(bytes(frame))
-    return type(message) is Call and message.stream
