@@ -41,6 +41,11 @@ class Connection(Protocol):
         """Bytes may have been lost reading it (an exception escaped a read): what it says next
         cannot be trusted, so the worker must be replaced."""
 
+    @property
+    def ready_fd(self) -> int:
+        """A file descriptor readable whenever :meth:`take` has something, or the worker has
+        ended: what the supervisor's selector watches while a cancelled call drains."""
+
     def memory(self) -> int | None:
         """The worker's resident memory in bytes, where it can be measured from here."""
 
@@ -94,9 +99,6 @@ class WorkerEvents(Protocol):
     def pong(self, worker: Worker, seq: int) -> None:
         """The worker answered heartbeat ``seq``."""
 
-    def drained(self, worker: Worker) -> None:
-        """The call being drained (see :meth:`Backend.drain`) has ended: the worker is clean."""
-
 
 class Backend(Protocol):
     """Launches, watches, stops and describes workers: the mechanisms. When to do what (start
@@ -110,12 +112,6 @@ class Backend(Protocol):
 
     def launch(self, worker: Worker) -> None:
         """Start ``worker`` (setting ``worker.conn``); raises if nothing could be started."""
-
-    def drain(self, worker: Worker, call_id: int) -> None:
-        """Report ``events.drained(worker)`` once the cancelled call ``call_id`` has ended."""
-
-    def draining(self, worker: Worker) -> int | None:
-        """The call being drained from ``worker``, if any."""
 
     def ask_to_stop(self, worker: Worker) -> None:
         """Ask the worker to stop once idle, running its adapter's ``cleanup()``."""

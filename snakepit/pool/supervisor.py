@@ -2,7 +2,8 @@
 
 The supervisor is a :class:`~snakepit.pool.reactor.Reactor`: everything that can happen to a
 worker reaches it as an event on its thread (the backend's :class:`WorkerEvents`: ready,
-exited, a heartbeat answered, a cancelled call drained) or as one of its timers: start-up
+exited, a heartbeat answered), as a worker's connection becoming readable while a cancelled call
+drains, or as one of its timers: start-up
 deadlines, cancel grace periods, restart back-off, and a periodic health round that pings idle
 workers (a worker that stops answering is killed and replaced) and recycles idle ones past
 ``worker_ttl`` or ``memory_limit_mb``. It holds the policy; the backend
@@ -25,10 +26,10 @@ from typing import Any
 
 from .. import errors
 from ..adapter import ToolSpec
-from ..backends.base import Backend
+from ..backends.base import Backend, WorkerGone
 from ..errors import Reason
 from ..observe import Observer
-from ..protocol import Cancel, Ping
+from ..protocol import TERMINAL, Cancel, Ping
 from .dispatcher import Counters, Dispatcher
 from .reactor import Reactor
 from .recycling import RecyclePolicy
@@ -75,6 +76,7 @@ class Supervisor(Reactor):
         self._ids = itertools.count(1)
         self._pings = itertools.count(1)
         self.handles: dict[int, Worker] = {}  # every worker not yet disposed of
+        self._draining: dict[int, int] = {}  # worker id -> call id being cancelled
         self._stopping = False
         self._young_deaths = 0
 
@@ -192,9 +194,6 @@ class Supervisor(Reactor):
         if handle.ping is not None and handle.ping[0] == seq:
             handle.ping = None
 
-    def drained(self, handle: Worker) -> None:
-        self._dispatcher.drained(handle)
-
     def exited(self, handle: Worker) -> None:
         was_starting = handle.state is WorkerState.STARTING
         if self._dispatcher.worker_died(handle):
@@ -228,11 +227,32 @@ class Supervisor(Reactor):
         """Wait (off the caller's thread) for a cancelled call to end; kill the worker if it won't."""
         if handle.state is not WorkerState.DRAINING:
             return
+        self._draining[handle.id] = call_id
         self.later(self._cancel_grace, self._drain_expired, handle, call_id)
-        self.backend.drain(handle, call_id)
+        self.watch(handle.conn.ready_fd, self._read_drain, handle)
+        self._read_drain(handle)
+
+    def _read_drain(self, handle: Worker) -> None:
+        call_id = self._draining.get(handle.id)
+        if call_id is None:
+            return
+        try:
+            messages = handle.conn.take()
+        except WorkerGone:  # its death is reported on its own
+            self._stop_draining(handle)
+            return
+        for message in messages:
+            if isinstance(message, TERMINAL) and message.id == call_id:
+                self._stop_draining(handle)
+                self._dispatcher.drained(handle)
+                return
+
+    def _stop_draining(self, handle: Worker) -> None:
+        if self._draining.pop(handle.id, None) is not None:
+            self.unwatch(handle.conn.ready_fd)
 
     def _drain_expired(self, handle: Worker, call_id: int) -> None:
-        if self.backend.draining(handle) == call_id and handle.state is WorkerState.DRAINING:
+        if self._draining.get(handle.id) == call_id and handle.state is WorkerState.DRAINING:
             self.observer.emit(
                 "cancel_timeout", logging.WARNING,
                 f"worker {handle.id} did not give up call {call_id} within cancel_grace={self._cancel_grace}s; terminating it",
@@ -303,7 +323,7 @@ class Supervisor(Reactor):
             handle.conn.send_control(Cancel(calls))
             self.drain(handle, calls[-1])
         for handle in list(self.handles.values()):
-            if handle.state is WorkerState.DRAINING and self.backend.draining(handle) is None and handle.conn.exit_info is None:
+            if handle.state is WorkerState.DRAINING and handle.id not in self._draining and handle.conn.exit_info is None:
                 if handle.conn.broken:
                     self.scrap(handle)
                 elif handle.outstanding:
@@ -335,6 +355,7 @@ class Supervisor(Reactor):
         self._on_death(handle, False)
 
     def _on_death(self, handle: Worker, was_starting: bool) -> None:
+        self._stop_draining(handle)
         info = self.backend.ended(handle)
         if not handle.checked_out:
             self.dispose(handle)

@@ -6,8 +6,7 @@ selector, so it reacts at once and never polls:
 
 * a process's pidfd becomes readable when the process exits, whatever killed it (without
   pidfds, a thread blocked in ``waitpid`` stands in);
-* the responses pipe of a *starting* worker delivers ``Ready`` or ``StartFailed``, that of a
-  *draining* one the cancelled call's last message;
+* the responses pipe of a *starting* worker delivers ``Ready`` or ``StartFailed``;
 * the events pipe delivers heartbeat answers and log records, stdout and stderr deliver lines:
   all relayed to :mod:`logging` (see :mod:`.relay`).
 
@@ -26,7 +25,7 @@ from typing import Any, Iterable
 
 from ...pool.reactor import Reactor
 from ...pool.workers import Worker
-from ...protocol import TERMINAL, Log, Pong, Ready, Shutdown, StartFailed, encode_frame
+from ...protocol import Log, Pong, Ready, Shutdown, StartFailed, encode_frame
 from ..base import WorkerEvents
 from .janitor import Janitor
 from .launcher import LaunchSpec, spawn
@@ -41,7 +40,6 @@ class ProcessBackend:
         self.relay = LogRelay()
         self.janitor = Janitor()
         self._splitters: dict[int, LineSplitter] = {}  # output fd -> its partial line
-        self._draining: dict[int, int] = {}  # worker id -> call id being cancelled
         self._reactor: Reactor = None  # type: ignore[assignment]  # set by start()
         self._events: WorkerEvents = None  # type: ignore[assignment]
 
@@ -116,37 +114,6 @@ class ProcessBackend:
             self._unwatch(worker, fd)
             del self._splitters[fd]
 
-    # -- draining --------------------------------------------------------------------------------
-
-    def drain(self, worker: Worker, call_id: int) -> None:
-        """Report ``events.drained`` once the worker has sent call ``call_id``'s last message."""
-        self._draining[worker.id] = call_id
-        self._watch(worker, worker.conn.responses_fd, self._read_drain)
-        self._read_drain(worker)
-
-    def draining(self, worker: Worker) -> int | None:
-        """The call being drained from ``worker``, if any."""
-        return self._draining.get(worker.id)
-
-    def _read_drain(self, worker: Worker) -> None:
-        call_id = self._draining.get(worker.id)
-        if call_id is None:
-            return
-        conn = worker.conn
-        while True:
-            messages = conn.reader.read(conn.responses_fd)
-            if not messages:
-                if messages is None:  # end of file: the exit watch reports the death
-                    self._unwatch(worker, conn.responses_fd)
-                    self._draining.pop(worker.id, None)
-                return
-            for message in messages:
-                if isinstance(message, TERMINAL) and message.id == call_id:
-                    self._unwatch(worker, conn.responses_fd)
-                    del self._draining[worker.id]
-                    self._events.drained(worker)
-                    return
-
     # -- stopping --------------------------------------------------------------------------------
 
     def ask_to_stop(self, worker: Worker) -> None:
@@ -167,7 +134,6 @@ class ProcessBackend:
         if not conn.has_exited():  # end of file without exit
             conn.kill()
         info = conn.reap()
-        self._draining.pop(worker.id, None)
         for fd in (conn.pidfd, conn.responses_fd):
             self._unwatch(worker, fd)
         return info

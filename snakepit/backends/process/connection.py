@@ -115,6 +115,11 @@ class ProcessConnection:
             return None
 
     @property
+    def ready_fd(self) -> int:
+        """The responses pipe: readable when there is something to take, or at end of file."""
+        return self.responses_fd
+
+    @property
     def broken(self) -> bool:
         """Bytes of the responses pipe may have been lost: what it says next cannot be trusted."""
         return self.reader.broken

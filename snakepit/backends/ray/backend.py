@@ -60,7 +60,6 @@ class RayBackend:
         self._events: WorkerEvents = None  # type: ignore[assignment]
         self._pending: dict[Any, tuple[str, Worker, Any]] = {}  # control call -> (kind, worker, argument)
         self._pending_lock = threading.Condition()
-        self._draining: dict[int, int] = {}
         self._closing = False
         self._watcher: threading.Thread | None = None
 
@@ -167,35 +166,6 @@ class RayBackend:
             conn.exit_reported = True
             self._events.exited(worker)
 
-    # -- draining --------------------------------------------------------------------------------
-
-    def drain(self, worker: Worker, call_id: int) -> None:
-        self._draining[worker.id] = call_id
-        self._reactor.watch(worker.conn._signal_r, self._read_drain, worker)
-        self._read_drain(worker)
-
-    def draining(self, worker: Worker) -> int | None:
-        return self._draining.get(worker.id)
-
-    def _read_drain(self, worker: Worker) -> None:
-        call_id = self._draining.get(worker.id)
-        if call_id is None:
-            return
-        try:
-            messages = worker.conn.take()
-        except Exception:  # gone: the death is reported on its own
-            self._stop_draining(worker)
-            return
-        for message in messages:
-            if isinstance(message, protocol.TERMINAL) and message.id == call_id:
-                self._stop_draining(worker)
-                self._events.drained(worker)
-                return
-
-    def _stop_draining(self, worker: Worker) -> None:
-        if self._draining.pop(worker.id, None) is not None:
-            self._reactor.unwatch(worker.conn._signal_r)
-
     # -- stopping --------------------------------------------------------------------------------
 
     def ask_to_stop(self, worker: Worker) -> None:
@@ -207,7 +177,6 @@ class RayBackend:
         worker.conn.kill()  # Ray has no polite kill
 
     def ended(self, worker: Worker) -> dict[str, Any]:
-        self._stop_draining(worker)
         return worker.conn.exit_status()
 
     def dispose(self, worker: Worker) -> None:
