@@ -259,43 +259,26 @@ class Pool:
 
     def run(self, request: CallRequest) -> Any:
         """:meth:`execute` of a prepared request."""
-        self._counters.bump("requests")
-        exchange = None
-        try:
-            exchange = self._begin(request, False)
-            return run_execute(exchange)
-        except errors.SnakepitError:
-            self._counters.bump("errors")
-            raise
-        except BaseException:  # interrupted between two steps: the worker comes back
-            if exchange is not None:
-                exchange.cancel()
-            raise
+        return self._call(request, False, run_execute)
 
     def run_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
         """:meth:`execute_stream` of a prepared request."""
         if not callable(callback):
             raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
-        self._counters.bump("requests")
-        exchange = None
-        try:
-            exchange = self._begin(request, True)
-            return run_stream(exchange, callback)
-        except errors.SnakepitError:
-            self._counters.bump("errors")
-            raise
-        except BaseException:
-            if exchange is not None:
-                exchange.cancel()
-            raise
+        return self._call(request, True, lambda exchange: run_stream(exchange, callback))
 
     def open_stream(self, request: CallRequest) -> Stream:
         """:meth:`stream` of a prepared request."""
+        return self._call(request, True, lambda exchange: Stream(exchange, lambda: self._counters.bump("errors"), self))
+
+    def _call(self, request: CallRequest, stream: bool, drive: Callable[[Exchange], Any]) -> Any:
+        """Begin a call and hand its exchange to ``drive``, counting it and its error; whatever
+        interrupts it between two steps gives the worker back."""
         self._counters.bump("requests")
         exchange = None
         try:
-            exchange = self._begin(request, True)
-            return Stream(exchange, lambda: self._counters.bump("errors"), self)
+            exchange = self._begin(request, stream)
+            return drive(exchange)
         except errors.SnakepitError:
             self._counters.bump("errors")
             raise
