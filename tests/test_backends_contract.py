@@ -10,7 +10,7 @@ The differences the README's backend table lists are encoded here, and nothing m
 * a tool blocked in a C call (``time.sleep``) is interrupted at once in a process worker; an
   actor's is stopped by killing the actor after ``cancel_grace`` (it is replaced).
 
-Ray runs as one local instance for the whole test session (``num_cpus=2``).
+Ray runs as one local instance for this module (``num_cpus=2``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from snakepit import HALT, Pool, SnakepitError
 BACKENDS = ["process", "ray"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_instance():
+    """One local Ray for this module, shut down at its end: its background threads open and
+    close descriptors, which other modules' leak checks must not see."""
     ray = pytest.importorskip("ray", reason="the ray extra runs the Ray half of the contract")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local test instance
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
