@@ -191,10 +191,15 @@ _CALL_ID = struct.Struct(">Q")
 
 def call_frame(tool: str, args: dict[str, Any], stream: bool) -> bytearray:
     """A ``Call`` frame without its id (see :func:`stamp_call_id`); ``serialization_error`` if
-    the arguments cannot travel."""
-    frame = encode_with(
-        lambda wire: encode_frame(Call(_UNSTAMPED, tool, wire, stream)), args, exact=exact_args, dumps=_cloud_dumps
-    )
+    the arguments cannot travel. (:func:`encode_with`, unrolled: this runs once per call.)"""
+    frame = None
+    if exact_args(args):
+        try:
+            frame = encode_frame(Call(_UNSTAMPED, tool, args, stream))
+        except REFUSED:
+            pass
+    if frame is None:
+        frame = encode_frame(Call(_UNSTAMPED, tool, pickled(args, _cloud_dumps), stream))
     if frame[_CALL_ID_AT - 1] != _UINT64:  # the layout of Call changed: the stamp would corrupt it
         raise AssertionError("unexpected Call frame layout")
     return frame
@@ -452,17 +457,24 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
-_READ_SIZE = 1 << 20
+_READ_SIZE = 1 << 20  # the most one read of a pipe takes (the owner's: it reads into a reused buffer)
+_BLOCKING_READ_SIZE = 1 << 16  # the worker's reads: a new bytes object each, so kept small
 
 
 class FrameReader:
-    """Splits bytes read from a non-blocking pipe into decoded messages.
+    """Splits bytes read from a pipe into decoded messages.
 
     Small frames are cut from each read; a frame larger than one read is received straight into a
     buffer of its final size, so a 100 MB result is copied once, not re-joined per read.
+
+    The owner reads its non-blocking pipes (:meth:`read`) into one reused buffer: ``os.read`` of a
+    megabyte allocates, and frees, a megabyte per call, which costs more than a small call's whole
+    round trip. Decoded messages own their bytes, so reusing it is safe -- except a ``Batch``'s
+    raw items, which reference it: the worker, the one reader of :meth:`read_blocking`, is done
+    with each message before it reads again.
     """
 
-    __slots__ = ("_decoder", "_rest", "_big", "_big_filled", "received", "broken")
+    __slots__ = ("_decoder", "_rest", "_big", "_big_filled", "_buffer", "_pending", "received", "broken")
 
     def __init__(self, message_type: Any) -> None:
         self.received = 0  # bytes read from the pipe so far
@@ -470,6 +482,8 @@ class FrameReader:
         self._rest = b""
         self._big: bytearray | None = None
         self._big_filled = 0
+        self._buffer: bytearray | None = None  # allocated at the first read; untouched pages cost nothing
+        self._pending: list[Any] = []  # decoded by read_blocking, not yet returned (reversed)
         # An exception escaped a read (a MemoryError for a big frame, Ctrl-C between reading
         # bytes and keeping them): bytes may be lost, so no later message can be trusted.
         self.broken = False
@@ -479,38 +493,44 @@ class FrameReader:
         try:
             if self._big is not None:
                 return self._read_big(fd)
-            data = os.read(fd, _READ_SIZE)
-            if not data:
+            buffer = self._buffer
+            if buffer is None:
+                buffer = self._buffer = bytearray(_READ_SIZE)
+            size = os.readv(fd, (buffer,))
+            if not size:
                 return None
-            self.received += len(data)
-            return self.feed(data)
+            self.received += size
+            return self.feed(memoryview(buffer)[:size])
         except BlockingIOError:
             return []
         except BaseException:
             self.broken = True
             raise
 
-    def feed(self, data: bytes) -> list[Any]:
+    def feed(self, data: bytes | memoryview) -> list[Any]:
         if self._rest:
             data = self._rest + data
         decode = self._decoder.decode
         unpack = HEADER.unpack_from
-        view = memoryview(data)
         end = len(data)
+        if end >= 4 and unpack(data, 0)[0] + 4 == end:  # exactly one frame: a reply, a call
+            self._rest = b""
+            return [decode(data[4:])]
+        view = memoryview(data)
         pos = 0
         out = []
         while end - pos >= 4:
             size = unpack(data, pos)[0]
             stop = pos + 4 + size
             if stop > end:
-                if size > _READ_SIZE:
+                if size > _BLOCKING_READ_SIZE:
                     self._start_big(view[pos + 4 :], size)
                     self._rest = b""
                     return out
                 break
             out.append(decode(view[pos + 4 : stop]))
             pos = stop
-        self._rest = data[pos:] if pos < end else b""
+        self._rest = bytes(data[pos:]) if pos < end else b""  # a copy: the read buffer is reused
         return out
 
     def _start_big(self, head: memoryview, size: int) -> None:
@@ -532,31 +552,20 @@ class FrameReader:
         return [self._decoder.decode(big)]
 
     def read_blocking(self, fd: int) -> Any | None:
-        """One message from a blocking pipe (the worker's side); ``None`` at end of file."""
-        header = _read_exact(fd, HEADER.size)
-        if header is None:
-            return None
-        payload = _read_exact(fd, HEADER.unpack(header)[0])
-        if payload is None:
-            return None
-        return self._decoder.decode(payload)
-
-
-def _read_exact(fd: int, size: int) -> bytes | bytearray | None:
-    if size == 0:
-        return b""
-    first = os.read(fd, size)
-    if len(first) == size:
-        return first
-    if not first:
-        return None
-    buffer = bytearray(size)
-    buffer[: len(first)] = first
-    filled = len(first)
-    view = memoryview(buffer)
-    while filled < size:
-        received = os.readv(fd, [view[filled:]])
-        if received == 0:
-            return None
-        filled += received
-    return buffer
+        """The next message from a blocking pipe (the worker's side); ``None`` at end of file."""
+        pending = self._pending
+        while not pending:
+            if self._big is not None:
+                messages = self._read_big(fd)
+            else:
+                buffer = self._buffer
+                if buffer is None:
+                    buffer = self._buffer = bytearray(_BLOCKING_READ_SIZE)
+                size = os.readv(fd, (buffer,))
+                self.received += size
+                messages = self.feed(memoryview(buffer)[:size]) if size else None
+            if messages is None:
+                return None
+            messages.reverse()
+            pending += messages
+        return pending.pop()

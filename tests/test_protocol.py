@@ -139,6 +139,36 @@ def test_a_frame_larger_than_one_read_is_received_whole():
     assert messages[0].value == big and reader.received == len(frame)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.binary(max_size=200_000), min_size=1, max_size=12), st.integers(1, 70_000))
+def test_both_readers_deliver_every_frame_intact_through_a_pipe(payloads, step):
+    """The owner's reader reuses one buffer and the worker's reads into its own: a message
+    decoded from one read must survive the next read overwriting that buffer. Frames of any size,
+    split anyhow (some larger than a read: received whole)."""
+    stream = b"".join(bytes(encode_frame(Chunk(7, p))) for p in payloads)
+    for blocking in (False, True):
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, blocking)
+        writer = threading.Thread(target=lambda: [_write_all(write_fd, stream[i : i + step]) for i in range(0, len(stream), step)])
+        writer.start()
+        reader = FrameReader(FromWorker)
+        got = []
+        import select
+
+        while len(got) < len(payloads):
+            if blocking:
+                got.append(reader.read_blocking(read_fd))
+            else:
+                select.select([read_fd], [], [], 5)
+                got += reader.read(read_fd)
+        writer.join()
+        os.close(write_fd)
+        assert (reader.read_blocking(read_fd) if blocking else reader.read(read_fd)) is None  # end of file
+        os.close(read_fd)
+        assert [m.data for m in got] == payloads
+        assert reader.received == len(stream)
+
+
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
