@@ -30,6 +30,7 @@ from ...pool.timing import deadline_after, poll_ms
 from ...protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
 from ..base import DeadlineExceeded, WorkerGone
 from . import spill
+from .spin import Spin
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class ProcessConnection:
         self._control_lock = threading.Lock()
         self._reap_lock = threading.Lock()
         self._control_writer = FrameWriter()
+        self._spin = Spin()
         self._poller = select.poll()
         self._poller.register(self.responses_fd, select.POLLIN)
         if self.pidfd is not None:
@@ -139,8 +141,10 @@ class ProcessConnection:
         """
         with self._request_lock:
             try:
-                if deadline is None or self.fits(len(frame)):
-                    write_all(self.requests_fd, frame)
+                if deadline is None or len(frame) <= self.requests_room:
+                    written = os.write(self.requests_fd, frame)  # whole, unless interrupted
+                    if written < len(frame):
+                        write_all(self.requests_fd, memoryview(frame)[written:])
                 else:
                     _write_until(self.requests_fd, frame, deadline)
             except OSError as exc:
@@ -201,17 +205,25 @@ class ProcessConnection:
         """Block until at least one message arrives.
 
         Raises ``WorkerGone`` at end of file or process exit (after delivering what was already
-        sent) and ``DeadlineExceeded`` when ``deadline`` (monotonic) passes first.
+        sent) and ``DeadlineExceeded`` when ``deadline`` (monotonic) passes first. A reply that
+        is not there yet is first waited for awake, briefly (see :mod:`.spin`).
         """
+        poll = self._poller.poll
+        ready = poll(0) or self._spin.poll(poll)
         exited = False
         while True:
-            messages = self.take(exited)
-            if messages:
-                return messages
+            if ready:
+                if len(ready) > 1 or ready[0][0] != self.responses_fd:
+                    exited = True  # the pidfd is readable: the process has ended
+                messages = self.reader.read(self.responses_fd)
+                if messages:
+                    return messages
+                if messages is None or exited:
+                    raise WorkerGone()
             wait_ms = poll_ms(deadline)
             if wait_ms == 0:
                 raise DeadlineExceeded()
-            exited = any(fd == self.pidfd for fd, _ in self._poller.poll(wait_ms))
+            ready = poll(wait_ms)
 
     # -- process -------------------------------------------------------------------------------
 
