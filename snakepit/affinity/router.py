@@ -108,9 +108,18 @@ class Router:
                 return None
             elif ticket.affinity is Affinity.STRICT_QUEUE:
                 return self._enqueue(ticket, pinned)
-        if self._idle:
-            return self._serve(ticket, next(iter(self._idle)))
-        return self._enqueue(ticket, None)
+        ticket.worker = self.take_idle()
+        if ticket.worker is None:
+            self._enqueue(ticket, None)
+
+    def take_idle(self) -> int | None:
+        """Serve a request any worker may serve: the longest-idle worker, now busy; ``None`` if
+        none is idle. (By the invariant, no waiter could use an idle worker: none is passed over.)"""
+        if not self._idle:
+            return None
+        worker = self._idle.popitem(last=False)[0]
+        self._busy.add(worker)
+        return worker
 
     def withdraw(self, ticket: Ticket) -> bool:
         """Stop waiting (timeout or cancellation). False if the ticket is no longer waiting."""
@@ -135,6 +144,9 @@ class Router:
     def release(self, worker: int) -> Ticket | None:
         """``worker`` is free again: hand it to the oldest ticket allowed to use it, else idle it."""
         self._busy.discard(worker)
+        if not self._waiting:
+            self._idle[worker] = None
+            return None
         strict = self._strict.get(worker)
         head_any = next(iter(self._any), None)
         head_strict = next(iter(strict), None) if strict else None

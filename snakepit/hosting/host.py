@@ -32,6 +32,7 @@ import traceback
 from typing import Any, Callable, Iterator, Protocol
 
 import msgspec
+from msgspec.msgpack import Ext
 
 from .. import errors, protocol
 from ..adapter import BoundTool, discover_tools, import_by_path
@@ -125,6 +126,12 @@ class ToolHost:
         protocol.encode_with(lambda wire: self._send(build(wire)), value, dumps=_dumps)
 
     def _send_value(self, call_id: int, value: Any) -> None:
+        if type(value) in _SCALARS:  # the common case, without the general path's closures
+            try:
+                self._out.send(Result(call_id, value))
+                return
+            except protocol.REFUSED:  # e.g. an int beyond 64 bits
+                pass
         try:
             self._send_wire(lambda wire: Result(call_id, wire), value)
         except errors.SnakepitError as exc:
@@ -219,7 +226,8 @@ class ToolHost:
                 raise errors.validation(
                     Reason.NOT_STREAMING, f"tool {call.tool!r} does not support streaming", tool=call.tool
                 )
-            bound = tool.convert(_decode_args(call.args))
+            args = call.args
+            bound = tool.convert(args if type(args) is not Ext else _decode_args(args))
         except errors.SnakepitError as exc:
             self._send(protocol.failure(call_id, exc))
             return

@@ -42,6 +42,10 @@ async def checkout(
     call_deadline: float | None,
     owner: Owner | None = None,
 ) -> Worker:
+    if session_id is None:  # the common case first: any idle worker serves it
+        handle = dispatcher.checkout_now(owner)
+        if handle is not None:
+            return handle
     loop = asyncio.get_running_loop()
 
     def park(ticket: Ticket) -> asyncio.Future[None]:

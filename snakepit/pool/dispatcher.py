@@ -117,6 +117,7 @@ class Dispatcher:
         self.lock = threading.Lock()
         self.observer = observer
         self.recycle = recycle
+        self._recycling = recycle.active  # checked at every release
         self.router = Router(max_queue)
         self.sessions = sessions
         self.affinity = affinity  # the pool's default mode
@@ -146,6 +147,10 @@ class Dispatcher:
         Whatever interrupts the wait (Ctrl-C, any exception) withdraws the ticket, or hands back
         the worker it was given meanwhile.
         """
+        if session_id is None:  # the common case first: any idle worker serves it
+            handle = self.checkout_now(owner)
+            if handle is not None:
+                return handle
         handle, ticket, parked = self.request(session_id, affinity, _park, owner)
         if handle is not None:
             return handle
@@ -211,13 +216,17 @@ class Dispatcher:
             raise refused.surface(self.observer) from None
 
     def checkout_now(self, owner: Owner | None = None) -> Worker | None:
-        """An idle worker if there is one (no session, no queueing); ``None`` otherwise."""
+        """An idle worker if there is one (no session, no queueing); ``None`` otherwise (the
+        general path, :meth:`request`, then queues the call or says why it cannot be served)."""
         with self.lock:
-            if self.closed or not self.router.idle:
+            if self.closed:
                 return None
-            ticket = Ticket(owner=owner)
-            self.router.acquire(ticket)  # an idle worker and no waiter that could use it: served
-            return self._claim(ticket) if ticket.done else None
+            worker = self.router.take_idle()
+            if worker is None:
+                return None
+            handle = self.workers[worker]  # router and table change together under this lock
+            self._assign(handle, owner)
+            return handle
 
     def forsake(self, ticket: Ticket) -> None:
         """The caller stopped waiting (its task was cancelled, it was interrupted): leave the
@@ -273,9 +282,7 @@ class Dispatcher:
         handle = self.workers.get(ticket.worker)  # type: ignore[arg-type]
         if handle is None:
             return None
-        _hand_over(handle, ticket)  # first: the owner knows it before it is marked taken
-        move(handle, WorkerState.BUSY)
-        handle.checked_out = True
+        self._assign(handle, ticket.owner)
         if session is not None:
             session.worker = handle.id
             session.calls += 1
@@ -346,22 +353,24 @@ class Dispatcher:
         if handle.conn.broken and handle.state is not WorkerState.DEAD:  # its pipe cannot be read on
             self.abandon(handle, -1)
             return
-        reason = self.recycle.reason(handle) if self.recycle.active and handle.state is not WorkerState.DEAD else None
+        reason = self.recycle.reason(handle) if self._recycling and handle.state is not WorkerState.DEAD else None
         with self.lock:
             handle.checked_out = False
             handle.owner = None
             handle.outstanding.clear()
             handle.current_tool = None
-            if handle.state is WorkerState.DEAD:
+            dead = handle.state is WorkerState.DEAD
+            if dead:
                 woken: list[Ticket] = []
             elif reason is not None:
                 woken = self._retire(handle, reason)
             else:
                 woken = self._free(handle)
-        supervisor = self._supervise()
-        if handle.state is WorkerState.DEAD:
+        if dead:
+            supervisor = self._supervise()
             supervisor.submit(supervisor.dispose, handle)
         elif reason is not None:
+            supervisor = self._supervise()
             supervisor.submit(supervisor.retire, handle)
         for ticket in woken:
             _wake(ticket)
@@ -528,10 +537,19 @@ class Dispatcher:
             if not ticket.abandoned:
                 break
             ticket.worker, ticket.refused = None, Reason.POOL_CLOSED
-        _hand_over(handle, ticket)
+        self._assign(handle, ticket.owner)
+        return [ticket]
+
+    @staticmethod
+    def _assign(handle: Worker, owner: Owner | None) -> None:
+        """``handle`` is ``owner``'s now (lock held), under a new lease; the supervisor's audit
+        can tell if that owner vanishes without giving it back."""
+        handle.lease += 1
+        if owner is not None:
+            handle.owner = weakref.ref(owner)  # first: if adopt() is interrupted, the audit still knows
+            owner.adopt(handle, handle.lease)
         move(handle, WorkerState.BUSY)
         handle.checked_out = True
-        return [ticket]
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -575,16 +593,6 @@ class Dispatcher:
         for info, handle in zip(snapshot["worker_info"], workers):  # measured outside the lock
             info["rss"] = handle.conn.memory()
         return snapshot
-
-
-def _hand_over(handle: Worker, ticket: Ticket) -> None:
-    """The worker is the ticket's owner's now (lock held); the supervisor's audit can tell if
-    that owner vanishes without giving it back."""
-    owner = ticket.owner
-    handle.lease += 1
-    if owner is not None:
-        handle.owner = weakref.ref(owner)  # first: if adopt() is interrupted, the audit still knows
-        owner.adopt(handle, handle.lease)
 
 
 def _park(ticket: Ticket) -> Any:

@@ -8,7 +8,6 @@ import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping
 
 from .. import backends, errors, protocol
@@ -220,7 +219,7 @@ class Pool:
         session's, or the pool's mode) says. On a streaming tool, returns the list of every
         chunk's data.
         """
-        return self.run(CallRequest(tool, args, session_id, affinity, timeout))
+        return self._call(CallRequest(tool, args, session_id, affinity, timeout), False, run_execute)
 
     def execute_stream(
         self,
@@ -272,15 +271,24 @@ class Pool:
         return self._call(request, True, lambda exchange: Stream(exchange, lambda: self._counters.bump("errors"), self))
 
     def _call(self, request: CallRequest, stream: bool, drive: Callable[[Exchange], Any]) -> Any:
-        """Begin a call and hand its exchange to ``drive``, counting it and its error; whatever
-        interrupts it between two steps gives the worker back."""
+        """Check the call, take a worker, send the call, and hand its exchange to ``drive``,
+        counting it and its error.
+
+        The exchange exists before the checkout, so that it owns the worker from the moment the
+        worker is assigned: whatever interrupts a step after that, the worker comes back.
+        """
         self._counters.bump("requests")
         exchange = None
         try:
-            exchange = self._begin(request, stream)
+            call = self._prepare(request, stream)
+            exchange = Exchange(self._dispatcher, call.tool, call.deadline)
+            self._dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
+            call.start(exchange)
             return drive(exchange)
         except errors.SnakepitError:
             self._counters.bump("errors")
+            if exchange is not None:
+                exchange.cancel()  # a no-op without a worker, or once the call has ended
             raise
         except BaseException:
             if exchange is not None:
@@ -476,22 +484,6 @@ class Pool:
     def _close_session(self, session_id: str) -> bool:
         return self._dispatcher.close_session(session_id)
 
-    def _begin(self, request: CallRequest, stream: bool) -> Exchange:
-        """Check the call, take a worker, send the call: everything before the first answer.
-
-        The exchange exists before the checkout, so that it owns the worker from the moment the
-        worker is assigned: whatever interrupts a step after that, the worker comes back.
-        """
-        call = self._prepare(request, stream)
-        exchange = Exchange(self._dispatcher, call.tool, call.deadline)
-        try:
-            self._dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
-            call.start(exchange)
-        except BaseException:
-            exchange.cancel()  # a no-op without a worker, or once the call has ended
-            raise
-        return exchange
-
     async def _abegin(self, request: CallRequest, stream: bool) -> Exchange:
         call = self._prepare(request, stream)
         exchange = Exchange(self._dispatcher, call.tool, call.deadline)
@@ -517,24 +509,28 @@ class Pool:
     def _prepare(self, request: CallRequest, stream: bool) -> PreparedCall:
         """Everything that can be checked and encoded before a worker is taken."""
         tool, args, session_id, affinity, timeout = request
-        spec = self._spec(tool)
+        spec = self._tools.get(tool) or self._spec(tool)
         if stream and not spec.supports_streaming:
             raise errors.validation(
                 Reason.NOT_STREAMING, f"tool {tool!r} does not support streaming; use execute()", tool=tool
             )
-        if args is None:
-            args = {}
-        elif type(args) is not dict:
-            if not isinstance(args, Mapping):
+        if type(args) is not dict:
+            if args is None:
+                args = {}
+            elif not isinstance(args, Mapping):
                 raise errors.validation(
                     Reason.INVALID_ARGUMENTS, f"args must be a dict, got {type(args).__name__}", tool=tool
                 )
-            args = dict(args)
-        mode = _routing(session_id, affinity)
+            else:
+                args = dict(args)
+        mode = None if session_id is None and affinity is None else _routing(session_id, affinity)
         limit = self._timeout if timeout is None else check_timeout("timeout", timeout)
         frame = protocol.call_frame(tool, args, stream)
         now = time.monotonic()
-        return PreparedCall(tool, frame, session_id, mode, deadline_after(self._queue_timeout, now), deadline_after(limit, now))
+        queue_limit = self._queue_timeout
+        return PreparedCall(
+            tool, frame, session_id, mode, None if queue_limit is None else now + queue_limit, None if limit is None else now + limit
+        )
 
     # -- remote use ------------------------------------------------------------------------------
 
@@ -599,16 +595,21 @@ class Pool:
         }
 
 
-@dataclass(frozen=True)
 class PreparedCall:
     """A call checked and encoded, waiting for a worker."""
 
-    tool: str
-    frame: bytearray  # without its id, which is drawn when it is sent
-    session_id: str | None
-    affinity: Affinity | None
-    queue_deadline: float | None
-    deadline: float | None
+    __slots__ = ("tool", "frame", "session_id", "affinity", "queue_deadline", "deadline")
+
+    def __init__(
+        self, tool: str, frame: bytearray, session_id: str | None, affinity: Affinity | None,
+        queue_deadline: float | None, deadline: float | None,
+    ) -> None:
+        self.tool = tool
+        self.frame = frame  # without its id, which is drawn when it is sent
+        self.session_id = session_id
+        self.affinity = affinity
+        self.queue_deadline = queue_deadline
+        self.deadline = deadline
 
     def start(self, exchange: Exchange) -> None:
         """Send the call to the worker its exchange was given; its id is drawn now."""

@@ -20,6 +20,10 @@ class WorkerState(enum.Enum):
     STOPPING = "stopping"  # out of service for good (recycled, shut down)
     DEAD = "dead"  # its process or actor is gone
 
+    # Members are singletons compared by identity: hash them the same way, in C (Enum's own
+    # __hash__ is Python code, and every call moves a worker twice).
+    __hash__ = object.__hash__
+
 
 _S = WorkerState
 TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {

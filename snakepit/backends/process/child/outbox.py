@@ -50,10 +50,12 @@ class Outbox:
         """Send any message, after everything sent before it."""
         frame = self._writer.frame(message)
         spill = self._spill
-        with self._lock:
-            if self._wait_for_room(len(frame)):
-                spill.append(frame)
-                return
+        if spill.committed:  # something is queued: this message queues behind it
+            with self._lock:
+                if self._wait_for_room(len(frame)):
+                    spill.append(frame)
+                    return
+        # Nothing is queued, and only this thread queues: the writer thread is idle, and stays so.
         self._write_direct(frame)
 
     def chunk_writer(self, call_id: int) -> Callable[[Any], None]:
