@@ -1,22 +1,54 @@
-"""Run every benchmark (or the named ones): ``python -m benchmarks [stream_throughput ...]``."""
+"""Run every benchmark (or the named ones), side by side with the peers, one table per workload.
+
+``python -m benchmarks [NAME ...] [--quick] [--json PATH]``; ``make bench`` runs them all.
+``--quick`` runs each with small sizes and one repeat (under a minute in all: CI runs it, without
+thresholds, so that the benchmarks cannot rot). ``--json`` writes every result and the machine's
+facts (CPU count and model, kernel, Python and library versions); ``python -m benchmarks.compare
+OLD.json NEW.json`` prints how the figures moved between two such files.
+
+Ray's benchmark runs when Ray is installed (``pip install 'snakepit[ray]'``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import importlib.util
+import json
 import sys
 from typing import Sequence
 
-BENCHMARKS = ["stream_throughput", "execute_latency", "map_throughput", "grpc_throughput", "ray_backend"]
+from ._harness import machine_facts
+
+BENCHMARKS = ["execute_latency", "stream_throughput", "map_throughput", "grpc_throughput", "ray_backend"]
+_NEEDS = {"ray_backend": "ray"}
 
 
-def main(names: Sequence[str] | None = None) -> int:
-    names = list(names or sys.argv[1:]) or BENCHMARKS
-    unknown = [n for n in names if n not in BENCHMARKS]
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"which to run (default: all): {', '.join(BENCHMARKS)}")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat: checks that everything runs")
+    parser.add_argument("--json", help="write every result, with the machine's facts, to this file")
+    opts = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    unknown = [n for n in opts.names if n not in BENCHMARKS]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
-        return 2
-    for name in names:
-        importlib.import_module(f"benchmarks.{name}").main([])
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    facts = machine_facts()
+    print(f"machine: {facts['cpus_usable']} CPUs ({facts['cpu_model']}), {facts['kernel']}, Python {facts['python']}")
+    results: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    for name in opts.names or BENCHMARKS:
+        needed = _NEEDS.get(name)
+        if needed and importlib.util.find_spec(needed) is None:
+            skipped[name] = f"{needed} is not installed"
+            print(f"\n{name}: skipped ({skipped[name]})")
+            continue
+        module = importlib.import_module(f"benchmarks.{name}")
+        results[name] = module.main(["--quick"] if opts.quick else [])
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump({"machine": facts, "quick": opts.quick, "results": results, "skipped": skipped}, f, indent=2)
+        print(f"\nresults written to {opts.json}")
     return 0
 
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
+import os
+import platform
 import statistics
+import sys
+from importlib import metadata
 from typing import Callable, Sequence
 
 
@@ -42,3 +48,38 @@ def emit_json(path: str | None, payload: dict) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(payload, f, indent=2)
+
+
+def common_options(parser: argparse.ArgumentParser) -> None:
+    """``--quick`` (a smoke run: small sizes, one repeat) and ``--json PATH``, for every benchmark."""
+    parser.add_argument("--quick", action="store_true", help="small sizes and one repeat: checks that it runs, measures little")
+    parser.add_argument("--json", help="also write the results here")
+
+
+_LIBRARIES = ("snakepit", "msgspec", "cloudpickle", "psutil", "grpcio", "protobuf", "numpy", "ray", "loky")
+
+
+def machine_facts() -> dict:
+    """What a result depends on, so that two runs can be compared knowingly."""
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        model = platform.processor() or None
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": model,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "libraries": versions,
+    }

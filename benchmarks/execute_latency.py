@@ -1,18 +1,26 @@
-"""Round-trip latency of a tiny call: snakepit (with and without a session) vs ProcessPoolExecutor.
+"""Round trip of a tiny call, in each placement of owner and worker: snakepit vs ProcessPoolExecutor
+vs a raw pipe.
 
 Each contender makes the same tiny call (``add(a, b)``) one at a time from one thread, and we
-record every round trip. Contenders take turns in rounds, so noise on a shared machine hits them
-alike; the table shows p50 and p99 over all rounds.
+record every round trip:
 
 * ``snakepit execute``: ``pool.execute("add", {...})`` on a one-worker pool;
 * ``snakepit execute, session``: the same with ``session_id=`` (session lookup, pin, affinity);
 * ``ProcessPoolExecutor``: ``executor.submit(add, a, b).result()`` with one worker;
 * ``raw os.pipe + msgpack``: a child echoing length-prefixed msgspec frames (the ceiling).
 
+Where the scheduler puts the worker changes a round trip severalfold: on the owner's core, the
+two processes take turns on it (and evict each other's caches); on another core, each message
+costs a cross-core wake-up. So every contender is measured in three placements, pinned with
+``os.sched_setaffinity``: ``unpinned`` (the scheduler decides), ``same core`` (owner and
+workers on one core) and ``other core`` (owner on one, workers on another). Contenders take
+turns every ``--calls`` calls, for ``--rounds`` rounds, so the noise of a shared machine hits
+them alike; tables show p50 and p99 over all rounds.
+
 It also measures the routing cost of a session directly: checkout and check-in with a session
 minus without, in-process, as a share of snakepit's p50 round trip.
 
-Run: ``python -m benchmarks.execute_latency [--calls N] [--rounds R] [--json out.json]``.
+Run: ``python -m benchmarks.execute_latency [--calls N] [--rounds R] [--quick] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import msgspec
 
 from snakepit import BaseAdapter, Pool, tool
 
-from ._harness import emit_json
+from ._harness import common_options, emit_json
 
 
 class Adder(BaseAdapter):
@@ -113,53 +121,95 @@ def _routing_overhead(pool: Pool, n: int) -> float:
     return statistics.median(differences)
 
 
+PLACEMENTS = ("unpinned", "same core", "other core")
+
+
+def _pin(pids: list[int], owner_cpus: set[int] | None, worker_cpus: set[int] | None) -> None:
+    os.sched_setaffinity(0, owner_cpus or _ALL_CPUS)
+    for pid in pids:
+        os.sched_setaffinity(pid, worker_cpus or _ALL_CPUS)
+
+
+_ALL_CPUS = os.sched_getaffinity(0)
+
+
+def _placements() -> dict[str, tuple[set[int] | None, set[int] | None]]:
+    """Owner and worker CPU sets per placement; the pinned ones need two CPUs."""
+    cpus = sorted(_ALL_CPUS)
+    placements: dict[str, tuple[set[int] | None, set[int] | None]] = {"unpinned": (None, None)}
+    if len(cpus) >= 2:
+        placements["same core"] = ({cpus[0]}, {cpus[0]})
+        placements["other core"] = ({cpus[0]}, {cpus[1]})
+    return placements
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=500, help="calls per contender per round")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--calls", type=int, default=400, help="calls per contender per turn")
+    parser.add_argument("--rounds", type=int, default=15, help="turns per contender and placement")
+    common_options(parser)
     opts = parser.parse_args(argv)
+    if opts.quick:
+        opts.calls, opts.rounds = 200, 2
 
-    samples: dict[str, list[float]] = {
-        "snakepit execute": [],
-        "snakepit execute, session": [],
-        "ProcessPoolExecutor": [],
-        "raw os.pipe + msgpack": [],
-    }
     raw = RawEcho()
-    with Pool(Adder, size=1) as pool, ProcessPoolExecutor(max_workers=1) as executor:
-        executor.submit(add, 1, 1).result()  # start its worker outside the measurement
-        contenders = {
-            "snakepit execute": lambda i: pool.execute("add", {"a": i, "b": 1}),
-            "snakepit execute, session": lambda i: pool.execute("add", {"a": i, "b": 1}, session_id="s"),
-            "ProcessPoolExecutor": lambda i: executor.submit(add, i, 1).result(),
-            "raw os.pipe + msgpack": raw.call,
-        }
-        for call in contenders.values():
-            _timed(call, 50)  # warm up
-        for _ in range(opts.rounds):
-            for name, call in contenders.items():
-                samples[name] += _timed(call, opts.calls)
-        routing = _routing_overhead(pool, 5_000)
-    raw.close()
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    try:
+        with Pool(Adder, size=1) as pool, ProcessPoolExecutor(max_workers=1) as executor:
+            executor.submit(add, 1, 1).result()  # start its worker outside the measurement
+            contenders = {
+                "snakepit execute": lambda i: pool.execute("add", {"a": i, "b": 1}),
+                "snakepit execute, session": lambda i: pool.execute("add", {"a": i, "b": 1}, session_id="s"),
+                "ProcessPoolExecutor": lambda i: executor.submit(add, i, 1).result(),
+                "raw os.pipe + msgpack": raw.call,
+            }
+            workers = [w["pid"] for w in pool.stats()["worker_info"]] + list(executor._processes) + [raw.proc.pid]
+            for placement, (owner_cpus, worker_cpus) in _placements().items():
+                _pin(workers, owner_cpus, worker_cpus)
+                samples: dict[str, list[float]] = {name: [] for name in contenders}
+                for call in contenders.values():
+                    _timed(call, 100)  # warm up in this placement
+                for _ in range(opts.rounds):
+                    for name, call in contenders.items():
+                        samples[name] += _timed(call, opts.calls)
+                results[placement] = {
+                    name: {"p50_us": _pct(v, 0.50), "p99_us": _pct(v, 0.99), "mean_us": statistics.fmean(v) * 1e6}
+                    for name, v in samples.items()
+                }
+            _pin(workers, None, None)
+            routing = _routing_overhead(pool, 2_000 if opts.quick else 5_000)
+    finally:
+        _pin([], None, None)
+        raw.close()
 
-    def pct(values: list[float], q: float) -> float:
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
-
-    table = {name: {"p50_us": pct(v, 0.50), "p99_us": pct(v, 0.99), "mean_us": statistics.fmean(v) * 1e6} for name, v in samples.items()}
-    reference = table["ProcessPoolExecutor"]["p50_us"]
     n = opts.calls * opts.rounds
-    print(f"\nRound trip of a tiny call, {n:,} calls per contender in {opts.rounds} interleaved rounds")
-    width = max(map(len, table))
-    print(f"{'contender'.ljust(width)}  {'p50 us':>9}  {'p99 us':>9}  {'p50 vs ProcessPoolExecutor':>27}")
-    for name, row in table.items():
-        print(f"{name.ljust(width)}  {row['p50_us']:>9.1f}  {row['p99_us']:>9.1f}  {reference / row['p50_us']:>26.2f}x lower")
-    plain = table["snakepit execute"]["p50_us"]
+    for placement, table in results.items():
+        raw_p50 = table["raw os.pipe + msgpack"]["p50_us"]
+        executor_p50 = table["ProcessPoolExecutor"]["p50_us"]
+        print(f"\nRound trip of a tiny call, {placement}: {n:,} calls per contender in {opts.rounds} interleaved turns")
+        width = max(map(len, table))
+        print(f"{'contender'.ljust(width)}  {'p50 us':>8}  {'p99 us':>8}  {'p99/p50':>7}  {'p50 / raw':>9}  {'executor / p50':>14}")
+        for name, row in table.items():
+            print(
+                f"{name.ljust(width)}  {row['p50_us']:>8.1f}  {row['p99_us']:>8.1f}  {row['p99_us'] / row['p50_us']:>6.2f}x"
+                f"  {row['p50_us'] / raw_p50:>8.2f}x  {executor_p50 / row['p50_us']:>13.2f}x"
+            )
+    worst = max(results.values(), key=lambda t: t["snakepit execute"]["p50_us"] / t["raw os.pipe + msgpack"]["p50_us"])
+    worst_name = next(name for name, table in results.items() if table is worst)
+    ratio = worst["snakepit execute"]["p50_us"] / worst["raw os.pipe + msgpack"]["p50_us"]
+    print(f"\nworst placement for snakepit execute: {worst_name}, {ratio:.2f}x the raw pipe's p50")
+    plain = results["unpinned"]["snakepit execute"]["p50_us"]
     share = routing * 1e6 / plain * 100
-    print(f"\nsession routing: +{routing * 1e6:.2f} us per call in-process = {share:.2f}% of the p50 round trip "
-          f"(p50 with a session - without: {table['snakepit execute, session']['p50_us'] - plain:+.1f} us)")
-    payload = {"benchmark": "execute_latency", "calls": n, "table": table, "session_routing_us": routing * 1e6, "session_routing_share_pct": share}
+    print(f"session routing: +{routing * 1e6:.2f} us per call in-process = {share:.2f}% of the unpinned p50 round trip")
+    payload = {
+        "benchmark": "execute_latency", "calls": n, "placements": results,
+        "session_routing_us": routing * 1e6, "session_routing_share_pct": share,
+    }
     emit_json(opts.json, payload)
     return payload
 

@@ -28,7 +28,7 @@ from snakepit.grpc import bridge_pb2 as pb
 from snakepit.grpc import bridge_pb2_grpc, codec
 from snakepit.grpc.loop import run
 
-from ._harness import emit_json, interleaved, medians, print_table
+from ._harness import common_options, emit_json, interleaved, medians, print_table
 
 
 class Numbers(BaseAdapter):
@@ -105,8 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batched-chunks", type=int, default=200_000)
     parser.add_argument("--calls", type=int, default=1_000, help="unary calls per round")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", help="also write the results here")
+    common_options(parser)
     opts = parser.parse_args(argv)
+    if opts.quick:
+        opts.chunks, opts.batched_chunks, opts.calls, opts.repeats = 2_000, 20_000, 200, 1
     n, big = opts.chunks, opts.batched_chunks
     encoded = [pb.ToolChunk(chunk_id=f"numbers-{i + 1}", data=codec.encode_value({"number": i, "is_last": i == n - 1}, accept_pickle=False)[0]) for i in range(n)]
     with Pool(Numbers, size=1) as pool:

@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from snakepit import BaseAdapter, Pool, tool
 
-from ._harness import emit_json, interleaved, medians, print_table
+from ._harness import common_options, emit_json, interleaved, medians, print_table
 
 CHUNKSIZES = (10, 100, 1000, 5000)
 
@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", type=int, default=50_000)
     parser.add_argument("--chunks", type=int, default=200_000, help="chunks for the astream comparison")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", help="also write the results here")
+    common_options(parser)
     opts = parser.parse_args(argv)
+    if opts.quick:
+        opts.tasks, opts.chunks, opts.repeats = 5_000, 20_000, 1
     n = opts.tasks
     ctx = mp.get_context("spawn")
     items = [{"a": i, "b": 1} for i in range(n)]

@@ -23,7 +23,7 @@ from typing import Any
 
 from snakepit import BaseAdapter, Pool, tool
 
-from ._harness import emit_json, interleaved, medians, print_table
+from ._harness import common_options, emit_json, interleaved, medians, print_table
 
 
 class Tiny(BaseAdapter):
@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chunks", type=int, default=5_000)
     parser.add_argument("--tasks", type=int, default=2_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", help="also write the results here")
+    common_options(parser)
     opts = parser.parse_args(argv)
+    if opts.quick:
+        opts.calls, opts.chunks, opts.tasks, opts.repeats = 50, 1_000, 500, 1
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     from ray.util import ActorPool

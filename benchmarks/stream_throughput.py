@@ -26,7 +26,7 @@ import msgspec
 
 from snakepit import BaseAdapter, Pool, tool
 
-from ._harness import emit_json, interleaved, medians, print_table
+from ._harness import common_options, emit_json, interleaved, medians, print_table
 
 
 class Numbers(BaseAdapter):
@@ -139,8 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", help="also write the results here")
+    common_options(parser)
     opts = parser.parse_args(argv)
+    if opts.quick:
+        opts.chunks, opts.repeats = 20_000, 1
     n = opts.chunks
     with Pool(Numbers, size=1) as pool:
         samples = interleaved(
