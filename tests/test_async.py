@@ -215,3 +215,35 @@ def test_session_async_methods():
             assert (await session.aexecute("state"))["pid"] == pid and len(seen) == 2
 
         run(main())
+
+
+def test_a_stale_readers_late_unwatch_does_not_remove_its_successors():
+    """A dropped stream's reader is closed late, through the loop (a garbage collection), when
+    the next call on the same worker may already wait on the same pipe: the late close must not
+    remove the new reader, or that call never wakes up (it hung, about once in 50 runs)."""
+    from snakepit import protocol
+
+    with Pool(Toolbox, size=1) as pool:
+        handle = pool._dispatcher.checkout_now()  # the caller's now, not the supervisor's
+        conn = handle.conn
+
+        async def main() -> bool:
+            loop = asyncio.get_running_loop()
+            woken = asyncio.Event()
+            stale = conn.watch(loop, lambda exited: None)
+            current = conn.watch(loop, lambda exited: woken.set())
+            stale()  # the late close of the dropped reader
+            frame = protocol.call_frame("add", {"a": 1, "b": 2}, False)
+            protocol.stamp_call_id(frame, 1 << 40)
+            conn.send(frame)  # the worker answers: the pipe becomes readable
+            try:
+                await asyncio.wait_for(woken.wait(), 10)
+            finally:
+                current()
+            assert conn.receive(None)[0].value == 3
+            return True
+
+        try:
+            assert run(main())
+        finally:
+            pool._dispatcher.release(handle)

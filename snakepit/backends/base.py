@@ -131,3 +131,24 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """After every worker is gone."""
+
+
+def watch_readers(
+    conn: Any, loop: asyncio.AbstractEventLoop, readers: Sequence[tuple[int, bool]], callback: Callable[[bool], None]
+) -> Callable[[], None]:
+    """``Connection.watch`` for connections with file descriptors: ``callback(flag)`` on ``loop``
+    when one of ``readers``' descriptors is readable. The returned unwatch removes them only if
+    no later watch of ``conn`` has replaced them: a stale exchange's reader, closed late (from a
+    garbage collection, through the loop), must not remove the one its successor just added."""
+    token = object()
+    conn._watch_token = token
+    for fd, flag in readers:
+        loop.add_reader(fd, callback, flag)
+
+    def unwatch() -> None:
+        if getattr(conn, "_watch_token", None) is token:
+            conn._watch_token = None
+            for fd, _ in readers:
+                loop.remove_reader(fd)
+
+    return unwatch

@@ -28,7 +28,7 @@ import psutil
 
 from ...pool.timing import deadline_after, poll_ms
 from ...protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
-from ..base import DeadlineExceeded, WorkerGone
+from ..base import DeadlineExceeded, WorkerGone, watch_readers
 from . import spill
 from .spin import Spin
 
@@ -175,14 +175,7 @@ class ProcessConnection:
         """``callback(exited)`` on ``loop`` when the responses pipe is readable (False) or the
         process has exited (True: its pidfd is readable)."""
         fds = [(self.responses_fd, False)] + ([(self.pidfd, True)] if self.pidfd is not None else [])
-        for fd, exited in fds:
-            loop.add_reader(fd, callback, exited)
-
-        def unwatch() -> None:
-            for fd, _ in fds:
-                loop.remove_reader(fd)
-
-        return unwatch
+        return watch_readers(self, loop, fds, callback)
 
     @classmethod
     def wait_any(cls, conns: Sequence[ProcessConnection], deadline: float | None) -> list[tuple[ProcessConnection, bool]]:

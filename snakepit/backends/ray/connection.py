@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from ...pool.timing import poll_ms
 from ...protocol import Cancel, FrameReader, FromWorker, Ping, is_stream_call
-from ..base import DeadlineExceeded, WorkerGone
+from ..base import DeadlineExceeded, WorkerGone, watch_readers
 
 # The reader thread takes at most this much ahead of the consumer, then waits (and Ray's
 # generator backpressure holds the actor): in messages, and in bytes for streams of big chunks.
@@ -68,7 +68,7 @@ class RayConnection:
     def fits(self, size: int) -> bool:
         return True  # Ray moves big arguments itself, without blocking the sender
 
-    def send(self, frame: bytes | bytearray, deadline: float | None = None) -> None:
+    def send(self, frame: bytes | bytearray, deadline: float | None = None, attachments: Any = None) -> None:
         with self._lock:
             if self._died is not None:
                 raise WorkerGone()
@@ -167,9 +167,7 @@ class RayConnection:
             poller.poll(wait_ms)
 
     def watch(self, loop: asyncio.AbstractEventLoop, callback: Callable[[bool], None]) -> Callable[[], None]:
-        fd = self._signal_r
-        loop.add_reader(fd, callback, False)
-        return lambda: loop.remove_reader(fd)
+        return watch_readers(self, loop, [(self._signal_r, False)], callback)
 
     @classmethod
     def wait_any(cls, conns: Sequence[RayConnection], deadline: float | None) -> list[tuple[RayConnection, bool]]:
