@@ -39,6 +39,10 @@ __all__ = [
 ]
 
 PICKLE_EXT = 1
+SHARED_EXT = 2  # a pickle whose large buffers travel beside the frame (see backends/process/segments.py)
+# Buffers at least this large leave the pickle when the transport can share memory: below it, the
+# few system calls of a shared segment cost more than copying the bytes through the pipe.
+SHARE_THRESHOLD = 256 << 10
 HEADER = struct.Struct("<I")
 MAX_FRAME = (1 << 32) - 1
 
@@ -189,7 +193,7 @@ _CALL_ID_AT = HEADER.size + 3  # after the frame header, the fixarray header, th
 _CALL_ID = struct.Struct(">Q")
 
 
-def call_frame(tool: str, args: dict[str, Any], stream: bool) -> bytearray:
+def call_frame(tool: str, args: dict[str, Any], stream: bool, share: Share | None = None) -> bytearray:
     """A ``Call`` frame without its id (see :func:`stamp_call_id`); ``serialization_error`` if
     the arguments cannot travel. (:func:`encode_with`, unrolled: this runs once per call.)"""
     frame = None
@@ -199,7 +203,7 @@ def call_frame(tool: str, args: dict[str, Any], stream: bool) -> bytearray:
         except REFUSED:
             pass
     if frame is None:
-        frame = encode_frame(Call(_UNSTAMPED, tool, pickled(args, _cloud_dumps), stream))
+        frame = encode_frame(Call(_UNSTAMPED, tool, pickled(args, _cloud_dumps, share), stream))
     if frame[_CALL_ID_AT - 1] != _UINT64:  # the layout of Call changed: the stamp would corrupt it
         raise AssertionError("unexpected Call frame layout")
     return frame
@@ -279,26 +283,64 @@ def _plain_list(items: list[Any], depth: int) -> bool:
     return all(type(item) in _SCALARS or _plain(item, depth) for item in items)
 
 
-def _fast_dumps(value: Any) -> bytes:
+def _fast_dumps(value: Any, buffer_callback: _OutOfBand | None = None) -> bytes:
     """Pickle with the C pickler; fall back to cloudpickle for what it cannot reference by name."""
     try:
-        return pickle.dumps(value, protocol=5)
+        return pickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
     except Exception:
-        return _cloud_dumps(value)
+        if buffer_callback is not None:
+            buffer_callback.buffers.clear()  # what the failed attempt set aside
+        return _cloud_dumps(value, buffer_callback)
 
 
-def _cloud_dumps(value: Any) -> bytes:
+def _cloud_dumps(value: Any, buffer_callback: _OutOfBand | None = None) -> bytes:
     import cloudpickle
 
-    return cloudpickle.dumps(value, protocol=5)
+    return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
 
 
-def pickled(value: Any, dumps: Callable[[Any], bytes] = _fast_dumps) -> Ext:
-    """``value`` as a pickle extension, or a ``serialization_error`` naming what failed."""
+Share = Callable[[str, bytes, "list[memoryview]"], Ext]
+"""How a transport that shares memory carries large buffers: ``share(kind, data, buffers)`` places
+``buffers`` beside the frame and returns the extension that stands for the value ("pickle": the
+pickle ``data`` of a value whose out-of-band ``buffers`` these are; "bytes": one ``bytes`` value)."""
+
+
+class _OutOfBand:
+    """A pickler's ``buffer_callback``: large contiguous buffers are kept out of the pickle."""
+
+    __slots__ = ("buffers",)
+
+    def __init__(self) -> None:
+        self.buffers: list[memoryview] = []
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: it stays in the pickle
+            return True
+        if raw.nbytes < SHARE_THRESHOLD:
+            return True
+        self.buffers.append(raw)
+        return False
+
+
+def pickled(value: Any, dumps: Callable[..., bytes] = _fast_dumps, share: Share | None = None) -> Ext:
+    """``value`` as a pickle extension, or a ``serialization_error`` naming what failed. With
+    ``share``, its large buffers travel beside the frame."""
     try:
-        return Ext(PICKLE_EXT, dumps(value))
+        if share is None:
+            return Ext(PICKLE_EXT, dumps(value))
+        out_of_band = _OutOfBand()
+        data = dumps(value, out_of_band)
+        return share("pickle", data, out_of_band.buffers) if out_of_band.buffers else Ext(PICKLE_EXT, data)
     except Exception as exc:
         raise _unserializable(value, exc, dumps) from None
+
+
+def shares(value: Any, share: Share | None) -> bool:
+    """A ``bytes`` value large enough to travel beside its frame (other values decide as they
+    are pickled)."""
+    return share is not None and type(value) is bytes and len(value) >= SHARE_THRESHOLD
 
 
 def encode_value(value: Any, dumps: Callable[[Any], bytes] = _fast_dumps) -> Any:
@@ -341,22 +383,28 @@ def encode_with(
     value: Any,
     *,
     exact: Callable[[Any], bool] = exact,
-    dumps: Callable[[Any], bytes] = _fast_dumps,
+    dumps: Callable[..., bytes] = _fast_dumps,
+    share: Share | None = None,
 ) -> T:
     """``encode(value on the wire)``: the value itself when ``exact`` says msgpack carries it
-    exactly, else pickled. Raises ``serialization_error`` when nothing can carry it."""
+    exactly, else pickled (its large buffers beside the frame, with ``share``). Raises
+    ``serialization_error`` when nothing can carry it."""
     if exact(value):
+        if shares(value, share):
+            return encode(share("bytes", b"", [memoryview(value)]))  # type: ignore[misc]
         try:
             return encode(value)
         except REFUSED:
             pass
-    return encode(pickled(value, dumps))
+    return encode(pickled(value, dumps, share))
 
 
-def wire_value(value: Any, *, exact: Callable[[Any], bool] = exact, dumps: Callable[[Any], bytes] = _fast_dumps) -> Any:
+def wire_value(
+    value: Any, *, exact: Callable[[Any], bool] = exact, dumps: Callable[..., bytes] = _fast_dumps, share: Share | None = None
+) -> Any:
     """``value`` as it is to travel inside a message that is encoded later: itself once msgpack
     has shown it carries it (exactly), else pickled. Raises ``serialization_error``."""
-    return encode_with(_carried, value, exact=exact, dumps=dumps)
+    return encode_with(_carried, value, exact=exact, dumps=dumps, share=share)
 
 
 def _carried(wire: Any) -> Any:
@@ -364,12 +412,37 @@ def _carried(wire: Any) -> Any:
     return wire
 
 
+class Shared:
+    """A value received with its large buffers in shared memory (mapped, not copied): decoded by
+    :func:`decode_value` like a pickle extension. Its mappings go when it, or the value decoded
+    from it, is dropped."""
+
+    __slots__ = ("kind", "data", "buffers")
+
+    def __init__(self, kind: str, data: bytes, buffers: list[memoryview]) -> None:
+        self.kind = kind
+        self.data = data
+        self.buffers = buffers
+
+    def load(self) -> Any:
+        """The value, once: from then on only the value holds the shared memory, so that
+        dropping it gives the memory back (the message that carried it may live on)."""
+        buffers, self.buffers = self.buffers, []
+        if self.kind == "bytes":
+            return bytes(buffers[0])  # bytes must be bytes: the second copy
+        return pickle.loads(self.data, buffers=buffers)
+
+
+PACKED = (Ext, Shared)  # values still in their wire form: ``type(v) in PACKED`` means decode it
+
+
 def decode_value(value: Any) -> Any:
-    if type(value) is Ext:
-        if value.code != PICKLE_EXT:
+    kind = type(value)
+    if kind is Ext or kind is Shared:
+        if kind is Ext and value.code != PICKLE_EXT:
             raise errors.validation(Reason.SERIALIZATION_ERROR, f"unknown value extension {value.code}")
         try:
-            return pickle.loads(value.data)
+            return pickle.loads(value.data) if kind is Ext else value.load()
         except Exception as exc:
             raise errors.validation(
                 Reason.SERIALIZATION_ERROR,
@@ -476,9 +549,9 @@ class FrameReader:
 
     __slots__ = ("_decoder", "_rest", "_big", "_big_filled", "_buffer", "_pending", "received", "broken")
 
-    def __init__(self, message_type: Any) -> None:
+    def __init__(self, message_type: Any, ext_hook: Callable[[int, memoryview], Any] | None = None) -> None:
         self.received = 0  # bytes read from the pipe so far
-        self._decoder = msgspec.msgpack.Decoder(message_type)
+        self._decoder = msgspec.msgpack.Decoder(message_type, ext_hook=ext_hook)
         self._rest = b""
         self._big: bytearray | None = None
         self._big_filled = 0

@@ -49,7 +49,7 @@ class MemoryConnection:
     def memory(self) -> int | None:
         return None
 
-    def send(self, frame: Any, deadline: float | None = None) -> None:
+    def send(self, frame: Any, deadline: float | None = None, attachments: Any = None) -> None:
         if self.exit_info is not None:
             raise WorkerGone()
         self.sent.append(frame)

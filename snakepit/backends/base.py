@@ -52,9 +52,10 @@ class Connection(Protocol):
     def fits(self, size: int) -> bool:
         """A call of ``size`` bytes is taken at once, without waiting for the worker to read."""
 
-    def send(self, frame: bytes | bytearray, deadline: float | None = None) -> None:
-        """Send an encoded call or batch; ``WorkerGone``, or ``DeadlineExceeded`` when the
-        worker takes none of it before ``deadline``."""
+    def send(self, frame: bytes | bytearray, deadline: float | None = None, attachments: Any = None) -> None:
+        """Send an encoded call or batch (and its ``attachments``, see ``Backend.attachments``);
+        ``WorkerGone``, or ``DeadlineExceeded`` when the worker takes none of it before
+        ``deadline``."""
 
     def send_control(self, message: Any) -> bool:
         """Send ``Cancel``/``Ping`` past any queued call; False if the worker has gone."""
@@ -105,6 +106,10 @@ class Backend(Protocol):
     gating, back-off, drain grace, heartbeats, recycling) is the supervisor's policy."""
 
     name: str
+    # Makes the holder of one call's large arguments in shared memory (``share``, ``fds``,
+    # ``close``), passed to ``Connection.send`` as ``attachments``; None where connections
+    # cannot carry memory (values then travel in the frame).
+    attachments: Callable[[], Any] | None
 
     def start(self, reactor: Reactor, events: WorkerEvents) -> None:
         """Before the first launch: ``reactor`` is the supervisor's thread, where ``events``

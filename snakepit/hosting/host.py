@@ -32,12 +32,11 @@ import traceback
 from typing import Any, Callable, Iterator, Protocol
 
 import msgspec
-from msgspec.msgpack import Ext
 
 from .. import errors, protocol
 from ..adapter import BoundTool, discover_tools, import_by_path
 from ..errors import CallCancelled, Reason
-from ..protocol import Batch, BatchResult, Call, Chunk, End, Failure, Ready, Result, StartFailed, decode_value, encode_value
+from ..protocol import PACKED, Batch, BatchResult, Call, Chunk, End, Failure, Ready, Result, StartFailed, decode_value, encode_value
 from ..streaming import StreamChunk
 
 _SCALARS = protocol._SCALARS
@@ -45,7 +44,8 @@ _plain = protocol._plain
 
 
 class Outbox(Protocol):
-    """Where a host's answers go."""
+    """Where a host's answers go. One that can carry large buffers beside its frames also has
+    ``share`` (see :data:`snakepit.protocol.Share`)."""
 
     def send(self, message: msgspec.Struct) -> None: ...
 
@@ -79,11 +79,11 @@ def _tool_exception(call_id: int, tool: str, exc: BaseException) -> Failure:
     )
 
 
-def _dumps(value: Any) -> bytes:
+def _dumps(value: Any, buffer_callback: Any = None) -> bytes:
     """Pickle a value the worker sends. Its own pickling code may raise anything (``SystemExit``
     included): that is this value's ``serialization_error``, not the worker's end."""
     try:
-        return protocol._fast_dumps(value)
+        return protocol._fast_dumps(value, buffer_callback)
     except Exception:
         raise
     except BaseException as exc:
@@ -106,6 +106,7 @@ def _decode_args(value: Any) -> Any:
 class ToolHost:
     def __init__(self, out: Outbox) -> None:
         self._out = out
+        self._share: protocol.Share | None = getattr(out, "share", None)
         self._cancelled: set[int] = set()  # ids told to cancel that may still run here
         self._running: int | None = None  # the call or batch being run
         self._armed = False  # the running call's tool code is executing: it may be interrupted
@@ -123,10 +124,10 @@ class ToolHost:
 
     def _send_wire(self, build: Callable[[Any], Any], value: Any) -> None:
         """Send ``build(value on the wire)``. Raises ``serialization_error``."""
-        protocol.encode_with(lambda wire: self._send(build(wire)), value, dumps=_dumps)
+        protocol.encode_with(lambda wire: self._send(build(wire)), value, dumps=_dumps, share=self._share)
 
     def _send_value(self, call_id: int, value: Any) -> None:
-        if type(value) in _SCALARS:  # the common case, without the general path's closures
+        if type(value) in _SCALARS and not protocol.shares(value, self._share):  # the common case, without closures
             try:
                 self._out.send(Result(call_id, value))
                 return
@@ -227,7 +228,7 @@ class ToolHost:
                     Reason.NOT_STREAMING, f"tool {call.tool!r} does not support streaming", tool=call.tool
                 )
             args = call.args
-            bound = tool.convert(args if type(args) is not Ext else _decode_args(args))
+            bound = tool.convert(args if type(args) not in PACKED else _decode_args(args))
         except errors.SnakepitError as exc:
             self._send(protocol.failure(call_id, exc))
             return
@@ -245,13 +246,14 @@ class ToolHost:
         except BaseException as exc:
             self._send(_tool_exception(call_id, call.tool, exc))
             return
+        del bound  # the arguments' shared memory goes back to the owner before it has the answer
         self._send_value(call_id, out)
 
     def _stream(self, call_id: int, name: str, tool: BoundTool, bound: Any) -> None:
         """Send each chunk as it is yielded; tool code runs armed, chunk writes do not."""
         chunk = self._out.chunk_writer(call_id)
         cancelled_ids = self._cancelled
-        scalars, plain, pickled = _SCALARS, _plain, protocol.pickled
+        scalars, plain, pickled, shares, share = _SCALARS, _plain, protocol.pickled, protocol.shares, self._share
         items: Any = None
         cancelled = False
         ending: Failure | None = None
@@ -278,12 +280,15 @@ class ToolHost:
                             continue
                         item = item.data
                         kind = type(item)
-                    if kind not in scalars and not plain(item):
-                        item = pickled(item, _dumps)
+                    if kind not in scalars:
+                        if not plain(item):
+                            item = pickled(item, _dumps, share)
+                    elif kind is bytes and shares(item, share):
+                        item = share("bytes", b"", [memoryview(item)])
                     try:
                         chunk(item)
                     except protocol.REFUSED:  # e.g. an int beyond 64 bits: msgpack cannot hold it, pickle can
-                        chunk(pickled(item, _dumps))
+                        chunk(pickled(item, _dumps, share))
                     self._armed = True
                     if call_id in cancelled_ids:
                         self._stop()
@@ -306,7 +311,7 @@ class ToolHost:
         """A chunk with a final flag or metadata travels as a ``Chunk`` of its own."""
         metadata = None if item.metadata is None else encode_value(item.metadata, _dumps)
         try:
-            self._send(Chunk(call_id, encode_value(item.data, _dumps), item.is_final, metadata))
+            self._send(Chunk(call_id, protocol.wire_value(item.data, dumps=_dumps, share=self._share), item.is_final, metadata))
         except protocol.REFUSED:
             self._send(Chunk(call_id, protocol.pickled(item.data, _dumps), item.is_final, protocol.pickled(item.metadata, _dumps)))
 

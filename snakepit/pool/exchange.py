@@ -31,12 +31,11 @@ import math
 import time
 from typing import Any, Callable
 
-from msgspec.msgpack import Ext
 
 from .. import errors
 from ..backends.base import DeadlineExceeded, WorkerGone
 from ..errors import Reason
-from ..protocol import TERMINAL, Cancel, Chunk, Chunks, End, Failure, Result, decode_value, raise_failure
+from ..protocol import PACKED, TERMINAL, Cancel, Chunk, Chunks, End, Failure, Result, decode_value, raise_failure
 from ..streaming import HALT, StreamResult
 from .dispatcher import Dispatcher
 from .workers import Worker
@@ -92,7 +91,7 @@ class Exchange:
 
     # -- sending and waiting ---------------------------------------------------------------------
 
-    def send(self, frame: bytearray, call_id: int) -> None:
+    def send(self, frame: bytearray, call_id: int, attachments: Any = None) -> None:
         """Send the encoded ``Call`` (its id stamped in); if that is interrupted half-way, the
         pipe is unusable."""
         handle = self.handle
@@ -100,7 +99,7 @@ class Exchange:
             self.call_id = call_id
             handle.begin(call_id, self.tool)
             self.sent = True
-            handle.conn.send(frame, self.deadline)
+            handle.conn.send(frame, self.deadline, attachments)
         except WorkerGone:
             self.gone()
         except DeadlineExceeded:  # it read nothing of a large call: stopped or hung
@@ -208,7 +207,7 @@ class Exchange:
 
     def decode(self, value: Any) -> Any:
         """A wire value as the caller's object; a value that will not unpickle ends the stream."""
-        if type(value) is not Ext:
+        if type(value) not in PACKED:
             return value
         try:
             return decode_value(value)
@@ -318,7 +317,7 @@ class Delivery:
             self.exchange.expired()
         self.next = position + 1
         data = batch[position]
-        return data if type(data) is not Ext else self.exchange.decode(data)
+        return data if type(data) not in PACKED else self.exchange.decode(data)
 
     def take_ready(self, limit: int) -> list[Any]:
         """Up to ``limit`` more chunks that have already arrived, without waiting for any."""
@@ -326,7 +325,7 @@ class Delivery:
         items = self.batch[start : start + limit]
         self.next = start + len(items)
         decode = self.exchange.decode
-        return [item if type(item) is not Ext else decode(item) for item in items]
+        return [item if type(item) not in PACKED else decode(item) for item in items]
 
     @property
     def undelivered(self) -> int:

@@ -136,6 +136,7 @@ class Pool:
             backend, adapter, adapter_args, worker_env,
             memory_limit_mb=memory_limit_mb, ray_address=ray_address, actor_options=actor_options,
         )
+        self._attachments = workers.attachments
         self._counters = Counters()
         sessions = SessionStore(_positive("session_ttl", session_ttl), max_sessions)
         if on_event is not None and not callable(on_event):
@@ -525,11 +526,15 @@ class Pool:
                 args = dict(args)
         mode = None if session_id is None and affinity is None else _routing(session_id, affinity)
         limit = self._timeout if timeout is None else check_timeout("timeout", timeout)
-        frame = protocol.call_frame(tool, args, stream)
+        attachments = None
+        if self._attachments is not None and not protocol.exact_args(args):  # pickled: large arrays go beside
+            attachments = self._attachments()
+        frame = protocol.call_frame(tool, args, stream, None if attachments is None else attachments.share)
         now = time.monotonic()
         queue_limit = self._queue_timeout
         return PreparedCall(
-            tool, frame, session_id, mode, None if queue_limit is None else now + queue_limit, None if limit is None else now + limit
+            tool, frame, session_id, mode, None if queue_limit is None else now + queue_limit, None if limit is None else now + limit,
+            attachments if attachments is not None and attachments.fds else None,
         )
 
     # -- remote use ------------------------------------------------------------------------------
@@ -598,11 +603,11 @@ class Pool:
 class PreparedCall:
     """A call checked and encoded, waiting for a worker."""
 
-    __slots__ = ("tool", "frame", "session_id", "affinity", "queue_deadline", "deadline")
+    __slots__ = ("tool", "frame", "session_id", "affinity", "queue_deadline", "deadline", "attachments")
 
     def __init__(
         self, tool: str, frame: bytearray, session_id: str | None, affinity: Affinity | None,
-        queue_deadline: float | None, deadline: float | None,
+        queue_deadline: float | None, deadline: float | None, attachments: Any = None,
     ) -> None:
         self.tool = tool
         self.frame = frame  # without its id, which is drawn when it is sent
@@ -610,12 +615,13 @@ class PreparedCall:
         self.affinity = affinity
         self.queue_deadline = queue_deadline
         self.deadline = deadline
+        self.attachments = attachments  # large arguments in shared memory; freed when dropped unsent
 
     def start(self, exchange: Exchange) -> None:
         """Send the call to the worker its exchange was given; its id is drawn now."""
         call_id = next(exchange.dispatcher.call_ids)
         protocol.stamp_call_id(self.frame, call_id)
-        exchange.send(self.frame, call_id)
+        exchange.send(self.frame, call_id, self.attachments)
 
 
 def _routing(session_id: Any, affinity: Affinity | str | None) -> Affinity | None:

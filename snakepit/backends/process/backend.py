@@ -30,6 +30,7 @@ from ..base import WorkerEvents
 from .janitor import Janitor
 from .launcher import LaunchSpec, spawn
 from .relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
+from .segments import Attachments, Segments
 
 
 class ProcessBackend:
@@ -37,6 +38,8 @@ class ProcessBackend:
 
     def __init__(self, launch: LaunchSpec) -> None:
         self._launch = launch
+        self._segments = Segments()  # large call arguments in shared memory, reused across calls
+        self.attachments = lambda: Attachments(self._segments)
         self.relay = LogRelay()
         self.janitor = Janitor()
         self._splitters: dict[int, LineSplitter] = {}  # output fd -> its partial line
@@ -165,6 +168,7 @@ class ProcessBackend:
     def close(self) -> None:
         self.janitor.stop()
         self.relay.close()
+        self._segments.close()
 
     # -- selector bookkeeping --------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import fcntl
 import os
 import select
 import signal
+import socket
 import subprocess
 import threading
 import weakref
@@ -29,7 +30,8 @@ import psutil
 from ...pool.timing import deadline_after, poll_ms
 from ...protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
 from ..base import DeadlineExceeded, WorkerGone, watch_readers
-from . import spill
+from . import segments, spill
+from .segments import Attachments
 from .spin import Spin
 
 
@@ -44,6 +46,7 @@ class WorkerPipes:
     stdout: int
     stderr: int
     spill: int
+    segments: int  # a Unix socket: large values' memfds, both ways (see .segments)
 
 
 def _write_until(fd: int, data: bytes | bytearray, deadline: float) -> None:
@@ -86,7 +89,8 @@ class ProcessConnection:
         self.responses_fd = pipes.responses
         self.spill_fd = pipes.spill
         self.pidfd = _pidfd_open(process.pid)
-        self.reader = FrameReader(FromWorker)
+        self._socket = socket.socket(fileno=os.dup(pipes.segments))  # closed with the connection
+        self.reader = FrameReader(FromWorker, ext_hook=segments.receiver(self._socket))
         self.events = FrameReader(Event)
         self.output: dict[int, bytes] = {pipes.stdout: b"", pipes.stderr: b""}  # partial lines
         self.exit_info: dict[str, Any] | None = None  # once reaped: its exit code or signal
@@ -103,16 +107,18 @@ class ProcessConnection:
             self._poller.register(self.pidfd, select.POLLIN)
         # The pipes are closed by close_fds(), or when the connection is collected (a stream
         # dropped after its pool was closed is the last to hold its worker).
-        self._release_fds = weakref.finalize(self, _close_all, (*dataclasses.astuple(pipes), self.pidfd))
+        self._release_fds = weakref.finalize(self, _close_all, (*dataclasses.astuple(pipes), self.pidfd), self._socket)
         self._release_fds.atexit = False  # at exit the pool's own shutdown still reads them
 
     def __repr__(self) -> str:
         return f"<worker process {self.worker_id} pid={self.pid}>"
 
     def memory(self) -> int | None:
-        """The process's resident memory, in bytes (None once it is gone)."""
+        """The process's own resident memory, in bytes (None once it is gone): shared pages
+        (mapped values, the spill segment, the interpreter's files) are not its own."""
         try:
-            return psutil.Process(self.pid).memory_info().rss
+            info = psutil.Process(self.pid).memory_info()
+            return info.rss - getattr(info, "shared", 0)
         except psutil.Error:
             return None
 
@@ -132,15 +138,19 @@ class ProcessConnection:
         """A frame of ``size`` bytes goes into the empty requests pipe without waiting for a read."""
         return size <= self.requests_room
 
-    def send(self, frame: bytes | bytearray, deadline: float | None = None) -> None:
+    def send(self, frame: bytes | bytearray, deadline: float | None = None, attachments: Attachments | None = None) -> None:
         """Write a frame to the requests pipe; ``WorkerGone`` if the worker has exited.
 
         A frame the pipe cannot hold is written while the worker reads it; a worker that reads
         nothing (stopped, hung) makes that wait end at ``deadline`` with ``DeadlineExceeded``,
-        part of the frame in the pipe: the worker cannot take another call.
+        part of the frame in the pipe: the worker cannot take another call. ``attachments``
+        (large arguments' shared memory) go first, over the socket.
         """
         with self._request_lock:
             try:
+                if attachments is not None:
+                    segments.send_fds(self._socket, attachments.fds)
+                    attachments.sent = True
                 if deadline is None or len(frame) <= self.requests_room:
                     written = os.write(self.requests_fd, frame)  # whole, unless interrupted
                     if written < len(frame):
@@ -326,7 +336,8 @@ class ProcessConnection:
         return not self._release_fds.alive
 
 
-def _close_all(fds: tuple[int | None, ...]) -> None:
+def _close_all(fds: tuple[int | None, ...], sock: socket.socket) -> None:
+    sock.close()
     for fd in fds:
         if fd is not None:
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -147,7 +148,14 @@ def spawn(worker_id: int, spec: LaunchSpec) -> ProcessConnection:
         stderr_r, stderr_w = _pipe(opened)
         spill_fd = spill.create()
         opened.append(spill_fd)
-        child_ends = (requests_r, control_r, responses_w, events_w, spill_fd)
+        owner_socket, worker_socket = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # for memfds
+        for end in (owner_socket, worker_socket):
+            # Backpressure for values that travel beside the pipe: a sender blocks once about ten
+            # values' segments wait to be received, as a pipe blocks when full.
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        opened += (owner_socket.detach(), worker_socket.detach())
+        owner_socket_fd, worker_socket_fd = opened[-2:]
+        child_ends = (requests_r, control_r, responses_w, events_w, spill_fd, worker_socket_fd)
         for fd in (requests_w, responses_w, events_w, stdout_w, stderr_w):
             _enlarge(fd)
         command = [
@@ -172,11 +180,11 @@ def spawn(worker_id: int, spec: LaunchSpec) -> ProcessConnection:
         for fd in opened:
             os.close(fd)
         raise
-    for fd in (requests_r, control_r, responses_w, events_w, stdout_w, stderr_w):  # the child's now
+    for fd in (requests_r, control_r, responses_w, events_w, stdout_w, stderr_w, worker_socket_fd):  # the child's now
         os.close(fd)
     for fd in (responses_r, events_r, stdout_r, stderr_r):
         os.set_blocking(fd, False)
-    pipes = WorkerPipes(requests_w, control_w, responses_r, events_r, stdout_r, stderr_r, spill_fd)
+    pipes = WorkerPipes(requests_w, control_w, responses_r, events_r, stdout_r, stderr_r, spill_fd, owner_socket_fd)
     conn = ProcessConnection(worker_id, process, pipes)
     try:
         protocol.write_all(requests_w, boot)

@@ -46,6 +46,7 @@ def import_ray() -> Any:
 
 class RayBackend:
     name = "ray"
+    attachments = None  # Ray's object store carries large values itself
 
     def __init__(self, launch: LaunchSpec, ray_address: str | None, actor_options: Mapping[str, Any] | None) -> None:
         self._ray = import_ray()

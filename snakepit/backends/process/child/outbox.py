@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from ....protocol import HEADER, KEEP_BUFFER, Chunk, Chunks, FrameWriter
+from ....protocol import HEADER, KEEP_BUFFER, Chunk, Chunks, FrameWriter, Share
 from ..spill import SpillWriter
 
 _COALESCE = 50e-6
@@ -33,8 +33,10 @@ _TAIL_NONE = b"\xc0" + _TAIL  # data=None, then the tail
 
 
 class Outbox:
-    def __init__(self, fd: int, spill_fd: int) -> None:
+    def __init__(self, fd: int, spill_fd: int, share: Share | None = None) -> None:
         self._fd = fd
+        if share is not None:
+            self.share = share  # large values' buffers go beside the frames (see ..segments)
         os.set_blocking(fd, True)
         self._writer = FrameWriter()
         self._spill = SpillWriter(spill_fd)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 from time import monotonic
@@ -26,6 +27,7 @@ from typing import Any
 
 from ....hosting import ToolHost
 from ....protocol import Batch, Boot, Call, Cancel, FrameReader, Ping, Pong, Ready, Shutdown, ToWorker
+from .. import segments
 from .events import Events
 from .orphans import adopt_orphans, die_with_parent, end_descendants, reap_orphans
 from .outbox import Outbox
@@ -37,16 +39,17 @@ CANCEL_SIGNAL = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else signal.S
 
 
 class Worker:
-    def __init__(self, requests: int, control: int, responses: int, events: int, spill: int) -> None:
+    def __init__(self, requests: int, control: int, responses: int, events: int, spill: int, segments_fd: int) -> None:
         self._requests = requests
         self._control = control
-        self._out = Outbox(responses, spill)
+        self._socket = socket.socket(fileno=segments_fd)  # large values' memfds, both ways
+        self._out = Outbox(responses, spill, share=segments.sender(self._socket, segments.Segments()))
         self._host = ToolHost(self._out)
         self._events = Events(events, shield=self._host.shield)
         self._main = threading.get_ident()
 
     def boot(self) -> None:
-        reader = FrameReader(ToWorker)
+        reader = FrameReader(ToWorker, ext_hook=segments.receiver(self._socket))
         boot = reader.read_blocking(self._requests)
         if not isinstance(boot, Boot):
             os._exit(2)
@@ -112,12 +115,12 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
     adopt_orphans()
-    requests, control, responses, events, spill = (int(fd) for fd in sys.argv[1:6])
-    owner = int(sys.argv[6])
+    requests, control, responses, events, spill, segments_fd = (int(fd) for fd in sys.argv[1:7])
+    owner = int(sys.argv[7])
     if os.getppid() != owner:  # the owner died before PDEATHSIG was armed
         os._exit(0)
-    for fd in (requests, control, responses, events, spill):
+    for fd in (requests, control, responses, events, spill, segments_fd):
         os.set_inheritable(fd, False)
-    worker = Worker(requests, control, responses, events, spill)
+    worker = Worker(requests, control, responses, events, spill, segments_fd)
     worker.boot()
     worker.serve()
