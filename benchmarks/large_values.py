@@ -1,0 +1,154 @@
+"""Large numpy arrays between processes: snakepit vs multiprocessing.Pipe, against one in-process copy.
+
+Three workloads, each moving the same bytes with every contender:
+
+* ``stream``: 1 GiB of float64 arrays of 8 MiB each, produced in a worker and consumed in the
+  owner (``pool.stream`` of a generator tool; a ``Pipe`` child ``send``-ing each array);
+* ``return``: one 1 GiB array returned whole by a call (``pool.execute``; a ``Pipe`` child
+  answering a request with it);
+* ``argument``: a 256 MiB array passed to a tool, which answers with its size.
+
+The arrays exist before the clock starts (a tool's own work is not the transport's), and the clock
+stops when the consumer holds the last array. The reference is one in-process ``numpy.copyto``
+of the same bytes: snakepit moves a large buffer with one copy (into a shared memory segment the
+receiver maps), so a fraction of that copy's rate is its ceiling.
+
+Run: ``python -m benchmarks.large_values [--gib G] [--repeats R] [--quick] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import time
+
+import numpy as np
+
+from snakepit import BaseAdapter, Pool, tool
+
+from ._harness import common_options, emit_json, interleaved, medians, print_table
+
+CHUNK = 8 << 20
+ARGUMENT = 256 << 20
+
+
+class Arrays(BaseAdapter):
+    def __init__(self, total: int) -> None:
+        self.chunk = np.ones(CHUNK // 8)
+        self.whole = np.ones(total // 8)
+
+    @tool
+    def chunks(self, count: int):
+        for _ in range(count):
+            yield self.chunk
+
+    @tool
+    def whole_array(self):
+        return self.whole
+
+    @tool
+    def nbytes(self, x) -> int:
+        return x.nbytes
+
+
+def _pipe_child(conn, total: int) -> None:
+    chunk, whole = np.ones(CHUNK // 8), np.ones(total // 8)
+    while True:
+        request = conn.recv()
+        if request is None:
+            return
+        kind, value = request
+        if kind == "chunks":
+            for _ in range(value):
+                conn.send(chunk)
+        elif kind == "whole":
+            conn.send(whole)
+        else:
+            conn.send(value.nbytes)
+
+
+def _gbps(nbytes: int, run) -> float:
+    start = time.perf_counter()
+    run()
+    return nbytes / (time.perf_counter() - start) / 1e9
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0, help="GiB per stream and per returned array")
+    parser.add_argument("--repeats", type=int, default=3)
+    common_options(parser)
+    opts = parser.parse_args(argv)
+    if opts.quick:
+        opts.gib, opts.repeats = 0.125, 1
+    total = int(opts.gib * (1 << 30)) // CHUNK * CHUNK
+    count = total // CHUNK
+    argument = np.ones(min(ARGUMENT, total) // 8)
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_pipe_child, args=(child, total), daemon=True)
+    proc.start()
+
+    def pipe_stream() -> None:
+        parent.send(("chunks", count))
+        for _ in range(count):
+            parent.recv()
+
+    def pipe_whole() -> None:
+        parent.send(("whole", None))
+        parent.recv()
+
+    def pipe_argument() -> None:
+        parent.send(("argument", argument))
+        assert parent.recv() == argument.nbytes
+
+    src, dst = np.ones(total // 8), np.empty(total // 8)
+    results: dict[str, dict[str, float]] = {}
+    try:
+        with Pool(Arrays, size=1, adapter_args={"total": total}) as pool:
+
+            def snakepit_stream() -> None:
+                received = sum(1 for _ in pool.stream("chunks", {"count": count}))
+                assert received == count
+
+            contenders = {
+                "stream": (total, {
+                    "snakepit stream()": snakepit_stream,
+                    "multiprocessing.Pipe": pipe_stream,
+                }),
+                "return": (total, {
+                    "snakepit execute": lambda: pool.execute("whole_array"),
+                    "multiprocessing.Pipe": pipe_whole,
+                }),
+                "argument": (argument.nbytes, {
+                    "snakepit execute": lambda: pool.execute("nbytes", {"x": argument}),
+                    "multiprocessing.Pipe": pipe_argument,
+                }),
+            }
+            for workload, (nbytes, runs) in contenders.items():
+                measured = {name: (lambda run=run, nbytes=nbytes: _gbps(nbytes, run)) for name, run in runs.items()}
+                measured["numpy.copyto in process"] = lambda nbytes=nbytes: _gbps(nbytes, lambda: np.copyto(dst[: nbytes // 8], src[: nbytes // 8]))
+                for run in runs.values():
+                    run()  # warm up: workers, page tables
+                results[workload] = medians(interleaved(opts.repeats, measured))
+    finally:
+        parent.send(None)
+        proc.join(10)
+
+    titles = {
+        "stream": f"{total / (1 << 30):.3g} GiB streamed as {count} float64 arrays of 8 MiB",
+        "return": f"one {total / (1 << 30):.3g} GiB float64 array returned whole",
+        "argument": f"a {argument.nbytes >> 20} MiB float64 array passed as an argument",
+    }
+    for workload, rows in results.items():
+        print_table(f"{titles[workload]}, median of {opts.repeats}", "GB/s", list(rows.items()), reference="multiprocessing.Pipe")
+        copy = rows["numpy.copyto in process"]
+        ours = next(v for k, v in rows.items() if k.startswith("snakepit"))
+        print(f"snakepit vs one in-process copy: {ours / copy:.2f}x")
+    payload = {"benchmark": "large_values", "bytes": total, "median_gb_per_s": results}
+    emit_json(opts.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
