@@ -46,6 +46,9 @@ class MemoryConnection:
     def fits(self, size: int) -> bool:
         return True
 
+    def spin(self) -> bool:
+        return False
+
     def memory(self) -> int | None:
         return None
 

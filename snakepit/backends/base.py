@@ -49,6 +49,10 @@ class Connection(Protocol):
     def memory(self) -> int | None:
         """The worker's resident memory in bytes, where it can be measured from here."""
 
+    def spin(self) -> bool:
+        """Wait awake, briefly and adaptively, for something to take: True if it came. Lets an
+        event loop pick up a quick reply without the round trip through its selector."""
+
     def fits(self, size: int) -> bool:
         """A call of ``size`` bytes is taken at once, without waiting for the worker to read."""
 

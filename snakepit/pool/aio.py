@@ -151,12 +151,14 @@ class Readable:
 async def fetch(exchange: Exchange, readable: Readable) -> None:
     """The async twin of :meth:`Exchange.fetch`: wait for more from the worker, then feed it."""
     try:
+        conn = exchange.handle.conn
         while True:
-            messages = exchange.handle.conn.take(readable.exited)
+            messages = conn.take(readable.exited)
             if messages:
                 exchange.feed(messages)
                 return
-            await readable.wait(exchange.deadline)
+            if not conn.spin():  # a quick reply is taken without a trip through the selector
+                await readable.wait(exchange.deadline)
     except WorkerGone:
         exchange.gone()
     except DeadlineExceeded:

@@ -171,6 +171,11 @@ class ProcessConnection:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def spin(self) -> bool:
+        """True when the responses pipe became readable (an exit is left to the watch, which
+        says so)."""
+        return any(fd == self.responses_fd for fd, _ in self._spin.poll(self._poller.poll))
+
     def take(self, exited: bool = False) -> list[Any]:
         """Messages available now (maybe none). ``WorkerGone`` at end of file, or once the
         process has ``exited`` and nothing more is readable (a grandchild may hold the pipe)."""

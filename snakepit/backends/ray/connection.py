@@ -65,6 +65,9 @@ class RayConnection:
     def memory(self) -> int | None:
         return None  # the actor may run on another machine: Ray's dashboard has it
 
+    def spin(self) -> bool:
+        return False  # a reply crosses Ray's object store and a reader thread: never microseconds
+
     def fits(self, size: int) -> bool:
         return True  # Ray moves big arguments itself, without blocking the sender
 
