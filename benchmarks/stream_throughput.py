@@ -20,6 +20,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import msgspec
@@ -135,6 +136,24 @@ def bench_snakepit_iterator(pool: Pool, n: int) -> float:
     return n / elapsed
 
 
+def bench_concurrent_streams(pool: Pool, n: int, streams: int) -> float:
+    """Aggregate rate of ``streams`` streams consumed at once, each in a thread of its own."""
+    barrier = threading.Barrier(streams + 1)
+
+    def consume() -> None:
+        barrier.wait()
+        assert sum(1 for _ in pool.stream("numbers", {"n": n})) == n
+
+    threads = [threading.Thread(target=consume) for _ in range(streams)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return streams * n / (time.perf_counter() - start)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=200_000)
@@ -161,7 +180,17 @@ def main(argv: list[str] | None = None) -> dict:
         list(results.items()),
         reference="multiprocessing.Pipe",
     )
-    payload = {"benchmark": "stream_throughput", "chunks": n, "median_chunks_per_s": results, "samples": samples}
+    ratios = [a / b for a, b in zip(samples["snakepit stream()"], samples["multiprocessing.Pipe"])]
+    print(f"snakepit stream() vs Pipe per run: {min(ratios):.2f}x-{max(ratios):.2f}x")
+    with Pool(Numbers, size=2) as pool:
+        concurrent = medians(interleaved(opts.repeats, {
+            "one stream": lambda: bench_concurrent_streams(pool, n, 1),
+            "2 concurrent streams, 2 workers": lambda: bench_concurrent_streams(pool, n, 2),
+        }))
+    print_table(f"Concurrent streams, {n:,} chunks each, aggregate, median of {opts.repeats}", "chunks/s",
+                list(concurrent.items()), reference="one stream")
+    payload = {"benchmark": "stream_throughput", "chunks": n, "median_chunks_per_s": results, "samples": samples,
+               "stream_vs_pipe_per_run": ratios, "concurrent_chunks_per_s": concurrent}
     emit_json(opts.json, payload)
     return payload
 

@@ -11,6 +11,8 @@
         pool.execute("add", {"a": 1, "b": 2})   # -> 3
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .adapter import BaseAdapter, ParameterSpec, ToolSpec, tool
 from .affinity import Affinity
 from .errors import (
@@ -22,8 +24,24 @@ from .errors import (
     ValidationError,
     WorkerError,
 )
-from .pool import Pool, Session, Stream
 from .streaming import HALT, StreamChunk, StreamResult
+
+if TYPE_CHECKING:
+    from .pool import Pool, Session, Stream
+
+_LAZY = {"Pool", "Session", "Stream"}
+
+
+def __getattr__(name: str) -> Any:
+    """The pool and its companions, imported at first use: a worker process imports this package
+    for the adapter API and never needs the pool (threads, asyncio, the supervisor)."""
+    if name in _LAZY:
+        from . import pool
+
+        value = getattr(pool, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'snakepit' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

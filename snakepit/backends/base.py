@@ -9,10 +9,11 @@ through a :class:`Connection`; a connection raises :class:`WorkerGone` and
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: a worker process imports this module, and nothing it need not
+    import asyncio
+
     from ..pool.reactor import Reactor
     from ..pool.workers import Worker
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import tempfile
 
 import msgspec
 
@@ -50,6 +49,8 @@ def create(size: int = SIZE) -> int:
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("snakepit-spill", os.MFD_CLOEXEC)
     else:  # pragma: no cover - non-Linux
+        import tempfile
+
         handle = tempfile.TemporaryFile()
         fd = os.dup(handle.fileno())
         handle.close()
