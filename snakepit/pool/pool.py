@@ -66,8 +66,9 @@ class Pool:
         max_sessions: how many sessions may be open before ``session_quota_exceeded``.
         max_requests: recycle a worker after this many calls (default: never).
         worker_ttl: recycle a worker this many seconds after it started (default: never).
-        memory_limit_mb: recycle a worker whose RSS reaches this, checked after each call and
-            while idle (default: no limit). Recycling happens between calls, never inside one.
+        memory_limit_mb: recycle a worker whose own resident memory (not pages it shares, such
+            as large values in shared memory) reaches this, checked after each call and while
+            idle (default: no limit). Recycling happens between calls, never inside one.
         worker_env: extra environment variables for the workers. BLAS/OpenMP thread counts are
             set to 1 unless this overrides them.
         backend: where workers run; ``"process"`` (local worker processes) is the one backend
