@@ -157,7 +157,7 @@ def test_the_command_line_serves_calls_and_shuts_down_cleanly():
         banner = server.stdout.readline()
         assert banner.startswith("serving showcase (2 workers) on 127.0.0.1:"), banner + server.stderr.read()
         address = banner.split()[-1]
-        workers = [child.pid for child in psutil.Process(server.pid).children() if "worker_process" in " ".join(child.cmdline())]
+        workers = [child.pid for child in psutil.Process(server.pid).children(recursive=True) if child.name() == "snakepit-worker"]
         assert len(workers) == 2
         listed = _cli("tools", "--address", address, env={"SNAKEPIT_TOKEN": "cli-token"})
         assert listed.returncode == 0 and "add(a: float, b: float = 1)  [call]" in listed.stdout

@@ -22,6 +22,8 @@ def create(
     worker_env: Mapping[str, str] | None,
     *,
     memory_limit_mb: float | None = None,
+    start_method: str | None = None,
+    start_timeout: float | None = None,
     ray_address: str | None = None,
     actor_options: Mapping[str, Any] | None = None,
 ) -> Backend:
@@ -30,11 +32,17 @@ def create(
     from .process.launcher import build_launch_spec
 
     if name == "process":
-        from .process.backend import ProcessBackend
+        from .process.backend import START_METHODS, ProcessBackend
 
         if ray_address is not None or actor_options is not None:
             raise errors.validation(Reason.INVALID_CONFIG, "ray_address and actor_options apply to backend='ray' only")
-        return ProcessBackend(build_launch_spec(adapter, adapter_args, worker_env))
+        if start_method is None:
+            start_method = "forkserver"
+        if start_method not in START_METHODS:
+            raise errors.validation(
+                Reason.INVALID_CONFIG, f"unknown start_method {start_method!r}: choose one of {', '.join(map(repr, START_METHODS))}"
+            )
+        return ProcessBackend(build_launch_spec(adapter, adapter_args, worker_env), start_method, start_timeout)
     if name == "ray":
         from .ray.backend import RayBackend
 
@@ -43,6 +51,8 @@ def create(
                 Reason.INVALID_CONFIG,
                 "memory_limit_mb applies to backend='process' only: give Ray actors a memory budget in actor_options={'memory': ...}",
             )
+        if start_method is not None:
+            raise errors.validation(Reason.INVALID_CONFIG, "start_method applies to backend='process' only: Ray starts its actors")
         options = dict(actor_options or {})
         if worker_env:  # the actors' environment: Ray's runtime_env env_vars
             runtime_env = dict(options.get("runtime_env") or {})

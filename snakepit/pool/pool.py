@@ -73,6 +73,11 @@ class Pool:
             set to 1 unless this overrides them.
         backend: where workers run; ``"process"`` (local worker processes) is the one backend
             this version has.
+        start_method: how ``backend="process"`` starts a worker: ``"forkserver"`` (the default)
+            forks it from a template process that has already imported snakepit and the
+            adapter's module (a ``"module:Class"`` adapter, or a class importable by name), so a
+            worker starts in milliseconds; ``"spawn"`` starts a fresh interpreter each time (what
+            the template falls back to if it cannot serve). See the README's *Start-up*.
         start_timeout: how long a worker may take to import and ``initialize()``. This and
             ``cancel_grace``, ``shutdown_timeout`` and ``heartbeat_timeout`` may be ``None`` (or
             ``math.inf``): no limit.
@@ -106,6 +111,7 @@ class Pool:
         memory_limit_mb: float | None = None,
         worker_env: Mapping[str, str] | None = None,
         backend: str = "process",
+        start_method: str | None = None,
         start_timeout: float | None = 60.0,
         cancel_grace: float | None = 5.0,
         kill_grace: float = 1.0,
@@ -133,9 +139,11 @@ class Pool:
             _positive("worker_ttl", worker_ttl, allow_none=True),
             _positive("memory_limit_mb", memory_limit_mb, allow_none=True),
         )
+        start_timeout = check_timeout("start_timeout", start_timeout, Reason.INVALID_CONFIG)
         workers = backends.create(
             backend, adapter, adapter_args, worker_env,
-            memory_limit_mb=memory_limit_mb, ray_address=ray_address, actor_options=actor_options,
+            memory_limit_mb=memory_limit_mb, start_method=start_method, start_timeout=start_timeout,
+            ray_address=ray_address, actor_options=actor_options,
         )
         self._attachments = workers.attachments
         self._counters = Counters()
@@ -150,7 +158,7 @@ class Pool:
             self._counters,
             size=size,
             # Waits that may be unbounded (None or inf); the rhythms of supervision may not.
-            start_timeout=check_timeout("start_timeout", start_timeout, Reason.INVALID_CONFIG),
+            start_timeout=start_timeout,
             cancel_grace=check_timeout("cancel_grace", cancel_grace, Reason.INVALID_CONFIG),
             kill_grace=_positive("kill_grace", kill_grace),
             shutdown_timeout=check_timeout("shutdown_timeout", shutdown_timeout, Reason.INVALID_CONFIG),

@@ -13,10 +13,15 @@ selector, so it reacts at once and never polls:
 Workers are spawned from the supervisor's long-lived thread: on Linux ``PR_SET_PDEATHSIG`` fires
 when the *thread* that forked the child exits, so spawning from a short-lived caller thread
 would kill them.
+
+With ``start_method="forkserver"`` (the default) workers are forked by a template process that
+has imported what they import (see :mod:`.template`); if it cannot serve, or stops serving,
+workers start cold from then on, and a warning says why.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -28,16 +33,23 @@ from ...pool.workers import Worker
 from ...protocol import Log, Pong, Ready, Shutdown, StartFailed, encode_frame
 from ..base import WorkerEvents
 from .janitor import Janitor
-from .launcher import LaunchSpec, spawn
+from .launcher import SNAKEPIT_ROOT, LaunchSpec, spawn
 from .relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
 from .segments import Attachments, Segments
+from .template import Template, TemplateUnavailable, adapter_module
+
+START_METHODS = ("forkserver", "spawn")
+_log = logging.getLogger("snakepit")
 
 
 class ProcessBackend:
     name = "process"
 
-    def __init__(self, launch: LaunchSpec) -> None:
+    def __init__(self, launch: LaunchSpec, start_method: str = "forkserver", start_timeout: float | None = None) -> None:
         self._launch = launch
+        self._start_method = start_method
+        self._start_timeout = start_timeout
+        self._template: Template | None = None
         self._segments = Segments()  # large call arguments in shared memory, reused across calls
         self.attachments = lambda: Attachments(self._segments)
         self.relay = LogRelay()
@@ -50,12 +62,20 @@ class ProcessBackend:
         self._reactor = reactor
         self._events = events
         self.janitor.start()
+        if self._start_method == "forkserver":
+            launch = self._launch
+            try:
+                self._template = Template(
+                    SNAKEPIT_ROOT, adapter_module(launch.adapter), launch.sys_path, launch.cwd, dict(launch.env), self._start_timeout
+                )
+            except OSError as exc:
+                _log.warning("snakepit: cannot start the template process (%s); workers start cold", exc)
 
     # -- starting --------------------------------------------------------------------------------
 
     def launch(self, worker: Worker) -> None:
         """Start ``worker``'s process (the supervisor's thread); raises if none could start."""
-        conn = spawn(worker.id, self._launch)
+        conn = self._spawn(worker.id)
         worker.conn = conn
         conn.on_group_ended = self.janitor.forget
         self.janitor.watch(conn.pid)
@@ -68,6 +88,20 @@ class ProcessBackend:
             self._watch(worker, conn.pidfd, self._events.exited)
         else:
             threading.Thread(target=self._wait_exit, args=(worker,), daemon=True).start()
+
+    def _spawn(self, worker_id: int) -> Any:
+        if self._template is not None:
+            try:
+                return spawn(worker_id, self._launch, self._template)
+            except TemplateUnavailable as exc:
+                _log.warning("snakepit: the template process cannot fork workers (%s); they start cold from now on", exc)
+                self._close_template()
+        return spawn(worker_id, self._launch)
+
+    def _close_template(self) -> None:
+        template, self._template = self._template, None
+        if template is not None:
+            template.close()
 
     def _wait_exit(self, worker: Worker) -> None:
         """Without pidfds, a thread blocked in waitpid is the process sentinel."""
@@ -166,6 +200,7 @@ class ProcessBackend:
                 worker.conn.kill()
 
     def close(self) -> None:
+        self._close_template()
         self.janitor.stop()
         self.relay.close()
         self._segments.close()

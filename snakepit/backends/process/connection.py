@@ -33,6 +33,7 @@ from ..base import DeadlineExceeded, WorkerGone, watch_readers
 from . import segments, spill
 from .segments import Attachments
 from .spin import Spin
+from .template import ForkedProcess
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def _pipe_capacity(fd: int) -> int:
 class ProcessConnection:
     """The owner's side of one worker process: its pipes, its pidfd, the process itself."""
 
-    def __init__(self, worker_id: int, process: subprocess.Popen[bytes], pipes: WorkerPipes) -> None:
+    def __init__(self, worker_id: int, process: subprocess.Popen[bytes] | ForkedProcess, pipes: WorkerPipes) -> None:
         self.worker_id = worker_id
         self.process = process
         self.pid = process.pid
@@ -88,7 +89,8 @@ class ProcessConnection:
         self.control_fd = pipes.control
         self.responses_fd = pipes.responses
         self.spill_fd = pipes.spill
-        self.pidfd = _pidfd_open(process.pid)
+        # A forked worker comes with a pidfd its template opened before anything could reap it.
+        self.pidfd = process.pidfd if isinstance(process, ForkedProcess) else _pidfd_open(process.pid)
         self._socket = socket.socket(fileno=os.dup(pipes.segments))  # closed with the connection
         self.reader = FrameReader(FromWorker, ext_hook=segments.receiver(self._socket))
         self.events = FrameReader(Event)
@@ -327,6 +329,8 @@ class ProcessConnection:
         """The process has ended (it may not be reaped yet: see :meth:`reap`)."""
         if self.process.returncode is not None:
             return True
+        if isinstance(self.process, ForkedProcess):  # not our child: waitid cannot see it
+            return self.process.exited()
         try:
             return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:  # reaped elsewhere

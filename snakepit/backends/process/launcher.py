@@ -1,8 +1,9 @@
-"""Starting worker processes: a fresh interpreter, three pipes, and a boot message.
+"""Starting worker processes: pipes, a process, and a boot message.
 
-Workers are started with ``subprocess`` (fork + exec of ``sys.executable``), never a bare
-``fork``: the owner runs threads (supervisor, gRPC) that a forked child would inherit in an
-unknown state. Like multiprocessing's *spawn*, the child gets the owner's ``sys.path`` and working
+A worker is never a bare ``fork`` of the owner, which runs threads (supervisor, gRPC) that a
+forked child would inherit in an unknown state: it is forked by the template (see
+:mod:`.template`), a fresh single-threaded process, or it is a fresh interpreter started with
+``subprocess``. Like multiprocessing's *spawn*, the child gets the owner's ``sys.path`` and working
 directory, sent in the first frame (``Boot``) rather than on the command line. The adapter class
 travels by import path when the worker can import it by that name, and by value (cloudpickle)
 otherwise: a class in ``__main__``, a notebook cell, or a function's local scope.
@@ -25,6 +26,7 @@ from ...errors import Reason
 from ...protocol import Boot
 from . import spill
 from .connection import ProcessConnection, WorkerPipes
+from .template import Template
 
 # One thread per BLAS/OpenMP runtime per worker: N workers already use N cores.
 SINGLE_THREADED_ENV = {
@@ -37,7 +39,7 @@ SINGLE_THREADED_ENV = {
 
 _PIPE_SIZE = 1 << 20  # the Linux default maximum; bigger pipes mean fewer wake-ups per stream
 
-_SNAKEPIT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+SNAKEPIT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 _BOOTSTRAP = (
     "import sys; sys.path.insert(0, {root!r}); "
     "from snakepit.backends.process.child.worker_process import main; main()"
@@ -130,12 +132,13 @@ def _enlarge(fd: int) -> None:
         pass
 
 
-def spawn(worker_id: int, spec: LaunchSpec) -> ProcessConnection:
+def spawn(worker_id: int, spec: LaunchSpec, template: Template | None = None) -> ProcessConnection:
     """Start one worker process and send it its boot frame; it reports ``Ready`` on its own.
 
     Pipes: requests and control (owner to worker), responses and events (worker to owner), and
     the worker's stdout and stderr, which the owner relays to :mod:`logging`. The spill segment
-    is shared memory (see :mod:`.spill`).
+    is shared memory (see :mod:`.spill`). The process is forked by ``template`` when one is
+    given (``TemplateUnavailable`` if it cannot), else a fresh interpreter.
     """
     boot = protocol.encode_frame(Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level))
     opened: list[int] = []  # closed again if anything below fails (e.g. out of descriptors)
@@ -158,24 +161,10 @@ def spawn(worker_id: int, spec: LaunchSpec) -> ProcessConnection:
         child_ends = (requests_r, control_r, responses_w, events_w, spill_fd, worker_socket_fd)
         for fd in (requests_w, responses_w, events_w, stdout_w, stderr_w):
             _enlarge(fd)
-        command = [
-            sys.executable,
-            "-c",
-            _BOOTSTRAP.format(root=_SNAKEPIT_ROOT),
-            *(str(fd) for fd in child_ends),
-            str(os.getpid()),
-        ]
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout_w,
-            stderr=stderr_w,
-            pass_fds=child_ends,
-            env=dict(spec.env),
-            cwd=spec.cwd,
-            close_fds=True,
-            process_group=0,  # its own group: what its tools start can be ended with it
-        )
+        if template is not None:
+            process: Any = template.fork(worker_id, (*child_ends, stdout_w, stderr_w))
+        else:
+            process = _start_interpreter(spec, child_ends, stdout_w, stderr_w)
     except BaseException:
         for fd in opened:
             os.close(fd)
@@ -191,3 +180,19 @@ def spawn(worker_id: int, spec: LaunchSpec) -> ProcessConnection:
     except OSError:
         pass  # it died at once; the supervisor sees the exit
     return conn
+
+
+def _start_interpreter(spec: LaunchSpec, child_ends: tuple[int, ...], stdout: int, stderr: int) -> subprocess.Popen[bytes]:
+    """A cold worker: a fresh interpreter that imports everything itself."""
+    command = [sys.executable, "-c", _BOOTSTRAP.format(root=SNAKEPIT_ROOT), *(str(fd) for fd in child_ends), str(os.getpid())]
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        pass_fds=child_ends,
+        env=dict(spec.env),
+        cwd=spec.cwd,
+        close_fds=True,
+        process_group=0,  # its own group: what its tools start can be ended with it
+    )

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 
 _lock = threading.Lock()  # guards _own and _making; never held across a fork
@@ -36,7 +37,7 @@ _SCAN_EVERY = 5.0  # the full scan (a pass over /proc) runs at most this often
 _PRUNE_AT = 256  # recorded pids past which the scan forgets those the tool has reaped
 
 
-def prctl(option: int, value: int) -> None:
+def prctl(option: int, value: int | bytes) -> None:
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -44,6 +45,12 @@ def prctl(option: int, value: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
         except Exception:  # no libc symbol: the fallbacks (pipe end-of-file, process groups) hold
             pass
+
+
+def name_process(name: str) -> None:
+    """What ``ps``, ``top`` and ``psutil.Process.name()`` show (15 bytes at most): a forked
+    worker's command line is its template's."""
+    prctl(_PR_SET_NAME, name.encode()[:15])
 
 
 def die_with_parent() -> None:

@@ -29,7 +29,7 @@ from ....hosting import ToolHost
 from ....protocol import Batch, Boot, Call, Cancel, FrameReader, Ping, Pong, Ready, Shutdown, ToWorker
 from .. import segments
 from .events import Events
-from .orphans import adopt_orphans, die_with_parent, end_descendants, reap_orphans
+from .orphans import adopt_orphans, die_with_parent, end_descendants, name_process, reap_orphans
 from .outbox import Outbox
 
 _REAP_EVERY = 0.1  # seconds between two looks for adopted orphans' zombies (see orphans.py)
@@ -112,12 +112,19 @@ class Worker:
 
 
 def main() -> None:
+    """A cold worker: started by the owner as ``python -c ... <fds> <owner pid>``."""
+    *fds, owner = (int(arg) for arg in sys.argv[1:8])
+    serve_worker(*fds, parent=owner)
+
+
+def serve_worker(requests: int, control: int, responses: int, events: int, spill: int, segments_fd: int, *, parent: int) -> None:
+    """Serve the owner on these pipes until it shuts us down or goes away. ``parent``: the
+    process whose death must end ours (the owner, or the template that forked us)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    name_process("snakepit-worker")
     die_with_parent()
     adopt_orphans()
-    requests, control, responses, events, spill, segments_fd = (int(fd) for fd in sys.argv[1:7])
-    owner = int(sys.argv[7])
-    if os.getppid() != owner:  # the owner died before PDEATHSIG was armed
+    if os.getppid() != parent:  # it died before PDEATHSIG was armed
         os._exit(0)
     for fd in (requests, control, responses, events, spill, segments_fd):
         os.set_inheritable(fd, False)

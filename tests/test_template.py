@@ -1,0 +1,146 @@
+"""Warm start: workers forked by a template process (``start_method="forkserver"``), and the
+cold start it falls back to. See snakepit/backends/process/template.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+
+from helpers import Toolbox, gone, wait_for
+from snakepit import Pool, SnakepitError
+
+FAST = dict(cancel_grace=0.3, kill_grace=0.3, shutdown_timeout=2.0)
+
+
+def _worker_pids(pool: Pool) -> list[int]:
+    return [info["pid"] for info in pool.stats()["worker_info"]]
+
+
+def _template_of(pids: list[int]) -> psutil.Process:
+    parents = {psutil.Process(pid).ppid() for pid in pids}
+    assert len(parents) == 1 and os.getpid() not in parents, parents
+    template = psutil.Process(parents.pop())
+    assert template.ppid() == os.getpid()
+    assert "template_process" in " ".join(template.cmdline())
+    return template
+
+
+def test_workers_are_forked_by_a_single_threaded_template_and_lead_their_own_groups():
+    with Pool(Toolbox, size=2) as pool:
+        pids = _worker_pids(pool)
+        template = _template_of(pids)
+        assert template.num_threads() == 1 and template.name() == "snakepit-tmpl"
+        assert {psutil.Process(pid).name() for pid in pids} == {"snakepit-worker"}  # in ps and top
+        assert all(os.getpgid(pid) == pid for pid in pids)
+        assert pool.execute("add", {"a": 2, "b": 3}) == 5
+    wait_for(lambda: gone(template.pid), timeout=5)
+
+
+def test_spawn_starts_each_worker_as_a_fresh_interpreter_of_the_owner():
+    with Pool(Toolbox, size=2, start_method="spawn") as pool:
+        assert {psutil.Process(pid).ppid() for pid in _worker_pids(pool)} == {os.getpid()}
+        assert not [p for p in psutil.Process().children() if "template_process" in " ".join(p.cmdline())]
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+@pytest.mark.parametrize(
+    "tool, args, death",
+    [
+        ("crash", {"code": 7}, {"exit_code": 7}),
+        ("kill_self", {"signum": signal.SIGKILL}, {"exit_code": -signal.SIGKILL, "signal": "SIGKILL"}),
+        ("segfault", {}, {"exit_code": -signal.SIGSEGV, "signal": "SIGSEGV"}),
+    ],
+)
+def test_a_dead_worker_reports_its_exit_code_or_signal_whoever_started_it(start_method, tool, args, death):
+    with Pool(Toolbox, size=1, start_method=start_method, **FAST) as pool:
+        with pytest.raises(SnakepitError) as caught:
+            pool.execute(tool, args)
+        assert (caught.value.category, caught.value.reason) == ("worker", "worker_crashed")
+        assert {key: caught.value.details.get(key) for key in death} == death
+        wait_for(lambda: pool.stats()["workers"] == 1, timeout=15)
+        assert pool.execute("add", {"a": 1}) == 2
+
+
+def test_a_replacement_is_forked_by_the_template_too():
+    with Pool(Toolbox, size=1, **FAST) as pool:
+        first = _worker_pids(pool)
+        template = _template_of(first)
+        os.kill(first[0], signal.SIGKILL)
+        wait_for(lambda: pool.stats()["restarts"] >= 1 and pool.stats()["workers"] == 1, timeout=15)
+        assert _template_of(_worker_pids(pool)).pid == template.pid
+
+
+def test_when_the_template_dies_its_workers_go_and_replacements_start_cold(caplog):
+    caplog.set_level(logging.WARNING, logger="snakepit")
+    with Pool(Toolbox, size=2, **FAST) as pool:
+        forked = _worker_pids(pool)
+        template = _template_of(forked)
+        template.kill()
+        wait_for(lambda: all(gone(pid) for pid in forked), timeout=5)
+        wait_for(lambda: pool.stats()["workers"] == 2 and not set(_worker_pids(pool)) & set(forked), timeout=20)
+        assert {psutil.Process(pid).ppid() for pid in _worker_pids(pool)} == {os.getpid()}
+        assert pool.execute("add", {"a": 1, "b": 1}) == 2
+    assert any("start cold" in record.getMessage() for record in caplog.records)
+
+
+def test_an_adapter_module_that_starts_threads_at_import_starts_its_workers_cold(caplog):
+    caplog.set_level(logging.WARNING, logger="snakepit")
+    with Pool("threads_at_import:Threaded", size=2) as pool:
+        pids = _worker_pids(pool)
+        assert {psutil.Process(pid).ppid() for pid in pids} == {os.getpid()}
+        assert sorted({pool.execute("pid") for _ in range(2)}) <= sorted(pids)
+    assert any("thread" in record.getMessage() and "cold" in record.getMessage() for record in caplog.records)
+
+
+def test_forked_workers_draw_different_random_numbers():
+    with Pool("numpy_draws:Draws", size=2) as pool:
+        _template_of(_worker_pids(pool))
+        with ThreadPoolExecutor(2) as both:  # two calls that overlap run on the two workers
+            draws = list(both.map(lambda _: pool.execute("draw", {"wait": 0.3}), range(2)))
+    assert draws[0]["pid"] != draws[1]["pid"]
+    assert draws[0]["numpy"] != draws[1]["numpy"] and draws[0]["random"] != draws[1]["random"]
+
+
+def test_an_unknown_start_method_or_one_for_ray_is_refused():
+    for options in ({"start_method": "fork"}, {"backend": "ray", "start_method": "spawn"}):
+        with pytest.raises(SnakepitError) as caught:
+            Pool(Toolbox, size=1, **options)
+        assert (caught.value.category, caught.value.reason) == ("validation", "invalid_config")
+
+
+OWNER = textwrap.dedent(
+    """
+    import os, sys, time
+    import psutil
+    sys.path.insert(0, os.getcwd())
+    from helpers import Toolbox
+    from snakepit import Pool
+    pool = Pool(Toolbox, size=2).start()
+    workers = [info["pid"] for info in pool.stats()["worker_info"]]
+    print(psutil.Process(workers[0]).ppid(), *workers, flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_when_the_owner_is_killed_the_template_and_every_worker_go():
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(__file__)
+    )
+    try:
+        template, *workers = (int(pid) for pid in owner.stdout.readline().split())
+        assert template != owner.pid and len(workers) == 2
+        owner.kill()
+        owner.wait()
+        wait_for(lambda: all(gone(pid) for pid in (template, *workers)), timeout=5)
+    finally:
+        owner.kill()
+        owner.wait()
