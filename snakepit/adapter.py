@@ -48,6 +48,7 @@ class _ToolOptions:
     name: str | None
     description: str | None
     supports_streaming: bool | None
+    idempotent: bool = False
 
 
 @overload
@@ -56,7 +57,7 @@ def tool(func: F, /) -> F: ...
 
 @overload
 def tool(
-    *, description: str | None = None, supports_streaming: bool | None = None, name: str | None = None
+    *, description: str | None = None, supports_streaming: bool | None = None, name: str | None = None, idempotent: bool = False
 ) -> Callable[[F], F]: ...
 
 
@@ -67,15 +68,20 @@ def tool(
     description: str | None = None,
     supports_streaming: bool | None = None,
     name: str | None = None,
+    idempotent: bool = False,
 ) -> F | Callable[[F], F]:
     """Mark an adapter method as a tool, bare (``@tool``) or with options.
 
     ``supports_streaming`` defaults to whether the method is a generator function; ``description``
     defaults to the first paragraph of the docstring; ``name`` to the method name.
+    ``idempotent=True``: running it again is safe, so a call whose worker dies under it is run
+    again on another worker (see ``Pool(max_retries=...)``).
     """
+    if not isinstance(idempotent, bool):
+        raise TypeError(f"idempotent must be a bool, got {idempotent!r}")
 
     def mark(f: F) -> F:
-        setattr(f, _TOOL_ATTR, _ToolOptions(name, description, supports_streaming))
+        setattr(f, _TOOL_ATTR, _ToolOptions(name, description, supports_streaming, idempotent))
         return f
 
     return mark(func) if func is not None else mark
@@ -93,6 +99,7 @@ class ToolSpec(msgspec.Struct, frozen=True):
     description: str
     parameters: list[ParameterSpec]
     supports_streaming: bool
+    idempotent: bool = False  # safe to run again after its worker died (see Pool's max_retries)
 
 
 @dataclass
@@ -289,6 +296,7 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundT
         description=options.description if options.description is not None else _first_paragraph(func.__doc__),
         parameters=params,
         supports_streaming=streaming,
+        idempotent=options.idempotent,
     )
     args_type = None
     if fields:

@@ -67,6 +67,15 @@ def _stuck_in_c(seconds: int) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signal.valid_signals())
 
 
+def _first_time(marker: str) -> bool:
+    """True for the first caller naming ``marker`` (a file), on any process."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 class Toolbox(BaseAdapter):
     """A bit of everything, for exercising the pool against real workers."""
 
@@ -170,6 +179,39 @@ class Toolbox(BaseAdapter):
             if delay:
                 time.sleep(delay)
             yield {"number": i, "is_last": i == n - 1}
+
+    # -- idempotent tools: the pool runs them again when their worker dies under them ----------
+
+    @tool(idempotent=True)
+    def crash_first(self, marker: str, value: int = 0) -> dict:
+        """Kills its worker the first time ``marker`` is seen (any worker), answers after."""
+        if _first_time(marker):
+            os._exit(9)
+        return {"value": value, "pid": os.getpid()}
+
+    @tool(idempotent=True)
+    def crash_always(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @tool(idempotent=True)
+    def stream_crash_first(self, marker: str, n: int = 3):
+        if _first_time(marker):
+            os._exit(9)
+        yield from range(n)
+
+    @tool(idempotent=True)
+    def stream_then_die(self, n: int = 2):
+        yield from range(n)
+        time.sleep(0.2)  # the chunks reach the caller first
+        os._exit(9)
+
+    @tool(idempotent=True)
+    def square_or_die(self, x: int, poison: int = -1, marker: str = "") -> int:
+        """For maps: the ``poison`` item always kills its worker; with a ``marker``, the first
+        item to run kills its worker (once, whichever worker runs it)."""
+        if x == poison or (marker and _first_time(marker)):
+            os._exit(9)
+        return x * x
 
     @tool
     def guarded(self, n: int = 1_000_000, delay: float = 0.0):

@@ -19,8 +19,9 @@ def create(
     name: Any,
     adapter: Any,
     adapter_args: Mapping[str, Any] | None,
-    worker_env: Mapping[str, str] | None,
+    worker_env: Any,
     *,
+    size: int = 1,
     memory_limit_mb: float | None = None,
     start_method: str | None = None,
     start_timeout: float | None = None,
@@ -42,7 +43,7 @@ def create(
             raise errors.validation(
                 Reason.INVALID_CONFIG, f"unknown start_method {start_method!r}: choose one of {', '.join(map(repr, START_METHODS))}"
             )
-        return ProcessBackend(build_launch_spec(adapter, adapter_args, worker_env), start_method, start_timeout)
+        return ProcessBackend(build_launch_spec(adapter, adapter_args, worker_env, size=size), start_method, start_timeout)
     if name == "ray":
         from .ray.backend import RayBackend
 
@@ -53,6 +54,12 @@ def create(
             )
         if start_method is not None:
             raise errors.validation(Reason.INVALID_CONFIG, "start_method applies to backend='process' only: Ray starts its actors")
+        if callable(worker_env):
+            raise errors.validation(
+                Reason.INVALID_CONFIG,
+                "a per-worker worker_env applies to backend='process' only: on Ray, ask for devices in "
+                "actor_options (e.g. {'num_gpus': 1}); Ray sets each actor's CUDA_VISIBLE_DEVICES itself",
+            )
         options = dict(actor_options or {})
         if worker_env:  # the actors' environment: Ray's runtime_env env_vars
             runtime_env = dict(options.get("runtime_env") or {})

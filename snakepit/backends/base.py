@@ -18,6 +18,24 @@ if TYPE_CHECKING:  # annotations only: a worker process imports this module, and
     from ..pool.workers import Worker
 
 
+DEATH_CAUSES = ("segfault", "abort", "oom", "killed", "exit")
+
+
+def death_cause(exit_code: int | None, signal_name: str | None, oom: bool = False) -> str:
+    """Why a worker died, for ``details["cause"]`` and the death counts: ``segfault``
+    (SIGSEGV), ``abort`` (SIGABRT), ``oom`` (killed by the kernel's OOM killer, when that can be
+    told), ``killed`` (another signal, or an end nothing says more about), ``exit`` (it exited)."""
+    if oom:
+        return "oom"
+    if signal_name == "SIGSEGV":
+        return "segfault"
+    if signal_name == "SIGABRT":
+        return "abort"
+    if signal_name is not None or exit_code is None:
+        return "killed"
+    return "exit"
+
+
 class WorkerGone(Exception):
     """The worker ended (its process exited, or it closed its end of the connection)."""
 

@@ -458,4 +458,4 @@ def _tool_spec(spec: pb.ToolSpec) -> ToolSpec:
         if param.HasField("default_value") and param.default_value.value:
             default = codec.decode_value(param.default_value.value, codec.JSON)
         parameters.append(ParameterSpec(param.name, param.type, param.required, default))
-    return ToolSpec(spec.name, spec.description, parameters, spec.supports_streaming)
+    return ToolSpec(spec.name, spec.description, parameters, spec.supports_streaming, spec.metadata.get("idempotent") == "true")

@@ -435,5 +435,6 @@ def _tool_spec(spec: ToolSpec) -> pb.ToolSpec:
             message.default_value.CopyFrom(AnyMessage(type_url=codec.TYPE_PREFIX + param.type, value=codec.encode_json(param.default)))
         parameters.append(message)
     return pb.ToolSpec(
-        name=spec.name, description=spec.description, parameters=parameters, supports_streaming=spec.supports_streaming
+        name=spec.name, description=spec.description, parameters=parameters, supports_streaming=spec.supports_streaming,
+        metadata={"idempotent": "true"} if spec.idempotent else {},
     )

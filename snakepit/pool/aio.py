@@ -217,9 +217,12 @@ class AsyncStream:
     the tool in the worker. After exhaustion, :attr:`result` is the :class:`StreamResult`.
     """
 
-    __slots__ = ("_start", "_exchange", "_delivery", "_readable", "_on_error", "_owner", "_delivered", "__weakref__")
+    __slots__ = ("_start", "_exchange", "_delivery", "_readable", "_on_error", "_owner", "_delivered", "_restart", "__weakref__")
 
-    def __init__(self, start: Awaitable[Exchange], on_error: Callable[[], None], owner: object = None) -> None:
+    def __init__(
+        self, start: Awaitable[Exchange], on_error: Callable[[], None], owner: object = None,
+        restart: Callable[[errors.SnakepitError, Exchange], Awaitable[Exchange | None]] | None = None,
+    ) -> None:
         self._start: Awaitable[Exchange] | None = start
         self._exchange: Exchange | None = None
         self._delivery: Delivery | None = None
@@ -227,6 +230,7 @@ class AsyncStream:
         self._on_error = on_error
         self._owner = owner
         self._delivered = 0
+        self._restart = restart  # the call run again after its error, or None: see Pool._retry_after
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -239,23 +243,40 @@ class AsyncStream:
         self._delivered += 1
         if self._delivered % _FAIR_SHARE == 0:
             await asyncio.sleep(0)
-        try:
-            data = delivery.take()
-            while data is MORE:
-                assert self._readable is not None
-                await fetch(delivery.exchange, self._readable)
+        while True:
+            try:
                 data = delivery.take()
+                while data is MORE:
+                    assert self._readable is not None
+                    await fetch(delivery.exchange, self._readable)
+                    data = delivery.take()
+            except errors.SnakepitError as error:
+                self._close_readable()
+                delivery = await self._run_again(error)
+                continue
+            except BaseException:  # the task was cancelled, or anything else interrupted the wait
+                await self.aclose()
+                raise
+            if data is END:
+                self._close_readable()
+                raise StopAsyncIteration
+            return data
+
+    async def _run_again(self, error: errors.SnakepitError) -> Delivery:
+        """Carry on with the call run again, or raise ``error`` (or why it could not run)."""
+        assert self._exchange is not None
+        try:
+            exchange = None if self._restart is None else await self._restart(error, self._exchange)
         except errors.SnakepitError:
-            self._close_readable()
             self._on_error()
             raise
-        except BaseException:  # the task was cancelled, or anything else interrupted the wait
-            await self.aclose()
-            raise
-        if data is END:
-            self._close_readable()
-            raise StopAsyncIteration
-        return data
+        if exchange is None:
+            self._on_error()
+            raise error
+        self._exchange = exchange
+        self._readable = Readable(exchange.handle)
+        self._delivery = Delivery(exchange)
+        return self._delivery
 
     async def _begin(self) -> None:
         assert self._start is not None

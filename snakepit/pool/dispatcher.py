@@ -249,6 +249,12 @@ class Dispatcher:
         for other in woken:
             _wake(other)
 
+    def mode_of(self, session_id: str, affinity: Affinity | None) -> Affinity:
+        """The affinity mode a call of ``session_id`` runs under."""
+        with self.lock:
+            session = self.sessions.get(session_id)
+            return affinity or (session.affinity if session is not None else None) or self.affinity
+
     def _ticket(self, session_id: str | None, affinity: Affinity | None) -> Ticket:
         """The routing request for a call (lock held): its mode and its session's pin."""
         if session_id is None:
@@ -622,6 +628,7 @@ def _wake(ticket: Ticket) -> None:
 def _worker_info(handle: Worker) -> dict[str, Any]:
     return {
         "id": handle.id,
+        "slot": handle.slot,
         "pid": handle.pid,
         "node": None if handle.conn is None else handle.conn.node,  # where it runs (Ray: the node's address)
         "state": handle.state.value,

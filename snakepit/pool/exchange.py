@@ -379,32 +379,50 @@ class Stream:
     After exhaustion, :attr:`result` is the :class:`~snakepit.StreamResult`.
     """
 
-    __slots__ = ("_exchange", "_delivery", "_on_error", "_owner", "__weakref__")
+    __slots__ = ("_exchange", "_delivery", "_on_error", "_owner", "_restart", "__weakref__")
 
-    def __init__(self, exchange: Exchange, on_error: Callable[[], None], owner: object = None) -> None:
+    def __init__(
+        self, exchange: Exchange, on_error: Callable[[], None], owner: object = None,
+        restart: Callable[[errors.SnakepitError, Exchange], Exchange | None] | None = None,
+    ) -> None:
         self._exchange = exchange
         self._delivery = Delivery(exchange)
         self._on_error = on_error
         self._owner = owner  # keeps the pool alive while its stream is in use
+        self._restart = restart  # the call run again after its error, or None: see Pool._retry_after
 
     def __iter__(self) -> Stream:
         return self
 
     def __next__(self) -> Any:
-        try:
-            data = self._delivery.take()
-            while data is MORE:
-                self._exchange.fetch()
+        while True:
+            try:
                 data = self._delivery.take()
+                while data is MORE:
+                    self._exchange.fetch()
+                    data = self._delivery.take()
+            except errors.SnakepitError as error:
+                self._run_again(error)
+                continue
+            except BaseException:
+                self._exchange.cancel()  # Ctrl-C or a MemoryError while waiting: the worker comes back
+                raise
+            if data is END:
+                raise StopIteration
+            return data
+
+    def _run_again(self, error: errors.SnakepitError) -> None:
+        """Carry on with the call run again, or raise ``error`` (or why it could not run)."""
+        try:
+            exchange = None if self._restart is None else self._restart(error, self._exchange)
         except errors.SnakepitError:
             self._on_error()
             raise
-        except BaseException:
-            self._exchange.cancel()  # Ctrl-C or a MemoryError while waiting: the worker comes back
-            raise
-        if data is END:
-            raise StopIteration
-        return data
+        if exchange is None:
+            self._on_error()
+            raise error
+        self._exchange = exchange
+        self._delivery = Delivery(exchange)
 
     @property
     def result(self) -> StreamResult | None:

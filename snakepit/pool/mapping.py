@@ -9,7 +9,9 @@ takes about ``_TARGET_SECONDS`` of worker time: one item at first, up to ``_MAX_
 Input is read lazily and at most ``_AHEAD`` items are in flight or waiting to be yielded, so an
 endless generator of arguments maps in bounded memory. Results come in input order (``ordered``)
 or as they complete. A failing item raises its error at its position, or is yielded as the
-error with ``return_exceptions=True``; a worker that dies fails only the items it held.
+error with ``return_exceptions=True``; a worker that dies fails only the items it held, or, for
+an idempotent tool, has them run again one by one (each its own batch, so that an item that
+kills its worker again fails alone) up to ``retries`` times.
 
 :class:`MapEngine` is the sans-IO core shared by the sync and async drivers; they differ only in
 how they wait for a worker's pipe.
@@ -46,10 +48,11 @@ _NONE_REFUSED: dict[int, errors.SnakepitError] = {}
 
 
 class _InFlight:
-    __slots__ = ("call_id", "start", "count", "sent", "deadline", "refused")
+    __slots__ = ("call_id", "start", "count", "sent", "deadline", "refused", "items", "attempt")
 
     def __init__(
-        self, call_id: int, start: int, count: int, sent: float, deadline: float | None, refused: dict[int, errors.SnakepitError]
+        self, call_id: int, start: int, count: int, sent: float, deadline: float | None, refused: dict[int, errors.SnakepitError],
+        items: bytes | None = None, attempt: int = 0,
     ) -> None:
         self.call_id = call_id
         self.start = start
@@ -57,6 +60,8 @@ class _InFlight:
         self.sent = sent
         self.deadline = deadline
         self.refused = refused  # items whose arguments could not travel: {offset: error}
+        self.items = items  # the encoded items, kept only while they may have to run again
+        self.attempt = attempt  # how many times these items have run again
 
 
 class MapEngine:
@@ -73,8 +78,13 @@ class MapEngine:
         on_items: Callable[[int], None] | None = None,
         on_timeout: Callable[[int, int], None] | None = None,
         on_close: Callable[[MapEngine], None] | None = None,
+        retries: int = 0,
+        on_retry: Callable[[Worker, int, dict[str, Any]], None] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
+        self._retries = retries
+        self._on_retry = on_retry
+        self._again: deque[tuple[int, bytes, int]] = deque()  # items to run again: (index, encoded, attempt)
         self.tool = tool
         self._items = iter(iterable)
         self._exhausted = False
@@ -90,7 +100,7 @@ class MapEngine:
         self._queued: dict[int, deque[_InFlight]] = {}  # worker id -> its batches, oldest first
         self._last_done: dict[int, float] = {}
         self._next_index = 0
-        self._held: tuple[int, int, bytes] | None = None  # (start, count, encoded items), see _send
+        self._held: tuple[int, int, bytes, dict[int, errors.SnakepitError], int] | None = None  # see _send
         # Completed batches: (values, {offset: error}); by first index when ordered.
         self._by_start: dict[int, tuple[int, list[Any], dict[int, errors.SnakepitError]]] = {}
         self._completed: deque[tuple[int, list[Any], dict[int, errors.SnakepitError]]] = deque()
@@ -131,12 +141,14 @@ class MapEngine:
         idle = []
         for handle in list(self.workers.values()):
             queue = self._queued[handle.id]
-            # A held batch is already read (and counted): it goes out even with the look-ahead full.
+            # A held batch, and items to run again, are already read (and counted): they go out
+            # even with the look-ahead full (which may be waiting for them).
             while (
                 handle.id in self.workers  # not lost while sending
                 and handle.id not in self._writing
                 and len(queue) < _DEPTH
-                and (self._held is not None or self._room())
+                and not (queue and queue[-1].attempt)  # an item running again runs alone
+                and (self._held is not None or self._again or self._room())
                 and self._send(handle)
             ):
                 pass
@@ -161,20 +173,24 @@ class MapEngine:
 
         A batch too big for the worker's requests pipe waits (``_held``) until a worker has
         nothing queued: queued behind a running batch, writing it would block this thread until
-        the worker reads it, and a stuck tool never would, so no timeout could fire.
+        the worker reads it, and a stuck tool never would, so no timeout could fire. An item
+        running again goes alone to a worker with nothing queued, so that if it kills that
+        worker again, it fails alone.
         """
-        if self._held is None and not self._take_batch():
-            return not self._exhausted  # True: the batch failed to encode, its items have failed
-        start, count, items, refused = self._held  # type: ignore[misc]
         queue = self._queued[handle.id]
-        if queue and not handle.conn.fits(len(items) + len(self.tool) + _ENVELOPE):
-            return False
+        if self._held is None and not ((not queue and self._take_again()) or self._take_batch()):
+            return not self._exhausted  # True: the batch failed to encode, its items have failed
+        start, count, items, refused, attempt = self._held  # type: ignore[misc]
+        if queue and (attempt or not handle.conn.fits(len(items) + len(self.tool) + _ENVELOPE)):
+            return False  # an item running again goes to a worker with nothing queued
         self._held = None
         # The id is drawn now, as a call's is when it is sent, so each worker sees ids grow.
         call_id = next(self._dispatcher.call_ids)
         frame = protocol.encode_frame(Batch(call_id, self.tool, msgspec.Raw(items)))
         now = time.monotonic()
-        batch = _InFlight(call_id, start, count, now, deadline_after(self._timeout, now), refused)
+        batch = _InFlight(
+            call_id, start, count, now, deadline_after(self._timeout, now), refused, items if self._retries else None, attempt
+        )
         queue.append(batch)
         handle.begin(call_id, self.tool)
         if self.offload is not None and not handle.conn.fits(len(frame)):
@@ -220,8 +236,16 @@ class MapEngine:
         if self._on_items is not None:
             self._on_items(len(items))
         encoded, refused = _encode_items(items)
-        self._held = (start, len(items), encoded, refused)
+        self._held = (start, len(items), encoded, refused, 0)
         self._in_flight += len(items)
+        return True
+
+    def _take_again(self) -> bool:
+        """Hold the next item to run again, as a batch of its own; False if there is none."""
+        if not self._again:
+            return False
+        index, item, attempt = self._again.popleft()
+        self._held = (index, 1, b"\x91" + item, _NONE_REFUSED, attempt)  # a msgpack array of one
         return True
 
     # -- what comes back ---------------------------------------------------------------------------
@@ -289,15 +313,37 @@ class MapEngine:
         self._store(start, [None] * count, dict.fromkeys(range(count), error))
 
     def lost(self, handle: Worker) -> None:
-        """The worker died: its items fail with ``worker_crashed``; it is handed back."""
+        """The worker died: its items fail with ``worker_crashed``, or run again one by one
+        (an idempotent tool's, unless the pool killed the worker itself); it is handed back."""
         queue = self._queued.get(handle.id, deque())
         info = self._dispatcher.died_under_caller(handle)
         error = errors.worker_crashed(handle.id, info, f"a map of {self.tool!r}")
+        again = 0
         for batch in queue:
-            self._in_flight -= batch.count
-            self._fail_range(batch.start, batch.count, error)
+            if batch.items is not None and batch.attempt < self._retries and not handle.killed_on_purpose:
+                again += self._run_again(batch)
+            else:
+                self._in_flight -= batch.count
+                self._fail_range(batch.start, batch.count, error)
         queue.clear()
         self._drop(handle)
+        if again and self._on_retry is not None:
+            self._on_retry(handle, again, info)
+
+    def _run_again(self, batch: _InFlight) -> int:
+        """Queue a lost batch's items to run again, each on its own (they stay in flight)."""
+        assert batch.items is not None
+        items = msgspec.msgpack.decode(batch.items, type=list[msgspec.Raw])
+        again = 0
+        for offset, item in enumerate(items):
+            refused = batch.refused.get(offset)
+            if refused is not None:  # it never ran: its own error stands
+                self._in_flight -= 1
+                self._store(batch.start + offset, [None], {0: refused})
+                continue
+            self._again.append((batch.start + offset, bytes(item), batch.attempt + 1))
+            again += 1
+        return again
 
     def expire(self, now: float) -> None:
         """Batches past their deadline fail with ``timeout``; their worker is cancelled and drained."""
@@ -345,7 +391,7 @@ class MapEngine:
     @property
     def exhausted(self) -> bool:
         """The input has run out and every batch is sent: no more workers are needed."""
-        return self._exhausted and self._held is None
+        return self._exhausted and self._held is None and not self._again
 
     @property
     def in_flight(self) -> int:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
 import threading
 import time
 import weakref
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from .. import backends, errors, protocol
 from ..adapter import ToolSpec
 from ..affinity import Affinity, parse_affinity
 from ..affinity.sessions import SessionStore
+from ..backends.base import DEATH_CAUSES
 from ..errors import Reason
 from ..observe import Observer
 from ..progress import Reporter
@@ -22,6 +24,7 @@ from . import aio, mapping
 from .aio import AsyncStream
 from .dispatcher import Counters, Dispatcher
 from .exchange import Exchange, Stream, run_execute, run_stream
+from .quarantine import Quarantine
 from .recycling import RECYCLE_REASONS, RecyclePolicy
 from .request import CallRequest
 from .session import Session
@@ -59,6 +62,8 @@ class Pool:
         adapter_args: keyword arguments for the adapter's constructor (in each worker).
         timeout: default per-call limit in seconds, covering time queued and time running;
             ``None`` or ``math.inf`` for no limit.
+        max_retries: how many times a call of an ``@tool(idempotent=True)`` tool runs again on
+            another worker when its worker dies under it (see the README's *Crash barrier*).
         max_queue: how many calls may wait for a worker before ``pool_saturated``.
         queue_timeout: how long a call may wait for a worker before ``queue_timeout``
             (``None`` or ``math.inf``: as long as it takes).
@@ -69,8 +74,11 @@ class Pool:
         memory_limit_mb: recycle a worker whose own resident memory (not pages it shares, such
             as large values in shared memory) reaches this, checked after each call and while
             idle (default: no limit). Recycling happens between calls, never inside one.
-        worker_env: extra environment variables for the workers. BLAS/OpenMP thread counts are
-            set to 1 unless this overrides them.
+        worker_env: extra environment variables for the workers: a mapping, or a callable
+            ``(slot) -> mapping`` for a per-worker environment, called once per slot
+            ``0..size-1`` when the pool is made; a worker's replacements keep its slot (and so its
+            environment): ``lambda i: {"CUDA_VISIBLE_DEVICES": str(i)}`` gives each worker a GPU
+            of its own. BLAS/OpenMP thread counts are set to 1 unless this overrides them.
         backend: where workers run; ``"process"`` (local worker processes) is the one backend
             this version has.
         start_method: how ``backend="process"`` starts a worker: ``"forkserver"`` (the default)
@@ -90,6 +98,11 @@ class Pool:
         heartbeat_interval: how often idle workers are pinged.
         heartbeat_timeout: an idle worker that has not answered a ping for this long is hung: it
             is killed and replaced.
+        quarantine_after, quarantine_window: a worker slot that loses this many workers (crashes
+            and failed starts, not workers the pool killed itself) within this many seconds is
+            quarantined: its next worker starts after a back-off (1 s, doubling with each
+            quarantine in a row, up to 60 s), while the other workers keep serving.
+            ``quarantine_after=None``: never.
         on_event: called with each event (worker start, exit, restart, recycle, hang, timeout,
             saturation) as a plain dict, for metrics exporters. See :mod:`snakepit.observe`.
     """
@@ -102,6 +115,7 @@ class Pool:
         affinity: Affinity | str = Affinity.HINT,
         adapter_args: Mapping[str, Any] | None = None,
         timeout: float | None = 300.0,
+        max_retries: int = 1,
         max_queue: int = 1000,
         queue_timeout: float | None = 10.0,
         session_ttl: float = 3600.0,
@@ -109,7 +123,7 @@ class Pool:
         max_requests: int | None = None,
         worker_ttl: float | None = None,
         memory_limit_mb: float | None = None,
-        worker_env: Mapping[str, str] | None = None,
+        worker_env: Mapping[str, str] | Callable[[int], Mapping[str, str]] | None = None,
         backend: str = "process",
         start_method: str | None = None,
         start_timeout: float | None = 60.0,
@@ -118,6 +132,8 @@ class Pool:
         shutdown_timeout: float | None = 5.0,
         heartbeat_interval: float = 2.0,
         heartbeat_timeout: float | None = 10.0,
+        quarantine_after: int | None = 5,
+        quarantine_window: float = 60.0,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         ray_address: str | None = None,
         actor_options: Mapping[str, Any] | None = None,
@@ -134,6 +150,9 @@ class Pool:
         self.size = size
         self._timeout = check_timeout("timeout", timeout)
         self._queue_timeout = check_timeout("queue_timeout", queue_timeout)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise errors.validation(Reason.INVALID_CONFIG, f"max_retries must be an int >= 0, got {max_retries!r}")
+        self._max_retries = max_retries
         recycle = RecyclePolicy(
             _positive_int("max_requests", max_requests),
             _positive("worker_ttl", worker_ttl, allow_none=True),
@@ -141,7 +160,7 @@ class Pool:
         )
         start_timeout = check_timeout("start_timeout", start_timeout, Reason.INVALID_CONFIG)
         workers = backends.create(
-            backend, adapter, adapter_args, worker_env,
+            backend, adapter, adapter_args, worker_env, size=size,
             memory_limit_mb=memory_limit_mb, start_method=start_method, start_timeout=start_timeout,
             ray_address=ray_address, actor_options=actor_options,
         )
@@ -166,6 +185,7 @@ class Pool:
             heartbeat_timeout=check_timeout("heartbeat_timeout", heartbeat_timeout, Reason.INVALID_CONFIG),
             recycle=recycle,
             observer=observer,
+            quarantine=Quarantine(_positive_int("quarantine_after", quarantine_after), _positive("quarantine_window", quarantine_window)),
         )
         self._dispatcher.supervisor = self._supervisor
         self._tools: dict[str, ToolSpec] = {}
@@ -278,32 +298,107 @@ class Pool:
 
     def open_stream(self, request: CallRequest) -> Stream:
         """:meth:`stream` of a prepared request."""
-        return self._call(request, True, lambda exchange: Stream(exchange, lambda: self._counters.bump("errors"), self))
+        return self._call(
+            request, True, lambda exchange: Stream(exchange, lambda: self._counters.bump("errors"), self, self._restarter(request))
+        )
+
+    def _restarter(self, request: CallRequest) -> Callable[[errors.SnakepitError, Exchange], Exchange | None]:
+        """For a stream iterator: its call run again after an error, where :meth:`_retry_after`
+        allows (None where it does not)."""
+        last: list[Retry | None] = [None]
+
+        def restart(error: errors.SnakepitError, exchange: Exchange) -> Exchange | None:
+            retry = last[0] = self._retry_after(error, exchange, request, last[0])
+            if retry is None:
+                return None
+            time.sleep(retry.delay)
+            return self._begin(request, True, retry)
+
+        return restart
+
+    def _arestarter(self, request: CallRequest) -> Callable[[errors.SnakepitError, Exchange], Awaitable[Exchange | None]]:
+        """:meth:`_restarter` for asyncio."""
+        last: list[Retry | None] = [None]
+
+        async def restart(error: errors.SnakepitError, exchange: Exchange) -> Exchange | None:
+            retry = last[0] = self._retry_after(error, exchange, request, last[0])
+            if retry is None:
+                return None
+            await asyncio.sleep(retry.delay)
+            return await self._abegin(request, True, retry)
+
+        return restart
 
     def _call(self, request: CallRequest, stream: bool, drive: Callable[[Exchange], Any]) -> Any:
         """Check the call, take a worker, send the call, and hand its exchange to ``drive``,
-        counting it and its error.
+        counting it and its error; run it again where :meth:`_retry_after` allows."""
+        self._counters.bump("requests")
+        retry: Retry | None = None
+        while True:
+            exchange = None
+            try:
+                exchange = self._begin(request, stream, retry)
+                return drive(exchange)
+            except errors.SnakepitError as error:
+                if exchange is not None:
+                    exchange.cancel()  # a no-op without a worker, or once the call has ended
+                retry = self._retry_after(error, exchange, request, retry)
+                if retry is None:
+                    self._counters.bump("errors")
+                    raise
+                time.sleep(retry.delay)
+            except BaseException:
+                if exchange is not None:
+                    exchange.cancel()
+                raise
+
+    def _begin(self, request: CallRequest, stream: bool, retry: Retry | None = None) -> Exchange:
+        """Check the call, take a worker and send the call.
 
         The exchange exists before the checkout, so that it owns the worker from the moment the
         worker is assigned: whatever interrupts a step after that, the worker comes back.
         """
-        self._counters.bump("requests")
-        exchange = None
+        call = self._prepare(request, stream, retry)
+        exchange = Exchange(self._dispatcher, call.tool, call.deadline)
         try:
-            call = self._prepare(request, stream)
-            exchange = Exchange(self._dispatcher, call.tool, call.deadline)
             self._dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             call.start(exchange)
-            return drive(exchange)
-        except errors.SnakepitError:
-            self._counters.bump("errors")
-            if exchange is not None:
-                exchange.cancel()  # a no-op without a worker, or once the call has ended
-            raise
         except BaseException:
-            if exchange is not None:
-                exchange.cancel()
+            exchange.cancel()
             raise
+        return exchange
+
+    def _retry_after(self, error: errors.SnakepitError, exchange: Exchange | None, request: CallRequest, previous: Retry | None) -> Retry | None:
+        """Whether a failed call runs again, and when: only an idempotent tool's call whose
+        worker died under it (not killed by the pool) before the caller got anything of it,
+        outside a strict session, within ``max_retries`` and the call's deadline."""
+        attempt = 0 if previous is None else previous.attempt
+        if (
+            error.reason != Reason.WORKER_CRASHED
+            or attempt >= self._max_retries
+            or exchange is None
+            or exchange.handle is None
+            or exchange.chunks
+            or exchange.handle.killed_on_purpose
+        ):
+            return None
+        spec = self._tools.get(exchange.tool)
+        if spec is None or not spec.idempotent:
+            return None
+        if request.session_id is not None:
+            mode = self._dispatcher.mode_of(request.session_id, _routing(request.session_id, request.affinity))
+            if mode is not Affinity.HINT:  # its state died with its worker
+                return None
+        delay = RETRY_BACKOFF * 2**attempt
+        if exchange.deadline is not None and time.monotonic() + delay >= exchange.deadline:
+            return None
+        self._counters.bump("retries")
+        self._dispatcher.observer.emit(
+            "call_retry", logging.WARNING,
+            f"worker {exchange.handle.id} died under an idempotent call to {exchange.tool!r}; running it again in {delay * 1000:.0f} ms",
+            tool=exchange.tool, worker_id=exchange.handle.id, attempt=attempt + 1, cause=error.details.get("cause"), delay=delay,
+        )
+        return Retry(attempt + 1, exchange.deadline, delay)
 
     # -- many calls ------------------------------------------------------------------------------
 
@@ -362,9 +457,12 @@ class Pool:
         *,
         sync: bool,
     ) -> tuple[Any, ...]:
-        self._spec(tool)
+        spec = self._spec(tool)
         _positive_int("chunksize", chunksize)
         mode = _routing(session_id, affinity)
+        retries = self._max_retries if spec.idempotent else 0
+        if retries and session_id is not None and self._dispatcher.mode_of(session_id, mode) is not Affinity.HINT:
+            retries = 0  # a strict session's state died with its worker
         batch_timeout = self._timeout if timeout is None else check_timeout("timeout", timeout)
         try:
             total: int | None = len(iterable_of_args)  # type: ignore[arg-type]
@@ -382,6 +480,8 @@ class Pool:
             on_items=lambda count: self._counters.bump("requests", count),
             on_timeout=lambda worker_id, items: self._map_timed_out(tool, worker_id, items),
             on_close=lambda engine: self._map_closed(engine, reporter),
+            retries=retries,
+            on_retry=lambda handle, items, info: self._map_retried(tool, handle, items, info),
         )
 
         # The engine owns the workers it is given from the moment they are assigned.
@@ -395,6 +495,14 @@ class Pool:
             return None if session_id is not None else self._dispatcher.checkout_now(engine)
 
         return engine, first, more, return_exceptions
+
+    def _map_retried(self, tool: str, handle: Any, items: int, info: dict[str, Any]) -> None:
+        self._counters.bump("retries", items)
+        self._dispatcher.observer.emit(
+            "call_retry", logging.WARNING,
+            f"worker {handle.id} died under a map of idempotent {tool!r}; running its {items} item(s) again one by one",
+            tool=tool, worker_id=handle.id, items=items, cause=info.get("cause"),
+        )
 
     def _map_timed_out(self, tool: str, worker_id: int, items: int) -> None:
         """A map batch ran past its timeout: each of its items (and of the batches queued behind
@@ -427,13 +535,23 @@ class Pool:
 
     async def arun(self, request: CallRequest) -> Any:
         """:meth:`aexecute` of a prepared request."""
+        return await self._acall(request, False, aio.run_execute)
+
+    async def _acall(self, request: CallRequest, stream: bool, drive: Callable[[Exchange], Awaitable[Any]]) -> Any:
+        """:meth:`_call` for asyncio."""
         self._counters.bump("requests")
-        try:
-            exchange = await self._abegin(request, False)
-            return await aio.run_execute(exchange)
-        except errors.SnakepitError:
-            self._counters.bump("errors")
-            raise
+        retry: Retry | None = None
+        while True:
+            exchange = None
+            try:
+                exchange = await self._abegin(request, stream, retry)
+                return await drive(exchange)
+            except errors.SnakepitError as error:
+                retry = self._retry_after(error, exchange, request, retry)
+                if retry is None:
+                    self._counters.bump("errors")
+                    raise
+                await asyncio.sleep(retry.delay)
 
     async def aexecute_stream(
         self,
@@ -452,13 +570,7 @@ class Pool:
         """:meth:`aexecute_stream` of a prepared request."""
         if not callable(callback):
             raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
-        self._counters.bump("requests")
-        try:
-            exchange = await self._abegin(request, True)
-            return await aio.run_stream(exchange, callback)
-        except errors.SnakepitError:
-            self._counters.bump("errors")
-            raise
+        return await self._acall(request, True, lambda exchange: aio.run_stream(exchange, callback))
 
     def astream(
         self,
@@ -476,7 +588,7 @@ class Pool:
     def open_astream(self, request: CallRequest) -> AsyncStream:
         """:meth:`astream` of a prepared request."""
         self._counters.bump("requests")
-        return AsyncStream(self._abegin(request, True), lambda: self._counters.bump("errors"), self)
+        return AsyncStream(self._abegin(request, True), lambda: self._counters.bump("errors"), self, self._arestarter(request))
 
     def session(self, session_id: str, *, affinity: Affinity | str | None = None) -> Session:
         """A handle whose calls all carry ``session_id`` (and its ``affinity``, if given).
@@ -494,8 +606,8 @@ class Pool:
     def _close_session(self, session_id: str) -> bool:
         return self._dispatcher.close_session(session_id)
 
-    async def _abegin(self, request: CallRequest, stream: bool) -> Exchange:
-        call = self._prepare(request, stream)
+    async def _abegin(self, request: CallRequest, stream: bool, retry: Retry | None = None) -> Exchange:
+        call = self._prepare(request, stream, retry)
         exchange = Exchange(self._dispatcher, call.tool, call.deadline)
         try:
             await aio.checkout(self._dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
@@ -516,8 +628,9 @@ class Pool:
             raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}", tool=tool)
         return spec
 
-    def _prepare(self, request: CallRequest, stream: bool) -> PreparedCall:
-        """Everything that can be checked and encoded before a worker is taken."""
+    def _prepare(self, request: CallRequest, stream: bool, retry: Retry | None = None) -> PreparedCall:
+        """Everything that can be checked and encoded before a worker is taken (a retry keeps
+        the first attempt's deadline)."""
         tool, args, session_id, affinity, timeout = request
         spec = self._tools.get(tool) or self._spec(tool)
         if stream and not spec.supports_streaming:
@@ -541,8 +654,14 @@ class Pool:
         frame = protocol.call_frame(tool, args, stream, None if attachments is None else attachments.share)
         now = time.monotonic()
         queue_limit = self._queue_timeout
+        deadline = None if limit is None else now + limit
+        queue_deadline = None if queue_limit is None else now + queue_limit
+        if retry is not None:
+            deadline = retry.deadline
+            if deadline is not None:
+                queue_deadline = deadline if queue_deadline is None else min(queue_deadline, deadline)
         return PreparedCall(
-            tool, frame, session_id, mode, None if queue_limit is None else now + queue_limit, None if limit is None else now + limit,
+            tool, frame, session_id, mode, queue_deadline, deadline,
             attachments if attachments is not None and attachments.fds else None,
         )
 
@@ -599,6 +718,9 @@ class Pool:
                 reason: counts[f"recycled_{reason}"] for reason in RECYCLE_REASONS if counts.get(f"recycled_{reason}")
             },
             "hung": counts.get("hung", 0),
+            "retries": counts.get("retries", 0),
+            "deaths_by_cause": {cause: counts[f"deaths_{cause}"] for cause in DEATH_CAUSES if counts.get(f"deaths_{cause}")},
+            "quarantined": self._supervisor.quarantine.snapshot(),
             "sessions": snapshot["sessions"],
             "size": self.size,
             "workers": snapshot["workers"],
@@ -607,6 +729,15 @@ class Pool:
             "waiting": snapshot["waiting"],
             "worker_info": snapshot["worker_info"],
         }
+
+
+RETRY_BACKOFF = 0.05  # seconds before a first retry; doubling for each further one
+
+
+class Retry(NamedTuple):
+    attempt: int  # how many times the call has been run again, this one included
+    deadline: float | None  # the first attempt's
+    delay: float
 
 
 class PreparedCall:

@@ -32,6 +32,7 @@ from ..observe import Observer
 from ..protocol import TERMINAL, Cancel, Ping
 from .dispatcher import Counters, Dispatcher
 from .reactor import Reactor
+from .quarantine import Quarantine
 from .recycling import RecyclePolicy
 from .timing import deadline_after, lock_seconds
 from .workers import Worker, WorkerState
@@ -59,6 +60,7 @@ class Supervisor(Reactor):
         heartbeat_timeout: float | None,
         recycle: RecyclePolicy,
         observer: Observer,
+        quarantine: Quarantine,
     ) -> None:
         super().__init__("snakepit-supervisor", observer)
         self._dispatcher = dispatcher
@@ -72,6 +74,7 @@ class Supervisor(Reactor):
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_timeout = heartbeat_timeout
         self.recycle = recycle
+        self.quarantine = quarantine
 
         self._ids = itertools.count(1)
         self._pings = itertools.count(1)
@@ -92,8 +95,8 @@ class Supervisor(Reactor):
         """Start the thread and ``size`` workers; return when all are ready, or raise."""
         self.backend.start(self, self)
         self.start_thread()
-        for _ in range(self._size):
-            self.submit(self._spawn)
+        for slot in range(self._size):
+            self.submit(self._spawn, slot)
         self.call_later(self._heartbeat_interval, self._health_round)
         deadline = deadline_after(self._start_timeout)
         with self._start_cond:
@@ -163,14 +166,14 @@ class Supervisor(Reactor):
 
     # -- starting --------------------------------------------------------------------------------
 
-    def _spawn(self) -> None:
+    def _spawn(self, slot: int) -> None:
         if self._stopping:
             return
-        handle = Worker(next(self._ids), None)
+        handle = Worker(next(self._ids), None, slot)
         try:
             self.backend.launch(handle)
         except Exception as exc:  # nothing was left running; the caller waiting on start() must hear of it
-            self._start_failed(None, f"could not start a worker process: {type(exc).__name__}: {exc}", traceback.format_exc())
+            self._start_failed(handle, f"could not start a worker process: {type(exc).__name__}: {exc}", traceback.format_exc())
             return
         self.handles[handle.id] = handle
         self.later(self._start_timeout, self._start_expired, handle)
@@ -204,9 +207,10 @@ class Supervisor(Reactor):
             handle.start_error = (f"not ready within start_timeout={self._start_timeout}s", None)
             handle.conn.kill()
 
-    def _start_failed(self, handle: Worker | None, message: str, traceback: str | None) -> None:
-        details: dict[str, Any] = {"worker_id": None if handle is None else handle.id}
-        if handle is not None and handle.conn.exit_info:
+    def _start_failed(self, handle: Worker, message: str, traceback: str | None) -> None:
+        launched = handle.conn is not None
+        details: dict[str, Any] = {"worker_id": handle.id if launched else None, "slot": handle.slot}
+        if launched and handle.conn.exit_info:
             details.update(handle.conn.exit_info)
         error = errors.WorkerError(
             errors.Category.WORKER, Reason.WORKER_START_FAILED, f"worker failed to start: {message}", details, traceback
@@ -219,7 +223,7 @@ class Supervisor(Reactor):
                 return
         self.observer.emit("worker_start_failed", logging.ERROR, error.message, **details)
         self._dispatcher.workers_cannot_start(error)
-        self._replace(young=True)
+        self._replace(handle.slot, young=True, crashed=True)
 
     # -- draining --------------------------------------------------------------------------------
 
@@ -341,7 +345,7 @@ class Supervisor(Reactor):
             "worker_recycle", logging.INFO, f"recycling worker {handle.id} (pid {handle.pid}): {reason}",
             worker_id=handle.id, pid=handle.pid, reason=reason, requests=handle.requests_served,
         )
-        self._spawn()
+        self._spawn(handle.slot)
         self._ask_to_stop(handle)
         self.later(self._shutdown_timeout, self._kill_if_alive, handle)
 
@@ -367,6 +371,7 @@ class Supervisor(Reactor):
         )
         if expected:
             return
+        self._counters.bump(f"deaths_{info.get('cause', 'killed')}")
         if was_starting:
             message, traceback = handle.start_error or (f"exited during start-up ({_describe_exit(info)})", None)
             self._start_failed(handle, message, traceback)
@@ -379,20 +384,29 @@ class Supervisor(Reactor):
             and handle.requests_served == 0
             and not handle.killed_on_purpose
         )
-        self._replace(young)
+        self._replace(handle.slot, young, crashed=not handle.killed_on_purpose)
 
-    def _replace(self, young: bool) -> None:
+    def _replace(self, slot: int, young: bool, crashed: bool) -> None:
         if self._stopping:
             return
         self._young_deaths = self._young_deaths + 1 if young else 0
         delay = 0.0 if self._young_deaths <= 1 else min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (self._young_deaths - 1))
+        quarantine = self.quarantine.died(slot) if crashed else None
+        if quarantine is not None:
+            delay = max(delay, quarantine)
+            self.observer.emit(
+                "worker_quarantined", logging.WARNING,
+                f"worker slot {slot} lost {self.quarantine.deaths} workers within {self.quarantine.window:g}s; "
+                f"its next worker starts in {delay:.1f}s",
+                slot=slot, deaths=self.quarantine.deaths, window=self.quarantine.window, delay=delay,
+            )
         self._counters.bump("restarts")
         self.observer.emit(
             "worker_restart", logging.WARNING if delay else logging.INFO,
-            f"starting a replacement worker in {delay:.2f}s" + (" (workers keep dying young)" if delay else ""),
-            delay=delay,
+            f"starting a replacement worker in {delay:.2f}s" + (" (workers keep dying young)" if delay and quarantine is None else ""),
+            delay=delay, slot=slot,
         )
-        self.later(delay, self._spawn)
+        self.later(delay, self._spawn, slot)
 
     def dispose(self, handle: Worker) -> None:
         """Forget a dead worker nobody uses any more."""

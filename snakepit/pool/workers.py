@@ -52,9 +52,10 @@ class Worker:
     connection to it. The dispatcher writes the state, checkout and ownership fields under its
     lock; the supervisor the health ones (``ping``, ``start_error``, ``killed_on_purpose``)."""
 
-    def __init__(self, worker_id: int, conn: Any) -> None:
+    def __init__(self, worker_id: int, conn: Any, slot: int = 0) -> None:
         self.id = worker_id
         self.conn = conn
+        self.slot = slot  # its place 0..size-1, which its replacements take over (see worker_env)
         self.state = WorkerState.STARTING
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()

@@ -21,6 +21,7 @@ workers start cold from then on, and a warning says why.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -33,7 +34,8 @@ from ...pool.workers import Worker
 from ...protocol import Log, Pong, Ready, Shutdown, StartFailed, encode_frame
 from ..base import WorkerEvents
 from .janitor import Janitor
-from .launcher import SNAKEPIT_ROOT, LaunchSpec, spawn
+from .launcher import SNAKEPIT_ROOT, LaunchSpec, prefer_for_oom_kill, spawn
+from .oom import OomWitness
 from .relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
 from .segments import Attachments, Segments
 from .template import Template, TemplateUnavailable, adapter_module
@@ -50,6 +52,7 @@ class ProcessBackend:
         self._start_method = start_method
         self._start_timeout = start_timeout
         self._template: Template | None = None
+        self._oom = OomWitness()
         self._segments = Segments()  # large call arguments in shared memory, reused across calls
         self.attachments = lambda: Attachments(self._segments)
         self.relay = LogRelay()
@@ -70,14 +73,18 @@ class ProcessBackend:
                 )
             except OSError as exc:
                 _log.warning("snakepit: cannot start the template process (%s); workers start cold", exc)
+            else:
+                prefer_for_oom_kill(self._template.pid)
 
     # -- starting --------------------------------------------------------------------------------
 
     def launch(self, worker: Worker) -> None:
         """Start ``worker``'s process (the supervisor's thread); raises if none could start."""
-        conn = self._spawn(worker.id)
+        conn = self._spawn(worker)
         worker.conn = conn
         conn.on_group_ended = self.janitor.forget
+        counter = self._oom.counter_of(conn.pid)
+        conn.killed_by_oom = functools.partial(self._oom.killed_by_oom, conn.pid, counter)
         self.janitor.watch(conn.pid)
         self._watch(worker, conn.responses_fd, self._read_start)
         self._watch(worker, conn.pipes.events, self._read_events)
@@ -89,14 +96,17 @@ class ProcessBackend:
         else:
             threading.Thread(target=self._wait_exit, args=(worker,), daemon=True).start()
 
-    def _spawn(self, worker_id: int) -> Any:
-        if self._template is not None:
+    def _spawn(self, worker: Worker) -> Any:
+        env = self._launch.env_for(worker.slot)
+        # A worker whose environment is not the template's (a per-slot worker_env) starts cold:
+        # what a library read from the environment when the template imported it would be wrong.
+        if self._template is not None and env == self._template.env:
             try:
-                return spawn(worker_id, self._launch, self._template)
+                return spawn(worker.id, self._launch, env, self._template)
             except TemplateUnavailable as exc:
                 _log.warning("snakepit: the template process cannot fork workers (%s); they start cold from now on", exc)
                 self._close_template()
-        return spawn(worker_id, self._launch)
+        return spawn(worker.id, self._launch, env)
 
     def _close_template(self) -> None:
         template, self._template = self._template, None
@@ -201,6 +211,7 @@ class ProcessBackend:
 
     def close(self) -> None:
         self._close_template()
+        self._oom.close()
         self.janitor.stop()
         self.relay.close()
         self._segments.close()

@@ -29,7 +29,7 @@ import psutil
 
 from ...pool.timing import deadline_after, poll_ms
 from ...protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
-from ..base import DeadlineExceeded, WorkerGone, watch_readers
+from ..base import DeadlineExceeded, WorkerGone, death_cause, watch_readers
 from . import segments, spill
 from .segments import Attachments
 from .spin import Spin
@@ -98,6 +98,7 @@ class ProcessConnection:
         self.exit_info: dict[str, Any] | None = None  # once reaped: its exit code or signal
         self.watched: set[int] = set()  # fds the supervisor's selector watches
         self.on_group_ended: Callable[[int], None] | None = None  # told before it is reaped
+        self.killed_by_oom: Callable[[], bool] = lambda: False  # asked when SIGKILL ended it
         self._request_lock = threading.Lock()
         self._control_lock = threading.Lock()
         self._reap_lock = threading.Lock()
@@ -288,9 +289,10 @@ class ProcessConnection:
                         name = signal.Signals(-code).name
                     except ValueError:
                         name = f"signal {-code}"
-                    self.exit_info = {"exit_code": code, "signal": name}
+                    oom = code == -signal.SIGKILL and self.killed_by_oom()
+                    self.exit_info = {"exit_code": code, "signal": name, "cause": death_cause(code, name, oom)}
                 else:
-                    self.exit_info = {"exit_code": code}
+                    self.exit_info = {"exit_code": code, "cause": death_cause(code, None)}
             return self.exit_info
 
     def wait_exit(self, timeout: float | None = None) -> bool:

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence, Union
 
 from ... import errors, protocol
 from ...adapter import import_by_path
@@ -38,6 +38,9 @@ SINGLE_THREADED_ENV = {
 }
 
 _PIPE_SIZE = 1 << 20  # the Linux default maximum; bigger pipes mean fewer wake-ups per stream
+
+# Under memory pressure the kernel should kill a worker, which the pool survives, not the owner.
+_OOM_SCORE_ADJ_ABOVE_OWNER = 500
 
 SNAKEPIT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 _BOOTSTRAP = (
@@ -92,31 +95,60 @@ def _resolves(path: str, adapter: type) -> bool:
         return False
 
 
+WorkerEnv = Union[Mapping[str, str], Callable[[int], Mapping[str, str]], None]
+
+
 @dataclass
 class LaunchSpec:
     """Everything needed to start one more worker like the others."""
 
     adapter: Any
     adapter_args: Any
-    env: Mapping[str, str]
+    env: Mapping[str, str]  # what every worker's environment holds
+    slot_envs: Sequence[Mapping[str, str]] = ()  # a per-slot worker_env's additions, by slot
     cwd: str = field(default_factory=os.getcwd)
     sys_path: list[str] = field(default_factory=lambda: list(sys.path))
     log_level: int = field(default_factory=lambda: logging.getLogger("snakepit.worker").getEffectiveLevel())
 
+    def env_for(self, slot: int) -> dict[str, str]:
+        """The environment of the worker in ``slot`` (and of every replacement of it)."""
+        return {**self.env, **self.slot_envs[slot]} if self.slot_envs else dict(self.env)
+
 
 def build_launch_spec(
-    adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: Mapping[str, str] | None, *, by_value: bool = False
+    adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: WorkerEnv, *, size: int = 1, by_value: bool = False
 ) -> LaunchSpec:
+    """``worker_env``: a mapping for every worker, or a callable ``(slot) -> mapping`` called
+    here once per slot ``0..size-1`` (so its errors are the constructor's)."""
     if adapter_args is not None and not isinstance(adapter_args, Mapping):
         raise errors.validation(Reason.INVALID_CONFIG, "adapter_args must be a mapping of keyword arguments")
+    slot_envs: list[dict[str, str]] = []
+    if callable(worker_env):
+        slot_envs = [_checked_env(_call_env(worker_env, slot), f"worker_env({slot})") for slot in range(size)]
+    elif worker_env is not None:
+        worker_env = _checked_env(worker_env, "worker_env")
     # Unbuffered, so what a tool prints reaches the owner's logs when it is printed.
-    env = {**os.environ, **SINGLE_THREADED_ENV, "PYTHONUNBUFFERED": "1", **(worker_env or {})}
+    env = {**os.environ, **SINGLE_THREADED_ENV, "PYTHONUNBUFFERED": "1", **(worker_env if isinstance(worker_env, Mapping) else {})}
     return LaunchSpec(
         adapter=adapter_reference(adapter, by_value),
         # Encoded now: the boot frame is built on the supervisor thread, where an error would only be logged.
         adapter_args=protocol.wire_value(dict(adapter_args or {}), dumps=protocol._cloud_dumps),
         env=env,
+        slot_envs=slot_envs,
     )
+
+
+def _call_env(worker_env: Callable[[int], Any], slot: int) -> Any:
+    try:
+        return worker_env(slot)
+    except Exception as exc:
+        raise errors.validation(Reason.INVALID_CONFIG, f"worker_env({slot}) raised {type(exc).__name__}: {exc}") from exc
+
+
+def _checked_env(env: Any, what: str) -> dict[str, str]:
+    if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise errors.validation(Reason.INVALID_CONFIG, f"{what} must be a mapping of str to str, got {env!r}")
+    return dict(env)
 
 
 def _pipe(opened: list[int]) -> tuple[int, int]:
@@ -132,13 +164,14 @@ def _enlarge(fd: int) -> None:
         pass
 
 
-def spawn(worker_id: int, spec: LaunchSpec, template: Template | None = None) -> ProcessConnection:
+def spawn(worker_id: int, spec: LaunchSpec, env: Mapping[str, str], template: Template | None = None) -> ProcessConnection:
     """Start one worker process and send it its boot frame; it reports ``Ready`` on its own.
 
     Pipes: requests and control (owner to worker), responses and events (worker to owner), and
     the worker's stdout and stderr, which the owner relays to :mod:`logging`. The spill segment
     is shared memory (see :mod:`.spill`). The process is forked by ``template`` when one is
-    given (``TemplateUnavailable`` if it cannot), else a fresh interpreter.
+    given (``TemplateUnavailable`` if it cannot; its environment is ``env``), else a fresh
+    interpreter with environment ``env``.
     """
     boot = protocol.encode_frame(Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level))
     opened: list[int] = []  # closed again if anything below fails (e.g. out of descriptors)
@@ -164,7 +197,7 @@ def spawn(worker_id: int, spec: LaunchSpec, template: Template | None = None) ->
         if template is not None:
             process: Any = template.fork(worker_id, (*child_ends, stdout_w, stderr_w))
         else:
-            process = _start_interpreter(spec, child_ends, stdout_w, stderr_w)
+            process = _start_interpreter(spec, env, child_ends, stdout_w, stderr_w)
     except BaseException:
         for fd in opened:
             os.close(fd)
@@ -179,10 +212,24 @@ def spawn(worker_id: int, spec: LaunchSpec, template: Template | None = None) ->
         protocol.write_all(requests_w, boot)
     except OSError:
         pass  # it died at once; the supervisor sees the exit
+    prefer_for_oom_kill(conn.pid)
     return conn
 
 
-def _start_interpreter(spec: LaunchSpec, child_ends: tuple[int, ...], stdout: int, stderr: int) -> subprocess.Popen[bytes]:
+def prefer_for_oom_kill(pid: int) -> None:
+    """Make ``pid`` the OOM killer's choice before the owner (raising it needs no privilege)."""
+    try:
+        with open("/proc/self/oom_score_adj") as f:
+            owner = int(f.read())
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(min(1000, owner + _OOM_SCORE_ADJ_ABOVE_OWNER)))
+    except (OSError, ValueError):  # not Linux, or it is already gone
+        pass
+
+
+def _start_interpreter(
+    spec: LaunchSpec, env: Mapping[str, str], child_ends: tuple[int, ...], stdout: int, stderr: int
+) -> subprocess.Popen[bytes]:
     """A cold worker: a fresh interpreter that imports everything itself."""
     command = [sys.executable, "-c", _BOOTSTRAP.format(root=SNAKEPIT_ROOT), *(str(fd) for fd in child_ends), str(os.getpid())]
     return subprocess.Popen(
@@ -191,7 +238,7 @@ def _start_interpreter(spec: LaunchSpec, child_ends: tuple[int, ...], stdout: in
         stdout=stdout,
         stderr=stderr,
         pass_fds=child_ends,
-        env=dict(spec.env),
+        env=dict(env),
         cwd=spec.cwd,
         close_fds=True,
         process_group=0,  # its own group: what its tools start can be ended with it

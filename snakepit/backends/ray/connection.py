@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from ...pool.timing import poll_ms
 from ...protocol import Cancel, FrameReader, FromWorker, Ping, is_stream_call
-from ..base import DeadlineExceeded, WorkerGone, watch_readers
+from ..base import DeadlineExceeded, WorkerGone, death_cause, watch_readers
 
 # The reader thread takes at most this much ahead of the consumer, then waits (and Ray's
 # generator backpressure holds the actor): in messages, and in bytes for streams of big chunks.
@@ -197,7 +197,9 @@ class RayConnection:
     def exit_status(self) -> dict[str, Any]:
         if self.exit_info is None:
             self.kill()  # what died under a call must not linger half-alive
-            self.exit_info = {"exit_code": None, "error": self._died or "the actor was killed"}
+            error = str(self._died or "the actor was killed")
+            oom = "out of memory" in error.lower() or "OutOfMemory" in error  # Ray's memory monitor says so
+            self.exit_info = {"exit_code": None, "error": error, "cause": death_cause(None, None, oom)}
         return self.exit_info
 
     def salvage(self) -> list[Any]:
