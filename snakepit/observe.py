@@ -7,9 +7,13 @@ its fields as extras, and is passed as a dict to ``Pool(on_event=...)`` for metr
 
 Events: ``worker_start``, ``worker_ready``, ``worker_start_failed``, ``worker_exit`` (with ``exit_code`` or ``signal``,
 and ``expected`` for a shutdown or recycling), ``worker_restart`` (with ``delay``),
-``worker_recycle`` (with ``reason``), ``worker_hung``, ``cancel_timeout`` (a worker that did not
-give a cancelled call up in time), ``worker_reclaimed`` (taken back from a caller interrupted
-half-way), ``timeout``, ``queue_timeout``, ``pool_saturated``.
+``worker_recycle`` (with ``reason``), ``worker_hung``, ``worker_quarantined`` (with ``slot`` and
+``delay``), ``cancel_timeout`` (a worker that did not give a cancelled call up in time),
+``worker_reclaimed`` (taken back from a caller interrupted half-way), ``call_retry`` (an
+idempotent call run again), ``timeout``, ``queue_timeout``, ``pool_saturated`` (the last four with
+the call's ``correlation_id``). A tool's own telemetry (:mod:`snakepit.telemetry`) arrives as
+``telemetry``, ``span_start``, ``span_stop`` and ``span_exception`` events, logged on
+``snakepit.telemetry``.
 
 They are emitted on the slow paths only (a start, a death, an error), and cost a flag check
 when nobody listens: nothing is built unless the logger or a callback wants it. They are never
@@ -27,8 +31,13 @@ from typing import Any, Callable
 from .courier import Courier
 
 log = logging.getLogger("snakepit")
+telemetry_log = logging.getLogger("snakepit.telemetry")  # tools' own telemetry (see snakepit.telemetry)
 
 EventCallback = Callable[[dict[str, Any]], None]
+
+# An event's fields become attributes of its log record, but for these names, which a record has
+# already (a telemetry event's "name" is record.snakepit_name).
+_RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
 class Observer:
@@ -58,6 +67,17 @@ class Observer:
             held.append((event, level, message, fields, time.time()))
             return
         self._deliver(event, level, message, fields, time.time())
+
+    def telemetry(self, fields: dict[str, Any]) -> None:
+        """A tool's telemetry event (already a dict, with its own ``time``), to ``on_event`` and
+        the ``snakepit.telemetry`` logger at INFO; delivered off the calling thread."""
+        if self._callback is None and not telemetry_log.isEnabledFor(logging.INFO):
+            return
+        fields = dict(fields)
+        event = fields.pop("event", "telemetry")
+        when = fields.pop("time", None) or time.time()
+        message = f"{event} {fields.get('name')} from worker {fields.get('worker_id')} ({fields.get('tool')})"
+        self._post([(event, logging.INFO, message, {**fields, "_logger": telemetry_log}, when)])
 
     def hold(self) -> None:
         held = self._held
@@ -89,8 +109,10 @@ class Observer:
 
     def _deliver(self, event: str, level: int, message: str, fields: dict[str, Any], when: float) -> None:
         try:
-            if log.isEnabledFor(level):
-                log.log(level, message, extra={"snakepit_event": event, **fields})
+            logger = fields.pop("_logger", log)
+            if logger.isEnabledFor(level):
+                extra = {f"snakepit_{key}" if key in _RECORD_ATTRIBUTES else key: value for key, value in fields.items()}
+                logger.log(level, message, extra={"snakepit_event": event, **extra})
             callback = self._callback
             if callback is not None:
                 callback({"event": event, "time": when, **fields})

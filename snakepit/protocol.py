@@ -63,11 +63,14 @@ class Boot(_Msg, tag=1):
     adapter: Any  # "module:Class", or an Ext holding the cloudpickled class
     adapter_args: Any
     log_level: int  # the owner's level for worker logs: records below it are not even sent
+    telemetry: bool = False  # the owner listens to telemetry: tools' emit() and span() send it
 
 
 class Call(_Msg, tag=2):
     id: int
     tool: str
+    correlation: str | None  # the call's correlation id (see snakepit.telemetry)
+    trace: str | None  # the W3C traceparent of the owner's span for the call, when traced
     args: Any
     stream: bool
 
@@ -86,6 +89,8 @@ class Batch(_Msg, tag=6):
     id: int
     tool: str
     items: msgspec.Raw
+    correlation: str | None = None
+    trace: str | None = None
 
 
 # owner -> worker, control pipe
@@ -172,11 +177,18 @@ class Log(_Msg, tag=18):
     level: int
     name: str
     message: str
+    correlation_id: str | None = None  # of the call that logged it
+
+
+class Telemetry(_Msg, tag=20):
+    """A tool's telemetry event (see :mod:`snakepit.telemetry`), as the dict ``on_event`` gets."""
+
+    fields: dict[str, Any]
 
 
 ToWorker = Union[Boot, Call, Batch, Shutdown, Cancel, Ping]
 FromWorker = Union[Ready, StartFailed, Result, Chunk, Chunks, End, Failure, BatchResult]
-Event = Union[Pong, Log]
+Event = Union[Pong, Log, Telemetry]
 
 TERMINAL = (Result, End, Failure, BatchResult)
 
@@ -193,17 +205,19 @@ _CALL_ID_AT = HEADER.size + 3  # after the frame header, the fixarray header, th
 _CALL_ID = struct.Struct(">Q")
 
 
-def call_frame(tool: str, args: dict[str, Any], stream: bool, share: Share | None = None) -> bytearray:
+def call_frame(
+    tool: str, args: dict[str, Any], stream: bool, share: Share | None = None, correlation: str | None = None, trace: str | None = None
+) -> bytearray:
     """A ``Call`` frame without its id (see :func:`stamp_call_id`); ``serialization_error`` if
     the arguments cannot travel. (:func:`encode_with`, unrolled: this runs once per call.)"""
     frame = None
     if exact_args(args):
         try:
-            frame = encode_frame(Call(_UNSTAMPED, tool, args, stream))
+            frame = encode_frame(Call(_UNSTAMPED, tool, correlation, trace, args, stream))
         except REFUSED:
             pass
     if frame is None:
-        frame = encode_frame(Call(_UNSTAMPED, tool, pickled(args, _cloud_dumps, share), stream))
+        frame = encode_frame(Call(_UNSTAMPED, tool, correlation, trace, pickled(args, _cloud_dumps, share), stream))
     if frame[_CALL_ID_AT - 1] != _UINT64:  # the layout of Call changed: the stamp would corrupt it
         raise AssertionError("unexpected Call frame layout")
     return frame

@@ -47,7 +47,7 @@ class StreamResult:
 
     ``synthetic_final`` is True when the tool never yielded a ``StreamChunk(is_final=True)``
     (the end was inferred from the generator finishing, or from a halt); ``metadata`` is the
-    final chunk's metadata, if it had any.
+    final chunk's metadata, if it had any; ``correlation_id`` the call's (given or generated).
     """
 
     chunks: int
@@ -56,3 +56,4 @@ class StreamResult:
     synthetic_final: bool
     halted: bool = False
     metadata: dict[str, Any] | None = None
+    correlation_id: str | None = None

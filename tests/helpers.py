@@ -180,6 +180,41 @@ class Toolbox(BaseAdapter):
                 time.sleep(delay)
             yield {"number": i, "is_last": i == n - 1}
 
+    # -- telemetry -----------------------------------------------------------------------------
+
+    @tool
+    def measured(self, rows: int = 1) -> int:
+        """Telemetry of every kind, and a log record."""
+        import logging
+
+        from snakepit import telemetry
+
+        telemetry.emit("loaded", {"rows": rows}, {"source": "test"})
+        with telemetry.span("work", {"step": 1}):
+            pass
+        try:
+            with telemetry.span("failing"):
+                raise ValueError("bad input")
+        except ValueError:
+            pass
+        logging.getLogger("tool").warning("measured %d rows", rows)
+        return rows
+
+    @tool
+    def measured_stream(self, n: int = 2):
+        from snakepit import telemetry
+
+        for i in range(n):
+            telemetry.emit("chunk", {"i": i})
+            yield i
+
+    @tool
+    def odd_telemetry(self) -> int:
+        from snakepit import telemetry
+
+        telemetry.emit("odd", {"value": Point(1, 2), "huge": 1 << 70, "fine": 1.5}, {7: "seven"})
+        return 1
+
     # -- idempotent tools: the pool runs them again when their worker dies under them ----------
 
     @tool(idempotent=True)

@@ -25,6 +25,7 @@ def create(
     memory_limit_mb: float | None = None,
     start_method: str | None = None,
     start_timeout: float | None = None,
+    telemetry: bool = False,
     ray_address: str | None = None,
     actor_options: Mapping[str, Any] | None = None,
 ) -> Backend:
@@ -43,7 +44,9 @@ def create(
             raise errors.validation(
                 Reason.INVALID_CONFIG, f"unknown start_method {start_method!r}: choose one of {', '.join(map(repr, START_METHODS))}"
             )
-        return ProcessBackend(build_launch_spec(adapter, adapter_args, worker_env, size=size), start_method, start_timeout)
+        return ProcessBackend(
+            build_launch_spec(adapter, adapter_args, worker_env, size=size, telemetry=telemetry), start_method, start_timeout
+        )
     if name == "ray":
         from .ray.backend import RayBackend
 
@@ -69,5 +72,5 @@ def create(
         # module's code, unless the user's runtime_env ships that code there.
         shipped = {"working_dir", "py_modules"} & set(options.get("runtime_env") or {})
         by_value = ray_address is not None and not shipped
-        return RayBackend(build_launch_spec(adapter, adapter_args, None, by_value=by_value), ray_address, options)
+        return RayBackend(build_launch_spec(adapter, adapter_args, None, by_value=by_value, telemetry=telemetry), ray_address, options)
     raise errors.validation(Reason.INVALID_CONFIG, f"unknown backend {name!r}: choose one of {', '.join(map(repr, NAMES))}")

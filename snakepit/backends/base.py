@@ -123,6 +123,9 @@ class WorkerEvents(Protocol):
     def pong(self, worker: Worker, seq: int) -> None:
         """The worker answered heartbeat ``seq``."""
 
+    def telemetry(self, worker: Worker, fields: dict[str, Any]) -> None:
+        """The worker's tool sent a telemetry event (see :mod:`snakepit.telemetry`)."""
+
 
 class Backend(Protocol):
     """Launches, watches, stops and describes workers: the mechanisms. When to do what (start

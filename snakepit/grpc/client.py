@@ -93,8 +93,9 @@ class Client:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> Any:
-        return self.run(CallRequest(tool, args, session_id, affinity, timeout))
+        return self.run(CallRequest(tool, args, session_id, affinity, timeout, correlation_id))
 
     def execute_stream(
         self,
@@ -105,8 +106,9 @@ class Client:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> StreamResult:
-        return self.run_stream(CallRequest(tool, args, session_id, affinity, timeout), callback)
+        return self.run_stream(CallRequest(tool, args, session_id, affinity, timeout, correlation_id), callback)
 
     def stream(
         self,
@@ -116,8 +118,9 @@ class Client:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> RemoteStream:
-        return self.open_stream(CallRequest(tool, args, session_id, affinity, timeout))
+        return self.open_stream(CallRequest(tool, args, session_id, affinity, timeout, correlation_id))
 
     # The request-level calls (see snakepit.pool.request): what a Session calls, as on a Pool.
 
@@ -182,8 +185,9 @@ class Client:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> Any:
-        return await self.arun(CallRequest(tool, args, session_id, affinity, timeout))
+        return await self.arun(CallRequest(tool, args, session_id, affinity, timeout, correlation_id))
 
     async def aexecute_stream(
         self,
@@ -194,9 +198,10 @@ class Client:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> StreamResult:
         """``callback`` may be a plain function or a coroutine function."""
-        return await self.arun_stream(CallRequest(tool, args, session_id, affinity, timeout), callback)
+        return await self.arun_stream(CallRequest(tool, args, session_id, affinity, timeout, correlation_id), callback)
 
     def astream(
         self,
@@ -206,8 +211,9 @@ class Client:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> AsyncRemoteStream:
-        return self.open_astream(CallRequest(tool, args, session_id, affinity, timeout))
+        return self.open_astream(CallRequest(tool, args, session_id, affinity, timeout, correlation_id))
 
     async def arun(self, call_request: CallRequest) -> Any:
         request, metadata, deadline = self._request(call_request, False)
@@ -260,10 +266,12 @@ class Client:
     # -- requests --------------------------------------------------------------------------------
 
     def _request(self, call: CallRequest, stream: bool) -> tuple[pb.ExecuteToolRequest, tuple[tuple[str, str], ...], float | None]:
-        tool, args, session_id, affinity, timeout = call
+        tool, args, session_id, affinity, timeout, correlation_id = call
         request = pb.ExecuteToolRequest(tool_name=tool, session_id=session_id or "", stream=stream)
         options = request.metadata  # the call's options travel in the request (only the token is a header)
         options["accept"] = "pickle"
+        if correlation_id is not None:
+            options["correlation_id"] = correlation_id
         if args is not None and not isinstance(args, Mapping):
             raise errors.validation(Reason.INVALID_ARGUMENTS, f"args must be a dict, got {type(args).__name__}", tool=tool)
         for name, value in (args or {}).items():

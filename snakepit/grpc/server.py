@@ -294,7 +294,9 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             timeout = max(timeout, 0.001)  # the deadline is near: let the call time out, not refuse it
         if meta.get("correlation_id"):
             log.info("call %s of %r (correlation_id %s)", "stream" if request.stream else "execute", request.tool_name, meta["correlation_id"])
-        return CallRequest(request.tool_name, args, request.session_id or None, meta.get("affinity") or None, timeout), meta
+        return CallRequest(
+            request.tool_name, args, request.session_id or None, meta.get("affinity") or None, timeout, meta.get("correlation_id") or None
+        ), meta
 
     async def ExecuteTool(self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext) -> pb.ExecuteToolResponse:
         started = time.perf_counter()

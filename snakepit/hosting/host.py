@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import msgspec
 
-from .. import errors, protocol
+from .. import errors, protocol, telemetry
 from ..adapter import BoundTool, discover_tools, import_by_path
 from ..errors import CallCancelled, Reason
 from ..protocol import PACKED, Batch, BatchResult, Call, Chunk, End, Failure, Ready, Result, StartFailed, decode_value, encode_value
@@ -103,6 +103,18 @@ def _decode_args(value: Any) -> Any:
         ) from None
 
 
+def _attach_trace(traceparent: str) -> Any:
+    from .. import tracing  # imports OpenTelemetry: only in workers of a traced pool
+
+    return tracing.attach(traceparent)
+
+
+def _detach_trace(token: Any) -> None:
+    from .. import tracing
+
+    tracing.detach(token)
+
+
 class ToolHost:
     def __init__(self, out: Outbox) -> None:
         self._out = out
@@ -157,12 +169,17 @@ class ToolHost:
         call_id = self._running = message.id
         if self._cancelled:
             self._forget_before(call_id)
+        context = telemetry.current.set(message)  # for the tool's telemetry and log records
+        traced = None if message.trace is None else _attach_trace(message.trace)
         try:
             if type(message) is Call:
                 self._run(message)
             else:
                 self._run_batch(message)
         finally:
+            if traced is not None:
+                _detach_trace(traced)
+            telemetry.current.reset(context)
             self._running = None
             self._cancelled.discard(call_id)
 

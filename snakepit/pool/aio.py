@@ -23,7 +23,7 @@ from ..affinity import Affinity, Ticket
 from ..backends.base import DeadlineExceeded, WorkerGone
 from ..streaming import HALT, StreamResult
 from .dispatcher import Dispatcher, Owner
-from .exchange import END, MORE, Delivery, Exchange
+from .exchange import END, MORE, Delivery, Exchange, end_call
 from .timing import earliest
 from .workers import Worker
 
@@ -217,12 +217,16 @@ class AsyncStream:
     the tool in the worker. After exhaustion, :attr:`result` is the :class:`StreamResult`.
     """
 
-    __slots__ = ("_start", "_exchange", "_delivery", "_readable", "_on_error", "_owner", "_delivered", "_restart", "__weakref__")
+    __slots__ = (
+        "_start", "_exchange", "_delivery", "_readable", "_on_error", "_owner", "_delivered", "_restart", "_context", "__weakref__",
+    )
 
     def __init__(
         self, start: Awaitable[Exchange], on_error: Callable[[], None], owner: object = None,
         restart: Callable[[errors.SnakepitError, Exchange], Awaitable[Exchange | None]] | None = None,
+        context: Any = None,
     ) -> None:
+        self._context = context  # the call's CallContext, ended if it never starts
         self._start: Awaitable[Exchange] | None = start
         self._exchange: Exchange | None = None
         self._delivery: Delivery | None = None
@@ -254,11 +258,13 @@ class AsyncStream:
                 self._close_readable()
                 delivery = await self._run_again(error)
                 continue
-            except BaseException:  # the task was cancelled, or anything else interrupted the wait
+            except BaseException as error:  # the task was cancelled, or anything else interrupted the wait
+                end_call(delivery.exchange, error)
                 await self.aclose()
                 raise
             if data is END:
                 self._close_readable()
+                end_call(delivery.exchange)
                 raise StopAsyncIteration
             return data
 
@@ -267,11 +273,13 @@ class AsyncStream:
         assert self._exchange is not None
         try:
             exchange = None if self._restart is None else await self._restart(error, self._exchange)
-        except errors.SnakepitError:
+        except errors.SnakepitError as failed:
             self._on_error()
+            end_call(self._exchange, failed)
             raise
         if exchange is None:
             self._on_error()
+            end_call(self._exchange, error)
             raise error
         self._exchange = exchange
         self._readable = Readable(exchange.handle)
@@ -283,8 +291,11 @@ class AsyncStream:
         start, self._start = self._start, None
         try:
             self._exchange = await start
-        except errors.SnakepitError:
-            self._on_error()
+        except BaseException as error:
+            if isinstance(error, errors.SnakepitError):
+                self._on_error()
+            if self._context is not None:
+                self._context.end(error)
             raise
         self._readable = Readable(self._exchange.handle)
         self._delivery = Delivery(self._exchange)
@@ -320,6 +331,7 @@ class AsyncStream:
             self._start = None
         if self._exchange is not None:
             self._exchange.cancel()
+            end_call(self._exchange)
         self._close_readable()
 
     def _close_readable(self) -> None:

@@ -97,9 +97,15 @@ class _Refused(Exception):
         self.error = error
         self.event = event
 
-    def surface(self, observer: Observer) -> errors.SnakepitError:
+    def surface(self, observer: Observer, owner: Any = None) -> errors.SnakepitError:
+        """The refusal's error, its event emitted; both name the call's correlation id."""
+        correlation_id = getattr(owner, "correlation_id", None)
+        if correlation_id is not None:
+            self.error.details.setdefault("correlation_id", correlation_id)
         if self.event is not None:
             name, message, fields = self.event
+            if correlation_id is not None:
+                fields = {**fields, "correlation_id": correlation_id}
             observer.emit(name, logging.WARNING, message, **fields)
         return self.error
 
@@ -190,7 +196,7 @@ class Dispatcher:
                 self.counters.bump("queued")
                 return None, ticket, park(ticket)
         except _Refused as refused:
-            raise refused.surface(self.observer) from None
+            raise refused.surface(self.observer, owner) from None
         except errors.SnakepitError:
             raise
         except BaseException:  # interrupted mid-way: leave no ticket behind
@@ -213,7 +219,7 @@ class Dispatcher:
                     handle = self._acquire(ticket)
                 return (handle, None) if handle is not None else (None, park(ticket))
         except _Refused as refused:
-            raise refused.surface(self.observer) from None
+            raise refused.surface(self.observer, ticket.owner) from None
 
     def checkout_now(self, owner: Owner | None = None) -> Worker | None:
         """An idle worker if there is one (no session, no queueing); ``None`` otherwise (the

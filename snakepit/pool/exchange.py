@@ -38,6 +38,7 @@ from ..errors import Reason
 from ..protocol import PACKED, TERMINAL, Cancel, Chunk, Chunks, End, Failure, Result, decode_value, raise_failure
 from ..streaming import HALT, StreamResult
 from .dispatcher import Dispatcher
+from .request import CallContext
 from .workers import Worker
 
 MORE: Any = object()  # no answer in the messages at hand: fetch more
@@ -51,10 +52,11 @@ class Exchange:
 
     __slots__ = (
         "dispatcher", "handle", "lease", "call_id", "tool", "deadline", "started", "finished", "sent",
-        "chunks", "final", "metadata", "result", "_messages", "_index", "_salvaged", "__weakref__",
+        "chunks", "final", "metadata", "result", "_messages", "_index", "_salvaged", "context", "__weakref__",
     )
 
-    def __init__(self, dispatcher: Dispatcher, tool: str, deadline: float | None) -> None:
+    def __init__(self, dispatcher: Dispatcher, tool: str, deadline: float | None, context: CallContext | None = None) -> None:
+        self.context = context
         self.finished = False
         self.handle: Worker = None  # type: ignore[assignment]  # set by adopt()
         self.lease = 0
@@ -71,6 +73,10 @@ class Exchange:
         self._messages: list[Any] = []
         self._index = 0
         self._salvaged = False
+
+    @property
+    def correlation_id(self) -> str | None:
+        return None if self.context is None else self.context.correlation_id
 
     # -- owning the worker (Owner, see queue.py) ----------------------------------------------------
 
@@ -258,7 +264,7 @@ class Exchange:
         self.dispatcher.counters.bump("timeouts")
         self.dispatcher.observer.emit(
             "timeout", logging.WARNING, f"call to {self.tool!r} on worker {self.handle.id} exceeded its timeout",
-            tool=self.tool, worker_id=self.handle.id,
+            tool=self.tool, worker_id=self.handle.id, correlation_id=self.correlation_id,
         )
         raise errors.timeout(
             Reason.TIMEOUT,
@@ -286,7 +292,14 @@ class Exchange:
             synthetic_final=not self.final,
             halted=halted,
             metadata=self.metadata,
+            correlation_id=self.correlation_id,
         )
+
+
+def end_call(exchange: Exchange, error: BaseException | None = None) -> None:
+    """A stream iterator's call is over (see :class:`~snakepit.pool.request.CallContext`)."""
+    if exchange.context is not None:
+        exchange.context.end(error)
 
 
 class Delivery:
@@ -404,10 +417,12 @@ class Stream:
             except errors.SnakepitError as error:
                 self._run_again(error)
                 continue
-            except BaseException:
+            except BaseException as error:
                 self._exchange.cancel()  # Ctrl-C or a MemoryError while waiting: the worker comes back
+                end_call(self._exchange, error)
                 raise
             if data is END:
+                end_call(self._exchange)
                 raise StopIteration
             return data
 
@@ -415,11 +430,13 @@ class Stream:
         """Carry on with the call run again, or raise ``error`` (or why it could not run)."""
         try:
             exchange = None if self._restart is None else self._restart(error, self._exchange)
-        except errors.SnakepitError:
+        except errors.SnakepitError as failed:
             self._on_error()
+            end_call(self._exchange, failed)
             raise
         if exchange is None:
             self._on_error()
+            end_call(self._exchange, error)
             raise error
         self._exchange = exchange
         self._delivery = Delivery(exchange)
@@ -436,6 +453,7 @@ class Stream:
     def close(self) -> None:
         """Cancel the tool in the worker if it is still running."""
         self._exchange.cancel()
+        end_call(self._exchange)
 
     def __enter__(self) -> Stream:
         return self

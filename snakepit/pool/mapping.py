@@ -80,8 +80,11 @@ class MapEngine:
         on_close: Callable[[MapEngine], None] | None = None,
         retries: int = 0,
         on_retry: Callable[[Worker, int, dict[str, Any]], None] | None = None,
+        context: Any = None,
     ) -> None:
         self._dispatcher = dispatcher
+        self.context = context  # the map's CallContext: its correlation id and trace span
+        self._trace = None if context is None or context.span is None else context.span.traceparent
         self._retries = retries
         self._on_retry = on_retry
         self._again: deque[tuple[int, bytes, int]] = deque()  # items to run again: (index, encoded, attempt)
@@ -116,9 +119,15 @@ class MapEngine:
         self.offload: Callable[[Worker, bytes, _InFlight], None] | None = None
         self._writing: set[int] = set()  # workers with an offloaded write under way
 
+    @property
+    def correlation_id(self) -> str | None:
+        return None if self.context is None else self.context.correlation_id
+
     # -- workers -----------------------------------------------------------------------------------
 
     def add_worker(self, handle: Worker) -> None:
+        if not self.workers and not self._queued and self.context is not None and self.context.span is not None:
+            self.context.span.running(handle.id)  # the first worker: the queue wait is over
         if handle.id not in self.workers:
             self._queued[handle.id] = deque()
             self.workers[handle.id] = handle
@@ -186,7 +195,7 @@ class MapEngine:
         self._held = None
         # The id is drawn now, as a call's is when it is sent, so each worker sees ids grow.
         call_id = next(self._dispatcher.call_ids)
-        frame = protocol.encode_frame(Batch(call_id, self.tool, msgspec.Raw(items)))
+        frame = protocol.encode_frame(Batch(call_id, self.tool, msgspec.Raw(items), self.correlation_id, self._trace))
         now = time.monotonic()
         batch = _InFlight(
             call_id, start, count, now, deadline_after(self._timeout, now), refused, items if self._retries else None, attempt
@@ -302,6 +311,9 @@ class MapEngine:
         self._store(batch.start, values, failures)
 
     def _store(self, start: int, values: list[Any], failures: dict[int, errors.SnakepitError]) -> None:
+        if failures and self.context is not None:
+            for error in failures.values():
+                error.details.setdefault("correlation_id", self.context.correlation_id)
         self.failed += len(failures)
         self._buffered += len(values)
         if self._ordered:
@@ -412,6 +424,8 @@ class MapEngine:
                 else:
                     self._drop(handle)
         finally:
+            if self.context is not None:
+                self.context.end()
             if self._on_close is not None:
                 on_close, self._on_close = self._on_close, None
                 on_close(self)

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import os
+import secrets
 import threading
 import time
 import weakref
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, NamedTuple
 
-from .. import backends, errors, protocol
+from .. import backends, errors, protocol, tracing
 from ..adapter import ToolSpec
 from ..affinity import Affinity, parse_affinity
 from ..affinity.sessions import SessionStore
 from ..backends.base import DEATH_CAUSES
 from ..errors import Reason
-from ..observe import Observer
+from ..observe import Observer, telemetry_log
 from ..progress import Reporter
 from ..streaming import StreamResult
 from . import aio, mapping
@@ -26,7 +28,7 @@ from .dispatcher import Counters, Dispatcher
 from .exchange import Exchange, Stream, run_execute, run_stream
 from .quarantine import Quarantine
 from .recycling import RECYCLE_REASONS, RecyclePolicy
-from .request import CallRequest
+from .request import CallContext, CallRequest
 from .session import Session
 from .supervisor import Supervisor
 from .timing import check_timeout, deadline_after
@@ -153,6 +155,9 @@ class Pool:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise errors.validation(Reason.INVALID_CONFIG, f"max_retries must be an int >= 0, got {max_retries!r}")
         self._max_retries = max_retries
+        self._correlation_prefix = secrets.token_hex(4)  # generated correlation ids: "<prefix>-<n>"
+        self._correlation_seq = itertools.count(1)
+        self._tracer: tracing.CallTracer | None = None  # OpenTelemetry spans per call: see start()
         recycle = RecyclePolicy(
             _positive_int("max_requests", max_requests),
             _positive("worker_ttl", worker_ttl, allow_none=True),
@@ -162,6 +167,7 @@ class Pool:
         workers = backends.create(
             backend, adapter, adapter_args, worker_env, size=size,
             memory_limit_mb=memory_limit_mb, start_method=start_method, start_timeout=start_timeout,
+            telemetry=on_event is not None or telemetry_log.isEnabledFor(logging.INFO),
             ray_address=ray_address, actor_options=actor_options,
         )
         self._attachments = workers.attachments
@@ -202,6 +208,7 @@ class Pool:
             if self._state != "new":
                 raise errors.validation(Reason.INVALID_CONFIG, f"a pool starts once (it is {self._state})")
             self._state = "starting"
+        self._tracer = tracing.tracer()  # if OpenTelemetry is installed and configured by now
         self._dispatcher.open()
         try:
             self._supervisor.start()
@@ -242,14 +249,16 @@ class Pool:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> Any:
         """Run ``tool`` with ``args`` on a worker and return its result.
 
         With a ``session_id`` the call goes to the session's worker as ``affinity`` (or the
         session's, or the pool's mode) says. On a streaming tool, returns the list of every
-        chunk's data.
+        chunk's data. ``correlation_id`` names the call in errors, events, the worker's log
+        records and telemetry (one is generated if not given).
         """
-        return self._call(CallRequest(tool, args, session_id, affinity, timeout), False, run_execute)
+        return self._call(CallRequest(tool, args, session_id, affinity, timeout, correlation_id), False, run_execute)
 
     def execute_stream(
         self,
@@ -260,6 +269,7 @@ class Pool:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> StreamResult:
         """Stream ``tool``'s chunks into ``callback``, in order, in this thread.
 
@@ -267,7 +277,7 @@ class Pool:
         raises ends the stream and propagates unchanged. Either way the tool's generator is
         closed in the worker before that worker takes another call.
         """
-        return self.run_stream(CallRequest(tool, args, session_id, affinity, timeout), callback)
+        return self.run_stream(CallRequest(tool, args, session_id, affinity, timeout, correlation_id), callback)
 
     def stream(
         self,
@@ -277,12 +287,13 @@ class Pool:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> Stream:
         """An iterator over ``tool``'s chunk data, usable as a context manager.
 
         Leaving the loop early, ``close()``, or dropping the iterator cancels the tool.
         """
-        return self.open_stream(CallRequest(tool, args, session_id, affinity, timeout))
+        return self.open_stream(CallRequest(tool, args, session_id, affinity, timeout, correlation_id))
 
     # -- the request-level calls: every front end's one path (see request.py) ----------------------
 
@@ -299,79 +310,101 @@ class Pool:
     def open_stream(self, request: CallRequest) -> Stream:
         """:meth:`stream` of a prepared request."""
         return self._call(
-            request, True, lambda exchange: Stream(exchange, lambda: self._counters.bump("errors"), self, self._restarter(request))
+            request, True,
+            lambda exchange: Stream(exchange, lambda: self._counters.bump("errors"), self, self._restarter(request)),
+            lasting=True,
         )
 
     def _restarter(self, request: CallRequest) -> Callable[[errors.SnakepitError, Exchange], Exchange | None]:
         """For a stream iterator: its call run again after an error, where :meth:`_retry_after`
         allows (None where it does not)."""
-        last: list[Retry | None] = [None]
 
         def restart(error: errors.SnakepitError, exchange: Exchange) -> Exchange | None:
-            retry = last[0] = self._retry_after(error, exchange, request, last[0])
-            if retry is None:
+            context = exchange.context
+            assert context is not None
+            if not self._retry_after(error, exchange, request, context):
                 return None
-            time.sleep(retry.delay)
-            return self._begin(request, True, retry)
+            time.sleep(context.retry.delay)
+            return self._begin(request, True, context)
 
         return restart
 
     def _arestarter(self, request: CallRequest) -> Callable[[errors.SnakepitError, Exchange], Awaitable[Exchange | None]]:
         """:meth:`_restarter` for asyncio."""
-        last: list[Retry | None] = [None]
 
         async def restart(error: errors.SnakepitError, exchange: Exchange) -> Exchange | None:
-            retry = last[0] = self._retry_after(error, exchange, request, last[0])
-            if retry is None:
+            context = exchange.context
+            assert context is not None
+            if not self._retry_after(error, exchange, request, context):
                 return None
-            await asyncio.sleep(retry.delay)
-            return await self._abegin(request, True, retry)
+            await asyncio.sleep(context.retry.delay)
+            return await self._abegin(request, True, context)
 
         return restart
 
-    def _call(self, request: CallRequest, stream: bool, drive: Callable[[Exchange], Any]) -> Any:
+    def _call(self, request: CallRequest, stream: bool, drive: Callable[[Exchange], Any], *, lasting: bool = False) -> Any:
         """Check the call, take a worker, send the call, and hand its exchange to ``drive``,
-        counting it and its error; run it again where :meth:`_retry_after` allows."""
+        counting it and its error; run it again where :meth:`_retry_after` allows. ``lasting``:
+        ``drive`` returns what goes on with the call (a stream iterator), which ends it."""
         self._counters.bump("requests")
-        retry: Retry | None = None
+        context = self._context(request)
         while True:
             exchange = None
             try:
-                exchange = self._begin(request, stream, retry)
-                return drive(exchange)
+                exchange = self._begin(request, stream, context)
+                outcome = drive(exchange)
             except errors.SnakepitError as error:
                 if exchange is not None:
                     exchange.cancel()  # a no-op without a worker, or once the call has ended
-                retry = self._retry_after(error, exchange, request, retry)
-                if retry is None:
-                    self._counters.bump("errors")
-                    raise
-                time.sleep(retry.delay)
-            except BaseException:
+                if self._retry_after(error, exchange, request, context):
+                    time.sleep(context.retry.delay)
+                    continue
+                self._counters.bump("errors")
+                context.end(error)
+                raise
+            except BaseException as error:
                 if exchange is not None:
                     exchange.cancel()
+                context.end(error)
                 raise
+            if not lasting:
+                context.end()
+            return outcome
 
-    def _begin(self, request: CallRequest, stream: bool, retry: Retry | None = None) -> Exchange:
+    def _context(self, request: CallRequest) -> CallContext:
+        """A call's correlation id (the caller's, or a new one) and trace span."""
+        correlation_id = request.correlation_id
+        if correlation_id is None:
+            correlation_id = f"{self._correlation_prefix}-{next(self._correlation_seq)}"
+        elif not isinstance(correlation_id, str) or not correlation_id:
+            raise errors.validation(Reason.INVALID_ARGUMENTS, f"correlation_id must be a non-empty str, got {correlation_id!r}")
+        span = None if self._tracer is None else self._tracer.start(request.tool, correlation_id, request.session_id)
+        return CallContext(correlation_id, span)
+
+    def _begin(self, request: CallRequest, stream: bool, context: CallContext) -> Exchange:
         """Check the call, take a worker and send the call.
 
         The exchange exists before the checkout, so that it owns the worker from the moment the
         worker is assigned: whatever interrupts a step after that, the worker comes back.
         """
-        call = self._prepare(request, stream, retry)
-        exchange = Exchange(self._dispatcher, call.tool, call.deadline)
+        call = self._prepare(request, stream, context)
+        exchange = Exchange(self._dispatcher, call.tool, call.deadline, context)
         try:
             self._dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
+            if context.span is not None:
+                context.span.running(exchange.handle.id)
             call.start(exchange)
         except BaseException:
             exchange.cancel()
             raise
         return exchange
 
-    def _retry_after(self, error: errors.SnakepitError, exchange: Exchange | None, request: CallRequest, previous: Retry | None) -> Retry | None:
-        """Whether a failed call runs again, and when: only an idempotent tool's call whose
-        worker died under it (not killed by the pool) before the caller got anything of it,
-        outside a strict session, within ``max_retries`` and the call's deadline."""
+    def _retry_after(self, error: errors.SnakepitError, exchange: Exchange | None, request: CallRequest, context: CallContext) -> bool:
+        """Whether a failed call runs again (``context.retry`` says when): only an idempotent
+        tool's call whose worker died under it (not killed by the pool) before the caller got
+        anything of it, outside a strict session, within ``max_retries`` and the call's
+        deadline."""
+        previous = context.retry
         attempt = 0 if previous is None else previous.attempt
         if (
             error.reason != Reason.WORKER_CRASHED
@@ -381,24 +414,26 @@ class Pool:
             or exchange.chunks
             or exchange.handle.killed_on_purpose
         ):
-            return None
+            return False
         spec = self._tools.get(exchange.tool)
         if spec is None or not spec.idempotent:
-            return None
+            return False
         if request.session_id is not None:
             mode = self._dispatcher.mode_of(request.session_id, _routing(request.session_id, request.affinity))
             if mode is not Affinity.HINT:  # its state died with its worker
-                return None
+                return False
         delay = RETRY_BACKOFF * 2**attempt
         if exchange.deadline is not None and time.monotonic() + delay >= exchange.deadline:
-            return None
+            return False
         self._counters.bump("retries")
         self._dispatcher.observer.emit(
             "call_retry", logging.WARNING,
             f"worker {exchange.handle.id} died under an idempotent call to {exchange.tool!r}; running it again in {delay * 1000:.0f} ms",
             tool=exchange.tool, worker_id=exchange.handle.id, attempt=attempt + 1, cause=error.details.get("cause"), delay=delay,
+            correlation_id=context.correlation_id,
         )
-        return Retry(attempt + 1, exchange.deadline, delay)
+        context.retry = Retry(attempt + 1, exchange.deadline, delay)
+        return True
 
     # -- many calls ------------------------------------------------------------------------------
 
@@ -414,6 +449,7 @@ class Pool:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> Iterator[Any]:
         """Run ``tool`` once per args dict and yield the results, keeping every worker busy.
 
@@ -424,8 +460,11 @@ class Pool:
         ``return_exceptions=True`` yields it. ``progress=True`` shows a tqdm bar; a callable gets
         ``(done, total)``. ``timeout`` bounds each batch. The map takes every worker that is idle
         while its input lasts (or just the session's) and holds each until the input runs out.
+        The map has one ``correlation_id`` (given, or generated), which its items' errors carry.
         """
-        return mapping.run_map(*self._map_setup(tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, sync=True))
+        return mapping.run_map(*self._map_setup(
+            tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, correlation_id, sync=True
+        ))
 
     def amap(
         self,
@@ -439,9 +478,12 @@ class Pool:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> AsyncIterator[Any]:
         """:meth:`map` for asyncio: ``async for result in pool.amap(...)``."""
-        return mapping.arun_map(*self._map_setup(tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, sync=False))
+        return mapping.arun_map(*self._map_setup(
+            tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, correlation_id, sync=False
+        ))
 
     def _map_setup(
         self,
@@ -454,10 +496,12 @@ class Pool:
         session_id: str | None,
         affinity: Affinity | str | None,
         timeout: float | None,
+        correlation_id: str | None,
         *,
         sync: bool,
     ) -> tuple[Any, ...]:
         spec = self._spec(tool)
+        context = self._context(CallRequest(tool, None, session_id, affinity, timeout, correlation_id))
         _positive_int("chunksize", chunksize)
         mode = _routing(session_id, affinity)
         retries = self._max_retries if spec.idempotent else 0
@@ -481,7 +525,8 @@ class Pool:
             on_timeout=lambda worker_id, items: self._map_timed_out(tool, worker_id, items),
             on_close=lambda engine: self._map_closed(engine, reporter),
             retries=retries,
-            on_retry=lambda handle, items, info: self._map_retried(tool, handle, items, info),
+            on_retry=lambda handle, items, info: self._map_retried(tool, handle, items, info, context.correlation_id),
+            context=context,
         )
 
         # The engine owns the workers it is given from the moment they are assigned.
@@ -496,12 +541,12 @@ class Pool:
 
         return engine, first, more, return_exceptions
 
-    def _map_retried(self, tool: str, handle: Any, items: int, info: dict[str, Any]) -> None:
+    def _map_retried(self, tool: str, handle: Any, items: int, info: dict[str, Any], correlation_id: str) -> None:
         self._counters.bump("retries", items)
         self._dispatcher.observer.emit(
             "call_retry", logging.WARNING,
             f"worker {handle.id} died under a map of idempotent {tool!r}; running its {items} item(s) again one by one",
-            tool=tool, worker_id=handle.id, items=items, cause=info.get("cause"),
+            tool=tool, worker_id=handle.id, items=items, cause=info.get("cause"), correlation_id=correlation_id,
         )
 
     def _map_timed_out(self, tool: str, worker_id: int, items: int) -> None:
@@ -528,10 +573,11 @@ class Pool:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> Any:
         """:meth:`execute` for asyncio: waits through the event loop; cancelling the task
         cancels the call in the worker."""
-        return await self.arun(CallRequest(tool, args, session_id, affinity, timeout))
+        return await self.arun(CallRequest(tool, args, session_id, affinity, timeout, correlation_id))
 
     async def arun(self, request: CallRequest) -> Any:
         """:meth:`aexecute` of a prepared request."""
@@ -540,18 +586,24 @@ class Pool:
     async def _acall(self, request: CallRequest, stream: bool, drive: Callable[[Exchange], Awaitable[Any]]) -> Any:
         """:meth:`_call` for asyncio."""
         self._counters.bump("requests")
-        retry: Retry | None = None
+        context = self._context(request)
         while True:
             exchange = None
             try:
-                exchange = await self._abegin(request, stream, retry)
-                return await drive(exchange)
+                exchange = await self._abegin(request, stream, context)
+                outcome = await drive(exchange)
             except errors.SnakepitError as error:
-                retry = self._retry_after(error, exchange, request, retry)
-                if retry is None:
-                    self._counters.bump("errors")
-                    raise
-                await asyncio.sleep(retry.delay)
+                if self._retry_after(error, exchange, request, context):
+                    await asyncio.sleep(context.retry.delay)
+                    continue
+                self._counters.bump("errors")
+                context.end(error)
+                raise
+            except BaseException as error:
+                context.end(error)
+                raise
+            context.end()
+            return outcome
 
     async def aexecute_stream(
         self,
@@ -562,9 +614,10 @@ class Pool:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> StreamResult:
         """:meth:`execute_stream` for asyncio; ``callback`` may be a coroutine function."""
-        return await self.arun_stream(CallRequest(tool, args, session_id, affinity, timeout), callback)
+        return await self.arun_stream(CallRequest(tool, args, session_id, affinity, timeout, correlation_id), callback)
 
     async def arun_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
         """:meth:`aexecute_stream` of a prepared request."""
@@ -580,15 +633,19 @@ class Pool:
         session_id: str | None = None,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> AsyncStream:
         """``async for data in pool.astream(...)``: the call starts at the first iteration (or
         on ``async with``); leaving early, ``aclose()`` or cancelling the task cancels it."""
-        return self.open_astream(CallRequest(tool, args, session_id, affinity, timeout))
+        return self.open_astream(CallRequest(tool, args, session_id, affinity, timeout, correlation_id))
 
     def open_astream(self, request: CallRequest) -> AsyncStream:
         """:meth:`astream` of a prepared request."""
         self._counters.bump("requests")
-        return AsyncStream(self._abegin(request, True), lambda: self._counters.bump("errors"), self, self._arestarter(request))
+        context = self._context(request)
+        return AsyncStream(
+            self._abegin(request, True, context), lambda: self._counters.bump("errors"), self, self._arestarter(request), context
+        )
 
     def session(self, session_id: str, *, affinity: Affinity | str | None = None) -> Session:
         """A handle whose calls all carry ``session_id`` (and its ``affinity``, if given).
@@ -606,11 +663,13 @@ class Pool:
     def _close_session(self, session_id: str) -> bool:
         return self._dispatcher.close_session(session_id)
 
-    async def _abegin(self, request: CallRequest, stream: bool, retry: Retry | None = None) -> Exchange:
-        call = self._prepare(request, stream, retry)
-        exchange = Exchange(self._dispatcher, call.tool, call.deadline)
+    async def _abegin(self, request: CallRequest, stream: bool, context: CallContext) -> Exchange:
+        call = self._prepare(request, stream, context)
+        exchange = Exchange(self._dispatcher, call.tool, call.deadline, context)
         try:
             await aio.checkout(self._dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
+            if context.span is not None:
+                context.span.running(exchange.handle.id)
             if exchange.handle.conn.fits(len(call.frame)):  # the idle worker's pipe takes it at once
                 call.start(exchange)
                 return exchange
@@ -628,10 +687,11 @@ class Pool:
             raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}", tool=tool)
         return spec
 
-    def _prepare(self, request: CallRequest, stream: bool, retry: Retry | None = None) -> PreparedCall:
+    def _prepare(self, request: CallRequest, stream: bool, context: CallContext) -> PreparedCall:
         """Everything that can be checked and encoded before a worker is taken (a retry keeps
         the first attempt's deadline)."""
-        tool, args, session_id, affinity, timeout = request
+        tool, args, session_id, affinity, timeout, _ = request
+        retry = context.retry
         spec = self._tools.get(tool) or self._spec(tool)
         if stream and not spec.supports_streaming:
             raise errors.validation(
@@ -651,7 +711,10 @@ class Pool:
         attachments = None
         if self._attachments is not None and not protocol.exact_args(args):  # pickled: large arrays go beside
             attachments = self._attachments()
-        frame = protocol.call_frame(tool, args, stream, None if attachments is None else attachments.share)
+        frame = protocol.call_frame(
+            tool, args, stream, None if attachments is None else attachments.share, context.correlation_id,
+            None if context.span is None else context.span.traceparent,
+        )
         now = time.monotonic()
         queue_limit = self._queue_timeout
         deadline = None if limit is None else now + limit

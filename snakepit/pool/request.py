@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Protocol
 
+from .. import errors
 from ..affinity import Affinity
 from ..streaming import StreamResult
 
@@ -23,6 +24,26 @@ class CallRequest(NamedTuple):
     session_id: str | None = None
     affinity: Affinity | str | None = None
     timeout: float | None = None
+    correlation_id: str | None = None  # the caller's; one is generated if None
+
+
+class CallContext:
+    """One call across its attempts: its correlation id, its trace span (if traced) and the
+    retry it is on."""
+
+    __slots__ = ("correlation_id", "span", "retry")
+
+    def __init__(self, correlation_id: str, span: Any = None) -> None:
+        self.correlation_id = correlation_id
+        self.span = span  # a snakepit.tracing.CallSpan, or None
+        self.retry: Any = None  # the pool's Retry, once the call runs again
+
+    def end(self, error: BaseException | None = None) -> None:
+        """The call is over: tag its error with the correlation id, end its span."""
+        if isinstance(error, errors.SnakepitError):
+            error.details.setdefault("correlation_id", self.correlation_id)
+        if self.span is not None:
+            self.span.end(error)
 
 
 class Caller(Protocol):

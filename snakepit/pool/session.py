@@ -36,11 +36,13 @@ class Session:
         """The worker this session is pinned to, if any (``None`` as well for a remote pool)."""
         return self.pool._session_worker(self.id)
 
-    def _request(self, tool: str, args: Mapping[str, Any] | None, affinity: Affinity | str | None, timeout: float | None) -> CallRequest:
-        return CallRequest(tool, args, self.id, affinity or self.affinity, timeout)
+    def _request(
+        self, tool: str, args: Mapping[str, Any] | None, affinity: Affinity | str | None, timeout: float | None, correlation_id: str | None
+    ) -> CallRequest:
+        return CallRequest(tool, args, self.id, affinity or self.affinity, timeout, correlation_id)
 
-    def execute(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> Any:
-        return self.pool.run(self._request(tool, args, affinity, timeout))
+    def execute(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None, correlation_id: str | None = None) -> Any:
+        return self.pool.run(self._request(tool, args, affinity, timeout, correlation_id))
 
     def execute_stream(
         self,
@@ -50,14 +52,15 @@ class Session:
         *,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> StreamResult:
-        return self.pool.run_stream(self._request(tool, args, affinity, timeout), callback)
+        return self.pool.run_stream(self._request(tool, args, affinity, timeout, correlation_id), callback)
 
-    def stream(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> Stream:
-        return self.pool.open_stream(self._request(tool, args, affinity, timeout))  # type: ignore[return-value]
+    def stream(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None, correlation_id: str | None = None) -> Stream:
+        return self.pool.open_stream(self._request(tool, args, affinity, timeout, correlation_id))  # type: ignore[return-value]
 
-    async def aexecute(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> Any:
-        return await self.pool.arun(self._request(tool, args, affinity, timeout))
+    async def aexecute(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None, correlation_id: str | None = None) -> Any:
+        return await self.pool.arun(self._request(tool, args, affinity, timeout, correlation_id))
 
     async def aexecute_stream(
         self,
@@ -67,11 +70,12 @@ class Session:
         *,
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> StreamResult:
-        return await self.pool.arun_stream(self._request(tool, args, affinity, timeout), callback)
+        return await self.pool.arun_stream(self._request(tool, args, affinity, timeout, correlation_id), callback)
 
-    def astream(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None) -> AsyncStream:
-        return self.pool.open_astream(self._request(tool, args, affinity, timeout))  # type: ignore[return-value]
+    def astream(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None, correlation_id: str | None = None) -> AsyncStream:
+        return self.pool.open_astream(self._request(tool, args, affinity, timeout, correlation_id))  # type: ignore[return-value]
 
     def close(self) -> None:
         """End the session: its pin is forgotten; a later call with its id starts afresh."""

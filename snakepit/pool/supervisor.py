@@ -193,6 +193,9 @@ class Supervisor(Reactor):
             self._ready += 1
             self._start_cond.notify_all()
 
+    def telemetry(self, handle: Worker, fields: dict[str, Any]) -> None:
+        self.observer.telemetry({**fields, "worker_id": handle.id})
+
     def pong(self, handle: Worker, seq: int) -> None:
         if handle.ping is not None and handle.ping[0] == seq:
             handle.ping = None

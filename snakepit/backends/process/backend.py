@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 from ...pool.reactor import Reactor
 from ...pool.workers import Worker
-from ...protocol import Log, Pong, Ready, Shutdown, StartFailed, encode_frame
+from ...protocol import Log, Pong, Ready, Shutdown, StartFailed, Telemetry, encode_frame
 from ..base import WorkerEvents
 from .janitor import Janitor
 from .launcher import SNAKEPIT_ROOT, LaunchSpec, prefer_for_oom_kill, spawn
@@ -144,7 +144,9 @@ class ProcessBackend:
             if type(message) is Pong:
                 self._events.pong(worker, message.seq)
             elif type(message) is Log:
-                self.relay.emit(worker.id, message.level, message.name, message.message)
+                self.relay.emit(worker.id, message.level, message.name, message.message, message.correlation_id)
+            elif type(message) is Telemetry:
+                self._events.telemetry(worker, message.fields)
 
     def _read_output(self, worker: Worker, fd: int, level: int) -> None:
         try:

@@ -109,6 +109,7 @@ class LaunchSpec:
     cwd: str = field(default_factory=os.getcwd)
     sys_path: list[str] = field(default_factory=lambda: list(sys.path))
     log_level: int = field(default_factory=lambda: logging.getLogger("snakepit.worker").getEffectiveLevel())
+    telemetry: bool = False  # the owner listens to tools' telemetry (see snakepit.telemetry)
 
     def env_for(self, slot: int) -> dict[str, str]:
         """The environment of the worker in ``slot`` (and of every replacement of it)."""
@@ -116,7 +117,8 @@ class LaunchSpec:
 
 
 def build_launch_spec(
-    adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: WorkerEnv, *, size: int = 1, by_value: bool = False
+    adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: WorkerEnv, *, size: int = 1, by_value: bool = False,
+    telemetry: bool = False,
 ) -> LaunchSpec:
     """``worker_env``: a mapping for every worker, or a callable ``(slot) -> mapping`` called
     here once per slot ``0..size-1`` (so its errors are the constructor's)."""
@@ -135,6 +137,7 @@ def build_launch_spec(
         adapter_args=protocol.wire_value(dict(adapter_args or {}), dumps=protocol._cloud_dumps),
         env=env,
         slot_envs=slot_envs,
+        telemetry=telemetry,
     )
 
 
@@ -173,7 +176,9 @@ def spawn(worker_id: int, spec: LaunchSpec, env: Mapping[str, str], template: Te
     given (``TemplateUnavailable`` if it cannot; its environment is ``env``), else a fresh
     interpreter with environment ``env``.
     """
-    boot = protocol.encode_frame(Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level))
+    boot = protocol.encode_frame(
+        Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level, spec.telemetry)
+    )
     opened: list[int] = []  # closed again if anything below fails (e.g. out of descriptors)
     try:
         requests_r, requests_w = _pipe(opened)

@@ -30,18 +30,21 @@ class LogRelay:
             "snakepit-log-relay", _log, capacity=capacity, deliver_dropped=_report_dropped
         )
 
-    def emit(self, worker_id: int, level: int, name: str, message: str) -> None:
+    def emit(self, worker_id: int, level: int, name: str, message: str, correlation_id: str | None = None) -> None:
         if worker_log.isEnabledFor(level):
-            self._courier.post(((worker_id, level, name, message),))
+            self._courier.post(((worker_id, level, name, message, correlation_id),))
 
     def close(self, timeout: float = 2.0) -> None:
         """Emit what is pending (within ``timeout``), then stop."""
         self._courier.close(timeout)
 
 
-def _log(line: tuple[int, int, str, str]) -> None:
-    worker_id, level, name, message = line
-    worker_log.log(level, "[worker %d] %s", worker_id, message, extra={"worker_id": worker_id, "worker_logger": name})
+def _log(line: tuple[int, int, str, str, str | None]) -> None:
+    worker_id, level, name, message, correlation_id = line
+    worker_log.log(
+        level, "[worker %d] %s", worker_id, message,
+        extra={"worker_id": worker_id, "worker_logger": name, "correlation_id": correlation_id},
+    )
 
 
 def _report_dropped(count: int) -> None:

@@ -8,6 +8,9 @@ hands back, in order, whatever it has produced whenever it has something (severa
 object), so chunks reach the owner as they are yielded, with Ray's generator backpressure and a
 bounded queue limiting what is buffered.
 
+Telemetry a tool sends (:mod:`snakepit.telemetry`) waits in a bounded buffer (the oldest is
+dropped when it is full) and leaves with the answer to the next heartbeat.
+
 ``cancel`` and ``ping`` run in a concurrency group of their own, beside a running call. A
 cancel is recorded by the host (checked before the tool starts and at each yield) and, while
 the tool's own code runs, raised into the tool thread as an asynchronous exception: it fires at
@@ -17,6 +20,7 @@ stopped by the owner killing the actor after ``cancel_grace``.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import queue
@@ -26,6 +30,7 @@ from typing import Any, Callable, Iterator
 
 import ray
 
+from ... import telemetry
 from ...errors import CallCancelled, Category, Reason
 from ...hosting import ToolHost
 from ...protocol import TERMINAL, Batch, Boot, Call, Chunk, Failure, FrameReader, Ready, ToWorker, encode_frame
@@ -36,6 +41,7 @@ from ...protocol import TERMINAL, Batch, Boot, Call, Chunk, Failure, FrameReader
 _QUEUE = 32
 _MAX_PER_OBJECT = 256
 _OBJECT_BYTES = 1 << 20
+_TELEMETRY_BUFFER = 10_000  # events kept between two heartbeats
 
 
 class _Outbox:
@@ -68,6 +74,7 @@ class SnakepitActor:
         self._out = _Outbox()
         self._host: ToolHost | None = None
         self._running_on: int | None = None  # the thread running a call's tool, for cancels
+        self._telemetry: collections.deque[dict[str, Any]] = collections.deque(maxlen=_TELEMETRY_BUFFER)
 
     def start(self, boot_frame: bytes) -> tuple[bytes, str]:
         """Load and initialise the adapter: a ``Ready`` or ``StartFailed`` frame, and the
@@ -78,6 +85,8 @@ class SnakepitActor:
             if path not in sys.path and (not path or os.path.isdir(path)):
                 sys.path.insert(0, path)
         self._host = ToolHost(self._out)
+        if boot.telemetry:
+            telemetry.install(self._telemetry.append)
         started = self._host.start(boot.adapter, boot.adapter_args)
         if type(started) is Ready:
             started = Ready(os.getpid(), started.tools)
@@ -145,8 +154,13 @@ class SnakepitActor:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(CallCancelled))
 
     @ray.method(concurrency_group="control")
-    def ping(self, seq: int) -> int:
-        return seq
+    def ping(self, seq: int) -> list[dict[str, Any]]:
+        """A heartbeat; its answer carries the telemetry sent since the last one."""
+        events = []
+        buffered = self._telemetry
+        while buffered:
+            events.append(buffered.popleft())
+        return events
 
     def stop(self) -> None:
         """The adapter's ``cleanup()``, after the calls queued before it."""

@@ -150,6 +150,8 @@ class RayBackend:
         elif kind == "ping":
             if error is None:
                 self._events.pong(worker, argument)
+                for fields in result or ():
+                    self._events.telemetry(worker, fields)
             else:
                 self._gone(worker, error)
         elif kind == "stop":

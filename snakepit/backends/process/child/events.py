@@ -14,11 +14,23 @@ import logging
 import os
 import select
 import threading
-from typing import Callable, ContextManager
+from typing import Any, Callable, ContextManager
 
 import msgspec
 
-from ....protocol import FrameWriter, Log
+from .... import telemetry
+from ....protocol import FrameWriter, Log, Telemetry
+
+
+def plain(value: Any) -> Any:
+    """``value`` with whatever msgpack cannot carry as its ``str()``."""
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if value is None or isinstance(value, (bool, float, str, bytes)) or (isinstance(value, int) and -(1 << 63) <= value < (1 << 64)):
+        return value
+    return str(value)
 
 
 class Events:
@@ -55,6 +67,14 @@ class Events:
                     return False
             return True
 
+    def send_telemetry(self, fields: dict[str, Any]) -> None:
+        """A tool's telemetry event; dropped rather than waited for (see :mod:`snakepit.telemetry`)."""
+        try:
+            msgspec.msgpack.encode(fields)  # what msgpack cannot carry travels as its str()
+        except (TypeError, ValueError, OverflowError):
+            fields = plain(fields)
+        self.send(Telemetry(fields))
+
     def relay_logging(self, level: int) -> None:
         """Send the worker's :mod:`logging` records at ``level`` and above to the owner."""
         root = logging.getLogger()
@@ -73,7 +93,9 @@ class _RelayHandler(logging.Handler):
             dropped = self._events.dropped
             if dropped:
                 message = f"{message} [{dropped} earlier worker log records dropped: the owner was not reading]"
-            if self._events.send(Log(record.levelno, record.name, message)) and dropped:
+            call = telemetry.current.get()
+            correlation_id = None if call is None else call.correlation
+            if self._events.send(Log(record.levelno, record.name, message, correlation_id)) and dropped:
                 self._events.dropped -= dropped
         except Exception:  # logging must never break the tool
             self.handleError(record)

@@ -25,6 +25,7 @@ import threading
 from time import monotonic
 from typing import Any
 
+from .... import telemetry
 from ....hosting import ToolHost
 from ....protocol import Batch, Boot, Call, Cancel, FrameReader, Ping, Pong, Ready, Shutdown, ToWorker
 from .. import segments
@@ -59,6 +60,8 @@ class Worker:
         except OSError:
             pass
         self._events.relay_logging(boot.log_level)
+        if boot.telemetry:
+            telemetry.install(self._events.send_telemetry)
         started = self._host.start(boot.adapter, boot.adapter_args)
         if type(started) is not Ready:
             self._out.send(started)
