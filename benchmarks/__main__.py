@@ -20,7 +20,7 @@ from typing import Sequence
 
 from ._harness import machine_facts
 
-BENCHMARKS = ["execute_latency", "stream_throughput", "large_values", "map_throughput", "startup", "grpc_throughput", "ray_backend"]
+BENCHMARKS = ["execute_latency", "stream_throughput", "large_values", "map_throughput", "startup", "thread_profile", "grpc_throughput", "ray_backend"]
 _NEEDS = {"ray_backend": "ray"}
 
 

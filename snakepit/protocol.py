@@ -64,6 +64,7 @@ class Boot(_Msg, tag=1):
     adapter_args: Any
     log_level: int  # the owner's level for worker logs: records below it are not even sent
     telemetry: bool = False  # the owner listens to telemetry: tools' emit() and span() send it
+    threads: int = 1  # calls run at once, each on a thread of its own (threads_per_worker)
 
 
 class Call(_Msg, tag=2):
@@ -104,6 +105,14 @@ class Cancel(_Msg, tag=4):
 
 class Ping(_Msg, tag=5):
     seq: int
+
+
+class Credit(_Msg, tag=7):
+    """A worker running calls on several threads may send ``count`` more frames of stream ``id``
+    (the owner has taken that many): one slow consumer holds back its own stream only."""
+
+    id: int
+    count: int
 
 
 # worker -> owner, responses pipe
@@ -186,7 +195,7 @@ class Telemetry(_Msg, tag=20):
     fields: dict[str, Any]
 
 
-ToWorker = Union[Boot, Call, Batch, Shutdown, Cancel, Ping]
+ToWorker = Union[Boot, Call, Batch, Shutdown, Cancel, Ping, Credit]
 FromWorker = Union[Ready, StartFailed, Result, Chunk, Chunks, End, Failure, BatchResult]
 Event = Union[Pong, Log, Telemetry]
 

@@ -26,7 +26,8 @@ def test_the_quick_suite_runs_every_benchmark_and_records_the_machine(tmp_path):
     machine = run["machine"]
     assert machine["cpu_count"] >= 1 and machine["python"] and machine["kernel"] and "msgspec" in machine["libraries"]
     assert set(run["results"]) | set(run["skipped"]) == {
-        "execute_latency", "stream_throughput", "large_values", "map_throughput", "startup", "grpc_throughput", "ray_backend",
+        "execute_latency", "stream_throughput", "large_values", "map_throughput", "startup", "thread_profile", "grpc_throughput",
+        "ray_backend",
     }
     latency = run["results"]["execute_latency"]["placements"]["unpinned"]
     assert latency["snakepit execute"]["p50_us"] > 0 and latency["raw os.pipe + msgpack"]["p50_us"] > 0

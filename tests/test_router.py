@@ -23,47 +23,60 @@ MAX_QUEUE = 4
 
 
 class RouterModel(RuleBasedStateMachine):
+    """Workers come in groups (the call slots of one process); sessions pin to groups."""
+
     def __init__(self) -> None:
         super().__init__()
         self.router = Router(MAX_QUEUE)
         self.next_id = 1
+        self.group: dict[int, int] = {}  # every worker ever added -> its group
         self.alive: set[int] = set()
         self.dead: set[int] = set()
         self.holder: dict[int, Ticket] = {}  # busy worker -> the ticket it serves
         self.waiting: list[Ticket] = []  # in arrival order
 
+    def _members(self, group: int) -> set[int]:
+        return {w for w in self.alive if self.group[w] == group}
+
     # -- rules -------------------------------------------------------------------------------
 
-    @rule()
-    def add_worker(self) -> None:
+    @rule(data=st.data())
+    def add_worker(self, data: st.DataObject) -> None:
         worker = self.next_id
         self.next_id += 1
+        groups = sorted({self.group[w] for w in self.alive})
+        # A slot of a process already up (they are added together), or a process of its own.
+        group = data.draw(st.sampled_from(groups)) if groups and data.draw(st.booleans()) else worker
+        self.group[worker] = group
         self.alive.add(worker)
-        served = self.router.add(worker)
+        served = self.router.add(worker, None if group == worker else group)
         self._check_handoff(worker, served)
 
     @rule(affinity=st.sampled_from(list(Affinity)), pin=st.sampled_from(["none", "busy", "alive", "dead"]), data=st.data())
     def acquire(self, affinity: Affinity, pin: str, data: st.DataObject) -> None:
+        alive_groups = {self.group[w] for w in self.alive}
         pinned = None
         if pin == "busy" and self.holder:  # the interesting case: the session's worker is taken
-            pinned = data.draw(st.sampled_from(sorted(self.holder)))
-        elif pin == "alive" and self.alive:
-            pinned = data.draw(st.sampled_from(sorted(self.alive)))
-        elif pin == "dead" and self.dead:
-            pinned = data.draw(st.sampled_from(sorted(self.dead)))
+            pinned = self.group[data.draw(st.sampled_from(sorted(self.holder)))]
+        elif pin == "alive" and alive_groups:
+            pinned = data.draw(st.sampled_from(sorted(alive_groups)))
+        elif pin == "dead":
+            dead_groups = sorted({self.group[w] for w in self.dead} - alive_groups)
+            if dead_groups:
+                pinned = data.draw(st.sampled_from(dead_groups))
         ticket = Ticket(affinity=affinity, pinned=pinned)
         idle_before = self.alive - set(self.holder)
         self.router.acquire(ticket)
 
-        if pinned is not None and pinned in self.dead and affinity.strict:
+        if pinned is not None and pinned not in alive_groups and affinity.strict:
             assert ticket.refused == Reason.SESSION_WORKER_UNAVAILABLE
             return
-        if pinned is not None and pinned in idle_before:
-            assert ticket.worker == pinned
-        elif pinned is not None and pinned in self.alive and affinity is Affinity.STRICT_FAIL_FAST:
+        if pinned is not None and self._members(pinned) & idle_before:
+            assert ticket.worker in self._members(pinned) & idle_before
+        elif pinned is not None and pinned in alive_groups and affinity is Affinity.STRICT_FAIL_FAST:
             assert ticket.refused == Reason.WORKER_BUSY
             return
-        elif pinned is not None and pinned in self.alive and affinity is Affinity.STRICT_QUEUE:
+        elif pinned is not None and pinned in alive_groups and affinity is Affinity.STRICT_QUEUE:
             assert ticket.worker is None
             self._expect_queued(ticket, waiting_for=pinned)
             return
@@ -73,6 +86,7 @@ class RouterModel(RuleBasedStateMachine):
             self._expect_queued(ticket, waiting_for=None)
             return
         assert ticket.worker not in self.holder
+        assert self.router.group(ticket.worker) == self.group[ticket.worker]
         self.holder[ticket.worker] = ticket
 
     @precondition(lambda self: self.holder)
@@ -86,14 +100,16 @@ class RouterModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def worker_dies(self, data: st.DataObject) -> None:
         worker = data.draw(st.sampled_from(sorted(self.alive)))
+        group = self.group[worker]
         self.alive.discard(worker)
         self.dead.add(worker)
         self.holder.pop(worker, None)
         refused = self.router.remove(worker)
-        expected = [t for t in self.waiting if t.waiting_for == worker]
-        assert refused == expected
+        last = not self._members(group)
+        expected = [t for t in self.waiting if t.waiting_for == group] if last else []
+        assert refused == expected, "strict waiters are refused when their group's last worker goes"
         assert all(t.refused == Reason.SESSION_WORKER_UNAVAILABLE for t in refused)
-        self.waiting = [t for t in self.waiting if t.waiting_for != worker]
+        self.waiting = [t for t in self.waiting if t not in refused]
 
     @precondition(lambda self: self.waiting)
     @rule(data=st.data())
@@ -113,7 +129,7 @@ class RouterModel(RuleBasedStateMachine):
         self.waiting.append(ticket)
 
     def _check_handoff(self, worker: int, served: Ticket | None) -> None:
-        eligible = [t for t in self.waiting if t.waiting_for in (None, worker)]
+        eligible = [t for t in self.waiting if t.waiting_for in (None, self.group[worker])]
         if not eligible:
             assert served is None
             return
@@ -133,18 +149,19 @@ class RouterModel(RuleBasedStateMachine):
         assert len({id(t) for t in self.holder.values()}) == len(self.holder)  # one call per worker
 
     @invariant()
-    def strict_calls_run_only_on_their_pinned_worker(self) -> None:
+    def strict_calls_run_only_in_their_pinned_group(self) -> None:
         for worker, ticket in self.holder.items():
             if ticket.affinity.strict and ticket.pinned is not None:
-                assert worker == ticket.pinned
+                assert self.group[worker] == ticket.pinned
 
     @invariant()
     def no_idle_worker_that_a_waiter_could_use(self) -> None:
         idle = self.alive - set(self.holder)
         for ticket in self.waiting:
-            assert ticket.waiting_for not in idle
             if ticket.waiting_for is None:
                 assert not idle
+            else:
+                assert not self._members(ticket.waiting_for) & idle
 
 
 RouterModel.TestCase.settings = settings(max_examples=400, stateful_step_count=40, deadline=None)

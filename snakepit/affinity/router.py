@@ -14,6 +14,11 @@ A ticket waits either for *any* worker or, under ``strict_queue``, for *its* wor
   ticket pinned to it is refused the same way under strict modes and served anywhere under hint.
 * At most ``max_queue`` tickets wait; one more is refused with ``pool_saturated``.
 
+Workers may come in groups: the call slots of one process that runs several calls at once
+(``threads_per_worker``). A session pins to a group, and what the rules above say of "its
+worker" holds of the group: it is busy when all its slots are, and gone when all are. A worker
+added without a group is a group of its own.
+
 Removal of a waiting ticket (its timeout, its caller cancelled) is O(1): queues are ordered dicts.
 """
 
@@ -37,11 +42,11 @@ class Ticket:
     """One request for a worker, and what became of it."""
 
     affinity: Affinity = Affinity.HINT
-    pinned: int | None = None  # the session's worker, if the session has one
+    pinned: int | None = None  # the session's worker (its group), if the session has one
     seq: int = field(default_factory=lambda: next(_sequence))
     worker: int | None = None  # set when served
     refused: str | None = None  # a Reason when refused
-    waiting_for: int | None = None  # the worker a strict_queue ticket waits for
+    waiting_for: int | None = None  # the group a strict_queue ticket waits for
     session_id: str | None = None  # not used for routing; lets the caller re-pin its session
     # Set by whoever waits (the pool; routing ignores them): how to wake the caller; a weak
     # reference to what it waits on, dead once the caller has stopped waiting; who takes the
@@ -66,7 +71,9 @@ class Router:
         self._idle: OrderedDict[int, None] = OrderedDict()
         self._busy: set[int] = set()
         self._any: OrderedDict[Ticket, None] = OrderedDict()
-        self._strict: dict[int, OrderedDict[Ticket, None]] = {}
+        self._strict: dict[int, OrderedDict[Ticket, None]] = {}  # group -> its strict waiters
+        self._group: dict[int, int] = {}  # worker -> its group
+        self._members: dict[int, list[int]] = {}  # group -> its workers
         self._waiting = 0
 
     # -- queries ---------------------------------------------------------------------------------
@@ -86,6 +93,10 @@ class Router:
     def is_idle(self, worker: int) -> bool:
         return worker in self._idle
 
+    def group(self, worker: int) -> int:
+        """The group ``worker`` belongs to (what a session served by it pins to)."""
+        return self._group.get(worker, worker)
+
     def waiters(self) -> Iterator[Ticket]:
         yield from self._any
         for queue in self._strict.values():
@@ -97,9 +108,11 @@ class Router:
         """Serve, queue or refuse ``ticket``; see ``ticket.worker``/``refused``/``waiting_for``."""
         pinned = ticket.pinned
         if pinned is not None:
-            if pinned in self._idle:
-                return self._serve(ticket, pinned)
-            if pinned not in self._busy:  # gone: died or recycled
+            members = self._members.get(pinned, ())
+            for worker in members:
+                if worker in self._idle:
+                    return self._serve(ticket, worker)
+            if not members:  # gone: died or recycled
                 if ticket.affinity.strict:
                     ticket.refused = Reason.SESSION_WORKER_UNAVAILABLE
                     return None
@@ -137,9 +150,17 @@ class Router:
 
     # -- workers ---------------------------------------------------------------------------------
 
-    def add(self, worker: int) -> Ticket | None:
-        """A new worker is ready; it serves the oldest waiter, if any."""
+    def add(self, worker: int, group: int | None = None) -> Ticket | None:
+        """A new worker is ready (in ``group``, else a group of its own); it serves the oldest
+        waiter, if any."""
+        self.join(worker, group)
         return self.release(worker)
+
+    def join(self, worker: int, group: int | None = None) -> None:
+        """Record ``worker``'s group (before it is first released)."""
+        group = worker if group is None else group
+        self._group[worker] = group
+        self._members.setdefault(group, []).append(worker)
 
     def release(self, worker: int) -> Ticket | None:
         """``worker`` is free again: hand it to the oldest ticket allowed to use it, else idle it."""
@@ -147,7 +168,8 @@ class Router:
         if not self._waiting:
             self._idle[worker] = None
             return None
-        strict = self._strict.get(worker)
+        group = self._group.get(worker, worker)
+        strict = self._strict.get(group)
         head_any = next(iter(self._any), None)
         head_strict = next(iter(strict), None) if strict else None
         if head_any is None and head_strict is None:
@@ -160,17 +182,25 @@ class Router:
             ticket = head_strict
             del strict[ticket]  # type: ignore[index]
             if not strict:
-                del self._strict[worker]
+                del self._strict[group]
         self._waiting -= 1
         self._busy.add(worker)
         ticket.worker = worker
         return ticket
 
     def remove(self, worker: int) -> list[Ticket]:
-        """``worker`` is gone; returns its strict waiters, now refused."""
+        """``worker`` is gone; returns the strict waiters of its group, refused if it was the
+        group's last worker."""
         self._idle.pop(worker, None)
         self._busy.discard(worker)
-        refused = list(self._strict.pop(worker, ()))
+        group = self._group.pop(worker, worker)
+        members = self._members.get(group)
+        if members is not None and worker in members:
+            members.remove(worker)
+        if members:
+            return []
+        self._members.pop(group, None)
+        refused = list(self._strict.pop(group, ()))
         for ticket in refused:
             ticket.refused = Reason.SESSION_WORKER_UNAVAILABLE
         self._waiting -= len(refused)

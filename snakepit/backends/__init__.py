@@ -26,6 +26,7 @@ def create(
     start_method: str | None = None,
     start_timeout: float | None = None,
     telemetry: bool = False,
+    threads: int = 1,
     ray_address: str | None = None,
     actor_options: Mapping[str, Any] | None = None,
 ) -> Backend:
@@ -45,7 +46,8 @@ def create(
                 Reason.INVALID_CONFIG, f"unknown start_method {start_method!r}: choose one of {', '.join(map(repr, START_METHODS))}"
             )
         return ProcessBackend(
-            build_launch_spec(adapter, adapter_args, worker_env, size=size, telemetry=telemetry), start_method, start_timeout
+            build_launch_spec(adapter, adapter_args, worker_env, size=size, telemetry=telemetry, threads=threads),
+            start_method, start_timeout,
         )
     if name == "ray":
         from .ray.backend import RayBackend
@@ -57,6 +59,12 @@ def create(
             )
         if start_method is not None:
             raise errors.validation(Reason.INVALID_CONFIG, "start_method applies to backend='process' only: Ray starts its actors")
+        if threads > 1:
+            raise errors.validation(
+                Reason.INVALID_CONFIG,
+                "threads_per_worker applies to backend='process' only: a Ray actor runs one call at a time here; "
+                "use more workers (size) instead",
+            )
         if callable(worker_env):
             raise errors.validation(
                 Reason.INVALID_CONFIG,

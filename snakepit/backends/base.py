@@ -9,6 +9,7 @@ through a :class:`Connection`; a connection raises :class:`WorkerGone` and
 
 from __future__ import annotations
 
+import select
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
 if TYPE_CHECKING:  # annotations only: a worker process imports this module, and nothing it need not
@@ -144,6 +145,10 @@ class Backend(Protocol):
     def launch(self, worker: Worker) -> None:
         """Start ``worker`` (setting ``worker.conn``); raises if nothing could be started."""
 
+    def slot_connections(self, worker: Worker) -> list[Any] | None:
+        """For a ready worker that runs several calls at once: a connection per call slot
+        (see ``threads_per_worker``); None for one that runs one call at a time."""
+
     def ask_to_stop(self, worker: Worker) -> None:
         """Ask the worker to stop once idle, running its adapter's ``cleanup()``."""
 
@@ -162,6 +167,43 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """After every worker is gone."""
+
+
+class FedByThread:
+    """For a connection a reader thread feeds: it wakes callers through ``ready_fd`` whenever
+    :meth:`take` may have something. Blocking, asyncio and many-connection waits on that fd."""
+
+    ready_fd: int
+
+    def take(self, exited: bool = False) -> list[Any]:
+        raise NotImplementedError
+
+    def receive(self, deadline: float | None) -> list[Any]:
+        from ..pool.timing import poll_ms  # the owner's: a worker never waits here
+
+        poller = select.poll()
+        poller.register(self.ready_fd, select.POLLIN)
+        while True:
+            messages = self.take()
+            if messages:
+                return messages
+            wait_ms = poll_ms(deadline)
+            if wait_ms == 0:
+                raise DeadlineExceeded()
+            poller.poll(wait_ms)
+
+    def watch(self, loop: asyncio.AbstractEventLoop, callback: Callable[[bool], None]) -> Callable[[], None]:
+        return watch_readers(self, loop, [(self.ready_fd, False)], callback)
+
+    @classmethod
+    def wait_any(cls, conns: Sequence[Any], deadline: float | None) -> list[tuple[Any, bool]]:
+        from ..pool.timing import poll_ms
+
+        poller = select.poll()
+        by_fd = {conn.ready_fd: conn for conn in conns}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        return [(by_fd[fd], False) for fd, _ in poller.poll(poll_ms(deadline))]
 
 
 def watch_readers(

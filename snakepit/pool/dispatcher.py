@@ -24,7 +24,7 @@ from ..affinity import Affinity, Router, Ticket
 from ..affinity.sessions import SessionStore
 from ..errors import Reason
 from ..observe import Observer
-from .recycling import RecyclePolicy
+from .recycling import RecyclePolicy, served
 from .timing import earliest, lock_seconds
 from .workers import Worker, WorkerState, move
 
@@ -296,7 +296,7 @@ class Dispatcher:
             return None
         self._assign(handle, ticket.owner)
         if session is not None:
-            session.worker = handle.id
+            session.worker = handle.group  # its process: any of its call slots serves the session
             session.calls += 1
         return handle
 
@@ -365,7 +365,9 @@ class Dispatcher:
         if handle.conn.broken and handle.state is not WorkerState.DEAD:  # its pipe cannot be read on
             self.abandon(handle, -1)
             return
-        reason = self.recycle.reason(handle) if self._recycling and handle.state is not WorkerState.DEAD else None
+        process = handle.process or handle
+        reason = self.recycle.reason(process) if self._recycling and handle.state is not WorkerState.DEAD else None
+        retiring = None
         with self.lock:
             handle.checked_out = False
             handle.owner = None
@@ -375,15 +377,15 @@ class Dispatcher:
             if dead:
                 woken: list[Ticket] = []
             elif reason is not None:
-                woken = self._retire(handle, reason)
+                woken, retiring = self._retire(handle, reason)
             else:
                 woken = self._free(handle)
         if dead:
             supervisor = self._supervise()
             supervisor.submit(supervisor.dispose, handle)
-        elif reason is not None:
+        elif retiring is not None:
             supervisor = self._supervise()
-            supervisor.submit(supervisor.retire, handle)
+            supervisor.submit(supervisor.retire, retiring)
         for ticket in woken:
             _wake(ticket)
 
@@ -419,10 +421,16 @@ class Dispatcher:
     # -- supervisor ------------------------------------------------------------------------------
 
     def add_worker(self, handle: Worker) -> None:
+        """A worker is ready: it serves calls (each of its call slots, if it has several)."""
+        woken: list[Ticket] = []
         with self.lock:
             self.start_failure = None
-            self.workers[handle.id] = handle
-            woken = self._free(handle)
+            if handle.slots:
+                move(handle, WorkerState.IDLE)  # the process serves: its slots take the calls
+            for serving in handle.slots or (handle,):
+                self.workers[serving.id] = serving
+                self.router.join(serving.id, serving.group)
+                woken += self._free(serving)
         for ticket in woken:
             _wake(ticket)
 
@@ -437,15 +445,19 @@ class Dispatcher:
 
     def drained(self, handle: Worker) -> None:
         """A cancelled call acknowledged: the worker is clean, and free again (supervisor thread)."""
-        reason = self.recycle.reason(handle) if self.recycle.active else None
+        reason = self.recycle.reason(handle.process or handle) if self.recycle.active else None
+        retiring = None
         with self.lock:
             if handle.state is not WorkerState.DRAINING:
                 return
             handle.outstanding.clear()
             handle.current_tool = None
-            woken = self._retire(handle, reason) if reason is not None else self._free(handle)
-        if reason is not None:
-            self._supervise().retire(handle)
+            if reason is not None:
+                woken, retiring = self._retire(handle, reason)
+            else:
+                woken = self._free(handle)
+        if retiring is not None:
+            self._supervise().retire(retiring)
         for ticket in woken:
             _wake(ticket)
 
@@ -483,21 +495,41 @@ class Dispatcher:
         return to_drain
 
     def retire_if_idle(self, handle: Worker, reason: str) -> bool:
-        """Take an idle worker out of service for recycling; False if it is no longer idle."""
+        """Take an idle worker (all of a process's call slots) out of service for recycling;
+        False if it is no longer idle."""
+        woken: list[Ticket] = []
         with self.lock:
-            if handle.state is not WorkerState.IDLE:
+            serving = handle.slots or [handle]
+            if any(slot.state is not WorkerState.IDLE for slot in serving):
                 return False
-            woken = self._retire(handle, reason)
+            for slot in serving:
+                woken += self._retire(slot, reason)[0]
         for ticket in woken:
             _wake(ticket)
         return True
 
-    def _retire(self, handle: Worker, reason: str) -> list[Ticket]:
-        """Out of service for good (lock held); its strict waiters are refused."""
+    def _retire(self, handle: Worker, reason: str) -> tuple[list[Ticket], Worker | None]:
+        """Out of service for good (lock held); its strict waiters are refused. A call slot is
+        parked: its process retires once all its slots are. The tickets to wake, and the worker
+        (process) now due to be recycled, if any."""
         move(handle, WorkerState.STOPPING)
         handle.retiring = reason
         self.workers.pop(handle.id, None)
-        return self.router.remove(handle.id)
+        woken = self.router.remove(handle.id)
+        process = handle.process
+        if process is None:
+            return woken, handle
+        for sibling in process.slots or ():  # the idle ones retire now, the busy ones when released
+            if sibling.state is WorkerState.IDLE:
+                move(sibling, WorkerState.STOPPING)
+                sibling.retiring = reason
+                self.workers.pop(sibling.id, None)
+                woken += self.router.remove(sibling.id)
+        if process.state is WorkerState.IDLE and all(s.state in (WorkerState.STOPPING, WorkerState.DEAD) for s in process.slots or ()):
+            move(process, WorkerState.STOPPING)
+            process.retiring = reason
+            return woken, process
+        return woken, None
 
     def end(self, handle: Worker, *, on_purpose: bool) -> None:
         """A caller found its worker cannot go on (it read nothing of a call by the deadline, or
@@ -505,6 +537,8 @@ class Dispatcher:
         worker that dies. ``on_purpose``: its death says nothing of a crash loop."""
         if on_purpose:
             handle.killed_on_purpose = True
+            if handle.process is not None:
+                handle.process.killed_on_purpose = True
         handle.conn.kill()
 
     def postmortem(self, handle: Worker) -> list[Any]:
@@ -523,13 +557,21 @@ class Dispatcher:
         return info
 
     def worker_died(self, handle: Worker) -> bool:
-        """Take a dead worker out of service (any thread, idempotent). True the first time."""
+        """Take a dead worker out of service (any thread, idempotent): a process with its call
+        slots, or one slot (whose process is then dead too: its supervisor hears of it). True
+        the first time."""
+        refused: list[Ticket] = []
         with self.lock:
             if handle.state is WorkerState.DEAD:
                 return False
             move(handle, WorkerState.DEAD)
-            refused = self.router.remove(handle.id)
-            self.workers.pop(handle.id, None)
+            for serving in handle.slots or [handle]:
+                if serving is not handle:
+                    if serving.state is WorkerState.DEAD:
+                        continue
+                    move(serving, WorkerState.DEAD)
+                refused += self.router.remove(serving.id)
+                self.workers.pop(serving.id, None)
         for ticket in refused:
             _wake(ticket)
         return True
@@ -593,10 +635,11 @@ class Dispatcher:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             self.sessions.sweep(time.monotonic())
-            workers = list(self.workers.values())
+            # A process serving through call slots is one worker, however many slots it has.
+            workers = list({id(w.process or w): w.process or w for w in self.workers.values()}.values())
             snapshot = {
                 "sessions": len(self.sessions),
-                "workers": len(self.workers),
+                "workers": len(workers),
                 "available": self.router.idle,
                 "busy": self.router.busy,
                 "waiting": self.router.waiting,
@@ -632,13 +675,21 @@ def _wake(ticket: Ticket) -> None:
 
 
 def _worker_info(handle: Worker) -> dict[str, Any]:
-    return {
+    info = {
         "id": handle.id,
         "slot": handle.slot,
         "pid": handle.pid,
         "node": None if handle.conn is None else handle.conn.node,  # where it runs (Ray: the node's address)
         "state": handle.state.value,
-        "requests": handle.requests_served,
+        "requests": served(handle),
         "started_at": handle.started_at,
         "current_tool": handle.current_tool,
     }
+    if handle.slots:  # a process running calls on several threads
+        busy = [slot for slot in handle.slots if slot.state is not WorkerState.IDLE and slot.state is not WorkerState.STOPPING]
+        info["threads"] = len(handle.slots)
+        info["busy_threads"] = len(busy)
+        info["current_tools"] = [slot.current_tool for slot in busy if slot.current_tool is not None]
+        if busy and handle.state is WorkerState.IDLE:
+            info["state"] = WorkerState.BUSY.value
+    return info

@@ -155,7 +155,7 @@ class MapEngine:
             while (
                 handle.id in self.workers  # not lost while sending
                 and handle.id not in self._writing
-                and len(queue) < _DEPTH
+                and len(queue) < (_DEPTH if handle.process is None else 1)  # a call slot runs one at a time
                 and not (queue and queue[-1].attempt)  # an item running again runs alone
                 and (self._held is not None or self._again or self._room())
                 and self._send(handle)

@@ -66,6 +66,10 @@ class Pool:
             ``None`` or ``math.inf`` for no limit.
         max_retries: how many times a call of an ``@tool(idempotent=True)`` tool runs again on
             another worker when its worker dies under it (see the README's *Crash barrier*).
+        threads_per_worker: calls each worker process runs at once, each on a thread of its own,
+            over one adapter instance (which must say ``thread_safe = True``): capacity is
+            ``size * threads_per_worker``. For I/O-bound tools and code that releases the GIL;
+            see the README's *Thread profile*.
         max_queue: how many calls may wait for a worker before ``pool_saturated``.
         queue_timeout: how long a call may wait for a worker before ``queue_timeout``
             (``None`` or ``math.inf``: as long as it takes).
@@ -118,6 +122,7 @@ class Pool:
         adapter_args: Mapping[str, Any] | None = None,
         timeout: float | None = 300.0,
         max_retries: int = 1,
+        threads_per_worker: int = 1,
         max_queue: int = 1000,
         queue_timeout: float | None = 10.0,
         session_ttl: float = 3600.0,
@@ -152,6 +157,16 @@ class Pool:
         self.size = size
         self._timeout = check_timeout("timeout", timeout)
         self._queue_timeout = check_timeout("queue_timeout", queue_timeout)
+        if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+            raise errors.validation(Reason.INVALID_CONFIG, f"threads_per_worker must be a positive int, got {threads_per_worker!r}")
+        if threads_per_worker > 1 and isinstance(adapter, type) and not getattr(adapter, "thread_safe", False):
+            raise errors.validation(
+                Reason.INVALID_CONFIG,
+                f"threads_per_worker={threads_per_worker} runs calls of one {adapter.__qualname__} instance at once on "
+                "several threads, which it does not declare safe: set `thread_safe = True` on the class if it is, "
+                "or use threads_per_worker=1",
+            )
+        self.threads_per_worker = threads_per_worker
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise errors.validation(Reason.INVALID_CONFIG, f"max_retries must be an int >= 0, got {max_retries!r}")
         self._max_retries = max_retries
@@ -167,7 +182,7 @@ class Pool:
         workers = backends.create(
             backend, adapter, adapter_args, worker_env, size=size,
             memory_limit_mb=memory_limit_mb, start_method=start_method, start_timeout=start_timeout,
-            telemetry=on_event is not None or telemetry_log.isEnabledFor(logging.INFO),
+            telemetry=on_event is not None or telemetry_log.isEnabledFor(logging.INFO), threads=threads_per_worker,
             ray_address=ray_address, actor_options=actor_options,
         )
         self._attachments = workers.attachments
@@ -786,6 +801,7 @@ class Pool:
             "quarantined": self._supervisor.quarantine.snapshot(),
             "sessions": snapshot["sessions"],
             "size": self.size,
+            "threads_per_worker": self.threads_per_worker,
             "workers": snapshot["workers"],
             "available": snapshot["available"],
             "busy": snapshot["busy"],

@@ -18,6 +18,13 @@ MEMORY_LIMIT = "memory_limit"
 RECYCLE_REASONS = (MAX_REQUESTS, WORKER_TTL, MEMORY_LIMIT)
 
 
+def served(handle: Worker) -> int:
+    """Calls a worker has served: a process's, over all its call slots."""
+    if handle.slots:
+        return sum(slot.requests_served for slot in handle.slots)
+    return handle.requests_served
+
+
 @dataclass(frozen=True)
 class RecyclePolicy:
     max_requests: int | None = None
@@ -30,7 +37,7 @@ class RecyclePolicy:
 
     def reason(self, handle: Worker) -> str | None:
         """Why ``handle`` is due for recycling now, if it is."""
-        if self.max_requests is not None and handle.requests_served >= self.max_requests:
+        if self.max_requests is not None and served(handle) >= self.max_requests:
             return MAX_REQUESTS
         if self.worker_ttl is not None and time.monotonic() - handle.started_monotonic >= self.worker_ttl:
             return WORKER_TTL

@@ -149,8 +149,9 @@ class Supervisor(Reactor):
                 handle.killed_on_purpose = True
                 handle.conn.kill()
                 continue
-            if handle.outstanding:  # running, queued (a map's batches) or being drained
-                handle.conn.send_control(Cancel(list(handle.outstanding)))
+            outstanding = [call for serving in handle.slots or [handle] for call in serving.outstanding]
+            if outstanding:  # running, queued (a map's batches) or being drained
+                handle.conn.send_control(Cancel(outstanding))
             self._ask_to_stop(handle)
 
     def _force_shutdown(self) -> None:
@@ -161,7 +162,7 @@ class Supervisor(Reactor):
 
     def _forget_after_shutdown(self, handle: Worker) -> None:
         self._dispatcher.worker_died(handle)
-        if not handle.checked_out:
+        if not _held(handle):
             self.dispose(handle)
 
     # -- starting --------------------------------------------------------------------------------
@@ -184,6 +185,9 @@ class Supervisor(Reactor):
     def ready(self, handle: Worker, tools: list[Any]) -> None:
         if self.tools is None:
             self.tools = tools
+        slots = self.backend.slot_connections(handle)
+        if slots:  # it runs calls on several threads: one call slot each
+            handle.slots = [self._call_slot(handle, conn) for conn in slots]
         self._dispatcher.add_worker(handle)
         self.observer.emit(
             "worker_ready", logging.INFO, f"worker {handle.id} ready (pid {handle.pid})",
@@ -195,6 +199,12 @@ class Supervisor(Reactor):
 
     def telemetry(self, handle: Worker, fields: dict[str, Any]) -> None:
         self.observer.telemetry({**fields, "worker_id": handle.id})
+
+    def _call_slot(self, process: Worker, conn: Any) -> Worker:
+        slot = Worker(next(self._ids), conn, process.slot)
+        slot.group = process.id
+        slot.process = process
+        return slot
 
     def pong(self, handle: Worker, seq: int) -> None:
         if handle.ping is not None and handle.ping[0] == seq:
@@ -270,13 +280,13 @@ class Supervisor(Reactor):
     def scrap(self, handle: Worker) -> None:
         """Kill a worker whose pipe can no longer be read (an exception escaped a read of it,
         losing bytes); it is replaced once it has exited, like any worker that dies."""
-        handle.killed_on_purpose = True
+        _killed_on_purpose(handle)
         handle.conn.kill()
 
     def terminate(self, handle: Worker) -> None:
         """SIGTERM now, SIGKILL after ``kill_grace`` if it is still there (a stopped process
         ignores SIGTERM until continued; SIGKILL still ends it)."""
-        handle.killed_on_purpose = True
+        _killed_on_purpose(handle)
         self.backend.terminate(handle)
         self.later(self._kill_grace, self._kill_if_alive, handle)
 
@@ -296,10 +306,13 @@ class Supervisor(Reactor):
         for handle in list(self.handles.values()):
             if handle.state is not WorkerState.IDLE:
                 continue
+            if handle.slots and any(slot.state is not WorkerState.IDLE for slot in handle.slots):
+                continue  # a process is idle when all its call slots are
             if handle.ping is not None:
                 _, sent = handle.ping
                 timeout = self._heartbeat_timeout
-                if timeout is not None and handle.idle_since <= sent and now - sent > timeout:
+                idle_since = max(slot.idle_since for slot in handle.slots) if handle.slots else handle.idle_since
+                if timeout is not None and idle_since <= sent and now - sent > timeout:
                     self.observer.emit(
                         "worker_hung", logging.WARNING,
                         f"worker {handle.id} (pid {handle.pid}) has not answered a heartbeat for {now - sent:.1f}s; killing it",
@@ -329,7 +342,7 @@ class Supervisor(Reactor):
             )
             handle.conn.send_control(Cancel(calls))
             self.drain(handle, calls[-1])
-        for handle in list(self.handles.values()):
+        for handle in [serving for process in list(self.handles.values()) for serving in process.slots or [process]]:
             if handle.state is WorkerState.DRAINING and handle.id not in self._draining and handle.conn.exit_info is None:
                 if handle.conn.broken:
                     self.scrap(handle)
@@ -358,13 +371,19 @@ class Supervisor(Reactor):
     # -- deaths ----------------------------------------------------------------------------------
 
     def lost(self, handle: Worker) -> None:
-        """A caller saw its worker die (it has already taken it out of service)."""
+        """A caller saw its worker die (it has already taken it out of service): for a call
+        slot, its process has died, and with it every other slot."""
+        process = handle.process
+        if process is not None:
+            if not self._dispatcher.worker_died(process):
+                return  # its death is being handled already
+            handle = process
         self._on_death(handle, False)
 
     def _on_death(self, handle: Worker, was_starting: bool) -> None:
         self._stop_draining(handle)
         info = self.backend.ended(handle)
-        if not handle.checked_out:
+        if not _held(handle):
             self.dispose(handle)
         expected = self._stopping or handle.retiring is not None
         self.observer.emit(
@@ -412,10 +431,25 @@ class Supervisor(Reactor):
         self.later(delay, self._spawn, slot)
 
     def dispose(self, handle: Worker) -> None:
-        """Forget a dead worker nobody uses any more."""
-        if self.handles.pop(handle.id, None) is None:
+        """Forget a dead worker nobody uses any more (a process with call slots: once no caller
+        holds any of them)."""
+        if handle.process is not None:
+            handle = handle.process
+        if _held(handle) or self.handles.pop(handle.id, None) is None:
             return
         self.backend.dispose(handle)
+
+
+def _held(handle: Worker) -> bool:
+    """A caller still holds the worker (or one of its call slots): its connection stays open."""
+    return handle.checked_out or any(slot.checked_out for slot in handle.slots or ())
+
+
+def _killed_on_purpose(handle: Worker) -> None:
+    """The supervisor ends this worker (and, for a call slot, its process) itself: no crash."""
+    handle.killed_on_purpose = True
+    if handle.process is not None:
+        handle.process.killed_on_purpose = True
 
 
 def _describe_exit(info: dict[str, Any]) -> str:

@@ -56,6 +56,11 @@ class Worker:
         self.id = worker_id
         self.conn = conn
         self.slot = slot  # its place 0..size-1, which its replacements take over (see worker_env)
+        # A process running several calls at once (threads_per_worker) serves through call slots:
+        # one Worker each, in the process's group; the process's own record holds them.
+        self.group = worker_id  # what a session served here pins to: the process
+        self.slots: list[Worker] | None = None  # on a process's record, its call slots
+        self.process: Worker | None = None  # on a call slot's record, its process
         self.state = WorkerState.STARTING
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()

@@ -38,6 +38,7 @@ from .launcher import SNAKEPIT_ROOT, LaunchSpec, prefer_for_oom_kill, spawn
 from .oom import OomWitness
 from .relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
 from .segments import Attachments, Segments
+from .slots import Mux
 from .template import Template, TemplateUnavailable, adapter_module
 
 START_METHODS = ("forkserver", "spawn")
@@ -53,6 +54,7 @@ class ProcessBackend:
         self._start_timeout = start_timeout
         self._template: Template | None = None
         self._oom = OomWitness()
+        self._muxes: dict[int, Mux] = {}  # worker id -> the reader of a process with several threads
         self._segments = Segments()  # large call arguments in shared memory, reused across calls
         self.attachments = lambda: Attachments(self._segments)
         self.relay = LogRelay()
@@ -113,6 +115,10 @@ class ProcessBackend:
         if template is not None:
             template.close()
 
+    def slot_connections(self, worker: Worker) -> list[Any] | None:
+        mux = self._muxes.get(worker.id)
+        return None if mux is None else list(mux.slots)
+
     def _wait_exit(self, worker: Worker) -> None:
         """Without pidfds, a thread blocked in waitpid is the process sentinel."""
         worker.conn.process.wait()
@@ -127,6 +133,8 @@ class ProcessBackend:
         for message in messages:
             if type(message) is Ready:
                 self._unwatch(worker, conn.responses_fd)
+                if self._launch.threads > 1:  # its calls share the pipe: a reader sorts what it says
+                    self._muxes[worker.id] = Mux(conn, self._launch.threads)
                 self._events.ready(worker, list(message.tools))
                 return
             if type(message) is StartFailed:
@@ -195,6 +203,9 @@ class ProcessBackend:
             while fd in self._splitters:
                 self._read_output(worker, fd, STDOUT_LEVEL if fd == conn.pipes.stdout else STDERR_LEVEL)
             self._unwatch(worker, fd)
+        mux = self._muxes.pop(worker.id, None)
+        if mux is not None:
+            mux.join()  # it reads the pipes until the process has ended: before they close
         conn.close_fds()
 
     def finish(self, leftovers: Iterable[Worker], deadline: float | None, kill_grace: float) -> None:

@@ -110,6 +110,7 @@ class LaunchSpec:
     sys_path: list[str] = field(default_factory=lambda: list(sys.path))
     log_level: int = field(default_factory=lambda: logging.getLogger("snakepit.worker").getEffectiveLevel())
     telemetry: bool = False  # the owner listens to tools' telemetry (see snakepit.telemetry)
+    threads: int = 1  # calls a worker runs at once (threads_per_worker)
 
     def env_for(self, slot: int) -> dict[str, str]:
         """The environment of the worker in ``slot`` (and of every replacement of it)."""
@@ -118,7 +119,7 @@ class LaunchSpec:
 
 def build_launch_spec(
     adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: WorkerEnv, *, size: int = 1, by_value: bool = False,
-    telemetry: bool = False,
+    telemetry: bool = False, threads: int = 1,
 ) -> LaunchSpec:
     """``worker_env``: a mapping for every worker, or a callable ``(slot) -> mapping`` called
     here once per slot ``0..size-1`` (so its errors are the constructor's)."""
@@ -138,6 +139,7 @@ def build_launch_spec(
         env=env,
         slot_envs=slot_envs,
         telemetry=telemetry,
+        threads=threads,
     )
 
 
@@ -177,7 +179,7 @@ def spawn(worker_id: int, spec: LaunchSpec, env: Mapping[str, str], template: Te
     interpreter with environment ``env``.
     """
     boot = protocol.encode_frame(
-        Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level, spec.telemetry)
+        Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level, spec.telemetry, spec.threads)
     )
     opened: list[int] = []  # closed again if anything below fails (e.g. out of descriptors)
     try:

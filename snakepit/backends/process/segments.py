@@ -232,6 +232,23 @@ def sender(sock: socket.socket, segments: Segments) -> Callable[[str, bytes, lis
     return share
 
 
+def deferred_sender(segments: Segments, pending: threading.local) -> Callable[[str, bytes, list[memoryview]], Ext]:
+    """``share`` for a worker running calls on several threads: a value's segments are placed
+    at once, but their descriptors wait in ``pending.fds`` (this thread's) until its message
+    goes out, when they are sent just before its frame, under the same lock (see
+    ``child.threads.SharedOutbox``): the socket and the pipe stay in step across threads."""
+
+    def share(kind: str, data: bytes, buffers: list[memoryview]) -> Ext:
+        placed = [segments.place(b) for b in buffers]
+        fds = getattr(pending, "fds", None)
+        if fds is None:
+            fds = pending.fds = []
+        fds.extend(segment.fd for segment, _ in placed)
+        return _header(kind, data, buffers, [offset for _, offset in placed])
+
+    return share
+
+
 def receiver(sock: socket.socket) -> Callable[[int, memoryview], Any]:
     """The ``ext_hook`` of a frame reader on this socket's side: a shared value's segments are
     taken off the socket and mapped as its frame is decoded; other extensions pass unchanged."""

@@ -99,6 +99,9 @@ class RayBackend:
         if self._started_ray:
             self._ray.shutdown()
 
+    def slot_connections(self, worker: Worker) -> None:
+        return None  # an actor runs one call at a time
+
     # -- control calls: start, ping, cancel, stop --------------------------------------------------
 
     def _await(self, kind: str, ref: Any, worker: Worker, argument: Any) -> None:

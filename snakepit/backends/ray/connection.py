@@ -11,16 +11,13 @@ whole stream.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import select
 import threading
 from collections import deque
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-from ...pool.timing import poll_ms
 from ...protocol import Cancel, FrameReader, FromWorker, Ping, is_stream_call
-from ..base import DeadlineExceeded, WorkerGone, death_cause, watch_readers
+from ..base import FedByThread, WorkerGone, death_cause
 
 # The reader thread takes at most this much ahead of the consumer, then waits (and Ray's
 # generator backpressure holds the actor): in messages, and in bytes for streams of big chunks.
@@ -29,7 +26,7 @@ _BUFFERED_BYTES = 16 << 20
 _BACKPRESSURE = 8  # streamed objects an actor may run ahead of the reader thread
 
 
-class RayConnection:
+class RayConnection(FedByThread):
     def __init__(self, ray: Any, actor: Any, on_control: Callable[[str, Any, Any], None], on_death: Callable[[], None]) -> None:
         self._ray = ray
         self.actor = actor
@@ -156,30 +153,6 @@ class RayConnection:
             if not messages and self._died is not None:
                 raise WorkerGone()
         return messages
-
-    def receive(self, deadline: float | None) -> list[Any]:
-        poller = select.poll()
-        poller.register(self._signal_r, select.POLLIN)
-        while True:
-            messages = self.take()
-            if messages:
-                return messages
-            wait_ms = poll_ms(deadline)
-            if wait_ms == 0:
-                raise DeadlineExceeded()
-            poller.poll(wait_ms)
-
-    def watch(self, loop: asyncio.AbstractEventLoop, callback: Callable[[bool], None]) -> Callable[[], None]:
-        return watch_readers(self, loop, [(self._signal_r, False)], callback)
-
-    @classmethod
-    def wait_any(cls, conns: Sequence[RayConnection], deadline: float | None) -> list[tuple[RayConnection, bool]]:
-        poller = select.poll()
-        by_fd = {}
-        for conn in conns:
-            poller.register(conn._signal_r, select.POLLIN)
-            by_fd[conn._signal_r] = conn
-        return [(by_fd[fd], False) for fd, _ in poller.poll(poll_ms(deadline))]
 
     # -- ending ----------------------------------------------------------------------------------
 

@@ -27,11 +27,12 @@ from typing import Any
 
 from .... import telemetry
 from ....hosting import ToolHost
-from ....protocol import Batch, Boot, Call, Cancel, FrameReader, Ping, Pong, Ready, Shutdown, ToWorker
+from ....protocol import Batch, Boot, Call, Cancel, Credit, FrameReader, Ping, Pong, Ready, Shutdown, StartFailed, ToWorker
 from .. import segments
 from .events import Events
 from .orphans import adopt_orphans, die_with_parent, end_descendants, name_process, reap_orphans
 from .outbox import Outbox
+from .threads import SharedOutbox, ToolThreads
 
 _REAP_EVERY = 0.1  # seconds between two looks for adopted orphans' zombies (see orphans.py)
 
@@ -40,20 +41,33 @@ CANCEL_SIGNAL = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else signal.S
 
 
 class Worker:
+    """One worker process: calls run on the main thread, or (``Boot.threads`` > 1) on tool
+    threads of their own (see :mod:`.threads`)."""
+
     def __init__(self, requests: int, control: int, responses: int, events: int, spill: int, segments_fd: int) -> None:
         self._requests = requests
         self._control = control
+        self._responses = responses
+        self._events_fd = events
+        self._spill = spill
         self._socket = socket.socket(fileno=segments_fd)  # large values' memfds, both ways
-        self._out = Outbox(responses, spill, share=segments.sender(self._socket, segments.Segments()))
-        self._host = ToolHost(self._out)
-        self._events = Events(events, shield=self._host.shield)
         self._main = threading.get_ident()
+        self._threads: ToolThreads | None = None
 
     def boot(self) -> None:
         reader = FrameReader(ToWorker, ext_hook=segments.receiver(self._socket))
         boot = reader.read_blocking(self._requests)
         if not isinstance(boot, Boot):
             os._exit(2)
+        if boot.threads > 1:
+            self._out: Any = SharedOutbox(self._responses, self._socket, segments.Segments())
+            self._threads = ToolThreads(self._out, boot.threads)
+            self._host = self._threads.hosts[0]
+            self._events = Events(self._events_fd, shield=self._threads.shield)
+        else:
+            self._out = Outbox(self._responses, self._spill, share=segments.sender(self._socket, segments.Segments()))
+            self._host = ToolHost(self._out)
+            self._events = Events(self._events_fd, shield=self._host.shield)
         sys.path[:] = boot.sys_path
         try:
             os.chdir(boot.cwd)
@@ -62,7 +76,15 @@ class Worker:
         self._events.relay_logging(boot.log_level)
         if boot.telemetry:
             telemetry.install(self._events.send_telemetry)
-        started = self._host.start(boot.adapter, boot.adapter_args)
+        started = self._threads.start(boot.adapter, boot.adapter_args) if self._threads else self._host.start(boot.adapter, boot.adapter_args)
+        if type(started) is Ready and self._threads is not None and not getattr(self._threads.adapter_class(), "thread_safe", False):
+            name = self._threads.adapter_class().__qualname__
+            started = StartFailed(
+                f"threads_per_worker={boot.threads} runs calls of one {name} instance at once on several threads, "
+                f"which it does not declare safe: set `thread_safe = True` on the class if it is, "
+                "or use threads_per_worker=1",
+                "",
+            )
         if type(started) is not Ready:
             self._out.send(started)
             self._out.flush()
@@ -71,10 +93,14 @@ class Worker:
         self._reader = reader
 
     def serve(self) -> None:
-        signal.signal(CANCEL_SIGNAL, self._interrupt)
+        threads = self._threads
+        if threads is None:
+            signal.signal(CANCEL_SIGNAL, self._interrupt)
+        else:
+            threads.run_threads()
         threading.Thread(target=self._control_loop, name="snakepit-control", daemon=True).start()
         read = self._reader.read_blocking
-        run = self._host.run
+        run = self._host.run if threads is None else threads.submit
         next_reap = 0.0
         while True:
             message = read(self._requests)
@@ -89,6 +115,8 @@ class Worker:
                     reap_orphans()
             elif kind is Shutdown:
                 break
+        if threads is not None:
+            threads.stop()
         self._host.cleanup()
         end_descendants()
         self._out.flush()
@@ -103,8 +131,13 @@ class Worker:
             if message is None:  # the owner is gone: nobody will read what we produce
                 os._exit(0)
             if type(message) is Cancel:
-                if self._host.cancel(message.ids):
+                if self._threads is not None:
+                    self._out.cancel(message.ids)
+                    self._threads.cancel(message.ids)
+                elif self._host.cancel(message.ids):
                     signal.pthread_kill(self._main, CANCEL_SIGNAL)
+            elif type(message) is Credit:
+                self._out.grant(message.id, message.count)
             elif type(message) is Ping:
                 self._events.send(Pong(message.seq), essential=True)
 

@@ -1,0 +1,94 @@
+"""A :class:`ToolHost` for one of several threads that run calls in one worker (``threads_per_worker``).
+
+A cancel cannot reach such a thread with a signal (Python runs signal handlers on the main
+thread only), so it is raised into it as an asynchronous exception
+(``PyThreadState_SetAsyncExc``): it fires at the thread's next bytecode, not inside a blocking C
+call (``time.sleep`` included), which the owner ends by killing the process after
+``cancel_grace``. It is raised only while the tool's own code runs ("armed"), and never lands in
+our code: disarming takes the same lock as raising and takes back an exception raised but not
+yet fired. A cancel is also recorded, and looked for at the next yield, so none is lost.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any
+
+from ..errors import CallCancelled
+from .host import ToolHost
+
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+
+
+def _raise_in(thread: int, exception: type[BaseException] | None) -> None:
+    """Raise ``exception`` in ``thread`` at its next bytecode; None takes back one not yet raised."""
+    _set_async_exc(thread, exception)  # type: ignore[arg-type]
+
+
+class ThreadHost(ToolHost):
+    def __init__(self, out: Any) -> None:
+        self._arming = threading.Lock()  # raising a cancel, and disarming, are one step each
+        self._armed_now = False
+        self._raised = False  # a cancel was raised into the thread; it may not have fired yet
+        super().__init__(out)
+
+    def share_adapter(self, other: ToolHost) -> None:
+        """Serve the adapter ``other`` started (one instance per process, shared by its threads)."""
+        self._adapter = other._adapter
+        self._tools = other._tools
+
+    def bind_thread(self) -> None:
+        """Called by the thread that will run this host's calls."""
+        self._main = threading.get_ident()
+
+    @property  # type: ignore[override]
+    def _armed(self) -> bool:
+        return self._armed_now
+
+    @_armed.setter
+    def _armed(self, value: bool) -> None:
+        if value:
+            self._armed_now = True
+            return
+        with self._arming:
+            self._armed_now = False
+            if self._raised:
+                self._raised = False
+                _raise_in(self._main, None)
+
+    def interrupt(self) -> None:
+        """From the control thread: stop the running tool if its call is cancelled."""
+        with self._arming:
+            if self._armed_now and self._running in self._cancelled:
+                self._raised = True
+                _raise_in(self._main, CallCancelled)
+
+    def shield(self) -> _ThreadShield:  # type: ignore[override]
+        return _ThreadShield(self)
+
+
+class _ThreadShield:
+    """Held while a frame is written from inside tool code (a log record): disarmed meanwhile, so
+    no cancel lands half-way through the frame; a cancel that came is raised on the way out."""
+
+    __slots__ = ("_host", "_was_armed")
+
+    def __init__(self, host: ThreadHost) -> None:
+        self._host = host
+        self._was_armed = False
+
+    def __enter__(self) -> None:
+        host = self._host
+        if threading.get_ident() == host._main and host._armed:
+            self._was_armed = True
+            host._armed = False
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if not self._was_armed:
+            return
+        host = self._host
+        host._armed = True
+        if kind is None and host._running in host._cancelled:
+            host._stop()

@@ -1,0 +1,158 @@
+"""The thread profile: ``threads_per_worker=N`` runs N calls at once in each worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from helpers import wait_for
+from snakepit import Pool, SnakepitError
+from threaded_tools import Threaded, Unsafe
+
+FAST = dict(cancel_grace=0.5, kill_grace=0.3, shutdown_timeout=2.0)
+
+
+def _together(pool: Pool, calls: list, **kwargs) -> list:
+    with ThreadPoolExecutor(len(calls)) as run:
+        return list(run.map(lambda call: pool.execute(*call, **kwargs), calls))
+
+
+def test_one_process_runs_n_calls_at_once_on_n_threads():
+    with Pool(Threaded, size=1, threads_per_worker=3, adapter_args={"parties": 3}) as pool:
+        stats = pool.stats()
+        assert (stats["workers"], stats["available"], stats["worker_info"][0]["threads"]) == (1, 3, 3)
+        met = _together(pool, [("meet", {})] * 3)  # the barrier opens only with all three inside
+        assert len({m["pid"] for m in met}) == 1 and len({m["thread"] for m in met}) == 3
+        assert pool.stats()["worker_info"][0]["requests"] == 3
+
+
+def test_capacity_is_size_times_threads_and_excess_calls_queue():
+    with Pool(Threaded, size=2, threads_per_worker=2, adapter_args={"parties": 2}) as pool:
+        assert pool.stats()["available"] == 4
+        started = time.monotonic()
+        pids = _together(pool, [("wait", {"seconds": 0.4})] * 6)
+        assert time.monotonic() - started >= 0.8  # 6 calls, 4 at a time: two rounds
+        assert len(set(pids)) == 2
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"adapter": Unsafe, "threads_per_worker": 2}, "thread_safe = True"),
+        ({"adapter": Threaded, "threads_per_worker": 0}, "positive int"),
+        ({"adapter": Threaded, "threads_per_worker": 2, "backend": "ray"}, "backend='process'"),
+    ],
+)
+def test_the_thread_profile_is_refused_where_it_cannot_work(options, message):
+    with pytest.raises(SnakepitError) as caught:
+        Pool(size=1, **options)
+    assert caught.value.reason == "invalid_config" and message in caught.value.message
+
+
+def test_an_adapter_named_by_path_that_is_not_thread_safe_fails_to_start_saying_why():
+    with pytest.raises(SnakepitError) as caught:
+        Pool("threaded_tools:Unsafe", size=1, threads_per_worker=2, **FAST).start()
+    assert caught.value.reason == "worker_start_failed" and "thread_safe = True" in caught.value.message
+
+
+def test_sessions_pin_to_the_process_and_strict_modes_count_its_free_threads():
+    with Pool(Threaded, size=2, threads_per_worker=2, adapter_args={"parties": 2}) as pool:
+        pinned = pool.execute("pid", session_id="s", affinity="strict_fail_fast")
+        with ThreadPoolExecutor(3) as run:
+            first = run.submit(pool.execute, "wait", {"seconds": 1.0}, session_id="s", affinity="strict_fail_fast")
+            wait_for(lambda: pool.stats()["busy"] == 1)
+            # One thread of the session's process is busy, the other free: the call runs there.
+            second = run.submit(pool.execute, "wait", {"seconds": 1.0}, session_id="s", affinity="strict_fail_fast")
+            wait_for(lambda: pool.stats()["busy"] == 2)
+            with pytest.raises(SnakepitError) as caught:  # both threads busy: worker_busy at once
+                pool.execute("pid", session_id="s", affinity="strict_fail_fast")
+            assert caught.value.reason == "worker_busy"
+            queued = run.submit(pool.execute, "pid", session_id="s", affinity="strict_queue")
+            assert {first.result(), second.result(), queued.result()} == {pinned}
+        assert pool.session("s").worker_id == pool.stats()["worker_info"][[w["pid"] for w in pool.stats()["worker_info"]].index(pinned)]["id"]
+
+
+def test_a_slow_stream_consumer_holds_back_its_own_stream_only():
+    with Pool(Threaded, size=1, threads_per_worker=2) as pool:
+        stream = pool.stream("flood", {"n": 1_000_000})
+        assert next(stream) == 0
+        wait_for(lambda: pool.execute("counters")["produced"] > 0)
+        # The consumer reads nothing more: the worker stops within a window of frames.
+        time.sleep(0.3)
+        produced = pool.execute("counters")["produced"]
+        for _ in range(20):  # meanwhile the other thread answers at once, again and again
+            assert pool.execute("pid")
+        assert pool.execute("counters")["produced"] == produced <= 200
+        assert next(stream) == 1 and sum(1 for _ in zip(range(1000), stream)) == 1000  # it resumes
+        stream.close()
+        wait_for(lambda: pool.execute("counters")["closed"] == 1)
+
+
+def test_a_timed_out_call_is_interrupted_in_its_thread_and_the_process_lives_on():
+    with Pool(Threaded, size=1, threads_per_worker=2, **FAST) as pool:
+        pid = pool.execute("pid")
+        with pytest.raises(SnakepitError) as caught:
+            pool.execute("spin", {"seconds": 30}, timeout=0.3)
+        assert caught.value.reason == "timeout"
+        wait_for(lambda: pool.execute("counters")["finished"] == 1)  # its finally ran
+        assert pool.execute("pid") == pid and pool.stats()["restarts"] == 0
+
+
+def test_a_call_stuck_in_c_past_cancel_grace_ends_its_process_and_every_call_it_held():
+    with Pool(Threaded, size=1, threads_per_worker=2, **FAST) as pool:
+        pid = pool.execute("pid")
+        with ThreadPoolExecutor(2) as run:
+            other = run.submit(pool.execute, "wait", {"seconds": 30})
+            wait_for(lambda: pool.stats()["busy"] == 1)
+            with pytest.raises(SnakepitError) as caught:
+                pool.execute("wait", {"seconds": 30}, timeout=0.3)  # time.sleep: no bytecode to interrupt
+            assert caught.value.reason == "timeout"
+            with pytest.raises(SnakepitError) as crashed:
+                other.result(timeout=20)
+        assert crashed.value.reason == "worker_crashed"
+        wait_for(lambda: pool.stats()["available"] == 2, timeout=20)
+        assert pool.execute("pid") != pid
+
+
+def test_a_crash_fails_every_call_of_the_process_and_it_is_replaced():
+    with Pool(Threaded, size=1, threads_per_worker=2, adapter_args={"parties": 2}, **FAST) as pool:
+        with ThreadPoolExecutor(2) as run:
+            waiting = run.submit(pool.execute, "wait", {"seconds": 30})
+            wait_for(lambda: pool.stats()["busy"] == 1)
+            with pytest.raises(SnakepitError) as caught:
+                pool.execute("crash")
+            assert caught.value.reason == "worker_crashed" and caught.value.details["exit_code"] == 5
+            with pytest.raises(SnakepitError) as other:
+                waiting.result(timeout=20)
+            assert other.value.reason == "worker_crashed"
+        wait_for(lambda: pool.stats()["available"] == 2, timeout=20)
+        assert len(_together(pool, [("meet", {})] * 2)) == 2
+
+
+def test_streams_maps_and_asyncio_work_per_call():
+    async def concurrently(pool: Pool) -> list:
+        return await asyncio.gather(*(pool.aexecute("meet") for _ in range(2)))
+
+    with Pool(Threaded, size=1, threads_per_worker=2, adapter_args={"parties": 2}) as pool:
+        assert list(pool.map("square", [{"x": x} for x in range(50)])) == [x * x for x in range(50)]
+        assert len(asyncio.run(concurrently(pool))) == 2
+        with ThreadPoolExecutor(2) as run:
+            streams = list(run.map(lambda n: list(pool.stream("flood", {"n": n})), [500, 700]))
+        assert [len(s) for s in streams] == [500, 700]
+        with pool.stream("flood", {"n": 1_000_000}) as stream:
+            for chunk in stream:
+                if chunk == 10:
+                    break
+        wait_for(lambda: pool.execute("counters")["closed"] == 3)  # the broken-off stream's finally ran
+
+
+def test_a_process_is_recycled_after_max_requests_over_all_its_threads():
+    with Pool(Threaded, size=1, threads_per_worker=2, max_requests=4, **FAST) as pool:
+        first = pool.execute("pid")
+        for _ in range(3):
+            pool.execute("pid")
+        wait_for(lambda: pool.stats()["recycled"] == 1 and pool.stats()["available"] == 2, timeout=20)
+        assert pool.execute("pid") != first

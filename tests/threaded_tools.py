@@ -1,0 +1,78 @@
+"""Adapters for the thread profile (``threads_per_worker``)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from snakepit import BaseAdapter, tool
+
+
+class Threaded(BaseAdapter):
+    thread_safe = True
+
+    def __init__(self, parties: int = 2) -> None:
+        self.barrier = threading.Barrier(parties)
+        self.lock = threading.Lock()
+        self.produced = 0
+        self.closed = 0
+        self.finished = 0
+
+    @tool
+    def meet(self, timeout: float = 20.0) -> dict:
+        """Returns only once ``parties`` calls are inside it at the same time."""
+        self.barrier.wait(timeout)
+        return {"pid": os.getpid(), "thread": threading.get_ident()}
+
+    @tool
+    def wait(self, seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    @tool
+    def pid(self) -> int:
+        return os.getpid()
+
+    @tool
+    def spin(self, seconds: float = 30.0) -> int:
+        """Python code: a cancel stops it at once."""
+        deadline = time.monotonic() + seconds
+        count = 0
+        try:
+            while time.monotonic() < deadline:
+                count += 1
+        finally:
+            with self.lock:
+                self.finished += 1
+        return count
+
+    @tool
+    def flood(self, n: int = 100_000):
+        try:
+            for i in range(n):
+                with self.lock:
+                    self.produced += 1
+                yield i
+        finally:
+            with self.lock:
+                self.closed += 1
+
+    @tool
+    def counters(self) -> dict:
+        with self.lock:
+            return {"produced": self.produced, "closed": self.closed, "finished": self.finished}
+
+    @tool
+    def crash(self) -> None:
+        os._exit(5)
+
+    @tool
+    def square(self, x: int) -> int:
+        return x * x
+
+
+class Unsafe(BaseAdapter):
+    @tool
+    def pid(self) -> int:
+        return os.getpid()
