@@ -156,3 +156,12 @@ def test_a_process_is_recycled_after_max_requests_over_all_its_threads():
             pool.execute("pid")
         wait_for(lambda: pool.stats()["recycled"] == 1 and pool.stats()["available"] == 2, timeout=20)
         assert pool.execute("pid") != first
+
+
+def test_an_idle_process_is_recycled_by_worker_ttl_with_all_its_threads():
+    events: list[dict] = []
+    with Pool(Threaded, size=1, threads_per_worker=3, worker_ttl=0.5, heartbeat_interval=0.2, on_event=events.append, **FAST) as pool:
+        first = pool.execute("pid")
+        wait_for(lambda: pool.stats()["recycled"] >= 1, timeout=20)
+        wait_for(lambda: pool.stats()["available"] == 3 and pool.execute("pid") != first, timeout=20)
+    assert any(e["event"] == "worker_recycle" and e["reason"] == "worker_ttl" for e in events)

@@ -366,7 +366,7 @@ class Dispatcher:
             self.abandon(handle, -1)
             return
         process = handle.process or handle
-        reason = self.recycle.reason(process) if self._recycling and handle.state is not WorkerState.DEAD else None
+        reason = self._due(process) if self._recycling and handle.state is not WorkerState.DEAD else None
         retiring = None
         with self.lock:
             handle.checked_out = False
@@ -445,7 +445,7 @@ class Dispatcher:
 
     def drained(self, handle: Worker) -> None:
         """A cancelled call acknowledged: the worker is clean, and free again (supervisor thread)."""
-        reason = self.recycle.reason(handle.process or handle) if self.recycle.active else None
+        reason = self._due(handle.process or handle) if self.recycle.active else None
         retiring = None
         with self.lock:
             if handle.state is not WorkerState.DRAINING:
@@ -497,16 +497,22 @@ class Dispatcher:
     def retire_if_idle(self, handle: Worker, reason: str) -> bool:
         """Take an idle worker (all of a process's call slots) out of service for recycling;
         False if it is no longer idle."""
-        woken: list[Ticket] = []
         with self.lock:
             serving = handle.slots or [handle]
             if any(slot.state is not WorkerState.IDLE for slot in serving):
                 return False
-            for slot in serving:
-                woken += self._retire(slot, reason)[0]
+            woken = self._retire(serving[0], reason)[0]  # a call slot takes its idle siblings along
         for ticket in woken:
             _wake(ticket)
         return True
+
+    def _due(self, handle: Worker) -> str | None:
+        """Why a worker is to be recycled now: its policy says so, or (a process) some of its
+        call slots are parked for it already, and the rest follow whatever the policy says now."""
+        for slot in handle.slots or ():
+            if slot.retiring is not None:
+                return slot.retiring
+        return self.recycle.reason(handle)
 
     def _retire(self, handle: Worker, reason: str) -> tuple[list[Ticket], Worker | None]:
         """Out of service for good (lock held); its strict waiters are refused. A call slot is
