@@ -18,13 +18,18 @@ from typing import Any
 from ..errors import CallCancelled
 from .host import ToolHost
 
-_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+# Two prototypes of one function: an exception object to raise, or NULL to take one back (a
+# ``py_object(None)`` would be Python's None, which the thread would then "raise" as a SystemError).
+_raise = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(("PyThreadState_SetAsyncExc", ctypes.pythonapi))
+_take_back = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(("PyThreadState_SetAsyncExc", ctypes.pythonapi))
 
 
 def _raise_in(thread: int, exception: type[BaseException] | None) -> None:
     """Raise ``exception`` in ``thread`` at its next bytecode; None takes back one not yet raised."""
-    _set_async_exc(thread, exception)  # type: ignore[arg-type]
+    if exception is None:
+        _take_back(thread, None)
+    else:
+        _raise(thread, exception)
 
 
 class ThreadHost(ToolHost):
