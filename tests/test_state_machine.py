@@ -312,3 +312,79 @@ def test_the_state_table_refuses_moves_it_does_not_list():
     move(worker, WorkerState.DEAD)
     with pytest.raises(AssertionError):
         move(worker, WorkerState.IDLE)  # the dead stay dead
+
+
+# -- a process serving through call slots (threads_per_worker) --------------------------------------
+
+
+def _threaded_pool(recycle: RecyclePolicy = RecyclePolicy()) -> tuple[Dispatcher, RecordingSupervision, Worker]:
+    dispatcher = Dispatcher(10, Counters(), SessionStore(3600.0, 100), Affinity.HINT, recycle, Observer(None))
+    supervision = RecordingSupervision(dispatcher)
+    dispatcher.supervisor = supervision
+    dispatcher.open()
+    process = Worker(1, MemoryConnection(pid=1001))
+    process.slots = []
+    for slot_id in (11, 12):
+        slot = Worker(slot_id, MemoryConnection(pid=1001))
+        slot.group, slot.process = process.id, process
+        process.slots.append(slot)
+    dispatcher.add_worker(process)
+    return dispatcher, supervision, process
+
+
+def test_a_process_serves_through_its_slots_and_a_session_pins_to_the_process():
+    dispatcher, _, process = _threaded_pool()
+    assert process.state is WorkerState.IDLE and set(dispatcher.workers) == {11, 12}
+    dispatcher.open_session("s", Affinity.STRICT_FAIL_FAST)
+    first = begin(dispatcher, session_id="s")
+    second = begin(dispatcher, session_id="s")  # the other thread of the same process
+    assert {first.handle.id, second.handle.id} == {11, 12} and dispatcher.session_worker("s") == process.id
+    with pytest.raises(SnakepitError) as busy:
+        dispatcher.checkout("s", None, None, None)
+    assert busy.value.reason == "worker_busy"
+    stats = dispatcher.snapshot()
+    assert (stats["workers"], stats["busy"], stats["worker_info"][0]["busy_threads"]) == (1, 2, 2)
+
+
+def test_a_process_dies_with_all_its_slots_and_its_strict_waiters_are_told():
+    dispatcher, _, process = _threaded_pool()
+    dispatcher.open_session("s", Affinity.STRICT_QUEUE)
+    holders = [begin(dispatcher, session_id="s"), begin(dispatcher, session_id="s")]
+    refused: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            dispatcher.checkout("s", None, None, None)
+        except SnakepitError as exc:
+            refused.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    for _ in range(500):
+        if dispatcher.router.waiting:
+            break
+        threading.Event().wait(0.01)
+    assert dispatcher.worker_died(process) and not dispatcher.worker_died(process)
+    waiter.join(10)
+    assert [e.reason for e in refused] == ["session_worker_unavailable"]
+    assert all(h.handle.state is WorkerState.DEAD for h in holders) and not dispatcher.workers
+
+
+def test_recycling_parks_idle_slots_and_retires_the_process_when_its_last_busy_slot_is_done():
+    dispatcher, supervision, process = _threaded_pool(RecyclePolicy(max_requests=2))
+    busy = begin(dispatcher)
+    done = begin(dispatcher)
+    done.handle.conn.replies = [Result(done.call_id, 1)]
+    run_execute(done)  # one served: not due yet
+    assert done.handle.state is WorkerState.IDLE
+    again = begin(dispatcher)
+    assert again.handle is done.handle
+    again.handle.conn.replies = [Result(again.call_id, 1)]
+    run_execute(again)  # two served: the process is due; this slot parks, the busy one serves on
+    assert again.handle.state is WorkerState.STOPPING and busy.handle.state is WorkerState.BUSY
+    assert process.state is WorkerState.IDLE and ("retire", process.id) not in supervision.log
+    busy.handle.conn.replies = [Result(busy.call_id, 1)]
+    run_execute(busy)
+    assert busy.handle.state is WorkerState.STOPPING and process.state is WorkerState.STOPPING
+    assert supervision.log[-1] == ("retire", process.id)
+    assert dispatcher.retire_if_idle(process, "max_requests") is False  # nothing left to retire
