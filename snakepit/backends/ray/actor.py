@@ -1,4 +1,4 @@
-"""What runs inside a Ray actor: a :class:`~snakepit.hosting.ToolHost`, fed by actor methods.
+"""What runs inside a Ray actor: a :class:`~snakepit.hosting.threaded.ThreadHost`, fed by actor methods.
 
 Calls arrive as the same encoded frames the process backend writes to its pipes; answers leave
 as the same frames. A call with one answer (``execute``, a map batch) is a plain actor method
@@ -13,7 +13,8 @@ dropped when it is full) and leaves with the answer to the next heartbeat.
 
 ``cancel`` and ``ping`` run in a concurrency group of their own, beside a running call. A
 cancel is recorded by the host (checked before the tool starts and at each yield) and, while
-the tool's own code runs, raised into the tool thread as an asynchronous exception: it fires at
+the tool's own code runs, raised into the tool thread as an asynchronous exception (never into
+the host's own code: see :mod:`snakepit.hosting.threaded`): it fires at
 the next bytecode, not inside a blocking C call (``time.sleep`` included), so such a tool is
 stopped by the owner killing the actor after ``cancel_grace``.
 """
@@ -21,7 +22,6 @@ stopped by the owner killing the actor after ``cancel_grace``.
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import queue
 import sys
@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterator
 import ray
 
 from ... import telemetry
-from ...errors import CallCancelled, Category, Reason
-from ...hosting import ToolHost
+from ...errors import Category, Reason
+from ...hosting.threaded import ThreadHost
 from ...protocol import TERMINAL, Batch, Boot, Call, Chunk, Failure, FrameReader, Ready, ToWorker, encode_frame
 
 # A stream's tool runs at most this many messages ahead of what Ray has taken (then it waits).
@@ -72,8 +72,7 @@ class SnakepitActor:
 
     def __init__(self) -> None:
         self._out = _Outbox()
-        self._host: ToolHost | None = None
-        self._running_on: int | None = None  # the thread running a call's tool, for cancels
+        self._host: ThreadHost | None = None
         self._telemetry: collections.deque[dict[str, Any]] = collections.deque(maxlen=_TELEMETRY_BUFFER)
 
     def start(self, boot_frame: bytes) -> tuple[bytes, str]:
@@ -84,7 +83,7 @@ class SnakepitActor:
         for path in reversed(boot.sys_path):  # the owner's paths, where they exist here
             if path not in sys.path and (not path or os.path.isdir(path)):
                 sys.path.insert(0, path)
-        self._host = ToolHost(self._out)
+        self._host = ThreadHost(self._out)  # a cancel reaches the tool as an asynchronous exception
         if boot.telemetry:
             telemetry.install(self._telemetry.append)
         started = self._host.start(boot.adapter, boot.adapter_args)
@@ -138,20 +137,18 @@ class SnakepitActor:
     def _run(self, message: Any) -> None:
         host = self._host
         assert host is not None
-        self._running_on = threading.get_ident()
+        host.bind_thread()  # Ray runs calls on its thread, streams on ours
         try:
             host.run(message)
-        except BaseException:  # a cancel that struck outside the tool's code: still end the call
+        except BaseException:  # whatever else interrupted the call: still end it
             self._out.send(Failure(message.id, Category.PYTHON_ERROR, Reason.TOOL_EXCEPTION, "the call was interrupted", {}, None))
-        finally:
-            self._running_on = None
 
     @ray.method(concurrency_group="control")
     def cancel(self, ids: list[int]) -> None:
         """Cancel these calls (concurrency group "control": beside the running one)."""
-        host, thread = self._host, self._running_on
-        if host is not None and host.cancel(ids) and host._armed and thread is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(CallCancelled))
+        host = self._host
+        if host is not None and host.cancel(ids):
+            host.interrupt()
 
     @ray.method(concurrency_group="control")
     def ping(self, seq: int) -> list[dict[str, Any]]:
