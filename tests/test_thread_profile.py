@@ -165,3 +165,35 @@ def test_an_idle_process_is_recycled_by_worker_ttl_with_all_its_threads():
         wait_for(lambda: pool.stats()["recycled"] >= 1, timeout=20)
         wait_for(lambda: pool.stats()["available"] == 3 and pool.execute("pid") != first, timeout=20)
     assert any(e["event"] == "worker_recycle" and e["reason"] == "worker_ttl" for e in events)
+
+
+def _stalls(pool: Pool) -> int:
+    """Wait until the worker has stopped producing (its stream waits for credit); how much it made."""
+    last = -1
+    while True:
+        time.sleep(0.2)
+        produced = pool.execute("counters")["produced"]
+        if produced == last:
+            return produced
+        last = produced
+
+
+def test_a_stream_cancelled_while_it_waits_for_credit_leaves_no_stale_shared_memory():
+    with Pool(Threaded, size=1, threads_per_worker=2, **FAST) as pool:
+        stream = pool.stream("blobs", {"n": 10_000})
+        assert next(stream)[0] == 0
+        assert _stalls(pool) <= 200  # blocked on credit, a large chunk placed and waiting
+        stream.close()
+        for i in (7, 8, 9):  # later shared values are their own, not the cancelled chunk's
+            value = pool.execute("blob", {"i": i})
+            assert len(value) == 1 << 20 and value[0] == i and value[-1] == i
+
+
+def test_chunks_with_metadata_count_against_the_window_too():
+    with Pool(Threaded, size=1, threads_per_worker=2) as pool:
+        stream = pool.stream("tagged", {"n": 1_000_000})
+        for _ in zip(range(20_000), stream):  # many windows' worth of credit granted
+            pass
+        ahead = _stalls(pool) - 20_000
+        assert ahead <= 200  # a window's worth of frames ahead of the consumer, metadata or not
+        stream.close()

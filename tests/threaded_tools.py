@@ -59,6 +59,28 @@ class Threaded(BaseAdapter):
                 self.closed += 1
 
     @tool
+    def blobs(self, n: int = 1000, size: int = 1 << 20):
+        """Large chunks (they travel in shared memory), counted as they are made."""
+        for i in range(n):
+            with self.lock:
+                self.produced += 1
+            yield bytes([i % 256]) * size
+
+    @tool
+    def blob(self, i: int, size: int = 1 << 20) -> bytes:
+        return bytes([i % 256]) * size
+
+    @tool
+    def tagged(self, n: int = 100_000):
+        """Every other chunk carries metadata (it travels as a frame of its own)."""
+        from snakepit import StreamChunk
+
+        for i in range(n):
+            with self.lock:
+                self.produced += 1
+            yield StreamChunk(i, metadata={"i": i}) if i % 2 else i
+
+    @tool
     def counters(self) -> dict:
         with self.lock:
             return {"produced": self.produced, "closed": self.closed, "finished": self.finished}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from typing import Any
 
 from ..errors import CallCancelled
@@ -22,6 +23,9 @@ from .host import ToolHost
 # ``py_object(None)`` would be Python's None, which the thread would then "raise" as a SystemError).
 _raise = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(("PyThreadState_SetAsyncExc", ctypes.pythonapi))
 _take_back = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(("PyThreadState_SetAsyncExc", ctypes.pythonapi))
+
+
+_CANCEL_MEMORY = 60.0  # seconds a cancel is kept for a call that has not started (yet)
 
 
 def _raise_in(thread: int, exception: type[BaseException] | None) -> None:
@@ -34,6 +38,7 @@ def _raise_in(thread: int, exception: type[BaseException] | None) -> None:
 
 class ThreadHost(ToolHost):
     def __init__(self, out: Any) -> None:
+        self._cancel_times: dict[int, float] = {}  # call id -> when its cancel came
         self._arming = threading.Lock()  # raising a cancel, and disarming, are one step each
         self._armed_now = False
         self._raised = False  # a cancel was raised into the thread; it may not have fired yet
@@ -57,11 +62,47 @@ class ThreadHost(ToolHost):
         if value:
             self._armed_now = True
             return
-        with self._arming:
-            self._armed_now = False
-            if self._raised:
-                self._raised = False
-                _raise_in(self._main, None)
+        # A cancel raised while armed may fire on the way in, before the lock is taken: finish
+        # disarming all the same, then let it propagate (it is the call's cancel).
+        fired: BaseException | None = None
+        while True:
+            try:
+                with self._arming:
+                    self._armed_now = False
+                    if self._raised:
+                        self._raised = False
+                        _raise_in(self._main, None)
+                break
+            except CallCancelled as exc:
+                fired = exc
+        if fired is not None:
+            raise fired
+
+    def run(self, message: Any) -> None:
+        try:
+            super().run(message)
+        finally:
+            self._cancel_times.pop(message.id, None)
+            try:
+                self._armed = False  # whatever happened, no cancel can reach the next call's start
+            except CallCancelled:
+                pass  # a late cancel of the call just ended: nothing left to stop
+
+    def cancel(self, ids: list[int]) -> bool:
+        now = time.monotonic()
+        for call_id in ids:
+            self._cancel_times[call_id] = now
+        return super().cancel(ids)
+
+    def _forget_before(self, call_id: int) -> None:
+        """Calls reach a process's threads in any order (two threads' calls are sent side by
+        side), so a cancel of an older id may still be for a call not started: forget cancels by
+        age instead, once no call can be waiting for them."""
+        horizon = time.monotonic() - _CANCEL_MEMORY
+        for stale, when in list(self._cancel_times.items()):
+            if when < horizon:
+                self._cancel_times.pop(stale, None)
+                self._cancelled.discard(stale)
 
     def interrupt(self) -> None:
         """From the control thread: stop the running tool if its call is cancelled."""

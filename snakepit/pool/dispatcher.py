@@ -586,8 +586,18 @@ class Dispatcher:
         """Back to the pool (lock held): to the oldest waiter allowed to use it, else idle.
 
         A waiter whose caller has gone (interrupted between two steps, so it never withdrew)
-        is passed over and dropped.
+        is passed over and dropped. A call slot whose process is being recycled (a sibling is
+        parked already) is parked too, whichever path frees it.
         """
+        process = handle.process
+        if process is not None:
+            reason = next((slot.retiring for slot in process.slots or () if slot.retiring is not None), None)
+            if reason is not None:
+                woken, retiring = self._retire(handle, reason)
+                if retiring is not None:
+                    supervisor = self._supervise()
+                    supervisor.submit(supervisor.retire, retiring)
+                return woken
         while True:
             ticket = self.router.release(handle.id)
             if ticket is None:

@@ -33,7 +33,7 @@ from ..protocol import TERMINAL, Cancel, Ping
 from .dispatcher import Counters, Dispatcher
 from .reactor import Reactor
 from .quarantine import Quarantine
-from .recycling import RecyclePolicy
+from .recycling import RecyclePolicy, served
 from .timing import deadline_after, lock_seconds
 from .workers import Worker, WorkerState
 
@@ -359,7 +359,7 @@ class Supervisor(Reactor):
         self._counters.bump(f"recycled_{reason}")
         self.observer.emit(
             "worker_recycle", logging.INFO, f"recycling worker {handle.id} (pid {handle.pid}): {reason}",
-            worker_id=handle.id, pid=handle.pid, reason=reason, requests=handle.requests_served,
+            worker_id=handle.id, pid=handle.pid, reason=reason, requests=served(handle),
         )
         self._spawn(handle.slot)
         self._ask_to_stop(handle)
@@ -381,7 +381,8 @@ class Supervisor(Reactor):
         self._on_death(handle, False)
 
     def _on_death(self, handle: Worker, was_starting: bool) -> None:
-        self._stop_draining(handle)
+        for serving in handle.slots or [handle]:
+            self._stop_draining(serving)
         info = self.backend.ended(handle)
         if not _held(handle):
             self.dispose(handle)
@@ -403,7 +404,7 @@ class Supervisor(Reactor):
         # heartbeat) says nothing about the next one.
         young = (
             time.monotonic() - handle.started_monotonic < _YOUNG
-            and handle.requests_served == 0
+            and served(handle) == 0
             and not handle.killed_on_purpose
         )
         self._replace(handle.slot, young, crashed=not handle.killed_on_purpose)

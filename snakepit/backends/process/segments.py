@@ -234,19 +234,37 @@ def sender(sock: socket.socket, segments: Segments) -> Callable[[str, bytes, lis
 
 def deferred_sender(segments: Segments, pending: threading.local) -> Callable[[str, bytes, list[memoryview]], Ext]:
     """``share`` for a worker running calls on several threads: a value's segments are placed
-    at once, but their descriptors wait in ``pending.fds`` (this thread's) until its message
-    goes out, when they are sent just before its frame, under the same lock (see
-    ``child.threads.SharedOutbox``): the socket and the pipe stay in step across threads."""
+    at once, but wait in ``pending.segments`` (this thread's) until its message goes out, when
+    their descriptors are sent just before its frame, under the same lock (see
+    ``child.threads.SharedOutbox``): the socket and the pipe stay in step across threads. A
+    message that never goes out gives its segments back with :func:`release_pending`."""
 
     def share(kind: str, data: bytes, buffers: list[memoryview]) -> Ext:
         placed = [segments.place(b) for b in buffers]
-        fds = getattr(pending, "fds", None)
-        if fds is None:
-            fds = pending.fds = []
-        fds.extend(segment.fd for segment, _ in placed)
+        waiting = getattr(pending, "segments", None)
+        if waiting is None:
+            waiting = pending.segments = []
+        waiting.extend(segment for segment, _ in placed)
         return _header(kind, data, buffers, [offset for _, offset in placed])
 
     return share
+
+
+def take_pending(pending: threading.local) -> list[int]:
+    """The descriptors this thread's next message goes with (see :func:`deferred_sender`)."""
+    waiting = getattr(pending, "segments", None)
+    if not waiting:
+        return []
+    pending.segments = None
+    return [segment.fd for segment in waiting]
+
+
+def release_pending(pending: threading.local) -> None:
+    """This thread's message will not go out: its placed segments are free again."""
+    waiting = getattr(pending, "segments", None)
+    pending.segments = None
+    for segment in waiting or ():
+        _release(segment.map)
 
 
 def receiver(sock: socket.socket) -> Callable[[int, memoryview], Any]:

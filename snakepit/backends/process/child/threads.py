@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import msgspec
 
-from ....errors import CallCancelled
+from ....errors import CallCancelled, Category, Reason
 from ....hosting.threaded import ThreadHost
-from ....protocol import TERMINAL, Batch, Chunk, FrameWriter
+from ....protocol import TERMINAL, Batch, Chunk, Failure, FrameWriter
 from .. import segments
 from .outbox import _write
 
@@ -37,7 +37,7 @@ class SharedOutbox:
         self._fd = fd
         os.set_blocking(fd, True)
         self._sock = sock
-        self._pending = threading.local()  # this thread's descriptors, for its next message
+        self._pending = threading.local()  # this thread's placed segments, for its next message
         self.share = segments.deferred_sender(shared, self._pending)
         self._lock = threading.Lock()
         self._writer = FrameWriter()
@@ -46,11 +46,16 @@ class SharedOutbox:
         self._cancelled: set[int] = set()  # streams cancelled while they may wait for credit
 
     def send(self, message: msgspec.Struct) -> None:
-        fds = getattr(self._pending, "fds", None)
+        if type(message) is Chunk:  # every chunk counts against its stream's window
+            try:
+                self._wait_for_credit(message.id)
+            except BaseException:  # cancelled while waiting: this chunk never goes out
+                segments.release_pending(self._pending)
+                raise
         with self._lock:
             frame = self._writer.frame(message)
+            fds = segments.take_pending(self._pending)
             if fds:
-                self._pending.fds = None
                 segments.send_fds(self._sock, fds)
             _write(self._fd, frame)
         if type(message) in TERMINAL:
@@ -59,13 +64,13 @@ class SharedOutbox:
                 self._cancelled.discard(message.id)
 
     def chunk_writer(self, call_id: int) -> Callable[[Any], None]:
-        send, wait = self.send, self._wait_for_credit
+        send = self.send
+        return lambda data: send(Chunk(call_id, data))
 
-        def send_chunk(data: Any) -> None:
-            wait(call_id)
-            send(Chunk(call_id, data))
-
-        return send_chunk
+    def discard(self) -> None:
+        """A call has ended: whatever this thread placed for a message that never went out
+        (an error between encoding and sending) is given back, not sent with the next one."""
+        segments.release_pending(self._pending)
 
     def flush(self) -> None:
         """Nothing is ever queued: each message is in the pipe when ``send`` returns."""
@@ -101,6 +106,7 @@ class ToolThreads:
     """``count`` tool threads, each running the calls it is handed on its own host."""
 
     def __init__(self, out: SharedOutbox, count: int) -> None:
+        self._out = out
         self.hosts = [ThreadHost(out) for _ in range(count)]
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._current = threading.local()  # the host of the calling thread, if a tool thread
@@ -152,7 +158,17 @@ class ToolThreads:
             message = self._calls.get()
             if message is None:
                 return
-            host.run(message)
+            try:
+                host.run(message)
+            except BaseException as exc:  # escaped the host: the call still gets its answer
+                self._out.discard()
+                try:
+                    self._out.send(Failure(message.id, Category.PYTHON_ERROR, Reason.TOOL_EXCEPTION,
+                                           f"the call was interrupted: {type(exc).__name__}: {exc}", {}, None))
+                except BaseException:
+                    os._exit(1)  # the thread cannot answer: end the process, which the owner sees
+            else:
+                self._out.discard()
 
 
 class _NoShield:
