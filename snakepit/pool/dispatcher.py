@@ -258,8 +258,11 @@ class Dispatcher:
     def mode_of(self, session_id: str, affinity: Affinity | None) -> Affinity:
         """The affinity mode a call of ``session_id`` runs under."""
         with self.lock:
-            session = self.sessions.get(session_id)
-            return affinity or (session.affinity if session is not None else None) or self.affinity
+            return self._mode(self.sessions.get(session_id), affinity)
+
+    def _mode(self, session: Any, affinity: Affinity | None) -> Affinity:
+        """A call's own mode, else its session's, else the pool's."""
+        return affinity or (session.affinity if session is not None else None) or self.affinity
 
     def _ticket(self, session_id: str | None, affinity: Affinity | None) -> Ticket:
         """The routing request for a call (lock held): its mode and its session's pin."""
@@ -267,8 +270,7 @@ class Dispatcher:
             return Ticket()
         session = self.sessions.open(session_id, time.monotonic())
         self._arm_sweep()
-        mode = affinity or session.affinity or self.affinity
-        return Ticket(affinity=mode, pinned=session.worker, session_id=session_id)
+        return Ticket(affinity=self._mode(session, affinity), pinned=session.worker, session_id=session_id)
 
     def _acquire(self, ticket: Ticket) -> Worker | None:
         """Serve ``ticket`` now, raise its refusal, or park it (``None``); lock held."""
@@ -366,7 +368,7 @@ class Dispatcher:
             self.abandon(handle, -1)
             return
         process = handle.process or handle
-        reason = self._due(process) if self._recycling and handle.state is not WorkerState.DEAD else None
+        reason = self.recycle.reason(process) if self._recycling and handle.state is not WorkerState.DEAD else None
         retiring = None
         with self.lock:
             handle.checked_out = False
@@ -445,7 +447,7 @@ class Dispatcher:
 
     def drained(self, handle: Worker) -> None:
         """A cancelled call acknowledged: the worker is clean, and free again (supervisor thread)."""
-        reason = self._due(handle.process or handle) if self.recycle.active else None
+        reason = self.recycle.reason(handle.process or handle) if self.recycle.active else None
         retiring = None
         with self.lock:
             if handle.state is not WorkerState.DRAINING:
@@ -505,14 +507,6 @@ class Dispatcher:
         for ticket in woken:
             _wake(ticket)
         return True
-
-    def _due(self, handle: Worker) -> str | None:
-        """Why a worker is to be recycled now: its policy says so, or (a process) some of its
-        call slots are parked for it already, and the rest follow whatever the policy says now."""
-        for slot in handle.slots or ():
-            if slot.retiring is not None:
-                return slot.retiring
-        return self.recycle.reason(handle)
 
     def _retire(self, handle: Worker, reason: str) -> tuple[list[Ticket], Worker | None]:
         """Out of service for good (lock held); its strict waiters are refused. A call slot is

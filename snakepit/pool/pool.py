@@ -516,13 +516,13 @@ class Pool:
         sync: bool,
     ) -> tuple[Any, ...]:
         spec = self._spec(tool)
-        context = self._context(CallRequest(tool, None, session_id, affinity, timeout, correlation_id))
         _positive_int("chunksize", chunksize)
         mode = _routing(session_id, affinity)
         retries = self._max_retries if spec.idempotent else 0
         if retries and session_id is not None and self._dispatcher.mode_of(session_id, mode) is not Affinity.HINT:
             retries = 0  # a strict session's state died with its worker
         batch_timeout = self._timeout if timeout is None else check_timeout("timeout", timeout)
+        context = self._context(CallRequest(tool, None, session_id, affinity, timeout, correlation_id))  # checked: its span starts
         try:
             total: int | None = len(iterable_of_args)  # type: ignore[arg-type]
         except TypeError:

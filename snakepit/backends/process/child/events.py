@@ -70,10 +70,9 @@ class Events:
     def send_telemetry(self, fields: dict[str, Any]) -> None:
         """A tool's telemetry event; dropped rather than waited for (see :mod:`snakepit.telemetry`)."""
         try:
-            msgspec.msgpack.encode(fields)  # what msgpack cannot carry travels as its str()
-        except (TypeError, ValueError, OverflowError):
-            fields = plain(fields)
-        self.send(Telemetry(fields))
+            self.send(Telemetry(fields))
+        except (TypeError, ValueError, OverflowError):  # refused while encoding, before any write
+            self.send(Telemetry(plain(fields)))
 
     def relay_logging(self, level: int) -> None:
         """Send the worker's :mod:`logging` records at ``level`` and above to the owner."""
