@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from importlib import metadata
 from typing import Callable, Sequence
@@ -28,13 +29,13 @@ def medians(samples: dict[str, list[float]]) -> dict[str, float]:
 
 def print_table(
     title: str, unit: str, rows: Sequence[tuple[str, float]], *, reference: str, higher_is_better: bool = True,
-    reference_vs_each: bool = False,
+    reference_vs_each: bool = False, ratio_header: str | None = None,
 ) -> None:
     """One row per contender: its median and its ratio to ``reference`` (>1: better than it),
     or with ``reference_vs_each`` the reference's ratio to it (>1: the reference is better)."""
     ref = dict(rows)[reference]
     width = max(len(name) for name, _ in rows)
-    header = f"{reference} vs it" if reference_vs_each else f"vs {reference}"
+    header = ratio_header or (f"{reference} vs it" if reference_vs_each else f"vs {reference}")
     print(f"\n{title}")
     print(f"{'contender'.ljust(width)}  {unit:>14}  {header:>20}")
     for name, value in rows:
@@ -42,6 +43,44 @@ def print_table(
         if reference_vs_each:
             ratio = 1 / ratio
         print(f"{name.ljust(width)}  {value:>14,.1f}  {ratio:>19.2f}x")
+
+
+ALL_CPUS = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
+
+
+def placements() -> dict[str, tuple[set[int] | None, set[int] | None]]:
+    """Owner and worker CPU sets per placement: the scheduler's choice, then (with two CPUs)
+    owner and workers on one core, and on two. Which cores they share changes a round trip
+    severalfold, so a figure that must hold on every such machine is the worst of these."""
+    cpus = sorted(ALL_CPUS)
+    chosen: dict[str, tuple[set[int] | None, set[int] | None]] = {"unpinned": (None, None)}
+    if len(cpus) >= 2:
+        chosen["same core"] = ({cpus[0]}, {cpus[0]})
+        chosen["other core"] = ({cpus[0]}, {cpus[1]})
+    return chosen
+
+
+def pin(workers: Sequence[int], owner_cpus: set[int] | None, worker_cpus: set[int] | None) -> None:
+    """Every thread of this process (the threads it starts later inherit it) on ``owner_cpus``,
+    the ``workers`` processes on ``worker_cpus``; None: all CPUs."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), owner_cpus or ALL_CPUS)
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+    for pid in workers:
+        os.sched_setaffinity(pid, worker_cpus or ALL_CPUS)
+
+
+def piped_child(code: str) -> tuple[subprocess.Popen, int, int]:
+    """``python -c code <read fd> <write fd>``: the child, and our ends of its two pipes (to it,
+    from it)."""
+    to_child_r, to_child = os.pipe()
+    from_child, from_child_w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", code, str(to_child_r), str(from_child_w)], pass_fds=(to_child_r, from_child_w))
+    os.close(to_child_r)
+    os.close(from_child_w)
+    return proc, to_child, from_child
 
 
 def emit_json(path: str | None, payload: dict) -> None:

@@ -29,8 +29,6 @@ import argparse
 import os
 import statistics
 import struct
-import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -38,7 +36,7 @@ import msgspec
 
 from snakepit import BaseAdapter, Pool, tool
 
-from ._harness import common_options, emit_json
+from ._harness import common_options, emit_json, pin, piped_child, placements
 
 
 class Adder(BaseAdapter):
@@ -68,13 +66,7 @@ while True:
 
 class RawEcho:
     def __init__(self) -> None:
-        to_child_r, self.to_child = os.pipe()
-        self.from_child, from_child_w = os.pipe()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _ECHO_CHILD, str(to_child_r), str(from_child_w)], pass_fds=(to_child_r, from_child_w)
-        )
-        os.close(to_child_r)
-        os.close(from_child_w)
+        self.proc, self.to_child, self.from_child = piped_child(_ECHO_CHILD)
         self.enc = msgspec.msgpack.Encoder()
         self.dec = msgspec.msgpack.Decoder()
         self.header = struct.Struct("<I")
@@ -121,28 +113,6 @@ def _routing_overhead(pool: Pool, n: int) -> float:
     return statistics.median(differences)
 
 
-PLACEMENTS = ("unpinned", "same core", "other core")
-
-
-def _pin(pids: list[int], owner_cpus: set[int] | None, worker_cpus: set[int] | None) -> None:
-    os.sched_setaffinity(0, owner_cpus or _ALL_CPUS)
-    for pid in pids:
-        os.sched_setaffinity(pid, worker_cpus or _ALL_CPUS)
-
-
-_ALL_CPUS = os.sched_getaffinity(0)
-
-
-def _placements() -> dict[str, tuple[set[int] | None, set[int] | None]]:
-    """Owner and worker CPU sets per placement; the pinned ones need two CPUs."""
-    cpus = sorted(_ALL_CPUS)
-    placements: dict[str, tuple[set[int] | None, set[int] | None]] = {"unpinned": (None, None)}
-    if len(cpus) >= 2:
-        placements["same core"] = ({cpus[0]}, {cpus[0]})
-        placements["other core"] = ({cpus[0]}, {cpus[1]})
-    return placements
-
-
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
@@ -169,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "raw os.pipe + msgpack": raw.call,
             }
             workers = [w["pid"] for w in pool.stats()["worker_info"]] + list(executor._processes) + [raw.proc.pid]
-            for placement, (owner_cpus, worker_cpus) in _placements().items():
-                _pin(workers, owner_cpus, worker_cpus)
+            for placement, (owner_cpus, worker_cpus) in placements().items():
+                pin(workers, owner_cpus, worker_cpus)
                 samples: dict[str, list[float]] = {name: [] for name in contenders}
                 for call in contenders.values():
                     _timed(call, 100)  # warm up in this placement
@@ -181,10 +151,10 @@ def main(argv: list[str] | None = None) -> dict:
                     name: {"p50_us": _pct(v, 0.50), "p99_us": _pct(v, 0.99), "mean_us": statistics.fmean(v) * 1e6}
                     for name, v in samples.items()
                 }
-            _pin(workers, None, None)
+            pin(workers, None, None)
             routing = _routing_overhead(pool, 2_000 if opts.quick else 5_000)
     finally:
-        _pin([], None, None)
+        pin([], None, None)
         raw.close()
 
     n = opts.calls * opts.rounds

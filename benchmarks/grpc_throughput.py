@@ -1,4 +1,7 @@
-"""The gRPC facade against bare grpcio, side by side in one run: stream chunks/s and unary p50.
+"""The gRPC facade against bare grpcio, side by side in one run, in each placement of the owner's
+threads and the worker: stream chunks/s and unary p50.
+
+Streams:
 
 * ``in-process stream()``: what the facade wraps, for scale;
 * ``facade, one ToolChunk per chunk``: ``ExecuteStreamingTool`` of small dict chunks;
@@ -6,9 +9,20 @@
   yields pre-encoded ``ToolChunk`` messages -- the transport's own ceiling for one message per chunk;
 * ``facade, chunk_batch=256``: the batched mode, up to 256 chunks (those at hand) per message.
 
-Every contender is read by the same synchronous stub of the generated code, in this process.
-Unary: ``ExecuteTool`` of a tiny ``add`` against a bare grpc.aio unary handler returning a fixed
-response, p50 over interleaved rounds.
+Unary, a tiny ``add``, p50 over interleaved rounds, taken apart:
+
+* ``bare grpcio unary (asyncio)``: a grpc.aio unary handler returning a fixed response;
+* ``bare grpcio + echo through a child process``: the same handler, first sending one byte to a
+  child process and awaiting it back through the loop -- the cheapest hop to another process
+  a handler can make;
+* ``bare grpcio + pool.arun``: the same handler awaiting the pool's call of ``add`` (the
+  worker's round trip, without the facade's decoding and encoding);
+* ``facade ExecuteTool``: the whole facade.
+
+Every contender is read by the same synchronous stub of the generated code, in this process. As
+in ``execute_latency``, each table is measured unpinned, with every thread of this process and
+the worker on one core, and on two (``os.sched_setaffinity``): grpcio itself runs twice as fast
+on one core as across two, so the placements disagree, and a claim is the worst of them.
 
 Run: ``python -m benchmarks.grpc_throughput [--chunks N] [--repeats R] [--calls C] [--json out.json]``.
 """
@@ -16,9 +30,11 @@ Run: ``python -m benchmarks.grpc_throughput [--chunks N] [--repeats R] [--calls 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import statistics
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -27,8 +43,9 @@ from snakepit import BaseAdapter, Pool, tool
 from snakepit.grpc import bridge_pb2 as pb
 from snakepit.grpc import bridge_pb2_grpc, codec
 from snakepit.grpc.loop import run
+from snakepit.pool.request import CallRequest
 
-from ._harness import common_options, emit_json, interleaved, medians, print_table
+from ._harness import common_options, emit_json, interleaved, medians, pin, piped_child, placements, print_table
 
 
 class Numbers(BaseAdapter):
@@ -43,10 +60,12 @@ class Numbers(BaseAdapter):
 
 
 class _Bare(bridge_pb2_grpc.BridgeServiceServicer):
-    """What grpcio itself does with no pool behind it: pre-encoded messages, a fixed answer."""
+    """What grpcio itself does with no pool behind it: pre-encoded messages, a fixed answer
+    (after awaiting ``hop``, if given)."""
 
-    def __init__(self, chunks: list[pb.ToolChunk]) -> None:
+    def __init__(self, chunks: list[pb.ToolChunk], hop: Callable[[], Awaitable[Any]] | None = None) -> None:
         self._chunks = chunks
+        self._hop = hop
         self._answer = pb.ExecuteToolResponse(success=True, result=AnyMessage(type_url=codec.TYPE_PREFIX + "json", value=b"3"))
 
     async def ExecuteStreamingTool(self, request: Any, context: Any) -> Any:
@@ -54,15 +73,56 @@ class _Bare(bridge_pb2_grpc.BridgeServiceServicer):
             yield chunk
 
     async def ExecuteTool(self, request: Any, context: Any) -> Any:
+        if self._hop is not None:
+            await self._hop()
         return self._answer
 
 
-async def _start_bare(chunks: list[pb.ToolChunk]) -> tuple[Any, int]:
+async def _start_bare(chunks: list[pb.ToolChunk], hop: Callable[[], Awaitable[Any]] | None = None) -> tuple[Any, int]:
     server = grpc.aio.server()
-    bridge_pb2_grpc.add_BridgeServiceServicer_to_server(_Bare(chunks), server)
+    bridge_pb2_grpc.add_BridgeServiceServicer_to_server(_Bare(chunks, hop), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
+
+
+_ECHO_CHILD = """
+import os, sys
+r, w = int(sys.argv[1]), int(sys.argv[2])
+while True:
+    data = os.read(r, 64)
+    if not data:
+        break
+    os.write(w, data)
+"""
+
+
+class _EchoChild:
+    """A child process that writes back each byte it reads: the cheapest process hop."""
+
+    def __init__(self) -> None:
+        self.proc, self._to_child, self._from_child = piped_child(_ECHO_CHILD)
+
+    async def round_trip(self) -> None:
+        loop = asyncio.get_running_loop()
+        back = loop.create_future()
+
+        def readable() -> None:
+            os.read(self._from_child, 64)
+            if not back.done():
+                back.set_result(None)
+
+        loop.add_reader(self._from_child, readable)
+        try:
+            os.write(self._to_child, b"x")
+            await back
+        finally:
+            loop.remove_reader(self._from_child)
+
+    def close(self) -> None:
+        os.close(self._to_child)
+        self.proc.wait()
+        os.close(self._from_child)
 
 
 def _request(tool: str, **args: Any) -> pb.ExecuteToolRequest:
@@ -99,6 +159,10 @@ def _unary_p50(stub: Any, request: pb.ExecuteToolRequest, calls: int) -> float:
     return statistics.median(samples) * 1e6
 
 
+STREAM_REFERENCE = "bare grpcio (asyncio), pre-encoded"
+UNARY_REFERENCE = "bare grpcio unary (asyncio)"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=20_000, help="chunks per one-message-per-chunk stream")
@@ -111,44 +175,74 @@ def main(argv: list[str] | None = None) -> dict:
         opts.chunks, opts.batched_chunks, opts.calls, opts.repeats = 2_000, 20_000, 200, 1
     n, big = opts.chunks, opts.batched_chunks
     encoded = [pb.ToolChunk(chunk_id=f"numbers-{i + 1}", data=codec.encode_value({"number": i, "is_last": i == n - 1}, accept_pickle=False)[0]) for i in range(n)]
-    with Pool(Numbers, size=1) as pool:
-        facade = pool.serve("127.0.0.1:0")
-        bare, bare_port = run(_start_bare(encoded))
-        try:
-            facade_stub = bridge_pb2_grpc.BridgeServiceStub(grpc.insecure_channel(facade.address))
-            bare_stub = bridge_pb2_grpc.BridgeServiceStub(grpc.insecure_channel(f"127.0.0.1:{bare_port}"))
-            one = _request("numbers", n=n)
-            batched = _request("numbers", n=big)
-            batched.metadata["chunk_batch"] = "256"
-            streams = interleaved(
-                opts.repeats,
-                {
-                    "in-process stream()": lambda: _in_process_rate(pool, n),
-                    "facade, one ToolChunk per chunk": lambda: _stream_rate(facade_stub, one, n),
-                    "bare grpcio (asyncio), pre-encoded": lambda: _stream_rate(bare_stub, one, n),
-                    "facade, chunk_batch=256": lambda: _stream_rate(facade_stub, batched, big, batched=True),
-                },
-            )
-            add = _request("add", a=1, b=2)
-            unary = interleaved(
-                opts.repeats,
-                {
-                    "facade ExecuteTool": lambda: _unary_p50(facade_stub, add, opts.calls),
-                    "bare grpcio unary (asyncio)": lambda: _unary_p50(bare_stub, add, opts.calls),
-                },
-            )
-        finally:
-            run(bare.stop(None))
-    stream_rates, unary_p50 = medians(streams), medians(unary)
-    print_table(
-        f"gRPC stream throughput, small dict chunks, median of {opts.repeats}", "chunks/s",
-        list(stream_rates.items()), reference="bare grpcio (asyncio), pre-encoded",
-    )
-    print_table(
-        f"gRPC unary round trip, {opts.calls:,} calls per round, median of {opts.repeats} round p50s", "p50 us",
-        list(unary_p50.items()), reference="bare grpcio unary (asyncio)", higher_is_better=False,
-    )
-    payload = {"benchmark": "grpc_throughput", "chunks_per_s": stream_rates, "unary_p50_us": unary_p50, "samples": {**streams, **unary}}
+    add = _request("add", a=1, b=2)
+    pool_add = CallRequest("add", {"a": 1, "b": 2})
+    one = _request("numbers", n=n)
+    batched = _request("numbers", n=big)
+    batched.metadata["chunk_batch"] = "256"
+    results: dict[str, dict[str, Any]] = {}
+    echo = _EchoChild()
+    servers = []
+    try:
+        with Pool(Numbers, size=1) as pool:
+            facade = pool.serve("127.0.0.1:0")
+            bare, bare_port = run(_start_bare(encoded))
+            echoed, echo_port = run(_start_bare([], echo.round_trip))
+            pooled, pool_port = run(_start_bare([], lambda: pool.arun(pool_add)))
+            servers += [bare, echoed, pooled]
+            stub = {
+                name: bridge_pb2_grpc.BridgeServiceStub(grpc.insecure_channel(address))
+                for name, address in (
+                    ("facade", facade.address), ("bare", f"127.0.0.1:{bare_port}"),
+                    ("echo", f"127.0.0.1:{echo_port}"), ("pool", f"127.0.0.1:{pool_port}"),
+                )
+            }
+            workers = [w["pid"] for w in pool.stats()["worker_info"]] + [echo.proc.pid]
+            for placement, (owner_cpus, worker_cpus) in placements().items():
+                pin(workers, owner_cpus, worker_cpus)
+                streams = interleaved(
+                    opts.repeats,
+                    {
+                        "in-process stream()": lambda: _in_process_rate(pool, n),
+                        "facade, one ToolChunk per chunk": lambda: _stream_rate(stub["facade"], one, n),
+                        STREAM_REFERENCE: lambda: _stream_rate(stub["bare"], one, n),
+                        "facade, chunk_batch=256": lambda: _stream_rate(stub["facade"], batched, big, batched=True),
+                    },
+                )
+                unary_contenders = {
+                    UNARY_REFERENCE: stub["bare"],
+                    "bare grpcio + echo through a child process": stub["echo"],
+                    "bare grpcio + pool.arun": stub["pool"],
+                    "facade ExecuteTool": stub["facade"],
+                }
+                for contender in unary_contenders.values():
+                    _unary_p50(contender, add, max(50, opts.calls // 5))  # warm up in this placement
+                unary = interleaved(opts.repeats, {name: (lambda s=s: _unary_p50(s, add, opts.calls)) for name, s in unary_contenders.items()})
+                results[placement] = {"chunks_per_s": medians(streams), "unary_p50_us": medians(unary), "samples": {**streams, **unary}}
+            pin(workers, None, None)
+    finally:
+        pin([], None, None)
+        for server in servers:
+            run(server.stop(None))
+        echo.close()
+    for placement, result in results.items():
+        print_table(
+            f"gRPC stream throughput, small dict chunks, {placement}, median of {opts.repeats}", "chunks/s",
+            list(result["chunks_per_s"].items()), reference=STREAM_REFERENCE,
+        )
+        print_table(
+            f"gRPC unary round trip, {placement}, {opts.calls:,} calls per round, median of {opts.repeats} round p50s", "p50 us",
+            list(result["unary_p50_us"].items()), reference=UNARY_REFERENCE, ratio_header="p50 / bare's",
+        )
+    stream_worst = min(results.items(), key=lambda item: item[1]["chunks_per_s"]["facade, one ToolChunk per chunk"] / item[1]["chunks_per_s"][STREAM_REFERENCE])
+    unary_worst = max(results.items(), key=lambda item: item[1]["unary_p50_us"]["facade ExecuteTool"] / item[1]["unary_p50_us"][UNARY_REFERENCE])
+    stream_ratio = stream_worst[1]["chunks_per_s"]["facade, one ToolChunk per chunk"] / stream_worst[1]["chunks_per_s"][STREAM_REFERENCE]
+    unary_ratio = unary_worst[1]["unary_p50_us"]["facade ExecuteTool"] / unary_worst[1]["unary_p50_us"][UNARY_REFERENCE]
+    batched_least = min(result["chunks_per_s"]["facade, chunk_batch=256"] for result in results.values())
+    print(f"\nworst placement, one ToolChunk per chunk: {stream_worst[0]}, {stream_ratio:.2f}x bare grpcio's chunks/s")
+    print(f"worst placement, unary: {unary_worst[0]}, facade p50 {unary_ratio:.2f}x bare grpcio's")
+    print(f"least batched rate: {batched_least:,.0f} chunks/s")
+    payload = {"benchmark": "grpc_throughput", "placements": results}
     emit_json(opts.json, payload)
     return payload
 

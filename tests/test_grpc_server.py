@@ -147,6 +147,24 @@ def test_streams_number_their_chunks_and_end_with_exactly_one_final(served, comp
     assert [chunk["is_final"] for chunk in raw["chunks"]] == [True]  # no chunk at all: the synthetic final only
 
 
+def test_chunks_that_arrive_together_still_travel_one_message_each_in_order(served, compiled):
+    # Hundreds of quick chunks reach the owner a batch at a time; each is still its own ToolChunk.
+    pool, address = served
+    plain, explicit = bridge(
+        compiled, address,
+        {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "count"}, "params": {"n": ["int", "700"]}},
+        {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "with_final"}, "params": {"n": ["int", "500"]}},
+    )
+    chunks = plain["chunks"]
+    assert [chunk["chunk_id"] for chunk in chunks] == [f"count-{i}" for i in range(1, 702)]
+    assert [json.loads(data(chunk)) for chunk in chunks[:-1]] == [{"number": i, "is_last": i == 699} for i in range(700)]
+    assert [chunk["is_final"] for chunk in chunks].count(True) == 1 and chunks[-1]["metadata"]["synthetic_final"] == "true"
+    chunks = explicit["chunks"]
+    assert [json.loads(data(chunk)) for chunk in chunks] == [{"i": i} for i in range(500)] + [{"done": True}]
+    assert [chunk["is_final"] for chunk in chunks].count(True) == 1 and chunks[-1]["is_final"]
+    assert "synthetic_final" not in chunks[-1]["metadata"] and chunks[-1]["chunk_id"] == "with_final-501"
+
+
 def test_batched_streams_pack_the_chunks_at_hand_into_json_arrays(served, compiled):
     pool, address = served
     [batched] = bridge(compiled, address, {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "count", "metadata": {"chunk_batch": "100"}}, "params": {"n": ["int", "250"]}})

@@ -92,10 +92,18 @@ def json_exact(value: Any) -> bool:
         return -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT
     if kind is float:
         return math.isfinite(value)
+    # Plain loops, not all() over a generator: this runs for every chunk a stream sends, and the
+    # generator's frame doubled its cost.
     if kind is list:
-        return all(json_exact(item) for item in value)
+        for item in value:
+            if not json_exact(item):
+                return False
+        return True
     if kind is dict:
-        return all(type(key) is str and json_exact(item) for key, item in value.items())
+        for key, item in value.items():
+            if type(key) is not str or not json_exact(item):
+                return False
+        return True
     return False
 
 

@@ -50,6 +50,9 @@ _KEEPALIVE_MS = 20_000
 # ...and drops it, cancelling its calls, when a ping goes unanswered this long (both the keepalive
 # timeout and grpc's own ping timeout, whose default is a minute).
 _KEEPALIVE_TIMEOUT_MS = 10_000
+# A stream sends up to this many chunks that have already arrived before it asks the pool's
+# iterator again: after grpc's own work, that iterator is what a chunk costs most.
+_AT_HAND = 64
 
 
 @dataclass(frozen=True)
@@ -335,19 +338,22 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             stream = self._pool.open_astream(call)
             count = 0
             async for item in stream:
-                count += 1
                 if batch > 1:  # the chunks at hand, up to the batch size, as one JSON array
-                    data, content_type = codec.encode_value([item, *stream.take_ready(batch - 1)], accept_pickle=False)
-                else:
-                    data, content_type = codec.encode_value(item, accept_pickle=accept_pickle)
-                chunk = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=data)
-                if content_type != codec.JSON:
-                    chunk.metadata["content_type"] = content_type
-                if stream.last_was_final:
-                    self._finish(chunk, stream, meta, started)
+                    values, accept = [[item, *stream.take_ready(batch - 1)]], False
+                else:  # a message each; those already here skip a pass through the iterator each
+                    values, accept = [item, *stream.take_ready(_AT_HAND - 1)], accept_pickle
+                final_at = len(values) - 1 if stream.last_was_final else -1
+                for index, value in enumerate(values):
+                    count += 1
+                    data, content_type = codec.encode_value(value, accept_pickle=accept)
+                    chunk = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=data)
+                    if content_type != codec.JSON:
+                        chunk.metadata["content_type"] = content_type
+                    if index == final_at:
+                        self._finish(chunk, stream, meta, started)
+                        yield chunk
+                        return
                     yield chunk
-                    return
-                yield chunk
             count += 1
             final = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=b"")
             self._finish(final, stream, meta, started)

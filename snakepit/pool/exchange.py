@@ -333,7 +333,10 @@ class Delivery:
         return data if type(data) not in PACKED else self.exchange.decode(data)
 
     def take_ready(self, limit: int) -> list[Any]:
-        """Up to ``limit`` more chunks that have already arrived, without waiting for any."""
+        """Up to ``limit`` more chunks that have already arrived, without waiting for any (none
+        once the deadline has passed: the next :meth:`take` raises it)."""
+        if time.monotonic() >= self.limit:
+            return []
         start = self.next
         items = self.batch[start : start + limit]
         self.next = start + len(items)
