@@ -25,7 +25,11 @@ def test_each_slot_has_its_environment_and_a_replacement_gets_it_again():
         assert state["env"]["OMP_NUM_THREADS"] == "1"  # the shared environment still applies
         first = next(w for w in pool.stats()["worker_info"] if w["slot"] == 1)
         os.kill(first["pid"], signal.SIGKILL)
-        wait_for(lambda: len(pool.stats()["worker_info"]) == 2 and first["pid"] not in {w["pid"] for w in pool.stats()["worker_info"]}, timeout=15)
+        def replaced() -> bool:  # both conditions on one snapshot: between two, the replacement may not be up yet
+            pids = {w["pid"] for w in pool.stats()["worker_info"]}
+            return len(pids) == 2 and first["pid"] not in pids
+
+        wait_for(replaced, timeout=15)
         assert _slot_envs(pool) == {0: "device-0", 1: "device-1"}
         # Environments differ from the template's: these workers start cold.
         assert {psutil.Process(w["pid"]).ppid() for w in pool.stats()["worker_info"]} == {os.getpid()}
