@@ -337,6 +337,11 @@ class Toolbox(BaseAdapter):
         return 2**100
 
     @tool
+    def undecodable_name(self) -> str:
+        """A file name that is not UTF-8, as os.fsdecode gives it: a str with a lone surrogate."""
+        return os.fsdecode(b"caf\xe9.txt")
+
+    @tool
     def kwargs(self, a: int, **rest: Any) -> dict:
         return {"a": a, **rest}
 

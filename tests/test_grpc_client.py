@@ -116,6 +116,71 @@ def test_cancelling_a_remote_call_cancels_the_tool():
         assert pool.execute("pid") == worker
 
 
+def test_leaving_an_async_stream_early_cancels_the_tool():
+    with Pool(Faulty, size=1) as pool, Client(pool.serve("127.0.0.1:0").address) as client:
+
+        async def main() -> None:
+            async for _ in client.astream("guarded", {"delay": 0.01}):
+                break
+
+        asyncio.run(main())
+        wait_for(lambda: pool.stats()["busy"] == 0, timeout=10)
+        assert pool.execute("closed") == 1  # the generator's finally ran
+
+
+def test_results_as_large_as_the_server_sends_arrive(remote):
+    client, pool = remote
+    assert client.execute("big", {"size": 5_000_000}) == pool.execute("big", {"size": 5_000_000})
+    chunks = list(client.stream("big_then_small", {"size": 5_000_000, "small": 2, "delay": 0}))
+    assert len(chunks[0]) == 5_000_000 and chunks[1:] == [0, 1]
+    assert len(asyncio.run(client.aexecute("big", {"size": 5_000_000}))) == 5_000_000
+
+
+def test_a_value_larger_than_a_message_is_a_serialization_error():
+    with Pool(Toolbox, size=1) as pool:
+        address = pool.serve("127.0.0.1:0", max_message_mb=1).address
+        with Client(address) as client, Client(address, max_message_mb=0.5) as small:
+            calls = [
+                lambda: client.execute("big", {"size": 2_000_000}),  # too big for the server to send
+                lambda: client.execute("echo", {"value": b"x" * 2_000_000}),  # too big for it to receive
+                lambda: small.execute("big", {"size": 800_000}),  # too big for this client to receive
+            ]
+            for call in calls:
+                with pytest.raises(SnakepitError) as info:
+                    call()
+                assert (info.value.category, info.value.reason) == ("validation", "serialization_error")
+            assert client.execute("add", {"a": 1}) == 2
+
+
+@pytest.mark.parametrize(
+    "args, options",
+    [({"a": 1}, {"session_id": ""}), ({"a": 1}, {"session_id": 5}), ({"a": 1}, {"correlation_id": 7}),
+     ({"a": 1}, {"timeout": 0}), ({"a": 1}, {"affinity": "sideways"}), ({1: 2}, {})],
+)
+def test_the_client_checks_a_call_as_the_pool_does(remote, args, options):
+    client, pool = remote
+    outcomes = []
+    for target in (pool, client):
+        with pytest.raises(SnakepitError) as info:
+            target.execute("add", args, **options)
+        outcomes.append((info.value.category, info.value.reason))
+    assert outcomes[0] == outcomes[1] == ("validation", "invalid_arguments")
+
+
+def test_a_closed_client_refuses_calls():
+    with Pool(Toolbox, size=1) as pool:
+        client = Client(pool.serve("127.0.0.1:0").address)
+        client.close()
+        for call in (lambda: client.execute("add", {"a": 1}), client.tools, lambda: client.session("s"),
+                     lambda: asyncio.run(client.aexecute("add", {"a": 1}))):
+            with pytest.raises(SnakepitError) as info:
+                call()
+            assert info.value.reason == "pool_closed"
+        with pytest.raises(SnakepitError) as info:
+            client.session("")
+        assert info.value.reason == "invalid_arguments"
+
+
 def test_a_token_and_a_server_that_refuses_pickles():
     with Pool(Toolbox, size=1) as pool:
         address = pool.serve("127.0.0.1:0", token="t0ken").address

@@ -218,6 +218,25 @@ def test_a_tool_failure_in_execute_tool_is_an_answer_not_a_status(compiled):
         wait_for(lambda: pool.stats()["workers"] == 2)
 
 
+def test_a_sessions_metadata_and_birth_live_and_expire_with_the_pools_session(compiled):
+    with Pool(Toolbox, size=1, session_ttl=2.0) as pool:
+        address = pool.serve("127.0.0.1:0").address
+        [opened] = bridge(compiled, address, {"rpc": "InitializeSession", "request": {"session_id": "s", "metadata": {"user": "old"}}})
+        assert opened["response"]["success"] is True
+        wait_for(lambda: pool.stats()["sessions"] == 0, timeout=10)  # expired, and its metadata with it
+        _, again, implicit, first, second = bridge(
+            compiled, address,
+            {"rpc": "InitializeSession", "request": {"session_id": "s", "metadata": {"user": "new"}}},
+            {"rpc": "GetSession", "request": {"session_id": "s"}},
+            {"rpc": "ExecuteTool", "request": {"tool_name": "add", "session_id": "by-call"}, "params": {"a": ["int", "1"]}},
+            {"rpc": "GetSession", "request": {"session_id": "by-call"}},
+            {"rpc": "GetSession", "request": {"session_id": "by-call"}},
+        )
+        assert again["response"]["metadata"] == {"user": "new"}
+        assert implicit["response"]["success"] is True
+        assert first["response"].get("metadata", {}) == {} and first["response"]["created_at"] == second["response"]["created_at"]
+
+
 def test_pool_refusals_are_their_statuses(compiled):
     with Pool(Faulty, size=1, max_sessions=1, max_queue=0, affinity="strict_fail_fast") as pool:
         address = pool.serve("127.0.0.1:0").address
@@ -304,6 +323,55 @@ def test_the_grpc_deadline_bounds_the_call(compiled):
         [late] = bridge(compiled, address, {"rpc": "ExecuteTool", "request": {"tool_name": "blocked"}, "params": {"how": ["str", '"sleep"']}, "timeout": 0.5})
         assert late["code"] == "DEADLINE_EXCEEDED" and time.monotonic() - started < 10
         wait_for(lambda: pool.execute("counters", timeout=5)["finished_calls"] == 1)  # interrupted in the worker
+
+
+def test_messages_stay_within_the_servers_limit(compiled):
+    with Pool(Faulty, size=1) as pool:
+        address = pool.serve("127.0.0.1:0", max_message_mb=1).address
+        batched, plain, too_big = bridge(
+            compiled, address,
+            {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "flood", "metadata": {"chunk_batch": "64"}}, "params": {"size": ["int", "300000"], "n": ["int", "8"]}},
+            {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "flood"}, "params": {"size": ["int", "300000"], "n": ["int", "8"]}},
+            {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "flood"}, "params": {"size": ["int", "2000000"], "n": ["int", "1"]}},
+        )
+        arrays = [json.loads(data(chunk)) for chunk in batched["chunks"] if data(chunk)]
+        assert [len(base64.b64decode(item)) for array in arrays for item in array] == [300_000] * 8  # all, split to fit
+        assert len(arrays) > 1 and all(len(data(chunk)) <= 1 << 20 for chunk in batched["chunks"])
+        assert [len(data(chunk)) for chunk in plain["chunks"]] == [300_000] * 8 + [0]
+        assert too_big["code"] == "INVALID_ARGUMENT" and snakepit_error(too_big).reason == "serialization_error"
+
+
+def test_timeout_ms_is_checked_even_under_a_grpc_deadline(compiled):
+    with Pool(Toolbox, size=1) as pool:
+        address = pool.serve("127.0.0.1:0").address
+        results = bridge(
+            compiled, address,
+            *({"rpc": "ExecuteTool", "request": {"tool_name": "add", "metadata": {"timeout_ms": value}}, "params": {"a": ["int", "1"]}, "timeout": 10}
+              for value in ("0", "-100", "soon")),
+        )
+        assert [(result["code"], snakepit_error(result).reason) for result in results] == [("INVALID_ARGUMENT", "invalid_arguments")] * 3
+
+
+def test_a_taken_or_unusable_address_is_refused():
+    with Pool(Toolbox, size=1) as pool:
+        taken = pool.serve("127.0.0.1:0").address
+        for address in (taken, "unix:/nonexistent-dir/snakepit.sock"):
+            with pytest.raises(SnakepitError) as info:
+                pool.serve(address)
+            assert info.value.reason == "invalid_config" and address in info.value.message
+
+
+def test_a_string_json_cannot_carry_is_refused_or_pickled_by_request(compiled):
+    # os.fsdecode makes such strings of file names that are not UTF-8
+    with Pool(Toolbox, size=1) as pool:
+        address = pool.serve("127.0.0.1:0").address
+        plain, pickled = bridge(
+            compiled, address,
+            {"rpc": "ExecuteTool", "request": {"tool_name": "undecodable_name"}},
+            {"rpc": "ExecuteTool", "request": {"tool_name": "undecodable_name", "metadata": {"accept": "pickle"}}},
+        )
+        assert plain["code"] == "INVALID_ARGUMENT" and snakepit_error(plain).reason == "serialization_error"
+        assert pickle.loads(base64.b64decode(pickled["response"]["binary_result"])) == os.fsdecode(b"caf\xe9.txt")
 
 
 def test_closing_the_pool_stops_its_servers(compiled):

@@ -13,8 +13,9 @@ dropped), and serves a hint call anywhere (and the session is re-pinned there).
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import errors
 from ..errors import Reason
@@ -30,6 +31,8 @@ class SessionState:
     worker: int | None = None  # pinned worker id
     last_used: float = 0.0
     calls: int = 0
+    created_at: float = field(default_factory=time.time)  # wall clock, for those who ask
+    metadata: dict[str, str] = field(default_factory=dict)  # what a remote client said of it when opening it
 
 
 class SessionStore:
@@ -48,8 +51,11 @@ class SessionStore:
     def get(self, session_id: str) -> SessionState | None:
         return self._sessions.get(session_id)
 
-    def open(self, session_id: str, now: float, affinity: Affinity | None = None) -> SessionState:
-        """The session, created if new (``session_quota_exceeded`` past ``max_sessions``).
+    def open(
+        self, session_id: str, now: float, affinity: Affinity | None = None, metadata: dict[str, str] | None = None
+    ) -> SessionState:
+        """The session, created if new (``session_quota_exceeded`` past ``max_sessions``), with
+        ``metadata`` if it is new.
 
         Using a session makes it the most recently used; an explicit ``affinity`` sticks to it.
         """
@@ -62,7 +68,7 @@ class SessionStore:
                     f"cannot open session {session_id!r}: max_sessions={self.max_sessions} are open",
                     session_id=session_id,
                 )
-            session = SessionState(session_id, affinity)
+            session = SessionState(session_id, affinity, metadata=dict(metadata or {}))
             self._sessions[session_id] = session
         else:
             self._sessions.move_to_end(session_id)

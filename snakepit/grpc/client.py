@@ -24,10 +24,11 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 
 from .. import errors
 from ..adapter import ParameterSpec, ToolSpec
-from ..affinity import Affinity
+from ..affinity import Affinity, parse_affinity
 from ..errors import Category, Reason
-from ..pool.request import CallRequest
+from ..pool.request import CallRequest, check_correlation_id, check_session_id
 from ..pool.session import Session
+from ..pool.timing import check_timeout
 from ..streaming import HALT, StreamResult
 from . import bridge_pb2 as pb
 from . import bridge_pb2_grpc, codec
@@ -59,23 +60,40 @@ class ClientTLS:
 class Client:
     """A connection to a served pool (``pool.serve(...)``, ``snakepit serve``)."""
 
-    def __init__(self, address: str, *, token: str | None = None, tls: ClientTLS | None = None) -> None:
+    def __init__(
+        self, address: str, *, token: str | None = None, tls: ClientTLS | None = None, max_message_mb: float = 64
+    ) -> None:
+        """``max_message_mb`` bounds a message either way, as the server's option of that name
+        does (grpc's own client default, 4 MiB, would refuse results the server sends)."""
+        if not isinstance(max_message_mb, (int, float)) or isinstance(max_message_mb, bool) or max_message_mb <= 0:
+            raise errors.validation(Reason.INVALID_CONFIG, f"max_message_mb must be positive, got {max_message_mb!r}")
         self.address = address
         self._token = token
         self._tls = tls
-        self._channel = grpc.secure_channel(address, tls.credentials()) if tls else grpc.insecure_channel(address)
+        limit = int(max_message_mb * 1024 * 1024)
+        self._options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+        self._channel = (
+            grpc.secure_channel(address, tls.credentials(), self._options) if tls else grpc.insecure_channel(address, self._options)
+        )
         self._stub = bridge_pb2_grpc.BridgeServiceStub(self._channel)
         self._auth = (("authorization", f"Bearer {token}"),) if token else ()
         self._aio: tuple[Any, Any] | None = None  # (channel, stub) on the shared loop
+        self._closed = False
 
     def __repr__(self) -> str:
-        return f"<snakepit.grpc.Client {self.address}>"
+        return f"<snakepit.grpc.Client {self.address}{' closed' if self._closed else ''}>"
 
     def close(self) -> None:
+        """Close the connection; calls made after it fail with ``pool_closed``."""
+        self._closed = True
         self._channel.close()
         if self._aio is not None:
             channel, self._aio = self._aio[0], None
             asyncio.run_coroutine_threadsafe(channel.close(), shared_loop()).result(5)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.pool_error(Reason.POOL_CLOSED, f"this client of {self.address} is closed")
 
     def __enter__(self) -> Client:
         return self
@@ -148,6 +166,7 @@ class Client:
         return RemoteStream(self._stub.ExecuteStreamingTool(request, metadata=metadata, timeout=deadline))
 
     def tools(self) -> list[ToolSpec]:
+        self._check_open()
         try:
             response = self._stub.InitializeSession(pb.InitializeSessionRequest(), metadata=self._auth)
         except grpc.RpcError as error:
@@ -156,9 +175,9 @@ class Client:
 
     def session(self, session_id: str, *, affinity: Affinity | str | None = None) -> Session:
         """A handle whose calls all carry ``session_id``; opens the session on the server now."""
-        from ..affinity import parse_affinity
-
+        check_session_id(session_id)
         mode = None if affinity is None else parse_affinity(affinity)
+        self._check_open()
         try:
             self._stub.InitializeSession(pb.InitializeSessionRequest(session_id=session_id), metadata=self._auth)
         except grpc.RpcError as error:
@@ -169,6 +188,7 @@ class Client:
         return None  # the server does not say which worker a session is pinned to
 
     def _close_session(self, session_id: str) -> bool:
+        self._check_open()
         try:
             response = self._stub.CleanupSession(pb.CleanupSessionRequest(session_id=session_id), metadata=self._auth)
         except grpc.RpcError as error:
@@ -257,49 +277,71 @@ class Client:
 
     async def _async_stub(self) -> tuple[Any, Any]:
         """The aio channel and stub, made on (and used only from) the shared loop."""
+        self._check_open()
         if self._aio is None:
-            options = self._tls.credentials() if self._tls else None
-            channel = grpc.aio.secure_channel(self.address, options) if options else grpc.aio.insecure_channel(self.address)
+            credentials = self._tls.credentials() if self._tls else None
+            channel = (
+                grpc.aio.secure_channel(self.address, credentials, self._options) if credentials
+                else grpc.aio.insecure_channel(self.address, self._options)
+            )
             self._aio = (channel, bridge_pb2_grpc.BridgeServiceStub(channel))
         return self._aio
 
     # -- requests --------------------------------------------------------------------------------
 
     def _request(self, call: CallRequest, stream: bool) -> tuple[pb.ExecuteToolRequest, tuple[tuple[str, str], ...], float | None]:
+        """The rpc's request, metadata and deadline; the call is checked as the pool checks it."""
+        self._check_open()
         tool, args, session_id, affinity, timeout, correlation_id = call
+        if session_id is not None:
+            check_session_id(session_id)
+        mode = None if affinity is None else parse_affinity(affinity)
+        limit = check_timeout("timeout", timeout)
+        if args is not None and not isinstance(args, Mapping):
+            raise errors.validation(Reason.INVALID_ARGUMENTS, f"args must be a dict, got {type(args).__name__}", tool=tool)
         request = pb.ExecuteToolRequest(tool_name=tool, session_id=session_id or "", stream=stream)
         options = request.metadata  # the call's options travel in the request (only the token is a header)
         options["accept"] = "pickle"
         if correlation_id is not None:
+            check_correlation_id(correlation_id)
             options["correlation_id"] = correlation_id
-        if args is not None and not isinstance(args, Mapping):
-            raise errors.validation(Reason.INVALID_ARGUMENTS, f"args must be a dict, got {type(args).__name__}", tool=tool)
         for name, value in (args or {}).items():
+            if type(name) is not str:
+                raise errors.validation(Reason.INVALID_ARGUMENTS, f"argument names must be str, got {name!r}", tool=tool)
             kind = type(value).__name__
             if type(value) is bytes:
                 request.binary_parameters[name] = value
                 request.parameters[name].type_url = f"{codec.TYPE_PREFIX}{kind}.binary"
-            elif codec.json_exact(value):
-                request.parameters[name].CopyFrom(AnyMessage(type_url=codec.TYPE_PREFIX + kind, value=codec.encode_json(value)))
-            else:
-                try:
-                    request.binary_parameters[name] = pickle.dumps(value, protocol=5)
-                except Exception as exc:
-                    raise errors.validation(
-                        Reason.SERIALIZATION_ERROR, f"cannot serialize argument {name!r} of type {kind}: {exc}", type=kind
-                    ) from None
-                request.parameters[name].type_url = f"{codec.TYPE_PREFIX}{kind}.binary"
-                options[f"binary_format:{name}"] = "pickle"
-        if affinity is not None:
-            options["affinity"] = str(affinity.value if isinstance(affinity, Affinity) else affinity)
+                continue
+            text = _json_or_none(value)
+            if text is not None:
+                request.parameters[name].CopyFrom(AnyMessage(type_url=codec.TYPE_PREFIX + kind, value=text))
+                continue
+            try:
+                request.binary_parameters[name] = pickle.dumps(value, protocol=5)
+            except Exception as exc:
+                raise errors.validation(
+                    Reason.SERIALIZATION_ERROR, f"cannot serialize argument {name!r} of type {kind}: {exc}", type=kind
+                ) from None
+            request.parameters[name].type_url = f"{codec.TYPE_PREFIX}{kind}.binary"
+            options[f"binary_format:{name}"] = "pickle"
+        if mode is not None:
+            options["affinity"] = mode.value
         deadline = None
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-                raise errors.validation(Reason.INVALID_ARGUMENTS, f"timeout must be a positive number of seconds, got {timeout!r}")
-            if timeout < float("inf"):
-                options["timeout_ms"] = str(max(1, int(timeout * 1000)))
-                deadline = timeout + _MARGIN
+        if limit is not None:
+            options["timeout_ms"] = str(max(1, int(limit * 1000)))
+            deadline = limit + _MARGIN
         return request, self._auth, deadline
+
+
+def _json_or_none(value: Any) -> bytes | None:
+    """``value`` as JSON if JSON carries it exactly (not, say, a str with a lone surrogate)."""
+    if not codec.json_exact(value):
+        return None
+    try:
+        return codec.encode_json(value)
+    except UnicodeEncodeError:
+        return None
 
 
 class RemoteStream:
@@ -405,6 +447,16 @@ class AsyncRemoteStream:
         if self.result is None:
             self.result = StreamResult(self._chunks, -1, 0.0, True, halted=self._halted)
 
+    def __del__(self) -> None:
+        # Dropped before its end (a `break` out of `async for`): cancel the call, and so the
+        # tool, as the in-process stream does. Its call lives on the shared loop.
+        call = self._call
+        if call is not None and self.result is None:
+            try:
+                shared_loop().call_soon_threadsafe(call.cancel)
+            except RuntimeError:  # the loop is closed: so is the call
+                pass
+
     async def __aenter__(self) -> AsyncRemoteStream:
         return self
 
@@ -454,6 +506,10 @@ def _error(error: grpc.RpcError) -> errors.SnakepitError:
         return errors.timeout(Reason.TIMEOUT, f"the call exceeded its deadline ({details})")
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return errors.SnakepitError(Category.POOL, "unauthenticated", details or "missing or wrong token")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in details:
+        return errors.validation(
+            Reason.SERIALIZATION_ERROR, f"a message is larger than max_message_mb allows ({details})", status=code.name
+        )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return errors.pool_error(Reason.POOL_CLOSED, f"the server is not reachable: {details}", status=code.name)
     return errors.SnakepitError(Category.POOL, code.name.lower(), details, {"status": code.name})

@@ -123,18 +123,27 @@ def encode_value(value: Any, *, accept_pickle: bool) -> tuple[bytes, str]:
     """A result's or chunk's bytes on the wire, and their content type (JSON, octets, pickle)."""
     if type(value) is bytes:
         return value, OCTETS
-    if type(value) in (bytearray, memoryview):
-        return bytes(value), OCTETS
     if json_exact(value):
-        return _json_encoder.encode(value), JSON
+        try:
+            return _json_encoder.encode(value), JSON
+        except UnicodeEncodeError:
+            pass  # a str with a lone surrogate (os.fsdecode makes them): no JSON text carries it
     if accept_pickle:
         try:
             return pickle.dumps(value, protocol=5), PICKLE
         except Exception:
-            pass  # not picklable: the JSON conversion may still carry it
+            pass  # not picklable: the conversions below may still carry it
+    if type(value) in (bytearray, memoryview):
+        return bytes(value), OCTETS
+    return to_json(value), JSON
+
+
+def to_json(value: Any) -> bytes:
+    """``value`` as JSON, converted as :func:`json_default` documents where JSON has no form for
+    it (bytes nested in it become base64); ``serialization_error`` if it cannot be."""
     try:
-        return msgspec.json.encode(value, enc_hook=json_default), JSON
-    except (TypeError, ValueError, msgspec.EncodeError, OverflowError) as exc:
+        return msgspec.json.encode(value, enc_hook=json_default)
+    except (TypeError, ValueError, msgspec.EncodeError, OverflowError) as exc:  # ValueError: a lone surrogate, too
         raise errors.validation(
             Reason.SERIALIZATION_ERROR,
             f"cannot send a value of type {type(value).__qualname__} over gRPC: {exc}",

@@ -53,6 +53,7 @@ _KEEPALIVE_TIMEOUT_MS = 10_000
 # A stream sends up to this many chunks that have already arrived before it asks the pool's
 # iterator again: after grpc's own work, that iterator is what a chunk costs most.
 _AT_HAND = 64
+_ENVELOPE = 4096  # bytes of a response that are not its data, at most (ids, metadata, framing)
 
 
 @dataclass(frozen=True)
@@ -146,19 +147,26 @@ class Server:
             ("grpc.http2.max_pings_without_data", 0),  # keep pinging a stream stalled by flow control
             ("grpc.http2.ping_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            # grpc's default lets a second server bind the same port and take half the calls (to
+            # another pool: sessions would break silently). A taken address is an error.
+            ("grpc.so_reuseport", 0),
         ]
         interceptors = [_BearerToken(self._token)] if self._token else []
         server = grpc.aio.server(interceptors=interceptors, options=options)
-        bridge_pb2_grpc.add_BridgeServiceServicer_to_server(_Bridge(self._pool, self._allow_pickle), server)
+        bridge_pb2_grpc.add_BridgeServiceServicer_to_server(_Bridge(self._pool, self._allow_pickle, self._max_bytes), server)
         self._health = _PoolHealth(self._pool)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        if self._tls is not None:
-            port = server.add_secure_port(self._requested, self._tls.credentials())
-        else:
-            port = server.add_insecure_port(self._requested)
-        if not port and not self._requested.startswith("unix:"):
-            raise errors.validation(Reason.INVALID_CONFIG, f"could not bind {self._requested!r}")
+        try:
+            if self._tls is not None:
+                port = server.add_secure_port(self._requested, self._tls.credentials())
+            else:
+                port = server.add_insecure_port(self._requested)
+            if not port and not self._requested.startswith("unix:"):
+                raise RuntimeError("no port was bound")
+        except RuntimeError as exc:  # grpcio raises for a taken or unusable address
+            await server.stop(None)
+            raise errors.validation(Reason.INVALID_CONFIG, f"could not bind {self._requested!r}: {exc}", address=self._requested) from None
         await server.start()
         await self._health.start()
         self._server, self.port = server, port
@@ -272,10 +280,12 @@ async def _abort(context: grpc.aio.ServicerContext, error: errors.SnakepitError)
 
 
 class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
-    def __init__(self, pool: Pool, allow_pickle: bool) -> None:
+    def __init__(self, pool: Pool, allow_pickle: bool, max_bytes: int) -> None:
         self._pool = pool
         self._allow_pickle = allow_pickle
-        self._sessions: dict[str, tuple[dict[str, str], Timestamp]] = {}  # metadata, created at
+        self._max_bytes = max_bytes
+        # What a result or chunk's data may take of a message: the rest is the envelope (ids, metadata).
+        self._budget = max(max_bytes - _ENVELOPE, max_bytes // 2)
 
     # -- calls -----------------------------------------------------------------------------------
 
@@ -290,7 +300,9 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             try:
                 timeout = int(meta["timeout_ms"]) / 1000.0
             except ValueError:
-                raise errors.validation(Reason.INVALID_ARGUMENTS, f"timeout_ms must be an integer, got {meta['timeout_ms']!r}") from None
+                timeout = 0.0
+            if not timeout > 0:  # checked before the deadline's bound below can hide it
+                raise errors.validation(Reason.INVALID_ARGUMENTS, f"timeout_ms must be a positive integer, got {meta['timeout_ms']!r}")
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = remaining if timeout is None else min(timeout, remaining)
@@ -308,7 +320,7 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         try:
             call, meta = self._prepare(request, context)
             value = await self._pool.arun(call)
-            data, content_type = codec.encode_value(value, accept_pickle=meta.get("accept") == "pickle")
+            data, content_type = self._encoded(value, meta.get("accept") == "pickle")
         except errors.SnakepitError as error:
             if not is_tool_failure(error):
                 await _abort(context, error)
@@ -338,18 +350,19 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             stream = self._pool.open_astream(call)
             count = 0
             async for item in stream:
-                if batch > 1:  # the chunks at hand, up to the batch size, as one JSON array
-                    values, accept = [[item, *stream.take_ready(batch - 1)]], False
-                else:  # a message each; those already here skip a pass through the iterator each
-                    values, accept = [item, *stream.take_ready(_AT_HAND - 1)], accept_pickle
-                final_at = len(values) - 1 if stream.last_was_final else -1
-                for index, value in enumerate(values):
+                # The chunks at hand: up to the batch size, packed into JSON arrays; else a message
+                # each, those already here skipping a pass through the iterator each.
+                values = [item, *stream.take_ready((batch if batch > 1 else _AT_HAND) - 1)]
+                final = stream.last_was_final
+                messages: list[Any] = self._batches(values) if batch > 1 else values
+                last = len(messages) - 1
+                for index, message in enumerate(messages):
                     count += 1
-                    data, content_type = codec.encode_value(value, accept_pickle=accept)
+                    data, content_type = (message, codec.JSON) if batch > 1 else self._encoded(message, accept_pickle)
                     chunk = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=data)
                     if content_type != codec.JSON:
                         chunk.metadata["content_type"] = content_type
-                    if index == final_at:
+                    if final and index == last:
                         self._finish(chunk, stream, meta, started)
                         yield chunk
                         return
@@ -364,6 +377,37 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         finally:
             if stream is not None:
                 await stream.aclose()
+
+    def _encoded(self, value: Any, accept_pickle: bool) -> tuple[bytes, str]:
+        data, content_type = codec.encode_value(value, accept_pickle=accept_pickle)
+        if len(data) > self._budget:
+            raise self._too_large(len(data))
+        return data, content_type
+
+    def _batches(self, values: list[Any]) -> list[bytes]:
+        """``values`` as JSON arrays, as few as fit in a message each."""
+        batches: list[bytes] = []
+        parts: list[bytes] = []
+        size = 2
+        for value in values:
+            part = codec.to_json(value)
+            if len(part) + 2 > self._budget:
+                raise self._too_large(len(part))
+            if parts and size + len(part) + 1 > self._budget:
+                batches.append(b"[" + b",".join(parts) + b"]")
+                parts, size = [], 2
+            parts.append(part)
+            size += len(part) + 1
+        batches.append(b"[" + b",".join(parts) + b"]")
+        return batches
+
+    def _too_large(self, size: int) -> errors.SnakepitError:
+        return errors.validation(
+            Reason.SERIALIZATION_ERROR,
+            f"a value of {size:,} bytes does not fit in a message of this server (max_message_mb="
+            f"{self._max_bytes / 2**20:g}); stream it in smaller chunks",
+            size=size, limit=self._budget,
+        )
 
     @staticmethod
     def _finish(chunk: pb.ToolChunk, stream: Any, meta: Mapping[str, str], started: float) -> None:
@@ -382,30 +426,30 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
     async def InitializeSession(self, request: pb.InitializeSessionRequest, context: grpc.aio.ServicerContext) -> pb.InitializeSessionResponse:
         if request.session_id:  # an empty id lists the tools without using up a session
             try:
-                self._pool.session(request.session_id)
+                # The metadata lives (and expires) with the pool's own record of the session.
+                self._pool._dispatcher.open_session(request.session_id, None, dict(request.metadata))
             except errors.SnakepitError as error:
                 await _abort(context, error)
-            self._sessions.setdefault(request.session_id, (dict(request.metadata), _now()))
         return pb.InitializeSessionResponse(
             success=True, available_tools={spec.name: _tool_spec(spec) for spec in self._pool.tools()}
         )
 
     async def CleanupSession(self, request: pb.CleanupSessionRequest, context: grpc.aio.ServicerContext) -> pb.CleanupSessionResponse:
         existed = self._pool._dispatcher.close_session(request.session_id)
-        self._sessions.pop(request.session_id, None)
         return pb.CleanupSessionResponse(success=True, resources_cleaned=int(existed))
 
     async def GetSession(self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext) -> pb.GetSessionResponse:
-        if not self._pool._dispatcher.touch_session(request.session_id):
-            self._sessions.pop(request.session_id, None)
+        session = self._pool._dispatcher.touch_session(request.session_id)
+        if session is None:
             await _abort(context, errors.pool_error(Reason.SESSION_NOT_FOUND, f"no session {request.session_id!r}"))
-        metadata, created = self._sessions.get(request.session_id, ({}, _now()))
+        created = Timestamp()
+        created.FromNanoseconds(int(session.created_at * 1e9))
         return pb.GetSessionResponse(
-            session_id=request.session_id, metadata=metadata, created_at=created, tool_count=len(self._pool.tools())
+            session_id=request.session_id, metadata=session.metadata, created_at=created, tool_count=len(self._pool.tools())
         )
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
-        valid = bool(request.session_id) and self._pool._dispatcher.touch_session(request.session_id)
+        valid = bool(request.session_id) and self._pool._dispatcher.touch_session(request.session_id) is not None
         return pb.HeartbeatResponse(server_time=_now(), session_valid=valid)
 
     # -- Snakepit's own runtime's rpcs ----------------------------------------------------------------

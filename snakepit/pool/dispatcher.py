@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol
 
 from .. import errors
 from ..affinity import Affinity, Router, Ticket
-from ..affinity.sessions import SessionStore
+from ..affinity.sessions import SessionState, SessionStore
 from ..errors import Reason
 from ..observe import Observer
 from .recycling import RecyclePolicy, served
@@ -304,23 +304,22 @@ class Dispatcher:
 
     # -- sessions --------------------------------------------------------------------------------
 
-    def open_session(self, session_id: str, affinity: Affinity | None) -> None:
+    def open_session(self, session_id: str, affinity: Affinity | None, metadata: dict[str, str] | None = None) -> None:
         with self.lock:
-            self.sessions.open(session_id, time.monotonic(), affinity)
+            self.sessions.open(session_id, time.monotonic(), affinity, metadata)
             self._arm_sweep()
 
     def close_session(self, session_id: str) -> bool:
         with self.lock:
             return self.sessions.close(session_id)
 
-    def touch_session(self, session_id: str) -> bool:
-        """Keep a session alive (its TTL starts again); False if there is no such session."""
+    def touch_session(self, session_id: str) -> SessionState | None:
+        """Keep a session alive (its TTL starts again); the session, or None if there is none."""
         with self.lock:
             self.sessions.sweep(time.monotonic())
             if session_id not in self.sessions:
-                return False
-            self.sessions.open(session_id, time.monotonic())
-            return True
+                return None
+            return self.sessions.open(session_id, time.monotonic())
 
     def session_worker(self, session_id: str) -> int | None:
         with self.lock:

@@ -28,7 +28,7 @@ from .dispatcher import Counters, Dispatcher
 from .exchange import Exchange, Stream, run_execute, run_stream
 from .quarantine import Quarantine
 from .recycling import RECYCLE_REASONS, RecyclePolicy
-from .request import CallContext, CallRequest
+from .request import CallContext, CallRequest, check_correlation_id, check_session_id
 from .session import Session
 from .supervisor import Supervisor
 from .timing import check_timeout, deadline_after
@@ -391,8 +391,8 @@ class Pool:
         correlation_id = request.correlation_id
         if correlation_id is None:
             correlation_id = f"{self._correlation_prefix}-{next(self._correlation_seq)}"
-        elif not isinstance(correlation_id, str) or not correlation_id:
-            raise errors.validation(Reason.INVALID_ARGUMENTS, f"correlation_id must be a non-empty str, got {correlation_id!r}")
+        else:
+            check_correlation_id(correlation_id)
         span = None if self._tracer is None else self._tracer.start(request.tool, correlation_id, request.session_id)
         return CallContext(correlation_id, span)
 
@@ -667,7 +667,7 @@ class Pool:
 
         Opens the session now, so ``session_quota_exceeded`` surfaces here.
         """
-        _check_session_id(session_id)
+        check_session_id(session_id)
         mode = None if affinity is None else parse_affinity(affinity)
         self._dispatcher.open_session(session_id, mode)
         return Session(self, session_id, mode)
@@ -846,13 +846,8 @@ class PreparedCall:
 def _routing(session_id: Any, affinity: Affinity | str | None) -> Affinity | None:
     """Check a call's session id; its affinity mode, if it names one."""
     if session_id is not None:
-        _check_session_id(session_id)
+        check_session_id(session_id)
     return None if affinity is None else parse_affinity(affinity)
-
-
-def _check_session_id(session_id: Any) -> None:
-    if not isinstance(session_id, str) or not session_id:
-        raise errors.validation(Reason.INVALID_ARGUMENTS, f"session_id must be a non-empty str, got {session_id!r}")
 
 
 def _shutdown(dispatcher: Dispatcher, supervisor: Supervisor, servers: list[Any]) -> None:

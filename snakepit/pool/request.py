@@ -11,11 +11,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Protocol
 
 from .. import errors
+from ..errors import Reason
 from ..affinity import Affinity
 from ..streaming import StreamResult
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+
+
+def check_session_id(session_id: Any) -> None:
+    if not isinstance(session_id, str) or not session_id:
+        raise errors.validation(Reason.INVALID_ARGUMENTS, f"session_id must be a non-empty str, got {session_id!r}")
+
+
+def check_correlation_id(correlation_id: Any) -> None:
+    if not isinstance(correlation_id, str) or not correlation_id:
+        raise errors.validation(Reason.INVALID_ARGUMENTS, f"correlation_id must be a non-empty str, got {correlation_id!r}")
 
 
 class CallRequest(NamedTuple):
