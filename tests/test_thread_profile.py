@@ -197,3 +197,40 @@ def test_chunks_with_metadata_count_against_the_window_too():
         ahead = _stalls(pool) - 20_000
         assert ahead <= 200  # a window's worth of frames ahead of the consumer, metadata or not
         stream.close()
+
+
+def test_a_stream_of_chunks_the_encoder_refuses_runs_to_its_end():
+    # Each such chunk is refused, then sent pickled: only the chunk that went out counts against the window.
+    with Pool(Threaded, size=1, threads_per_worker=2, **FAST) as pool:
+        assert list(pool.stream("big_ints", {"n": 300}, timeout=30)) == [2**70 + i for i in range(300)]
+
+
+def test_a_mapped_item_that_kills_its_process_fails_alone():
+    with Pool(Threaded, size=2, threads_per_worker=4, **FAST) as pool:
+        results = list(pool.map("slow_square_or_die", [{"x": i, "poison": 13} for i in range(40)], return_exceptions=True))
+        failed = {i: r.reason for i, r in enumerate(results) if isinstance(r, SnakepitError)}
+        assert failed == {13: "worker_crashed"}  # the items that shared its process ran again, alone
+        assert [r for i, r in enumerate(results) if i != 13] == [i * i for i in range(40) if i != 13]
+
+
+def test_recycled_processes_leave_no_descriptors_behind():
+    import os
+
+    def eventfds() -> int:  # a call slot's wake-up descriptor each
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+            except OSError:  # closed meanwhile
+                pass
+        return count
+
+    with Pool(Threaded, size=1, threads_per_worker=4, max_requests=1, **FAST) as pool:
+        pool.execute("pid")
+        wait_for(lambda: pool.stats()["recycled"] >= 1 and pool.stats()["available"] == 4, timeout=30)
+        before = eventfds()
+        for round_ in range(2, 12):
+            pool.execute("pid")
+            wait_for(lambda: pool.stats()["recycled"] >= round_ and pool.stats()["available"] == 4, timeout=30)
+        # Ten recycles: at most the slots of a process still being disposed of, not ten processes' worth.
+        wait_for(lambda: eventfds() <= before + 4, timeout=10)

@@ -93,6 +93,19 @@ class Threaded(BaseAdapter):
     def square(self, x: int) -> int:
         return x * x
 
+    @tool
+    def big_ints(self, n: int = 200):
+        """Ints msgspec refuses (beyond 64 bits): each chunk is sent again in pickled form."""
+        for i in range(n):
+            yield 2**70 + i
+
+    @tool(idempotent=True)
+    def slow_square_or_die(self, x: int, poison: int = -1) -> int:
+        time.sleep(0.05)
+        if x == poison:
+            os._exit(9)
+        return x * x
+
 
 class Unsafe(BaseAdapter):
     @tool

@@ -149,6 +149,8 @@ class MapEngine:
         """Send batches to workers with room; returns the workers no longer needed."""
         idle = []
         for handle in list(self.workers.values()):
+            if handle.id not in self.workers:  # lost meanwhile, with a sibling call slot
+                continue
             queue = self._queued[handle.id]
             # A held batch, and items to run again, are already read (and counted): they go out
             # even with the look-ahead full (which may be waiting for them).
@@ -156,7 +158,7 @@ class MapEngine:
                 handle.id in self.workers  # not lost while sending
                 and handle.id not in self._writing
                 and len(queue) < (_DEPTH if handle.process is None else 1)  # a call slot runs one at a time
-                and not (queue and queue[-1].attempt)  # an item running again runs alone
+                and not self._running_again(handle)  # an item running again runs alone in its process
                 and (self._held is not None or self._again or self._room())
                 and self._send(handle)
             ):
@@ -166,6 +168,16 @@ class MapEngine:
         for handle in idle:
             self._drop(handle)
         return idle
+
+    def _process_queues(self, handle: Worker) -> list[deque[_InFlight]]:
+        """This map's queues on ``handle``'s process: its own, or those of all its call slots
+        (``threads_per_worker``), which die together."""
+        if handle.process is None:
+            return [self._queued[handle.id]]
+        return [self._queued[worker.id] for worker in self.workers.values() if worker.group == handle.group]
+
+    def _running_again(self, handle: Worker) -> bool:
+        return any(queue and queue[-1].attempt for queue in self._process_queues(handle))
 
     def _room(self) -> bool:
         return self._in_flight + self._buffered < _AHEAD
@@ -187,11 +199,12 @@ class MapEngine:
         worker again, it fails alone.
         """
         queue = self._queued[handle.id]
-        if self._held is None and not ((not queue and self._take_again()) or self._take_batch()):
+        alone = not any(self._process_queues(handle))
+        if self._held is None and not ((alone and self._take_again()) or self._take_batch()):
             return not self._exhausted  # True: the batch failed to encode, its items have failed
         start, count, items, refused, attempt = self._held  # type: ignore[misc]
-        if queue and (attempt or not handle.conn.fits(len(items) + len(self.tool) + _ENVELOPE)):
-            return False  # an item running again goes to a worker with nothing queued
+        if (attempt and not alone) or (queue and not handle.conn.fits(len(items) + len(self.tool) + _ENVELOPE)):
+            return False  # an item running again goes to a process running nothing else of ours
         self._held = None
         # The id is drawn now, as a call's is when it is sent, so each worker sees ids grow.
         call_id = next(self._dispatcher.call_ids)
@@ -326,7 +339,21 @@ class MapEngine:
 
     def lost(self, handle: Worker) -> None:
         """The worker died: its items fail with ``worker_crashed``, or run again one by one
-        (an idempotent tool's, unless the pool killed the worker itself); it is handed back."""
+        (an idempotent tool's, unless the pool killed the worker itself); it is handed back.
+        A call slot's process died, and its other slots with it: they are lost now too (after
+        taking what they had received), before an item running again is sent to one of them."""
+        siblings = [] if handle.process is None else [w for w in self.workers.values() if w.group == handle.group and w is not handle]
+        self._lose(handle)
+        for sibling in siblings:
+            if sibling.id not in self.workers:
+                continue
+            try:  # the process's reader has sorted everything it said: results may be waiting
+                self.receive(sibling, sibling.conn.take(True))
+            except WorkerGone:
+                pass
+            self._lose(sibling)
+
+    def _lose(self, handle: Worker) -> None:
         queue = self._queued.get(handle.id, deque())
         info = self._dispatcher.died_under_caller(handle)
         error = errors.worker_crashed(handle.id, info, f"a map of {self.tool!r}")
@@ -360,7 +387,7 @@ class MapEngine:
     def expire(self, now: float) -> None:
         """Batches past their deadline fail with ``timeout``; their worker is cancelled and drained."""
         for handle in list(self.workers.values()):
-            queue = self._queued[handle.id]
+            queue = self._queued.get(handle.id)
             if queue and queue[0].deadline is not None and queue[0].deadline <= now:
                 self._expire(handle)
 

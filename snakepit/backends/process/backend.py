@@ -206,6 +206,8 @@ class ProcessBackend:
         mux = self._muxes.pop(worker.id, None)
         if mux is not None:
             mux.join()  # it reads the pipes until the process has ended: before they close
+            for slot in mux.slots:
+                slot.close()
         conn.close_fds()
 
     def finish(self, leftovers: Iterable[Worker], deadline: float | None, kill_grace: float) -> None:

@@ -100,7 +100,7 @@ class SlotConnection(FedByThread):
         self.index = index
         self.inbox: deque[Any] = deque()
         self._ready = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        weakref.finalize(self, os.close, self._ready)  # with the last user of the slot
+        self._close_ready = weakref.finalize(self, os.close, self._ready)  # at close(), or with the last user
         self._taken: dict[int, int] = {}  # stream id -> frames taken since its last credit
 
     def __repr__(self) -> str:
@@ -144,6 +144,12 @@ class SlotConnection(FedByThread):
         """Signal the process (a slot's call that will not stop ends them all)."""
         self._mux.conn.signal(signum)
 
+    def close(self) -> None:
+        """The process is gone and disposed of: its slot's eventfd is closed now, not whenever
+        the last reference to the slot goes (a timer may hold its worker for a minute)."""
+        self._ready = -1  # wake() and take() see a closed slot, never a reused fd number
+        self._close_ready()
+
     def wake(self) -> None:
         """Something came for this slot (or the process has ended): wake its waiters."""
         try:
@@ -177,7 +183,7 @@ class SlotConnection(FedByThread):
     def take(self, exited: bool = False) -> list[Any]:
         try:
             os.eventfd_read(self._ready)
-        except BlockingIOError:
+        except OSError:  # nothing to read (or the slot is closed: the process is gone)
             pass
         with self._mux.lock:
             messages = list(self.inbox)

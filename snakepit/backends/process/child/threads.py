@@ -52,16 +52,27 @@ class SharedOutbox:
             except BaseException:  # cancelled while waiting: this chunk never goes out
                 segments.release_pending(self._pending)
                 raise
+            try:
+                self._write(message)
+            except BaseException:
+                # It never went out (the encoder refused a value, say a big int: the host then
+                # sends it in another form, which waits for credit of its own): give it back.
+                self.grant(message.id, 1)
+                raise
+            return
+        self._write(message)
+        if type(message) in TERMINAL:
+            with self._credit:
+                self._credits.pop(message.id, None)
+                self._cancelled.discard(message.id)
+
+    def _write(self, message: msgspec.Struct) -> None:
         with self._lock:
             frame = self._writer.frame(message)
             fds = segments.take_pending(self._pending)
             if fds:
                 segments.send_fds(self._sock, fds)
             _write(self._fd, frame)
-        if type(message) in TERMINAL:
-            with self._credit:
-                self._credits.pop(message.id, None)
-                self._cancelled.discard(message.id)
 
     def chunk_writer(self, call_id: int) -> Callable[[Any], None]:
         send = self.send
