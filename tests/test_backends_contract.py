@@ -162,6 +162,12 @@ def test_cleanup_runs_once_per_worker_at_close(backend, tmp_path):
     assert sorted(int(line) for line in marker.read_text().split()) == sorted(pids)
 
 
+def test_workers_work_in_the_owners_directory(backend, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # after Ray started elsewhere: the pool's own start counts
+    with Pool(Toolbox, size=1, start_timeout=60, **backend) as pool:
+        assert pool.execute("state")["cwd"] == str(tmp_path)
+
+
 def test_a_served_pool_works_the_same_over_grpc(pool):
     pytest.importorskip("grpc", reason="the grpc extra")
     from snakepit.grpc import Client

@@ -100,6 +100,26 @@ def test_an_adapter_module_that_starts_threads_at_import_starts_its_workers_cold
     assert any("thread" in record.getMessage() and "cold" in record.getMessage() for record in caplog.records)
 
 
+def test_an_adapter_module_that_opens_files_at_import_starts_its_workers_cold(caplog, tmp_path, monkeypatch):
+    log = tmp_path / "adapter.log"
+    monkeypatch.setenv("SNAKEPIT_TEST_LOG", str(log))
+    caplog.set_level(logging.WARNING, logger="snakepit")
+    with Pool("files_at_import:Logging", size=2) as pool:
+        assert {psutil.Process(pid).ppid() for pid in _worker_pids(pool)} == {os.getpid()}
+        assert pool.execute("log", {"line": "one"}) == str(log)  # its own file, not a reused number
+        pool.execute("log", {"line": "two"})
+    assert log.read_text().split() == ["one", "two"]
+    assert any("left 1 file(s) open" in record.getMessage() and "cold" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_a_worker_exits_as_an_interpreter_does_waiting_for_its_threads(start_method, tmp_path):
+    with Pool("work_at_exit:Background", size=1, start_method=start_method) as pool:
+        pool.execute("leave_work", {"folder": str(tmp_path)})
+    # close() returned once the worker had exited: after its thread and its executor's job
+    assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "executor").read_text() == "done"
+
+
 def test_forked_workers_draw_different_random_numbers():
     with Pool("numpy_draws:Draws", size=2) as pool:
         _template_of(_worker_pids(pool))

@@ -121,9 +121,14 @@ class Template:
         if self._hello is not None:
             return
         answer, _ = self._receive(self._deadline, "start")
-        _, pid, threads, failed = answer
+        _, pid, threads, failed, left_open = answer
         if threads > 1:
             self._fail(f"importing the adapter's module started {threads - 1} thread(s), which a fork cannot copy")
+        if left_open:
+            self._fail(
+                f"importing the adapter's module left {len(left_open)} file(s) open ({', '.join(left_open[:3])}), "
+                "which forked workers would share"
+            )
         self._hello = answer
 
     def _ask(self, request: list[Any], fds: Sequence[int] = ()) -> tuple[list[Any], list[int]]:

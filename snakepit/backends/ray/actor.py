@@ -83,6 +83,8 @@ class SnakepitActor:
         for path in reversed(boot.sys_path):  # the owner's paths, where they exist here
             if path not in sys.path and (not path or os.path.isdir(path)):
                 sys.path.insert(0, path)
+        if os.path.isdir(boot.cwd):  # and its working directory, where it exists here
+            os.chdir(boot.cwd)
         self._host = ThreadHost(self._out)  # a cancel reaches the tool as an asynchronous exception
         if boot.telemetry:
             telemetry.install(self._telemetry.append)

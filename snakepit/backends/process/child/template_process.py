@@ -34,6 +34,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -54,6 +55,17 @@ def _threads() -> int:
         return len(os.listdir("/proc/self/task"))
     except OSError:
         return 1
+
+
+def _open_files() -> dict[int, str]:
+    """This process's descriptors, and what each names."""
+    files = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            files[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    return files
 
 
 def _close_except(keep: set[int]) -> None:
@@ -125,7 +137,8 @@ class Template:
 
     def _become_worker(self, fds: list[int], template: int) -> None:
         """In the forked child: take the worker's pipes, drop the template's, serve, and exit as
-        a cold worker would (``atexit`` handlers run; an escaping exception is printed)."""
+        a cold worker's interpreter would: wait for non-daemon threads (an executor's jobs too),
+        run ``atexit`` handlers, flush; an escaping exception is printed."""
         code = 1
         try:
             from .worker_process import serve_worker
@@ -134,18 +147,23 @@ class Template:
             os.dup2(fds[6], 1)
             os.dup2(fds[7], 2)
             worker_fds = fds[:6]
-            _close_except({0, 1, 2, *worker_fds})
+            _close_except({0, 1, 2, *worker_fds})  # only the template's: the import left none open
             gc.enable()
             _reseed()
             serve_worker(*worker_fds, parent=template)
-            atexit._run_exitfuncs()
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
             traceback.print_exc()
         finally:
-            os._exit(code)
+            try:
+                threading._shutdown()  # type: ignore[attr-defined]
+                atexit._run_exitfuncs()
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+            finally:
+                os._exit(code)
 
     def _end_all(self) -> None:
         """The owner has gone (or closed the pool): end every worker left, and their groups."""
@@ -203,11 +221,15 @@ def main() -> None:
     gc.disable()  # nothing to collect while importing; frozen below, so forks share the pages
     data, _, _, _ = socket.recv_fds(sock, 1 << 20, 0)
     module, sys_path, cwd = msgspec.msgpack.decode(data)
+    inherited = _open_files()
     failed = _preload(module, sys_path, cwd)
+    # Files or sockets the import opened would be shared by every forked worker (a cold one opens
+    # its own), and a worker drops the template's descriptors: such an adapter starts cold.
+    left_open = sorted(what for fd, what in _open_files().items() if fd not in inherited)
     gc.collect()
     gc.freeze()  # a worker's collections would otherwise touch (and copy) every inherited object
-    _send(sock, ["hello", os.getpid(), _threads(), failed])
-    if _threads() > 1:
+    _send(sock, ["hello", os.getpid(), _threads(), failed, left_open])
+    if _threads() > 1 or left_open:
         os._exit(0)  # the owner starts workers cold
     Template(sock, owner).serve()
     os._exit(0)
