@@ -320,3 +320,12 @@ def test_load_every_call_ends_and_the_counters_add_up():
     assert stats["queue_timeouts"] == outcomes["queue_timeout"]
     assert all(outcomes[kind] > 0 for kind in ("ok", "pool_saturated", "queue_timeout")), outcomes
     assert stats["workers"] == 2 and stats["busy"] == 0 and stats["waiting"] == 0
+
+
+def test_a_session_is_in_use_while_its_call_runs_however_long():
+    with Pool(Toolbox, size=2, session_ttl=1.0) as pool:
+        pinned = pool.execute("state", session_id="s", affinity="strict_queue")["pid"]
+        pool.execute("sleep", {"seconds": 2.5}, session_id="s")  # longer than the session's TTL
+        assert pool.stats()["sessions"] == 1  # its time to live starts when the call ends
+        assert pool.execute("state", session_id="s")["pid"] == pinned
+        wait_for(lambda: pool.stats()["sessions"] == 0, timeout=10)  # and it expires once unused

@@ -349,3 +349,20 @@ def test_amap_writes_a_batch_too_big_for_the_pipe_off_the_event_loop():
 
 async def _collect(items) -> list:
     return [item async for item in items]
+
+
+def test_an_item_whose_worker_died_is_handed_out_before_the_map_asks_for_another_worker():
+    # The session's worker dies under the map's last item: its strict mode would refuse any other
+    # worker, and nothing is left to run. The item's own error is the answer, not that refusal.
+    with Pool(Toolbox, size=1, affinity="strict_queue") as pool:
+        pool.execute("add", {"a": 1}, session_id="s")
+        [crashed] = pool.map("crash", [{"code": 7}], session_id="s", return_exceptions=True)
+        assert isinstance(crashed, SnakepitError) and crashed.reason == "worker_crashed"
+
+        async def amap() -> list:
+            wait_for(lambda: pool.stats()["available"] == 1)
+            pool.execute("add", {"a": 1}, session_id="t")
+            return [item async for item in pool.amap("crash", [{"code": 7}], session_id="t", return_exceptions=True)]
+
+        [crashed] = asyncio.run(amap())
+        assert isinstance(crashed, SnakepitError) and crashed.reason == "worker_crashed"

@@ -388,3 +388,18 @@ def test_recycling_parks_idle_slots_and_retires_the_process_when_its_last_busy_s
     assert busy.handle.state is WorkerState.STOPPING and process.state is WorkerState.STOPPING
     assert supervision.log[-1] == ("retire", process.id)
     assert dispatcher.retire_if_idle(process, "max_requests") is False  # nothing left to retire
+
+
+def test_a_worker_its_caller_ends_is_out_of_service_at_once_whatever_interrupts_the_caller(pool_core):
+    # A Ctrl-C cut a call's write, the caller ended the worker, and a second Ctrl-C skipped the
+    # rest of its steps: the worker gives up its call (abandon), and a drain then finds the answer
+    # it wrote before it died. It must not be handed to anyone again.
+    dispatcher, supervision, _ = pool_core
+    exchange = begin(dispatcher)
+    worker = exchange.handle
+    dispatcher.end(worker, on_purpose=True)
+    assert worker.conn.killed and worker.state is WorkerState.DEAD and ("lost", worker.id) in supervision.log
+    dispatcher.abandon(worker, exchange.call_id, exchange.lease)
+    dispatcher.drained(worker)
+    assert worker.state is WorkerState.DEAD and ("dispose", worker.id) in supervision.log
+    assert begin(dispatcher).handle is not worker  # the next caller gets the other worker

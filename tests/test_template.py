@@ -164,3 +164,17 @@ def test_when_the_owner_is_killed_the_template_and_every_worker_go():
     finally:
         owner.kill()
         owner.wait()
+
+
+def test_an_answer_left_unread_by_an_interrupted_request_is_not_taken_for_the_next_ones():
+    # A Ctrl-C between a request to the template and its answer leaves the answer in the socket.
+    with Pool(Toolbox, size=1, **FAST) as pool:
+        template = pool._supervisor.backend._template
+        with template._lock:
+            template._send(["reap", 1])  # asked, and its asker gone before the answer came
+        first = _worker_pids(pool)[0]
+        with pytest.raises(SnakepitError):
+            pool.execute("crash", {"code": 7})  # reaped, then replaced: two requests and answers
+        wait_for(lambda: pool.stats()["available"] == 1 and _worker_pids(pool)[0] != first, timeout=15)
+        assert pool._supervisor.backend._template is template  # still forking workers
+        assert psutil.Process(_worker_pids(pool)[0]).ppid() == template.pid

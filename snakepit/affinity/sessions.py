@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from .. import errors
 from ..errors import Reason
@@ -33,6 +34,7 @@ class SessionState:
     calls: int = 0
     created_at: float = field(default_factory=time.time)  # wall clock, for those who ask
     metadata: dict[str, str] = field(default_factory=dict)  # what a remote client said of it when opening it
+    serving: Any = None  # the worker its latest call was given (see SessionStore.in_use)
 
 
 class SessionStore:
@@ -41,6 +43,9 @@ class SessionStore:
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
         self.expired_total = 0
+        # A session whose call is still running is in use, however long the call takes: the
+        # pool says which are (it knows its workers); a sweep keeps them.
+        self.in_use: Callable[[SessionState], bool] = lambda session: False
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -80,6 +85,13 @@ class SessionStore:
     def close(self, session_id: str) -> bool:
         return self._sessions.pop(session_id, None) is not None
 
+    def touch(self, session_id: str, now: float) -> None:
+        """A call of the session has just ended: its time to live starts again."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.last_used = now
+            self._sessions.move_to_end(session_id)
+
     def sweep(self, now: float) -> int:
         """Forget sessions unused for ``ttl`` seconds; how many were forgotten."""
         expired = 0
@@ -88,6 +100,10 @@ class SessionStore:
             session = next(iter(sessions.values()))
             if now - session.last_used < self.ttl:
                 break
+            if self.in_use(session):  # used right now: as if just used
+                session.last_used = now
+                sessions.move_to_end(session.id)
+                continue
             del sessions[session.id]
             expired += 1
         self.expired_total += expired

@@ -126,6 +126,7 @@ class Dispatcher:
         self._recycling = recycle.active  # checked at every release
         self.router = Router(max_queue)
         self.sessions = sessions
+        sessions.in_use = _serving
         self.affinity = affinity  # the pool's default mode
         self.workers: dict[int, Worker] = {}
         self.closed = True  # until start()
@@ -300,6 +301,8 @@ class Dispatcher:
         if session is not None:
             session.worker = handle.group  # its process: any of its call slots serves the session
             session.calls += 1
+            session.serving = handle
+            handle.session_id = session.id
         return handle
 
     # -- sessions --------------------------------------------------------------------------------
@@ -532,13 +535,18 @@ class Dispatcher:
 
     def end(self, handle: Worker, *, on_purpose: bool) -> None:
         """A caller found its worker cannot go on (it read nothing of a call by the deadline, or
-        a write was cut half-way): end it now; once it has exited it is replaced like any
-        worker that dies. ``on_purpose``: its death says nothing of a crash loop."""
+        a write was cut half-way): end it now, and take it out of service at once, so that no
+        path hands it out again whatever interrupts the caller next (a drain would find the
+        answer it wrote before it died); it is replaced like any worker that dies.
+        ``on_purpose``: its death says nothing of a crash loop."""
         if on_purpose:
             handle.killed_on_purpose = True
             if handle.process is not None:
                 handle.process.killed_on_purpose = True
         handle.conn.kill()
+        if self.worker_died(handle):  # before anything that could be interrupted (reaping waits)
+            supervisor = self._supervise()
+            supervisor.submit(supervisor.lost, handle)
 
     def postmortem(self, handle: Worker) -> list[Any]:
         """A worker died under a caller: once it is gone for good, the messages it had produced
@@ -582,6 +590,8 @@ class Dispatcher:
         is passed over and dropped. A call slot whose process is being recycled (a sibling is
         parked already) is parked too, whichever path frees it.
         """
+        if handle.session_id is not None:
+            self.sessions.touch(handle.session_id, time.monotonic())
         process = handle.process
         if process is not None:
             reason = next((slot.retiring for slot in process.slots or () if slot.retiring is not None), None)
@@ -608,6 +618,7 @@ class Dispatcher:
         """``handle`` is ``owner``'s now (lock held), under a new lease; the supervisor's audit
         can tell if that owner vanishes without giving it back."""
         handle.lease += 1
+        handle.session_id = None  # set again by _claim for a session's call
         if owner is not None:
             handle.owner = weakref.ref(owner)  # first: if adopt() is interrupted, the audit still knows
             owner.adopt(handle, handle.lease)
@@ -657,6 +668,12 @@ class Dispatcher:
         for info, handle in zip(snapshot["worker_info"], workers):  # measured outside the lock
             info["rss"] = handle.conn.memory()
         return snapshot
+
+
+def _serving(session: SessionState) -> bool:
+    """A call of ``session`` is running: the worker its latest call got still serves it."""
+    handle = session.serving
+    return handle is not None and handle.session_id == session.id and handle.state is WorkerState.BUSY
 
 
 def _park(ticket: Ticket) -> Any:

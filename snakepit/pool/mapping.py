@@ -518,17 +518,24 @@ def run_map(engine: MapEngine, first: Callable[[], Worker], more: Callable[[], W
         while True:
             _acquire(engine, first, more)
             engine.fill()
-            for values, failures in engine.ready():
-                if not failures:
-                    yield from values
-                else:
-                    yield from _with_failures(values, failures, return_exceptions)
+            yield from _results(engine, return_exceptions)
             if engine.finished:
                 return
             if engine.in_flight:  # else: what was yielded made room, or workers died: go round
                 _wait(engine)
+                # What came back, or failed with a worker that died, goes out before the map
+                # waits for another worker (which may never come, or not in time).
+                yield from _results(engine, return_exceptions)
     finally:
         engine.close()
+
+
+def _results(engine: MapEngine, return_exceptions: bool) -> Iterator[Any]:
+    for values, failures in engine.ready():
+        if not failures:
+            yield from values
+        else:
+            yield from _with_failures(values, failures, return_exceptions)
 
 
 def _with_failures(values: list[Any], failures: dict[int, errors.SnakepitError], return_exceptions: bool) -> Iterator[Any]:
@@ -543,8 +550,9 @@ def _with_failures(values: list[Any], failures: dict[int, errors.SnakepitError],
 
 
 def _acquire(engine: MapEngine, first: Callable[[], Worker], more: Callable[[], Worker | None]) -> None:
-    """A first worker (waiting for one if the map holds none), then every idle one."""
-    if not engine.workers:
+    """A first worker (waiting for one if the map holds none and has work left), then every
+    idle one."""
+    if not engine.workers and not engine.exhausted:
         engine.add_worker(first())
     while not engine.exhausted and (extra := more()) is not None:
         engine.add_worker(extra)
@@ -595,18 +603,19 @@ async def arun_map(
     engine.offload = offload
     try:
         while True:
-            if not engine.workers:  # as _acquire, awaiting the first worker
+            if not engine.workers and not engine.exhausted:  # as _acquire, awaiting the first worker
                 engine.add_worker(await first())
             while not engine.exhausted and (extra := more()) is not None:
                 engine.add_worker(extra)
             engine.fill()
-            for values, failures in engine.ready():
-                for value in values if not failures else _with_failures(values, failures, return_exceptions):
-                    yield value
+            for value in _results(engine, return_exceptions):
+                yield value
             if engine.finished:
                 return
             if engine.in_flight:
                 await _await_any(loop, engine, writes)
+                for value in _results(engine, return_exceptions):  # as run_map: before another worker
+                    yield value
     finally:
         engine.close()
 

@@ -70,6 +70,7 @@ class Worker:
         self.outstanding: list[int] = []  # ids of the calls (or map batches) sent and not answered
         self.current_tool: str | None = None
         self.checked_out = False  # a caller, not the supervisor, owns the connection
+        self.session_id: str | None = None  # the session of the call it was given, if any
         self.owner: Callable[[], Any] | None = None  # weak reference to the caller's exchange or map
         # Bumped at each checkout (and when the audit takes a worker back): an owner's release or
         # abandon under an older lease is stale -- the worker has moved on -- and is ignored.

@@ -86,7 +86,7 @@ class Template:
             if answer[0] != "forked" or len(received) != 1:
                 for fd in received:
                     os.close(fd)
-                raise TemplateUnavailable(f"the template could not fork: {answer[1:]}")
+                raise TemplateUnavailable(f"the template could not fork: {answer[1]}")
             return ForkedProcess(answer[1], received[0], self)
 
     def reap(self, pid: int) -> int | None:
@@ -132,8 +132,16 @@ class Template:
         self._hello = answer
 
     def _ask(self, request: list[Any], fds: Sequence[int] = ()) -> tuple[list[Any], list[int]]:
+        """Send ``request`` and take its answer. An earlier request whose asker was interrupted
+        (a Ctrl-C while it waited) left its answer unread: that one is dropped, not taken for
+        this one's."""
         self._send(request, fds)
-        return self._receive(None, request[0])
+        while True:
+            answer, received = self._receive(None, request[0])
+            if _answers(request, answer):
+                return answer, received
+            for fd in received:
+                os.close(fd)
 
     def _send(self, message: Any, fds: Sequence[int] = ()) -> None:
         if self._broken:
@@ -195,6 +203,14 @@ class ForkedProcess:
                 os.close(self._own_pidfd)
             except OSError:
                 pass
+
+
+def _answers(request: list[Any], answer: list[Any]) -> bool:
+    """``answer`` is the template's answer to ``request``: to a fork for the same worker, or a
+    reap of the same pid."""
+    if request[0] == "fork":
+        return answer[0] in ("forked", "error") and answer[-1] == request[1]
+    return answer[0] == "reaped" and answer[1] == request[1]
 
 
 def _readable(fd: int, deadline: float | None) -> bool:

@@ -10,8 +10,8 @@ the owner then starts workers cold.
 It talks to the owner over a ``SOCK_SEQPACKET`` socket, one request at a time:
 
 * ``("fork", worker_id)`` with the worker's pipe ends attached (``SCM_RIGHTS``): fork a worker
-  on them; answer ``("forked", pid)`` with a pidfd of it attached (opened before anything could
-  reap it, so it cannot name another process);
+  on them; answer ``("forked", pid, worker_id)`` with a pidfd of it attached (opened before
+  anything could reap it, so it cannot name another process), or ``("error", why, worker_id)``;
 * ``("reap", pid)``: the worker has exited (the owner saw its pidfd); reap it and answer
   ``("reaped", pid, returncode)``: the owner reports exit codes and signals as for its own
   children. Until asked, an exited worker stays a zombie, so its pid and process-group id name
@@ -115,14 +115,14 @@ class Template:
             try:
                 pid = os.fork()
             except OSError as exc:
-                _send(self._sock, ["error", f"fork failed: {exc}"])
+                _send(self._sock, ["error", f"fork failed: {exc}", message[1]])
                 return
             if pid == 0:
                 self._become_worker(fds, template)  # never returns
             self._children.add(pid)
             pidfd = os.pidfd_open(pid)
             try:
-                _send(self._sock, ["forked", pid], [pidfd])
+                _send(self._sock, ["forked", pid, message[1]], [pidfd])
             finally:
                 os.close(pidfd)
         elif message[0] == "reap":
