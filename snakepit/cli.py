@@ -25,7 +25,24 @@ def _adapter(name: str) -> str:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, default=repr))
+    try:
+        text = json.dumps(value, default=repr)
+    except (TypeError, ValueError):  # keys JSON cannot have (a tuple), a value that contains itself
+        text = json.dumps(_printable(value))
+    print(text)
+
+
+def _printable(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON can show it: str keys, and ``repr`` of what it cannot carry."""
+    if depth > 100:
+        return repr(value)
+    if isinstance(value, dict):
+        return {key if isinstance(key, str) else repr(key): _printable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(item, depth + 1) for item in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

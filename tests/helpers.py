@@ -337,6 +337,16 @@ class Toolbox(BaseAdapter):
         return 2**100
 
     @tool
+    def big_with_odd_metadata(self, size: int, n: int = 3):
+        """Large chunks (shared memory) whose metadata msgpack cannot carry (an int beyond 64 bits)."""
+        for i in range(n):
+            yield StreamChunk(data=bytes([65 + i]) * size, metadata={"n": 2**70 + i})
+
+    @tool
+    def tuple_keys(self) -> dict:
+        return {(1, 2): 3, "nested": [{(3,): {4, 5}}]}
+
+    @tool
     def undecodable_name(self) -> str:
         """A file name that is not UTF-8, as os.fsdecode gives it: a str with a lone surrogate."""
         return os.fsdecode(b"caf\xe9.txt")

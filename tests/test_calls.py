@@ -300,3 +300,26 @@ def test_timeout_on_a_plain_call(pool):
     assert (info.value.category, info.value.reason) == ("timeout", "timeout")
     assert time.monotonic() - started < 0.4
     assert pool.execute("add", {"a": 1}) == 2
+
+
+def test_closing_a_stream_from_another_thread_ends_its_iteration_at_once():
+    import threading
+
+    from helpers import Toolbox
+
+    from snakepit import Pool
+
+    with Pool(Toolbox, size=1, timeout=30) as pool:
+        stream = pool.stream("count", {"n": 1000, "delay": 0.05})
+        threading.Timer(0.5, stream.close).start()
+        started = time.monotonic()
+        got = list(stream)  # ends at the close, not at the call's timeout
+        assert 0 < len(got) < 1000 and time.monotonic() - started < 10
+        stream = pool.stream("count", {"n": 1000})
+        assert next(stream) == {"number": 0, "is_last": False}
+        stream.close()
+        with pytest.raises(StopIteration):  # nothing more after a close, buffered or not
+            next(stream)
+        assert pool.execute("add", {"a": 1}) == 2
+        stats = pool.stats()
+        assert stats["timeouts"] == 0 and stats["errors"] == 0 and stats["restarts"] == 0

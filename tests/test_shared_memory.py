@@ -253,3 +253,29 @@ def test_no_segment_outlives_an_owner_killed_mid_transfer(tmp_path):
         owner.stdout.close()
     # The worker dies with its owner (PDEATHSIG), and every segment with the last process using it.
     assert _wait_for(lambda: _shmem_kib() - baseline < 32 * 1024), _shmem_kib() - baseline
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_shared_chunk_whose_metadata_msgpack_refuses_keeps_every_later_value_in_place(threads):
+    # Its data went to shared memory before its metadata (an int beyond 64 bits) was refused:
+    # the chunk is sent again with the metadata pickled and the data where it already is.
+    import helpers
+
+    class Threadsafe(helpers.Toolbox):
+        thread_safe = True
+
+    size = 4 * SHARE_THRESHOLD
+    with Pool(Threadsafe, size=1, threads_per_worker=threads) as pool:
+        chunks = list(pool.stream("big_with_odd_metadata", {"size": size}))
+        assert [(chunk[:1], len(chunk)) for chunk in chunks] == [(b"A", size), (b"B", size), (b"C", size)]
+        assert pool.execute("big", {"size": size}) == b"x" * size  # the next shared value is its own
+
+
+def test_a_stream_closed_early_holds_none_of_the_chunks_it_never_delivered(arrays):
+    stream = arrays.stream("chunks", {"count": 40, "n": SHARE_THRESHOLD})
+    with stream:
+        for _ in zip(range(3), stream):
+            pass
+    # `stream` is still referenced: what it had received but not delivered (large chunks keep
+    # their shared memory) is dropped with the call.
+    assert stream._delivery.batch == [] and stream._exchange._messages == []

@@ -92,6 +92,15 @@ def test_cli_call_tools_and_errors():
     assert bad.returncode == 2
 
 
+def test_cli_prints_results_json_cannot_hold_as_it_can():
+    done = subprocess.run(
+        [sys.executable, "-m", "snakepit", "call", "helpers:Toolbox", "tuple_keys"], capture_output=True, text=True,
+        timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"(1, 2)": 3, "nested": [{"(3,)": "{4, 5}"}]}
+
+
 def test_stream_throughput_benchmark_runs_end_to_end(tmp_path):
     """The benchmark script itself works (tiny sizes; figures are not asserted here).
 

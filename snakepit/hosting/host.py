@@ -327,10 +327,19 @@ class ToolHost:
     def _special_chunk(self, call_id: int, item: StreamChunk) -> None:
         """A chunk with a final flag or metadata travels as a ``Chunk`` of its own."""
         metadata = None if item.metadata is None else encode_value(item.metadata, _dumps)
+        data = protocol.wire_value(item.data, dumps=_dumps, share=self._share)
         try:
-            self._send(Chunk(call_id, protocol.wire_value(item.data, dumps=_dumps, share=self._share), item.is_final, metadata))
+            self._send(Chunk(call_id, data, item.is_final, metadata))
+            return
+        except protocol.REFUSED:  # e.g. an int beyond 64 bits, in the metadata or the data
+            pass
+        # Shared data keeps its form: its segment is on its way already, and the owner takes
+        # segments in the order they were sent. Only what msgpack refused is pickled.
+        metadata = None if item.metadata is None else protocol.pickled(item.metadata, _dumps)
+        try:
+            self._send(Chunk(call_id, data, item.is_final, metadata))
         except protocol.REFUSED:
-            self._send(Chunk(call_id, protocol.pickled(item.data, _dumps), item.is_final, protocol.pickled(item.metadata, _dumps)))
+            self._send(Chunk(call_id, protocol.pickled(item.data, _dumps), item.is_final, metadata))
 
     def _gather(self, call_id: int, out: Any) -> list[Any]:
         """Every chunk's data of a streaming tool's output (runs armed: it is tool code)."""

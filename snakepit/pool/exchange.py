@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from typing import Any, Callable
 
@@ -244,6 +245,7 @@ class Exchange:
             self.dispatcher.release(self.handle, self.lease)
             return
         rest = self._messages[self._index :]
+        self._messages, self._index = [], 0  # undelivered: large ones would hold shared memory
         if any(isinstance(m, TERMINAL) and m.id == self.call_id for m in rest):
             self.release()
             return
@@ -294,6 +296,10 @@ class Exchange:
             metadata=self.metadata,
             correlation_id=self.correlation_id,
         )
+
+
+class _Closed(Exception):
+    """The stream was closed (from another thread) while waiting: the iteration ends."""
 
 
 def end_call(exchange: Exchange, error: BaseException | None = None) -> None:
@@ -395,7 +401,7 @@ class Stream:
     After exhaustion, :attr:`result` is the :class:`~snakepit.StreamResult`.
     """
 
-    __slots__ = ("_exchange", "_delivery", "_on_error", "_owner", "_restart", "__weakref__")
+    __slots__ = ("_exchange", "_delivery", "_on_error", "_owner", "_restart", "_closed", "_waiting", "_lock", "__weakref__")
 
     def __init__(
         self, exchange: Exchange, on_error: Callable[[], None], owner: object = None,
@@ -406,17 +412,24 @@ class Stream:
         self._on_error = on_error
         self._owner = owner  # keeps the pool alive while its stream is in use
         self._restart = restart  # the call run again after its error, or None: see Pool._retry_after
+        self._closed = False
+        self._waiting = False  # a thread is waiting for the worker in __next__
+        self._lock = threading.Lock()  # close() from another thread against that wait
 
     def __iter__(self) -> Stream:
         return self
 
     def __next__(self) -> Any:
+        if self._closed:
+            raise StopIteration
         while True:
             try:
                 data = self._delivery.take()
                 while data is MORE:
-                    self._exchange.fetch()
+                    self._fetch()
                     data = self._delivery.take()
+            except _Closed:
+                raise StopIteration from None
             except errors.SnakepitError as error:
                 self._run_again(error)
                 continue
@@ -453,9 +466,42 @@ class Stream:
     def worker_id(self) -> int:
         return self._exchange.handle.id
 
+    def _fetch(self) -> None:
+        """Wait for the worker, unless the stream is closed; a close() from another thread
+        meanwhile is carried out here, by the thread that reads the worker's pipe."""
+        with self._lock:
+            if self._closed:
+                raise _Closed()
+            self._waiting = True
+        try:
+            self._exchange.fetch()
+        finally:
+            with self._lock:
+                self._waiting = False
+                closed = self._closed
+            if closed:
+                self._end()
+                raise _Closed()
+
     def close(self) -> None:
-        """Cancel the tool in the worker if it is still running."""
+        """Cancel the tool in the worker if it is still running; the iteration ends. From
+        another thread while one waits for the next chunk: the worker is asked to stop at once,
+        and the waiting thread, woken by its answer, ends the call and the iteration."""
+        with self._lock:
+            already, self._closed = self._closed, True
+            waiting = self._waiting
+        if already:
+            return
+        if waiting:
+            exchange = self._exchange
+            if not exchange.finished and exchange.sent:
+                exchange.handle.conn.send_control(Cancel([exchange.call_id]))
+            return
+        self._end()
+
+    def _end(self) -> None:
         self._exchange.cancel()
+        self._delivery.batch = []  # undelivered: large chunks would hold shared memory
         end_call(self._exchange)
 
     def __enter__(self) -> Stream:
