@@ -26,7 +26,7 @@ from .. import errors
 from ..adapter import ParameterSpec, ToolSpec
 from ..affinity import Affinity, parse_affinity
 from ..errors import Category, Reason
-from ..pool.request import CallRequest, check_correlation_id, check_session_id
+from ..pool.request import CallRequest, check_correlation_id, check_routing, check_session_id
 from ..pool.session import Session
 from ..pool.timing import check_timeout
 from ..streaming import HALT, StreamResult
@@ -65,12 +65,10 @@ class Client:
     ) -> None:
         """``max_message_mb`` bounds a message either way, as the server's option of that name
         does (grpc's own client default, 4 MiB, would refuse results the server sends)."""
-        if not isinstance(max_message_mb, (int, float)) or isinstance(max_message_mb, bool) or max_message_mb <= 0:
-            raise errors.validation(Reason.INVALID_CONFIG, f"max_message_mb must be positive, got {max_message_mb!r}")
+        limit = codec.message_limit(max_message_mb)
         self.address = address
         self._token = token
         self._tls = tls
-        limit = int(max_message_mb * 1024 * 1024)
         self._options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
         self._channel = (
             grpc.secure_channel(address, tls.credentials(), self._options) if tls else grpc.insecure_channel(address, self._options)
@@ -293,9 +291,7 @@ class Client:
         """The rpc's request, metadata and deadline; the call is checked as the pool checks it."""
         self._check_open()
         tool, args, session_id, affinity, timeout, correlation_id = call
-        if session_id is not None:
-            check_session_id(session_id)
-        mode = None if affinity is None else parse_affinity(affinity)
+        mode = check_routing(session_id, affinity)
         limit = check_timeout("timeout", timeout)
         if args is not None and not isinstance(args, Mapping):
             raise errors.validation(Reason.INVALID_ARGUMENTS, f"args must be a dict, got {type(args).__name__}", tool=tool)

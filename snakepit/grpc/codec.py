@@ -39,6 +39,13 @@ class PickleRefused(errors.ValidationError):
     """A client sent a pickled parameter to a server that does not unpickle (PERMISSION_DENIED)."""
 
 
+def message_limit(max_message_mb: Any) -> int:
+    """The byte bound of a message, from the ``max_message_mb`` option both ends take."""
+    if not isinstance(max_message_mb, (int, float)) or isinstance(max_message_mb, bool) or max_message_mb <= 0:
+        raise errors.validation(Reason.INVALID_CONFIG, f"max_message_mb must be positive, got {max_message_mb!r}")
+    return int(max_message_mb * 1024 * 1024)
+
+
 def decode_parameters(
     parameters: Mapping[str, Any], binary: Mapping[str, bytes], metadata: Mapping[str, str], *, allow_pickle: bool
 ) -> dict[str, Any]:

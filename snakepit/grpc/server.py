@@ -111,15 +111,14 @@ class Server:
     ) -> None:
         if token is not None and (not isinstance(token, str) or not token):
             raise errors.validation(Reason.INVALID_CONFIG, "token must be a non-empty str")
-        if not isinstance(max_message_mb, (int, float)) or isinstance(max_message_mb, bool) or max_message_mb <= 0:
-            raise errors.validation(Reason.INVALID_CONFIG, f"max_message_mb must be positive, got {max_message_mb!r}")
+        max_bytes = codec.message_limit(max_message_mb)
         check_bind(address, token=token, tls=tls, insecure=insecure)
         self._pool = pool
         self._requested = address
         self._token = token
         self._tls = tls
         self._allow_pickle = allow_pickle
-        self._max_bytes = int(max_message_mb * 1024 * 1024)
+        self._max_bytes = max_bytes
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
         self.port = 0

@@ -544,9 +544,7 @@ class Dispatcher:
             if handle.process is not None:
                 handle.process.killed_on_purpose = True
         handle.conn.kill()
-        if self.worker_died(handle):  # before anything that could be interrupted (reaping waits)
-            supervisor = self._supervise()
-            supervisor.submit(supervisor.lost, handle)
+        self._out_of_service(handle)  # before anything that could be interrupted (reaping waits)
 
     def postmortem(self, handle: Worker) -> list[Any]:
         """A worker died under a caller: once it is gone for good, the messages it had produced
@@ -558,10 +556,14 @@ class Dispatcher:
         """A caller saw its worker die: reap it (its exit code or signal is the caller's error),
         take it out of service and have the supervisor replace it. The caller still releases it."""
         info = handle.conn.exit_status()
+        self._out_of_service(handle)
+        return info
+
+    def _out_of_service(self, handle: Worker) -> None:
+        """A dead (or doomed) worker a caller holds: out of service, and replaced."""
         if self.worker_died(handle):
             supervisor = self._supervise()
             supervisor.submit(supervisor.lost, handle)
-        return info
 
     def worker_died(self, handle: Worker) -> bool:
         """Take a dead worker out of service (any thread, idempotent): a process with its call

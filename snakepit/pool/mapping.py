@@ -169,12 +169,15 @@ class MapEngine:
             self._drop(handle)
         return idle
 
-    def _process_queues(self, handle: Worker) -> list[deque[_InFlight]]:
-        """This map's queues on ``handle``'s process: its own, or those of all its call slots
-        (``threads_per_worker``), which die together."""
+    def _process_workers(self, handle: Worker) -> list[Worker]:
+        """This map's workers on ``handle``'s process: itself, or (``threads_per_worker``) the
+        call slots of its process it holds, which die together."""
         if handle.process is None:
-            return [self._queued[handle.id]]
-        return [self._queued[worker.id] for worker in self.workers.values() if worker.group == handle.group]
+            return [handle]
+        return [worker for worker in self.workers.values() if worker.group == handle.group]
+
+    def _process_queues(self, handle: Worker) -> list[deque[_InFlight]]:
+        return [self._queued[worker.id] for worker in self._process_workers(handle)]
 
     def _running_again(self, handle: Worker) -> bool:
         return any(queue and queue[-1].attempt for queue in self._process_queues(handle))
@@ -342,7 +345,7 @@ class MapEngine:
         (an idempotent tool's, unless the pool killed the worker itself); it is handed back.
         A call slot's process died, and its other slots with it: they are lost now too (after
         taking what they had received), before an item running again is sent to one of them."""
-        siblings = [] if handle.process is None else [w for w in self.workers.values() if w.group == handle.group and w is not handle]
+        siblings = [worker for worker in self._process_workers(handle) if worker is not handle]
         self._lose(handle)
         for sibling in siblings:
             if sibling.id not in self.workers:

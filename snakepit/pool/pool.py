@@ -28,7 +28,7 @@ from .dispatcher import Counters, Dispatcher
 from .exchange import Exchange, Stream, run_execute, run_stream
 from .quarantine import Quarantine
 from .recycling import RECYCLE_REASONS, RecyclePolicy
-from .request import CallContext, CallRequest, check_correlation_id, check_session_id
+from .request import CallContext, CallRequest, check_correlation_id, check_routing, check_session_id
 from .session import Session
 from .supervisor import Supervisor
 from .timing import check_timeout, deadline_after
@@ -434,7 +434,7 @@ class Pool:
         if spec is None or not spec.idempotent:
             return False
         if request.session_id is not None:
-            mode = self._dispatcher.mode_of(request.session_id, _routing(request.session_id, request.affinity))
+            mode = self._dispatcher.mode_of(request.session_id, check_routing(request.session_id, request.affinity))
             if mode is not Affinity.HINT:  # its state died with its worker
                 return False
         delay = RETRY_BACKOFF * 2**attempt
@@ -517,7 +517,7 @@ class Pool:
     ) -> tuple[Any, ...]:
         spec = self._spec(tool)
         _positive_int("chunksize", chunksize)
-        mode = _routing(session_id, affinity)
+        mode = check_routing(session_id, affinity)
         retries = self._max_retries if spec.idempotent else 0
         if retries and session_id is not None and self._dispatcher.mode_of(session_id, mode) is not Affinity.HINT:
             retries = 0  # a strict session's state died with its worker
@@ -721,7 +721,7 @@ class Pool:
                 )
             else:
                 args = dict(args)
-        mode = None if session_id is None and affinity is None else _routing(session_id, affinity)
+        mode = None if session_id is None and affinity is None else check_routing(session_id, affinity)
         limit = self._timeout if timeout is None else check_timeout("timeout", timeout)
         attachments = None
         if self._attachments is not None and not protocol.exact_args(args):  # pickled: large arrays go beside
@@ -841,13 +841,6 @@ class PreparedCall:
         call_id = next(exchange.dispatcher.call_ids)
         protocol.stamp_call_id(self.frame, call_id)
         exchange.send(self.frame, call_id, self.attachments)
-
-
-def _routing(session_id: Any, affinity: Affinity | str | None) -> Affinity | None:
-    """Check a call's session id; its affinity mode, if it names one."""
-    if session_id is not None:
-        check_session_id(session_id)
-    return None if affinity is None else parse_affinity(affinity)
 
 
 def _shutdown(dispatcher: Dispatcher, supervisor: Supervisor, servers: list[Any]) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Protocol
 
 from .. import errors
+from ..affinity import Affinity, parse_affinity
 from ..errors import Reason
-from ..affinity import Affinity
 from ..streaming import StreamResult
 
 if TYPE_CHECKING:
@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 def check_session_id(session_id: Any) -> None:
     if not isinstance(session_id, str) or not session_id:
         raise errors.validation(Reason.INVALID_ARGUMENTS, f"session_id must be a non-empty str, got {session_id!r}")
+
+
+def check_routing(session_id: Any, affinity: Affinity | str | None) -> Affinity | None:
+    """Check a call's session id; its affinity mode, if it names one."""
+    if session_id is not None:
+        check_session_id(session_id)
+    return None if affinity is None else parse_affinity(affinity)
 
 
 def check_correlation_id(correlation_id: Any) -> None:
