@@ -247,3 +247,19 @@ def test_a_stale_readers_late_unwatch_does_not_remove_its_successors():
             assert run(main())
         finally:
             pool._dispatcher.release(handle)
+
+
+def test_leaving_an_async_loop_early_cancels_a_stream_still_referenced():
+    from helpers import wait_for
+
+    with Pool(Faulty, size=1) as pool:
+
+        async def main() -> None:
+            stream = pool.astream("guarded", {"delay": 0.01})
+            async for _ in stream:
+                break
+            wait_for(lambda: pool.execute("closed") == 1)  # though `stream` lives on
+            assert [item async for item in stream] == []  # a second loop sees it cancelled
+
+        asyncio.run(main())
+        assert pool.stats()["busy"] == 0

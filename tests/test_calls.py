@@ -9,7 +9,7 @@ import time
 import pytest
 from helpers import Point
 
-from snakepit import HALT, SnakepitError, StreamResult
+from snakepit import HALT, Pool, SnakepitError, StreamResult
 
 
 def test_execute_returns_result(pool):
@@ -323,3 +323,30 @@ def test_closing_a_stream_from_another_thread_ends_its_iteration_at_once():
         assert pool.execute("add", {"a": 1}) == 2
         stats = pool.stats()
         assert stats["timeouts"] == 0 and stats["errors"] == 0 and stats["restarts"] == 0
+
+
+def test_leaving_a_loop_early_cancels_a_stream_still_referenced():
+    """A `for` loop calls nothing on its iterator at `break`: the stream's iterator is a
+    generator of its own that only the loop holds, so dropping it cancels the call."""
+    from helpers import Faulty, wait_for
+
+    with Pool(Faulty, size=1) as pool:
+        stream = pool.stream("guarded", {"delay": 0.01})
+        for _ in stream:
+            break
+        wait_for(lambda: pool.execute("closed") == 1)  # the tool's finally ran, though `stream` lives on
+        assert list(stream) == [] and stream.result is None  # a second loop sees it cancelled
+
+        def leave_by_exception() -> None:
+            for _ in pool.stream("guarded", {"delay": 0.01}):
+                raise KeyError("leave")
+
+        with pytest.raises(KeyError):
+            leave_by_exception()
+        wait_for(lambda: pool.execute("closed") == 2)
+        with pool.session("s") as session:
+            held = session.stream("guarded", {"delay": 0.01})
+            for _ in held:
+                break
+            wait_for(lambda: pool.execute("closed") == 3)
+        assert pool.stats()["busy"] == 0

@@ -240,3 +240,40 @@ def test_the_command_line_serves_calls_and_shuts_down_cleanly():
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_values_nested_too_deep_fail_on_the_client_as_on_the_pool(remote):
+    client, pool = remote
+    for depth in (1_000, 3_000):
+        errors = []
+        for caller in (client, pool):
+            with pytest.raises(SnakepitError) as info:
+                caller.execute("echo", {"value": _nested(depth)})
+            errors.append((info.value.category, info.value.reason))
+        assert errors == [("validation", "serialization_error")] * 2
+    assert client.execute("echo", {"value": _nested(50)}) == pool.execute("echo", {"value": _nested(50)}) == _nested(50)
+
+
+def test_leaving_a_loop_early_cancels_a_remote_stream_still_referenced():
+    with Pool(Faulty, size=1) as pool, Client(pool.serve("127.0.0.1:0").address) as client:
+        stream = client.stream("guarded", {"delay": 0.01})
+        for _ in stream:
+            break
+        wait_for(lambda: pool.execute("closed") == 1)  # the tool's finally ran, though `stream` lives on
+        assert list(stream) == []  # a second loop sees the stream cancelled
+
+        async def main() -> None:
+            astream = client.astream("guarded", {"delay": 0.01})
+            async for _ in astream:
+                break
+            wait_for(lambda: pool.execute("closed") == 2)
+            assert [item async for item in astream] == []
+
+        asyncio.run(main())

@@ -246,3 +246,55 @@ def test_keepalive_finds_a_vanished_client_and_cancels_its_stream(compiled, monk
             client.kill()
             client.wait(10)
             relay.close()
+
+
+# -- shutdown --------------------------------------------------------------------------------------
+
+_CYCLES = """
+import sys
+from helpers import Toolbox
+from snakepit import Pool
+from snakepit.grpc import Client
+
+with Pool(Toolbox, size=1) as pool:
+    for i in range(20):
+        server = pool.serve("127.0.0.1:0")
+        with Client(server.address) as client:
+            assert client.execute("add", {"a": i}) == i + 1
+        server.stop()
+print("cycled")
+"""
+
+
+def test_servers_started_and_stopped_again_and_again_shut_down_cleanly():
+    """grpc.aio tears its poller down when its last user goes and sets up a new one for the next
+    server: a reader of the old one, left on the loop, then fired on a closed descriptor."""
+    here = Path(__file__).parent
+    done = subprocess.run(
+        [sys.executable, "-c", _CYCLES], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])},
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "cycled", done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Errno" not in done.stderr, done.stderr[-3000:]
+
+
+def test_the_command_line_server_ends_cleanly_on_sigterm():
+    import signal
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "snakepit", "serve", "showcase", "--size", "1", "--address", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        banner = server.stdout.readline()
+        assert banner.startswith("serving showcase"), banner + server.stderr.read()
+        with Client(banner.split()[-1]) as client:
+            assert client.execute("add", {"a": 2, "b": 3}) == 5.0
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+        stderr = server.stderr.read()
+        assert "Traceback" not in stderr and "Errno" not in stderr, stderr[-3000:]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

@@ -380,3 +380,90 @@ def test_closing_the_pool_stops_its_servers(compiled):
     assert bridge(compiled, address, {"rpc": "Ping", "request": {}})[0]["code"] == "OK"
     pool.close()
     assert bridge(compiled, address, {"rpc": "Ping", "request": {}, "timeout": 2})[0]["code"] in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+def test_an_unauthenticated_call_is_refused_before_its_body_is_read(monkeypatch):
+    """grpc.aio reads and deserializes a unary request before any handler runs: a refusal must
+    not be of the method's kind, or anyone who connects makes the server take in whole messages."""
+    import grpc
+
+    from snakepit.grpc import bridge_pb2 as pb
+
+    decoded = []
+    original = pb.ExecuteToolRequest.FromString
+
+    def counting(data: bytes):
+        decoded.append(len(data))
+        return original(data)
+
+    monkeypatch.setattr(pb.ExecuteToolRequest, "FromString", staticmethod(counting))
+    large = pb.ExecuteToolRequest(tool_name="echo", binary_parameters={"value": b"x" * (8 << 20)})
+    with Pool(Toolbox, size=1) as pool:
+        address = pool.serve("127.0.0.1:0", token="s3cret").address
+        limits = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        with grpc.insecure_channel(address, limits) as channel:
+            call = channel.unary_unary("/snakepit.bridge.BridgeService/ExecuteTool")  # raw bytes in and out
+            stream = channel.unary_stream("/snakepit.bridge.BridgeService/ExecuteStreamingTool")
+            codes = []
+            for body in (large.SerializeToString(), b"\xff" * 4096):  # the second would not even decode
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(body, timeout=30)
+                codes.append(refused.value.code())
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stream(large.SerializeToString(), timeout=30))
+            codes.append(refused.value.code())
+            assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3
+            assert decoded == []  # not one request was deserialized
+            authorized = pb.ExecuteToolResponse.FromString(
+                call(large.SerializeToString(), metadata=[("authorization", "Bearer s3cret")], timeout=30)
+            )
+            assert authorized.success and decoded == [large.ByteSize()]  # the wrapper is the one in use
+
+
+def _v6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_an_address_another_server_holds_is_refused_whatever_name_it_is_given():
+    with Pool(Toolbox, size=1) as first, Pool(Toolbox, size=1) as second:
+        port = first.serve("127.0.0.1:0").port
+        for taken in (f"localhost:{port}", f"127.0.0.1:{port}"):
+            with pytest.raises(SnakepitError) as info:
+                second.serve(taken)
+            assert info.value.reason == "invalid_config" and "127.0.0.1" in info.value.message
+        if _v6_loopback():  # the other loopback: localhost names it too
+            port = first.serve("[::1]:0").port
+            with pytest.raises(SnakepitError) as info:
+                second.serve(f"localhost:{port}")
+            assert info.value.reason == "invalid_config" and "::1" in info.value.message
+        assert second.stats()["workers"] == 1 and not second._servers  # nothing was left half-bound
+        # localhost with port 0: one port for each of its addresses, all served
+        server = second.serve("localhost:0")
+        hosts = ["127.0.0.1", "[::1]"] if _v6_loopback() else ["127.0.0.1"]
+        from snakepit.grpc import Client
+
+        for host in hosts:
+            with Client(f"{host}:{server.port}") as client:
+                assert client.execute("add", {"a": 1}) == 2
+
+
+def test_parameters_nested_too_deep_are_invalid_argument_with_the_pools_reason(compiled):
+    with Pool(Toolbox, size=1) as pool:
+        address = pool.serve("127.0.0.1:0").address
+        deep, very_deep, shallow = bridge(
+            compiled, address,
+            *({"rpc": "ExecuteTool", "request": {"tool_name": "echo"}, "params": {"value": ["list", "[" * n + "]" * n]}} for n in (1_000, 100_000, 50)),
+        )
+        with pytest.raises(SnakepitError) as in_process:
+            pool.execute("echo", {"value": json.loads("[" * 900 + "]" * 900)})
+    for refused in (deep, very_deep):
+        assert refused["code"] == "INVALID_ARGUMENT", refused
+        assert snakepit_error(refused).reason == "serialization_error" == in_process.value.reason
+    assert shallow["code"] == "OK" and json.loads(base64.b64decode(shallow["response"]["result"]["value"])) == json.loads("[" * 50 + "]" * 50)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -315,6 +315,8 @@ class Client:
                 continue
             try:
                 request.binary_parameters[name] = pickle.dumps(value, protocol=5)
+            except RecursionError:
+                raise codec.too_deep(f"argument {name!r}") from None
             except Exception as exc:
                 raise errors.validation(
                     Reason.SERIALIZATION_ERROR, f"cannot serialize argument {name!r} of type {kind}: {exc}", type=kind
@@ -331,18 +333,20 @@ class Client:
 
 
 def _json_or_none(value: Any) -> bytes | None:
-    """``value`` as JSON if JSON carries it exactly (not, say, a str with a lone surrogate)."""
-    if not codec.json_exact(value):
+    """``value`` as JSON if JSON carries it exactly (not, say, a str with a lone surrogate, or
+    a value nested too deep to check: pickle then decides)."""
+    if not codec.exact_json(value):
         return None
     try:
         return codec.encode_json(value)
-    except UnicodeEncodeError:
+    except (UnicodeEncodeError, RecursionError):
         return None
 
 
 class RemoteStream:
     """An iterator over a remote stream's chunk data; also a context manager. Leaving the loop
-    early or ``close()`` cancels the call (and so the tool in the worker)."""
+    early or ``close()`` cancels the call (and so the tool in the worker): as for the in-process
+    stream, ``iter(stream)`` is a one-shot generator only the loop holds, closed as it is left."""
 
     def __init__(self, call: Any) -> None:
         self._call = call
@@ -350,8 +354,18 @@ class RemoteStream:
         self._halted = False
         self.result: StreamResult | None = None
 
-    def __iter__(self) -> RemoteStream:
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        take = self.__next__
+        try:
+            while True:
+                try:
+                    data = take()
+                except StopIteration:
+                    return
+                yield data
+        except GeneratorExit:  # the loop was left early
+            self.close()
+            raise
 
     def __next__(self) -> Any:
         if self.result is not None:
@@ -401,8 +415,10 @@ class AsyncRemoteStream:
         self._halted = False
         self.result: StreamResult | None = None
 
-    def __aiter__(self) -> AsyncRemoteStream:
-        return self
+    def __aiter__(self) -> _AsyncLoop:
+        """A one-shot iterator only the loop holds: leaving the loop early drops it, which
+        cancels the call."""
+        return _AsyncLoop(self)
 
     async def __anext__(self) -> Any:
         if self.result is not None:
@@ -444,10 +460,21 @@ class AsyncRemoteStream:
             self.result = StreamResult(self._chunks, -1, 0.0, True, halted=self._halted)
 
     def __del__(self) -> None:
-        # Dropped before its end (a `break` out of `async for`): cancel the call, and so the
-        # tool, as the in-process stream does. Its call lives on the shared loop.
+        # Dropped before its end: cancel the call, and so the tool, as the in-process stream
+        # does.
+        self._left()
+
+    def _left(self) -> None:
+        """A loop over the stream was left (maybe in a garbage collection): cancelled, without
+        waiting or taking a lock."""
+        if self.result is None:
+            self.result = StreamResult(self._chunks, -1, 0.0, True, halted=self._halted)
+            self._cancel_soon()
+
+    def _cancel_soon(self) -> None:
+        """Cancel the call on the shared loop, where it lives, without waiting for it."""
         call = self._call
-        if call is not None and self.result is None:
+        if call is not None:
             try:
                 shared_loop().call_soon_threadsafe(call.cancel)
             except RuntimeError:  # the loop is closed: so is the call
@@ -458,6 +485,24 @@ class AsyncRemoteStream:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _AsyncLoop:
+    """What an ``async for`` loop over an :class:`AsyncRemoteStream` iterates."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: AsyncRemoteStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _AsyncLoop:
+        return self
+
+    def __anext__(self) -> Any:
+        return self._stream.__anext__()
+
+    def __del__(self) -> None:
+        self._stream._left()
 
 
 async def _on_shared_loop(coroutine: Any) -> Any:

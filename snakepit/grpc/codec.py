@@ -61,6 +61,8 @@ def decode_parameters(
             args[name] = msgspec.json.decode(value.value) if value.value else None
         except msgspec.DecodeError as exc:
             raise _invalid(f"parameter {name!r} is not valid JSON: {exc}") from None
+        except RecursionError:  # msgspec's decoder recurses per level of nesting
+            raise too_deep(f"parameter {name!r}") from None
     for name, data in binary.items():  # bytes with no Any beside them are binary parameters too
         if name not in args:
             args[name] = _binary(name, data, metadata, allow_pickle)
@@ -88,6 +90,20 @@ def _binary(name: str, data: bytes, metadata: Mapping[str, str], allow_pickle: b
 
 def _invalid(message: str) -> errors.ValidationError:
     return errors.validation(Reason.INVALID_ARGUMENTS, message)
+
+
+def too_deep(what: str) -> errors.ValidationError:
+    """A value nested deeper than can be encoded or decoded here: what the pool says of a value
+    nested too deep to travel (``serialization_error``)."""
+    return errors.validation(Reason.SERIALIZATION_ERROR, f"{what} is nested too deeply to be encoded or decoded")
+
+
+def exact_json(value: Any) -> bool:
+    """:func:`json_exact`, False for a value nested too deep to check from here."""
+    try:
+        return json_exact(value)
+    except RecursionError:
+        return False
 
 
 def json_exact(value: Any) -> bool:
@@ -130,7 +146,7 @@ def encode_value(value: Any, *, accept_pickle: bool) -> tuple[bytes, str]:
     """A result's or chunk's bytes on the wire, and their content type (JSON, octets, pickle)."""
     if type(value) is bytes:
         return value, OCTETS
-    if json_exact(value):
+    if exact_json(value):
         try:
             return _json_encoder.encode(value), JSON
         except UnicodeEncodeError:
@@ -150,6 +166,8 @@ def to_json(value: Any) -> bytes:
     it (bytes nested in it become base64); ``serialization_error`` if it cannot be."""
     try:
         return msgspec.json.encode(value, enc_hook=json_default)
+    except RecursionError:
+        raise too_deep(f"a value of type {type(value).__qualname__}") from None
     except (TypeError, ValueError, msgspec.EncodeError, OverflowError) as exc:  # ValueError: a lone surrogate, too
         raise errors.validation(
             Reason.SERIALIZATION_ERROR,
@@ -164,7 +182,10 @@ def decode_value(data: bytes, content_type: str) -> Any:
         return bytes(data)
     if content_type == PICKLE:
         return pickle.loads(data)
-    return msgspec.json.decode(data) if data else None
+    try:
+        return msgspec.json.decode(data) if data else None
+    except RecursionError:
+        raise too_deep("a value received") from None
 
 
 def encode_json(value: Any) -> bytes:

@@ -16,9 +16,11 @@ time). Pickled parameters are refused unless ``allow_pickle=True``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import ipaddress
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
@@ -137,6 +139,27 @@ class Server:
         return f"<snakepit.grpc.Server {self.address} {'running' if self._server else 'stopped'}>"
 
     async def _start(self) -> None:
+        """Bind every address the requested one stands for, then serve. With port 0, the port the
+        first address got is asked of the others; if another server holds one of them there, a
+        fresh port is tried (a few times)."""
+        addresses = _bind_addresses(self._requested)
+        for attempt in range(_PORT_ATTEMPTS):
+            server = self._build()
+            try:
+                port = self._bind(server, addresses)
+            except _Taken as taken:
+                await server.stop(None)
+                if taken.retry and attempt + 1 < _PORT_ATTEMPTS:
+                    continue
+                raise errors.validation(
+                    Reason.INVALID_CONFIG, f"could not bind {self._requested!r}: {taken}", address=self._requested
+                ) from None
+            break
+        await server.start()
+        await self._health.start()
+        self._server, self.port = server, port
+
+    def _build(self) -> grpc.aio.Server:
         options = [
             ("grpc.max_send_message_length", self._max_bytes),
             ("grpc.max_receive_message_length", self._max_bytes),
@@ -156,19 +179,34 @@ class Server:
         self._health = _PoolHealth(self._pool)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        try:
-            if self._tls is not None:
-                port = server.add_secure_port(self._requested, self._tls.credentials())
-            else:
-                port = server.add_insecure_port(self._requested)
-            if not port and not self._requested.startswith("unix:"):
-                raise RuntimeError("no port was bound")
-        except RuntimeError as exc:  # grpcio raises for a taken or unusable address
-            await server.stop(None)
-            raise errors.validation(Reason.INVALID_CONFIG, f"could not bind {self._requested!r}: {exc}", address=self._requested) from None
-        await server.start()
-        await self._health.start()
-        self._server, self.port = server, port
+        return server
+
+    def _bind(self, server: grpc.aio.Server, addresses: list[tuple[str, str]]) -> int:
+        """Add each address as a port of its own (grpc would take a name's addresses as one port,
+        bound if any of them is free); the port bound. ``_Taken`` if one cannot be bound."""
+        port = 0
+        for host, wanted in addresses:
+            unix = host.startswith("unix:")
+            target = host if unix else f"{_bracketed(host)}:{port or wanted}"
+            try:
+                if self._tls is not None:
+                    bound = server.add_secure_port(target, self._tls.credentials())
+                else:
+                    bound = server.add_insecure_port(target)
+            except RuntimeError:  # grpcio raises for a taken or unusable address
+                bound = None
+            if unix:  # a socket path has no port to report
+                if bound is None:
+                    raise _Taken(f"{target} cannot be bound", retry=False)
+                continue
+            if not bound:
+                if len(addresses) > 1 and not _bindable(host):
+                    continue  # not an address of this machine (IPv6 off, say): nobody else can hold it
+                raise _Taken(f"{target} is taken or unusable", retry=port != 0 and wanted == "0")
+            port = port or bound
+        if not port and not addresses[0][0].startswith("unix:"):
+            raise _Taken("none of its addresses could be bound", retry=False)
+        return port
 
     def stop(self, grace: float | None = None) -> None:
         """Stop serving: in-flight calls may finish within ``grace`` seconds, then are cancelled
@@ -231,40 +269,92 @@ class _PoolHealth(health.aio.HealthServicer):
 
 
 class _BearerToken(grpc.aio.ServerInterceptor):
-    """Every call but the health service's carries ``authorization: Bearer <token>``."""
+    """Every call but the health service's carries ``authorization: Bearer <token>``.
+
+    Decided on the metadata alone, before the request is read: grpc.aio receives and deserializes
+    a unary request before its handler runs, so a refusal of the method's own kind would let
+    whoever connects make the server take in messages of up to ``max_message_mb``. A refused call
+    gets a request-streaming handler that reads nothing and aborts at once; grpc core holds at
+    most the stream's HTTP/2 flow-control window of its body (see the README's *Security*).
+    """
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith("/grpc.health.v1.Health/"):
-            return handler
-        for key, value in details.invocation_metadata or ():
+        if details.method.startswith(_HEALTH) or self._carries_token(details.invocation_metadata):
+            return await continuation(details)
+        return _REFUSAL
+
+    def _carries_token(self, metadata: Any) -> bool:
+        for key, value in metadata or ():
             if key == "authorization" and hmac.compare_digest(str(value).encode(), self._expected):
-                return handler
-        return _refusing(handler)
+                return True
+        return False
 
 
-def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED."""
-    message = "missing or wrong bearer token (metadata 'authorization: Bearer <token>')"
+_HEALTH = "/grpc.health.v1.Health/"
 
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - an async generator that never yields
+async def _refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
+    """The handler of every unauthenticated call, whatever its method's kind: it reads none of
+    the request (no deserializer either) and answers UNAUTHENTICATED."""
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (metadata 'authorization: Bearer <token>')")
 
-    serializers = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, **serializers)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(refuse, **serializers)
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(refuse_stream, **serializers)
-    return grpc.unary_unary_rpc_method_handler(refuse, **serializers)
+
+_REFUSAL = grpc.stream_stream_rpc_method_handler(_refuse)
+
+
+class _Taken(Exception):
+    """An address of the requested one could not be bound; ``retry``: with another port."""
+
+    def __init__(self, message: str, *, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+_PORT_ATTEMPTS = 5  # port 0 on several addresses: fresh ports to try when another server holds one
+
+
+def _bind_addresses(address: str) -> list[tuple[str, str]]:
+    """``(host, port)`` for each address ``address`` stands for: the host resolved here (every
+    address of a name, each loopback for ``localhost``), so that each is bound on its own."""
+    if address.startswith("unix:"):
+        return [(address, "")]
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise errors.validation(Reason.INVALID_CONFIG, f"cannot serve on {address!r}: expected host:port or unix:path", address=address)
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        return [(host, port)]
+    except ValueError:
+        pass
+    hosts: list[str] = ["127.0.0.1", "::1"] if host == "localhost" else []
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise errors.validation(Reason.INVALID_CONFIG, f"cannot resolve {host!r} to serve on it: {exc}", address=address) from None
+    for info in infos:
+        resolved = str(info[4][0])
+        if resolved not in hosts:
+            hosts.append(resolved)
+    return [(resolved, port) for resolved in hosts]
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _bindable(host: str) -> bool:
+    """Whether this machine has the address ``host`` at all (bindable on some port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+    except OSError as exc:
+        return exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+    return True
 
 
 def _now() -> Timestamp:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
 from typing import Any, Awaitable, Callable
 
@@ -215,10 +216,16 @@ class AsyncStream:
 
     Leaving the loop early, ``aclose()``, cancelling the task or dropping the iterator cancels
     the tool in the worker. After exhaustion, :attr:`result` is the :class:`StreamResult`.
+
+    As for :class:`~snakepit.pool.exchange.Stream`, ``async for`` iterates a one-shot iterator
+    (:class:`AsyncLoop`) that only the loop holds: leaving the loop early drops it, which cancels
+    the call at once (not through the event loop's async-generator finaliser, a loop turn later).
+    A later loop over the same stream sees it cancelled.
     """
 
     __slots__ = (
-        "_start", "_exchange", "_delivery", "_readable", "_on_error", "_owner", "_delivered", "_restart", "_context", "__weakref__",
+        "_start", "_exchange", "_delivery", "_readable", "_on_error", "_owner", "_delivered", "_restart", "_context",
+        "_closed", "_ending", "__weakref__",
     )
 
     def __init__(
@@ -235,11 +242,15 @@ class AsyncStream:
         self._owner = owner
         self._delivered = 0
         self._restart = restart  # the call run again after its error, or None: see Pool._retry_after
+        self._closed = False  # by aclose(), or a loop left early: nothing more is delivered
+        self._ending = threading.Lock()  # a latch: the first _end() ends the call, never blocking
 
-    def __aiter__(self) -> AsyncStream:
-        return self
+    def __aiter__(self) -> AsyncLoop:
+        return AsyncLoop(self)
 
     async def __anext__(self) -> Any:
+        if self._closed:
+            raise StopAsyncIteration
         if self._delivery is None:
             await self._begin()
         delivery = self._delivery
@@ -324,6 +335,12 @@ class AsyncStream:
 
     async def aclose(self) -> None:
         """Cancel the tool in the worker if it is still running."""
+        self._closed = True
+        self._end()
+
+    def _end(self) -> None:
+        if not self._ending.acquire(blocking=False):
+            return  # ended already
         if self._start is not None:  # never started: nothing is running
             close = getattr(self._start, "close", None)
             if close is not None:
@@ -333,6 +350,22 @@ class AsyncStream:
             self._exchange.cancel()
             end_call(self._exchange)
         self._close_readable()
+
+    def _left(self) -> None:
+        """A loop over the stream was left (it may run in a garbage collection, on a thread
+        holding any pool lock): closed now, without a lock; a call still running is cancelled
+        on the supervisor's thread, its readers removed on the event loop's."""
+        if self._closed:
+            return
+        self._closed = True
+        exchange = self._exchange
+        if exchange is None:
+            self._end()  # never started: closing the coroutine that would start it takes no lock
+        elif not exchange.finished:
+            readable, self._readable = self._readable, None
+            if readable is not None:
+                readable.close_soon()
+            exchange.dispatcher.defer(self._end)
 
     def _close_readable(self) -> None:
         if self._readable is not None:
@@ -359,3 +392,23 @@ class AsyncStream:
             close = getattr(start, "close", None)
             if close is not None:
                 close()
+
+
+
+class AsyncLoop:
+    """What an ``async for`` loop over an :class:`AsyncStream` iterates: its chunks, until the
+    loop drops it. An object rather than an async generator, so that dropping it acts at once."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: AsyncStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> AsyncLoop:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._stream.__anext__()
+
+    def __del__(self) -> None:
+        self._stream._left()

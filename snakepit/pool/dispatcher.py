@@ -396,7 +396,11 @@ class Dispatcher:
     def cancel_later(self, exchange: Any) -> None:
         """Cancel an exchange from a garbage collection (``__del__``), which may run on a thread
         that holds this very lock: the supervisor thread does it, with nothing taken here."""
-        self._supervise().defer(exchange.cancel)
+        self.defer(exchange.cancel)
+
+    def defer(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the supervisor's thread; takes no lock (see :meth:`cancel_later`)."""
+        self._supervise().defer(fn, *args)
 
     def abandon(self, handle: Worker, call_id: int, lease: int | None = None) -> None:
         """The caller gives up on a running call: the worker cancels it and is drained, then freed.

@@ -30,7 +30,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 from .. import errors
@@ -399,9 +399,17 @@ class Stream:
 
     Leaving the loop early, ``close()``, or garbage collection cancels the tool in the worker.
     After exhaustion, :attr:`result` is the :class:`~snakepit.StreamResult`.
+
+    A ``for`` loop calls nothing on its iterator when it is left (``break``, ``return``, an
+    exception in its body), and the stream itself may still be referenced: so ``iter(stream)`` is
+    a one-shot generator (:func:`_loop`) that only the loop holds, and whose closing -- the moment
+    the loop drops it -- cancels the call. A later loop over the same stream sees it cancelled:
+    it yields nothing more.
     """
 
-    __slots__ = ("_exchange", "_delivery", "_on_error", "_owner", "_restart", "_closed", "_waiting", "_lock", "__weakref__")
+    __slots__ = (
+        "_exchange", "_delivery", "_on_error", "_owner", "_restart", "_closed", "_waiting", "_lock", "_ending", "__weakref__",
+    )
 
     def __init__(
         self, exchange: Exchange, on_error: Callable[[], None], owner: object = None,
@@ -415,9 +423,10 @@ class Stream:
         self._closed = False
         self._waiting = False  # a thread is waiting for the worker in __next__
         self._lock = threading.Lock()  # close() from another thread against that wait
+        self._ending = threading.Lock()  # a latch: the first _end() ends the call, never blocking
 
-    def __iter__(self) -> Stream:
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        return _loop(self)
 
     def __next__(self) -> Any:
         if self._closed:
@@ -500,9 +509,20 @@ class Stream:
         self._end()
 
     def _end(self) -> None:
+        if not self._ending.acquire(blocking=False):
+            return  # ended already (a close() racing a loop left early)
         self._exchange.cancel()
         self._delivery.batch = []  # undelivered: large chunks would hold shared memory
         end_call(self._exchange)
+
+    def _left(self) -> None:
+        """The loop over the stream was left early. This may run in a garbage collection (the
+        loop's generator in a reference cycle), on a thread holding any pool lock: the stream is
+        closed now, without a lock, and the call cancelled on the supervisor's thread."""
+        if not self._closed:
+            self._closed = True
+            if not self._exchange.finished:
+                self._exchange.dispatcher.defer(self._end)
 
     def __enter__(self) -> Stream:
         return self
@@ -511,3 +531,18 @@ class Stream:
         self.close()
 
     # Dropping the stream drops its exchange, whose __del__ cancels the call.
+
+
+def _loop(stream: Stream) -> Iterator[Any]:
+    """What a ``for`` loop over ``stream`` iterates: its chunks, until the loop drops it."""
+    take = stream.__next__
+    try:
+        while True:
+            try:
+                data = take()
+            except StopIteration:
+                return
+            yield data
+    except GeneratorExit:  # the loop was left early
+        stream._left()
+        raise
