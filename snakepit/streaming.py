@@ -1,9 +1,10 @@
-"""The values a streaming call produces: chunks, the HALT sentinel and the final result."""
+"""The values a streaming call produces: chunks, the HALT sentinel and the final result; and
+the loops every stream iterator (in process or remote, sync or async) hands to ``for``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, AsyncIterator, Awaitable, Final, Iterator, Protocol
 
 __all__ = ["StreamChunk", "StreamResult", "HALT"]
 
@@ -57,3 +58,60 @@ class StreamResult:
     halted: bool = False
     metadata: dict[str, Any] | None = None
     correlation_id: str | None = None
+
+
+# -- loops ---------------------------------------------------------------------------------------
+#
+# A `for` loop calls nothing on its iterator when it is left (`break`, `return`, an exception in
+# its body), and the stream may still be referenced by the caller: so a stream's __iter__ (and
+# __aiter__) is not the stream itself but a one-shot iterator only the loop holds, whose end --
+# the moment the loop drops it -- tells the stream, which cancels its call. That may happen in a
+# garbage collection (the loop's iterator in a reference cycle), on a thread holding any lock:
+# ``_left`` takes none.
+
+
+class _Leavable(Protocol):
+    def __next__(self) -> Any: ...
+
+    def _left(self) -> None: ...
+
+
+class _AsyncLeavable(Protocol):
+    def __anext__(self) -> Awaitable[Any]: ...
+
+    def _left(self) -> None: ...
+
+
+def loop(stream: _Leavable) -> Iterator[Any]:
+    """What a ``for`` loop over ``stream`` iterates: its items, until the loop drops it."""
+    take = stream.__next__
+    try:
+        while True:
+            try:
+                data = take()
+            except StopIteration:
+                return
+            yield data
+    except GeneratorExit:  # the loop was left early
+        stream._left()
+        raise
+
+
+class AsyncLoop:
+    """What an ``async for`` loop over a stream iterates: its items, until the loop drops it. An
+    object rather than an async generator, so that dropping it acts at once (an async generator
+    is closed a turn of the event loop later, by its finaliser)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: _AsyncLeavable) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._stream.__anext__()
+
+    def __del__(self) -> None:
+        self._stream._left()

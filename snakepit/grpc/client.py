@@ -29,7 +29,7 @@ from ..errors import Category, Reason
 from ..pool.request import CallRequest, check_correlation_id, check_routing, check_session_id
 from ..pool.session import Session
 from ..pool.timing import check_timeout
-from ..streaming import HALT, StreamResult
+from ..streaming import HALT, AsyncLoop, StreamResult, loop
 from . import bridge_pb2 as pb
 from . import bridge_pb2_grpc, codec
 from .loop import shared_loop
@@ -355,17 +355,7 @@ class RemoteStream:
         self.result: StreamResult | None = None
 
     def __iter__(self) -> Iterator[Any]:
-        take = self.__next__
-        try:
-            while True:
-                try:
-                    data = take()
-                except StopIteration:
-                    return
-                yield data
-        except GeneratorExit:  # the loop was left early
-            self.close()
-            raise
+        return loop(self)
 
     def __next__(self) -> Any:
         if self.result is not None:
@@ -392,6 +382,9 @@ class RemoteStream:
         self._halted = True
         self.close()
 
+    def _left(self) -> None:  # a loop was left early: grpc's own cancel takes only its call's lock
+        self.close()
+
     def close(self) -> None:
         self._call.cancel()
         if self.result is None:
@@ -415,10 +408,10 @@ class AsyncRemoteStream:
         self._halted = False
         self.result: StreamResult | None = None
 
-    def __aiter__(self) -> _AsyncLoop:
+    def __aiter__(self) -> AsyncLoop:
         """A one-shot iterator only the loop holds: leaving the loop early drops it, which
         cancels the call."""
-        return _AsyncLoop(self)
+        return AsyncLoop(self)
 
     async def __anext__(self) -> Any:
         if self.result is not None:
@@ -485,24 +478,6 @@ class AsyncRemoteStream:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-class _AsyncLoop:
-    """What an ``async for`` loop over an :class:`AsyncRemoteStream` iterates."""
-
-    __slots__ = ("_stream",)
-
-    def __init__(self, stream: AsyncRemoteStream) -> None:
-        self._stream = stream
-
-    def __aiter__(self) -> _AsyncLoop:
-        return self
-
-    def __anext__(self) -> Any:
-        return self._stream.__anext__()
-
-    def __del__(self) -> None:
-        self._stream._left()
 
 
 async def _on_shared_loop(coroutine: Any) -> Any:

@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 from .. import errors
 from ..affinity import Affinity, Ticket
 from ..backends.base import DeadlineExceeded, WorkerGone
-from ..streaming import HALT, StreamResult
+from ..streaming import HALT, AsyncLoop, StreamResult
 from .dispatcher import Dispatcher, Owner
 from .exchange import END, MORE, Delivery, Exchange, end_call
 from .timing import earliest
@@ -218,7 +218,7 @@ class AsyncStream:
     the tool in the worker. After exhaustion, :attr:`result` is the :class:`StreamResult`.
 
     As for :class:`~snakepit.pool.exchange.Stream`, ``async for`` iterates a one-shot iterator
-    (:class:`AsyncLoop`) that only the loop holds: leaving the loop early drops it, which cancels
+    (:class:`snakepit.streaming.AsyncLoop`) that only the loop holds: leaving the loop early drops it, which cancels
     the call at once (not through the event loop's async-generator finaliser, a loop turn later).
     A later loop over the same stream sees it cancelled.
     """
@@ -394,21 +394,3 @@ class AsyncStream:
                 close()
 
 
-
-class AsyncLoop:
-    """What an ``async for`` loop over an :class:`AsyncStream` iterates: its chunks, until the
-    loop drops it. An object rather than an async generator, so that dropping it acts at once."""
-
-    __slots__ = ("_stream",)
-
-    def __init__(self, stream: AsyncStream) -> None:
-        self._stream = stream
-
-    def __aiter__(self) -> AsyncLoop:
-        return self
-
-    def __anext__(self) -> Awaitable[Any]:
-        return self._stream.__anext__()
-
-    def __del__(self) -> None:
-        self._stream._left()

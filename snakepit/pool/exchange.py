@@ -37,7 +37,7 @@ from .. import errors
 from ..backends.base import DeadlineExceeded, WorkerGone
 from ..errors import Reason
 from ..protocol import PACKED, TERMINAL, Cancel, Chunk, Chunks, End, Failure, Result, decode_value, raise_failure
-from ..streaming import HALT, StreamResult
+from ..streaming import HALT, StreamResult, loop
 from .dispatcher import Dispatcher
 from .request import CallContext
 from .workers import Worker
@@ -402,7 +402,7 @@ class Stream:
 
     A ``for`` loop calls nothing on its iterator when it is left (``break``, ``return``, an
     exception in its body), and the stream itself may still be referenced: so ``iter(stream)`` is
-    a one-shot generator (:func:`_loop`) that only the loop holds, and whose closing -- the moment
+    a one-shot generator (:func:`snakepit.streaming.loop`) that only the loop holds, and whose closing -- the moment
     the loop drops it -- cancels the call. A later loop over the same stream sees it cancelled:
     it yields nothing more.
     """
@@ -426,7 +426,7 @@ class Stream:
         self._ending = threading.Lock()  # a latch: the first _end() ends the call, never blocking
 
     def __iter__(self) -> Iterator[Any]:
-        return _loop(self)
+        return loop(self)
 
     def __next__(self) -> Any:
         if self._closed:
@@ -532,17 +532,3 @@ class Stream:
 
     # Dropping the stream drops its exchange, whose __del__ cancels the call.
 
-
-def _loop(stream: Stream) -> Iterator[Any]:
-    """What a ``for`` loop over ``stream`` iterates: its chunks, until the loop drops it."""
-    take = stream.__next__
-    try:
-        while True:
-            try:
-                data = take()
-            except StopIteration:
-                return
-            yield data
-    except GeneratorExit:  # the loop was left early
-        stream._left()
-        raise
