@@ -268,12 +268,12 @@ def test_queue_timeout_and_call_timeout_cover_waiting():
         started = time.monotonic()
         with pytest.raises(SnakepitError) as info:
             pool.execute("add", {"a": 1})
-        assert (info.value.category, info.value.reason) == ("timeout", "queue_timeout")
+        assert (info.value.category, info.value.reason, info.value.details["stage"]) == ("timeout", "queue_timeout", "queued")
         assert 0.15 < time.monotonic() - started < 0.5
         started = time.monotonic()
         with pytest.raises(SnakepitError) as info:
             pool.execute("add", {"a": 1}, timeout=0.1)  # the call's own deadline comes first
-        assert (info.value.category, info.value.reason) == ("timeout", "timeout")
+        assert (info.value.category, info.value.reason, info.value.details["stage"]) == ("timeout", "timeout", "queued")
         assert time.monotonic() - started < 0.3
         blocker.join(10)
         stats = pool.stats()

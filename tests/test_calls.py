@@ -297,7 +297,7 @@ def test_timeout_on_a_plain_call(pool):
     started = time.monotonic()
     with pytest.raises(SnakepitError) as info:
         pool.execute("sleep", {"seconds": 0.5}, timeout=0.1)
-    assert (info.value.category, info.value.reason) == ("timeout", "timeout")
+    assert (info.value.category, info.value.reason, info.value.details["stage"]) == ("timeout", "timeout", "running")
     assert time.monotonic() - started < 0.4
     assert pool.execute("add", {"a": 1}) == 2
 

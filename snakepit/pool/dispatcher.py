@@ -356,10 +356,10 @@ class Dispatcher:
         if call_deadline is not None and (queue_deadline is None or call_deadline <= queue_deadline):
             self.counters.bump("timeouts")
             message = "the call timed out while waiting for a worker"
-            return _Refused(errors.timeout(Reason.TIMEOUT, message), ("timeout", message, {"waiting": True}))
+            return _Refused(errors.timeout(Reason.TIMEOUT, message, stage="queued"), ("timeout", message, {"waiting": True, "stage": "queued"}))
         self.counters.bump("queue_timeouts")
         message = "no worker became available within queue_timeout"
-        return _Refused(errors.timeout(Reason.QUEUE_TIMEOUT, message), ("queue_timeout", message, {}))
+        return _Refused(errors.timeout(Reason.QUEUE_TIMEOUT, message, stage="queued"), ("queue_timeout", message, {"stage": "queued"}))
 
     def release(self, handle: Worker, lease: int | None = None) -> None:
         """The caller is done with its worker: back to the pool, recycled if due, or disposed of

@@ -266,13 +266,14 @@ class Exchange:
         self.dispatcher.counters.bump("timeouts")
         self.dispatcher.observer.emit(
             "timeout", logging.WARNING, f"call to {self.tool!r} on worker {self.handle.id} exceeded its timeout",
-            tool=self.tool, worker_id=self.handle.id, correlation_id=self.correlation_id,
+            tool=self.tool, worker_id=self.handle.id, correlation_id=self.correlation_id, stage="running",
         )
         raise errors.timeout(
             Reason.TIMEOUT,
             f"call to {self.tool!r} exceeded its timeout",
             tool=self.tool,
             worker_id=self.handle.id,
+            stage="running",
         )
 
     def lost(self) -> None:

@@ -397,7 +397,7 @@ class MapEngine:
     def _expire(self, handle: Worker) -> None:
         """The running batch timed out: it fails, and so do the batches queued behind it on that
         worker (they are cancelled with it). Each item counts as a timed-out call."""
-        error = errors.timeout(Reason.TIMEOUT, f"a batch of {self.tool!r} exceeded its timeout", tool=self.tool)
+        error = errors.timeout(Reason.TIMEOUT, f"a batch of {self.tool!r} exceeded its timeout", tool=self.tool, stage="running")
         queue = self._queued[handle.id]
         items = sum(batch.count for batch in queue)
         for batch in queue:
