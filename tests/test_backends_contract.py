@@ -181,6 +181,9 @@ def test_ray_actors_show_their_node_and_an_unplaceable_one_fails_start(ray_insta
     with Pool(Toolbox, size=1, backend="ray", actor_options={"num_cpus": 0.25}, start_timeout=60) as pool:
         [info] = pool.stats()["worker_info"]
         assert info["pid"] > 0 and info["node"]  # the node's address
+        assert info["node_id"] == ray_instance.get_runtime_context().get_node_id()  # this one-node Ray's
+    with Pool(Toolbox, size=1) as pool:
+        assert pool.stats()["worker_info"][0]["node_id"] is None
     started = time.monotonic()
     with pytest.raises(SnakepitError) as info:
         Pool(Toolbox, size=1, backend="ray", actor_options={"num_gpus": 1}, start_timeout=3).start()  # no GPU here

@@ -140,3 +140,33 @@ def test_quarantine_options_are_checked():
         with pytest.raises(SnakepitError) as caught:
             Pool(Toolbox, size=1, **options)
         assert caught.value.reason == "invalid_config"
+
+
+def test_a_fatal_signal_brings_the_workers_python_stacks_a_sigkill_none():
+    """faulthandler writes every thread's stack into the worker's spill segment, which the owner
+    reads at the post-mortem."""
+    events: list[dict] = []
+    with Pool(Toolbox, size=1, on_event=events.append, quarantine_after=None, **FAST) as pool:
+        error = _crash(pool, "segfault", {})
+        stack = error.details["python_stack"]
+        assert stack.startswith("Fatal Python error: Segmentation fault")
+        assert "in segfault" in stack and "helpers.py" in stack  # the tool's own frame
+        assert stack.count("Thread 0x") >= 2  # every thread: the control thread too
+        wait_for(lambda: pool.stats()["workers"] == 1, timeout=15)
+        for signum in (signal.SIGKILL, signal.SIGTERM):
+            error = _crash(pool, "kill_self", {"signum": signum})
+            assert "python_stack" not in error.details
+            wait_for(lambda: pool.stats()["workers"] == 1, timeout=15)
+        error = _crash(pool, "kill_self", {"signum": signal.SIGABRT})
+        assert "Fatal Python error: Aborted" in error.details["python_stack"]
+    exits = [e for e in events if e["event"] == "worker_exit" and not e["expected"]]
+    assert ["python_stack" in e for e in exits] == [True, False, False, True]
+
+
+def test_the_thread_profile_brings_the_stacks_of_every_call_thread():
+    from threaded_tools import Threaded
+
+    with Pool(Threaded, size=1, threads_per_worker=2, **FAST) as pool:
+        error = _crash(pool, "segfault", {})
+        assert error.details["cause"] == "segfault" and "in segfault" in error.details["python_stack"]
+        assert error.details["python_stack"].count("Thread 0x") >= 3  # both call threads, and the others

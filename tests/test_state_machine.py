@@ -34,6 +34,7 @@ class MemoryConnection:
     def __init__(self, pid: int = 4242) -> None:
         self.pid = pid
         self.node = None
+        self.node_id = None
         self.exit_info: dict[str, Any] | None = None
         self.broken = False
         self.sent: list[Any] = []

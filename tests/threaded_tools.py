@@ -90,6 +90,12 @@ class Threaded(BaseAdapter):
         os._exit(5)
 
     @tool
+    def segfault(self) -> None:
+        import ctypes
+
+        ctypes.string_at(0)
+
+    @tool
     def square(self, x: int) -> int:
         return x * x
 

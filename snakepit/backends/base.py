@@ -54,6 +54,7 @@ class Connection(Protocol):
 
     pid: int | None  # the worker's process id, where it has one (for stats and events)
     node: str | None  # the machine it runs on, when not this one (Ray: the node's address)
+    node_id: str | None  # Ray's id of the node it runs on (nodes may share an address), else None
     exit_info: dict[str, Any] | None  # how it ended, once known: exit_code, signal
 
     @property

@@ -712,6 +712,7 @@ def _worker_info(handle: Worker) -> dict[str, Any]:
         "slot": handle.slot,
         "pid": handle.pid,
         "node": None if handle.conn is None else handle.conn.node,  # where it runs (Ray: the node's address)
+        "node_id": None if handle.conn is None else handle.conn.node_id,  # Ray's id of that node
         "state": handle.state.value,
         "requests": served(handle),
         "started_at": handle.started_at,

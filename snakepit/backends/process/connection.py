@@ -83,6 +83,7 @@ class ProcessConnection:
         self.process = process
         self.pid = process.pid
         self.node: str | None = None  # this machine
+        self.node_id: str | None = None
         self.pipes = pipes
         self.requests_fd = pipes.requests
         self.requests_room = _pipe_capacity(pipes.requests)  # what a write takes without a reader
@@ -293,6 +294,9 @@ class ProcessConnection:
                     self.exit_info = {"exit_code": code, "signal": name, "cause": death_cause(code, name, oom)}
                 else:
                     self.exit_info = {"exit_code": code, "cause": death_cause(code, None)}
+                stack = spill.fault_log(self.spill_fd)
+                if stack is not None:  # a fatal signal: the Python stacks of its threads
+                    self.exit_info["python_stack"] = stack
             return self.exit_info
 
     def wait_exit(self, timeout: float | None = None) -> bool:

@@ -121,6 +121,10 @@ class SlotConnection(FedByThread):
         return None
 
     @property
+    def node_id(self) -> str | None:
+        return None
+
+    @property
     def exit_info(self) -> dict[str, Any] | None:
         return self._mux.conn.exit_info
 

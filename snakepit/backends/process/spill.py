@@ -24,10 +24,16 @@ through a ``write``). An open batch is never partly written: the writer closes i
 Updates are ordered so that a death between two of them never claims bytes that are not there:
 item bytes are copied before ``committed`` moves, and the queue is emptied by zeroing
 ``committed`` before ``base`` moves.
+
+The segment also carries the worker's last words: past the queue area, :mod:`faulthandler`
+writes every thread's Python stack when a fatal signal (SIGSEGV, SIGABRT, SIGBUS, SIGFPE,
+SIGILL) ends the worker, and the owner reads it at the post-mortem (:func:`fault_log`): the
+``python_stack`` of its ``worker_crashed``. A SIGKILL (the OOM killer's too) leaves none.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import mmap
 import os
 import struct
@@ -56,6 +62,29 @@ def create(size: int = SIZE) -> int:
         handle.close()
     os.ftruncate(fd, HEADER_SIZE + size)
     return fd
+
+
+FAULT_LOG_AT = HEADER_SIZE + SIZE  # where the fault log starts: past the queue (the file grows as it is written)
+_FAULT_LOG_MAX = 64 << 10
+
+
+def record_faults(fd: int) -> None:
+    """In the worker: have :mod:`faulthandler` write every thread's stack to the segment's fault
+    log on a fatal signal. A descriptor of its own, whose file offset sits at the log (the queue
+    is written through a mapping, never at that offset); kept open for the process's life."""
+    log = os.dup(fd)
+    os.lseek(log, FAULT_LOG_AT, os.SEEK_SET)
+    faulthandler.enable(file=log, all_threads=True)
+
+
+def fault_log(fd: int) -> str | None:
+    """The stacks a dead worker's faulthandler wrote (owner side), or None."""
+    try:
+        data = os.pread(fd, _FAULT_LOG_MAX, FAULT_LOG_AT)
+    except OSError:
+        return None
+    text = data.decode("utf-8", "replace").strip()
+    return text or None
 
 
 def close_batch_in(buffer: bytearray | mmap.mmap, batch_at: int, end: int, count: int, prefix_len: int) -> None:

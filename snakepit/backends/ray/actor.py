@@ -22,6 +22,7 @@ stopped by the owner killing the actor after ``cancel_grace``.
 from __future__ import annotations
 
 import collections
+import faulthandler
 import os
 import queue
 import sys
@@ -75,9 +76,14 @@ class SnakepitActor:
         self._host: ThreadHost | None = None
         self._telemetry: collections.deque[dict[str, Any]] = collections.deque(maxlen=_TELEMETRY_BUFFER)
 
-    def start(self, boot_frame: bytes) -> tuple[bytes, str]:
+    def start(self, boot_frame: bytes) -> tuple[bytes, str, str]:
         """Load and initialise the adapter: a ``Ready`` or ``StartFailed`` frame, and the
-        address of the node this actor runs on."""
+        address and the id of the node this actor runs on (nodes may share an address: several
+        on one host, containers)."""
+        # Ray's workers dump the faulting thread's stack to their log on a fatal signal; every
+        # thread's is what tells a crash in a tool's thread apart. (The owner, maybe on another
+        # node, cannot read a dead actor's memory: the stacks stay in Ray's worker log.)
+        faulthandler.enable(all_threads=True)
         [boot] = FrameReader(ToWorker).feed(boot_frame)
         assert isinstance(boot, Boot)
         for path in reversed(boot.sys_path):  # the owner's paths, where they exist here
@@ -91,7 +97,7 @@ class SnakepitActor:
         started = self._host.start(boot.adapter, boot.adapter_args)
         if type(started) is Ready:
             started = Ready(os.getpid(), started.tools)
-        return bytes(encode_frame(started)), ray.util.get_node_ip_address()
+        return bytes(encode_frame(started)), ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
 
     def call(self, frame: bytes) -> bytes:
         """Run one call or map batch whose answer is one value: its frames, at once."""

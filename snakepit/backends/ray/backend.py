@@ -139,7 +139,7 @@ class RayBackend:
                     worker.start_error = (f"the actor could not start: {_first_line(error)}", None)
                 self._gone(worker, error)
                 return
-            frame, node = result
+            frame, node, node_id = result
             [started] = FrameReader(FromWorker).feed(frame)
             if type(started) is StartFailed:
                 worker.start_error = (started.message, started.traceback)
@@ -149,6 +149,7 @@ class RayBackend:
             assert type(started) is Ready
             conn.pid = started.pid
             conn.node = node
+            conn.node_id = node_id
             self._events.ready(worker, list(started.tools))
         elif kind == "ping":
             if error is None:

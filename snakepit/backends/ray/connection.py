@@ -32,6 +32,7 @@ class RayConnection(FedByThread):
         self.actor = actor
         self.pid: int | None = None
         self.node: str | None = None
+        self.node_id: str | None = None
         self.exit_info: dict[str, Any] | None = None
         self.exit_reported = False  # the supervisor was told it ended
         self.broken = False

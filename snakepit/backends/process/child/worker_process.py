@@ -29,6 +29,7 @@ from .... import telemetry
 from ....hosting import ToolHost
 from ....protocol import Batch, Boot, Call, Cancel, Credit, FrameReader, Ping, Pong, Ready, Shutdown, StartFailed, ToWorker
 from .. import segments
+from ..spill import record_faults
 from .events import Events
 from .orphans import adopt_orphans, die_with_parent, end_descendants, name_process, reap_orphans
 from .outbox import Outbox
@@ -164,6 +165,7 @@ def serve_worker(requests: int, control: int, responses: int, events: int, spill
         os._exit(0)
     for fd in (requests, control, responses, events, spill, segments_fd):
         os.set_inheritable(fd, False)
+    record_faults(spill)  # a fatal signal's Python stacks, for the owner's post-mortem
     worker = Worker(requests, control, responses, events, spill, segments_fd)
     worker.boot()
     worker.serve()
