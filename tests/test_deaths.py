@@ -121,17 +121,16 @@ def test_a_slot_whose_workers_keep_dying_is_quarantined_while_the_others_serve()
             victim = next(w for w in pool.stats()["worker_info"] if w["slot"] == 0)
             os.kill(victim["pid"], signal.SIGKILL)
             wait_for(lambda: all(w["pid"] != victim["pid"] for w in pool.stats()["worker_info"]))
-            if not pool.stats()["quarantined"]:
+            if not any(e["event"] == "worker_quarantined" for e in events):
                 wait_for(lambda: len(pool.stats()["worker_info"]) == 2, timeout=15)
-        quarantined = pool.stats()["quarantined"]
-        assert list(quarantined) == [0] and 0 < quarantined[0] <= 1.0
-        assert [w["slot"] for w in pool.stats()["worker_info"]] == [1]
+        stats = pool.stats()  # quarantined for a second, unless this machine was slower than that
+        assert list(stats["quarantined"]) in ([0], []) and all(0 < left <= 1.0 for left in stats["quarantined"].values())
         assert pool.execute("add", {"a": 2, "b": 2}) == 4  # slot 1 keeps serving
         [event] = [e for e in events if e["event"] == "worker_quarantined"]
         assert (event["slot"], event["deaths"], event["delay"]) == (0, 2, 1.0)
-        started = time.monotonic()
         wait_for(lambda: sorted(w["slot"] for w in pool.stats()["worker_info"]) == [0, 1], timeout=15)
-        assert time.monotonic() - started > 0.3  # it waited out the quarantine
+        [back] = [w for w in pool.stats()["worker_info"] if w["slot"] == 0]
+        assert back["started_at"] - event["time"] >= 0.99  # it waited out the quarantine
         assert pool.stats()["quarantined"] == {}
 
 
