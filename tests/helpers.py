@@ -57,10 +57,13 @@ def _refuse():
     raise RuntimeError("this object refuses to be unpickled")
 
 
-def _stuck_in_c(seconds: int) -> None:
+def _stuck_in_c(seconds: int, marker: str = "") -> None:
     """What a cancel cannot interrupt: C code that holds the GIL and does not return to Python
-    when a signal interrupts it (it masks signals, or retries its system call)."""
+    when a signal interrupts it (it masks signals, or retries its system call). ``marker``: a
+    file made once signals are masked, for a test to know the tool is stuck."""
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - {signal.SIGTERM})
+    if marker:
+        open(marker, "w").close()
     try:
         ctypes.PyDLL(None).sleep(seconds)
     finally:
@@ -143,7 +146,9 @@ class Toolbox(BaseAdapter):
         return type(value).__name__
 
     @tool
-    def sleep(self, seconds: float) -> float:
+    def sleep(self, seconds: float, marker: str = "") -> float:
+        if marker:  # a file made as the sleep begins, for a test to know the tool runs
+            open(marker, "w").close()
         time.sleep(seconds)
         return seconds
 
@@ -402,9 +407,9 @@ class Faulty(BaseAdapter):
             pass
 
     @tool
-    def c_sleep(self, seconds: int = 60) -> None:
+    def c_sleep(self, seconds: int = 60, marker: str = "") -> None:
         """Stuck in C code holding the GIL (PyDLL keeps it during the call)."""
-        _stuck_in_c(seconds)
+        _stuck_in_c(seconds, marker)
 
     @tool
     def sleep(self, seconds: float) -> float:
@@ -440,12 +445,12 @@ class Faulty(BaseAdapter):
         return lines
 
     @tool
-    def stubborn(self, block: int = 30):
+    def stubborn(self, block: int = 30, marker: str = ""):
         """Yields once, then blocks in C (holding the GIL) between yields, far longer than any
         cancel grace: nothing can interrupt it."""
         try:
             yield 0
-            _stuck_in_c(block)
+            _stuck_in_c(block, marker)
             yield 1
         finally:
             self.closed_streams += 1

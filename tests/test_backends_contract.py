@@ -287,3 +287,29 @@ def test_a_slow_reader_of_big_chunks_holds_the_tool_back(backend):
             stream.close()
             counters = wait_for(lambda: (c := session.execute("flooded", timeout=30))["closed_streams"] == 1 and c, timeout=60)
     assert counters["produced"] < 6 + 200, counters
+
+
+def test_close_gives_a_running_call_pool_closed_at_once(backend, tmp_path):
+    """On Ray a tool in time.sleep cannot be interrupted (an asynchronous exception waits for
+    the next bytecode): its actor is killed at shutdown_timeout. The caller does not wait for it."""
+    marker = str(tmp_path / "sleeping")
+    pool = Pool(Toolbox, size=1, start_timeout=60, shutdown_timeout=4.0, kill_grace=0.5, cancel_grace=60, **backend).start()
+    outcome: list[tuple[BaseException, float]] = []
+
+    def call() -> None:
+        try:
+            pool.execute("sleep", {"seconds": 60, "marker": marker})
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            outcome.append((exc, time.monotonic()))
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        wait_for(lambda: os.path.exists(marker), timeout=30)
+    finally:
+        began = time.monotonic()
+        pool.close()
+        caller.join(30)
+    [(error, when)] = outcome
+    assert isinstance(error, SnakepitError) and error.reason == "pool_closed", error
+    assert when - began < 2.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import signal
@@ -257,3 +258,47 @@ def test_stats_count_requests_and_errors():
         assert stats["workers"] == 1 and stats["available"] == 1 and stats["busy"] == 0
         (info,) = stats["worker_info"]
         assert info["state"] == "idle" and info["requests"] >= 2 and psutil.pid_exists(info["pid"])
+
+
+@pytest.mark.parametrize(
+    "kind, threads, tool",
+    [("execute", 1, "c_sleep"), ("stream", 1, "stubborn"), ("aexecute", 1, "c_sleep"), ("map", 1, "c_sleep"), ("execute", 3, "c_sleep")],
+)
+def test_close_gives_running_calls_pool_closed_at_once_while_the_workers_stop(kind, threads, tool, tmp_path):
+    """Even a call stuck in C, which only a kill at shutdown_timeout ends: its caller does not
+    wait for that."""
+    from helpers import Faulty
+    from threaded_tools import Threaded
+
+    adapter = Threaded if threads > 1 else Faulty
+    pool = Pool(adapter, size=1, threads_per_worker=threads, shutdown_timeout=3.0, kill_grace=0.3, cancel_grace=60).start()
+    outcome: list[tuple[BaseException, float]] = []
+
+    marker = str(tmp_path / "stuck")
+
+    def call() -> None:
+        try:
+            if kind == "execute":
+                pool.execute(tool, {"seconds": 60, "marker": marker})
+            elif kind == "stream":
+                for _ in pool.stream(tool, {"block": 60, "marker": marker}):
+                    pass
+            elif kind == "aexecute":
+                asyncio.run(pool.aexecute(tool, {"seconds": 60, "marker": marker}))
+            else:
+                list(pool.map(tool, [{"seconds": 60, "marker": marker}] * 3))
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            outcome.append((exc, time.monotonic()))
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_for(lambda: os.path.exists(marker))  # stuck in C: only a kill ends it
+    began = time.monotonic()
+    closer = threading.Thread(target=pool.close)
+    closer.start()
+    caller.join(30)
+    closer.join(30)
+    assert not caller.is_alive() and not closer.is_alive()
+    [(error, when)] = outcome
+    assert isinstance(error, SnakepitError) and error.reason == "pool_closed", error
+    assert when - began < 1.0  # not after shutdown_timeout, when the stuck worker is killed

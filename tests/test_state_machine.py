@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import threading
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from snakepit import SnakepitError
 from snakepit.affinity import Affinity
 from snakepit.affinity.sessions import SessionStore
-from snakepit.backends.base import DeadlineExceeded, WorkerGone
+from snakepit.backends.base import DeadlineExceeded, PoolClosing, WorkerGone
 from snakepit.observe import Observer
 from snakepit.pool.dispatcher import Counters, Dispatcher
 from snakepit.pool.exchange import END, Exchange, run_execute
@@ -35,6 +36,7 @@ class MemoryConnection:
         self.pid = pid
         self.node = None
         self.node_id = None
+        self.closing = SimpleNamespace(is_set=False)  # the pool's closing signal, as far as the calls see it
         self.exit_info: dict[str, Any] | None = None
         self.broken = False
         self.sent: list[Any] = []
@@ -70,6 +72,8 @@ class MemoryConnection:
 
     def receive(self, deadline: float | None) -> list[Any]:
         messages = self.take()
+        if not messages and self.closing.is_set:
+            raise PoolClosing()
         if not messages:
             raise DeadlineExceeded()  # nothing scripted: as if the deadline passed
         return messages
@@ -286,6 +290,26 @@ def test_an_orphaned_checkout_is_taken_back_by_the_audit(pool_core):
     assert dispatcher.audit() == [] and worker.state is WorkerState.IDLE
 
 
+def test_a_call_waiting_when_the_pool_closes_gets_pool_closed_and_gives_its_worker_up(pool_core):
+    """The shutdown cancels and stops the worker: the caller neither drains it nor waits."""
+    dispatcher, supervision, _ = pool_core
+    exchange, late = begin(dispatcher), begin(dispatcher)
+    worker, other = exchange.handle, late.handle
+    dispatcher.close()
+    for held in (worker, other):
+        held.conn.closing.is_set = True
+    with pytest.raises(SnakepitError) as info:
+        run_execute(exchange)
+    assert info.value.reason == "pool_closed"
+    assert not worker.checked_out and worker.owner is None and worker.state is WorkerState.BUSY  # not freed, not drained
+    assert worker.conn.controls == [] and supervision.log == []
+    # a caller that wakes after the shutdown has passed its worker by: it is disposed of then
+    dispatcher.worker_died(other)
+    with pytest.raises(SnakepitError) as info:
+        run_execute(late)
+    assert info.value.reason == "pool_closed" and supervision.log == [("dispose", other.id)]
+
+
 def test_a_broken_connection_gets_the_worker_scrapped_not_reused(pool_core):
     dispatcher, supervision, _ = pool_core
     exchange = begin(dispatcher)
@@ -404,3 +428,27 @@ def test_a_worker_its_caller_ends_is_out_of_service_at_once_whatever_interrupts_
     dispatcher.drained(worker)
     assert worker.state is WorkerState.DEAD and ("dispose", worker.id) in supervision.log
     assert begin(dispatcher).handle is not worker  # the next caller gets the other worker
+
+
+@pytest.mark.parametrize("waiter_then", ["settles", "is_interrupted"])
+def test_a_worker_that_dies_between_its_assignment_and_its_claim_is_disposed_of(pool_core, waiter_then):
+    """A released worker is checked out to the oldest waiter before the waiter wakes to take it:
+    killed in between, it must not stay checked out to nobody (its connection would never be
+    disposed of, its descriptors open until a garbage collection)."""
+    dispatcher, supervision, _ = pool_core
+    running, _busy = begin(dispatcher), begin(dispatcher)  # both workers busy
+    handle, ticket, _ = dispatcher.request(None, None, lambda ticket: "parked", Exchange(dispatcher, "t", None))
+    assert handle is None
+    running.handle.conn.replies = [Result(running.call_id, 1)]
+    run_execute(running)  # released: checked out to the waiting ticket at once
+    assigned = running.handle
+    assert ticket.worker == assigned.id and assigned.checked_out
+    assigned.conn.exit_info = {"exit_code": -9, "signal": "SIGKILL"}  # reaped by the supervisor
+    dispatcher.worker_died(assigned)  # killed before the waiter took it
+    if waiter_then == "settles":
+        handle, parked = dispatcher.settle(ticket, None, None, lambda ticket: "parked")
+        assert (handle, parked) == (None, "parked")  # it waits again: the other worker is busy
+    else:
+        dispatcher.forsake(ticket)
+    assert not assigned.checked_out and assigned.owner is None
+    assert supervision.log == [("dispose", assigned.id)]

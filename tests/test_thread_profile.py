@@ -234,3 +234,53 @@ def test_recycled_processes_leave_no_descriptors_behind():
             wait_for(lambda: pool.stats()["recycled"] >= round_ and pool.stats()["available"] == 4, timeout=30)
         # Ten recycles: at most the slots of a process still being disposed of, not ten processes' worth.
         wait_for(lambda: eventfds() <= before + 4, timeout=10)
+
+
+def test_close_releases_every_descriptor_of_a_killed_process_without_the_garbage_collector():
+    """Callers on every call slot, more waiting for one, the process killed under them: when
+    close() returns, the dead process's whole connection (pipes, pidfd, socket, eventfds, spill
+    segment) is closed -- not left to a garbage collection."""
+    import gc
+    import os
+    import signal
+    import threading
+
+    def fds() -> list[str]:
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                names.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # the listing's own descriptor, closed meanwhile
+                pass
+        return sorted(names)
+
+    with Pool(Threaded, size=1, threads_per_worker=2, **FAST) as warm:  # one-time state (the template's imports)
+        warm.execute("pid")
+    gc.collect()
+    gc.disable()
+    try:
+        before = fds()
+        pool = Pool(Threaded, size=1, threads_per_worker=4, **FAST).start()
+        victim = pool.execute("pid")
+        outcomes: list[str] = []
+
+        def call() -> None:
+            try:
+                pool.execute("wait", {"seconds": 30})
+                outcomes.append("ok")
+            except SnakepitError as exc:
+                outcomes.append(exc.reason)
+
+        callers = [threading.Thread(target=call) for _ in range(7)]  # 4 running, 3 waiting
+        for caller in callers:
+            caller.start()
+        wait_for(lambda: pool.stats()["waiting"] == 3)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: pool.stats()["workers"] == 1 and pool.stats()["worker_info"][0]["pid"] != victim, timeout=30)
+        pool.close()  # the waiters, given the new process, get pool_closed
+        for caller in callers:
+            caller.join(30)
+        assert sorted(outcomes) == ["pool_closed"] * 3 + ["worker_crashed"] * 4
+        assert fds() == before
+    finally:
+        gc.enable()

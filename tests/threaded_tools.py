@@ -90,6 +90,13 @@ class Threaded(BaseAdapter):
         os._exit(5)
 
     @tool
+    def c_sleep(self, seconds: int = 60, marker: str = "") -> None:
+        """Stuck in C code holding the GIL: neither a cancel nor a signal stops it."""
+        from helpers import _stuck_in_c
+
+        _stuck_in_c(seconds, marker)
+
+    @tool
     def segfault(self) -> None:
         import ctypes
 

@@ -50,10 +50,11 @@ class Ticket:
     session_id: str | None = None  # not used for routing; lets the caller re-pin its session
     # Set by whoever waits (the pool; routing ignores them): how to wake the caller; a weak
     # reference to what it waits on, dead once the caller has stopped waiting; who takes the
-    # worker it is given.
+    # worker it is given; the pool's record of that worker and its lease, handed over at release.
     waker: Callable[[], Any] | None = field(default=None, repr=False)
     waiter: Callable[[], Any] | None = field(default=None, repr=False)
     owner: Any = field(default=None, repr=False)
+    assigned: Any = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:

@@ -1,15 +1,18 @@
 """The seam between the pool and what runs its workers.
 
 The generic pool (dispatcher, exchange, map engine, asyncio drivers) speaks to a worker only
-through a :class:`Connection`; a connection raises :class:`WorkerGone` and
-:class:`DeadlineExceeded`, which the pool's call logic turns into the caller's errors
-(``worker_crashed``, ``timeout``). The supervisor starts, watches and stops workers through a
-:class:`Backend`, which reports back through :class:`WorkerEvents`.
+through a :class:`Connection`; a connection raises :class:`WorkerGone`,
+:class:`DeadlineExceeded` and :class:`PoolClosing`, which the pool's call logic turns into the
+caller's errors (``worker_crashed``, ``timeout``, ``pool_closed``). The supervisor starts,
+watches and stops workers through a :class:`Backend`, which reports back through
+:class:`WorkerEvents`.
 """
 
 from __future__ import annotations
 
+import os
 import select
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
 if TYPE_CHECKING:  # annotations only: a worker process imports this module, and nothing it need not
@@ -45,6 +48,65 @@ class DeadlineExceeded(Exception):
     """A wait on the worker reached the call's deadline first."""
 
 
+class PoolClosing(Exception):
+    """A wait on the worker was interrupted: the pool began closing (see :class:`Closing`)."""
+
+
+class Closing:
+    """Set once, when the pool begins to close: every caller waiting on a worker of its backend
+    wakes at once and gets ``pool_closed`` (:class:`PoolClosing` from the wait), whatever its
+    worker is doing -- a tool stuck in C, an actor that cannot be interrupted -- while the
+    workers' own shutdown (cancel, ``cleanup()``, exit) goes on within ``shutdown_timeout``.
+
+    Blocking waits poll :attr:`fd`, an eventfd readable from then on; event loops subscribe
+    (several waits on one loop cannot all add a reader of one descriptor). The owner of the
+    pool makes it, sets it and closes it; backends hand it to every connection.
+    """
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.is_set = False
+        self._lock = threading.Lock()
+        self._waiters: dict[object, tuple[asyncio.AbstractEventLoop, Callable[[bool], None]]] = {}
+
+    def set(self) -> None:
+        with self._lock:
+            if self.is_set:
+                return
+            self.is_set = True
+            waiters, self._waiters = list(self._waiters.values()), {}
+        os.eventfd_write(self.fd, 1)
+        for loop, callback in waiters:
+            try:
+                loop.call_soon_threadsafe(callback, False)
+            except RuntimeError:  # that loop is closed: nobody waits on it
+                pass
+
+    def subscribe(self, loop: asyncio.AbstractEventLoop, callback: Callable[[bool], None]) -> Callable[[], None]:
+        """``callback(False)`` on ``loop`` once set (at once if it is); returns the unsubscribe."""
+        key = object()
+        with self._lock:
+            if not self.is_set:
+                self._waiters[key] = (loop, callback)
+                return lambda: self._forget(key)
+        loop.call_soon(callback, False)
+        return _nothing
+
+    def _forget(self, key: object) -> None:
+        with self._lock:
+            self._waiters.pop(key, None)
+
+    def close(self) -> None:
+        """After the shutdown: waits still to come see :attr:`is_set` before they poll."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+def _nothing() -> None:
+    pass
+
+
 class Connection(Protocol):
     """The pool's line to one worker, as the generic pool uses it (calls, streams, maps).
 
@@ -53,6 +115,7 @@ class Connection(Protocol):
     """
 
     pid: int | None  # the worker's process id, where it has one (for stats and events)
+    closing: Closing  # the pool's: set, it interrupts every wait below with PoolClosing
     node: str | None  # the machine it runs on, when not this one (Ray: the node's address)
     node_id: str | None  # Ray's id of the node it runs on (nodes may share an address), else None
     exit_info: dict[str, Any] | None  # how it ended, once known: exit_code, signal
@@ -90,11 +153,13 @@ class Connection(Protocol):
         worker has ended (``exited``: it is known to have) and nothing more will come."""
 
     def receive(self, deadline: float | None) -> list[Any]:
-        """Block until messages arrive: ``WorkerGone`` or ``DeadlineExceeded``."""
+        """Block until messages arrive: ``WorkerGone``, ``DeadlineExceeded``, or
+        ``PoolClosing`` when :attr:`closing` is set and nothing has arrived."""
 
     def watch(self, loop: asyncio.AbstractEventLoop, callback: Callable[[bool], None]) -> Callable[[], None]:
         """Call ``callback(exited)`` on ``loop`` whenever there is something to take, or the
-        worker has ended; returns the function that stops it (called on the loop)."""
+        worker has ended, or :attr:`closing` is set (``exited`` False: the caller then finds
+        nothing to take); returns the function that stops it (called on the loop)."""
 
     def exit_status(self) -> dict[str, Any]:
         """After ``WorkerGone``: wait until the worker has ended (ending it if it lingers) and
@@ -109,7 +174,8 @@ class Connection(Protocol):
     @classmethod
     def wait_any(cls, conns: Sequence[Connection], deadline: float | None) -> list[tuple[Connection, bool]]:
         """Block until some of ``conns`` (all of this kind) have something to take or have
-        ended, or ``deadline`` passes: those connections, each with whether it has ended."""
+        ended, or ``deadline`` passes, or their :attr:`closing` is set: those connections, each
+        with whether it has ended."""
 
 
 class WorkerEvents(Protocol):
@@ -139,9 +205,10 @@ class Backend(Protocol):
     # cannot carry memory (values then travel in the frame).
     attachments: Callable[[], Any] | None
 
-    def start(self, reactor: Reactor, events: WorkerEvents) -> None:
+    def start(self, reactor: Reactor, events: WorkerEvents, closing: Closing) -> None:
         """Before the first launch: ``reactor`` is the supervisor's thread, where ``events``
-        must be reported (``reactor.submit`` from other threads)."""
+        must be reported (``reactor.submit`` from other threads); ``closing`` goes to every
+        connection."""
 
     def launch(self, worker: Worker) -> None:
         """Start ``worker`` (setting ``worker.conn``); raises if nothing could be started."""
@@ -175,6 +242,7 @@ class FedByThread:
     :meth:`take` may have something. Blocking, asyncio and many-connection waits on that fd."""
 
     ready_fd: int
+    closing: Closing
 
     def take(self, exited: bool = False) -> list[Any]:
         raise NotImplementedError
@@ -184,10 +252,13 @@ class FedByThread:
 
         poller = select.poll()
         poller.register(self.ready_fd, select.POLLIN)
+        poller.register(self.closing.fd, select.POLLIN)
         while True:
             messages = self.take()
             if messages:
                 return messages
+            if self.closing.is_set:
+                raise PoolClosing()
             wait_ms = poll_ms(deadline)
             if wait_ms == 0:
                 raise DeadlineExceeded()
@@ -200,26 +271,33 @@ class FedByThread:
     def wait_any(cls, conns: Sequence[Any], deadline: float | None) -> list[tuple[Any, bool]]:
         from ..pool.timing import poll_ms
 
+        if conns and conns[0].closing.is_set:  # one for the whole pool
+            return []
         poller = select.poll()
         by_fd = {conn.ready_fd: conn for conn in conns}
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
-        return [(by_fd[fd], False) for fd, _ in poller.poll(poll_ms(deadline))]
+        if conns:
+            poller.register(conns[0].closing.fd, select.POLLIN)
+        return [(by_fd[fd], False) for fd, _ in poller.poll(poll_ms(deadline)) if fd in by_fd]
 
 
 def watch_readers(
     conn: Any, loop: asyncio.AbstractEventLoop, readers: Sequence[tuple[int, bool]], callback: Callable[[bool], None]
 ) -> Callable[[], None]:
     """``Connection.watch`` for connections with file descriptors: ``callback(flag)`` on ``loop``
-    when one of ``readers``' descriptors is readable. The returned unwatch removes them only if
-    no later watch of ``conn`` has replaced them: a stale exchange's reader, closed late (from a
-    garbage collection, through the loop), must not remove the one its successor just added."""
+    when one of ``readers``' descriptors is readable, or the pool begins closing. The returned
+    unwatch removes them only if no later watch of ``conn`` has replaced them: a stale
+    exchange's reader, closed late (from a garbage collection, through the loop), must not
+    remove the one its successor just added."""
     token = object()
     conn._watch_token = token
     for fd, flag in readers:
         loop.add_reader(fd, callback, flag)
+    unsubscribe = conn.closing.subscribe(loop, callback)
 
     def unwatch() -> None:
+        unsubscribe()
         if getattr(conn, "_watch_token", None) is token:
             conn._watch_token = None
             for fd, _ in readers:

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 
 from .. import errors
 from ..affinity import Affinity, Ticket
-from ..backends.base import DeadlineExceeded, WorkerGone
+from ..backends.base import DeadlineExceeded, PoolClosing, WorkerGone
 from ..streaming import HALT, AsyncLoop, StreamResult
 from .dispatcher import Dispatcher, Owner
 from .exchange import END, MORE, Delivery, Exchange, end_call
@@ -158,12 +158,16 @@ async def fetch(exchange: Exchange, readable: Readable) -> None:
             if messages:
                 exchange.feed(messages)
                 return
+            if conn.closing.is_set:
+                raise PoolClosing()
             if not conn.spin():  # a quick reply is taken without a trip through the selector
                 await readable.wait(exchange.deadline)
     except WorkerGone:
         exchange.gone()
     except DeadlineExceeded:
         exchange.expired()
+    except PoolClosing:
+        exchange.interrupted()
 
 
 async def run_execute(exchange: Exchange) -> Any:

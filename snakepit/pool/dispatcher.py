@@ -210,17 +210,20 @@ class Dispatcher:
     ) -> tuple[Worker | None, Any]:
         """After a wait ended (woken, or at the deadline): the worker, or the refusal or timeout
         raised, or ``(None, park(ticket))`` to wait again."""
+        stale: list[Worker] = []
         try:
             with self.lock:
                 if not ticket.done and self.router.withdraw(ticket):
                     raise self._deadline_error(queue_deadline, call_deadline)
-                handle = self._claim(ticket)
+                handle = self._claim(ticket, stale)
                 if handle is None:  # the worker it was handed died before it was taken: ask again
                     ticket.worker = None
                     handle = self._acquire(ticket)
                 return (handle, None) if handle is not None else (None, park(ticket))
         except _Refused as refused:
             raise refused.surface(self.observer, ticket.owner) from None
+        finally:
+            self._dispose(stale)
 
     def checkout_now(self, owner: Owner | None = None) -> Worker | None:
         """An idle worker if there is one (no session, no queueing); ``None`` otherwise (the
@@ -238,23 +241,32 @@ class Dispatcher:
     def forsake(self, ticket: Ticket) -> None:
         """The caller stopped waiting (its task was cancelled, it was interrupted): leave the
         queue, or hand back the worker the ticket was given in the meantime."""
+        stale: list[Worker] = []
+        woken: list[Ticket] = []
         with self.lock:
             if self.router.withdraw(ticket) or not ticket.done or ticket.refused is not None:
                 return
             handle = self.workers.get(ticket.worker)  # type: ignore[arg-type]
             if handle is None:
-                return
-            ours = ticket.owner is not None and handle.owner is not None and handle.owner() is ticket.owner
-            if handle.checked_out and not ours:
-                return  # given back already, and someone else's now
-            if ours and not ticket.owner.disown(handle):
-                return  # its owner is using it already: it comes back through the owner
-            # Ours, or assigned by the router but never claimed (interrupted): back to the pool.
-            handle.checked_out = False
-            handle.owner = None
-            woken = self._free(handle)
+                self._unassign(ticket, stale)
+            else:
+                woken = self._hand_back(ticket, handle)
+        self._dispose(stale)
         for other in woken:
             _wake(other)
+
+    def _hand_back(self, ticket: Ticket, handle: Worker) -> list[Ticket]:
+        """:meth:`forsake` of a ticket given ``handle`` (lock held): back to the pool, unless its
+        owner already uses it (then it comes back through the owner) or it is someone else's."""
+        ours = ticket.owner is not None and handle.owner is not None and handle.owner() is ticket.owner
+        if handle.checked_out and not ours:
+            return []  # given back already, and someone else's now
+        if ours and not ticket.owner.disown(handle):
+            return []  # its owner is using it already: it comes back through the owner
+        # Ours, or assigned by the router but never claimed (interrupted): back to the pool.
+        handle.checked_out = False
+        handle.owner = None
+        return self._free(handle)
 
     def mode_of(self, session_id: str, affinity: Affinity | None) -> Affinity:
         """The affinity mode a call of ``session_id`` runs under."""
@@ -279,8 +291,9 @@ class Dispatcher:
         # Router and worker table change together under this lock, so a worker served here exists.
         return self._claim(ticket) if ticket.done else None
 
-    def _claim(self, ticket: Ticket) -> Worker | None:
-        """The worker a served ticket got (lock held), or the refusal as an error.
+    def _claim(self, ticket: Ticket, stale: list[Worker] | None = None) -> Worker | None:
+        """The worker a served ticket got (lock held), or the refusal as an error; None if the
+        worker it was handed has died since (given back, into ``stale``: see :meth:`_unassign`).
 
         Pins the ticket's session to that worker; a refusal for a vanished worker drops the pin.
         """
@@ -296,6 +309,8 @@ class Dispatcher:
             raise _Refused(self._refusal(ticket.refused), event)
         handle = self.workers.get(ticket.worker)  # type: ignore[arg-type]
         if handle is None:
+            if stale is not None:
+                self._unassign(ticket, stale)
             return None
         self._assign(handle, ticket.owner)
         if session is not None:
@@ -352,6 +367,29 @@ class Dispatcher:
         message = _REFUSALS[reason].format(limit=self.router.max_queue)
         return errors.pool_error(reason, message)
 
+    @staticmethod
+    def _unassign(ticket: Ticket, stale: list[Worker]) -> None:
+        """A released worker is assigned to the oldest waiter allowed to use it, and checked out
+        to it, before the waiter wakes to take it (:meth:`_free`). If it dies in between, the
+        waiter asks again -- and the dead worker, still checked out to nobody who will ever give
+        it back, would keep its process's connection from being disposed of (lock held): it is
+        given back here, into ``stale``, which the caller disposes of once the lock is released."""
+        assigned, ticket.assigned = ticket.assigned, None
+        if assigned is None:
+            return
+        handle, lease = assigned
+        if handle.lease == lease and handle.checked_out:
+            handle.checked_out = False
+            handle.owner = None
+            stale.append(handle)
+
+    def _dispose(self, stale: list[Worker]) -> None:
+        """Dispose of dead workers given back by :meth:`_unassign` (not under the lock)."""
+        if stale:
+            supervisor = self._supervise()
+            for handle in stale:
+                supervisor.submit(supervisor.dispose, handle)
+
     def _deadline_error(self, queue_deadline: float | None, call_deadline: float | None) -> _Refused:
         if call_deadline is not None and (queue_deadline is None or call_deadline <= queue_deadline):
             self.counters.bump("timeouts")
@@ -401,6 +439,20 @@ class Dispatcher:
     def defer(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the supervisor's thread; takes no lock (see :meth:`cancel_later`)."""
         self._supervise().defer(fn, *args)
+
+    def give_up(self, handle: Worker, lease: int | None = None) -> None:
+        """The caller stops waiting on its worker as the pool closes (``pool_closed``): the
+        worker is no longer its, and not free either -- the shutdown has told it to cancel what it
+        runs and to stop. If the shutdown has already passed it by, it is disposed of now."""
+        with self.lock:
+            if lease is not None and lease != handle.lease:
+                return
+            handle.checked_out = False
+            handle.owner = None
+            dead = handle.state is WorkerState.DEAD
+        if dead:
+            supervisor = self._supervise()
+            supervisor.submit(supervisor.dispose, handle)
 
     def abandon(self, handle: Worker, call_id: int, lease: int | None = None) -> None:
         """The caller gives up on a running call: the worker cancels it and is drained, then freed.
@@ -617,6 +669,7 @@ class Dispatcher:
                 break
             ticket.worker, ticket.refused = None, Reason.POOL_CLOSED
         self._assign(handle, ticket.owner)
+        ticket.assigned = (handle, handle.lease)  # taken by _claim; given back if it dies first
         return [ticket]
 
     @staticmethod

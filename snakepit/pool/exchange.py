@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 
 
 from .. import errors
-from ..backends.base import DeadlineExceeded, WorkerGone
+from ..backends.base import DeadlineExceeded, PoolClosing, WorkerGone
 from ..errors import Reason
 from ..protocol import PACKED, TERMINAL, Cancel, Chunk, Chunks, End, Failure, Result, decode_value, raise_failure
 from ..streaming import HALT, StreamResult, loop
@@ -112,6 +112,9 @@ class Exchange:
         except DeadlineExceeded:  # it read nothing of a large call: stopped or hung
             self.dispatcher.end(handle, on_purpose=False)
             self.expired()
+        except PoolClosing:  # the pool closes while a large call is half-written: the pipe is spoilt
+            self.dispatcher.end(handle, on_purpose=True)
+            self.interrupted()
         except BaseException:  # Ctrl-C mid-write: part of a frame may be in the pipe
             if not self.sent:
                 self.cancel()  # nothing was written: the worker is clean
@@ -134,6 +137,8 @@ class Exchange:
             self.gone()
         except DeadlineExceeded:
             self.expired()
+        except PoolClosing:
+            self.interrupted()
 
     def gone(self) -> None:
         """The worker died: first deliver what it had queued, then report the crash."""
@@ -275,6 +280,14 @@ class Exchange:
             worker_id=self.handle.id,
             stage="running",
         )
+
+    def interrupted(self) -> None:
+        """The pool began closing while the call waited on its worker: ``pool_closed`` now. The
+        worker is given up, not drained: the shutdown cancels its call and stops it."""
+        self.finished = True
+        self._messages, self._index = [], 0  # undelivered: large ones would hold shared memory
+        self.dispatcher.give_up(self.handle, self.lease)
+        raise errors.pool_closed()
 
     def lost(self) -> None:
         """The worker died under this call: report how, and let the supervisor replace it."""
@@ -500,14 +513,12 @@ class Stream:
         with self._lock:
             already, self._closed = self._closed, True
             waiting = self._waiting
-        if already:
-            return
         if waiting:
             exchange = self._exchange
-            if not exchange.finished and exchange.sent:
+            if not already and not exchange.finished and exchange.sent:
                 exchange.handle.conn.send_control(Cancel([exchange.call_id]))
             return
-        self._end()
+        self._end()  # also after a loop left early: its end, handed to the supervisor, may not have run yet
 
     def _end(self) -> None:
         if not self._ending.acquire(blocking=False):

@@ -406,6 +406,23 @@ class MapEngine:
         if self._on_timeout is not None:
             self._on_timeout(handle.id, items)
 
+    def closing(self) -> bool:
+        """The pool began closing (its shutdown interrupts the waits on the map's workers):
+        the batches in flight fail with ``pool_closed`` and the workers are given up, not drained
+        -- the shutdown cancels what they run and stops them. The map then asks for a worker
+        again, which raises ``pool_closed``. False while the pool is open."""
+        held = next(iter(self.workers.values()), None)
+        if held is None or not held.conn.closing.is_set:
+            return False
+        error = errors.pool_closed()
+        for handle in list(self.workers.values()):
+            for batch in self._queued.pop(handle.id, ()):
+                self._in_flight -= batch.count
+                self._fail_range(batch.start, batch.count, error)
+            del self.workers[handle.id]
+            self._dispatcher.give_up(handle, self._leases.pop(handle.id, None))
+        return True
+
     def next_deadline(self) -> float | None:
         deadlines = [queue[0].deadline for queue in self._queued.values() if queue and queue[0].deadline is not None]
         return min(deadlines) if deadlines else None
@@ -566,6 +583,7 @@ def _wait(engine: MapEngine) -> None:
     conns = [handle.conn for handle in held.values()]
     ready = type(conns[0]).wait_any(conns, engine.next_deadline()) if conns else []
     _collect(engine, [(held[id(conn)], exited) for conn, exited in ready])
+    engine.closing()
 
 
 def _collect(engine: MapEngine, ready: Iterable[tuple[Worker, bool]]) -> None:
@@ -647,3 +665,4 @@ async def _await_any(loop: asyncio.AbstractEventLoop, engine: MapEngine, writes:
         if timer is not None:
             timer.cancel()
     _collect(engine, ready)
+    engine.closing()

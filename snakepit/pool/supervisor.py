@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import errors
 from ..adapter import ToolSpec
-from ..backends.base import Backend, WorkerGone
+from ..backends.base import Backend, Closing, WorkerGone
 from ..errors import Reason
 from ..observe import Observer
 from ..protocol import TERMINAL, Cancel, Ping
@@ -84,6 +84,7 @@ class Supervisor(Reactor):
         self._young_deaths = 0
 
         self.tools: list[ToolSpec] | None = None
+        self.closing = Closing()  # set when the shutdown begins: callers waiting on workers get pool_closed
         self._start_cond = threading.Condition()
         self._initial = True  # start-up failures fail start(); later ones are retried with back-off
         self._ready = 0
@@ -93,7 +94,7 @@ class Supervisor(Reactor):
 
     def start(self) -> None:
         """Start the thread and ``size`` workers; return when all are ready, or raise."""
-        self.backend.start(self, self)
+        self.backend.start(self, self, self.closing)
         self.start_thread()
         for slot in range(self._size):
             self.submit(self._spawn, slot)
@@ -117,11 +118,13 @@ class Supervisor(Reactor):
     def shutdown(self) -> None:
         """Stop every worker: gracefully (cleanup runs) within ``shutdown_timeout``, then by force.
         Workers still starting (inside ``initialize()``) are killed at once: a failed ``start()``
-        must not wait for them.
+        must not wait for them. Callers waiting on a worker are not kept waiting for any of it:
+        they get ``pool_closed`` at once (:class:`~snakepit.backends.base.Closing`).
 
         The supervisor thread sees the shutdown through: it spawned the workers, and on Linux
         they are killed (``PR_SET_PDEATHSIG``) the moment it exits, cleanup or not.
         """
+        self.closing.set()
         self.submit(self._begin_shutdown)
         self.join()
         with self.work_lock:
@@ -132,6 +135,7 @@ class Supervisor(Reactor):
             handle.conn.exit_status()  # all have ended by now: this reaps them
             self.submit(self._forget_after_shutdown, handle)
         self.backend.close()
+        self.closing.close()
         self.observer.close()
         self.close()
 
@@ -433,10 +437,10 @@ class Supervisor(Reactor):
 
     def dispose(self, handle: Worker) -> None:
         """Forget a dead worker nobody uses any more (a process with call slots: once no caller
-        holds any of them)."""
+        holds any of them), once its end has been seen to (before that, :meth:`_on_death` will)."""
         if handle.process is not None:
             handle = handle.process
-        if _held(handle) or self.handles.pop(handle.id, None) is None:
+        if _held(handle) or handle.conn.exit_info is None or self.handles.pop(handle.id, None) is None:
             return
         self.backend.dispose(handle)
 

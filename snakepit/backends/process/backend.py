@@ -32,7 +32,7 @@ from typing import Any, Iterable
 from ...pool.reactor import Reactor
 from ...pool.workers import Worker
 from ...protocol import Log, Pong, Ready, Shutdown, StartFailed, Telemetry, encode_frame
-from ..base import WorkerEvents
+from ..base import Closing, WorkerEvents
 from .janitor import Janitor
 from .launcher import SNAKEPIT_ROOT, LaunchSpec, prefer_for_oom_kill, spawn
 from .oom import OomWitness
@@ -62,10 +62,12 @@ class ProcessBackend:
         self._splitters: dict[int, LineSplitter] = {}  # output fd -> its partial line
         self._reactor: Reactor = None  # type: ignore[assignment]  # set by start()
         self._events: WorkerEvents = None  # type: ignore[assignment]
+        self._closing: Closing = None  # type: ignore[assignment]
 
-    def start(self, reactor: Reactor, events: WorkerEvents) -> None:
+    def start(self, reactor: Reactor, events: WorkerEvents, closing: Closing) -> None:
         self._reactor = reactor
         self._events = events
+        self._closing = closing
         self.janitor.start()
         if self._start_method == "forkserver":
             launch = self._launch
@@ -104,11 +106,11 @@ class ProcessBackend:
         # what a library read from the environment when the template imported it would be wrong.
         if self._template is not None and env == self._template.env:
             try:
-                return spawn(worker.id, self._launch, env, self._template)
+                return spawn(worker.id, self._launch, env, self._closing, self._template)
             except TemplateUnavailable as exc:
                 _log.warning("snakepit: the template process cannot fork workers (%s); they start cold from now on", exc)
                 self._close_template()
-        return spawn(worker.id, self._launch, env)
+        return spawn(worker.id, self._launch, env, self._closing)
 
     def _close_template(self) -> None:
         template, self._template = self._template, None

@@ -29,7 +29,7 @@ import psutil
 
 from ...pool.timing import deadline_after, poll_ms
 from ...protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
-from ..base import DeadlineExceeded, WorkerGone, death_cause, watch_readers
+from ..base import Closing, DeadlineExceeded, PoolClosing, WorkerGone, death_cause, watch_readers
 from . import segments, spill
 from .segments import Attachments
 from .spin import Spin
@@ -50,16 +50,19 @@ class WorkerPipes:
     segments: int  # a Unix socket: large values' memfds, both ways (see .segments)
 
 
-def _write_until(fd: int, data: bytes | bytearray, deadline: float) -> None:
+def _write_until(fd: int, data: bytes | bytearray, deadline: float, closing: Closing) -> None:
     view = memoryview(data)
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
+    poller.register(closing.fd, select.POLLIN)
     os.set_blocking(fd, False)
     try:
         while view:
             try:
                 view = view[os.write(fd, view) :]
             except BlockingIOError:
+                if closing.is_set:
+                    raise PoolClosing() from None
                 wait_ms = poll_ms(deadline)
                 if wait_ms == 0:
                     raise DeadlineExceeded() from None
@@ -78,8 +81,9 @@ def _pipe_capacity(fd: int) -> int:
 class ProcessConnection:
     """The owner's side of one worker process: its pipes, its pidfd, the process itself."""
 
-    def __init__(self, worker_id: int, process: subprocess.Popen[bytes] | ForkedProcess, pipes: WorkerPipes) -> None:
+    def __init__(self, worker_id: int, process: subprocess.Popen[bytes] | ForkedProcess, pipes: WorkerPipes, closing: Closing) -> None:
         self.worker_id = worker_id
+        self.closing = closing
         self.process = process
         self.pid = process.pid
         self.node: str | None = None  # this machine
@@ -109,6 +113,7 @@ class ProcessConnection:
         self._poller.register(self.responses_fd, select.POLLIN)
         if self.pidfd is not None:
             self._poller.register(self.pidfd, select.POLLIN)
+        self._poller.register(closing.fd, select.POLLIN)
         # The pipes are closed by close_fds(), or when the connection is collected (a stream
         # dropped after its pool was closed is the last to hold its worker).
         self._release_fds = weakref.finalize(self, _close_all, (*dataclasses.astuple(pipes), self.pidfd), self._socket)
@@ -160,7 +165,7 @@ class ProcessConnection:
                     if written < len(frame):
                         write_all(self.requests_fd, memoryview(frame)[written:])
                 else:
-                    _write_until(self.requests_fd, frame, deadline)
+                    _write_until(self.requests_fd, frame, deadline, self.closing)
             except OSError as exc:
                 raise WorkerGone() from exc
 
@@ -176,8 +181,8 @@ class ProcessConnection:
     # -- reading -------------------------------------------------------------------------------
 
     def spin(self) -> bool:
-        """True when the responses pipe became readable (an exit is left to the watch, which
-        says so)."""
+        """True when the responses pipe became readable (an exit, or the pool closing, is left
+        to the watch)."""
         return any(fd == self.responses_fd for fd, _ in self._spin.poll(self._poller.poll))
 
     def take(self, exited: bool = False) -> list[Any]:
@@ -199,6 +204,8 @@ class ProcessConnection:
     @classmethod
     def wait_any(cls, conns: Sequence[ProcessConnection], deadline: float | None) -> list[tuple[ProcessConnection, bool]]:
         """Wait with ``poll`` on the responses pipes and pidfds of ``conns``."""
+        if conns and conns[0].closing.is_set:  # one for the whole pool
+            return []
         poller = select.poll()
         by_fd: dict[int, tuple[ProcessConnection, bool]] = {}
         for conn in conns:
@@ -206,8 +213,12 @@ class ProcessConnection:
                 if fd is not None:
                     poller.register(fd, select.POLLIN)
                     by_fd[fd] = (conn, exited)
+        if conns:
+            poller.register(conns[0].closing.fd, select.POLLIN)
         ready: dict[int, tuple[ProcessConnection, bool]] = {}
         for fd, _ in poller.poll(poll_ms(deadline)):
+            if fd not in by_fd:
+                continue  # the pool is closing: the caller sees it
             conn, exited = by_fd[fd]
             if exited or id(conn) not in ready:
                 ready[id(conn)] = (conn, exited)
@@ -217,21 +228,24 @@ class ProcessConnection:
         """Block until at least one message arrives.
 
         Raises ``WorkerGone`` at end of file or process exit (after delivering what was already
-        sent) and ``DeadlineExceeded`` when ``deadline`` (monotonic) passes first. A reply that
-        is not there yet is first waited for awake, briefly (see :mod:`.spin`).
+        sent), ``DeadlineExceeded`` when ``deadline`` (monotonic) passes first, and
+        ``PoolClosing`` once the pool begins closing with nothing arrived. A reply that is not
+        there yet is first waited for awake, briefly (see :mod:`.spin`).
         """
         poll = self._poller.poll
         ready = poll(0) or self._spin.poll(poll)
         exited = False
         while True:
             if ready:
-                if len(ready) > 1 or ready[0][0] != self.responses_fd:
+                if self.pidfd is not None and any(fd == self.pidfd for fd, _ in ready):
                     exited = True  # the pidfd is readable: the process has ended
                 messages = self.reader.read(self.responses_fd)
                 if messages:
                     return messages
                 if messages is None or exited:
                     raise WorkerGone()
+            if self.closing.is_set:
+                raise PoolClosing()
             wait_ms = poll_ms(deadline)
             if wait_ms == 0:
                 raise DeadlineExceeded()

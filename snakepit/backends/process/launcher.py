@@ -24,6 +24,7 @@ from ... import errors, protocol
 from ...adapter import import_by_path
 from ...errors import Reason
 from ...protocol import Boot
+from ..base import Closing
 from . import spill
 from .connection import ProcessConnection, WorkerPipes
 from .template import Template
@@ -169,7 +170,9 @@ def _enlarge(fd: int) -> None:
         pass
 
 
-def spawn(worker_id: int, spec: LaunchSpec, env: Mapping[str, str], template: Template | None = None) -> ProcessConnection:
+def spawn(
+    worker_id: int, spec: LaunchSpec, env: Mapping[str, str], closing: Closing, template: Template | None = None
+) -> ProcessConnection:
     """Start one worker process and send it its boot frame; it reports ``Ready`` on its own.
 
     Pipes: requests and control (owner to worker), responses and events (worker to owner), and
@@ -214,7 +217,7 @@ def spawn(worker_id: int, spec: LaunchSpec, env: Mapping[str, str], template: Te
     for fd in (responses_r, events_r, stdout_r, stderr_r):
         os.set_blocking(fd, False)
     pipes = WorkerPipes(requests_w, control_w, responses_r, events_r, stdout_r, stderr_r, spill_fd, owner_socket_fd)
-    conn = ProcessConnection(worker_id, process, pipes)
+    conn = ProcessConnection(worker_id, process, pipes, closing)
     try:
         protocol.write_all(requests_w, boot)
     except OSError:

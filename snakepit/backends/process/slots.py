@@ -98,6 +98,7 @@ class SlotConnection(FedByThread):
     def __init__(self, mux: Mux, index: int) -> None:
         self._mux = mux
         self.index = index
+        self.closing = mux.conn.closing
         self.inbox: deque[Any] = deque()
         self._ready = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._close_ready = weakref.finalize(self, os.close, self._ready)  # at close(), or with the last user

@@ -27,7 +27,7 @@ from ...errors import Reason
 from ...pool.reactor import Reactor
 from ...pool.workers import Worker
 from ...protocol import Boot, FrameReader, FromWorker, Ready, StartFailed
-from ..base import WorkerEvents
+from ..base import Closing, WorkerEvents
 from ..process.launcher import LaunchSpec
 from .connection import RayConnection
 
@@ -59,6 +59,7 @@ class RayBackend:
         self._actor_class: Any = None
         self._reactor: Reactor = None  # type: ignore[assignment]
         self._events: WorkerEvents = None  # type: ignore[assignment]
+        self._pool_closing: Closing = None  # type: ignore[assignment]
         self._pending: dict[Any, tuple[str, Worker, Any]] = {}  # control call -> (kind, worker, argument)
         self._pending_lock = threading.Condition()
         self._closing = False
@@ -66,10 +67,11 @@ class RayBackend:
 
     # -- life cycle ------------------------------------------------------------------------------
 
-    def start(self, reactor: Reactor, events: WorkerEvents) -> None:
+    def start(self, reactor: Reactor, events: WorkerEvents, closing: Closing) -> None:
         ray = self._ray
         self._reactor = reactor
         self._events = events
+        self._pool_closing = closing
         if not ray.is_initialized():
             ray.init(address=self._address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
             self._started_ray = True
@@ -83,7 +85,7 @@ class RayBackend:
         spec = self._launch
         actor = self._actor_class.remote()
         worker.conn = RayConnection(
-            self._ray, actor,
+            self._ray, actor, self._pool_closing,
             on_control=lambda kind, ref, argument: self._await(kind, ref, worker, argument),
             on_death=lambda: self._reactor.submit(self._gone, worker, None),
         )

@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any, Callable
 
 from ...protocol import Cancel, FrameReader, FromWorker, Ping, is_stream_call
-from ..base import FedByThread, WorkerGone, death_cause
+from ..base import Closing, FedByThread, WorkerGone, death_cause
 
 # The reader thread takes at most this much ahead of the consumer, then waits (and Ray's
 # generator backpressure holds the actor): in messages, and in bytes for streams of big chunks.
@@ -27,9 +27,12 @@ _BACKPRESSURE = 8  # streamed objects an actor may run ahead of the reader threa
 
 
 class RayConnection(FedByThread):
-    def __init__(self, ray: Any, actor: Any, on_control: Callable[[str, Any, Any], None], on_death: Callable[[], None]) -> None:
+    def __init__(
+        self, ray: Any, actor: Any, closing: Closing, on_control: Callable[[str, Any, Any], None], on_death: Callable[[], None]
+    ) -> None:
         self._ray = ray
         self.actor = actor
+        self.closing = closing
         self.pid: int | None = None
         self.node: str | None = None
         self.node_id: str | None = None
