@@ -350,3 +350,43 @@ def test_leaving_a_loop_early_cancels_a_stream_still_referenced():
                 break
             wait_for(lambda: pool.execute("closed") == 3)
         assert pool.stats()["busy"] == 0
+
+
+def test_a_stream_iterated_again_after_its_end_or_its_error_yields_nothing():
+    """Its worker serves other calls by then (or is gone, its pipes closed): a stream that has
+    ended never waits on it again, as a generator that returned or raised yields nothing more."""
+    import os
+    import signal
+
+    from helpers import Toolbox
+
+    with Pool(Toolbox, size=1) as pool:
+        ended = pool.stream("count", {"n": 3})
+        assert len(list(ended)) == 3
+        other = pool.stream("count", {"n": 3})  # the same worker, another call
+        assert next(other)["number"] == 0
+        assert list(ended) == [] and next(ended, "nothing") == "nothing"  # none of the other's chunks
+        assert [c["number"] for c in other] == [1, 2]
+        failed = pool.stream("stream_then_fail", {"n": 2})
+        with pytest.raises(SnakepitError):
+            list(failed)
+        assert list(failed) == []
+        killed = pool.stream("count", {"n": 100_000, "delay": 0.01})
+        next(killed)
+        os.kill(pool.stats()["worker_info"][0]["pid"], signal.SIGKILL)
+        with pytest.raises(SnakepitError) as info:
+            list(killed)
+        assert info.value.reason == "worker_crashed"
+        assert list(killed) == []  # not an OSError from the dead worker's closed pipes
+
+        async def async_twins() -> None:
+            stream = pool.astream("count", {"n": 2})
+            assert len([c async for c in stream]) == 2 and [c async for c in stream] == []
+            failing = pool.astream("stream_then_fail", {"n": 1})
+            with pytest.raises(SnakepitError):
+                [c async for c in failing]
+            assert [c async for c in failing] == []
+
+        import asyncio
+
+        asyncio.run(async_twins())

@@ -277,3 +277,27 @@ def test_leaving_a_loop_early_cancels_a_remote_stream_still_referenced():
             assert [item async for item in astream] == []
 
         asyncio.run(main())
+
+
+def test_a_remote_stream_iterated_again_after_its_end_or_its_error_yields_nothing(remote):
+    client, _ = remote
+    ended = client.stream("count", {"n": 3})
+    assert len(list(ended)) == 3 and list(ended) == []
+    failed = client.stream("stream_then_fail", {"n": 2})
+    with pytest.raises(SnakepitError):
+        list(failed)
+    assert list(failed) == []
+
+    async def async_twin() -> None:
+        failing = client.astream("stream_then_fail", {"n": 1})
+        with pytest.raises(SnakepitError):
+            [c async for c in failing]
+        assert [c async for c in failing] == []
+
+    asyncio.run(async_twin())
+
+
+def test_halt_on_the_tools_own_final_chunk_halts_remotely_as_in_process(remote):
+    client, pool = remote
+    results = [caller.execute_stream("with_final", {"n": 2}, lambda chunk: HALT if "done" in chunk else None) for caller in (client, pool)]
+    assert [(r.halted, r.synthetic_final) for r in results] == [(True, False)] * 2

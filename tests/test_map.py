@@ -366,3 +366,4 @@ def test_an_item_whose_worker_died_is_handed_out_before_the_map_asks_for_another
 
         [crashed] = asyncio.run(amap())
         assert isinstance(crashed, SnakepitError) and crashed.reason == "worker_crashed"
+

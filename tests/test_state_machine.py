@@ -9,11 +9,13 @@ the dispatcher and exchange under test are the real ones.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 from types import SimpleNamespace
 from typing import Any, Callable
 
+import msgspec
 import pytest
 
 from snakepit import SnakepitError
@@ -23,9 +25,10 @@ from snakepit.backends.base import DeadlineExceeded, PoolClosing, WorkerGone
 from snakepit.observe import Observer
 from snakepit.pool.dispatcher import Counters, Dispatcher
 from snakepit.pool.exchange import END, Exchange, run_execute
+from snakepit.pool.mapping import MapEngine, arun_map
 from snakepit.pool.recycling import RecyclePolicy
 from snakepit.pool.workers import TRANSITIONS, Worker, WorkerState, move
-from snakepit.protocol import Cancel, Chunk, End, Failure, Result
+from snakepit.protocol import BatchResult, Cancel, Chunk, End, Failure, FrameReader, Result, ToWorker
 
 
 class MemoryConnection:
@@ -452,3 +455,43 @@ def test_a_worker_that_dies_between_its_assignment_and_its_claim_is_disposed_of(
         dispatcher.forsake(ticket)
     assert not assigned.checked_out and assigned.owner is None
     assert supervision.log == [("dispose", assigned.id)]
+
+
+class AnsweringConnection(MemoryConnection):
+    """A worker that answers each map batch it is sent: every item's ``x``, doubled."""
+
+    def send(self, frame: Any, deadline: float | None = None, attachments: Any = None) -> None:
+        super().send(frame, deadline, attachments)
+        [batch] = FrameReader(ToWorker).feed(bytes(frame))
+        items = msgspec.msgpack.decode(batch.items)
+        self.replies.append(BatchResult(batch.id, [item["x"] * 2 for item in items], []))
+
+    def watch(self, loop: Any, callback: Callable[[bool], None]) -> Callable[[], None]:
+        if self.replies:
+            loop.call_soon(callback, False)
+        return lambda: None
+
+
+def test_an_async_map_whose_workers_all_died_under_its_sends_asks_for_another(pool_core):
+    """An idempotent tool's items run again one by one after their worker dies. When the map
+    finds every worker it holds dead as it sends to them, its items are in flight on no
+    worker: the asyncio driver must ask for a worker again (as the synchronous one does), not
+    wait on nothing forever."""
+    dispatcher, _, (dead, _) = pool_core
+    dead.conn.exit_info = {"exit_code": -9, "signal": "SIGKILL"}  # killed while idle: sends fail
+    alive = Worker(3, AnsweringConnection(pid=1003))
+    dispatcher.add_worker(alive)
+    engine = MapEngine(dispatcher, "t", [{"x": i} for i in range(3)], ordered=True, chunksize=3, timeout=None, on_progress=None, retries=1)
+    workers = iter([dead, alive])
+
+    async def first() -> Worker:
+        handle = next(workers)
+        with dispatcher.lock:
+            dispatcher._assign(handle, engine)
+        return handle
+
+    async def collect() -> list:
+        return [value async for value in arun_map(engine, first, lambda: None, return_exceptions=False)]
+
+    assert asyncio.run(asyncio.wait_for(collect(), 10)) == [0, 2, 4]
+    assert dead.state is WorkerState.DEAD and alive.state is WorkerState.IDLE

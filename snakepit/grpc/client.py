@@ -15,6 +15,7 @@ of the process, and are awaited from any event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pickle
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
@@ -358,15 +359,20 @@ class RemoteStream:
         return loop(self)
 
     def __next__(self) -> Any:
-        if self.result is not None:
+        if self.result is not None or self._call is _FINISHED:
             raise StopIteration
         try:
             chunk = next(self._call)
         except StopIteration:
-            raise errors.worker_crashed(-1, {}, "a stream (it ended without its final chunk)") from None
-        except grpc.RpcError as error:
-            raise _error(error) from None
-        return self._take(chunk)
+            chunk = None
+        except grpc.RpcError as error:  # the call itself (grpc's rendezvous is its own error)
+            chunk = _error(error)
+        if type(chunk) is pb.ToolChunk:
+            return self._take(chunk)
+        # Over: the error is raised here, outside the handler, so that it does not hold the
+        # finished call as its __context__, nor does this stream (a kept error keeps neither).
+        self._call = _FINISHED
+        raise chunk if chunk is not None else errors.worker_crashed(-1, {}, "a stream (it ended without its final chunk)")
 
     def _take(self, chunk: pb.ToolChunk) -> Any:
         synthetic = chunk.metadata.get("synthetic_final") == "true"
@@ -380,13 +386,15 @@ class RemoteStream:
     def halt(self) -> None:
         """Stop early, as HALT does (``result.halted`` is True)."""
         self._halted = True
+        self.result = _halted(self.result)
         self.close()
 
     def _left(self) -> None:  # a loop was left early: grpc's own cancel takes only its call's lock
         self.close()
 
     def close(self) -> None:
-        self._call.cancel()
+        call, self._call = self._call, _FINISHED
+        call.cancel()
         if self.result is None:
             self.result = StreamResult(self._chunks, -1, 0.0, True, halted=self._halted)
 
@@ -414,21 +422,18 @@ class AsyncRemoteStream:
         return AsyncLoop(self)
 
     async def __anext__(self) -> Any:
-        if self.result is not None:
+        if self.result is not None or self._call is _FINISHED:
             raise StopAsyncIteration
         if self._call is None:
             self._call = await _on_shared_loop(self._start())
-        call = self._call
-
-        async def read() -> Any:
-            try:
-                return await call.read()
-            except grpc.aio.AioRpcError as error:
-                raise _error(error) from None
-
-        chunk = await _on_shared_loop(read())
-        if chunk is grpc.aio.EOF:
-            raise errors.worker_crashed(-1, {}, "a stream (it ended without its final chunk)")
+        chunk = await _on_shared_loop(_read(self._call))
+        if type(chunk) is not pb.ToolChunk:
+            # Over: this stream lets go of the call (a traceback that keeps the stream, in a cycle
+            # of the caller's, would keep grpc's call, and with it grpc's threads).
+            self._call = _FINISHED
+            if chunk is grpc.aio.EOF:
+                raise errors.worker_crashed(-1, {}, "a stream (it ended without its final chunk)")
+            raise chunk
         synthetic = chunk.metadata.get("synthetic_final") == "true"
         if chunk.is_final:
             self.result = _stream_result(chunk, self._chunks + (not synthetic), self._halted)
@@ -439,11 +444,12 @@ class AsyncRemoteStream:
 
     async def ahalt(self) -> None:
         self._halted = True
+        self.result = _halted(self.result)
         await self.aclose()
 
     async def aclose(self) -> None:
         if self._call is not None and self.result is None:
-            call = self._call
+            call, self._call = self._call, _FINISHED
 
             async def cancel() -> None:
                 call.cancel()
@@ -466,7 +472,7 @@ class AsyncRemoteStream:
 
     def _cancel_soon(self) -> None:
         """Cancel the call on the shared loop, where it lives, without waiting for it."""
-        call = self._call
+        call, self._call = self._call, _FINISHED
         if call is not None:
             try:
                 shared_loop().call_soon_threadsafe(call.cancel)
@@ -480,6 +486,29 @@ class AsyncRemoteStream:
         await self.aclose()
 
 
+class _Finished:
+    """Stands for a stream's grpc call once the stream is over (the call itself is let go)."""
+
+    def cancel(self) -> None:
+        pass
+
+    def __next__(self) -> Any:
+        raise StopIteration
+
+
+_FINISHED: Any = _Finished()
+
+
+async def _read(call: Any) -> Any:
+    """The next message of an async stream's call, or ``EOF``, or the call's error as a
+    ``SnakepitError`` -- returned, not raised: raised here, its traceback would hold this frame,
+    and so the call."""
+    try:
+        return await call.read()
+    except grpc.aio.AioRpcError as error:
+        return _error(error)
+
+
 async def _on_shared_loop(coroutine: Any) -> Any:
     """Await ``coroutine`` run on the shared gRPC loop, from whatever loop this is."""
     future = asyncio.run_coroutine_threadsafe(coroutine, shared_loop())
@@ -488,6 +517,10 @@ async def _on_shared_loop(coroutine: Any) -> Any:
     except asyncio.CancelledError:
         future.cancel()
         raise
+    finally:
+        # The future holds the coroutine's exception, whose traceback holds this frame: without
+        # this, a failed call's grpc objects (and so grpc's threads) live on until a collection.
+        del future
 
 
 def _result(response: pb.ExecuteToolResponse) -> Any:
@@ -497,6 +530,11 @@ def _result(response: pb.ExecuteToolResponse) -> Any:
     if content_type == codec.JSON:
         return codec.decode_value(response.result.value, content_type)
     return codec.decode_value(response.binary_result, content_type)
+
+
+def _halted(result: StreamResult | None) -> StreamResult | None:
+    """HALT returned for the tool's own final chunk still halts, as in process."""
+    return None if result is None else dataclasses.replace(result, halted=True)
 
 
 def _stream_result(chunk: pb.ToolChunk, chunks: int, halted: bool) -> StreamResult:
@@ -513,7 +551,10 @@ def _stream_result(chunk: pb.ToolChunk, chunks: int, halted: bool) -> StreamResu
 
 def _error(error: grpc.RpcError) -> errors.SnakepitError:
     """The SnakepitError a failed rpc stands for: rebuilt exactly from the server's JSON, else
-    (the server was not reached, or refused the call before it) from its status."""
+    (the server was not reached, or refused the call before it) from its status. grpc's
+    traceback is dropped: its frames hold the call (and so grpc's channel and threads) for as
+    long as the error -- the new one's ``__context__`` -- is kept."""
+    error.__traceback__ = None
     for key, value in error.trailing_metadata() or ():
         if key == ERROR_METADATA:
             return error_from_json(value)

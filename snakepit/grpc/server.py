@@ -364,7 +364,12 @@ def _now() -> Timestamp:
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: errors.SnakepitError) -> None:
+    """End the call with ``error`` as its status. grpc keeps the abort's exception in a cycle
+    (its traceback holds the handler's frames, which hold grpc's record of the call, which holds
+    the exception) until a garbage collection: what it reaches is kept small -- the error's own
+    traceback, the pool's frames, is dropped, and handlers let go of their streams first."""
     text = error_json(error)
+    error.__traceback__ = error.__context__ = error.__cause__ = None
     await context.abort(status_of(error), text, trailing_metadata=((ERROR_METADATA, text),))
 
 
@@ -432,6 +437,7 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
     async def ExecuteStreamingTool(self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ToolChunk]:
         started = time.perf_counter()
         stream = None
+        failure = None
         try:
             call, meta = self._prepare(request, context)
             accept_pickle = meta.get("accept") == "pickle"
@@ -462,10 +468,13 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             final.metadata["synthetic_final"] = "true"
             yield final
         except errors.SnakepitError as error:
-            await _abort(context, error)
+            failure = error
         finally:
             if stream is not None:
                 await stream.aclose()
+                stream = None  # not kept by the abort's traceback (see _abort)
+        if failure is not None:
+            await _abort(context, failure)
 
     def _encoded(self, value: Any, accept_pickle: bool) -> tuple[bytes, str]:
         data, content_type = codec.encode_value(value, accept_pickle=accept_pickle)

@@ -256,7 +256,11 @@ class AsyncStream:
         if self._closed:
             raise StopAsyncIteration
         if self._delivery is None:
-            await self._begin()
+            try:
+                await self._begin()
+            except BaseException:
+                self._closed = True
+                raise
         delivery = self._delivery
         assert delivery is not None
         self._delivered += 1
@@ -271,20 +275,31 @@ class AsyncStream:
                     data = delivery.take()
             except errors.SnakepitError as error:
                 self._close_readable()
-                delivery = await self._run_again(error)
+                try:
+                    again = await self._run_again(error)
+                except BaseException:
+                    self._closed = True
+                    raise
+                if again is None:
+                    self._closed = True  # over: as a generator that raised, it yields nothing more
+                    raise
+                delivery = again
                 continue
             except BaseException as error:  # the task was cancelled, or anything else interrupted the wait
                 end_call(delivery.exchange, error)
                 await self.aclose()
                 raise
             if data is END:
+                self._closed = True  # its worker serves others now: never wait on it again
                 self._close_readable()
                 end_call(delivery.exchange)
                 raise StopAsyncIteration
             return data
 
-    async def _run_again(self, error: errors.SnakepitError) -> Delivery:
-        """Carry on with the call run again, or raise ``error`` (or why it could not run)."""
+    async def _run_again(self, error: errors.SnakepitError) -> Delivery | None:
+        """Carry on with the call run again (its delivery); or it ends with ``error`` (None: the
+        caller raises it, as :meth:`Stream._run_again <snakepit.pool.exchange.Stream._run_again>`
+        explains); raises why it could not run again."""
         assert self._exchange is not None
         try:
             exchange = None if self._restart is None else await self._restart(error, self._exchange)
@@ -295,7 +310,7 @@ class AsyncStream:
         if exchange is None:
             self._on_error()
             end_call(self._exchange, error)
-            raise error
+            return None
         self._exchange = exchange
         self._readable = Readable(exchange.handle)
         self._delivery = Delivery(exchange)

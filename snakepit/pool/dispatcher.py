@@ -378,10 +378,13 @@ class Dispatcher:
         if assigned is None:
             return
         handle, lease = assigned
-        if handle.lease == lease and handle.checked_out:
-            handle.checked_out = False
-            handle.owner = None
-            stale.append(handle)
+        if handle.lease != lease or not handle.checked_out:
+            return
+        if ticket.owner is not None and not ticket.owner.disown(handle):
+            return  # its owner uses it already: it comes back through the owner
+        handle.checked_out = False
+        handle.owner = None
+        stale.append(handle)
 
     def _dispose(self, stale: list[Worker]) -> None:
         """Dispose of dead workers given back by :meth:`_unassign` (not under the lock)."""

@@ -454,19 +454,31 @@ class Stream:
             except _Closed:
                 raise StopIteration from None
             except errors.SnakepitError as error:
-                self._run_again(error)
+                try:
+                    again = self._run_again(error)
+                except BaseException:
+                    self._closed = True
+                    raise
+                if not again:
+                    self._closed = True  # over: as a generator that raised, it yields nothing more
+                    raise
                 continue
             except BaseException as error:
+                self._closed = True
                 self._exchange.cancel()  # Ctrl-C or a MemoryError while waiting: the worker comes back
                 end_call(self._exchange, error)
                 raise
             if data is END:
+                self._closed = True  # its worker serves others now: never wait on it again
                 end_call(self._exchange)
                 raise StopIteration
             return data
 
-    def _run_again(self, error: errors.SnakepitError) -> None:
-        """Carry on with the call run again, or raise ``error`` (or why it could not run)."""
+    def _run_again(self, error: errors.SnakepitError) -> bool:
+        """Carry on with the call run again (True); or it ends with ``error`` (False: the caller
+        raises it where it caught it -- raised here, the error's traceback would hold this frame,
+        which holds the error: a cycle keeping the stream, its worker's connection and every
+        frame alive until a garbage collection); raises why it could not run again."""
         try:
             exchange = None if self._restart is None else self._restart(error, self._exchange)
         except errors.SnakepitError as failed:
@@ -476,9 +488,10 @@ class Stream:
         if exchange is None:
             self._on_error()
             end_call(self._exchange, error)
-            raise error
+            return False
         self._exchange = exchange
         self._delivery = Delivery(exchange)
+        return True
 
     @property
     def result(self) -> StreamResult | None:

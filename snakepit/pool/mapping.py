@@ -246,7 +246,10 @@ class MapEngine:
         else:  # Ctrl-C mid-write: part of a frame may be in the pipe
             self._dispatcher.end(handle, on_purpose=True)
             self.lost(handle)
-            raise error
+            try:
+                raise error
+            finally:
+                del error  # its traceback holds this frame: no cycle through the local
 
     def _take_batch(self) -> bool:
         """Read and encode the next batch into ``_held``; False if the input has run out."""
@@ -560,13 +563,12 @@ def _results(engine: MapEngine, return_exceptions: bool) -> Iterator[Any]:
 
 def _with_failures(values: list[Any], failures: dict[int, errors.SnakepitError], return_exceptions: bool) -> Iterator[Any]:
     for offset, value in enumerate(values):
-        error = failures.get(offset)
-        if error is None:
+        if offset not in failures:
             yield value
         elif return_exceptions:
-            yield error
+            yield failures[offset]
         else:
-            raise error
+            raise failures.pop(offset)  # held by no local: its traceback, holding this frame, makes no cycle
 
 
 def _acquire(engine: MapEngine, first: Callable[[], Worker], more: Callable[[], Worker | None]) -> None:
@@ -643,7 +645,11 @@ async def arun_map(
 
 async def _await_any(loop: asyncio.AbstractEventLoop, engine: MapEngine, writes: set[asyncio.Future[None]]) -> None:
     """Until a held worker has something to take or has ended, an offloaded write has ended,
-    or the next deadline."""
+    or the next deadline. At once when there is nothing to wait for: items in flight may be
+    held by no worker (running again after theirs died, with every worker of the map lost):
+    the driver then asks for a worker, as the synchronous one does."""
+    if not engine.workers and not writes:
+        return
     future: asyncio.Future[None] = loop.create_future()
     ready: set[tuple[Worker, bool]] = set()
 

@@ -111,8 +111,12 @@ class Supervisor(Reactor):
                         f"({self._ready} of {self._size} ready)",
                     )
                 self._start_cond.wait(None if remaining < 0 else remaining)
-            if self._start_error is not None:
-                raise self._start_error
+            error, self._start_error = self._start_error, None
+            if error is not None:
+                try:
+                    raise error
+                finally:
+                    del error  # its traceback holds this frame: no cycle through the local
             self._initial = False
 
     def shutdown(self) -> None:
