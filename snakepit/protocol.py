@@ -20,6 +20,7 @@ holds the worker; ``events`` (worker -> owner: heartbeat answers, log records) b
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import pickle
 import struct
@@ -567,18 +568,24 @@ class FrameReader:
     megabyte allocates, and frees, a megabyte per call, which costs more than a small call's whole
     round trip. Decoded messages own their bytes, so reusing it is safe -- except a ``Batch``'s
     raw items, which reference it: the worker, the one reader of :meth:`read_blocking`, is done
-    with each message before it reads again.
+    with each message before it reads again. The owner's buffer is a mapping of its own, not
+    the allocator's: a pool replacing workers for hours makes and drops one per worker, and
+    megabytes the C allocator hands out and takes back stay in its arenas (its threshold for
+    mapping large blocks rises to the size of any it unmapped), which grows the owner's memory.
     """
 
-    __slots__ = ("_decoder", "_rest", "_big", "_big_filled", "_buffer", "_pending", "received", "broken")
+    __slots__ = ("_decoder", "_rest", "_big", "_big_filled", "_buffer", "_pending", "_read_size", "received", "broken")
 
-    def __init__(self, message_type: Any, ext_hook: Callable[[int, memoryview], Any] | None = None) -> None:
+    def __init__(
+        self, message_type: Any, ext_hook: Callable[[int, memoryview], Any] | None = None, read_size: int = _READ_SIZE
+    ) -> None:
         self.received = 0  # bytes read from the pipe so far
         self._decoder = msgspec.msgpack.Decoder(message_type, ext_hook=ext_hook)
         self._rest = b""
         self._big: bytearray | None = None
         self._big_filled = 0
-        self._buffer: bytearray | None = None  # allocated at the first read; untouched pages cost nothing
+        self._read_size = read_size  # the most one read of a non-blocking pipe takes
+        self._buffer: Any = None  # allocated at the first read; untouched pages cost nothing
         self._pending: list[Any] = []  # decoded by read_blocking, not yet returned (reversed)
         # An exception escaped a read (a MemoryError for a big frame, Ctrl-C between reading
         # bytes and keeping them): bytes may be lost, so no later message can be trusted.
@@ -591,7 +598,7 @@ class FrameReader:
                 return self._read_big(fd)
             buffer = self._buffer
             if buffer is None:
-                buffer = self._buffer = bytearray(_READ_SIZE)
+                buffer = self._buffer = mmap.mmap(-1, self._read_size)
             size = os.readv(fd, (buffer,))
             if not size:
                 return None

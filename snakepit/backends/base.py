@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
 if TYPE_CHECKING:  # annotations only: a worker process imports this module, and nothing it need not
@@ -282,25 +283,36 @@ class FedByThread:
         return [(by_fd[fd], False) for fd, _ in poller.poll(poll_ms(deadline)) if fd in by_fd]
 
 
+# Which watch registered each descriptor's reader with each event loop (see watch_readers).
+_readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, object]] = weakref.WeakKeyDictionary()
+
+
 def watch_readers(
     conn: Any, loop: asyncio.AbstractEventLoop, readers: Sequence[tuple[int, bool]], callback: Callable[[bool], None]
 ) -> Callable[[], None]:
     """``Connection.watch`` for connections with file descriptors: ``callback(flag)`` on ``loop``
-    when one of ``readers``' descriptors is readable, or the pool begins closing. The returned
-    unwatch removes them only if no later watch of ``conn`` has replaced them: a stale
-    exchange's reader, closed late (from a garbage collection, through the loop), must not
-    remove the one its successor just added."""
+    when one of ``readers``' descriptors is readable, or the pool begins closing.
+
+    A watch may end late -- an exchange's reader removed from a garbage collection, through the
+    loop -- when its worker is watched by another exchange, on this loop or another, or is gone,
+    its descriptors closed and their numbers given to a new worker's. So a reader belongs to the
+    watch that registered it *on that loop*, and only that watch's end removes it. And a reader
+    asyncio still keeps for a number is removed before registering anew: asyncio would only
+    update its record of a descriptor closed underneath it (the kernel dropped it), and the new
+    file with that number would never wake the loop."""
     token = object()
-    conn._watch_token = token
+    owners = _readers.setdefault(loop, {})
     for fd, flag in readers:
+        loop.remove_reader(fd)
         loop.add_reader(fd, callback, flag)
+        owners[fd] = token
     unsubscribe = conn.closing.subscribe(loop, callback)
 
     def unwatch() -> None:
         unsubscribe()
-        if getattr(conn, "_watch_token", None) is token:
-            conn._watch_token = None
-            for fd, _ in readers:
+        for fd, _ in readers:
+            if owners.get(fd) is token:
+                del owners[fd]
                 loop.remove_reader(fd)
 
     return unwatch

@@ -117,11 +117,11 @@ class Reactor:
         self._timers.clear()
 
     def watch(self, fd: int, fn: Callback, *args: Any) -> None:
-        """Call ``fn(*args)`` whenever ``fd`` is readable."""
-        try:
-            self._selector.modify(fd, selectors.EVENT_READ, (fn, args))
-        except KeyError:
-            self._selector.register(fd, selectors.EVENT_READ, (fn, args))
+        """Call ``fn(*args)`` whenever ``fd`` is readable. Registered afresh: a record the selector
+        still has of a descriptor closed since (the kernel dropped it) would otherwise only be
+        updated, and the new file with that number never wake the loop."""
+        self.unwatch(fd)
+        self._selector.register(fd, selectors.EVENT_READ, (fn, args))
 
     def unwatch(self, fd: int) -> None:
         try:

@@ -50,6 +50,9 @@ class WorkerPipes:
     segments: int  # a Unix socket: large values' memfds, both ways (see .segments)
 
 
+_EVENTS_READ_SIZE = 64 << 10  # heartbeat answers, log records, telemetry: small, and dropped when late
+
+
 def _write_until(fd: int, data: bytes | bytearray, deadline: float, closing: Closing) -> None:
     view = memoryview(data)
     poller = select.poll()
@@ -98,7 +101,7 @@ class ProcessConnection:
         self.pidfd = process.pidfd if isinstance(process, ForkedProcess) else _pidfd_open(process.pid)
         self._socket = socket.socket(fileno=os.dup(pipes.segments))  # closed with the connection
         self.reader = FrameReader(FromWorker, ext_hook=segments.receiver(self._socket))
-        self.events = FrameReader(Event)
+        self.events = FrameReader(Event, read_size=_EVENTS_READ_SIZE)
         self.output: dict[int, bytes] = {pipes.stdout: b"", pipes.stderr: b""}  # partial lines
         self.exit_info: dict[str, Any] | None = None  # once reaped: its exit code or signal
         self.watched: set[int] = set()  # fds the supervisor's selector watches
