@@ -3,7 +3,7 @@ and over gRPC, while workers are SIGKILLed at random. Run in a subprocess of its
 it measures of its process (fds, threads, children) is the soak's alone.
 
 The soak's killer signals only workers of its own two pools: pids from their ``stats()``, held by
-a pidfd and checked to be the soak's descendants before the SIGKILL.
+a pidfd and checked to be the soak's descendants named ``snakepit-worker`` before the SIGKILL.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_a_20_second_soak_neither_hangs_nor_errs_nor_leaks(tmp_path):
     out = tmp_path / "soak.json"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "soak", "--seconds", str(SECONDS), "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
+        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
     )
     output = done.stdout[-6000:] + done.stderr[-6000:]
     assert out.exists(), output
@@ -39,7 +39,7 @@ def test_a_20_second_soak_neither_hangs_nor_errs_nor_leaks(tmp_path):
         assert calls >= AT_LEAST_PER_KIND, f"only {calls} calls of {kind}\n{output}"
     assert soak["map_items"].get("ok", 0) >= 100 * AT_LEAST_PER_KIND, output
     assert soak["kills"] >= AT_LEAST_KILLS, output
-    assert soak["outcomes"].get("ok", 0) > 0.9 * soak["calls"], output
+    assert soak["outcomes"].get("ok", 0) > 0.8 * soak["calls"], output  # the rest: mostly left early or cancelled on purpose
 
     # Nothing hangs, nothing is wrong, every failure is a SnakepitError.
     assert soak["hangs"] == 0, json.dumps(soak["hang_reports"], indent=1) + output
