@@ -98,11 +98,15 @@ KINDS = [*THREADS, *ASYNC_LANES]
 
 KEEP = 20  # examples kept per anomaly list (counts are always complete)
 EXPECTED_REASONS = {  # what a soak with SIGKILLs and short timeouts may legitimately see
-    "worker/worker_crashed", "pool/session_worker_unavailable", "timeout/timeout", "timeout/queue_timeout",
+    "worker/worker_crashed",
+    "pool/session_worker_unavailable",
+    "timeout/timeout",
+    "timeout/queue_timeout",
 }
 
 
 # -- the process's resources -----------------------------------------------------------------------
+
 
 def _native_threads() -> int:
     with open("/proc/self/status") as status:
@@ -124,7 +128,7 @@ def _fd_table() -> dict[int, str]:
 
 def _fd_kind(target: str) -> str:
     if target.startswith("anon_inode:"):
-        return target[len("anon_inode:"):].strip("[]")
+        return target[len("anon_inode:") :].strip("[]")
     if target.startswith("/memfd:"):
         return "memfd"
     if ":" in target and not target.startswith("/"):
@@ -163,7 +167,10 @@ def nested(rng: random.Random, exact_json: bool, depth: int = 0) -> Any:
     """A random value; ``exact_json``: only what JSON carries exactly (what a Client sends as is)."""
     if depth < 3 and rng.random() < 0.45:
         if rng.random() < 0.5:
-            return {"".join(rng.choices(_LETTERS, k=rng.randint(1, 6))): nested(rng, exact_json, depth + 1) for _ in range(rng.randint(0, 4))}
+            return {
+                "".join(rng.choices(_LETTERS, k=rng.randint(1, 6))): nested(rng, exact_json, depth + 1)
+                for _ in range(rng.randint(0, 4))
+            }
         items = [nested(rng, exact_json, depth + 1) for _ in range(rng.randint(0, 4))]
         return tuple(items) if not exact_json and rng.random() < 0.3 else items
     leaf = rng.randrange(7 if exact_json else 8)
@@ -205,6 +212,7 @@ def _short(value: Any, limit: int = 160) -> str:
 
 
 # -- the record of every call ----------------------------------------------------------------------
+
 
 class Call:
     """One call being made: what, where, its budget (hang past twice that), how it went."""
@@ -287,7 +295,9 @@ class Recorder:
                     if call.flagged is not None:
                         call.flagged.update(returned_after_s=round(call.elapsed, 3), outcome=call.outcome)
                     elif len(self.hangs) < KEEP:
-                        self.hangs.append({**call.describe(), "returned_after_s": round(call.elapsed, 3), "outcome": call.outcome})
+                        self.hangs.append(
+                            {**call.describe(), "returned_after_s": round(call.elapsed, 3), "outcome": call.outcome}
+                        )
 
     def expect(self, call: Call, ok: bool, what: Callable[[], str]) -> None:
         """A result check: ``what()`` says what was wrong."""
@@ -320,16 +330,24 @@ class Recorder:
                 if stage == "running":
                     self.running_timeout_count += 1
                     if len(self.running_timeouts) < 50:
-                        self.running_timeouts.append({
-                            **call.describe(), "tool": details.get("tool"), "elapsed_s": round(elapsed, 3),
-                            "worker_id": details.get("worker_id"), "map_item": item,
-                            "correlation_id": details.get("correlation_id"), "message": error.message,
-                        })
+                        self.running_timeouts.append(
+                            {
+                                **call.describe(),
+                                "tool": details.get("tool"),
+                                "elapsed_s": round(elapsed, 3),
+                                "worker_id": details.get("worker_id"),
+                                "map_item": item,
+                                "correlation_id": details.get("correlation_id"),
+                                "message": error.message,
+                            }
+                        )
             if error.reason == "worker_crashed":
                 cause = details.get("signal") or f"exit_code={details.get('exit_code')}"
                 self.crash_causes[str(cause)] += 1
             if key not in EXPECTED_REASONS and len(self.unexpected) < KEEP:
-                self.unexpected.append({**call.describe(), "error": key, "message": error.message, "details": _short(details, 400)})
+                self.unexpected.append(
+                    {**call.describe(), "error": key, "message": error.message, "details": _short(details, 400)}
+                )
 
     def _foreign(self, call: Call, exc: BaseException) -> None:
         call.outcome = "foreign"
@@ -337,10 +355,14 @@ class Recorder:
             self.foreign_count += 1
             self.foreign_types[type(exc).__qualname__] += 1
             if len(self.foreign) < KEEP:
-                self.foreign.append({
-                    **call.describe(), "type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": _short(str(exc), 400),
-                    "traceback": "".join(traceback.format_exception(exc)),
-                })
+                self.foreign.append(
+                    {
+                        **call.describe(),
+                        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                        "message": _short(str(exc), 400),
+                        "traceback": "".join(traceback.format_exception(exc)),
+                    }
+                )
 
     def foreign_outside(self, where: str, exc: BaseException) -> None:
         """A foreign exception outside any call (a load thread's own bookkeeping)."""
@@ -348,7 +370,9 @@ class Recorder:
             self.foreign_count += 1
             self.foreign_types[type(exc).__qualname__] += 1
             if len(self.foreign) < KEEP:
-                self.foreign.append({"where": where, "type": type(exc).__qualname__, "traceback": "".join(traceback.format_exception(exc))})
+                self.foreign.append(
+                    {"where": where, "type": type(exc).__qualname__, "traceback": "".join(traceback.format_exception(exc))}
+                )
 
     def watch(self) -> list[dict]:
         """Calls outstanding past twice their budget, not reported yet (the watchdog's round)."""
@@ -363,7 +387,12 @@ class Recorder:
             if call.task is not None:  # the coroutine's own stack, not its loop's
                 with contextlib.suppress(Exception):
                     stack = _await_chain(call.task)
-            report = {**call.describe(), "outstanding_s": round(now - call.started, 3), "returned_after_s": None, "stack": stack or None}
+            report = {
+                **call.describe(),
+                "outstanding_s": round(now - call.started, 3),
+                "returned_after_s": None,
+                "stack": stack or None,
+            }
             call.flagged = report
             fresh.append(report)
             with self.lock:
@@ -401,6 +430,7 @@ def _await_chain(task: asyncio.Task) -> str:
 
 
 # -- the pools under load --------------------------------------------------------------------------
+
 
 class Target:
     """A pool, its gRPC server and Clients of it."""
@@ -457,7 +487,8 @@ def _check_stream(rec: Recorder, call: Call, got: list, n: int | None, result: A
         rec.expect(call, len(got) == n, lambda: f"{len(got)} chunks, {n} expected: {_short(got)}")
         if result is not None:
             rec.expect(
-                call, result.chunks == n and result.synthetic_final is (not final) and not result.halted,
+                call,
+                result.chunks == n and result.synthetic_final is (not final) and not result.halted,
                 lambda: f"stream result {result!r} after {n} chunks (final chunk from the tool: {final})",
             )
 
@@ -536,7 +567,8 @@ def _stream_once(rec: Recorder, kind: str, caller: Any, pool: str, rng: random.R
                     # halted=False there, a Pool halted=True; either is accepted).
                     ended = halt_at == n and final
                     rec.expect(
-                        call, (result.halted or ended) and result.chunks == len(got) == halt_at,
+                        call,
+                        (result.halted or ended) and result.chunks == len(got) == halt_at,
                         lambda: f"halted at {halt_at} of {n}: {result!r}, got {got}",
                     )
             finally:
@@ -558,8 +590,11 @@ def _check_map(rec: Recorder, call: Call, xs: list[int], results: list, ordered:
     bad = [r for r in ok if not (isinstance(r, list) and len(r) == 2 and type(r[0]) is int and r[1] == r[0] * r[0])]
     rec.expect(call, not bad, lambda: f"results that are no [x, x*x]: {_short(bad)}")
     if ordered:
-        wrong = [(i, r) for i, r in enumerate(results)
-                 if not isinstance(r, BaseException) and not (i < len(xs) and isinstance(r, list) and r and r[0] == xs[i])]
+        wrong = [
+            (i, r)
+            for i, r in enumerate(results)
+            if not isinstance(r, BaseException) and not (i < len(xs) and isinstance(r, list) and r and r[0] == xs[i])
+        ]
         rec.expect(call, not wrong, lambda: f"results out of place: {_short(wrong)}")
     else:
         extra = collections.Counter(r[0] for r in ok if isinstance(r, list) and r) - collections.Counter(xs)
@@ -576,6 +611,7 @@ def _map_args(rng: random.Random) -> tuple[str, list[int], bool, int | None]:
 
 
 # -- load threads ----------------------------------------------------------------------------------
+
 
 def execute_load(rec: Recorder, targets: list[Target], rng: random.Random, stop: threading.Event) -> None:
     while not stop.is_set():
@@ -595,9 +631,16 @@ def map_load(rec: Recorder, targets: list[Target], rng: random.Random, stop: thr
         tool, xs, ordered, chunksize = _map_args(rng)
         op = f"{tool}{'' if ordered else '_unordered'}"
         with rec.call("map", op, target.name, MAP_TIMEOUT, budget=MAP_BUDGET) as call:
-            results = list(target.pool.map(
-                tool, ({"x": x} for x in xs), ordered=ordered, return_exceptions=True, chunksize=chunksize, timeout=MAP_TIMEOUT,
-            ))
+            results = list(
+                target.pool.map(
+                    tool,
+                    ({"x": x} for x in xs),
+                    ordered=ordered,
+                    return_exceptions=True,
+                    chunksize=chunksize,
+                    timeout=MAP_TIMEOUT,
+                )
+            )
             _check_map(rec, call, xs, results, ordered)
 
 
@@ -617,7 +660,12 @@ class SessionCheck:
         self.slack = 0
 
     def check(self, rec: Recorder, call: Call, got: Any) -> None:
-        if not (isinstance(got, dict) and got.get("session") == self.id and type(got.get("n")) is int and isinstance(got.get("worker"), str)):
+        if not (
+            isinstance(got, dict)
+            and got.get("session") == self.id
+            and type(got.get("n")) is int
+            and isinstance(got.get("worker"), str)
+        ):
             rec.expect(call, False, lambda: f"tick of session {self.id} returned {_short(got)}")
             return
         worker, n = got["worker"], got["n"]
@@ -625,7 +673,8 @@ class SessionCheck:
             rec.expect(call, worker == self.worker, lambda: f"strict session {self.id} ran on {worker}, pinned to {self.worker}")
         previous = self.last.get(worker, 0)
         rec.expect(
-            call, previous < n <= previous + 1 + self.slack,
+            call,
+            previous < n <= previous + 1 + self.slack,
             lambda: f"session {self.id} counter {n} on {worker} after {previous} (slack {self.slack}, strict {self.strict})",
         )
         self.worker = self.worker or worker
@@ -642,7 +691,12 @@ class SessionCheck:
 
 
 def session_load(
-    rec: Recorder, targets: list[Target], rng: random.Random, stop: threading.Event, kind: str, remote: bool,
+    rec: Recorder,
+    targets: list[Target],
+    rng: random.Random,
+    stop: threading.Event,
+    kind: str,
+    remote: bool,
 ) -> None:
     while not stop.is_set():
         target = rng.choice(targets)
@@ -699,6 +753,7 @@ def grpc_load(rec: Recorder, targets: list[Target], rng: random.Random, stop: th
 
 # -- the asyncio thread ----------------------------------------------------------------------------
 
+
 async def _cancelled_soon(rec: Recorder, call: Call, awaitable: Any, after: float, check: Callable[[Any], None]) -> None:
     """Run ``awaitable`` as a task and cancel it after ``after`` s; if it finished first, check it."""
     task = asyncio.ensure_future(awaitable)
@@ -752,15 +807,26 @@ async def async_pool_op(rec: Recorder, targets: list[Target], rng: random.Random
         tool, xs, ordered, chunksize = _map_args(rng)
         xs = xs[: rng.randint(100, 300)]
         with rec.call("async", f"amap_{tool}{'' if ordered else '_unordered'}", where, MAP_TIMEOUT, budget=MAP_BUDGET) as call:
-            results = [r async for r in pool.amap(
-                tool, ({"x": x} for x in xs), ordered=ordered, return_exceptions=True, chunksize=chunksize, timeout=MAP_TIMEOUT,
-            )]
+            results = [
+                r
+                async for r in pool.amap(
+                    tool,
+                    ({"x": x} for x in xs),
+                    ordered=ordered,
+                    return_exceptions=True,
+                    chunksize=chunksize,
+                    timeout=MAP_TIMEOUT,
+                )
+            ]
             _check_map(rec, call, xs, results, ordered)
     elif roll < 0.85:
         token = rng.getrandbits(48)
         with rec.call("async", "aexecute_cancelled", where, timeout) as call:
             await _cancelled_soon(
-                rec, call, pool.aexecute("nap", {"ms": rng.uniform(10, 50), "token": token}, timeout=timeout), rng.uniform(0, 0.04),
+                rec,
+                call,
+                pool.aexecute("nap", {"ms": rng.uniform(10, 50), "token": token}, timeout=timeout),
+                rng.uniform(0, 0.04),
                 lambda got: rec.expect(call, got == token, lambda: f"nap answered {got!r}, its token was {token}"),
             )
     else:
@@ -773,7 +839,13 @@ async def async_pool_op(rec: Recorder, targets: list[Target], rng: random.Random
 
         with rec.call("async", "astream_cancelled", where, timeout) as call:
             try:
-                await _cancelled_soon(rec, call, consume(), rng.uniform(0.01, 0.3), lambda result: _check_stream(rec, call, result, LONG_STREAM["n"]))
+                await _cancelled_soon(
+                    rec,
+                    call,
+                    consume(),
+                    rng.uniform(0.01, 0.3),
+                    lambda result: _check_stream(rec, call, result, LONG_STREAM["n"]),
+                )
             finally:
                 _check_stream(rec, call, got, None)
 
@@ -794,7 +866,10 @@ async def async_client_op(rec: Recorder, targets: list[Target], rng: random.Rand
         token = rng.getrandbits(48)
         with rec.call("grpc_async", "aexecute_cancelled", where, timeout) as call:
             await _cancelled_soon(
-                rec, call, client.aexecute("nap", {"ms": rng.uniform(10, 50), "token": token}, timeout=timeout), rng.uniform(0, 0.04),
+                rec,
+                call,
+                client.aexecute("nap", {"ms": rng.uniform(10, 50), "token": token}, timeout=timeout),
+                rng.uniform(0, 0.04),
                 lambda got: rec.expect(call, got == token, lambda: f"nap answered {got!r}, its token was {token}"),
             )
 
@@ -835,6 +910,7 @@ def rescue(rec: Recorder, loop: asyncio.AbstractEventLoop) -> None:
 
 # -- the killer, the watchdog, the sampler ---------------------------------------------------------
 
+
 class Killer:
     def __init__(self, targets: list[Target], rng: random.Random, stop: threading.Event) -> None:
         self.targets, self.rng, self.stop = targets, rng, stop
@@ -859,7 +935,10 @@ class Killer:
             try:
                 # The pid, now held by the pidfd, must be a worker among this process's
                 # descendants: never signal anything else (a pid reused by another process).
-                if worker["pid"] not in {p.pid for p in me.children(recursive=True)} or psutil.Process(worker["pid"]).name() != WORKER_NAME:
+                if (
+                    worker["pid"] not in {p.pid for p in me.children(recursive=True)}
+                    or psutil.Process(worker["pid"]).name() != WORKER_NAME
+                ):
                     self.skipped += 1
                     continue
                 signal.pidfd_send_signal(handle, signal.SIGKILL)
@@ -876,26 +955,40 @@ def watchdog(rec: Recorder, stop: threading.Event) -> None:
         for report in rec.watch():
             print(
                 f"\nHANG? {report['kind']}.{report['op']} on {report['pool']} outstanding {report['outstanding_s']} s "
-                f"(budget {report['budget_s']} s)\n{report['stack'] or ''}", file=sys.stderr, flush=True,
+                f"(budget {report['budget_s']} s)\n{report['stack'] or ''}",
+                file=sys.stderr,
+                flush=True,
             )
 
 
-def sampler(rec: Recorder, killer: Killer, started: float, samples: list, stop: threading.Event, every: float, report: float | None) -> None:
+def sampler(
+    rec: Recorder, killer: Killer, started: float, samples: list, stop: threading.Event, every: float, report: float | None
+) -> None:
     me = psutil.Process()
     next_report = report
     while not stop.wait(every):
         elapsed = time.monotonic() - started
-        samples.append({"t_s": round(elapsed, 1), "rss_mb": round(me.memory_info().rss / 2**20, 2),
-                        "fds": len(os.listdir("/proc/self/fd")), "native_threads": _native_threads()})
+        samples.append(
+            {
+                "t_s": round(elapsed, 1),
+                "rss_mb": round(me.memory_info().rss / 2**20, 2),
+                "fds": len(os.listdir("/proc/self/fd")),
+                "native_threads": _native_threads(),
+            }
+        )
         if next_report is not None and elapsed >= next_report:
             next_report += report
             with rec.lock:
                 total, errors = sum(rec.calls.values()), sum(rec.errors.values())
-            print(f"  t={elapsed:5.0f}s calls={total} errors={errors} kills={sum(killer.kills.values())} "
-                  f"hangs={rec.hang_count} wrong={rec.wrong_count} foreign={rec.foreign_count} rss={samples[-1]['rss_mb']} MB", flush=True)
+            print(
+                f"  t={elapsed:5.0f}s calls={total} errors={errors} kills={sum(killer.kills.values())} "
+                f"hangs={rec.hang_count} wrong={rec.wrong_count} foreign={rec.foreign_count} rss={samples[-1]['rss_mb']} MB",
+                flush=True,
+            )
 
 
 # -- the run ---------------------------------------------------------------------------------------
+
 
 def warm_up() -> None:
     """What stays for the life of the process once a pool has been served and called over gRPC
@@ -929,7 +1022,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=None, help="seed of the load's random choices")
     common_options(parser)
     opts = parser.parse_args(argv)
-    duration = opts.seconds if opts.seconds is not None else 60 * opts.minutes if opts.minutes is not None else 15.0 if opts.quick else 300.0
+    duration = (
+        opts.seconds
+        if opts.seconds is not None
+        else 60 * opts.minutes
+        if opts.minutes is not None
+        else 15.0
+        if opts.quick
+        else 300.0
+    )
     if not duration > 0:
         parser.error("the duration must be positive")
     seed = opts.seed if opts.seed is not None else random.SystemRandom().getrandbits(32)
@@ -964,9 +1065,21 @@ def _soak(duration: float, seed: int) -> dict[str, Any]:
     baseline_python_threads = sorted(t.name for t in threading.enumerate())
 
     pools = [
-        ("single", Pool(SoakAdapter, size=3, timeout=POOL_TIMEOUT, queue_timeout=QUEUE_TIMEOUT, on_event=events.listener("single"))),
-        ("threaded", Pool(ThreadedSoakAdapter, size=2, threads_per_worker=4, timeout=POOL_TIMEOUT,
-                          queue_timeout=QUEUE_TIMEOUT, on_event=events.listener("threaded"))),
+        (
+            "single",
+            Pool(SoakAdapter, size=3, timeout=POOL_TIMEOUT, queue_timeout=QUEUE_TIMEOUT, on_event=events.listener("single")),
+        ),
+        (
+            "threaded",
+            Pool(
+                ThreadedSoakAdapter,
+                size=2,
+                threads_per_worker=4,
+                timeout=POOL_TIMEOUT,
+                queue_timeout=QUEUE_TIMEOUT,
+                on_event=events.listener("threaded"),
+            ),
+        ),
     ]
     targets: list[Target] = []
     try:
@@ -979,7 +1092,10 @@ def _soak(duration: float, seed: int) -> dict[str, Any]:
         stop_aux = threading.Event()  # the killer's, the watchdog's and the sampler's
         load: list[threading.Thread] = []
         loaders: dict[str, Callable[..., None]] = {
-            "execute": execute_load, "stream": stream_load, "map": map_load, "grpc": grpc_load,
+            "execute": execute_load,
+            "stream": stream_load,
+            "map": map_load,
+            "grpc": grpc_load,
         }
         n = 0
         for kind, count in THREADS.items():
@@ -991,10 +1107,17 @@ def _soak(duration: float, seed: int) -> dict[str, Any]:
                     args: tuple = (rec, targets, rng, stop, kind, kind == "grpc_session")
                 else:
                     target_fn, args = loaders[kind], (rec, targets, rng, stop)
-                load.append(threading.Thread(target=_guarded, args=(rec, f"{kind}-{i}", target_fn, args), name=f"soak-{kind}-{i}", daemon=True))
+                load.append(
+                    threading.Thread(
+                        target=_guarded, args=(rec, f"{kind}-{i}", target_fn, args), name=f"soak-{kind}-{i}", daemon=True
+                    )
+                )
         loops: list[asyncio.AbstractEventLoop] = []
         asyncio_thread = threading.Thread(
-            target=_guarded, args=(rec, "asyncio", async_load, (rec, targets, seed, stop, loops)), name="soak-asyncio", daemon=True,
+            target=_guarded,
+            args=(rec, "asyncio", async_load, (rec, targets, seed, stop, loops)),
+            name="soak-asyncio",
+            daemon=True,
         )
         load.append(asyncio_thread)
         killer = Killer(targets, random.Random(seed ^ 0x5EED), stop)
@@ -1003,8 +1126,12 @@ def _soak(duration: float, seed: int) -> dict[str, Any]:
         aux = [
             threading.Thread(target=killer.run, name="soak-killer", daemon=True),
             threading.Thread(target=watchdog, args=(rec, stop_aux), name="soak-watchdog", daemon=True),
-            threading.Thread(target=sampler, args=(rec, killer, started, samples, stop_aux, 2.0, 30.0 if duration >= 60 else None),
-                             name="soak-sampler", daemon=True),
+            threading.Thread(
+                target=sampler,
+                args=(rec, killer, started, samples, stop_aux, 2.0, 30.0 if duration >= 60 else None),
+                name="soak-sampler",
+                daemon=True,
+            ),
         ]
         for thread in load + aux:
             thread.start()
@@ -1045,7 +1172,9 @@ def _soak(duration: float, seed: int) -> dict[str, Any]:
     missing_fds = {fd: target for fd, target in baseline_fds.items() if fds_now.get(fd) != target}
     threads_now = _thread_names()
     extra_threads = list((collections.Counter(threads_now) - collections.Counter(baseline_threads)).elements())
-    extra_python_threads = list((collections.Counter(t.name for t in threading.enumerate()) - collections.Counter(baseline_python_threads)).elements())
+    extra_python_threads = list(
+        (collections.Counter(t.name for t in threading.enumerate()) - collections.Counter(baseline_python_threads)).elements()
+    )
     children = []
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
@@ -1086,8 +1215,13 @@ def _soak(duration: float, seed: int) -> dict[str, Any]:
         "ran_s": round(ran_s, 2),
         "settings": {
             "pools": {"single": {"size": 3, "threads_per_worker": 1}, "threaded": {"size": 2, "threads_per_worker": 4}},
-            "queue_timeout_s": QUEUE_TIMEOUT, "call_timeout_s": list(CALL_TIMEOUT), "map_timeout_s": MAP_TIMEOUT,
-            "map_budget_s": MAP_BUDGET, "kill_every_s": list(KILL_EVERY), "threads": THREADS, "async_lanes": ASYNC_LANES,
+            "queue_timeout_s": QUEUE_TIMEOUT,
+            "call_timeout_s": list(CALL_TIMEOUT),
+            "map_timeout_s": MAP_TIMEOUT,
+            "map_budget_s": MAP_BUDGET,
+            "kill_every_s": list(KILL_EVERY),
+            "threads": THREADS,
+            "async_lanes": ASYNC_LANES,
         },
         "calls": sum(rec.calls.values()),
         "calls_by_kind": {kind: rec.calls.get(kind, 0) for kind in KINDS},
@@ -1119,7 +1253,13 @@ def _soak(duration: float, seed: int) -> dict[str, Any]:
         "map_items": dict(rec.map_items),
         "events": {pool: dict(counts) for pool, counts in events.counts.items()},
         "pool_stats": pool_stats,
-        "resources": {"before_warm_up": before_warm_up, "baseline": baseline, "start": at_start, "end": at_end, "after_close": after_close},
+        "resources": {
+            "before_warm_up": before_warm_up,
+            "baseline": baseline,
+            "start": at_start,
+            "end": at_end,
+            "after_close": after_close,
+        },
         "settled_in_s": settled_in,
         "leaked_fds": {str(fd): target for fd, target in sorted(leaked_fds.items())},
         "leaked_fd_kinds": dict(collections.Counter(_fd_kind(t) for t in leaked_fds.values())),
@@ -1147,8 +1287,23 @@ def _guarded(rec: Recorder, where: str, target: Callable[..., None], args: tuple
 
 def _stats(pool: Pool) -> dict[str, Any]:
     stats = pool.stats()
-    keep = ("requests", "errors", "timeouts", "queue_timeouts", "pool_saturated", "restarts", "retries", "hung",
-            "deaths_by_cause", "quarantined", "sessions", "workers", "available", "busy", "waiting")
+    keep = (
+        "requests",
+        "errors",
+        "timeouts",
+        "queue_timeouts",
+        "pool_saturated",
+        "restarts",
+        "retries",
+        "hung",
+        "deaths_by_cause",
+        "quarantined",
+        "sessions",
+        "workers",
+        "available",
+        "busy",
+        "waiting",
+    )
     return {key: stats.get(key) for key in keep}
 
 
@@ -1168,7 +1323,10 @@ def _print(p: dict) -> None:
     row("kills (SIGKILL)", f"{p['kills']} ({', '.join(f'{k} {v}' for k, v in sorted(p['kills_by_pool'].items()))})")
     row("hangs (> 2x own timeout)", p["hangs"])
     row("wrong results", p["wrong_results"])
-    row("foreign exceptions", p["foreign_exceptions"] if not p["foreign_types"] else f"{p['foreign_exceptions']} {p['foreign_types']}")
+    row(
+        "foreign exceptions",
+        p["foreign_exceptions"] if not p["foreign_types"] else f"{p['foreign_exceptions']} {p['foreign_types']}",
+    )
     print("  errors by reason:")
     for key, count in p["errors"].items():
         row(f"  {key}", f"{count:,}")
@@ -1180,16 +1338,28 @@ def _print(p: dict) -> None:
     row("crash causes seen by callers", p["crash_causes"] or "-")
     for name, stats in p["pool_stats"].items():
         events = p["events"].get(name, {})
-        row(f"pool {name}", f"restarts {stats['restarts']}, quarantines {events.get('worker_quarantined', 0)}, "
-                            f"retries {stats['retries']}, sessions left {stats['sessions']}")
+        row(
+            f"pool {name}",
+            f"restarts {stats['restarts']}, quarantines {events.get('worker_quarantined', 0)}, "
+            f"retries {stats['retries']}, sessions left {stats['sessions']}",
+        )
     print(f"\n  {'resources'.ljust(width)} {'baseline':>9} {'start':>9} {'end':>9} {'after close':>12}")
-    for key, label in (("fds", "open fds"), ("threads", "threads (threading)"), ("native_threads", "threads (/proc Threads:)"),
-                       ("processes", "child processes"), ("rss_mb", "RSS MB")):
+    for key, label in (
+        ("fds", "open fds"),
+        ("threads", "threads (threading)"),
+        ("native_threads", "threads (/proc Threads:)"),
+        ("processes", "child processes"),
+        ("rss_mb", "RSS MB"),
+    ):
         values = [res[when][key] for when in ("baseline", "start", "end", "after_close")]
         print(f"  {label.ljust(width)} {values[0]:>9} {values[1]:>9} {values[2]:>9} {values[3]:>12}")
     growth = p["rss_growth_after_1min_pct"]
-    row("RSS at 60 s / growth to the end", f"{p['rss_at_60s_mb']} MB / {growth}%" + ("" if p["rss_growth_judged"] else " (not judged: run <= 2 min)")
-        if growth is not None else "- (run <= 60 s)")
+    row(
+        "RSS at 60 s / growth to the end",
+        f"{p['rss_at_60s_mb']} MB / {growth}%" + ("" if p["rss_growth_judged"] else " (not judged: run <= 2 min)")
+        if growth is not None
+        else "- (run <= 60 s)",
+    )
     if p["rss_growth_after_1min_smoothed_pct"] is not None:
         row("  the same, medians (50-70 s, last 20 s)", f"{p['rss_growth_after_1min_smoothed_pct']}% (not judged)")
     if p["leaked_fds"]:

@@ -27,7 +27,11 @@ def test_a_20_second_soak_neither_hangs_nor_errs_nor_leaks(tmp_path):
     out = tmp_path / "soak.json"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "soak", "--seconds", str(SECONDS), "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
     )
     output = done.stdout[-6000:] + done.stderr[-6000:]
     assert out.exists(), output

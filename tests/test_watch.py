@@ -24,7 +24,9 @@ def closing():
 def _woken_by(loop: asyncio.AbstractEventLoop, read_fd: int, write_fd: int, closing: Closing) -> bool:
     """Watch ``read_fd`` on ``loop`` (for a new connection), make it readable: woken?"""
     woke: list[bool] = []
-    unwatch = watch_readers(SimpleNamespace(closing=closing), loop, [(read_fd, False)], lambda flag: (woke.append(flag), loop.stop()))
+    unwatch = watch_readers(
+        SimpleNamespace(closing=closing), loop, [(read_fd, False)], lambda flag: (woke.append(flag), loop.stop())
+    )
     os.write(write_fd, b"x")
     timer = loop.call_later(2.0, loop.stop)  # a bound, far above a wake-up's microseconds
     loop.run_forever()
@@ -71,7 +73,9 @@ def test_a_watch_ended_after_its_descriptor_was_reused_leaves_the_new_one_alone(
         late = watch_readers(SimpleNamespace(closing=closing), loop, [(read_fd, False)], lambda flag: None)
         read_fd, write_fd = _reused((read_fd, write_fd))  # closed while still watched
         woke: list[bool] = []
-        unwatch = watch_readers(SimpleNamespace(closing=closing), loop, [(read_fd, False)], lambda flag: (woke.append(flag), loop.stop()))
+        unwatch = watch_readers(
+            SimpleNamespace(closing=closing), loop, [(read_fd, False)], lambda flag: (woke.append(flag), loop.stop())
+        )
         late()  # must not remove the new watch's reader
         os.write(write_fd, b"x")
         timer = loop.call_later(2.0, loop.stop)

@@ -387,7 +387,7 @@ class Dispatcher:
         stale.append(handle)
 
     def _dispose(self, stale: list[Worker]) -> None:
-        """Dispose of dead workers given back by :meth:`_unassign` (not under the lock)."""
+        """Dispose of dead workers nobody holds any more (not under the lock)."""
         if stale:
             supervisor = self._supervise()
             for handle in stale:
@@ -397,7 +397,8 @@ class Dispatcher:
         if call_deadline is not None and (queue_deadline is None or call_deadline <= queue_deadline):
             self.counters.bump("timeouts")
             message = "the call timed out while waiting for a worker"
-            return _Refused(errors.timeout(Reason.TIMEOUT, message, stage="queued"), ("timeout", message, {"waiting": True, "stage": "queued"}))
+            event = ("timeout", message, {"waiting": True, "stage": "queued"})
+            return _Refused(errors.timeout(Reason.TIMEOUT, message, stage="queued"), event)
         self.counters.bump("queue_timeouts")
         message = "no worker became available within queue_timeout"
         return _Refused(errors.timeout(Reason.QUEUE_TIMEOUT, message, stage="queued"), ("queue_timeout", message, {"stage": "queued"}))
@@ -453,9 +454,7 @@ class Dispatcher:
             handle.checked_out = False
             handle.owner = None
             dead = handle.state is WorkerState.DEAD
-        if dead:
-            supervisor = self._supervise()
-            supervisor.submit(supervisor.dispose, handle)
+        self._dispose([handle] if dead else [])
 
     def abandon(self, handle: Worker, call_id: int, lease: int | None = None) -> None:
         """The caller gives up on a running call: the worker cancels it and is drained, then freed.
