@@ -1000,13 +1000,33 @@ def warm_up() -> None:
         server.stop()
 
 
-def settle(baseline: dict, deadline_s: float = 5.0) -> tuple[dict, float]:
+_COUNTED = ("fds", "threads", "native_threads", "processes")
+
+
+def steady(quiet_s: float = 1.0, deadline_s: float = 15.0) -> dict:
+    """Resources once fds, threads and processes have not changed for ``quiet_s`` (at most
+    ``deadline_s``): the baseline. grpc's own threads come and go after a call for a while
+    (its EventEngine's pool grows, then its lifeguard ends idle threads): a baseline taken in
+    the middle of that would count one of them, or not, by chance."""
+    started = last_change = time.monotonic()
+    now = resources()
+    while True:
+        time.sleep(0.05)
+        sample = resources()
+        if any(sample[key] != now[key] for key in _COUNTED):
+            last_change = time.monotonic()
+        now = sample
+        if time.monotonic() - last_change >= quiet_s or time.monotonic() - started > deadline_s:
+            return now
+
+
+def settle(baseline: dict, deadline_s: float = 15.0) -> tuple[dict, float]:
     """Resources after close, polled until threads, processes and fds are back at the baseline
     (or ``deadline_s`` passed): what close() leaves behind, not what it is still finishing."""
     started = time.monotonic()
     while True:
         now = resources()
-        if all(now[key] == baseline[key] for key in ("fds", "threads", "native_threads", "processes")):
+        if all(now[key] == baseline[key] for key in _COUNTED):
             break
         if time.monotonic() - started > deadline_s:
             break
@@ -1059,7 +1079,7 @@ def _soak(duration: float, seed: int) -> dict[str, Any]:
     events = Events()
     before_warm_up = resources()
     warm_up()
-    baseline = resources()
+    baseline = steady()
     baseline_fds = _fd_table()
     baseline_threads = _thread_names()
     baseline_python_threads = sorted(t.name for t in threading.enumerate())
