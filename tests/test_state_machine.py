@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -396,6 +397,22 @@ def test_a_process_dies_with_all_its_slots_and_its_strict_waiters_are_told():
     waiter.join(10)
     assert [e.reason for e in refused] == ["session_worker_unavailable"]
     assert all(h.handle.state is WorkerState.DEAD for h in holders) and not dispatcher.workers
+
+
+def test_a_slot_whose_caller_sees_its_process_die_takes_the_whole_process_out_at_once():
+    """The caller reports the death before the supervisor has heard of it: the next call must
+    not be given another thread of the dead process."""
+    dispatcher, supervision, process = _threaded_pool()
+    crashed = begin(dispatcher)
+    crashed.handle.conn.dies = True
+    crashed.handle.conn.exit_info = {"exit_code": -9, "signal": "SIGKILL"}
+    with pytest.raises(SnakepitError) as info:
+        run_execute(crashed)
+    assert info.value.reason == "worker_crashed"
+    assert process.state is WorkerState.DEAD and not dispatcher.workers  # its other thread too
+    assert ("lost", process.id) in supervision.log
+    with pytest.raises(SnakepitError):  # no worker left: the next call waits, it is not sent to the dead process
+        dispatcher.checkout(None, None, time.monotonic() + 0.05, None)
 
 
 def test_recycling_parks_idle_slots_and_retires_the_process_when_its_last_busy_slot_is_done():

@@ -618,10 +618,13 @@ class Dispatcher:
         return info
 
     def _out_of_service(self, handle: Worker) -> None:
-        """A dead (or doomed) worker a caller holds: out of service, and replaced."""
-        if self.worker_died(handle):
+        """A dead (or doomed) worker a caller holds: out of service, and replaced. A call slot's
+        whole process is: its other slots are dead too, and the next call must not be given one
+        before the supervisor hears of the death."""
+        process = handle.process or handle
+        if self.worker_died(process):
             supervisor = self._supervise()
-            supervisor.submit(supervisor.lost, handle)
+            supervisor.submit(supervisor.lost, process)
 
     def worker_died(self, handle: Worker) -> bool:
         """Take a dead worker out of service (any thread, idempotent): a process with its call
