@@ -443,7 +443,12 @@ def test_an_address_another_server_holds_is_refused_whatever_name_it_is_given():
             with pytest.raises(SnakepitError) as info:
                 second.serve(f"localhost:{port}")
             assert info.value.reason == "invalid_config" and "::1" in info.value.message
-        assert second.stats()["workers"] == 1 and not second._servers  # nothing was left half-bound
+        assert second.stats()["workers"] == 1 and not second._servers
+        import socket
+
+        if _v6_loopback():  # refused for its second address, nothing of the first is left listening
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
         # localhost with port 0: one port for each of its addresses, all served
         server = second.serve("localhost:0")
         hosts = ["127.0.0.1", "[::1]"] if _v6_loopback() else ["127.0.0.1"]
@@ -467,3 +472,53 @@ def test_parameters_nested_too_deep_are_invalid_argument_with_the_pools_reason(c
         assert refused["code"] == "INVALID_ARGUMENT", refused
         assert snakepit_error(refused).reason == "serialization_error" == in_process.value.reason
     assert shallow["code"] == "OK" and json.loads(base64.b64decode(shallow["response"]["result"]["value"])) == json.loads("[" * 50 + "]" * 50)
+
+
+def test_a_unix_socket_another_server_listens_on_is_refused_a_left_over_one_replaced(tmp_path):
+    import socket
+
+    path = tmp_path / "pool.sock"
+    with Pool(Toolbox, size=1) as first, Pool(Toolbox, size=1) as second:
+        first.serve(f"unix:{path}")
+        with pytest.raises(SnakepitError) as info:
+            second.serve(f"unix:{path}")
+        assert info.value.reason == "invalid_config" and "listens" in info.value.message
+        from snakepit.grpc import Client
+
+        with Client(f"unix:{path}") as client:  # still the first pool's
+            assert client.execute("state")["pid"] == first.stats()["worker_info"][0]["pid"]
+    left_over = tmp_path / "left.sock"
+    with socket.socket(socket.AF_UNIX) as dead:  # a socket file nobody listens on any more
+        dead.bind(str(left_over))
+    with Pool(Toolbox, size=1) as pool:
+        pool.serve(f"unix:{left_over}")
+        with pytest.raises(SnakepitError) as info:
+            pool.serve(f"unix:{tmp_path}/no-such-directory/pool.sock")
+        assert info.value.reason == "invalid_config" and "no directory" in info.value.message
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:99999", "127.0.0.1:65536", "localhost:-1", "127.0.0.1:http", "nocolon"])
+def test_an_address_that_is_no_host_and_port_is_refused(address):
+    with Pool(Toolbox, size=1) as pool:
+        with pytest.raises(SnakepitError) as info:
+            pool.serve(address)
+        assert info.value.reason == "invalid_config"
+
+
+def test_tls_files_that_cannot_be_read_are_invalid_config(tmp_path):
+    from snakepit.grpc import TLS
+
+    with Pool(Toolbox, size=1) as pool:
+        with pytest.raises(SnakepitError) as info:
+            pool.serve("127.0.0.1:0", tls=TLS(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")), token="t")
+        assert info.value.reason == "invalid_config" and "key.pem" in info.value.message
+
+
+def test_the_bearer_scheme_is_case_insensitive_the_token_is_not(compiled):
+    with Pool(Toolbox, size=1) as pool:
+        address = pool.serve("127.0.0.1:0", token="s3cret").address
+        lower, upper, wrong_case = bridge(
+            compiled, address,
+            *({"rpc": "Ping", "request": {}, "metadata": [["authorization", value]]} for value in ("bearer s3cret", "BEARER s3cret", "Bearer S3CRET")),
+        )
+    assert (lower["code"], upper["code"], wrong_case["code"]) == ("OK", "OK", "UNAUTHENTICATED")

@@ -6,8 +6,8 @@ reaches the pool through its asyncio API: a call is a coroutine on that loop, a 
 deadline cancels the task, which cancels the tool in the worker. Server-streaming writes wait for
 HTTP/2 flow control, so a slow client slows the stream down; nothing buffers a whole stream.
 
-Security: a loopback address (127.0.0.0/8, ``::1``, ``localhost``) or a ``unix:`` socket path
-(guarded by its file permissions) needs nothing more. Any other address needs a bearer token or
+Security: a loopback address (127.0.0.0/8, ``::1``, a name such as ``localhost`` that resolves
+only to those) or a ``unix:`` socket path (guarded by its file permissions) needs nothing more. Any other address needs a bearer token or
 mutual TLS (server TLS alone authenticates nobody), unless ``insecure=True``. With a token, every
 call but the health service's must carry ``authorization: Bearer <token>`` (compared in constant
 time). Pickled parameters are refused unless ``allow_pickle=True``.
@@ -16,11 +16,8 @@ time). Pickled parameters are refused unless ``allow_pickle=True``.
 from __future__ import annotations
 
 import asyncio
-import errno
 import hmac
-import ipaddress
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
@@ -35,7 +32,7 @@ from .. import errors
 from ..errors import Reason
 from ..pool.request import CallRequest
 from . import bridge_pb2 as pb
-from . import bridge_pb2_grpc, codec
+from . import binding, bridge_pb2_grpc, codec
 from .loop import run, shared_loop
 from .status import ERROR_METADATA, error_json, is_tool_failure, status_of
 
@@ -56,6 +53,7 @@ _KEEPALIVE_TIMEOUT_MS = 10_000
 # iterator again: after grpc's own work, that iterator is what a chunk costs most.
 _AT_HAND = 64
 _ENVELOPE = 4096  # bytes of a response that are not its data, at most (ids, metadata, framing)
+_BIND_ATTEMPTS = 4  # port 0: fresh ports to try when another server takes one between the check and the bind
 
 
 @dataclass(frozen=True)
@@ -76,19 +74,19 @@ class TLS:
                 root = ca.read()
         return grpc.ssl_server_credentials(pair, root_certificates=root, require_client_auth=root is not None)
 
+    def load(self) -> grpc.ServerCredentials:
+        """:meth:`credentials`, or ``invalid_config`` saying which file could not be read."""
+        try:
+            return self.credentials()
+        except (OSError, ValueError) as exc:
+            raise errors.validation(Reason.INVALID_CONFIG, f"cannot use the TLS files: {exc}") from None
 
-def check_bind(address: str, *, token: str | None, tls: TLS | None, insecure: bool) -> None:
+
+def check_bind(where: binding.Plan, *, token: str | None, tls: TLS | None, insecure: bool) -> None:
     """Refuse to expose the pool beyond this machine to whoever connects."""
-    if address.startswith("unix:") or insecure or token or (tls is not None and tls.client_ca_file):
+    if where.unix or where.loopback_only or insecure or token or (tls is not None and tls.client_ca_file):
         return
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
+    address = where.address
     raise errors.validation(
         Reason.INVALID_CONFIG,
         f"refusing to serve the pool on {address!r} to anyone who connects: give a token or mutual TLS "
@@ -114,11 +112,12 @@ class Server:
         if token is not None and (not isinstance(token, str) or not token):
             raise errors.validation(Reason.INVALID_CONFIG, "token must be a non-empty str")
         max_bytes = codec.message_limit(max_message_mb)
-        check_bind(address, token=token, tls=tls, insecure=insecure)
+        self._plan = binding.plan(address)
+        check_bind(self._plan, token=token, tls=tls, insecure=insecure)
+        self._credentials = None if tls is None else tls.load()
         self._pool = pool
         self._requested = address
         self._token = token
-        self._tls = tls
         self._allow_pickle = allow_pickle
         self._max_bytes = max_bytes
         self._server: grpc.aio.Server | None = None
@@ -139,25 +138,30 @@ class Server:
         return f"<snakepit.grpc.Server {self.address} {'running' if self._server else 'stopped'}>"
 
     async def _start(self) -> None:
-        """Bind every address the requested one stands for, then serve. With port 0, the port the
-        first address got is asked of the others; if another server holds one of them there, a
-        fresh port is tried (a few times)."""
-        addresses = _bind_addresses(self._requested)
-        for attempt in range(_PORT_ATTEMPTS):
-            server = self._build()
+        """Bind every address the requested one stands for, each checked free first (see
+        :mod:`.binding`), then serve. Another server may still take a port between the check and
+        grpc's bind: with port 0 a fresh one is tried; else the address is refused."""
+        for attempt in range(_BIND_ATTEMPTS):
             try:
-                port = self._bind(server, addresses)
-            except _Taken as taken:
-                await server.stop(None)
-                if taken.retry and attempt + 1 < _PORT_ATTEMPTS:
-                    continue
-                raise errors.validation(
-                    Reason.INVALID_CONFIG, f"could not bind {self._requested!r}: {taken}", address=self._requested
-                ) from None
-            break
+                where, port = self._plan.free_port()
+            except binding.Taken as taken:
+                raise self._refused(str(taken)) from None
+            server = self._build()
+            failed = self._bind(server, where.targets(port))
+            if failed is None:
+                break
+            # grpc's unstarted server keeps what it did bind: started and stopped, it lets go.
+            await server.start()
+            await server.stop(None)
+            if self._plan.port != 0 or attempt + 1 == _BIND_ATTEMPTS:
+                hint = " (its TLS certificate or key may be invalid)" if self._credentials is not None else ""
+                raise self._refused(f"grpc could not listen on {failed}{hint}")
         await server.start()
         await self._health.start()
         self._server, self.port = server, port
+
+    def _refused(self, why: str) -> errors.SnakepitError:
+        return errors.validation(Reason.INVALID_CONFIG, f"could not serve on {self._requested!r}: {why}", address=self._requested)
 
     def _build(self) -> grpc.aio.Server:
         options = [
@@ -181,32 +185,20 @@ class Server:
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         return server
 
-    def _bind(self, server: grpc.aio.Server, addresses: list[tuple[str, str]]) -> int:
-        """Add each address as a port of its own (grpc would take a name's addresses as one port,
-        bound if any of them is free); the port bound. ``_Taken`` if one cannot be bound."""
-        port = 0
-        for host, wanted in addresses:
-            unix = host.startswith("unix:")
-            target = host if unix else f"{_bracketed(host)}:{port or wanted}"
+    def _bind(self, server: grpc.aio.Server, targets: list[str]) -> str | None:
+        """Add each target as a port of its own (grpc would take a name's addresses as one port,
+        bound if any of them is free); the first it could not bind, or None."""
+        for target in targets:
             try:
-                if self._tls is not None:
-                    bound = server.add_secure_port(target, self._tls.credentials())
+                if self._credentials is not None:
+                    bound = server.add_secure_port(target, self._credentials)
                 else:
                     bound = server.add_insecure_port(target)
-            except RuntimeError:  # grpcio raises for a taken or unusable address
-                bound = None
-            if unix:  # a socket path has no port to report
-                if bound is None:
-                    raise _Taken(f"{target} cannot be bound", retry=False)
-                continue
-            if not bound:
-                if len(addresses) > 1 and not _bindable(host):
-                    continue  # not an address of this machine (IPv6 off, say): nobody else can hold it
-                raise _Taken(f"{target} is taken or unusable", retry=port != 0 and wanted == "0")
-            port = port or bound
-        if not port and not addresses[0][0].startswith("unix:"):
-            raise _Taken("none of its addresses could be bound", retry=False)
-        return port
+            except RuntimeError:  # grpcio raises for an address it cannot bind
+                return target
+            if not bound and not target.startswith("unix:"):  # a socket path has no port to report
+                return target
+        return None
 
     def stop(self, grace: float | None = None) -> None:
         """Stop serving: in-flight calls may finish within ``grace`` seconds, then are cancelled
@@ -279,7 +271,7 @@ class _BearerToken(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         if details.method.startswith(_HEALTH) or self._carries_token(details.invocation_metadata):
@@ -288,7 +280,11 @@ class _BearerToken(grpc.aio.ServerInterceptor):
 
     def _carries_token(self, metadata: Any) -> bool:
         for key, value in metadata or ():
-            if key == "authorization" and hmac.compare_digest(str(value).encode(), self._expected):
+            if key != "authorization":
+                continue
+            scheme, _, credentials = str(value).partition(" ")
+            # The scheme is case-insensitive (RFC 7235); the token, compared in constant time, is not.
+            if scheme.lower() == "bearer" and hmac.compare_digest(credentials.encode(), self._expected):
                 return True
         return False
 
@@ -303,58 +299,6 @@ async def _refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
 
 
 _REFUSAL = grpc.stream_stream_rpc_method_handler(_refuse)
-
-
-class _Taken(Exception):
-    """An address of the requested one could not be bound; ``retry``: with another port."""
-
-    def __init__(self, message: str, *, retry: bool) -> None:
-        super().__init__(message)
-        self.retry = retry
-
-
-_PORT_ATTEMPTS = 5  # port 0 on several addresses: fresh ports to try when another server holds one
-
-
-def _bind_addresses(address: str) -> list[tuple[str, str]]:
-    """``(host, port)`` for each address ``address`` stands for: the host resolved here (every
-    address of a name, each loopback for ``localhost``), so that each is bound on its own."""
-    if address.startswith("unix:"):
-        return [(address, "")]
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise errors.validation(Reason.INVALID_CONFIG, f"cannot serve on {address!r}: expected host:port or unix:path", address=address)
-    host = host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-        return [(host, port)]
-    except ValueError:
-        pass
-    hosts: list[str] = ["127.0.0.1", "::1"] if host == "localhost" else []
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise errors.validation(Reason.INVALID_CONFIG, f"cannot resolve {host!r} to serve on it: {exc}", address=address) from None
-    for info in infos:
-        resolved = str(info[4][0])
-        if resolved not in hosts:
-            hosts.append(resolved)
-    return [(resolved, port) for resolved in hosts]
-
-
-def _bracketed(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _bindable(host: str) -> bool:
-    """Whether this machine has the address ``host`` at all (bindable on some port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((host, 0))
-    except OSError as exc:
-        return exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
-    return True
 
 
 def _now() -> Timestamp:
