@@ -302,3 +302,52 @@ def test_close_gives_running_calls_pool_closed_at_once_while_the_workers_stop(ki
     [(error, when)] = outcome
     assert isinstance(error, SnakepitError) and error.reason == "pool_closed", error
     assert when - began < 1.0  # not after shutdown_timeout, when the stuck worker is killed
+
+
+@pytest.mark.parametrize("how", ["read", "unread", "astream"])
+def test_a_stream_still_held_when_its_pool_closes_gives_back_its_workers_descriptors(how):
+    """close() releases the worker of a stream the caller keeps (a generator in some object):
+    its descriptors are closed when close() returns, and using the stream then finds the pool
+    closed -- never the closed descriptors, whose numbers may name other files by then."""
+    import gc
+
+    def fds() -> list[str]:
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                names.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # the listing's own descriptor
+                pass
+        return sorted(names)
+
+    with Pool(Toolbox, size=1):  # one-time state (the template's imports), out of the count
+        pass
+    gc.disable()
+    try:
+        before = fds()
+        pool = Pool(Toolbox, size=1).start()
+        loop = asyncio.new_event_loop()
+        if how == "astream":
+            stream = pool.astream("count", {"n": 100_000, "delay": 0.01})
+            loop.run_until_complete(stream.__anext__())
+        else:
+            stream = pool.stream("count", {"n": 100_000, "delay": 0.01})
+            if how == "read":
+                next(stream)
+        pool.close()
+        loop.close()
+        assert fds() == before
+        with pytest.raises(SnakepitError) as info:
+            if how == "astream":
+                asyncio.run(_drain(stream))
+            else:
+                list(stream)
+        assert info.value.reason == "pool_closed"
+        assert fds() == before
+    finally:
+        gc.enable()
+
+
+async def _drain(stream) -> None:
+    async for _ in stream:
+        pass

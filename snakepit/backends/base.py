@@ -251,6 +251,8 @@ class FedByThread:
     def receive(self, deadline: float | None) -> list[Any]:
         from ..pool.timing import poll_ms  # the owner's: a worker never waits here
 
+        if self.closing.is_set:  # first: a closed pool's workers' descriptors may be closed too
+            raise PoolClosing()
         poller = select.poll()
         poller.register(self.ready_fd, select.POLLIN)
         poller.register(self.closing.fd, select.POLLIN)

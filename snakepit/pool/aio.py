@@ -154,12 +154,12 @@ async def fetch(exchange: Exchange, readable: Readable) -> None:
     try:
         conn = exchange.handle.conn
         while True:
+            if conn.closing.is_set:  # first: a closed pool's workers' descriptors may be closed too
+                raise PoolClosing()
             messages = conn.take(readable.exited)
             if messages:
                 exchange.feed(messages)
                 return
-            if conn.closing.is_set:
-                raise PoolClosing()
             if not conn.spin():  # a quick reply is taken without a trip through the selector
                 await readable.wait(exchange.deadline)
     except WorkerGone:

@@ -256,6 +256,9 @@ class Exchange:
             return
         self.finished = True
         self.handle.requests_served += 1
+        if self.dispatcher.closed:  # the shutdown cancels it, and stops the worker: give it up
+            self.dispatcher.give_up(self.handle, self.lease)
+            return
         self.handle.conn.send_control(Cancel([self.call_id]))
         self.dispatcher.abandon(self.handle, self.call_id, self.lease)
 

@@ -169,9 +169,11 @@ class Supervisor(Reactor):
                 self.terminate(handle)
 
     def _forget_after_shutdown(self, handle: Worker) -> None:
+        """Every worker has ended: out of service, and disposed of -- a worker a caller still holds
+        too (a stream kept unread): its descriptors are the pool's to close, and whatever the
+        caller does with it next finds the pool closed first (see ``Closing``), never them."""
         self._dispatcher.worker_died(handle)
-        if not _held(handle):
-            self.dispose(handle)
+        self.dispose(handle, force=True)
 
     # -- starting --------------------------------------------------------------------------------
 
@@ -439,12 +441,13 @@ class Supervisor(Reactor):
         )
         self.later(delay, self._spawn, slot)
 
-    def dispose(self, handle: Worker) -> None:
+    def dispose(self, handle: Worker, *, force: bool = False) -> None:
         """Forget a dead worker nobody uses any more (a process with call slots: once no caller
-        holds any of them), once its end has been seen to (before that, :meth:`_on_death` will)."""
+        holds any of them; ``force``: at shutdown, whoever holds it), once its end has been seen
+        to (before that, :meth:`_on_death` will)."""
         if handle.process is not None:
             handle = handle.process
-        if _held(handle) or handle.conn.exit_info is None or self.handles.pop(handle.id, None) is None:
+        if (_held(handle) and not force) or handle.conn.exit_info is None or self.handles.pop(handle.id, None) is None:
             return
         self.backend.dispose(handle)
 

@@ -1,9 +1,12 @@
 """The owner's connection to one worker process: its pipes, its pidfd, the process.
 
 A connection is used by one party at a time: the supervisor while the worker starts, idles or drains
-a cancelled call; the calling thread (or event loop) while the worker is checked out. Only that
-party reads the responses pipe, so no lock guards it. Writes to the requests and control pipes
-may come from two parties at once (a call and a shutdown), so each has a lock.
+a cancelled call; the calling thread (or event loop) while the worker is checked out. Writes to the
+requests and control pipes may come from two parties at once (a call and a shutdown), so each has
+a lock. Reads of the responses pipe take a lock too, which only :meth:`close_fds` contends for:
+when the pool closes, a worker a caller still holds (a stream kept unread) has its descriptors
+closed all the same, and no read, write or signal may then reach a number the process has given
+to another file since.
 
 Death is seen two ways, both without polling: end-of-file on the responses pipe and the process's
 pidfd becoming readable (the latter also when a grandchild inherited the pipe).
@@ -109,6 +112,7 @@ class ProcessConnection:
         self.killed_by_oom: Callable[[], bool] = lambda: False  # asked when SIGKILL ended it
         self._request_lock = threading.Lock()
         self._control_lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._reap_lock = threading.Lock()
         self._control_writer = FrameWriter()
         self._spin = Spin()
@@ -159,6 +163,8 @@ class ProcessConnection:
         (large arguments' shared memory) go first, over the socket.
         """
         with self._request_lock:
+            if self._closed:
+                raise WorkerGone()
             try:
                 if attachments is not None:
                     segments.send_fds(self._socket, attachments.fds)
@@ -175,6 +181,8 @@ class ProcessConnection:
     def send_control(self, message: Any) -> bool:
         """Write to the control pipe; False if the worker has already gone."""
         with self._control_lock:
+            if self._closed:
+                return False
             try:
                 write_all(self.control_fd, self._control_writer.frame(message))
             except OSError:
@@ -191,12 +199,19 @@ class ProcessConnection:
     def take(self, exited: bool = False) -> list[Any]:
         """Messages available now (maybe none). ``WorkerGone`` at end of file, or once the
         process has ``exited`` and nothing more is readable (a grandchild may hold the pipe)."""
-        messages = self.reader.read(self.responses_fd)
+        messages = self._read()
         if messages:
             return messages
         if messages is None or exited:
             raise WorkerGone()
         return messages
+
+    def _read(self) -> list[Any] | None:
+        """What the responses pipe has (``None`` at its end, or once its descriptors are closed)."""
+        with self._read_lock:
+            if self._closed:
+                return None
+            return self.reader.read(self.responses_fd)
 
     def watch(self, loop: asyncio.AbstractEventLoop, callback: Callable[[bool], None]) -> Callable[[], None]:
         """``callback(exited)`` on ``loop`` when the responses pipe is readable (False) or the
@@ -235,6 +250,8 @@ class ProcessConnection:
         ``PoolClosing`` once the pool begins closing with nothing arrived. A reply that is not
         there yet is first waited for awake, briefly (see :mod:`.spin`).
         """
+        if self.closing.is_set:  # first: a closed pool's workers' descriptors may be closed too
+            raise PoolClosing()
         poll = self._poller.poll
         ready = poll(0) or self._spin.poll(poll)
         exited = False
@@ -242,7 +259,7 @@ class ProcessConnection:
             if ready:
                 if self.pidfd is not None and any(fd == self.pidfd for fd, _ in ready):
                     exited = True  # the pidfd is readable: the process has ended
-                messages = self.reader.read(self.responses_fd)
+                messages = self._read()
                 if messages:
                     return messages
                 if messages is None or exited:
@@ -261,7 +278,10 @@ class ProcessConnection:
     # of its group once it is gone.
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to the worker and to every process below it."""
+        """Send ``signum`` to the worker and to every process below it (not once it has been
+        reaped: its pid, and its pidfd's number, may name another process by then)."""
+        if self.exit_info is not None or self._closed:
+            return
         descendants = self._descendants()
         try:
             if self.pidfd is not None:
@@ -311,7 +331,8 @@ class ProcessConnection:
                     self.exit_info = {"exit_code": code, "signal": name, "cause": death_cause(code, name, oom)}
                 else:
                     self.exit_info = {"exit_code": code, "cause": death_cause(code, None)}
-                stack = spill.fault_log(self.spill_fd)
+                with self._read_lock:
+                    stack = None if self._closed else spill.fault_log(self.spill_fd)
                 if stack is not None:  # a fatal signal: the Python stacks of its threads
                     self.exit_info["python_stack"] = stack
             return self.exit_info
@@ -333,7 +354,10 @@ class ProcessConnection:
 
     def salvage(self) -> list[Any]:
         """Messages a dead worker had queued but not yet written (see :mod:`.spill`)."""
-        tail = spill.salvage(self.spill_fd, self.reader.received)
+        with self._read_lock:
+            if self._closed:
+                return []
+            tail = spill.salvage(self.spill_fd, self.reader.received)
         try:
             return self.reader.feed(tail) if tail else []
         except msgspec.DecodeError:  # torn by the death: keep what arrived through the pipe
@@ -360,8 +384,10 @@ class ProcessConnection:
             return True
 
     def close_fds(self) -> None:
-        """Release the pipes; only once nobody can be waiting on them."""
-        self._release_fds()
+        """Release the pipes: once nobody waits on them (a caller still holding the worker finds
+        it closed, never a number reused since: see the module's docstring)."""
+        with self._read_lock, self._request_lock, self._control_lock:
+            self._release_fds()
 
     @property
     def _closed(self) -> bool:

@@ -100,6 +100,7 @@ class SlotConnection(FedByThread):
         self.index = index
         self.closing = mux.conn.closing
         self.inbox: deque[Any] = deque()
+        self._ready_lock = threading.Lock()  # close() against a wake or a take on the eventfd
         self._ready = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._close_ready = weakref.finalize(self, os.close, self._ready)  # at close(), or with the last user
         self._taken: dict[int, int] = {}  # stream id -> frames taken since its last credit
@@ -152,15 +153,15 @@ class SlotConnection(FedByThread):
     def close(self) -> None:
         """The process is gone and disposed of: its slot's eventfd is closed now, not whenever
         the last reference to the slot goes (a timer may hold its worker for a minute)."""
-        self._ready = -1  # wake() and take() see a closed slot, never a reused fd number
-        self._close_ready()
+        with self._ready_lock:
+            self._ready = -1  # wake() and take() see a closed slot, never a reused fd number
+            self._close_ready()
 
     def wake(self) -> None:
         """Something came for this slot (or the process has ended): wake its waiters."""
-        try:
-            os.eventfd_write(self._ready, 1)
-        except OSError:  # closed: the slot is gone
-            pass
+        with self._ready_lock:
+            if self._ready >= 0:
+                os.eventfd_write(self._ready, 1)
 
     def send_control(self, message: Any) -> bool:
         return self._mux.conn.send_control(message)
@@ -186,10 +187,12 @@ class SlotConnection(FedByThread):
         return False  # the reader thread wakes us
 
     def take(self, exited: bool = False) -> list[Any]:
-        try:
-            os.eventfd_read(self._ready)
-        except OSError:  # nothing to read (or the slot is closed: the process is gone)
-            pass
+        with self._ready_lock:
+            try:
+                if self._ready >= 0:
+                    os.eventfd_read(self._ready)
+            except OSError:  # nothing to read
+                pass
         with self._mux.lock:
             messages = list(self.inbox)
             self.inbox.clear()

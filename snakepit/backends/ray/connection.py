@@ -140,14 +140,15 @@ class RayConnection(FedByThread):
 
     def _signal(self) -> None:
         try:
-            os.write(self._signal_w, b"!")
-        except (BlockingIOError, OSError):  # already readable (full), or closed
+            if self._signal_w >= 0:
+                os.write(self._signal_w, b"!")
+        except (BlockingIOError, OSError):  # already readable (full)
             pass
 
     def take(self, exited: bool = False) -> list[Any]:
         with self._lock:
             try:
-                while os.read(self._signal_r, 4096):
+                while self._signal_r >= 0 and os.read(self._signal_r, 4096):
                     pass
             except (BlockingIOError, OSError):
                 pass
@@ -190,12 +191,11 @@ class RayConnection(FedByThread):
             self._signal()
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock:  # no read or write of the signal pipe may reach a number reused since
             self._closed = True
             self._lock.notify_all()
-        for fd in (self._signal_r, self._signal_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            fds, self._signal_r, self._signal_w = (self._signal_r, self._signal_w), -1, -1
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
 
