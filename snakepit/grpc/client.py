@@ -344,16 +344,41 @@ def _json_or_none(value: Any) -> bytes | None:
         return None
 
 
-class RemoteStream:
+class _Remote:
+    """What both remote streams keep: the call, what it delivered, and how it ended."""
+
+    def __init__(self) -> None:
+        self._chunks = 0
+        self._halted = False
+        self.result: StreamResult | None = None  # how it ended: None until its final chunk, as in process
+
+    def _take(self, chunk: pb.ToolChunk) -> Any:
+        """A chunk's value, or ``_END`` after a synthetic final chunk."""
+        synthetic = chunk.metadata.get("synthetic_final") == "true"
+        if chunk.is_final:
+            self.result = _stream_result(chunk, self._chunks + (not synthetic), self._halted)
+            if synthetic:
+                return _END
+        self._chunks += 1
+        return codec.decode_value(chunk.data, chunk.metadata.get("content_type", codec.JSON))
+
+    def _halt(self) -> None:
+        """HALT: the result says so (also for the tool's own final chunk, as in process)."""
+        self._halted = True
+        if self.result is None:
+            self.result = StreamResult(self._chunks, -1, 0.0, True, halted=True)
+        else:
+            self.result = dataclasses.replace(self.result, halted=True)
+
+
+class RemoteStream(_Remote):
     """An iterator over a remote stream's chunk data; also a context manager. Leaving the loop
     early or ``close()`` cancels the call (and so the tool in the worker): as for the in-process
     stream, ``iter(stream)`` is a one-shot generator only the loop holds, closed as it is left."""
 
     def __init__(self, call: Any) -> None:
+        super().__init__()
         self._call = call
-        self._chunks = 0
-        self._halted = False
-        self.result: StreamResult | None = None
 
     def __iter__(self) -> Iterator[Any]:
         return loop(self)
@@ -368,53 +393,42 @@ class RemoteStream:
         except grpc.RpcError as error:  # the call itself (grpc's rendezvous is its own error)
             chunk = _error(error)
         if type(chunk) is pb.ToolChunk:
-            return self._take(chunk)
+            value = self._take(chunk)
+            if value is _END:
+                raise StopIteration
+            return value
         # Over: the error is raised here, outside the handler, so that it does not hold the
         # finished call as its __context__, nor does this stream (a kept error keeps neither).
         self._call = _FINISHED
         raise chunk if chunk is not None else errors.worker_crashed(-1, {}, "a stream (it ended without its final chunk)")
 
-    def _take(self, chunk: pb.ToolChunk) -> Any:
-        synthetic = chunk.metadata.get("synthetic_final") == "true"
-        if chunk.is_final:
-            self.result = _stream_result(chunk, self._chunks + (not synthetic), self._halted)
-            if synthetic:
-                raise StopIteration
-        self._chunks += 1
-        return codec.decode_value(chunk.data, chunk.metadata.get("content_type", codec.JSON))
-
     def halt(self) -> None:
         """Stop early, as HALT does (``result.halted`` is True)."""
-        self._halted = True
-        self.result = _halted(self.result)
+        self._halt()
         self.close()
 
     def _left(self) -> None:  # a loop was left early: grpc's own cancel takes only its call's lock
         self.close()
 
     def close(self) -> None:
+        """Cancel the call if it is still running; the iteration ends."""
         call, self._call = self._call, _FINISHED
         call.cancel()
-        if self.result is None:
-            self.result = StreamResult(self._chunks, -1, 0.0, True, halted=self._halted)
 
     def __enter__(self) -> RemoteStream:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.result is None:
-            self.close()
+        self.close()
 
 
-class AsyncRemoteStream:
+class AsyncRemoteStream(_Remote):
     """``async for data in client.astream(...)``: the call is read on the shared loop."""
 
     def __init__(self, start: Callable[[], Any]) -> None:
+        super().__init__()
         self._start = start
         self._call: Any = None
-        self._chunks = 0
-        self._halted = False
-        self.result: StreamResult | None = None
 
     def __aiter__(self) -> AsyncLoop:
         """A one-shot iterator only the loop holds: leaving the loop early drops it, which
@@ -434,29 +448,24 @@ class AsyncRemoteStream:
             if chunk is grpc.aio.EOF:
                 raise errors.worker_crashed(-1, {}, "a stream (it ended without its final chunk)")
             raise chunk
-        synthetic = chunk.metadata.get("synthetic_final") == "true"
-        if chunk.is_final:
-            self.result = _stream_result(chunk, self._chunks + (not synthetic), self._halted)
-            if synthetic:
-                raise StopAsyncIteration
-        self._chunks += 1
-        return codec.decode_value(chunk.data, chunk.metadata.get("content_type", codec.JSON))
+        value = self._take(chunk)
+        if value is _END:
+            raise StopAsyncIteration
+        return value
 
     async def ahalt(self) -> None:
-        self._halted = True
-        self.result = _halted(self.result)
+        self._halt()
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._call is not None and self.result is None:
-            call, self._call = self._call, _FINISHED
+        """Cancel the call if it is still running; the iteration ends."""
+        call, self._call = self._call, _FINISHED
+        if call is not None and call is not _FINISHED:
 
             async def cancel() -> None:
                 call.cancel()
 
             await _on_shared_loop(cancel())
-        if self.result is None:
-            self.result = StreamResult(self._chunks, -1, 0.0, True, halted=self._halted)
 
     def __del__(self) -> None:
         # Dropped before its end: cancel the call, and so the tool, as the in-process stream
@@ -466,14 +475,8 @@ class AsyncRemoteStream:
     def _left(self) -> None:
         """A loop over the stream was left (maybe in a garbage collection): cancelled, without
         waiting or taking a lock."""
-        if self.result is None:
-            self.result = StreamResult(self._chunks, -1, 0.0, True, halted=self._halted)
-            self._cancel_soon()
-
-    def _cancel_soon(self) -> None:
-        """Cancel the call on the shared loop, where it lives, without waiting for it."""
         call, self._call = self._call, _FINISHED
-        if call is not None:
+        if call is not None and call is not _FINISHED:
             try:
                 shared_loop().call_soon_threadsafe(call.cancel)
             except RuntimeError:  # the loop is closed: so is the call
@@ -497,6 +500,7 @@ class _Finished:
 
 
 _FINISHED: Any = _Finished()
+_END: Any = object()  # a synthetic final chunk: the stream is over
 
 
 async def _read(call: Any) -> Any:
@@ -532,11 +536,6 @@ def _result(response: pb.ExecuteToolResponse) -> Any:
     return codec.decode_value(response.binary_result, content_type)
 
 
-def _halted(result: StreamResult | None) -> StreamResult | None:
-    """HALT returned for the tool's own final chunk still halts, as in process."""
-    return None if result is None else dataclasses.replace(result, halted=True)
-
-
 def _stream_result(chunk: pb.ToolChunk, chunks: int, halted: bool) -> StreamResult:
     meta = chunk.metadata
     return StreamResult(
@@ -546,6 +545,7 @@ def _stream_result(chunk: pb.ToolChunk, chunks: int, halted: bool) -> StreamResu
         synthetic_final=meta.get("synthetic_final") == "true",
         halted=halted,
         metadata=None,
+        correlation_id=meta.get("correlation_id") or None,
     )
 
 

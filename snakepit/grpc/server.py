@@ -457,8 +457,9 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         chunk.metadata["execution_time_ms"] = str(int((time.perf_counter() - started) * 1000))
         chunk.metadata["tool_type"] = "remote"
         chunk.metadata["worker_id"] = str(stream.worker_id)
-        if meta.get("correlation_id"):
-            chunk.metadata["correlation_id"] = meta["correlation_id"]
+        correlation_id = meta.get("correlation_id") or stream.correlation_id  # the pool made one if none was given
+        if correlation_id:
+            chunk.metadata["correlation_id"] = correlation_id
 
     # -- sessions and tools ----------------------------------------------------------------------
 
