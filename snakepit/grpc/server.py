@@ -53,6 +53,7 @@ _KEEPALIVE_TIMEOUT_MS = 10_000
 # iterator again: after grpc's own work, that iterator is what a chunk costs most.
 _AT_HAND = 64
 _ENVELOPE = 4096  # bytes of a response that are not its data, at most (ids, metadata, framing)
+_UNTRUSTED_WINDOW = 1 << 20  # bytes of a stream's body grpc takes in before it is read, with a token
 _BIND_ATTEMPTS = 4  # port 0: fresh ports to try when another server takes one between the check and the bind
 
 
@@ -177,6 +178,13 @@ class Server:
             # another pool: sessions would break silently). A taken address is an error.
             ("grpc.so_reuseport", 0),
         ]
+        if self._token:
+            # Whoever connects may send before the token is checked: grpc reads what its flow
+            # control lets in, and its BDP probing grows those windows to the link (measured:
+            # 25-70 MiB held per connection of many refused calls at once). With static windows
+            # a connection holds a few MiB at most; a large argument then crosses a long, fast
+            # link at most a window per round trip.
+            options += [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", _UNTRUSTED_WINDOW)]
         interceptors = [_BearerToken(self._token)] if self._token else []
         server = grpc.aio.server(interceptors=interceptors, options=options)
         bridge_pb2_grpc.add_BridgeServiceServicer_to_server(_Bridge(self._pool, self._allow_pickle, self._max_bytes), server)
