@@ -23,7 +23,16 @@ from typing import Sequence
 
 from ._harness import machine_facts
 
-BENCHMARKS = ["execute_latency", "stream_throughput", "large_values", "map_throughput", "startup", "thread_profile", "grpc_throughput", "ray_backend"]
+BENCHMARKS = [
+    "execute_latency",
+    "stream_throughput",
+    "large_values",
+    "map_throughput",
+    "startup",
+    "thread_profile",
+    "grpc_throughput",
+    "ray_backend",
+]
 OPT_IN = ["soak"]  # run only when named: not part of a plain `python -m benchmarks`
 _NEEDS = {"ray_backend": "ray"}
 
@@ -31,7 +40,9 @@ _NEEDS = {"ray_backend": "ray"}
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "names", nargs="*", metavar="NAME",
+        "names",
+        nargs="*",
+        metavar="NAME",
         help=f"which to run (default: all of {', '.join(BENCHMARKS)}); also, only when named: {', '.join(OPT_IN)}",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat: checks that everything runs")

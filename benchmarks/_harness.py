@@ -28,8 +28,14 @@ def medians(samples: dict[str, list[float]]) -> dict[str, float]:
 
 
 def print_table(
-    title: str, unit: str, rows: Sequence[tuple[str, float]], *, reference: str, higher_is_better: bool = True,
-    reference_vs_each: bool = False, ratio_header: str | None = None,
+    title: str,
+    unit: str,
+    rows: Sequence[tuple[str, float]],
+    *,
+    reference: str,
+    higher_is_better: bool = True,
+    reference_vs_each: bool = False,
+    ratio_header: str | None = None,
 ) -> None:
     """One row per contender: its median and its ratio to ``reference`` (>1: better than it),
     or with ``reference_vs_each`` the reference's ratio to it (>1: the reference is better)."""

@@ -62,8 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         new = json.load(f)
     for label, run in (("old", old), ("new", new)):
         facts = run.get("machine", {})
-        print(f"{label}: {facts.get('date', '?')}, {facts.get('cpus_usable', '?')} CPUs ({facts.get('cpu_model', '?')}), "
-              f"Python {facts.get('python', '?')}, snakepit {facts.get('libraries', {}).get('snakepit', '?')}")
+        print(
+            f"{label}: {facts.get('date', '?')}, {facts.get('cpus_usable', '?')} CPUs ({facts.get('cpu_model', '?')}), "
+            f"Python {facts.get('python', '?')}, snakepit {facts.get('libraries', {}).get('snakepit', '?')}"
+        )
     rows = compare(old, new, opts.threshold)
     if not rows:
         print("no figures in common")

@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
         executor_p50 = table["ProcessPoolExecutor"]["p50_us"]
         print(f"\nRound trip of a tiny call, {placement}: {n:,} calls per contender in {opts.rounds} interleaved turns")
         width = max(map(len, table))
-        print(f"{'contender'.ljust(width)}  {'p50 us':>8}  {'p99 us':>8}  {'p99/p50':>7}  {'p50 / raw':>9}  {'executor / p50':>14}")
+        print(
+            f"{'contender'.ljust(width)}  {'p50 us':>8}  {'p99 us':>8}  {'p99/p50':>7}  {'p50 / raw':>9}  {'executor / p50':>14}"
+        )
         for name, row in table.items():
             print(
                 f"{name.ljust(width)}  {row['p50_us']:>8.1f}  {row['p99_us']:>8.1f}  {row['p99_us'] / row['p50_us']:>6.2f}x"
@@ -177,8 +179,11 @@ def main(argv: list[str] | None = None) -> dict:
     share = routing * 1e6 / plain * 100
     print(f"session routing: +{routing * 1e6:.2f} us per call in-process = {share:.2f}% of the unpinned p50 round trip")
     payload = {
-        "benchmark": "execute_latency", "calls": n, "placements": results,
-        "session_routing_us": routing * 1e6, "session_routing_share_pct": share,
+        "benchmark": "execute_latency",
+        "calls": n,
+        "placements": results,
+        "session_routing_us": routing * 1e6,
+        "session_routing_share_pct": share,
     }
     emit_json(opts.json, payload)
     return payload

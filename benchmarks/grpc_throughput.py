@@ -174,7 +174,12 @@ def main(argv: list[str] | None = None) -> dict:
     if opts.quick:
         opts.chunks, opts.batched_chunks, opts.calls, opts.repeats = 2_000, 20_000, 200, 1
     n, big = opts.chunks, opts.batched_chunks
-    encoded = [pb.ToolChunk(chunk_id=f"numbers-{i + 1}", data=codec.encode_value({"number": i, "is_last": i == n - 1}, accept_pickle=False)[0]) for i in range(n)]
+    encoded = [
+        pb.ToolChunk(
+            chunk_id=f"numbers-{i + 1}", data=codec.encode_value({"number": i, "is_last": i == n - 1}, accept_pickle=False)[0]
+        )
+        for i in range(n)
+    ]
     add = _request("add", a=1, b=2)
     pool_add = CallRequest("add", {"a": 1, "b": 2})
     one = _request("numbers", n=n)
@@ -193,8 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
             stub = {
                 name: bridge_pb2_grpc.BridgeServiceStub(grpc.insecure_channel(address))
                 for name, address in (
-                    ("facade", facade.address), ("bare", f"127.0.0.1:{bare_port}"),
-                    ("echo", f"127.0.0.1:{echo_port}"), ("pool", f"127.0.0.1:{pool_port}"),
+                    ("facade", facade.address),
+                    ("bare", f"127.0.0.1:{bare_port}"),
+                    ("echo", f"127.0.0.1:{echo_port}"),
+                    ("pool", f"127.0.0.1:{pool_port}"),
                 )
             }
             workers = [w["pid"] for w in pool.stats()["worker_info"]] + [echo.proc.pid]
@@ -217,8 +224,14 @@ def main(argv: list[str] | None = None) -> dict:
                 }
                 for contender in unary_contenders.values():
                     _unary_p50(contender, add, max(50, opts.calls // 5))  # warm up in this placement
-                unary = interleaved(opts.repeats, {name: (lambda s=s: _unary_p50(s, add, opts.calls)) for name, s in unary_contenders.items()})
-                results[placement] = {"chunks_per_s": medians(streams), "unary_p50_us": medians(unary), "samples": {**streams, **unary}}
+                unary = interleaved(
+                    opts.repeats, {name: (lambda s=s: _unary_p50(s, add, opts.calls)) for name, s in unary_contenders.items()}
+                )
+                results[placement] = {
+                    "chunks_per_s": medians(streams),
+                    "unary_p50_us": medians(unary),
+                    "samples": {**streams, **unary},
+                }
             pin(workers, None, None)
     finally:
         pin([], None, None)
@@ -227,16 +240,28 @@ def main(argv: list[str] | None = None) -> dict:
         echo.close()
     for placement, result in results.items():
         print_table(
-            f"gRPC stream throughput, small dict chunks, {placement}, median of {opts.repeats}", "chunks/s",
-            list(result["chunks_per_s"].items()), reference=STREAM_REFERENCE,
+            f"gRPC stream throughput, small dict chunks, {placement}, median of {opts.repeats}",
+            "chunks/s",
+            list(result["chunks_per_s"].items()),
+            reference=STREAM_REFERENCE,
         )
         print_table(
-            f"gRPC unary round trip, {placement}, {opts.calls:,} calls per round, median of {opts.repeats} round p50s", "p50 us",
-            list(result["unary_p50_us"].items()), reference=UNARY_REFERENCE, ratio_header="p50 / bare's",
+            f"gRPC unary round trip, {placement}, {opts.calls:,} calls per round, median of {opts.repeats} round p50s",
+            "p50 us",
+            list(result["unary_p50_us"].items()),
+            reference=UNARY_REFERENCE,
+            ratio_header="p50 / bare's",
         )
-    stream_worst = min(results.items(), key=lambda item: item[1]["chunks_per_s"]["facade, one ToolChunk per chunk"] / item[1]["chunks_per_s"][STREAM_REFERENCE])
-    unary_worst = max(results.items(), key=lambda item: item[1]["unary_p50_us"]["facade ExecuteTool"] / item[1]["unary_p50_us"][UNARY_REFERENCE])
-    stream_ratio = stream_worst[1]["chunks_per_s"]["facade, one ToolChunk per chunk"] / stream_worst[1]["chunks_per_s"][STREAM_REFERENCE]
+    stream_worst = min(
+        results.items(),
+        key=lambda item: item[1]["chunks_per_s"]["facade, one ToolChunk per chunk"] / item[1]["chunks_per_s"][STREAM_REFERENCE],
+    )
+    unary_worst = max(
+        results.items(), key=lambda item: item[1]["unary_p50_us"]["facade ExecuteTool"] / item[1]["unary_p50_us"][UNARY_REFERENCE]
+    )
+    stream_ratio = (
+        stream_worst[1]["chunks_per_s"]["facade, one ToolChunk per chunk"] / stream_worst[1]["chunks_per_s"][STREAM_REFERENCE]
+    )
     unary_ratio = unary_worst[1]["unary_p50_us"]["facade ExecuteTool"] / unary_worst[1]["unary_p50_us"][UNARY_REFERENCE]
     batched_least = min(result["chunks_per_s"]["facade, chunk_batch=256"] for result in results.values())
     print(f"\nworst placement, one ToolChunk per chunk: {stream_worst[0]}, {stream_ratio:.2f}x bare grpcio's chunks/s")

@@ -127,25 +127,36 @@ def main(argv: list[str] | None = None) -> dict:
                 assert received == count
 
             contenders = {
-                "stream": (total, {
-                    "snakepit stream()": snakepit_stream,
-                    "multiprocessing.Pipe": pipe_stream,
-                }),
-                "return": (total, {
-                    "snakepit execute": lambda: pool.execute("whole_array"),
-                    "multiprocessing.Pipe": pipe_whole,
-                }),
-                "argument": (argument.nbytes, {
-                    "snakepit execute": lambda: pool.execute("nbytes", {"x": argument}),
-                    "multiprocessing.Pipe": pipe_argument,
-                }),
+                "stream": (
+                    total,
+                    {
+                        "snakepit stream()": snakepit_stream,
+                        "multiprocessing.Pipe": pipe_stream,
+                    },
+                ),
+                "return": (
+                    total,
+                    {
+                        "snakepit execute": lambda: pool.execute("whole_array"),
+                        "multiprocessing.Pipe": pipe_whole,
+                    },
+                ),
+                "argument": (
+                    argument.nbytes,
+                    {
+                        "snakepit execute": lambda: pool.execute("nbytes", {"x": argument}),
+                        "multiprocessing.Pipe": pipe_argument,
+                    },
+                ),
             }
             for workload, (nbytes, runs) in contenders.items():
                 measured = {name: (lambda run=run, nbytes=nbytes: _gbps(nbytes, run)) for name, run in runs.items()}
                 if opts.cold:
                     first = next(iter(runs))
                     measured[f"{first}, after a pause"] = lambda run=runs[first], nbytes=nbytes: _cold_gbps(nbytes, run)
-                measured["numpy.copyto in process"] = lambda nbytes=nbytes: _gbps(nbytes, lambda: np.copyto(dst[: nbytes // 8], src[: nbytes // 8]))
+                measured["numpy.copyto in process"] = lambda nbytes=nbytes: _gbps(
+                    nbytes, lambda: np.copyto(dst[: nbytes // 8], src[: nbytes // 8])
+                )
                 for run in runs.values():
                     run()  # warm up: workers, page tables
                 results[workload] = medians(interleaved(opts.repeats, measured))

@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> dict:
             contenders[f"ProcessPoolExecutor.map chunksize={size}"] = lambda size=size: bench_executor(executor, columns, size)
             contenders[f"multiprocessing.Pool.imap chunksize={size}"] = lambda size=size: bench_mp_pool(mp_pool, pairs, size)
         map_results = medians(interleaved(opts.repeats, contenders))
-    best_executor = max((k for k in map_results if k.startswith("ProcessPoolExecutor") and not k.endswith("=1")), key=map_results.get)
+    best_executor = max(
+        (k for k in map_results if k.startswith("ProcessPoolExecutor") and not k.endswith("=1")), key=map_results.get
+    )
     best_imap = max((k for k in map_results if k.startswith("multiprocessing") and not k.endswith("=1")), key=map_results.get)
     rows = [
         ("snakepit map", map_results["snakepit map"]),
@@ -130,13 +132,24 @@ def main(argv: list[str] | None = None) -> dict:
         ("multiprocessing.Pool.imap chunksize=1", map_results["multiprocessing.Pool.imap chunksize=1"]),
         (f"{best_imap} (best)", map_results[best_imap]),
     ]
-    print_table(f"{n:,} tiny tasks over 2 workers, median of {opts.repeats}", "tasks/s", rows, reference="snakepit map", reference_vs_each=True)
+    print_table(
+        f"{n:,} tiny tasks over 2 workers, median of {opts.repeats}",
+        "tasks/s",
+        rows,
+        reference="snakepit map",
+        reference_vs_each=True,
+    )
 
     with Pool(Tiny, size=4) as pool:
-        stream_results = medians(interleaved(opts.repeats, {
-            "sync stream(), one stream": lambda: bench_sync_stream(pool, opts.chunks),
-            "astream, 4 concurrent on one loop": lambda: bench_astreams(pool, opts.chunks),
-        }))
+        stream_results = medians(
+            interleaved(
+                opts.repeats,
+                {
+                    "sync stream(), one stream": lambda: bench_sync_stream(pool, opts.chunks),
+                    "astream, 4 concurrent on one loop": lambda: bench_astreams(pool, opts.chunks),
+                },
+            )
+        )
     print_table(
         f"Stream throughput, {opts.chunks:,} chunks in total, median of {opts.repeats}",
         "chunks/s",

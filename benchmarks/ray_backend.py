@@ -84,32 +84,67 @@ def main(argv: list[str] | None = None) -> dict:
         actors = ActorPool(plain)
         n, calls, tasks = opts.chunks, opts.calls, opts.tasks
         with Pool(Tiny, size=2, backend="ray", actor_options={"num_cpus": 0.25}) as on_ray, Pool(Tiny, size=2) as local:
-            round_trips = interleaved(opts.repeats, {
-                "process backend execute": lambda: _p50_us(lambda: local.execute("add", {"a": 1}), calls),
-                "ray backend execute": lambda: _p50_us(lambda: on_ray.execute("add", {"a": 1}), calls),
-                "plain ray actor call": lambda: _p50_us(lambda: ray.get(plain[0].add.remote(1)), calls),
-            })
-            streams = interleaved(opts.repeats, {
-                "process backend stream()": lambda: _rate(n, lambda: sum(1 for _ in local.stream("numbers", {"n": n}))),
-                "ray backend stream()": lambda: _rate(n, lambda: sum(1 for _ in on_ray.stream("numbers", {"n": n}))),
-                "plain ray streaming generator": lambda: _rate(n, lambda: sum(1 for ref in gen_method.remote(n) if ray.get(ref) is not None)),
-            })
-            maps = interleaved(opts.repeats, {
-                "process backend map": lambda: _rate(tasks, lambda: len(list(local.map("add", ({"a": i} for i in range(tasks)))))),
-                "ray backend map": lambda: _rate(tasks, lambda: len(list(on_ray.map("add", ({"a": i} for i in range(tasks)))))),
-                "plain ray ActorPool.map": lambda: _rate(tasks, lambda: len(list(actors.map(lambda a, i: a.add.remote(i), range(tasks))))),
-            })
+            round_trips = interleaved(
+                opts.repeats,
+                {
+                    "process backend execute": lambda: _p50_us(lambda: local.execute("add", {"a": 1}), calls),
+                    "ray backend execute": lambda: _p50_us(lambda: on_ray.execute("add", {"a": 1}), calls),
+                    "plain ray actor call": lambda: _p50_us(lambda: ray.get(plain[0].add.remote(1)), calls),
+                },
+            )
+            streams = interleaved(
+                opts.repeats,
+                {
+                    "process backend stream()": lambda: _rate(n, lambda: sum(1 for _ in local.stream("numbers", {"n": n}))),
+                    "ray backend stream()": lambda: _rate(n, lambda: sum(1 for _ in on_ray.stream("numbers", {"n": n}))),
+                    "plain ray streaming generator": lambda: _rate(
+                        n, lambda: sum(1 for ref in gen_method.remote(n) if ray.get(ref) is not None)
+                    ),
+                },
+            )
+            maps = interleaved(
+                opts.repeats,
+                {
+                    "process backend map": lambda: _rate(
+                        tasks, lambda: len(list(local.map("add", ({"a": i} for i in range(tasks)))))
+                    ),
+                    "ray backend map": lambda: _rate(
+                        tasks, lambda: len(list(on_ray.map("add", ({"a": i} for i in range(tasks)))))
+                    ),
+                    "plain ray ActorPool.map": lambda: _rate(
+                        tasks, lambda: len(list(actors.map(lambda a, i: a.add.remote(i), range(tasks))))
+                    ),
+                },
+            )
     finally:
         ray.shutdown()
     trip, stream, mapped = medians(round_trips), medians(streams), medians(maps)
-    print_table(f"Round trip of a tiny call, {calls} calls a round, median of {opts.repeats} round p50s", "p50 us",
-                list(trip.items()), reference="plain ray actor call", higher_is_better=False)
-    print_table(f"Stream of {n:,} small chunks, median of {opts.repeats}", "chunks/s",
-                list(stream.items()), reference="plain ray streaming generator")
-    print_table(f"Map of {tasks:,} tiny tasks over 2 workers, median of {opts.repeats}", "tasks/s",
-                list(mapped.items()), reference="plain ray ActorPool.map")
-    payload = {"benchmark": "ray_backend", "round_trip_p50_us": trip, "stream_chunks_per_s": stream, "map_tasks_per_s": mapped,
-               "samples": {**round_trips, **streams, **maps}}
+    print_table(
+        f"Round trip of a tiny call, {calls} calls a round, median of {opts.repeats} round p50s",
+        "p50 us",
+        list(trip.items()),
+        reference="plain ray actor call",
+        higher_is_better=False,
+    )
+    print_table(
+        f"Stream of {n:,} small chunks, median of {opts.repeats}",
+        "chunks/s",
+        list(stream.items()),
+        reference="plain ray streaming generator",
+    )
+    print_table(
+        f"Map of {tasks:,} tiny tasks over 2 workers, median of {opts.repeats}",
+        "tasks/s",
+        list(mapped.items()),
+        reference="plain ray ActorPool.map",
+    )
+    payload = {
+        "benchmark": "ray_backend",
+        "round_trip_p50_us": trip,
+        "stream_chunks_per_s": stream,
+        "map_tasks_per_s": mapped,
+        "samples": {**round_trips, **streams, **maps},
+    }
     emit_json(opts.json, payload)
     return payload
 

@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> dict:
         ranges = "; ".join(f"{label.split(', ')[1]} {min(v):.0f}-{max(v):.0f}" for label, v in samples.items() if label != floor)
         print_table(
             f"Start-up of {n} workers of {name}, median of {opts.repeats} (ms; ranges {ranges})",
-            "ms", list(results.items()), reference=floor, higher_is_better=False,
+            "ms",
+            list(results.items()),
+            reference=floor,
+            higher_is_better=False,
         )
         scenario = {"median_ms": results, "ranges": {k: [min(v), max(v)] for k, v in samples.items()}}
         for method in METHODS:

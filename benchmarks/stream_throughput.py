@@ -183,14 +183,29 @@ def main(argv: list[str] | None = None) -> dict:
     ratios = [a / b for a, b in zip(samples["snakepit stream()"], samples["multiprocessing.Pipe"])]
     print(f"snakepit stream() vs Pipe per run: {min(ratios):.2f}x-{max(ratios):.2f}x")
     with Pool(Numbers, size=2) as pool:
-        concurrent = medians(interleaved(opts.repeats, {
-            "one stream": lambda: bench_concurrent_streams(pool, n, 1),
-            "2 concurrent streams, 2 workers": lambda: bench_concurrent_streams(pool, n, 2),
-        }))
-    print_table(f"Concurrent streams, {n:,} chunks each, aggregate, median of {opts.repeats}", "chunks/s",
-                list(concurrent.items()), reference="one stream")
-    payload = {"benchmark": "stream_throughput", "chunks": n, "median_chunks_per_s": results, "samples": samples,
-               "stream_vs_pipe_per_run": ratios, "concurrent_chunks_per_s": concurrent}
+        concurrent = medians(
+            interleaved(
+                opts.repeats,
+                {
+                    "one stream": lambda: bench_concurrent_streams(pool, n, 1),
+                    "2 concurrent streams, 2 workers": lambda: bench_concurrent_streams(pool, n, 2),
+                },
+            )
+        )
+    print_table(
+        f"Concurrent streams, {n:,} chunks each, aggregate, median of {opts.repeats}",
+        "chunks/s",
+        list(concurrent.items()),
+        reference="one stream",
+    )
+    payload = {
+        "benchmark": "stream_throughput",
+        "chunks": n,
+        "median_chunks_per_s": results,
+        "samples": samples,
+        "stream_vs_pipe_per_run": ratios,
+        "concurrent_chunks_per_s": concurrent,
+    }
     emit_json(opts.json, payload)
     return payload
 

@@ -71,17 +71,23 @@ def main(argv: list[str] | None = None) -> dict:
     opts = parser.parse_args(argv)
     if opts.quick:
         opts.calls, opts.repeats = 200, 1
-    payload: dict = {"benchmark": "thread_profile", "wait_s": opts.wait, "workers": WORKERS, "calls_per_s": {}, "ideal_calls_per_s": {}}
+    payload: dict = {
+        "benchmark": "thread_profile",
+        "wait_s": opts.wait,
+        "workers": WORKERS,
+        "calls_per_s": {},
+        "ideal_calls_per_s": {},
+    }
     pools = {threads: Pool(Waits, size=WORKERS, threads_per_worker=threads).start() for threads in THREADS}
     try:
         contenders = {}
         for threads in THREADS:
             calls = max(50, opts.calls * threads // max(THREADS))
-            contenders[f"snakepit, threads_per_worker={threads}"] = (
-                lambda pool=pools[threads], calls=calls, threads=threads: bench_pool(pool, calls, threads, opts.wait)
+            contenders[f"snakepit, threads_per_worker={threads}"] = lambda pool=pools[threads], calls=calls, threads=threads: (
+                bench_pool(pool, calls, threads, opts.wait)
             )
-            contenders[f"ThreadPoolExecutor({WORKERS * threads}) in the owner"] = (
-                lambda calls=calls, threads=threads: bench_threads(calls, threads, opts.wait)
+            contenders[f"ThreadPoolExecutor({WORKERS * threads}) in the owner"] = lambda calls=calls, threads=threads: (
+                bench_threads(calls, threads, opts.wait)
             )
         samples = interleaved(opts.repeats, contenders)
     finally:
@@ -94,16 +100,23 @@ def main(argv: list[str] | None = None) -> dict:
         payload["ideal_calls_per_s"][threads] = ideal
         rows = [
             (f"snakepit, threads_per_worker={threads}", ours),
-            (f"ThreadPoolExecutor({WORKERS * threads}) in the owner", results[f"ThreadPoolExecutor({WORKERS * threads}) in the owner"]),
+            (
+                f"ThreadPoolExecutor({WORKERS * threads}) in the owner",
+                results[f"ThreadPoolExecutor({WORKERS * threads}) in the owner"],
+            ),
             (f"ideal: {WORKERS * threads} threads always waiting", ideal),
         ]
         print_table(
             f"I/O-bound calls ({opts.wait * 1000:g} ms each), {WORKERS} workers x {threads} threads, median of {opts.repeats} (calls/s)",
-            "calls/s", rows, reference=f"ideal: {WORKERS * threads} threads always waiting",
+            "calls/s",
+            rows,
+            reference=f"ideal: {WORKERS * threads} threads always waiting",
         )
     base = results["snakepit, threads_per_worker=1"]
     for threads in THREADS[1:]:
-        print(f"threads_per_worker={threads}: {results[f'snakepit, threads_per_worker={threads}'] / base:.2f}x threads_per_worker=1")
+        print(
+            f"threads_per_worker={threads}: {results[f'snakepit, threads_per_worker={threads}'] / base:.2f}x threads_per_worker=1"
+        )
     payload["calls_per_s"] = results
     payload["samples"] = samples
     emit_json(opts.json, payload)

@@ -1,14 +1,14 @@
 """snakepit: long-lived Python worker processes with session affinity and real-time streaming.
 
-    from snakepit import Pool, BaseAdapter, tool
+from snakepit import Pool, BaseAdapter, tool
 
-    class Adder(BaseAdapter):
-        @tool
-        def add(self, a: int, b: int = 1) -> int:
-            return a + b
+class Adder(BaseAdapter):
+    @tool
+    def add(self, a: int, b: int = 1) -> int:
+        return a + b
 
-    with Pool(Adder, size=2) as pool:
-        pool.execute("add", {"a": 1, "b": 2})   # -> 3
+with Pool(Adder, size=2) as pool:
+    pool.execute("add", {"a": 1, "b": 2})   # -> 3
 """
 
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'snakepit' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

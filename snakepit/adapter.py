@@ -274,9 +274,7 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundT
             continue
         annotation = hints.get(p.name, p.annotation)
         required = p.default is inspect.Parameter.empty
-        params.append(
-            ParameterSpec(p.name, _type_name(annotation), required, None if required else _plain_default(p.default))
-        )
+        params.append(ParameterSpec(p.name, _type_name(annotation), required, None if required else _plain_default(p.default)))
         checked = annotation if annotation is not inspect.Parameter.empty and _supported(annotation) else Any
         if required:
             fields.append((p.name, checked))

@@ -68,9 +68,7 @@ def _cmd_tools(args: argparse.Namespace) -> int:
     target = _target(args.adapter, args.address)
     try:
         for spec in target.tools():
-            params = ", ".join(
-                f"{p.name}: {p.type}" + ("" if p.required else f" = {p.default!r}") for p in spec.parameters
-            )
+            params = ", ".join(f"{p.name}: {p.type}" + ("" if p.required else f" = {p.default!r}") for p in spec.parameters)
             kind = "stream" if spec.supports_streaming else "call"
             print(f"{spec.name}({params})  [{kind}]  {spec.description}")
     finally:
@@ -116,8 +114,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with Pool(_adapter(args.adapter), size=args.size) as pool:
         server = pool.serve(
-            args.address, token=os.environ.get("SNAKEPIT_TOKEN") or None, tls=tls,
-            allow_pickle=args.allow_pickle, insecure=args.insecure,
+            args.address,
+            token=os.environ.get("SNAKEPIT_TOKEN") or None,
+            tls=tls,
+            allow_pickle=args.allow_pickle,
+            insecure=args.insecure,
         )
         print(f"serving {args.adapter} ({args.size or pool.size} workers) on {server.address}", flush=True)
         try:
@@ -168,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     tools.set_defaults(run=_cmd_tools)
 
     call = commands.add_parser(
-        "call", help="call one tool and print the result (JSON)",
+        "call",
+        help="call one tool and print the result (JSON)",
         usage="snakepit call ADAPTER TOOL [ARGS] | snakepit call --address HOST:PORT TOOL [ARGS]",
     )
     call.add_argument("words", nargs="+", help="ADAPTER TOOL [ARGS], or TOOL [ARGS] with --address; ARGS a JSON object")

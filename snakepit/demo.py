@@ -44,13 +44,17 @@ def _run(say: Callable[..., None], quick: bool, size: int, started: float, figur
         def show_epoch(event: dict[str, Any]) -> None:
             if event.get("type") == "progress":
                 bar = "#" * event["epoch"] + "." * (event["total"] - event["epoch"])
-                say(f"   epoch {event['epoch']}/{event['total']}  [{bar}]  loss {event['loss']:.4f}  accuracy {event['accuracy']:.3f}")
+                say(
+                    f"   epoch {event['epoch']}/{event['total']}  [{bar}]  loss {event['loss']:.4f}  accuracy {event['accuracy']:.3f}"
+                )
             else:
                 say(f"   {event['type']}: {event['epochs']} epochs, final loss {event['final_loss']}")
 
         result = pool.execute_stream("train", {"epochs": epochs, "delay": 0.05 if quick else 0.3}, show_epoch)
-        say(f"   {result.chunks} chunks from worker {result.worker_id} in {result.execution_time_ms:.0f} ms; "
-            f"explicit final chunk with metadata {result.metadata}")
+        say(
+            f"   {result.chunks} chunks from worker {result.worker_id} in {result.execution_time_ms:.0f} ms; "
+            f"explicit final chunk with metadata {result.metadata}"
+        )
 
         say("\n3. A large dataset, streamed in chunks")
         rows, chunk_size = (50_000, 5_000) if quick else (1_000_000, 10_000)
@@ -62,8 +66,10 @@ def _run(say: Callable[..., None], quick: bool, size: int, started: float, figur
             checksum += sum(chunk["values"])
         elapsed = time.perf_counter() - started
         figures["dataset_rows_per_s"] = total_rows / elapsed
-        say(f"   {total_rows:,} rows in {rows // chunk_size} chunks of {chunk_size:,}: {elapsed:.2f} s, "
-            f"{total_rows / elapsed:,.0f} rows/s (mean value {checksum / total_rows:.3f})")
+        say(
+            f"   {total_rows:,} rows in {rows // chunk_size} chunks of {chunk_size:,}: {elapsed:.2f} s, "
+            f"{total_rows / elapsed:,.0f} rows/s (mean value {checksum / total_rows:.3f})"
+        )
 
         say("\n4. Chunk throughput: small dict chunks, one worker to this process")
         count = 20_000 if quick else 300_000
@@ -71,8 +77,10 @@ def _run(say: Callable[..., None], quick: bool, size: int, started: float, figur
         result = pool.execute_stream("numbered_stream", {"count": count}, lambda chunk: None)
         elapsed = time.perf_counter() - started
         figures["chunks_per_s"] = result.chunks / elapsed
-        say(f"   {result.chunks:,} chunks in {elapsed:.3f} s: {result.chunks / elapsed:,.0f} chunks/s "
-            "(python -m benchmarks compares this with multiprocessing)")
+        say(
+            f"   {result.chunks:,} chunks in {elapsed:.3f} s: {result.chunks / elapsed:,.0f} chunks/s "
+            "(python -m benchmarks compares this with multiprocessing)"
+        )
 
         say("\n5. Cancellation: HALT from the callback closes the generator in the worker")
         seen: list[int] = []
@@ -96,11 +104,15 @@ def _run(say: Callable[..., None], quick: bool, size: int, started: float, figur
             try:
                 pinned.execute("sleep", {"seconds": 30}, timeout=0.5)
             except SnakepitError as error:
-                say(f"   sleep(30) with timeout=0.5: [{error.category}/{error.reason}] after {time.perf_counter() - started:.2f} s")
+                say(
+                    f"   sleep(30) with timeout=0.5: [{error.category}/{error.reason}] after {time.perf_counter() - started:.2f} s"
+                )
             started = time.perf_counter()
             after = pinned.execute("stats")["pid"]
-        say(f"   the next call took {1000 * (time.perf_counter() - started):.1f} ms on "
-            f"{'the same worker' if after == worker else 'another worker'} (restarts: {pool.stats()['restarts']})")
+        say(
+            f"   the next call took {1000 * (time.perf_counter() - started):.1f} ms on "
+            f"{'the same worker' if after == worker else 'another worker'} (restarts: {pool.stats()['restarts']})"
+        )
 
         say("\n6. Errors are data: category, reason, message, worker traceback")
         for tool, args in (("fail", {"message": "the model exploded"}), ("add", {"a": "two"}), ("no_such_tool", {})):
@@ -112,8 +124,10 @@ def _run(say: Callable[..., None], quick: bool, size: int, started: float, figur
         say("\n7. Sessions: calls with a session_id return to the worker that holds its state")
         with pool.session("alice", affinity="strict_queue") as alice:
             visits = [alice.execute("ping") for _ in range(3)]
-        say(f"   3 calls of session 'alice' all ran in pid {visits[0]['pid']} "
-            f"(same worker: {len({v['pid'] for v in visits}) == 1}); its call counter went {[v['calls'] for v in visits]}")
+        say(
+            f"   3 calls of session 'alice' all ran in pid {visits[0]['pid']} "
+            f"(same worker: {len({v['pid'] for v in visits}) == 1}); its call counter went {[v['calls'] for v in visits]}"
+        )
 
         say("\n8. map: many small calls, batched and pipelined over every worker")
         count = 20_000 if quick else 200_000
@@ -135,7 +149,9 @@ def _run(say: Callable[..., None], quick: bool, size: int, started: float, figur
 
         stats = pool.stats()
         figures["stats"] = stats
-        say(f"\npool stats: requests={stats['requests']} errors={stats['errors']} workers={stats['workers']} "
-            f"restarts={stats['restarts']}")
+        say(
+            f"\npool stats: requests={stats['requests']} errors={stats['errors']} workers={stats['workers']} "
+            f"restarts={stats['restarts']}"
+        )
     say("closed: cleanup() ran in every worker and every process was reaped")
     return figures

@@ -26,9 +26,7 @@ def _tqdm(total: int | None, description: str | None) -> Any:
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        raise errors.validation(
-            Reason.INVALID_ARGUMENTS, "progress=True needs tqdm: pip install 'snakepit[progress]'"
-        ) from None
+        raise errors.validation(Reason.INVALID_ARGUMENTS, "progress=True needs tqdm: pip install 'snakepit[progress]'") from None
     return tqdm(total=total, desc=description, unit="item")
 
 
@@ -77,7 +75,12 @@ def _position(chunk: Any, step: str, total: str) -> tuple[int, int | None] | Non
 
 
 def track(
-    chunks: Iterable[Any], *, step: str = "step", total: str = "total", progress: bool | ProgressFn = True, description: str | None = None
+    chunks: Iterable[Any],
+    *,
+    step: str = "step",
+    total: str = "total",
+    progress: bool | ProgressFn = True,
+    description: str | None = None,
 ) -> Iterator[Any]:
     """Yield ``chunks`` unchanged, moving a progress bar by the chunks' ``step``/``total`` fields."""
     reporter = Reporter(progress, None, description)

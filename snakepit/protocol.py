@@ -34,9 +34,31 @@ from .adapter import ToolSpec
 from .errors import Reason
 
 __all__ = [
-    "Boot", "Call", "Batch", "Shutdown", "Cancel", "Ping",
-    "Ready", "StartFailed", "Result", "Chunk", "Chunks", "End", "Failure", "BatchResult", "Pong", "Log",
-    "encode_value", "encode_with", "exact", "exact_args", "exact_arg_lists", "decode_value", "encode_frame", "FrameWriter", "FrameReader",
+    "Boot",
+    "Call",
+    "Batch",
+    "Shutdown",
+    "Cancel",
+    "Ping",
+    "Ready",
+    "StartFailed",
+    "Result",
+    "Chunk",
+    "Chunks",
+    "End",
+    "Failure",
+    "BatchResult",
+    "Pong",
+    "Log",
+    "encode_value",
+    "encode_with",
+    "exact",
+    "exact_args",
+    "exact_arg_lists",
+    "decode_value",
+    "encode_frame",
+    "FrameWriter",
+    "FrameReader",
 ]
 
 PICKLE_EXT = 1
@@ -216,7 +238,12 @@ _CALL_ID = struct.Struct(">Q")
 
 
 def call_frame(
-    tool: str, args: dict[str, Any], stream: bool, share: Share | None = None, correlation: str | None = None, trace: str | None = None
+    tool: str,
+    args: dict[str, Any],
+    stream: bool,
+    share: Share | None = None,
+    correlation: str | None = None,
+    trace: str | None = None,
 ) -> bytearray:
     """A ``Call`` frame without its id (see :func:`stamp_call_id`); ``serialization_error`` if
     the arguments cannot travel. (:func:`encode_with`, unrolled: this runs once per call.)"""
@@ -265,7 +292,13 @@ MAX_DEPTH = 100
 
 
 def _plain(
-    value: Any, depth: int = 0, _scalars: frozenset = _SCALARS, type: type = type, str: type = str, int: type = int, dict: type = dict
+    value: Any,
+    depth: int = 0,
+    _scalars: frozenset = _SCALARS,
+    type: type = type,
+    str: type = str,
+    int: type = int,
+    dict: type = dict,
 ) -> bool:
     """True when msgpack round-trips ``value`` exactly (same types, same structure).
 

@@ -97,7 +97,16 @@ class _Span:
             sink(_event("span_stop", self._name, {"duration_ms": duration_ms}, self._attributes, duration_ms=duration_ms))
         else:
             error = f"{type(exc).__name__}: {exc}"
-            sink(_event("span_exception", self._name, {"duration_ms": duration_ms}, self._attributes, duration_ms=duration_ms, error=error))
+            sink(
+                _event(
+                    "span_exception",
+                    self._name,
+                    {"duration_ms": duration_ms},
+                    self._attributes,
+                    duration_ms=duration_ms,
+                    error=error,
+                )
+            )
 
 
 class _NoSpan:

@@ -128,7 +128,10 @@ def main() -> None:
 
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=op.get("service", "")))
-                print(json.dumps({"code": "OK", "status": health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}), flush=True)
+                print(
+                    json.dumps({"code": "OK", "status": health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}),
+                    flush=True,
+                )
             except grpc.RpcError as error:
                 print(json.dumps({"code": error.code().name}), flush=True)
             continue

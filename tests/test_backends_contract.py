@@ -253,7 +253,9 @@ def test_import_snakepit_and_a_process_pool_never_import_ray():
     )
     from pathlib import Path
 
-    out = subprocess.run([sys.executable, "-c", probe, str(Path(__file__).parent)], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(Path(__file__).parent)], capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.strip() == "[]"
 
 

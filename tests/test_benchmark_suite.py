@@ -19,14 +19,24 @@ def test_the_quick_suite_runs_every_benchmark_and_records_the_machine(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=280,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = json.loads(out.read_text())
     machine = run["machine"]
     assert machine["cpu_count"] >= 1 and machine["python"] and machine["kernel"] and "msgspec" in machine["libraries"]
     assert set(run["results"]) | set(run["skipped"]) == {
-        "execute_latency", "stream_throughput", "large_values", "map_throughput", "startup", "thread_profile", "grpc_throughput",
+        "execute_latency",
+        "stream_throughput",
+        "large_values",
+        "map_throughput",
+        "startup",
+        "thread_profile",
+        "grpc_throughput",
         "ray_backend",
     }
     latency = run["results"]["execute_latency"]["placements"]["unpinned"]

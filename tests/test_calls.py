@@ -22,7 +22,18 @@ def test_tool_name_and_description_options(pool):
 
 
 def test_values_that_msgpack_would_change_round_trip_exactly(pool):
-    for value in [(1, 2), {1, 2}, frozenset({3}), b"bytes", bytearray(b"ba"), 2**100, {(1, 2): "tuple key"}, Point(1, 2), 1.5, None]:
+    for value in [
+        (1, 2),
+        {1, 2},
+        frozenset({3}),
+        b"bytes",
+        bytearray(b"ba"),
+        2**100,
+        {(1, 2): "tuple key"},
+        Point(1, 2),
+        1.5,
+        None,
+    ]:
         back = pool.execute("echo", {"value": value})
         assert back == value and type(back) is type(value), value
 

@@ -109,7 +109,9 @@ def test_map_items_of_a_lost_worker_run_again_one_by_one_and_a_poison_item_fails
 
 def test_an_async_map_runs_items_again_too(tmp_path):
     async def main(pool: Pool) -> list:
-        return [r async for r in pool.amap("square_or_die", [{"x": x, "marker": str(tmp_path / "m")} for x in range(8)], chunksize=2)]
+        return [
+            r async for r in pool.amap("square_or_die", [{"x": x, "marker": str(tmp_path / "m")} for x in range(8)], chunksize=2)
+        ]
 
     with Pool(Toolbox, size=2, **FAST) as pool:
         assert asyncio.run(main(pool)) == [x * x for x in range(8)]

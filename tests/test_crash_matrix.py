@@ -149,7 +149,9 @@ def test_crash_matrix(matrix_pool, stage, how, api):
     wait_for(lambda: _fds() == fds, timeout=10)
 
 
-@pytest.mark.parametrize("stage, how", [case for case, expected in CASES.items() if expected != CRASH and case[0] != "decode_result"])
+@pytest.mark.parametrize(
+    "stage, how", [case for case, expected in CASES.items() if expected != CRASH and case[0] != "decode_result"]
+)
 def test_a_failing_map_item_fails_alone_in_its_batch(matrix_pool, stage, how):
     """Items travel (and are decoded) one by one when they cannot travel together: a fault in
     one item's arguments or result fails that item, not its batch. (Results that cannot be

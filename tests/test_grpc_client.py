@@ -32,7 +32,14 @@ def remote():
 
 @pytest.mark.parametrize(
     "args",
-    [{"value": (1, "two")}, {"value": {3, 4}}, {"value": Point(1, 2)}, {"value": b"\x00\xff"}, {"value": 2**80}, {"value": {"nested": [1.5, None, True]}}],
+    [
+        {"value": (1, "two")},
+        {"value": {3, 4}},
+        {"value": Point(1, 2)},
+        {"value": b"\x00\xff"},
+        {"value": 2**80},
+        {"value": {"nested": [1.5, None, True]}},
+    ],
 )
 def test_values_round_trip_exactly(remote, args):
     client, pool = remote
@@ -154,8 +161,14 @@ def test_a_value_larger_than_a_message_is_a_serialization_error():
 
 @pytest.mark.parametrize(
     "args, options",
-    [({"a": 1}, {"session_id": ""}), ({"a": 1}, {"session_id": 5}), ({"a": 1}, {"correlation_id": 7}),
-     ({"a": 1}, {"timeout": 0}), ({"a": 1}, {"affinity": "sideways"}), ({1: 2}, {})],
+    [
+        ({"a": 1}, {"session_id": ""}),
+        ({"a": 1}, {"session_id": 5}),
+        ({"a": 1}, {"correlation_id": 7}),
+        ({"a": 1}, {"timeout": 0}),
+        ({"a": 1}, {"affinity": "sideways"}),
+        ({1: 2}, {}),
+    ],
 )
 def test_the_client_checks_a_call_as_the_pool_does(remote, args, options):
     client, pool = remote
@@ -171,8 +184,12 @@ def test_a_closed_client_refuses_calls():
     with Pool(Toolbox, size=1) as pool:
         client = Client(pool.serve("127.0.0.1:0").address)
         client.close()
-        for call in (lambda: client.execute("add", {"a": 1}), client.tools, lambda: client.session("s"),
-                     lambda: asyncio.run(client.aexecute("add", {"a": 1}))):
+        for call in (
+            lambda: client.execute("add", {"a": 1}),
+            client.tools,
+            lambda: client.session("s"),
+            lambda: asyncio.run(client.aexecute("add", {"a": 1})),
+        ):
             with pytest.raises(SnakepitError) as info:
                 call()
             assert info.value.reason == "pool_closed"
@@ -216,26 +233,43 @@ def test_the_command_line_serves_calls_and_shuts_down_cleanly():
     env = {**os.environ, "SNAKEPIT_TOKEN": "cli-token"}
     server = subprocess.Popen(
         [sys.executable, "-m", "snakepit", "serve", "showcase", "--size", "2", "--address", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         banner = server.stdout.readline()
         assert banner.startswith("serving showcase (2 workers) on 127.0.0.1:"), banner + server.stderr.read()
         address = banner.split()[-1]
-        workers = [child.pid for child in psutil.Process(server.pid).children(recursive=True) if child.name() == "snakepit-worker"]
+        workers = [
+            child.pid for child in psutil.Process(server.pid).children(recursive=True) if child.name() == "snakepit-worker"
+        ]
         assert len(workers) == 2
         listed = _cli("tools", "--address", address, env={"SNAKEPIT_TOKEN": "cli-token"})
         assert listed.returncode == 0 and "add(a: float, b: float = 1)  [call]" in listed.stdout
         called = _cli("call", "--address", address, "add", '{"a": 2, "b": 3}', env={"SNAKEPIT_TOKEN": "cli-token"})
         assert (called.returncode, called.stdout.strip()) == (0, "5.0")
-        streamed = _cli("call", "--address", address, "progress_stream", '{"steps": 2, "delay": 0}', "--stream", "--session", "s", env={"SNAKEPIT_TOKEN": "cli-token"})
+        streamed = _cli(
+            "call",
+            "--address",
+            address,
+            "progress_stream",
+            '{"steps": 2, "delay": 0}',
+            "--stream",
+            "--session",
+            "s",
+            env={"SNAKEPIT_TOKEN": "cli-token"},
+        )
         assert [json.loads(line)["step"] for line in streamed.stdout.splitlines()] == [1, 2]
         refused = _cli("call", "--address", address, "add", '{"a": 1}', env={"SNAKEPIT_TOKEN": ""})
         assert refused.returncode == 1 and "unauthenticated" in refused.stderr
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=20) == 0
         assert "shutting down" in server.stdout.read()
-        wait_for(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in workers))
+        wait_for(
+            lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in workers)
+        )
     finally:
         if server.poll() is None:
             server.kill()
@@ -299,7 +333,10 @@ def test_a_remote_stream_iterated_again_after_its_end_or_its_error_yields_nothin
 
 def test_halt_on_the_tools_own_final_chunk_halts_remotely_as_in_process(remote):
     client, pool = remote
-    results = [caller.execute_stream("with_final", {"n": 2}, lambda chunk: HALT if "done" in chunk else None) for caller in (client, pool)]
+    results = [
+        caller.execute_stream("with_final", {"n": 2}, lambda chunk: HALT if "done" in chunk else None)
+        for caller in (client, pool)
+    ]
     assert [(r.halted, r.synthetic_final) for r in results] == [(True, False)] * 2
 
 

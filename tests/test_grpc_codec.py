@@ -75,7 +75,14 @@ class Point:
 
 @pytest.mark.parametrize(
     "value, converted",
-    [((1, 2), [1, 2]), (frozenset({3}), [3]), (Point(1, 2), {"x": 1, "y": 2}), (Color.RED, "red"), (2**60, 2**60), ([b"\x00"], ["AA=="])],
+    [
+        ((1, 2), [1, 2]),
+        (frozenset({3}), [3]),
+        (Point(1, 2), {"x": 1, "y": 2}),
+        (Color.RED, "red"),
+        (2**60, 2**60),
+        ([b"\x00"], ["AA=="]),
+    ],
 )
 def test_other_values_are_pickled_when_asked_else_converted(value, converted):
     data, content_type = codec.encode_value(value, accept_pickle=True)
@@ -124,5 +131,10 @@ def test_each_reason_has_its_status_and_the_json_rebuilds_the_error(reason, code
     assert text.isascii()  # fit for metadata
     rebuilt = status.error_from_json(text)
     assert (type(rebuilt), rebuilt.category, rebuilt.reason, rebuilt.message, rebuilt.traceback) == (
-        type(error), error.category, error.reason, error.message, error.traceback)
+        type(error),
+        error.category,
+        error.reason,
+        error.message,
+        error.traceback,
+    )
     assert rebuilt.details == error.details

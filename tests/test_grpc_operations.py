@@ -29,7 +29,9 @@ from snakepit.grpc import TLS, Client, ClientTLS  # noqa: E402
 
 def health_status(address: str) -> str:
     with grpc.insecure_channel(address) as chan:
-        reply = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(service="snakepit.bridge.BridgeService"), timeout=10)
+        reply = health_pb2_grpc.HealthStub(chan).Check(
+            health_pb2.HealthCheckRequest(service="snakepit.bridge.BridgeService"), timeout=10
+        )
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
@@ -74,16 +76,34 @@ def certs(tmp_path_factory) -> Path:
         pytest.skip("the openssl command makes the test certificates")
     where = tmp_path_factory.mktemp("certs")
     key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=snakepit test CA", cwd=where)
+    _openssl(
+        "req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=snakepit test CA", cwd=where
+    )
     (where / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     (where / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name in ("server", "client"):
         _openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=where)
         _openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=where,
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=where,
         )
-    _openssl("req", "-x509", *key, "-keyout", "stranger.key", "-out", "stranger.pem", "-days", "2", "-subj", "/CN=stranger", cwd=where)
+    _openssl(
+        "req", "-x509", *key, "-keyout", "stranger.key", "-out", "stranger.pem", "-days", "2", "-subj", "/CN=stranger", cwd=where
+    )
     return where
 
 
@@ -94,7 +114,10 @@ def test_tls_serves_clients_that_trust_its_ca(certs, compiled):  # noqa: F811
             assert client.execute("add", {"a": 2, "b": 3}) == 5
         done = subprocess.run(  # the generated client, over TLS
             [sys.executable, str(DRIVER), str(compiled), server.address, str(certs / "ca.pem")],
-            input=json.dumps([{"rpc": "Ping", "request": {"message": "tls"}}]), capture_output=True, text=True, timeout=60,
+            input=json.dumps([{"rpc": "Ping", "request": {"message": "tls"}}]),
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert json.loads(done.stdout)["response"]["message"] == "tls", done.stderr
         with grpc.insecure_channel(server.address) as plain:  # a plaintext client gets no answer
@@ -107,7 +130,9 @@ def test_mutual_tls_admits_only_clients_with_a_certificate_from_its_ca(certs):
     with Pool(Toolbox, size=1) as pool:
         server = pool.serve("0.0.0.0:0", tls=tls)  # mutual TLS authenticates: a public bind is allowed
         address = f"localhost:{server.port}"
-        with Client(address, tls=ClientTLS(str(certs / "ca.pem"), str(certs / "client.pem"), str(certs / "client.key"))) as client:
+        with Client(
+            address, tls=ClientTLS(str(certs / "ca.pem"), str(certs / "client.pem"), str(certs / "client.key"))
+        ) as client:
             assert client.execute("add", {"a": 1, "b": 1}) == 2
         for cert in (None, "stranger"):
             pair = (None, None) if cert is None else (str(certs / f"{cert}.pem"), str(certs / f"{cert}.key"))
@@ -168,7 +193,9 @@ def test_a_slow_reader_slows_the_tool_and_the_owner_holds_no_stream(compiled):  
         sampler = threading.Thread(target=sample)
         sampler.start()
         try:  # 1 MiB chunks, endless; the client reads 8 of them in 2 s
-            [read] = bridge(compiled, address, {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "flood"}, "read": 8, "delay": 0.25})
+            [read] = bridge(
+                compiled, address, {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "flood"}, "read": 8, "delay": 0.25}
+            )
         finally:
             reading.set()
             sampler.join()
@@ -233,10 +260,14 @@ def test_keepalive_finds_a_vanished_client_and_cancels_its_stream(compiled, monk
         relay = _Blackhole(("127.0.0.1", server.port))
         client = subprocess.Popen(
             [sys.executable, str(DRIVER), str(compiled), f"127.0.0.1:{relay.port}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         try:
-            client.stdin.write(json.dumps([{"rpc": "ExecuteStreamingTool", "request": {"tool_name": "guarded"}, "params": {}, "delay": 0.001}]))
+            client.stdin.write(
+                json.dumps([{"rpc": "ExecuteStreamingTool", "request": {"tool_name": "guarded"}, "params": {}, "delay": 0.001}])
+            )
             client.stdin.close()
             wait_for(lambda: pool.stats()["busy"] == 1, timeout=30)
             relay.silent.set()
@@ -271,7 +302,10 @@ def test_servers_started_and_stopped_again_and_again_shut_down_cleanly():
     server: a reader of the old one, left on the loop, then fired on a closed descriptor."""
     here = Path(__file__).parent
     done = subprocess.run(
-        [sys.executable, "-c", _CYCLES], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", _CYCLES],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])},
     )
     assert done.returncode == 0 and done.stdout.strip() == "cycled", done.stderr[-3000:]
@@ -283,7 +317,9 @@ def test_the_command_line_server_ends_cleanly_on_sigterm():
 
     server = subprocess.Popen(
         [sys.executable, "-m", "snakepit", "serve", "showcase", "--size", "1", "--address", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         banner = server.stdout.readline()

@@ -20,6 +20,8 @@ def test_the_generated_modules_are_those_of_the_proto(tmp_path):
 
 
 def test_import_snakepit_does_not_import_grpc():
-    probe = "import snakepit, sys; print(sorted(m for m in sys.modules if m == 'grpc' or m.startswith(('grpc.', 'google.protobuf'))))"
+    probe = (
+        "import snakepit, sys; print(sorted(m for m in sys.modules if m == 'grpc' or m.startswith(('grpc.', 'google.protobuf'))))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"

@@ -36,7 +36,12 @@ def compiled(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("client")
     shutil.copy(ROOT / "snakepit" / "grpc" / "bridge.proto", out / "bridge.proto")
     includes = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    assert protoc.main(["protoc", f"-I{out}", f"-I{includes}", f"--python_out={out}", f"--grpc_python_out={out}", str(out / "bridge.proto")]) == 0
+    assert (
+        protoc.main(
+            ["protoc", f"-I{out}", f"-I{includes}", f"--python_out={out}", f"--grpc_python_out={out}", str(out / "bridge.proto")]
+        )
+        == 0
+    )
     return out
 
 
@@ -46,7 +51,11 @@ def bridge(compiled: Path, address: str, *ops: dict, token: str | None = None) -
         for op in ops:
             op.setdefault("metadata", []).append(["authorization", f"Bearer {token}"])
     done = subprocess.run(
-        [sys.executable, str(DRIVER), str(compiled), address], input=json.dumps(list(ops)), capture_output=True, text=True, timeout=60
+        [sys.executable, str(DRIVER), str(compiled), address],
+        input=json.dumps(list(ops)),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines()]
@@ -71,7 +80,8 @@ def test_every_rpc_answers(served, compiled):
     pool, address = served
     sessions = pool.stats()["sessions"]
     ping, tools, opened, got, beat, cleaned, gone, stale, *unimplemented = bridge(
-        compiled, address,
+        compiled,
+        address,
         {"rpc": "Ping", "request": {"message": "hello"}},
         {"rpc": "InitializeSession", "request": {}},
         {"rpc": "InitializeSession", "request": {"session_id": "s1", "metadata": {"user": "ada"}}},
@@ -104,19 +114,36 @@ def test_every_rpc_answers(served, compiled):
 def test_results_travel_as_json_bytes_or_pickles_by_request(served, compiled):
     pool, address = served
     as_json, as_bytes, as_pickle, converted, from_binary, correlated = bridge(
-        compiled, address,
+        compiled,
+        address,
         {"rpc": "ExecuteTool", "request": {"tool_name": "add"}, "params": {"a": ["int", "2"], "b": ["int", "40"]}},
         {"rpc": "ExecuteTool", "request": {"tool_name": "big"}, "params": {"size": ["int", "3"]}},
-        {"rpc": "ExecuteTool", "request": {"tool_name": "pair", "metadata": {"accept": "pickle"}}, "params": {"p": ["list", "[1, 2]"]}},
+        {
+            "rpc": "ExecuteTool",
+            "request": {"tool_name": "pair", "metadata": {"accept": "pickle"}},
+            "params": {"p": ["list", "[1, 2]"]},
+        },
         {"rpc": "ExecuteTool", "request": {"tool_name": "pair"}, "params": {"p": ["list", "[1, 2]"]}},
-        {"rpc": "ExecuteTool", "request": {"tool_name": "echo"}, "params": {"value": ["bytes.binary", ""]}, "binary": {"value": base64.b64encode(b"\x00\xff").decode()}},
-        {"rpc": "ExecuteTool", "request": {"tool_name": "add", "metadata": {"correlation_id": "req-7"}}, "params": {"a": ["int", "1"]}},
+        {
+            "rpc": "ExecuteTool",
+            "request": {"tool_name": "echo"},
+            "params": {"value": ["bytes.binary", ""]},
+            "binary": {"value": base64.b64encode(b"\x00\xff").decode()},
+        },
+        {
+            "rpc": "ExecuteTool",
+            "request": {"tool_name": "add", "metadata": {"correlation_id": "req-7"}},
+            "params": {"a": ["int", "1"]},
+        },
     )
     response = as_json["response"]
     assert response["success"] is True and base64.b64decode(response["result"]["value"]) == b"42"
     assert response["result"]["type_url"].endswith("snakepit.json") and int(response.get("execution_time_ms", 0)) >= 0
     response = as_bytes["response"]
-    assert base64.b64decode(response["binary_result"]) == b"xxx" and response["metadata"]["content_type"] == "application/octet-stream"
+    assert (
+        base64.b64decode(response["binary_result"]) == b"xxx"
+        and response["metadata"]["content_type"] == "application/octet-stream"
+    )
     response = as_pickle["response"]
     assert response["metadata"]["content_type"] == "application/x-python-pickle"
     assert pickle.loads(base64.b64decode(response["binary_result"])) == (1.0, 2.0)
@@ -128,10 +155,20 @@ def test_results_travel_as_json_bytes_or_pickles_by_request(served, compiled):
 def test_streams_number_their_chunks_and_end_with_exactly_one_final(served, compiled):
     pool, address = served
     synthetic, explicit, raw = bridge(
-        compiled, address,
-        {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "count", "metadata": {"correlation_id": "c-1"}}, "params": {"n": ["int", "3"]}},
+        compiled,
+        address,
+        {
+            "rpc": "ExecuteStreamingTool",
+            "request": {"tool_name": "count", "metadata": {"correlation_id": "c-1"}},
+            "params": {"n": ["int", "3"]},
+        },
         {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "with_final"}, "params": {"n": ["int", "2"]}},
-        {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "stream_values"}, "params": {"values": ["list", "[]"]}, "binary": {}},
+        {
+            "rpc": "ExecuteStreamingTool",
+            "request": {"tool_name": "stream_values"},
+            "params": {"values": ["list", "[]"]},
+            "binary": {},
+        },
     )
     chunks = synthetic["chunks"]
     assert [chunk["chunk_id"] for chunk in chunks] == ["count-1", "count-2", "count-3", "count-4"]
@@ -151,7 +188,8 @@ def test_chunks_that_arrive_together_still_travel_one_message_each_in_order(serv
     # Hundreds of quick chunks reach the owner a batch at a time; each is still its own ToolChunk.
     pool, address = served
     plain, explicit = bridge(
-        compiled, address,
+        compiled,
+        address,
         {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "count"}, "params": {"n": ["int", "700"]}},
         {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "with_final"}, "params": {"n": ["int", "500"]}},
     )
@@ -167,13 +205,29 @@ def test_chunks_that_arrive_together_still_travel_one_message_each_in_order(serv
 
 def test_batched_streams_pack_the_chunks_at_hand_into_json_arrays(served, compiled):
     pool, address = served
-    [batched] = bridge(compiled, address, {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "count", "metadata": {"chunk_batch": "100"}}, "params": {"n": ["int", "250"]}})
+    [batched] = bridge(
+        compiled,
+        address,
+        {
+            "rpc": "ExecuteStreamingTool",
+            "request": {"tool_name": "count", "metadata": {"chunk_batch": "100"}},
+            "params": {"n": ["int", "250"]},
+        },
+    )
     chunks = batched["chunks"]
     items = [item for chunk in chunks if data(chunk) for item in json.loads(data(chunk))]
     assert items == [{"number": i, "is_last": i == 249} for i in range(250)]  # all, in order
     assert all(len(json.loads(data(chunk))) <= 100 for chunk in chunks if data(chunk))
     assert len(chunks) < 250 and [chunk["is_final"] for chunk in chunks].count(True) == 1 and chunks[-1]["is_final"]
-    [refused] = bridge(compiled, address, {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "count", "metadata": {"chunk_batch": "lots"}}, "params": {"n": ["int", "1"]}})
+    [refused] = bridge(
+        compiled,
+        address,
+        {
+            "rpc": "ExecuteStreamingTool",
+            "request": {"tool_name": "count", "metadata": {"chunk_batch": "lots"}},
+            "params": {"n": ["int", "1"]},
+        },
+    )
     assert refused["code"] == "INVALID_ARGUMENT"
 
 
@@ -181,13 +235,45 @@ def test_batched_streams_pack_the_chunks_at_hand_into_json_arrays(served, compil
     "op, code, reason",
     [
         ({"rpc": "ExecuteTool", "request": {"tool_name": "nope"}}, "NOT_FOUND", "tool_not_found"),
-        ({"rpc": "ExecuteTool", "request": {"tool_name": "add"}, "params": {"a": ["int", "{not json"]}}, "INVALID_ARGUMENT", "invalid_arguments"),
-        ({"rpc": "ExecuteTool", "request": {"tool_name": "add"}, "params": {"a": ["int", '"two"']}}, "INVALID_ARGUMENT", "invalid_arguments"),
+        (
+            {"rpc": "ExecuteTool", "request": {"tool_name": "add"}, "params": {"a": ["int", "{not json"]}},
+            "INVALID_ARGUMENT",
+            "invalid_arguments",
+        ),
+        (
+            {"rpc": "ExecuteTool", "request": {"tool_name": "add"}, "params": {"a": ["int", '"two"']}},
+            "INVALID_ARGUMENT",
+            "invalid_arguments",
+        ),
         ({"rpc": "ExecuteTool", "request": {"tool_name": "unserializable_result"}}, "INVALID_ARGUMENT", "serialization_error"),
-        ({"rpc": "ExecuteStreamingTool", "request": {"tool_name": "add"}, "params": {"a": ["int", "1"]}}, "UNIMPLEMENTED", "not_streaming"),
-        ({"rpc": "ExecuteTool", "request": {"tool_name": "sleep", "metadata": {"timeout_ms": "200"}}, "params": {"seconds": ["float", "5"]}}, "DEADLINE_EXCEEDED", "timeout"),
-        ({"rpc": "ExecuteTool", "request": {"tool_name": "add", "metadata": {"affinity": "sideways"}}, "params": {"a": ["int", "1"]}}, "INVALID_ARGUMENT", "invalid_arguments"),
-        ({"rpc": "ExecuteStreamingTool", "request": {"tool_name": "stream_then_fail"}, "params": {"n": ["int", "2"]}}, "INTERNAL", "tool_exception"),
+        (
+            {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "add"}, "params": {"a": ["int", "1"]}},
+            "UNIMPLEMENTED",
+            "not_streaming",
+        ),
+        (
+            {
+                "rpc": "ExecuteTool",
+                "request": {"tool_name": "sleep", "metadata": {"timeout_ms": "200"}},
+                "params": {"seconds": ["float", "5"]},
+            },
+            "DEADLINE_EXCEEDED",
+            "timeout",
+        ),
+        (
+            {
+                "rpc": "ExecuteTool",
+                "request": {"tool_name": "add", "metadata": {"affinity": "sideways"}},
+                "params": {"a": ["int", "1"]},
+            },
+            "INVALID_ARGUMENT",
+            "invalid_arguments",
+        ),
+        (
+            {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "stream_then_fail"}, "params": {"n": ["int", "2"]}},
+            "INTERNAL",
+            "tool_exception",
+        ),
     ],
 )
 def test_each_failure_has_its_status_and_the_exact_error(served, compiled, op, code, reason):
@@ -205,7 +291,8 @@ def test_a_tool_failure_in_execute_tool_is_an_answer_not_a_status(compiled):
     with Pool(Toolbox, size=2) as pool:
         address = pool.serve("127.0.0.1:0").address
         raised, crashed = bridge(
-        compiled, address,
+            compiled,
+            address,
             {"rpc": "ExecuteTool", "request": {"tool_name": "fail"}, "params": {"message": ["str", '"boom"']}},
             {"rpc": "ExecuteTool", "request": {"tool_name": "crash"}},
         )
@@ -221,11 +308,14 @@ def test_a_tool_failure_in_execute_tool_is_an_answer_not_a_status(compiled):
 def test_a_sessions_metadata_and_birth_live_and_expire_with_the_pools_session(compiled):
     with Pool(Toolbox, size=1, session_ttl=2.0) as pool:
         address = pool.serve("127.0.0.1:0").address
-        [opened] = bridge(compiled, address, {"rpc": "InitializeSession", "request": {"session_id": "s", "metadata": {"user": "old"}}})
+        [opened] = bridge(
+            compiled, address, {"rpc": "InitializeSession", "request": {"session_id": "s", "metadata": {"user": "old"}}}
+        )
         assert opened["response"]["success"] is True
         wait_for(lambda: pool.stats()["sessions"] == 0, timeout=10)  # expired, and its metadata with it
         _, again, implicit, first, second = bridge(
-            compiled, address,
+            compiled,
+            address,
             {"rpc": "InitializeSession", "request": {"session_id": "s", "metadata": {"user": "new"}}},
             {"rpc": "GetSession", "request": {"session_id": "s"}},
             {"rpc": "ExecuteTool", "request": {"tool_name": "add", "session_id": "by-call"}, "params": {"a": ["int", "1"]}},
@@ -241,7 +331,8 @@ def test_pool_refusals_are_their_statuses(compiled):
     with Pool(Faulty, size=1, max_sessions=1, max_queue=0, affinity="strict_fail_fast") as pool:
         address = pool.serve("127.0.0.1:0").address
         quota_ok, quota, busy_first = bridge(
-            compiled, address,
+            compiled,
+            address,
             {"rpc": "InitializeSession", "request": {"session_id": "one"}},
             {"rpc": "InitializeSession", "request": {"session_id": "two"}},
             {"rpc": "ExecuteTool", "request": {"tool_name": "pid", "session_id": "one"}},
@@ -254,7 +345,8 @@ def test_pool_refusals_are_their_statuses(compiled):
         holder.start()
         wait_for(lambda: pool.stats()["busy"] == 1)
         busy, saturated = bridge(
-            compiled, address,
+            compiled,
+            address,
             {"rpc": "ExecuteTool", "request": {"tool_name": "pid", "session_id": "one"}},
             {"rpc": "ExecuteTool", "request": {"tool_name": "pid"}},
         )
@@ -267,13 +359,21 @@ def test_a_token_is_required_when_configured_but_not_by_the_health_service(compi
     with Pool(Toolbox, size=1) as pool:
         address = pool.serve("127.0.0.1:0", token="s3cret").address
         missing, wrong, health = bridge(
-            compiled, address,
+            compiled,
+            address,
             {"rpc": "Ping", "request": {}},
             {"rpc": "Ping", "request": {}, "metadata": [["authorization", "Bearer guess"]]},
             {"rpc": "health"},
         )
-        [right] = bridge(compiled, address, {"rpc": "ExecuteTool", "request": {"tool_name": "add"}, "params": {"a": ["int", "1"]}}, token="s3cret")
-        [stream] = bridge(compiled, address, {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "count"}, "params": {"n": ["int", "1"]}})
+        [right] = bridge(
+            compiled,
+            address,
+            {"rpc": "ExecuteTool", "request": {"tool_name": "add"}, "params": {"a": ["int", "1"]}},
+            token="s3cret",
+        )
+        [stream] = bridge(
+            compiled, address, {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "count"}, "params": {"n": ["int", "1"]}}
+        )
     assert missing["code"] == wrong["code"] == stream["code"] == "UNAUTHENTICATED"
     assert health == {"code": "OK", "status": "SERVING"}
     assert right["response"]["success"] is True
@@ -297,7 +397,11 @@ def test_a_public_address_needs_a_token_mutual_tls_or_insecure():
 
 def test_pickled_parameters_are_refused_unless_allowed(compiled):
     payload = base64.b64encode(pickle.dumps((1, 2))).decode()
-    op = {"rpc": "ExecuteTool", "request": {"tool_name": "kinds", "metadata": {"binary_format:value": "pickle"}}, "binary": {"value": payload}}
+    op = {
+        "rpc": "ExecuteTool",
+        "request": {"tool_name": "kinds", "metadata": {"binary_format:value": "pickle"}},
+        "binary": {"value": payload},
+    }
     with Pool(Toolbox, size=1) as pool:
         refusing = pool.serve("127.0.0.1:0").address
         trusting = pool.serve("127.0.0.1:0", allow_pickle=True).address
@@ -310,7 +414,16 @@ def test_pickled_parameters_are_refused_unless_allowed(compiled):
 def test_a_client_cancelling_a_stream_cancels_the_tool(compiled):
     with Pool(Faulty, size=1) as pool:
         address = pool.serve("127.0.0.1:0").address
-        [read] = bridge(compiled, address, {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "guarded"}, "params": {"delay": ["float", "0.01"]}, "read": 3})
+        [read] = bridge(
+            compiled,
+            address,
+            {
+                "rpc": "ExecuteStreamingTool",
+                "request": {"tool_name": "guarded"},
+                "params": {"delay": ["float", "0.01"]},
+                "read": 3,
+            },
+        )
         assert len(read["chunks"]) == 3
         wait_for(lambda: pool.execute("closed", timeout=5) == 1)  # the generator's finally ran
         assert pool.stats()["restarts"] == 0
@@ -320,7 +433,11 @@ def test_the_grpc_deadline_bounds_the_call(compiled):
     with Pool(Faulty, size=1) as pool:
         address = pool.serve("127.0.0.1:0").address
         started = time.monotonic()
-        [late] = bridge(compiled, address, {"rpc": "ExecuteTool", "request": {"tool_name": "blocked"}, "params": {"how": ["str", '"sleep"']}, "timeout": 0.5})
+        [late] = bridge(
+            compiled,
+            address,
+            {"rpc": "ExecuteTool", "request": {"tool_name": "blocked"}, "params": {"how": ["str", '"sleep"']}, "timeout": 0.5},
+        )
         assert late["code"] == "DEADLINE_EXCEEDED" and time.monotonic() - started < 10
         wait_for(lambda: pool.execute("counters", timeout=5)["finished_calls"] == 1)  # interrupted in the worker
 
@@ -329,10 +446,23 @@ def test_messages_stay_within_the_servers_limit(compiled):
     with Pool(Faulty, size=1) as pool:
         address = pool.serve("127.0.0.1:0", max_message_mb=1).address
         batched, plain, too_big = bridge(
-            compiled, address,
-            {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "flood", "metadata": {"chunk_batch": "64"}}, "params": {"size": ["int", "300000"], "n": ["int", "8"]}},
-            {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "flood"}, "params": {"size": ["int", "300000"], "n": ["int", "8"]}},
-            {"rpc": "ExecuteStreamingTool", "request": {"tool_name": "flood"}, "params": {"size": ["int", "2000000"], "n": ["int", "1"]}},
+            compiled,
+            address,
+            {
+                "rpc": "ExecuteStreamingTool",
+                "request": {"tool_name": "flood", "metadata": {"chunk_batch": "64"}},
+                "params": {"size": ["int", "300000"], "n": ["int", "8"]},
+            },
+            {
+                "rpc": "ExecuteStreamingTool",
+                "request": {"tool_name": "flood"},
+                "params": {"size": ["int", "300000"], "n": ["int", "8"]},
+            },
+            {
+                "rpc": "ExecuteStreamingTool",
+                "request": {"tool_name": "flood"},
+                "params": {"size": ["int", "2000000"], "n": ["int", "1"]},
+            },
         )
         arrays = [json.loads(data(chunk)) for chunk in batched["chunks"] if data(chunk)]
         assert [len(base64.b64decode(item)) for array in arrays for item in array] == [300_000] * 8  # all, split to fit
@@ -345,11 +475,21 @@ def test_timeout_ms_is_checked_even_under_a_grpc_deadline(compiled):
     with Pool(Toolbox, size=1) as pool:
         address = pool.serve("127.0.0.1:0").address
         results = bridge(
-            compiled, address,
-            *({"rpc": "ExecuteTool", "request": {"tool_name": "add", "metadata": {"timeout_ms": value}}, "params": {"a": ["int", "1"]}, "timeout": 10}
-              for value in ("0", "-100", "soon")),
+            compiled,
+            address,
+            *(
+                {
+                    "rpc": "ExecuteTool",
+                    "request": {"tool_name": "add", "metadata": {"timeout_ms": value}},
+                    "params": {"a": ["int", "1"]},
+                    "timeout": 10,
+                }
+                for value in ("0", "-100", "soon")
+            ),
         )
-        assert [(result["code"], snakepit_error(result).reason) for result in results] == [("INVALID_ARGUMENT", "invalid_arguments")] * 3
+        assert [(result["code"], snakepit_error(result).reason) for result in results] == [
+            ("INVALID_ARGUMENT", "invalid_arguments")
+        ] * 3
 
 
 def test_a_taken_or_unusable_address_is_refused():
@@ -366,7 +506,8 @@ def test_a_string_json_cannot_carry_is_refused_or_pickled_by_request(compiled):
     with Pool(Toolbox, size=1) as pool:
         address = pool.serve("127.0.0.1:0").address
         plain, pickled = bridge(
-            compiled, address,
+            compiled,
+            address,
             {"rpc": "ExecuteTool", "request": {"tool_name": "undecodable_name"}},
             {"rpc": "ExecuteTool", "request": {"tool_name": "undecodable_name", "metadata": {"accept": "pickle"}}},
         )
@@ -379,7 +520,10 @@ def test_closing_the_pool_stops_its_servers(compiled):
     address = pool.serve("127.0.0.1:0").address
     assert bridge(compiled, address, {"rpc": "Ping", "request": {}})[0]["code"] == "OK"
     pool.close()
-    assert bridge(compiled, address, {"rpc": "Ping", "request": {}, "timeout": 2})[0]["code"] in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    assert bridge(compiled, address, {"rpc": "Ping", "request": {}, "timeout": 2})[0]["code"] in (
+        "UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
+    )
 
 
 def test_an_unauthenticated_call_is_refused_before_its_body_is_read(monkeypatch):
@@ -463,15 +607,21 @@ def test_parameters_nested_too_deep_are_invalid_argument_with_the_pools_reason(c
     with Pool(Toolbox, size=1) as pool:
         address = pool.serve("127.0.0.1:0").address
         deep, very_deep, shallow = bridge(
-            compiled, address,
-            *({"rpc": "ExecuteTool", "request": {"tool_name": "echo"}, "params": {"value": ["list", "[" * n + "]" * n]}} for n in (1_000, 100_000, 50)),
+            compiled,
+            address,
+            *(
+                {"rpc": "ExecuteTool", "request": {"tool_name": "echo"}, "params": {"value": ["list", "[" * n + "]" * n]}}
+                for n in (1_000, 100_000, 50)
+            ),
         )
         with pytest.raises(SnakepitError) as in_process:
             pool.execute("echo", {"value": json.loads("[" * 900 + "]" * 900)})
     for refused in (deep, very_deep):
         assert refused["code"] == "INVALID_ARGUMENT", refused
         assert snakepit_error(refused).reason == "serialization_error" == in_process.value.reason
-    assert shallow["code"] == "OK" and json.loads(base64.b64decode(shallow["response"]["result"]["value"])) == json.loads("[" * 50 + "]" * 50)
+    assert shallow["code"] == "OK" and json.loads(base64.b64decode(shallow["response"]["result"]["value"])) == json.loads(
+        "[" * 50 + "]" * 50
+    )
 
 
 def test_a_unix_socket_another_server_listens_on_is_refused_a_left_over_one_replaced(tmp_path):
@@ -518,7 +668,11 @@ def test_the_bearer_scheme_is_case_insensitive_the_token_is_not(compiled):
     with Pool(Toolbox, size=1) as pool:
         address = pool.serve("127.0.0.1:0", token="s3cret").address
         lower, upper, wrong_case = bridge(
-            compiled, address,
-            *({"rpc": "Ping", "request": {}, "metadata": [["authorization", value]]} for value in ("bearer s3cret", "BEARER s3cret", "Bearer S3CRET")),
+            compiled,
+            address,
+            *(
+                {"rpc": "Ping", "request": {}, "metadata": [["authorization", value]]}
+                for value in ("bearer s3cret", "BEARER s3cret", "Bearer S3CRET")
+            ),
         )
     assert (lower["code"], upper["code"], wrong_case["code"]) == ("OK", "OK", "UNAUTHENTICATED")

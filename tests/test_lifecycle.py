@@ -75,7 +75,15 @@ def test_unimportable_adapter_string_fails_start():
 
 
 def test_bad_configuration_is_a_validation_error():
-    for kwargs in ({"size": 0}, {"size": "2"}, {"max_queue": -1}, {"backend": "thread"}, {"cancel_grace": math.nan}, {"kill_grace": math.inf}, {"heartbeat_interval": None}):
+    for kwargs in (
+        {"size": 0},
+        {"size": "2"},
+        {"max_queue": -1},
+        {"backend": "thread"},
+        {"cancel_grace": math.nan},
+        {"kill_grace": math.inf},
+        {"heartbeat_interval": None},
+    ):
         with pytest.raises(SnakepitError) as info:
             Pool(Toolbox, **kwargs)
         assert (info.value.category, info.value.reason) == ("validation", "invalid_config")
@@ -262,7 +270,13 @@ def test_stats_count_requests_and_errors():
 
 @pytest.mark.parametrize(
     "kind, threads, tool",
-    [("execute", 1, "c_sleep"), ("stream", 1, "stubborn"), ("aexecute", 1, "c_sleep"), ("map", 1, "c_sleep"), ("execute", 3, "c_sleep")],
+    [
+        ("execute", 1, "c_sleep"),
+        ("stream", 1, "stubborn"),
+        ("aexecute", 1, "c_sleep"),
+        ("map", 1, "c_sleep"),
+        ("execute", 3, "c_sleep"),
+    ],
 )
 def test_close_gives_running_calls_pool_closed_at_once_while_the_workers_stop(kind, threads, tool, tmp_path):
     """Even a call stuck in C, which only a kill at shutdown_timeout ends: its caller does not

@@ -70,8 +70,14 @@ def test_a_call_and_a_map_item_receive_the_same_values(pool):
         ("echo", {"value": "\ud800"}),  # exact by type, but msgpack refuses a lone surrogate
     ]
     expected = [
-        ["Mode", "float", 0.0], ["str", "float", 1.5], ["str", "float", 2.0], 2**70 + 1, (1.0, 2.0), (3.0, 4.0),
-        ("\ud800", {1: b"x"}), "\ud800",
+        ["Mode", "float", 0.0],
+        ["str", "float", 1.5],
+        ["str", "float", 2.0],
+        2**70 + 1,
+        (1.0, 2.0),
+        (3.0, 4.0),
+        ("\ud800", {1: b"x"}),
+        "\ud800",
     ]
     assert [pool.execute(tool, args) for tool, args in cases] == expected
     for (tool, args), value in zip(cases, expected):
@@ -266,6 +272,7 @@ def test_a_held_batch_is_not_mistaken_for_a_cancelled_one():
 def test_a_worker_found_dead_while_sending_fails_only_its_items():
     """Regression: a worker that died idle between batches was noticed by the write of the next
     batch; the map then tried to send another to it and raised KeyError."""
+
     def slow_input():  # the pace of a slow source, so the death is found by the next write
         yield {"signum": 0}
         yield {"signum": signal.SIGKILL}
@@ -366,4 +373,3 @@ def test_an_item_whose_worker_died_is_handed_out_before_the_map_asks_for_another
 
         [crashed] = asyncio.run(amap())
         assert isinstance(crashed, SnakepitError) and crashed.reason == "worker_crashed"
-

@@ -35,16 +35,23 @@ class Pair:
 
 
 plain_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=20) | st.binary(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text() | st.integers(-5, 5), inner, max_size=4),
     max_leaves=20,
 )
 any_values = st.recursive(
     plain_values | st.builds(Pair, st.integers(), st.integers()) | st.integers(2**64, 2**80),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.tuples(inner, inner)
-    | st.frozensets(st.integers(), max_size=3)
-    | st.dictionaries(st.text() | st.tuples(st.integers()), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.frozensets(st.integers(), max_size=3)
+        | st.dictionaries(st.text() | st.tuples(st.integers()), inner, max_size=3)
+    ),
     max_leaves=12,
 )
 
@@ -149,7 +156,9 @@ def test_both_readers_deliver_every_frame_intact_through_a_pipe(payloads, step):
     for blocking in (False, True):
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, blocking)
-        writer = threading.Thread(target=lambda: [_write_all(write_fd, stream[i : i + step]) for i in range(0, len(stream), step)])
+        writer = threading.Thread(
+            target=lambda: [_write_all(write_fd, stream[i : i + step]) for i in range(0, len(stream), step)]
+        )
         writer.start()
         reader = FrameReader(FromWorker)
         got = []

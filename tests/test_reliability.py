@@ -99,7 +99,13 @@ def test_an_event_callback_reading_stats_deadlocks_nothing():
     """A metrics exporter's on_event reads pool.stats(); the events raised while a call waits
     (queue_timeout, pool_saturated, a timeout in the queue) once ran under the dispatcher's lock."""
     seen: list[tuple[str, int]] = []
-    pool = Pool(Toolbox, size=1, max_queue=1, queue_timeout=0.3, on_event=lambda event: seen.append((event["event"], pool.stats()["workers"])))
+    pool = Pool(
+        Toolbox,
+        size=1,
+        max_queue=1,
+        queue_timeout=0.3,
+        on_event=lambda event: seen.append((event["event"], pool.stats()["workers"])),
+    )
 
     def scenario() -> None:
         with pool:

@@ -109,7 +109,10 @@ def test_large_results_arguments_and_chunks_arrive_whole_with_their_types(arrays
 
     argument = np.arange(n, dtype=np.float64)
     assert arrays.execute("describe", {"x": argument}) == {
-        "type": "ndarray", "sum": float(argument.sum()), "writeable": True, "shape": [n],
+        "type": "ndarray",
+        "sum": float(argument.sum()),
+        "writeable": True,
+        "shape": [n],
     }
 
     nested = arrays.execute("nested", {"n": n})
@@ -203,8 +206,18 @@ def _close_and_kill_scenario() -> None:
     intact = bool(kept[-1] == 64 * MIB // 8 - 1)
     del kept
     gc.collect()
-    print(json.dumps({"baseline": baseline, "holding": holding, "after": _segments(os.getpid()),
-                      "crashed": crashed, "replaced": replaced, "intact": intact}))
+    print(
+        json.dumps(
+            {
+                "baseline": baseline,
+                "holding": holding,
+                "after": _segments(os.getpid()),
+                "crashed": crashed,
+                "replaced": replaced,
+                "intact": intact,
+            }
+        )
+    )
 
 
 def test_no_segment_outlives_close_or_a_worker_killed_mid_transfer():
@@ -213,7 +226,10 @@ def test_no_segment_outlives_close_or_a_worker_killed_mid_transfer():
     baseline = _shmem_kib()
     done = subprocess.run(
         [sys.executable, "-c", "import test_shared_memory as t; t._close_and_kill_scenario()"],
-        cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=60,
+        cwd=os.path.dirname(__file__),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads(done.stdout.strip().splitlines()[-1])

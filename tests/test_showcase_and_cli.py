@@ -67,7 +67,16 @@ def test_demo_runs_and_reports_figures():
     out = io.StringIO()
     figures = run_demo(quick=True, out=out)
     text = out.getvalue()
-    for heading in ("Training progress", "large dataset", "Chunk throughput", "Cancellation", "Errors are data", "Sessions", "map:", "asyncio"):
+    for heading in (
+        "Training progress",
+        "large dataset",
+        "Chunk throughput",
+        "Cancellation",
+        "Errors are data",
+        "Sessions",
+        "map:",
+        "asyncio",
+    ):
         assert heading in text
     assert figures["chunks_per_s"] > 0 and figures["dataset_rows_per_s"] > 0 and figures["map_per_s"] > 0
     assert "(same worker: True)" in text
@@ -94,8 +103,12 @@ def test_cli_call_tools_and_errors():
 
 def test_cli_prints_results_json_cannot_hold_as_it_can():
     done = subprocess.run(
-        [sys.executable, "-m", "snakepit", "call", "helpers:Toolbox", "tuple_keys"], capture_output=True, text=True,
-        timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])},
+        [sys.executable, "-m", "snakepit", "call", "helpers:Toolbox", "tuple_keys"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])},
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"(1, 2)": 3, "nested": [{"(3,)": "{4, 5}"}]}
@@ -109,7 +122,10 @@ def test_stream_throughput_benchmark_runs_end_to_end(tmp_path):
     out = tmp_path / "out.json"
     subprocess.run(
         [sys.executable, "-m", "benchmarks.stream_throughput", "--chunks", "2000", "--repeats", "1", "--json", str(out)],
-        check=True, capture_output=True, timeout=120, cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+        cwd=ROOT,
     )
     payload = json.loads(out.read_text())
     assert payload["chunks"] == 2000

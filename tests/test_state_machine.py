@@ -326,7 +326,14 @@ def test_a_broken_connection_gets_the_worker_scrapped_not_reused(pool_core):
 def test_streams_deliver_runs_of_chunks_then_end(pool_core):
     dispatcher, _, _ = pool_core
     exchange = begin(dispatcher)
-    exchange.feed([Chunk(exchange.call_id, 1), Chunk(exchange.call_id, 2), Chunk(exchange.call_id, 3, True, {"k": "v"}), End(exchange.call_id)])
+    exchange.feed(
+        [
+            Chunk(exchange.call_id, 1),
+            Chunk(exchange.call_id, 2),
+            Chunk(exchange.call_id, 3, True, {"k": "v"}),
+            End(exchange.call_id),
+        ]
+    )
     assert exchange.next_batch() == [1, 2, 3]
     assert exchange.next_batch() is END and exchange.result.chunks == 3 and exchange.result.metadata == {"k": "v"}
     assert exchange.result.synthetic_final is False and exchange.handle.state is WorkerState.IDLE
@@ -498,7 +505,9 @@ def test_an_async_map_whose_workers_all_died_under_its_sends_asks_for_another(po
     dead.conn.exit_info = {"exit_code": -9, "signal": "SIGKILL"}  # killed while idle: sends fail
     alive = Worker(3, AnsweringConnection(pid=1003))
     dispatcher.add_worker(alive)
-    engine = MapEngine(dispatcher, "t", [{"x": i} for i in range(3)], ordered=True, chunksize=3, timeout=None, on_progress=None, retries=1)
+    engine = MapEngine(
+        dispatcher, "t", [{"x": i} for i in range(3)], ordered=True, chunksize=3, timeout=None, on_progress=None, retries=1
+    )
     workers = iter([dead, alive])
 
     async def first() -> Worker:

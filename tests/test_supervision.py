@@ -153,12 +153,14 @@ def test_every_way_of_stopping_a_call_interrupts_its_tool(stop):
             next(stream)
             stream.close()
         elif stop == "callback_raises":
+
             def explode(chunk):
                 raise LookupError("stop")
 
             with pytest.raises(LookupError):
                 pool.execute_stream("blocked_stream", {}, explode)
         else:
+
             async def main():
                 task = asyncio.ensure_future(pool.aexecute("blocked", {"how": "sleep"}))
                 await asyncio.sleep(0.3)
@@ -459,9 +461,7 @@ OWNER = textwrap.dedent(
 
 
 def _owner(mode: str, **env: str) -> tuple[subprocess.Popen, list[int]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", OWNER, mode], stdout=subprocess.PIPE, text=True, env={**os.environ, **env}
-    )
+    proc = subprocess.Popen([sys.executable, "-c", OWNER, mode], stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
     worker_pids = [int(p) for p in proc.stdout.readline().split()]
     assert len(worker_pids) == 2
     return proc, worker_pids

@@ -27,14 +27,21 @@ def test_a_tools_telemetry_reaches_on_event_with_worker_tool_and_correlation_id(
         wait_for(lambda: len(_telemetry(events)) == 5)
     got = _telemetry(events)
     assert [(e["event"], e["name"]) for e in got] == [
-        ("telemetry", "loaded"), ("span_start", "work"), ("span_stop", "work"),
-        ("span_start", "failing"), ("span_exception", "failing"),
+        ("telemetry", "loaded"),
+        ("span_start", "work"),
+        ("span_stop", "work"),
+        ("span_start", "failing"),
+        ("span_exception", "failing"),
     ]
     assert all((e["worker_id"], e["tool"], e["correlation_id"]) == (worker, "measured", "req-7") for e in got)
     assert all(isinstance(e["time"], float) for e in got)
     loaded, start, stop, _, failed = got
     assert (loaded["measurements"], loaded["metadata"]) == ({"rows": 3}, {"source": "test"})
-    assert start["metadata"] == {"step": 1} and stop["duration_ms"] >= 0 and stop["measurements"]["duration_ms"] == stop["duration_ms"]
+    assert (
+        start["metadata"] == {"step": 1}
+        and stop["duration_ms"] >= 0
+        and stop["measurements"]["duration_ms"] == stop["duration_ms"]
+    )
     assert failed["error"] == "ValueError: bad input" and failed["duration_ms"] >= 0
 
 
@@ -165,7 +172,9 @@ def test_opentelemetry_spans_per_call_with_the_tools_spans_as_children(tmp_path)
 
     script = tmp_path / "owner.py"
     script.write_text(OTEL.format(tests=os.path.dirname(__file__)))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=os.path.dirname(__file__))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=os.path.dirname(__file__)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads(done.stdout.strip().splitlines()[-1])
     spans = {span["name"]: span for span in run["spans"]}

@@ -152,9 +152,7 @@ OWNER = textwrap.dedent(
 
 
 def test_when_the_owner_is_killed_the_template_and_every_worker_go():
-    owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(__file__)
-    )
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(__file__))
     try:
         template, *workers = (int(pid) for pid in owner.stdout.readline().split())
         assert template != owner.pid and len(workers) == 2

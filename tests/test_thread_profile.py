@@ -72,7 +72,10 @@ def test_sessions_pin_to_the_process_and_strict_modes_count_its_free_threads():
             assert caught.value.reason == "worker_busy"
             queued = run.submit(pool.execute, "pid", session_id="s", affinity="strict_queue")
             assert {first.result(), second.result(), queued.result()} == {pinned}
-        assert pool.session("s").worker_id == pool.stats()["worker_info"][[w["pid"] for w in pool.stats()["worker_info"]].index(pinned)]["id"]
+        assert (
+            pool.session("s").worker_id
+            == pool.stats()["worker_info"][[w["pid"] for w in pool.stats()["worker_info"]].index(pinned)]["id"]
+        )
 
 
 def test_a_slow_stream_consumer_holds_back_its_own_stream_only():
@@ -160,7 +163,9 @@ def test_a_process_is_recycled_after_max_requests_over_all_its_threads():
 
 def test_an_idle_process_is_recycled_by_worker_ttl_with_all_its_threads():
     events: list[dict] = []
-    with Pool(Threaded, size=1, threads_per_worker=3, worker_ttl=0.5, heartbeat_interval=0.2, on_event=events.append, **FAST) as pool:
+    with Pool(
+        Threaded, size=1, threads_per_worker=3, worker_ttl=0.5, heartbeat_interval=0.2, on_event=events.append, **FAST
+    ) as pool:
         first = pool.execute("pid")
         wait_for(lambda: pool.stats()["recycled"] >= 1, timeout=20)
         wait_for(lambda: pool.stats()["available"] == 3 and pool.execute("pid") != first, timeout=20)

@@ -25,6 +25,7 @@ def test_each_slot_has_its_environment_and_a_replacement_gets_it_again():
         assert state["env"]["OMP_NUM_THREADS"] == "1"  # the shared environment still applies
         first = next(w for w in pool.stats()["worker_info"] if w["slot"] == 1)
         os.kill(first["pid"], signal.SIGKILL)
+
         def replaced() -> bool:  # both conditions on one snapshot: between two, the replacement may not be up yet
             pids = {w["pid"] for w in pool.stats()["worker_info"]}
             return len(pids) == 2 and first["pid"] not in pids
@@ -47,7 +48,12 @@ def _boom(slot: int) -> dict:
 
 @pytest.mark.parametrize(
     "worker_env, message",
-    [(_boom, "no device"), (lambda slot: ["A=1"], "worker_env(0)"), (lambda slot: {"A": 1}, "str to str"), ({"A": None}, "str to str")],
+    [
+        (_boom, "no device"),
+        (lambda slot: ["A=1"], "worker_env(0)"),
+        (lambda slot: {"A": 1}, "str to str"),
+        ({"A": None}, "str to str"),
+    ],
 )
 def test_a_bad_worker_env_is_refused_by_the_constructor(worker_env, message):
     with pytest.raises(SnakepitError) as caught:

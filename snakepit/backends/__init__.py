@@ -43,11 +43,13 @@ def create(
             start_method = "forkserver"
         if start_method not in START_METHODS:
             raise errors.validation(
-                Reason.INVALID_CONFIG, f"unknown start_method {start_method!r}: choose one of {', '.join(map(repr, START_METHODS))}"
+                Reason.INVALID_CONFIG,
+                f"unknown start_method {start_method!r}: choose one of {', '.join(map(repr, START_METHODS))}",
             )
         return ProcessBackend(
             build_launch_spec(adapter, adapter_args, worker_env, size=size, telemetry=telemetry, threads=threads),
-            start_method, start_timeout,
+            start_method,
+            start_timeout,
         )
     if name == "ray":
         from .ray.backend import RayBackend
@@ -58,7 +60,9 @@ def create(
                 "memory_limit_mb applies to backend='process' only: give Ray actors a memory budget in actor_options={'memory': ...}",
             )
         if start_method is not None:
-            raise errors.validation(Reason.INVALID_CONFIG, "start_method applies to backend='process' only: Ray starts its actors")
+            raise errors.validation(
+                Reason.INVALID_CONFIG, "start_method applies to backend='process' only: Ray starts its actors"
+            )
         if threads > 1:
             raise errors.validation(
                 Reason.INVALID_CONFIG,
@@ -80,5 +84,7 @@ def create(
         # module's code, unless the user's runtime_env ships that code there.
         shipped = {"working_dir", "py_modules"} & set(options.get("runtime_env") or {})
         by_value = ray_address is not None and not shipped
-        return RayBackend(build_launch_spec(adapter, adapter_args, None, by_value=by_value, telemetry=telemetry), ray_address, options)
+        return RayBackend(
+            build_launch_spec(adapter, adapter_args, None, by_value=by_value, telemetry=telemetry), ray_address, options
+        )
     raise errors.validation(Reason.INVALID_CONFIG, f"unknown backend {name!r}: choose one of {', '.join(map(repr, NAMES))}")

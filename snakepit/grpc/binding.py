@@ -116,7 +116,9 @@ def plan(address: str) -> Plan:
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise errors.validation(Reason.INVALID_CONFIG, f"cannot resolve {host!r} to serve on it: {exc}", address=address) from None
+        raise errors.validation(
+            Reason.INVALID_CONFIG, f"cannot resolve {host!r} to serve on it: {exc}", address=address
+        ) from None
     for info in infos:
         resolved = str(info[4][0])
         if resolved not in hosts:

@@ -72,7 +72,9 @@ class Client:
         self._tls = tls
         self._options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
         self._channel = (
-            grpc.secure_channel(address, tls.credentials(), self._options) if tls else grpc.insecure_channel(address, self._options)
+            grpc.secure_channel(address, tls.credentials(), self._options)
+            if tls
+            else grpc.insecure_channel(address, self._options)
         )
         self._stub = bridge_pb2_grpc.BridgeServiceStub(self._channel)
         self._auth = (("authorization", f"Bearer {token}"),) if token else ()
@@ -280,7 +282,8 @@ class Client:
         if self._aio is None:
             credentials = self._tls.credentials() if self._tls else None
             channel = (
-                grpc.aio.secure_channel(self.address, credentials, self._options) if credentials
+                grpc.aio.secure_channel(self.address, credentials, self._options)
+                if credentials
                 else grpc.aio.insecure_channel(self.address, self._options)
             )
             self._aio = (channel, bridge_pb2_grpc.BridgeServiceStub(channel))
@@ -288,7 +291,9 @@ class Client:
 
     # -- requests --------------------------------------------------------------------------------
 
-    def _request(self, call: CallRequest, stream: bool) -> tuple[pb.ExecuteToolRequest, tuple[tuple[str, str], ...], float | None]:
+    def _request(
+        self, call: CallRequest, stream: bool
+    ) -> tuple[pb.ExecuteToolRequest, tuple[tuple[str, str], ...], float | None]:
         """The rpc's request, metadata and deadline; the call is checked as the pool checks it."""
         self._check_open()
         tool, args, session_id, affinity, timeout, correlation_id = call

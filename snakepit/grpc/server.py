@@ -303,7 +303,9 @@ _HEALTH = "/grpc.health.v1.Health/"
 async def _refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
     """The handler of every unauthenticated call, whatever its method's kind: it reads none of
     the request (no deserializer either) and answers UNAUTHENTICATED."""
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (metadata 'authorization: Bearer <token>')")
+    await context.abort(
+        grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (metadata 'authorization: Bearer <token>')"
+    )
 
 
 _REFUSAL = grpc.stream_stream_rpc_method_handler(_refuse)
@@ -348,15 +350,27 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             except ValueError:
                 timeout = 0.0
             if not timeout > 0:  # checked before the deadline's bound below can hide it
-                raise errors.validation(Reason.INVALID_ARGUMENTS, f"timeout_ms must be a positive integer, got {meta['timeout_ms']!r}")
+                raise errors.validation(
+                    Reason.INVALID_ARGUMENTS, f"timeout_ms must be a positive integer, got {meta['timeout_ms']!r}"
+                )
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = remaining if timeout is None else min(timeout, remaining)
             timeout = max(timeout, 0.001)  # the deadline is near: let the call time out, not refuse it
         if meta.get("correlation_id"):
-            log.info("call %s of %r (correlation_id %s)", "stream" if request.stream else "execute", request.tool_name, meta["correlation_id"])
+            log.info(
+                "call %s of %r (correlation_id %s)",
+                "stream" if request.stream else "execute",
+                request.tool_name,
+                meta["correlation_id"],
+            )
         return CallRequest(
-            request.tool_name, args, request.session_id or None, meta.get("affinity") or None, timeout, meta.get("correlation_id") or None
+            request.tool_name,
+            args,
+            request.session_id or None,
+            meta.get("affinity") or None,
+            timeout,
+            meta.get("correlation_id") or None,
         ), meta
 
     async def ExecuteTool(self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext) -> pb.ExecuteToolResponse:
@@ -386,7 +400,9 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             response.metadata["correlation_id"] = meta["correlation_id"]
         return response
 
-    async def ExecuteStreamingTool(self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ToolChunk]:
+    async def ExecuteStreamingTool(
+        self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ToolChunk]:
         started = time.perf_counter()
         stream = None
         failure = None
@@ -456,7 +472,8 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             Reason.SERIALIZATION_ERROR,
             f"a value of {size:,} bytes does not fit in a message of this server (max_message_mb="
             f"{self._max_bytes / 2**20:g}); stream it in smaller chunks",
-            size=size, limit=self._budget,
+            size=size,
+            limit=self._budget,
         )
 
     @staticmethod
@@ -474,7 +491,9 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
     async def Ping(self, request: pb.PingRequest, context: grpc.aio.ServicerContext) -> pb.PingResponse:
         return pb.PingResponse(message=request.message, server_time=_now())
 
-    async def InitializeSession(self, request: pb.InitializeSessionRequest, context: grpc.aio.ServicerContext) -> pb.InitializeSessionResponse:
+    async def InitializeSession(
+        self, request: pb.InitializeSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InitializeSessionResponse:
         if request.session_id:  # an empty id lists the tools without using up a session
             try:
                 # The metadata lives (and expires) with the pool's own record of the session.
@@ -485,7 +504,9 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             success=True, available_tools={spec.name: _tool_spec(spec) for spec in self._pool.tools()}
         )
 
-    async def CleanupSession(self, request: pb.CleanupSessionRequest, context: grpc.aio.ServicerContext) -> pb.CleanupSessionResponse:
+    async def CleanupSession(
+        self, request: pb.CleanupSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CleanupSessionResponse:
         existed = self._pool._dispatcher.close_session(request.session_id)
         return pb.CleanupSessionResponse(success=True, resources_cleaned=int(existed))
 
@@ -535,9 +556,14 @@ def _tool_spec(spec: ToolSpec) -> pb.ToolSpec:
     for param in spec.parameters:
         message = pb.ParameterSpec(name=param.name, type=param.type, required=param.required)
         if not param.required:
-            message.default_value.CopyFrom(AnyMessage(type_url=codec.TYPE_PREFIX + param.type, value=codec.encode_json(param.default)))
+            message.default_value.CopyFrom(
+                AnyMessage(type_url=codec.TYPE_PREFIX + param.type, value=codec.encode_json(param.default))
+            )
         parameters.append(message)
     return pb.ToolSpec(
-        name=spec.name, description=spec.description, parameters=parameters, supports_streaming=spec.supports_streaming,
+        name=spec.name,
+        description=spec.description,
+        parameters=parameters,
+        supports_streaming=spec.supports_streaming,
         metadata={"idempotent": "true"} if spec.idempotent else {},
     )

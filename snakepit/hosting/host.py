@@ -36,7 +36,20 @@ import msgspec
 from .. import errors, protocol, telemetry
 from ..adapter import BoundTool, discover_tools, import_by_path
 from ..errors import CallCancelled, Reason
-from ..protocol import PACKED, Batch, BatchResult, Call, Chunk, End, Failure, Ready, Result, StartFailed, decode_value, encode_value
+from ..protocol import (
+    PACKED,
+    Batch,
+    BatchResult,
+    Call,
+    Chunk,
+    End,
+    Failure,
+    Ready,
+    Result,
+    StartFailed,
+    decode_value,
+    encode_value,
+)
 from ..streaming import StreamChunk
 
 _SCALARS = protocol._SCALARS
@@ -98,9 +111,7 @@ def _decode_args(value: Any) -> Any:
     except errors.SnakepitError:
         raise
     except BaseException as exc:
-        raise errors.validation(
-            Reason.SERIALIZATION_ERROR, f"cannot deserialize value: {type(exc).__name__}: {exc}"
-        ) from None
+        raise errors.validation(Reason.SERIALIZATION_ERROR, f"cannot deserialize value: {type(exc).__name__}: {exc}") from None
 
 
 def _attach_trace(traceparent: str) -> Any:
@@ -241,9 +252,7 @@ class ToolHost:
             if tool is None:
                 raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {call.tool!r}", tool=call.tool)
             if call.stream and not tool.spec.supports_streaming:
-                raise errors.validation(
-                    Reason.NOT_STREAMING, f"tool {call.tool!r} does not support streaming", tool=call.tool
-                )
+                raise errors.validation(Reason.NOT_STREAMING, f"tool {call.tool!r} does not support streaming", tool=call.tool)
             args = call.args
             bound = tool.convert(args if type(args) not in PACKED else _decode_args(args))
         except errors.SnakepitError as exc:
@@ -490,5 +499,3 @@ def _close(items: Any) -> None:
     close = getattr(items, "close", None) if items is not None else None
     if close is not None:
         close()
-
-

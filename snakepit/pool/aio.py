@@ -228,12 +228,25 @@ class AsyncStream:
     """
 
     __slots__ = (
-        "_start", "_exchange", "_delivery", "_readable", "_on_error", "_owner", "_delivered", "_restart", "_context",
-        "_closed", "_ending", "__weakref__",
+        "_start",
+        "_exchange",
+        "_delivery",
+        "_readable",
+        "_on_error",
+        "_owner",
+        "_delivered",
+        "_restart",
+        "_context",
+        "_closed",
+        "_ending",
+        "__weakref__",
     )
 
     def __init__(
-        self, start: Awaitable[Exchange], on_error: Callable[[], None], owner: object = None,
+        self,
+        start: Awaitable[Exchange],
+        on_error: Callable[[], None],
+        owner: object = None,
         restart: Callable[[errors.SnakepitError, Exchange], Awaitable[Exchange | None]] | None = None,
         context: Any = None,
     ) -> None:
@@ -416,5 +429,3 @@ class AsyncStream:
             close = getattr(start, "close", None)
             if close is not None:
                 close()
-
-

@@ -401,7 +401,9 @@ class Dispatcher:
             return _Refused(errors.timeout(Reason.TIMEOUT, message, stage="queued"), event)
         self.counters.bump("queue_timeouts")
         message = "no worker became available within queue_timeout"
-        return _Refused(errors.timeout(Reason.QUEUE_TIMEOUT, message, stage="queued"), ("queue_timeout", message, {"stage": "queued"}))
+        return _Refused(
+            errors.timeout(Reason.QUEUE_TIMEOUT, message, stage="queued"), ("queue_timeout", message, {"stage": "queued"})
+        )
 
     def release(self, handle: Worker, lease: int | None = None) -> None:
         """The caller is done with its worker: back to the pool, recycled if due, or disposed of
@@ -585,7 +587,9 @@ class Dispatcher:
                 sibling.retiring = reason
                 self.workers.pop(sibling.id, None)
                 woken += self.router.remove(sibling.id)
-        if process.state is WorkerState.IDLE and all(s.state in (WorkerState.STOPPING, WorkerState.DEAD) for s in process.slots or ()):
+        if process.state is WorkerState.IDLE and all(
+            s.state in (WorkerState.STOPPING, WorkerState.DEAD) for s in process.slots or ()
+        ):
             move(process, WorkerState.STOPPING)
             process.retiring = reason
             return woken, process

@@ -52,8 +52,24 @@ class Exchange:
     caller interrupted between two steps -- it gives the worker back when collected."""
 
     __slots__ = (
-        "dispatcher", "handle", "lease", "call_id", "tool", "deadline", "started", "finished", "sent",
-        "chunks", "final", "metadata", "result", "_messages", "_index", "_salvaged", "context", "__weakref__",
+        "dispatcher",
+        "handle",
+        "lease",
+        "call_id",
+        "tool",
+        "deadline",
+        "started",
+        "finished",
+        "sent",
+        "chunks",
+        "final",
+        "metadata",
+        "result",
+        "_messages",
+        "_index",
+        "_salvaged",
+        "context",
+        "__weakref__",
     )
 
     def __init__(self, dispatcher: Dispatcher, tool: str, deadline: float | None, context: CallContext | None = None) -> None:
@@ -273,8 +289,13 @@ class Exchange:
         self.cancel()
         self.dispatcher.counters.bump("timeouts")
         self.dispatcher.observer.emit(
-            "timeout", logging.WARNING, f"call to {self.tool!r} on worker {self.handle.id} exceeded its timeout",
-            tool=self.tool, worker_id=self.handle.id, correlation_id=self.correlation_id, stage="running",
+            "timeout",
+            logging.WARNING,
+            f"call to {self.tool!r} on worker {self.handle.id} exceeded its timeout",
+            tool=self.tool,
+            worker_id=self.handle.id,
+            correlation_id=self.correlation_id,
+            stage="running",
         )
         raise errors.timeout(
             Reason.TIMEOUT,
@@ -425,11 +446,23 @@ class Stream:
     """
 
     __slots__ = (
-        "_exchange", "_delivery", "_on_error", "_owner", "_restart", "_closed", "_waiting", "_lock", "_ending", "__weakref__",
+        "_exchange",
+        "_delivery",
+        "_on_error",
+        "_owner",
+        "_restart",
+        "_closed",
+        "_waiting",
+        "_lock",
+        "_ending",
+        "__weakref__",
     )
 
     def __init__(
-        self, exchange: Exchange, on_error: Callable[[], None], owner: object = None,
+        self,
+        exchange: Exchange,
+        on_error: Callable[[], None],
+        owner: object = None,
         restart: Callable[[errors.SnakepitError, Exchange], Exchange | None] | None = None,
     ) -> None:
         self._exchange = exchange
@@ -559,4 +592,3 @@ class Stream:
         self.close()
 
     # Dropping the stream drops its exchange, whose __del__ cancels the call.
-

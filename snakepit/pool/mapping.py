@@ -51,8 +51,15 @@ class _InFlight:
     __slots__ = ("call_id", "start", "count", "sent", "deadline", "refused", "items", "attempt")
 
     def __init__(
-        self, call_id: int, start: int, count: int, sent: float, deadline: float | None, refused: dict[int, errors.SnakepitError],
-        items: bytes | None = None, attempt: int = 0,
+        self,
+        call_id: int,
+        start: int,
+        count: int,
+        sent: float,
+        deadline: float | None,
+        refused: dict[int, errors.SnakepitError],
+        items: bytes | None = None,
+        attempt: int = 0,
     ) -> None:
         self.call_id = call_id
         self.start = start
@@ -298,8 +305,11 @@ class MapEngine:
                 self._measure(batch.count, now - began)
                 self._store_batch(batch, message)
             elif type(message) is Failure:  # the whole batch was refused (e.g. unknown tool)
-                self._fail_range(batch.start, batch.count, errors.build_error(
-                    message.category, message.reason, message.message, message.details, message.traceback))
+                self._fail_range(
+                    batch.start,
+                    batch.count,
+                    errors.build_error(message.category, message.reason, message.message, message.details, message.traceback),
+                )
 
     def _measure(self, count: int, seconds: float) -> None:
         if seconds <= 0:
@@ -535,7 +545,9 @@ def _encode_items(items: list[Any]) -> tuple[bytes, dict[int, errors.SnakepitErr
 # -- drivers ----------------------------------------------------------------------------------------
 
 
-def run_map(engine: MapEngine, first: Callable[[], Worker], more: Callable[[], Worker | None], return_exceptions: bool) -> Iterator[Any]:
+def run_map(
+    engine: MapEngine, first: Callable[[], Worker], more: Callable[[], Worker | None], return_exceptions: bool
+) -> Iterator[Any]:
     """The synchronous driver: waits on every held worker's pipe with ``poll``."""
     try:
         while True:

@@ -158,7 +158,9 @@ class Pool:
         self._timeout = check_timeout("timeout", timeout)
         self._queue_timeout = check_timeout("queue_timeout", queue_timeout)
         if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-            raise errors.validation(Reason.INVALID_CONFIG, f"threads_per_worker must be a positive int, got {threads_per_worker!r}")
+            raise errors.validation(
+                Reason.INVALID_CONFIG, f"threads_per_worker must be a positive int, got {threads_per_worker!r}"
+            )
         if threads_per_worker > 1 and isinstance(adapter, type) and not getattr(adapter, "thread_safe", False):
             raise errors.validation(
                 Reason.INVALID_CONFIG,
@@ -180,10 +182,18 @@ class Pool:
         )
         start_timeout = check_timeout("start_timeout", start_timeout, Reason.INVALID_CONFIG)
         workers = backends.create(
-            backend, adapter, adapter_args, worker_env, size=size,
-            memory_limit_mb=memory_limit_mb, start_method=start_method, start_timeout=start_timeout,
-            telemetry=on_event is not None or telemetry_log.isEnabledFor(logging.INFO), threads=threads_per_worker,
-            ray_address=ray_address, actor_options=actor_options,
+            backend,
+            adapter,
+            adapter_args,
+            worker_env,
+            size=size,
+            memory_limit_mb=memory_limit_mb,
+            start_method=start_method,
+            start_timeout=start_timeout,
+            telemetry=on_event is not None or telemetry_log.isEnabledFor(logging.INFO),
+            threads=threads_per_worker,
+            ray_address=ray_address,
+            actor_options=actor_options,
         )
         self._attachments = workers.attachments
         self._counters = Counters()
@@ -206,7 +216,9 @@ class Pool:
             heartbeat_timeout=check_timeout("heartbeat_timeout", heartbeat_timeout, Reason.INVALID_CONFIG),
             recycle=recycle,
             observer=observer,
-            quarantine=Quarantine(_positive_int("quarantine_after", quarantine_after), _positive("quarantine_window", quarantine_window)),
+            quarantine=Quarantine(
+                _positive_int("quarantine_after", quarantine_after), _positive("quarantine_window", quarantine_window)
+            ),
         )
         self._dispatcher.supervisor = self._supervisor
         self._tools: dict[str, ToolSpec] = {}
@@ -325,7 +337,8 @@ class Pool:
     def open_stream(self, request: CallRequest) -> Stream:
         """:meth:`stream` of a prepared request."""
         return self._call(
-            request, True,
+            request,
+            True,
             lambda exchange: Stream(exchange, lambda: self._counters.bump("errors"), self, self._restarter(request)),
             lasting=True,
         )
@@ -414,7 +427,9 @@ class Pool:
             raise
         return exchange
 
-    def _retry_after(self, error: errors.SnakepitError, exchange: Exchange | None, request: CallRequest, context: CallContext) -> bool:
+    def _retry_after(
+        self, error: errors.SnakepitError, exchange: Exchange | None, request: CallRequest, context: CallContext
+    ) -> bool:
         """Whether a failed call runs again (``context.retry`` says when): only an idempotent
         tool's call whose worker died under it (not killed by the pool) before the caller got
         anything of it, outside a strict session, within ``max_retries`` and the call's
@@ -442,9 +457,14 @@ class Pool:
             return False
         self._counters.bump("retries")
         self._dispatcher.observer.emit(
-            "call_retry", logging.WARNING,
+            "call_retry",
+            logging.WARNING,
             f"worker {exchange.handle.id} died under an idempotent call to {exchange.tool!r}; running it again in {delay * 1000:.0f} ms",
-            tool=exchange.tool, worker_id=exchange.handle.id, attempt=attempt + 1, cause=error.details.get("cause"), delay=delay,
+            tool=exchange.tool,
+            worker_id=exchange.handle.id,
+            attempt=attempt + 1,
+            cause=error.details.get("cause"),
+            delay=delay,
             correlation_id=context.correlation_id,
         )
         context.retry = Retry(attempt + 1, exchange.deadline, delay)
@@ -477,9 +497,21 @@ class Pool:
         while its input lasts (or just the session's) and holds each until the input runs out.
         The map has one ``correlation_id`` (given, or generated), which its items' errors carry.
         """
-        return mapping.run_map(*self._map_setup(
-            tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, correlation_id, sync=True
-        ))
+        return mapping.run_map(
+            *self._map_setup(
+                tool,
+                iterable_of_args,
+                ordered,
+                return_exceptions,
+                progress,
+                chunksize,
+                session_id,
+                affinity,
+                timeout,
+                correlation_id,
+                sync=True,
+            )
+        )
 
     def amap(
         self,
@@ -496,9 +528,21 @@ class Pool:
         correlation_id: str | None = None,
     ) -> AsyncIterator[Any]:
         """:meth:`map` for asyncio: ``async for result in pool.amap(...)``."""
-        return mapping.arun_map(*self._map_setup(
-            tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, correlation_id, sync=False
-        ))
+        return mapping.arun_map(
+            *self._map_setup(
+                tool,
+                iterable_of_args,
+                ordered,
+                return_exceptions,
+                progress,
+                chunksize,
+                session_id,
+                affinity,
+                timeout,
+                correlation_id,
+                sync=False,
+            )
+        )
 
     def _map_setup(
         self,
@@ -522,7 +566,9 @@ class Pool:
         if retries and session_id is not None and self._dispatcher.mode_of(session_id, mode) is not Affinity.HINT:
             retries = 0  # a strict session's state died with its worker
         batch_timeout = self._timeout if timeout is None else check_timeout("timeout", timeout)
-        context = self._context(CallRequest(tool, None, session_id, affinity, timeout, correlation_id))  # checked: its span starts
+        context = self._context(
+            CallRequest(tool, None, session_id, affinity, timeout, correlation_id)
+        )  # checked: its span starts
         try:
             total: int | None = len(iterable_of_args)  # type: ignore[arg-type]
         except TypeError:
@@ -559,9 +605,14 @@ class Pool:
     def _map_retried(self, tool: str, handle: Any, items: int, info: dict[str, Any], correlation_id: str) -> None:
         self._counters.bump("retries", items)
         self._dispatcher.observer.emit(
-            "call_retry", logging.WARNING,
+            "call_retry",
+            logging.WARNING,
             f"worker {handle.id} died under a map of idempotent {tool!r}; running its {items} item(s) again one by one",
-            tool=tool, worker_id=handle.id, items=items, cause=info.get("cause"), correlation_id=correlation_id,
+            tool=tool,
+            worker_id=handle.id,
+            items=items,
+            cause=info.get("cause"),
+            correlation_id=correlation_id,
         )
 
     def _map_timed_out(self, tool: str, worker_id: int, items: int) -> None:
@@ -569,8 +620,12 @@ class Pool:
         it, cancelled with it) counts as a timed-out call."""
         self._counters.bump("timeouts", items)
         self._dispatcher.observer.emit(
-            "timeout", logging.WARNING, f"a batch of {tool!r} on worker {worker_id} exceeded its timeout",
-            tool=tool, worker_id=worker_id, items=items,
+            "timeout",
+            logging.WARNING,
+            f"a batch of {tool!r} on worker {worker_id} exceeded its timeout",
+            tool=tool,
+            worker_id=worker_id,
+            items=items,
         )
 
     def _map_closed(self, engine: mapping.MapEngine, reporter: Reporter) -> None:
@@ -709,16 +764,12 @@ class Pool:
         retry = context.retry
         spec = self._tools.get(tool) or self._spec(tool)
         if stream and not spec.supports_streaming:
-            raise errors.validation(
-                Reason.NOT_STREAMING, f"tool {tool!r} does not support streaming; use execute()", tool=tool
-            )
+            raise errors.validation(Reason.NOT_STREAMING, f"tool {tool!r} does not support streaming; use execute()", tool=tool)
         if type(args) is not dict:
             if args is None:
                 args = {}
             elif not isinstance(args, Mapping):
-                raise errors.validation(
-                    Reason.INVALID_ARGUMENTS, f"args must be a dict, got {type(args).__name__}", tool=tool
-                )
+                raise errors.validation(Reason.INVALID_ARGUMENTS, f"args must be a dict, got {type(args).__name__}", tool=tool)
             else:
                 args = dict(args)
         mode = None if session_id is None and affinity is None else check_routing(session_id, affinity)
@@ -727,7 +778,11 @@ class Pool:
         if self._attachments is not None and not protocol.exact_args(args):  # pickled: large arrays go beside
             attachments = self._attachments()
         frame = protocol.call_frame(
-            tool, args, stream, None if attachments is None else attachments.share, context.correlation_id,
+            tool,
+            args,
+            stream,
+            None if attachments is None else attachments.share,
+            context.correlation_id,
             None if context.span is None else context.span.traceparent,
         )
         now = time.monotonic()
@@ -739,7 +794,12 @@ class Pool:
             if deadline is not None:
                 queue_deadline = deadline if queue_deadline is None else min(queue_deadline, deadline)
         return PreparedCall(
-            tool, frame, session_id, mode, queue_deadline, deadline,
+            tool,
+            frame,
+            session_id,
+            mode,
+            queue_deadline,
+            deadline,
             attachments if attachments is not None and attachments.fds else None,
         )
 
@@ -825,8 +885,14 @@ class PreparedCall:
     __slots__ = ("tool", "frame", "session_id", "affinity", "queue_deadline", "deadline", "attachments")
 
     def __init__(
-        self, tool: str, frame: bytearray, session_id: str | None, affinity: Affinity | None,
-        queue_deadline: float | None, deadline: float | None, attachments: Any = None,
+        self,
+        tool: str,
+        frame: bytearray,
+        session_id: str | None,
+        affinity: Affinity | None,
+        queue_deadline: float | None,
+        deadline: float | None,
+        attachments: Any = None,
     ) -> None:
         self.tool = tool
         self.frame = frame  # without its id, which is drawn when it is sent

@@ -46,4 +46,3 @@ class RecyclePolicy:
             if rss is not None and rss >= self.memory_limit_mb * 1024 * 1024:
                 return MEMORY_LIMIT
         return None
-

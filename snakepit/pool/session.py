@@ -37,11 +37,24 @@ class Session:
         return self.pool._session_worker(self.id)
 
     def _request(
-        self, tool: str, args: Mapping[str, Any] | None, affinity: Affinity | str | None, timeout: float | None, correlation_id: str | None
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        affinity: Affinity | str | None,
+        timeout: float | None,
+        correlation_id: str | None,
     ) -> CallRequest:
         return CallRequest(tool, args, self.id, affinity or self.affinity, timeout, correlation_id)
 
-    def execute(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None, correlation_id: str | None = None) -> Any:
+    def execute(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> Any:
         return self.pool.run(self._request(tool, args, affinity, timeout, correlation_id))
 
     def execute_stream(
@@ -56,10 +69,26 @@ class Session:
     ) -> StreamResult:
         return self.pool.run_stream(self._request(tool, args, affinity, timeout, correlation_id), callback)
 
-    def stream(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None, correlation_id: str | None = None) -> Stream:
+    def stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> Stream:
         return self.pool.open_stream(self._request(tool, args, affinity, timeout, correlation_id))  # type: ignore[return-value]
 
-    async def aexecute(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None, correlation_id: str | None = None) -> Any:
+    async def aexecute(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> Any:
         return await self.pool.arun(self._request(tool, args, affinity, timeout, correlation_id))
 
     async def aexecute_stream(
@@ -74,7 +103,15 @@ class Session:
     ) -> StreamResult:
         return await self.pool.arun_stream(self._request(tool, args, affinity, timeout, correlation_id), callback)
 
-    def astream(self, tool: str, args: Mapping[str, Any] | None = None, *, affinity: Affinity | str | None = None, timeout: float | None = None, correlation_id: str | None = None) -> AsyncStream:
+    def astream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> AsyncStream:
         return self.pool.open_astream(self._request(tool, args, affinity, timeout, correlation_id))  # type: ignore[return-value]
 
     def close(self) -> None:

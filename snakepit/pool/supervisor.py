@@ -188,7 +188,9 @@ class Supervisor(Reactor):
             return
         self.handles[handle.id] = handle
         self.later(self._start_timeout, self._start_expired, handle)
-        self.observer.emit("worker_start", logging.INFO, f"worker {handle.id} starting (pid {handle.pid})", worker_id=handle.id, pid=handle.pid)
+        self.observer.emit(
+            "worker_start", logging.INFO, f"worker {handle.id} starting (pid {handle.pid})", worker_id=handle.id, pid=handle.pid
+        )
 
     # -- what the backend reports (WorkerEvents) ----------------------------------------------------
 
@@ -200,8 +202,12 @@ class Supervisor(Reactor):
             handle.slots = [self._call_slot(handle, conn) for conn in slots]
         self._dispatcher.add_worker(handle)
         self.observer.emit(
-            "worker_ready", logging.INFO, f"worker {handle.id} ready (pid {handle.pid})",
-            worker_id=handle.id, pid=handle.pid, startup_s=time.monotonic() - handle.started_monotonic,
+            "worker_ready",
+            logging.INFO,
+            f"worker {handle.id} ready (pid {handle.pid})",
+            worker_id=handle.id,
+            pid=handle.pid,
+            startup_s=time.monotonic() - handle.started_monotonic,
         )
         with self._start_cond:
             self._ready += 1
@@ -281,9 +287,12 @@ class Supervisor(Reactor):
     def _drain_expired(self, handle: Worker, call_id: int) -> None:
         if self._draining.get(handle.id) == call_id and handle.state is WorkerState.DRAINING:
             self.observer.emit(
-                "cancel_timeout", logging.WARNING,
+                "cancel_timeout",
+                logging.WARNING,
                 f"worker {handle.id} did not give up call {call_id} within cancel_grace={self._cancel_grace}s; terminating it",
-                worker_id=handle.id, pid=handle.pid, call_id=call_id,
+                worker_id=handle.id,
+                pid=handle.pid,
+                call_id=call_id,
             )
             self.terminate(handle)
 
@@ -324,9 +333,12 @@ class Supervisor(Reactor):
                 idle_since = max(slot.idle_since for slot in handle.slots) if handle.slots else handle.idle_since
                 if timeout is not None and idle_since <= sent and now - sent > timeout:
                     self.observer.emit(
-                        "worker_hung", logging.WARNING,
+                        "worker_hung",
+                        logging.WARNING,
                         f"worker {handle.id} (pid {handle.pid}) has not answered a heartbeat for {now - sent:.1f}s; killing it",
-                        worker_id=handle.id, pid=handle.pid, silent_s=now - sent,
+                        worker_id=handle.id,
+                        pid=handle.pid,
+                        silent_s=now - sent,
                     )
                     self._counters.bump("hung")
                     handle.killed_on_purpose = True
@@ -346,9 +358,12 @@ class Supervisor(Reactor):
         worker still checked out by nobody, and one left draining with no drain under way."""
         for handle, calls in self._dispatcher.audit():
             self.observer.emit(
-                "worker_reclaimed", logging.WARNING,
+                "worker_reclaimed",
+                logging.WARNING,
                 f"worker {handle.id} was left checked out by an interrupted caller; cancelling its calls {calls}",
-                worker_id=handle.id, pid=handle.pid, calls=calls,
+                worker_id=handle.id,
+                pid=handle.pid,
+                calls=calls,
             )
             handle.conn.send_control(Cancel(calls))
             self.drain(handle, calls[-1])
@@ -368,8 +383,13 @@ class Supervisor(Reactor):
         self._counters.bump("recycled")
         self._counters.bump(f"recycled_{reason}")
         self.observer.emit(
-            "worker_recycle", logging.INFO, f"recycling worker {handle.id} (pid {handle.pid}): {reason}",
-            worker_id=handle.id, pid=handle.pid, reason=reason, requests=served(handle),
+            "worker_recycle",
+            logging.INFO,
+            f"recycling worker {handle.id} (pid {handle.pid}): {reason}",
+            worker_id=handle.id,
+            pid=handle.pid,
+            reason=reason,
+            requests=served(handle),
         )
         self._spawn(handle.slot)
         self._ask_to_stop(handle)
@@ -398,9 +418,13 @@ class Supervisor(Reactor):
             self.dispose(handle)
         expected = self._stopping or handle.retiring is not None
         self.observer.emit(
-            "worker_exit", logging.INFO if expected else logging.WARNING,
+            "worker_exit",
+            logging.INFO if expected else logging.WARNING,
             f"worker {handle.id} (pid {handle.pid}) {'stopped' if expected else 'exited'}: {_describe_exit(info)}",
-            worker_id=handle.id, pid=handle.pid, expected=expected, **info,
+            worker_id=handle.id,
+            pid=handle.pid,
+            expected=expected,
+            **info,
         )
         if expected:
             return
@@ -412,11 +436,7 @@ class Supervisor(Reactor):
         # A crash loop is workers dying before they are of any use: soon after start, no call
         # served. One this supervisor killed (a timed-out call it would not give up, a hung
         # heartbeat) says nothing about the next one.
-        young = (
-            time.monotonic() - handle.started_monotonic < _YOUNG
-            and served(handle) == 0
-            and not handle.killed_on_purpose
-        )
+        young = time.monotonic() - handle.started_monotonic < _YOUNG and served(handle) == 0 and not handle.killed_on_purpose
         self._replace(handle.slot, young, crashed=not handle.killed_on_purpose)
 
     def _replace(self, slot: int, young: bool, crashed: bool) -> None:
@@ -428,16 +448,23 @@ class Supervisor(Reactor):
         if quarantine is not None:
             delay = max(delay, quarantine)
             self.observer.emit(
-                "worker_quarantined", logging.WARNING,
+                "worker_quarantined",
+                logging.WARNING,
                 f"worker slot {slot} lost {self.quarantine.deaths} workers within {self.quarantine.window:g}s; "
                 f"its next worker starts in {delay:.1f}s",
-                slot=slot, deaths=self.quarantine.deaths, window=self.quarantine.window, delay=delay,
+                slot=slot,
+                deaths=self.quarantine.deaths,
+                window=self.quarantine.window,
+                delay=delay,
             )
         self._counters.bump("restarts")
         self.observer.emit(
-            "worker_restart", logging.WARNING if delay else logging.INFO,
-            f"starting a replacement worker in {delay:.2f}s" + (" (workers keep dying young)" if delay and quarantine is None else ""),
-            delay=delay, slot=slot,
+            "worker_restart",
+            logging.WARNING if delay else logging.INFO,
+            f"starting a replacement worker in {delay:.2f}s"
+            + (" (workers keep dying young)" if delay and quarantine is None else ""),
+            delay=delay,
+            slot=slot,
         )
         self.later(delay, self._spawn, slot)
 

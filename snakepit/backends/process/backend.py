@@ -73,7 +73,12 @@ class ProcessBackend:
             launch = self._launch
             try:
                 self._template = Template(
-                    SNAKEPIT_ROOT, adapter_module(launch.adapter), launch.sys_path, launch.cwd, dict(launch.env), self._start_timeout
+                    SNAKEPIT_ROOT,
+                    adapter_module(launch.adapter),
+                    launch.sys_path,
+                    launch.cwd,
+                    dict(launch.env),
+                    self._start_timeout,
                 )
             except OSError as exc:
                 _log.warning("snakepit: cannot start the template process (%s); workers start cold", exc)

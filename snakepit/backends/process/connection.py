@@ -87,7 +87,9 @@ def _pipe_capacity(fd: int) -> int:
 class ProcessConnection:
     """The owner's side of one worker process: its pipes, its pidfd, the process itself."""
 
-    def __init__(self, worker_id: int, process: subprocess.Popen[bytes] | ForkedProcess, pipes: WorkerPipes, closing: Closing) -> None:
+    def __init__(
+        self, worker_id: int, process: subprocess.Popen[bytes] | ForkedProcess, pipes: WorkerPipes, closing: Closing
+    ) -> None:
         self.worker_id = worker_id
         self.closing = closing
         self.process = process

@@ -44,10 +44,7 @@ _PIPE_SIZE = 1 << 20  # the Linux default maximum; bigger pipes mean fewer wake-
 _OOM_SCORE_ADJ_ABOVE_OWNER = 500
 
 SNAKEPIT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-_BOOTSTRAP = (
-    "import sys; sys.path.insert(0, {root!r}); "
-    "from snakepit.backends.process.child.worker_process import main; main()"
-)
+_BOOTSTRAP = "import sys; sys.path.insert(0, {root!r}); from snakepit.backends.process.child.worker_process import main; main()"
 
 
 def adapter_reference(adapter: Any, by_value: bool = False) -> Any:
@@ -119,8 +116,14 @@ class LaunchSpec:
 
 
 def build_launch_spec(
-    adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: WorkerEnv, *, size: int = 1, by_value: bool = False,
-    telemetry: bool = False, threads: int = 1,
+    adapter: Any,
+    adapter_args: Mapping[str, Any] | None,
+    worker_env: WorkerEnv,
+    *,
+    size: int = 1,
+    by_value: bool = False,
+    telemetry: bool = False,
+    threads: int = 1,
 ) -> LaunchSpec:
     """``worker_env``: a mapping for every worker, or a callable ``(slot) -> mapping`` called
     here once per slot ``0..size-1`` (so its errors are the constructor's)."""
@@ -132,7 +135,12 @@ def build_launch_spec(
     elif worker_env is not None:
         worker_env = _checked_env(worker_env, "worker_env")
     # Unbuffered, so what a tool prints reaches the owner's logs when it is printed.
-    env = {**os.environ, **SINGLE_THREADED_ENV, "PYTHONUNBUFFERED": "1", **(worker_env if isinstance(worker_env, Mapping) else {})}
+    env = {
+        **os.environ,
+        **SINGLE_THREADED_ENV,
+        "PYTHONUNBUFFERED": "1",
+        **(worker_env if isinstance(worker_env, Mapping) else {}),
+    }
     return LaunchSpec(
         adapter=adapter_reference(adapter, by_value),
         # Encoded now: the boot frame is built on the supervisor thread, where an error would only be logged.

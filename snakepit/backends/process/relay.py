@@ -42,7 +42,10 @@ class LogRelay:
 def _log(line: tuple[int, int, str, str, str | None]) -> None:
     worker_id, level, name, message, correlation_id = line
     worker_log.log(
-        level, "[worker %d] %s", worker_id, message,
+        level,
+        "[worker %d] %s",
+        worker_id,
+        message,
         extra={"worker_id": worker_id, "worker_logger": name, "correlation_id": correlation_id},
     )
 

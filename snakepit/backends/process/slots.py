@@ -227,4 +227,3 @@ def _call_id(frame: bytes | bytearray) -> int:
         return marker
     width = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}[marker]
     return int.from_bytes(frame[at + 1 : at + 1 + width], "big")
-

@@ -23,10 +23,7 @@ import msgspec
 
 from ...pool.timing import deadline_after, poll_ms
 
-_BOOTSTRAP = (
-    "import sys; sys.path.insert(0, {root!r}); "
-    "from snakepit.backends.process.child.template_process import main; main()"
-)
+_BOOTSTRAP = "import sys; sys.path.insert(0, {root!r}); from snakepit.backends.process.child.template_process import main; main()"
 
 
 class TemplateUnavailable(Exception):
@@ -47,7 +44,9 @@ def adapter_module(adapter: Any) -> str | None:
 class Template:
     """A running template process and the socket to it; safe to use from any thread."""
 
-    def __init__(self, root: str, module: str | None, sys_path: list[str], cwd: str, env: dict[str, str], timeout: float | None) -> None:
+    def __init__(
+        self, root: str, module: str | None, sys_path: list[str], cwd: str, env: dict[str, str], timeout: float | None
+    ) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._process = subprocess.Popen(

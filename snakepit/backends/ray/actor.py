@@ -149,7 +149,9 @@ class SnakepitActor:
         try:
             host.run(message)
         except BaseException:  # whatever else interrupted the call: still end it
-            self._out.send(Failure(message.id, Category.PYTHON_ERROR, Reason.TOOL_EXCEPTION, "the call was interrupted", {}, None))
+            self._out.send(
+                Failure(message.id, Category.PYTHON_ERROR, Reason.TOOL_EXCEPTION, "the call was interrupted", {}, None)
+            )
 
     @ray.method(concurrency_group="control")
     def cancel(self, ids: list[int]) -> None:

@@ -38,9 +38,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise errors.validation(
-            Reason.INVALID_CONFIG, "backend='ray' needs Ray: pip install 'snakepit[ray]'"
-        ) from None
+        raise errors.validation(Reason.INVALID_CONFIG, "backend='ray' needs Ray: pip install 'snakepit[ray]'") from None
     return ray
 
 
@@ -85,7 +83,9 @@ class RayBackend:
         spec = self._launch
         actor = self._actor_class.remote()
         worker.conn = RayConnection(
-            self._ray, actor, self._pool_closing,
+            self._ray,
+            actor,
+            self._pool_closing,
             on_control=lambda kind, ref, argument: self._await(kind, ref, worker, argument),
             on_death=lambda: self._reactor.submit(self._gone, worker, None),
         )

@@ -198,4 +198,3 @@ class RayConnection(FedByThread):
             for fd in fds:
                 if fd >= 0:
                     os.close(fd)
-

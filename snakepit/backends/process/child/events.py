@@ -28,7 +28,11 @@ def plain(value: Any) -> Any:
         return {str(key): plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(item) for item in value]
-    if value is None or isinstance(value, (bool, float, str, bytes)) or (isinstance(value, int) and -(1 << 63) <= value < (1 << 64)):
+    if (
+        value is None
+        or isinstance(value, (bool, float, str, bytes))
+        or (isinstance(value, int) and -(1 << 63) <= value < (1 << 64))
+    ):
         return value
     return str(value)
 

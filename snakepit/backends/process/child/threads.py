@@ -174,8 +174,16 @@ class ToolThreads:
             except BaseException as exc:  # escaped the host: the call still gets its answer
                 self._out.discard()
                 try:
-                    self._out.send(Failure(message.id, Category.PYTHON_ERROR, Reason.TOOL_EXCEPTION,
-                                           f"the call was interrupted: {type(exc).__name__}: {exc}", {}, None))
+                    self._out.send(
+                        Failure(
+                            message.id,
+                            Category.PYTHON_ERROR,
+                            Reason.TOOL_EXCEPTION,
+                            f"the call was interrupted: {type(exc).__name__}: {exc}",
+                            {},
+                            None,
+                        )
+                    )
                 except BaseException:
                     os._exit(1)  # the thread cannot answer: end the process, which the owner sees
             else:

@@ -77,8 +77,16 @@ class Worker:
         self._events.relay_logging(boot.log_level)
         if boot.telemetry:
             telemetry.install(self._events.send_telemetry)
-        started = self._threads.start(boot.adapter, boot.adapter_args) if self._threads else self._host.start(boot.adapter, boot.adapter_args)
-        if type(started) is Ready and self._threads is not None and not getattr(self._threads.adapter_class(), "thread_safe", False):
+        started = (
+            self._threads.start(boot.adapter, boot.adapter_args)
+            if self._threads
+            else self._host.start(boot.adapter, boot.adapter_args)
+        )
+        if (
+            type(started) is Ready
+            and self._threads is not None
+            and not getattr(self._threads.adapter_class(), "thread_safe", False)
+        ):
             name = self._threads.adapter_class().__qualname__
             started = StartFailed(
                 f"threads_per_worker={boot.threads} runs calls of one {name} instance at once on several threads, "
