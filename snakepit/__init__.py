@@ -13,35 +13,43 @@ with Pool(Adder, size=2) as pool:
 
 from typing import TYPE_CHECKING, Any
 
-from .adapter import BaseAdapter, ParameterSpec, ToolSpec, tool
-from .affinity import Affinity
-from .errors import (
-    CallCancelled,
-    PoolError,
-    SnakepitError,
-    TimeoutError,
-    ToolError,
-    ValidationError,
-    WorkerError,
-)
-from .streaming import HALT, StreamChunk, StreamResult
+from snakepit._adapter import BaseAdapter, ParameterSpec, ToolSpec, tool
+from snakepit._errors import CallCancelled, PoolError, SnakepitError, TimeoutError, ToolError, ValidationError, WorkerError
+from snakepit._streaming import HALT, StreamChunk, StreamResult
 
 if TYPE_CHECKING:
-    from .pool import Pool, Session, Stream
+    from snakepit._pool import AsyncStream, Pool, Stream
+    from snakepit._seam.affinity import Affinity
+    from snakepit._seam.request import CallRequest
+    from snakepit._seam.session import Session, SessionInfo
 
-_LAZY = {"Pool", "Session", "Stream"}
+# What only the owner uses, imported at first use: a worker process imports this package for the
+# adapter API and never needs the pool (threads, asyncio, the supervisor).
+_LAZY = {
+    "Pool": "snakepit._pool",
+    "Stream": "snakepit._pool",
+    "AsyncStream": "snakepit._pool",
+    "Session": "snakepit._seam.session",
+    "SessionInfo": "snakepit._seam.session",
+    "CallRequest": "snakepit._seam.request",
+    "Affinity": "snakepit._seam.affinity",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """The pool and its companions, imported at first use: a worker process imports this package
-    for the adapter API and never needs the pool (threads, asyncio, the supervisor)."""
-    if name in _LAZY:
-        from . import pool
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'snakepit' has no attribute {name!r}")
+    import importlib
 
-        value = getattr(pool, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'snakepit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    value.__module__ = __name__
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __version__ = "0.1.0"
@@ -50,6 +58,9 @@ __all__ = [
     "Pool",
     "Stream",
     "Session",
+    "SessionInfo",
+    "AsyncStream",
+    "CallRequest",
     "BaseAdapter",
     "tool",
     "ToolSpec",
@@ -66,3 +77,21 @@ __all__ = [
     "TimeoutError",
     "PoolError",
 ]
+
+# Public classes say where users find them (``snakepit.ToolError``, not the private module).
+for _public in (
+    BaseAdapter,
+    ParameterSpec,
+    ToolSpec,
+    StreamChunk,
+    StreamResult,
+    CallCancelled,
+    PoolError,
+    SnakepitError,
+    TimeoutError,
+    ToolError,
+    ValidationError,
+    WorkerError,
+):
+    _public.__module__ = __name__
+del _public

@@ -1,5 +1,7 @@
+"""``python -m snakepit``: the command line (see :mod:`snakepit._cli`)."""
+
 import sys
 
-from .cli import main
+from snakepit._cli import main
 
 sys.exit(main())

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator
 
-from . import errors
-from .errors import Reason
+from snakepit import _errors as errors
+from snakepit._errors import Reason
 
 __all__ = ["track", "progress_callback"]
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import pytest
 
 from snakepit import BaseAdapter, SnakepitError, StreamChunk, tool
-from snakepit.adapter import discover_tools
+from snakepit._adapter import discover_tools
 
 
 @dataclass

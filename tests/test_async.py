@@ -221,7 +221,7 @@ def test_a_stale_readers_late_unwatch_does_not_remove_its_successors():
     """A dropped stream's reader is closed late, through the loop (a garbage collection), when
     the next call on the same worker may already wait on the same pipe: the late close must not
     remove the new reader, or that call never wakes up (it hung, about once in 50 runs)."""
-    from snakepit import protocol
+    from snakepit import _protocol as protocol
 
     with Pool(Toolbox, size=1) as pool:
         handle = pool._dispatcher.checkout_now()  # the caller's now, not the supervisor's

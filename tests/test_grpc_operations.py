@@ -251,7 +251,7 @@ class _Blackhole:
 
 
 def test_keepalive_finds_a_vanished_client_and_cancels_its_stream(compiled, monkeypatch):  # noqa: F811
-    from snakepit.grpc import server as server_module
+    from snakepit.grpc import _server as server_module
 
     monkeypatch.setattr(server_module, "_KEEPALIVE_MS", 500)  # seconds, not the 20 s + 10 s of production
     monkeypatch.setattr(server_module, "_KEEPALIVE_TIMEOUT_MS", 1000)

@@ -21,7 +21,7 @@ pytest.importorskip("grpc_tools", reason="the dev extra's grpcio-tools compiles 
 from helpers import Faulty, Toolbox, wait_for  # noqa: E402
 
 from snakepit import Pool, SnakepitError  # noqa: E402
-from snakepit.grpc.status import error_from_json  # noqa: E402
+from snakepit.grpc._status import error_from_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).with_name("bridge_driver.py")
@@ -587,7 +587,7 @@ def test_an_address_another_server_holds_is_refused_whatever_name_it_is_given():
             with pytest.raises(SnakepitError) as info:
                 second.serve(f"localhost:{port}")
             assert info.value.reason == "invalid_config" and "::1" in info.value.message
-        assert second.stats()["workers"] == 1 and not second._servers
+        assert second.stats()["workers"] == 1 and not second._on_close
         import socket
 
         if _v6_loopback():  # refused for its second address, nothing of the first is left listening

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snakepit import SnakepitError
-from snakepit.backends.process import spill
-from snakepit.backends.process.child.outbox import Outbox
-from snakepit.protocol import (
+from snakepit._backends.process import spill
+from snakepit._backends.process.child.outbox import Outbox
+from snakepit._protocol import (
     Chunk,
     Chunks,
     End,
@@ -71,7 +71,7 @@ def _round_trip(value):
     try:
         frame = encode_frame(Result(1, encode_value(value)))
     except OverflowError:
-        from snakepit.protocol import pickled
+        from snakepit._protocol import pickled
 
         frame = encode_frame(Result(1, pickled(value)))
     (message,) = reader.feed(bytes(frame))
@@ -252,7 +252,7 @@ def test_outbox_delivers_bursts_in_order_through_a_pipe():
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_streaming_call_is_told_from_its_frame_without_decoding_it(stream):
-    from snakepit import protocol
+    from snakepit import _protocol as protocol
 
     frame = protocol.call_frame("tool", {"blob": b"x" * 1000, "flag": True}, stream)
     protocol.stamp_call_id(frame, 7)

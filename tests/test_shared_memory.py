@@ -15,7 +15,7 @@ import time
 import pytest
 
 from snakepit import BaseAdapter, Pool, SnakepitError, tool
-from snakepit.protocol import SHARE_THRESHOLD
+from snakepit._protocol import SHARE_THRESHOLD
 
 np = pytest.importorskip("numpy")
 

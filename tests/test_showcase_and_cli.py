@@ -12,7 +12,7 @@ import pytest
 
 from snakepit import HALT, Pool, SnakepitError
 from snakepit.adapters.showcase import ShowcaseAdapter
-from snakepit.demo import run as run_demo
+from snakepit._demo import run as run_demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

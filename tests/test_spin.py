@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from snakepit.backends.process import spin
-from snakepit.backends.process.spin import MAX_SPIN, Spin
+from snakepit._backends.process import spin
+from snakepit._backends.process.spin import MAX_SPIN, Spin
 
 READY = [(3, 1)]
 

@@ -11,8 +11,8 @@ import time
 
 from helpers import wait_for
 from snakepit import BaseAdapter, tool
-from snakepit.hosting.threaded import ThreadHost
-from snakepit.protocol import Call, End, Failure, Result
+from snakepit._hosting.threaded import ThreadHost
+from snakepit._protocol import Call, End, Failure, Result
 
 
 class Spinner(BaseAdapter):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from snakepit.backends.base import Closing, watch_readers
+from snakepit._seam.backend import Closing, watch_readers
 
 
 @pytest.fixture

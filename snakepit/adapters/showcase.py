@@ -20,8 +20,8 @@ import random
 import time
 from typing import Any, Iterator
 
-from ..adapter import BaseAdapter, tool
-from ..streaming import StreamChunk
+from snakepit._adapter import BaseAdapter, tool
+from snakepit._streaming import StreamChunk
 
 __all__ = ["ShowcaseAdapter"]
 

@@ -1,24 +1,46 @@
 """The gRPC facade: the pool served to remote clients over Snakepit's bridge protocol.
 
 Needs the ``grpc`` extra (``pip install 'snakepit[grpc]'``); ``import snakepit`` never imports
-grpc. ``Pool.serve(...)`` starts a :class:`Server`; :class:`Client` calls a served pool with the
-pool's own methods.
+grpc. :func:`serve` (or ``Pool.serve(...)``) starts a :class:`Server`; :class:`Client` calls a
+served pool with the pool's own methods.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Client", "ClientTLS", "Server", "TLS"]
+if TYPE_CHECKING:
+    from snakepit import Pool
+    from snakepit.grpc._client import Client, ClientTLS
+    from snakepit.grpc._server import TLS, Server
+
+__all__ = ["Client", "ClientTLS", "Server", "TLS", "serve"]
+
+
+def serve(
+    pool: Pool,
+    address: str = "127.0.0.1:50051",
+    *,
+    token: str | None = None,
+    tls: TLS | None = None,
+    allow_pickle: bool = False,
+    insecure: bool = False,
+    max_message_mb: float = 64,
+) -> Server:
+    """Serve ``pool`` at ``address``: :meth:`Pool.serve <snakepit.Pool.serve>`, as a function."""
+    server: Server = pool.serve(
+        address, token=token, tls=tls, allow_pickle=allow_pickle, insecure=insecure, max_message_mb=max_message_mb
+    )
+    return server
 
 
 def __getattr__(name: str) -> Any:  # imported on first use: grpc loads only for those who use it
     if name in ("Client", "ClientTLS"):
-        from . import client
+        from snakepit.grpc import _client
 
-        return getattr(client, name)
+        return getattr(_client, name)
     if name in ("Server", "TLS"):
-        from . import server
+        from snakepit.grpc import _server
 
-        return getattr(server, name)
+        return getattr(_server, name)
     raise AttributeError(f"module 'snakepit.grpc' has no attribute {name!r}")

@@ -1,0 +1,199 @@
+"""A worker that runs several calls at once, each on a thread of its own (``threads_per_worker``).
+
+The main thread reads calls and hands them to ``threads`` tool threads, each with its own
+:class:`~snakepit._hosting.threaded.ThreadHost` over the one adapter instance. The owner never has
+more calls in flight on this process than it has threads (a cancelled call keeps its slot until
+it has ended), so a call never waits here for a thread.
+
+Their answers share one pipe, through :class:`SharedOutbox`: each message is written whole under
+one lock, its shared-memory descriptors just before it. A stream may have at most ``STREAM_WINDOW``
+frames unread by the owner; its thread then waits for ``Credit``, which the owner grants as its
+consumer takes chunks. So a slow consumer holds back its own stream, never the others: the owner
+reads the pipe at once, whatever its callers do.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Any, Callable
+
+import msgspec
+
+from snakepit._errors import CallCancelled, Category, Reason
+from snakepit._hosting.threaded import ThreadHost
+from snakepit._protocol import STREAM_WINDOW, TERMINAL, Batch, Chunk, Failure, FrameWriter
+from snakepit._backends.process import segments
+from snakepit._backends.process.child.outbox import write_or_exit
+
+
+class SharedOutbox:
+    """The way out of a worker with several tool threads (see the module's docstring)."""
+
+    def __init__(self, fd: int, sock: Any, shared: segments.Segments) -> None:
+        self._fd = fd
+        os.set_blocking(fd, True)
+        self._sock = sock
+        self._pending = threading.local()  # this thread's placed segments, for its next message
+        self.share = segments.deferred_sender(shared, self._pending)
+        self._lock = threading.Lock()
+        self._writer = FrameWriter()
+        self._credit = threading.Condition()
+        self._credits: dict[int, int] = {}  # stream id -> frames it may still send
+        self._cancelled: set[int] = set()  # streams cancelled while they may wait for credit
+
+    def send(self, message: msgspec.Struct) -> None:
+        if type(message) is Chunk:  # every chunk counts against its stream's window
+            try:
+                self._wait_for_credit(message.id)
+            except BaseException:  # cancelled while waiting: this chunk never goes out
+                segments.release_pending(self._pending)
+                raise
+            try:
+                self._write(message)
+            except BaseException:
+                # It never went out (the encoder refused a value, say a big int: the host then
+                # sends it in another form, which waits for credit of its own): give it back.
+                self.grant(message.id, 1)
+                raise
+            return
+        self._write(message)
+        if type(message) in TERMINAL:
+            with self._credit:
+                self._credits.pop(message.id, None)
+                self._cancelled.discard(message.id)
+
+    def _write(self, message: msgspec.Struct) -> None:
+        with self._lock:
+            frame = self._writer.frame(message)
+            fds = segments.take_pending(self._pending)
+            if fds:
+                segments.send_fds(self._sock, fds)
+            write_or_exit(self._fd, frame)
+
+    def chunk_writer(self, call_id: int) -> Callable[[Any], None]:
+        send = self.send
+        return lambda data: send(Chunk(call_id, data))
+
+    def discard(self) -> None:
+        """A call has ended: whatever this thread placed for a message that never went out
+        (an error between encoding and sending) is given back, not sent with the next one."""
+        segments.release_pending(self._pending)
+
+    def flush(self) -> None:
+        """Nothing is ever queued: each message is in the pipe when ``send`` returns."""
+
+    # -- credit ------------------------------------------------------------------------------------
+
+    def _wait_for_credit(self, call_id: int) -> None:
+        with self._credit:
+            left = self._credits.get(call_id, STREAM_WINDOW)
+            while left <= 0:
+                if call_id in self._cancelled:
+                    raise CallCancelled()  # the stream ends: the owner no longer reads it
+                self._credit.wait()
+                left = self._credits.get(call_id, STREAM_WINDOW)
+            self._credits[call_id] = left - 1
+
+    def grant(self, call_id: int, count: int) -> None:
+        """From the control thread: the owner has taken ``count`` more frames of ``call_id``."""
+        with self._credit:
+            if call_id in self._credits:
+                self._credits[call_id] += count
+                self._credit.notify_all()
+
+    def cancel(self, ids: list[int]) -> None:
+        """From the control thread: these calls are cancelled; a stream among them waiting for
+        credit stops waiting."""
+        with self._credit:
+            self._cancelled.update(i for i in ids if i in self._credits)
+            self._credit.notify_all()
+
+
+class ToolThreads:
+    """``count`` tool threads, each running the calls it is handed on its own host."""
+
+    def __init__(self, out: SharedOutbox, count: int) -> None:
+        self._out = out
+        self.hosts = [ThreadHost(out) for _ in range(count)]
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._current = threading.local()  # the host of the calling thread, if a tool thread
+        self._threads: list[threading.Thread] = []
+
+    def start(self, adapter: Any, adapter_args: Any) -> Any:
+        """Start the adapter (on the first host; the others share it): ``Ready`` or ``StartFailed``."""
+        first = self.hosts[0]
+        started = first.start(adapter, adapter_args)
+        for host in self.hosts[1:]:
+            host.share_adapter(first)
+        return started
+
+    def adapter_class(self) -> type:
+        return type(self.hosts[0]._adapter)
+
+    def run_threads(self) -> None:
+        for index, host in enumerate(self.hosts):
+            thread = threading.Thread(target=self._serve, args=(host,), name=f"snakepit-tool-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, message: Any) -> None:
+        if type(message) is Batch:  # its raw items are in the reader's buffer, which the next read reuses
+            message.items = msgspec.Raw(bytes(message.items))
+        self._calls.put(message)
+
+    def cancel(self, ids: list[int]) -> None:
+        for host in self.hosts:
+            if host.cancel(ids):
+                host.interrupt()
+
+    def shield(self) -> Any:
+        """The shield of the calling thread's host (a tool logging), else none."""
+        host = getattr(self._current, "host", None)
+        return host.shield() if host is not None else _NO_SHIELD
+
+    def stop(self) -> None:
+        """After the calls handed out so far: end the threads."""
+        for _ in self._threads:
+            self._calls.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _serve(self, host: ThreadHost) -> None:
+        host.bind_thread()
+        self._current.host = host
+        while True:
+            message = self._calls.get()
+            if message is None:
+                return
+            try:
+                host.run(message)
+            except BaseException as exc:  # escaped the host: the call still gets its answer
+                self._out.discard()
+                try:
+                    self._out.send(
+                        Failure(
+                            message.id,
+                            Category.PYTHON_ERROR,
+                            Reason.TOOL_EXCEPTION,
+                            f"the call was interrupted: {type(exc).__name__}: {exc}",
+                            {},
+                            None,
+                        )
+                    )
+                except BaseException:
+                    os._exit(1)  # the thread cannot answer: end the process, which the owner sees
+            else:
+                self._out.discard()
+
+
+class _NoShield:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_SHIELD = _NoShield()

@@ -1,0 +1,154 @@
+"""The six call methods, written once for every front end.
+
+``execute``, ``execute_stream``, ``stream`` and their asyncio twins build a
+:class:`~snakepit.CallRequest` and hand it to the request-level method of the same family:
+``run``, ``run_stream``, ``open_stream``, ``arun``, ``arun_stream``, ``open_astream``. Those are
+what a front end implements: a :class:`~snakepit.Pool` in process, a :class:`snakepit.grpc.Client`
+over the wire, a :class:`~snakepit.Session` by binding its id and passing them on.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Generic, Mapping, TypeVar
+
+from snakepit._seam.affinity import Affinity
+from snakepit._seam.request import CallRequest
+from snakepit._streaming import StreamResult
+
+__all__ = ["Calls"]
+
+S = TypeVar("S")  # what stream() gives: an iterator of chunk data
+A = TypeVar("A")  # what astream() gives: an async iterator of chunk data
+
+
+class Calls(ABC, Generic[S, A]):
+    """What every front end offers: the call methods over the request-level ones."""
+
+    __slots__ = ()
+
+    # -- the request-level calls: what a front end implements ------------------------------------
+
+    @abstractmethod
+    def run(self, request: CallRequest) -> Any:
+        """:meth:`execute` of a prepared request."""
+
+    @abstractmethod
+    def run_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
+        """:meth:`execute_stream` of a prepared request."""
+
+    @abstractmethod
+    def open_stream(self, request: CallRequest) -> S:
+        """:meth:`stream` of a prepared request."""
+
+    @abstractmethod
+    async def arun(self, request: CallRequest) -> Any:
+        """:meth:`aexecute` of a prepared request."""
+
+    @abstractmethod
+    async def arun_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
+        """:meth:`aexecute_stream` of a prepared request."""
+
+    @abstractmethod
+    def open_astream(self, request: CallRequest) -> A:
+        """:meth:`astream` of a prepared request."""
+
+    # -- the call methods ------------------------------------------------------------------------
+
+    def execute(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> Any:
+        """Run ``tool`` with ``args`` on a worker and return its result.
+
+        With a ``session_id`` the call goes to the session's worker as ``affinity`` (or the
+        session's, or the pool's mode) says. On a streaming tool, returns the list of every
+        chunk's data. ``timeout`` (seconds) covers the time queued and the time running.
+        ``correlation_id`` names the call in errors, events, the worker's log records and
+        telemetry (one is generated if not given).
+        """
+        return self.run(CallRequest(tool, args, session_id, affinity, timeout, correlation_id))
+
+    def execute_stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        callback: Callable[[Any], Any],
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> StreamResult:
+        """Stream ``tool``'s chunks into ``callback``, in order, in this thread.
+
+        The callback may return :data:`~snakepit.HALT` to end the stream early; an exception it
+        raises ends the stream and propagates unchanged. Either way the tool's generator is
+        closed in the worker before that worker takes another call.
+        """
+        return self.run_stream(CallRequest(tool, args, session_id, affinity, timeout, correlation_id), callback)
+
+    def stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> S:
+        """An iterator over ``tool``'s chunk data, usable as a context manager.
+
+        Leaving the loop early, ``close()``, or dropping the iterator cancels the tool; its
+        ``result`` is the :class:`~snakepit.StreamResult` once the stream has ended.
+        """
+        return self.open_stream(CallRequest(tool, args, session_id, affinity, timeout, correlation_id))
+
+    async def aexecute(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> Any:
+        """:meth:`execute` for asyncio: waits through the event loop; cancelling the task
+        cancels the call in the worker."""
+        return await self.arun(CallRequest(tool, args, session_id, affinity, timeout, correlation_id))
+
+    async def aexecute_stream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        callback: Callable[[Any], Any],
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> StreamResult:
+        """:meth:`execute_stream` for asyncio; ``callback`` may be a coroutine function."""
+        return await self.arun_stream(CallRequest(tool, args, session_id, affinity, timeout, correlation_id), callback)
+
+    def astream(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> A:
+        """``async for data in pool.astream(...)``: the call starts at the first iteration (or
+        on ``async with``); leaving early, ``aclose()`` or cancelling the task cancels it."""
+        return self.open_astream(CallRequest(tool, args, session_id, affinity, timeout, correlation_id))

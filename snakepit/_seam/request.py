@@ -1,0 +1,67 @@
+"""One call, as every front end describes it.
+
+The call methods (:class:`~snakepit._seam.calls.Calls`) build a :class:`CallRequest` and hand it
+to the request-level methods: ``run``, ``run_stream``, ``open_stream`` and their asyncio twins. A
+:class:`~snakepit.Pool` serves them in process, a :class:`snakepit.grpc.Client` over the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+from snakepit import _errors as errors
+from snakepit._seam.affinity import Affinity, parse_affinity
+from snakepit._errors import Reason
+
+
+def check_session_id(session_id: Any) -> None:
+    if not isinstance(session_id, str) or not session_id:
+        raise errors.validation(Reason.INVALID_ARGUMENTS, f"session_id must be a non-empty str, got {session_id!r}")
+
+
+def check_routing(session_id: Any, affinity: Affinity | str | None) -> Affinity | None:
+    """Check a call's session id; its affinity mode, if it names one."""
+    if session_id is not None:
+        check_session_id(session_id)
+    return None if affinity is None else parse_affinity(affinity)
+
+
+def check_correlation_id(correlation_id: Any) -> None:
+    if not isinstance(correlation_id, str) or not correlation_id:
+        raise errors.validation(Reason.INVALID_ARGUMENTS, f"correlation_id must be a non-empty str, got {correlation_id!r}")
+
+
+def check_callback(callback: Any) -> None:
+    if not callable(callback):
+        raise errors.validation(Reason.INVALID_ARGUMENTS, "callback must be callable")
+
+
+class CallRequest(NamedTuple):
+    """One call, as the call methods describe it to the request-level ones (``Pool.run`` and
+    its kin): what a front end of your own builds to call a pool the way ``execute`` does."""
+
+    tool: str
+    args: Mapping[str, Any] | None = None
+    session_id: str | None = None
+    affinity: Affinity | str | None = None
+    timeout: float | None = None
+    correlation_id: str | None = None  # the caller's; one is generated if None
+
+
+class CallContext:
+    """One call across its attempts: its correlation id, its trace span (if traced) and the
+    retry it is on."""
+
+    __slots__ = ("correlation_id", "span", "retry")
+
+    def __init__(self, correlation_id: str, span: Any = None) -> None:
+        self.correlation_id = correlation_id
+        self.span = span  # a snakepit._tracing.CallSpan, or None
+        self.retry: Any = None  # the pool's Retry, once the call runs again
+
+    def end(self, error: BaseException | None = None) -> None:
+        """The call is over: tag its error with the correlation id, end its span."""
+        if isinstance(error, errors.SnakepitError):
+            error.details.setdefault("correlation_id", self.correlation_id)
+        if self.span is not None:
+            self.span.end(error)

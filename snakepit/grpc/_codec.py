@@ -1,0 +1,197 @@
+"""Values on the bridge protocol: parameters in, results and chunks out. Pure logic.
+
+Parameters are ``google.protobuf.Any``: ``type_url`` ``type.googleapis.com/snakepit.<type>`` and
+``value`` the UTF-8 JSON of the argument, decoded whatever the type says. A type ending
+``.binary`` takes its bytes from ``binary_parameters[name]`` and passes them as ``bytes``; request
+metadata ``binary_format:<name>`` = ``pickle`` asks for them to be unpickled, which only a server
+started with ``allow_pickle=True`` does (unpickling runs the sender's code).
+
+Results and chunks travel as JSON when JSON carries them exactly (``None``, ``bool``, ``str``,
+finite ``float``, ``int`` within +-2**53, and lists and string-keyed dicts of those); ``bytes`` travel
+raw. Anything else is pickled if the client asked for it (request metadata ``accept`` =
+``pickle``: the Python client does, it trusts its server); otherwise it is converted as
+:func:`json_default` documents (a tuple or set becomes a list, a numpy array its ``tolist()``,
+a dataclass a dict, an enum its value, a datetime an ISO string...), or refused as
+``serialization_error``.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Any, Mapping
+
+import msgspec
+
+from snakepit import _errors as errors
+from snakepit._errors import Reason
+
+TYPE_PREFIX = "type.googleapis.com/snakepit."
+JSON = "application/json"
+OCTETS = "application/octet-stream"
+PICKLE = "application/x-python-pickle"
+
+_MAX_EXACT_INT = 2**53
+_json_encoder = msgspec.json.Encoder()
+
+
+class PickleRefused(errors.ValidationError):
+    """A client sent a pickled parameter to a server that does not unpickle (PERMISSION_DENIED)."""
+
+
+def message_limit(max_message_mb: Any) -> int:
+    """The byte bound of a message, from the ``max_message_mb`` option both ends take."""
+    if not isinstance(max_message_mb, (int, float)) or isinstance(max_message_mb, bool) or max_message_mb <= 0:
+        raise errors.validation(Reason.INVALID_CONFIG, f"max_message_mb must be positive, got {max_message_mb!r}")
+    return int(max_message_mb * 1024 * 1024)
+
+
+def decode_parameters(
+    parameters: Mapping[str, Any], binary: Mapping[str, bytes], metadata: Mapping[str, str], *, allow_pickle: bool
+) -> dict[str, Any]:
+    """A tool's arguments from an ``ExecuteToolRequest``'s parameters (``Any`` messages)."""
+    args: dict[str, Any] = {}
+    for name, value in parameters.items():
+        if value.type_url.endswith(".binary"):
+            if name not in binary:
+                raise _invalid(f"parameter {name!r} says binary, but binary_parameters has no {name!r}")
+            args[name] = _binary(name, binary[name], metadata, allow_pickle)
+            continue
+        try:
+            args[name] = msgspec.json.decode(value.value) if value.value else None
+        except msgspec.DecodeError as exc:
+            raise _invalid(f"parameter {name!r} is not valid JSON: {exc}") from None
+        except RecursionError:  # msgspec's decoder recurses per level of nesting
+            raise too_deep(f"parameter {name!r}") from None
+    for name, data in binary.items():  # bytes with no Any beside them are binary parameters too
+        if name not in args:
+            args[name] = _binary(name, data, metadata, allow_pickle)
+    return args
+
+
+def _binary(name: str, data: bytes, metadata: Mapping[str, str], allow_pickle: bool) -> Any:
+    if metadata.get(f"binary_format:{name}", "") != "pickle":
+        return bytes(data)
+    if not allow_pickle:
+        raise PickleRefused(
+            errors.Category.VALIDATION,
+            Reason.SERIALIZATION_ERROR,
+            f"parameter {name!r} is pickled, and this server does not unpickle what clients send "
+            "(start it with allow_pickle=True to trust them)",
+            {"parameter": name},
+        )
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise errors.validation(
+            Reason.SERIALIZATION_ERROR, f"parameter {name!r} could not be unpickled: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _invalid(message: str) -> errors.ValidationError:
+    return errors.validation(Reason.INVALID_ARGUMENTS, message)
+
+
+def too_deep(what: str) -> errors.ValidationError:
+    """A value nested deeper than can be encoded or decoded here: what the pool says of a value
+    nested too deep to travel (``serialization_error``)."""
+    return errors.validation(Reason.SERIALIZATION_ERROR, f"{what} is nested too deeply to be encoded or decoded")
+
+
+def exact_json(value: Any) -> bool:
+    """:func:`json_exact`, False for a value nested too deep to check from here."""
+    try:
+        return json_exact(value)
+    except RecursionError:
+        return False
+
+
+def json_exact(value: Any) -> bool:
+    """JSON carries ``value`` exactly: it decodes to an equal value of the same types."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT
+    if kind is float:
+        return math.isfinite(value)
+    # Plain loops, not all() over a generator: this runs for every chunk a stream sends, and the
+    # generator's frame doubled its cost.
+    if kind is list:
+        for item in value:
+            if not json_exact(item):
+                return False
+        return True
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not json_exact(item):
+                return False
+        return True
+    return False
+
+
+def json_default(value: Any) -> Any:
+    """How values JSON has no form for are converted (as ``json.dumps(default=...)`` would) when
+    the client did not ask for pickles. msgspec already turns tuples and sets into arrays,
+    dataclasses and attrs classes into objects, enums into their values, datetimes, dates and
+    times into ISO 8601 strings, Decimals and UUIDs into strings, and nested bytes into base64;
+    this adds numpy arrays (``tolist()``) and numpy scalars (``item()``)."""
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist) and type(value).__module__.startswith("numpy"):
+        return tolist()
+    raise TypeError(f"no JSON form for {type(value).__module__}.{type(value).__qualname__}")
+
+
+def encode_value(value: Any, *, accept_pickle: bool) -> tuple[bytes, str]:
+    """A result's or chunk's bytes on the wire, and their content type (JSON, octets, pickle)."""
+    if type(value) is bytes:
+        return value, OCTETS
+    if exact_json(value):
+        try:
+            return _json_encoder.encode(value), JSON
+        except UnicodeEncodeError:
+            pass  # a str with a lone surrogate (os.fsdecode makes them): no JSON text carries it
+    if accept_pickle:
+        try:
+            return pickle.dumps(value, protocol=5), PICKLE
+        except Exception:
+            pass  # not picklable: the conversions below may still carry it
+    if type(value) in (bytearray, memoryview):
+        return bytes(value), OCTETS
+    return to_json(value), JSON
+
+
+def to_json(value: Any) -> bytes:
+    """``value`` as JSON, converted as :func:`json_default` documents where JSON has no form for
+    it (bytes nested in it become base64); ``serialization_error`` if it cannot be."""
+    try:
+        return msgspec.json.encode(value, enc_hook=json_default)
+    except RecursionError:
+        raise too_deep(f"a value of type {type(value).__qualname__}") from None
+    except (TypeError, ValueError, msgspec.EncodeError, OverflowError) as exc:  # ValueError: a lone surrogate, too
+        raise errors.validation(
+            Reason.SERIALIZATION_ERROR,
+            f"cannot send a value of type {type(value).__qualname__} over gRPC: {exc}",
+            type=type(value).__qualname__,
+        ) from None
+
+
+def decode_value(data: bytes, content_type: str) -> Any:
+    """The client's side of :func:`encode_value`."""
+    if content_type == OCTETS:
+        return bytes(data)
+    if content_type == PICKLE:
+        return pickle.loads(data)
+    try:
+        return msgspec.json.decode(data) if data else None
+    except RecursionError:
+        raise too_deep("a value received") from None
+
+
+def encode_json(value: Any) -> bytes:
+    """JSON for metadata and error payloads (never pickled)."""
+    return msgspec.json.encode(value, enc_hook=_as_text)
+
+
+def _as_text(value: Any) -> Any:
+    return repr(value)
