@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     from ray.util import ActorPool
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         remote = ray.remote(num_cpus=0.25)(PlainActor)
         plain = [remote.remote() for _ in range(2)]

@@ -34,7 +34,7 @@ def ray_instance():
     close descriptors, which other modules' leak checks must not see."""
     ray = pytest.importorskip("ray", reason="the ray extra runs the Ray half of the contract")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local test instance
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
 
@@ -210,7 +210,7 @@ with Pool(Toolbox, size=1, backend="ray", actor_options={"num_cpus": 0.25}, star
     assert pool.execute("add", {"a": 1}) == 2
     assert ray.is_initialized()
 print("pool-started ray shut down:", not ray.is_initialized())
-ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
 with Pool(Toolbox, size=1, backend="ray", actor_options={"num_cpus": 0.25}, start_timeout=120) as pool:
     assert pool.execute("add", {"a": 1}) == 2
 print("user-started ray left running:", ray.is_initialized())

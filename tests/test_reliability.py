@@ -4,6 +4,7 @@ deadlocks, workers lost for good, deep values, stream deadlines, and the smaller
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import os
@@ -15,6 +16,7 @@ import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
 
 import pytest
 from helpers import Faulty, Toolbox, wait_for
@@ -284,20 +286,55 @@ def test_a_stream_dropped_after_its_pool_closed_releases_the_workers_descriptors
 # -- 3. whatever interrupts a call, its worker comes back --------------------------------------------
 
 
-def _interrupt_main_after(seconds: float) -> threading.Timer:
-    """Ctrl-C for this (the main) thread: a real SIGINT, which also interrupts a blocking wait."""
+def _main_thread_in_snakepit() -> bool:
+    """Whether the main thread is inside the pool's code now (in a call, or blocked in one)."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    return frame is not None and f"{os.sep}snakepit{os.sep}" in frame.f_code.co_filename
+
+
+@contextlib.contextmanager
+def _ctrl_c_once(ready: Callable[[], bool]) -> Iterator[None]:
+    """Ctrl-C for this (the main) thread once ``ready()`` holds: a real SIGINT, which also
+    interrupts a blocking wait, raising KeyboardInterrupt inside this block and nowhere else.
+
+    A handler of the test's own stands in for Python's while the block runs: it raises only
+    while armed, so a signal that lands late (a loaded machine) is ignored, never a Ctrl-C of the
+    test run. The signal goes to this process's main thread alone (``pthread_kill``)."""
     main = threading.main_thread().ident
-    timer = threading.Timer(seconds, signal.pthread_kill, args=(main, signal.SIGINT))
-    timer.start()
-    return timer
+    armed, done = threading.Event(), threading.Event()
+    armed.set()
+
+    def handler(signum: int, frame: Any) -> None:
+        if armed.is_set():
+            armed.clear()
+            raise KeyboardInterrupt
+
+    def fire() -> None:
+        deadline = time.monotonic() + 30
+        while not ready() and not done.is_set() and time.monotonic() < deadline:
+            done.wait(0.01)
+        while armed.is_set() and not done.is_set():  # until the handler has run
+            signal.pthread_kill(main, signal.SIGINT)
+            done.wait(0.05)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    firing = threading.Thread(target=fire, name="ctrl-c")
+    firing.start()
+    try:
+        yield
+    finally:
+        armed.clear()
+        done.set()
+        firing.join()
+        time.sleep(0.01)  # a signal sent before the join runs its (disarmed) handler here
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
 def test_ctrl_c_while_a_call_runs_gives_the_worker_back():
     with Pool(Faulty, size=1, queue_timeout=2.0) as pool:
         worker = pool.execute("pid")
-        _interrupt_main_after(0.3)
-        with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_once(lambda: pool.stats()["busy"] == 1), pytest.raises(KeyboardInterrupt):
             pool.execute("blocked", {"how": "sleep", "seconds": 30})
         assert pool.execute("counters") == {"pid": worker, "finished_calls": 1, "closed_streams": 0}
 
@@ -307,8 +344,7 @@ def test_ctrl_c_while_waiting_for_a_worker_withdraws_the_ticket():
     with Pool(Faulty, size=1, queue_timeout=5.0) as pool, ThreadPoolExecutor(1) as other:
         busy = other.submit(pool.execute, "sleep", {"seconds": 0.8})
         wait_for(lambda: pool.stats()["busy"] == 1)
-        _interrupt_main_after(0.2)
-        with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_once(lambda: pool.stats()["waiting"] == 1), pytest.raises(KeyboardInterrupt):
             pool.execute("pid")
         assert pool.stats()["waiting"] == 0
         busy.result(timeout=10)
@@ -322,8 +358,7 @@ def test_ctrl_c_while_iterating_a_stream_gives_the_worker_back():
         worker = pool.execute("pid")
         stream = pool.stream("blocked_stream", {"seconds": 30})
         assert next(stream) == 0
-        _interrupt_main_after(0.3)
-        with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_once(_main_thread_in_snakepit), pytest.raises(KeyboardInterrupt):
             next(stream)
         assert pool.execute("counters") == {"pid": worker, "finished_calls": 0, "closed_streams": 1}
 

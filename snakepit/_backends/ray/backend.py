@@ -19,6 +19,7 @@ engine that crosses machines: nothing here does.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any, Iterable, Mapping
 
@@ -69,7 +70,10 @@ class RayBackend:
         self._events = events
         self._pool_closing = closing
         if not ray.is_initialized():
-            ray.init(address=self._address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+            # Without an address, Ray joins any cluster running on this machine: a pool starts its
+            # own instead, unless RAY_ADDRESS names one ("auto" asks for Ray's own search).
+            address = self._address or os.environ.get("RAY_ADDRESS") or "local"
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
             self._started_ray = True
         from snakepit._backends.ray.actor import SnakepitActor
 
