@@ -40,10 +40,11 @@ import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
 
 from snakepit import BaseAdapter, Pool, tool
-from snakepit.grpc import bridge_pb2 as pb
-from snakepit.grpc import bridge_pb2_grpc, _codec as codec
-from snakepit.grpc._loop import run
 from snakepit._seam.request import CallRequest
+from snakepit.grpc import _codec as codec
+from snakepit.grpc import bridge_pb2 as pb
+from snakepit.grpc import bridge_pb2_grpc
+from snakepit.grpc._loop import run
 
 from ._harness import common_options, emit_json, interleaved, medians, pin, piped_child, placements, print_table
 

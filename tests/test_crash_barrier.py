@@ -7,8 +7,8 @@ import asyncio
 import time
 
 import pytest
-
 from helpers import Toolbox, wait_for
+
 from snakepit import Pool, SnakepitError
 
 FAST = dict(cancel_grace=0.3, kill_grace=0.3, shutdown_timeout=2.0, quarantine_after=None)

@@ -9,8 +9,8 @@ import time
 
 import psutil
 import pytest
-
 from helpers import Toolbox, wait_for
+
 from snakepit import Pool, SnakepitError
 
 FAST = dict(cancel_grace=0.3, kill_grace=0.3, shutdown_timeout=2.0)

@@ -13,11 +13,13 @@ pytest.importorskip("grpc")
 
 import grpc  # noqa: E402
 from google.protobuf.any_pb2 import Any as AnyMessage  # noqa: E402
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st
 
 from snakepit import SnakepitError  # noqa: E402
 from snakepit._errors import Category, Reason, build_error  # noqa: E402
-from snakepit.grpc import _codec as codec, _status as status  # noqa: E402
+from snakepit.grpc import _codec as codec  # noqa: E402
+from snakepit.grpc import _status as status
 
 
 def _param(type_name: str, json_text: str) -> AnyMessage:

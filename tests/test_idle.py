@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import psutil
+from helpers import Toolbox
 
 from snakepit import Pool
-
-from helpers import Toolbox
 
 
 def _cpu_seconds(processes: list[psutil.Process]) -> float:

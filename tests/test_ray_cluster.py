@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from helpers import Toolbox
+
 from snakepit import Pool
 
 ray = pytest.importorskip("ray", reason="the ray extra")

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from snakepit import Affinity, SnakepitError
-from snakepit._pool.router import Router, Ticket
-from snakepit._seam.affinity import parse_affinity
-from snakepit._pool.sessions import SessionStore
 from snakepit._errors import Reason
+from snakepit._pool.router import Router, Ticket
+from snakepit._pool.sessions import SessionStore
+from snakepit._seam.affinity import parse_affinity
 
 MAX_QUEUE = 4
 

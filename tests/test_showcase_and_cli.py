@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from snakepit import HALT, Pool, SnakepitError
-from snakepit.adapters.showcase import ShowcaseAdapter
 from snakepit._demo import run as run_demo
+from snakepit.adapters.showcase import ShowcaseAdapter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -20,16 +20,16 @@ import msgspec
 import pytest
 
 from snakepit import SnakepitError
-from snakepit._seam.affinity import Affinity
-from snakepit._pool.sessions import SessionStore
-from snakepit._seam.backend import DeadlineExceeded, PoolClosing, WorkerGone
 from snakepit._observe import Observer
 from snakepit._pool.dispatcher import Counters, Dispatcher
 from snakepit._pool.exchange import END, Exchange, run_execute
 from snakepit._pool.mapping import MapEngine, arun_map
 from snakepit._pool.recycling import RecyclePolicy
-from snakepit._seam.workers import TRANSITIONS, Worker, WorkerState, move
+from snakepit._pool.sessions import SessionStore
 from snakepit._protocol import BatchResult, Cancel, Chunk, End, Failure, FrameReader, Result, ToWorker
+from snakepit._seam.affinity import Affinity
+from snakepit._seam.backend import DeadlineExceeded, PoolClosing, WorkerGone
+from snakepit._seam.workers import TRANSITIONS, Worker, WorkerState, move
 
 
 class MemoryConnection:

@@ -6,11 +6,11 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import threading
 import time
-import subprocess
 
 import pytest
 from helpers import Faulty, gone, wait_for

@@ -10,8 +10,8 @@ import sys
 import textwrap
 
 import pytest
-
 from helpers import Toolbox, wait_for
+
 from snakepit import Pool, SnakepitError
 
 

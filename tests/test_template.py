@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
-
 from helpers import Toolbox, gone, wait_for
+
 from snakepit import Pool, SnakepitError
 
 FAST = dict(cancel_grace=0.3, kill_grace=0.3, shutdown_timeout=2.0)

@@ -7,10 +7,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from helpers import wait_for
-from snakepit import Pool, SnakepitError
 from threaded_tools import Threaded, Unsafe
+
+from snakepit import Pool, SnakepitError
 
 FAST = dict(cancel_grace=0.5, kill_grace=0.3, shutdown_timeout=2.0)
 

@@ -10,6 +10,7 @@ import threading
 import time
 
 from helpers import wait_for
+
 from snakepit import BaseAdapter, tool
 from snakepit._hosting.threaded import ThreadHost
 from snakepit._protocol import Call, End, Failure, Result

@@ -7,8 +7,8 @@ import signal
 
 import psutil
 import pytest
-
 from helpers import Toolbox, wait_for
+
 from snakepit import Pool, SnakepitError
 
 

@@ -33,7 +33,9 @@ from typing import Any, Callable, Iterator, Protocol
 
 import msgspec
 
-from snakepit import _errors as errors, _protocol as protocol, telemetry
+from snakepit import _errors as errors
+from snakepit import _protocol as protocol
+from snakepit import telemetry
 from snakepit._adapter import BoundTool, discover_tools, import_by_path
 from snakepit._errors import CallCancelled, Reason
 from snakepit._protocol import (

@@ -20,14 +20,14 @@ import time
 from typing import Any, Awaitable, Callable
 
 from snakepit import _errors as errors
+from snakepit._pool.dispatcher import Dispatcher, Owner
+from snakepit._pool.exchange import END, MORE, Delivery, Exchange, carry_on, end_call
 from snakepit._pool.router import Ticket
 from snakepit._seam.affinity import Affinity
 from snakepit._seam.backend import DeadlineExceeded, PoolClosing, WorkerGone
-from snakepit._streaming import HALT, AsyncLoop, StreamResult
-from snakepit._pool.dispatcher import Dispatcher, Owner
-from snakepit._pool.exchange import END, MORE, Delivery, Exchange, end_call
 from snakepit._seam.timing import earliest
 from snakepit._seam.workers import Worker
+from snakepit._streaming import HALT, AsyncLoop, StreamResult
 
 # Many streams on one loop interleave fairly: a stream hands the loop back after this many
 # chunks even when more are already buffered.
@@ -44,36 +44,18 @@ async def checkout(
     call_deadline: float | None,
     owner: Owner | None = None,
 ) -> Worker:
-    if session_id is None:  # the common case first: any idle worker serves it
-        handle = dispatcher.checkout_now(owner)
-        if handle is not None:
-            return handle
-    loop = asyncio.get_running_loop()
-
-    def park(ticket: Ticket) -> asyncio.Future[None]:
-        # Held strongly, unlike a thread's lock (queue._park): a task waiting here may be
-        # referenced by nothing else, and must not be collected while it waits in the queue.
-        # A cancelled task leaves the queue itself (forsake, below).
-        future: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:  # from any thread: whoever frees a worker
-            try:
-                loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
-
-        ticket.waker = wake
-        return future
-
-    handle, ticket, parked = dispatcher.request(session_id, affinity, park, owner)
+    handle, ticket, parked = dispatcher.request(session_id, affinity, _park, owner)
+    if handle is not None:
+        return handle
+    assert ticket is not None
     deadline = earliest(queue_deadline, call_deadline)
     try:
         while handle is None:
             try:
-                await asyncio.wait_for(parked, None if deadline is None else max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(parked, None if deadline is None else max(0.0, deadline - loop_time()))
             except asyncio.TimeoutError:
                 pass
-            handle, parked = dispatcher.settle(ticket, queue_deadline, call_deadline, park)
+            handle, parked = dispatcher.settle(ticket, queue_deadline, call_deadline, _park)
     except errors.SnakepitError:
         raise  # the ticket was refused or timed out: it is no longer anywhere
     except BaseException:  # the task was cancelled, or anything else interrupted the wait
@@ -82,16 +64,36 @@ async def checkout(
     return handle
 
 
-async def start_off_loop(start: Callable[[Exchange], None], exchange: Exchange) -> None:
+async def start_off_loop(exchange: Exchange, frame: bytearray, attachments: Any) -> None:
     """Start a call whose frame the worker's pipe cannot hold, from a thread: writing it waits
     for the worker to read (until the call's deadline), which must not stall the loop."""
-    started = asyncio.get_running_loop().run_in_executor(None, start, exchange)
+    started = asyncio.get_running_loop().run_in_executor(None, exchange.start, frame, attachments)
     try:
         await asyncio.shield(started)
     except asyncio.CancelledError:
         # The write goes on in its thread; once it is done, cancel the call it started.
         started.add_done_callback(lambda done: exchange.cancel())
         raise
+
+
+def _park(ticket: Ticket) -> asyncio.Future[None]:
+    """The waker of a ticket a coroutine waits on: a future of its loop (called under the
+    dispatcher's lock, on the loop's thread).
+
+    Held strongly, unlike a thread's lock (dispatcher._park): a task waiting here may be
+    referenced by nothing else, and must not be collected while it waits in the queue. A
+    cancelled task leaves the queue itself (forsake, in checkout)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:  # from any thread: whoever frees a worker
+        try:
+            loop.call_soon_threadsafe(_resolve, future)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    ticket.waker = wake
+    return future
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -311,9 +313,8 @@ class AsyncStream:
             return data
 
     async def _run_again(self, error: errors.SnakepitError) -> Delivery | None:
-        """Carry on with the call run again (its delivery); or it ends with ``error`` (None: the
-        caller raises it, as :meth:`Stream._run_again <snakepit._pool.exchange.Stream._run_again>`
-        explains); raises why it could not run again."""
+        """:meth:`Stream._run_again <snakepit._pool.exchange.Stream._run_again>`, awaiting the
+        restart: the new delivery, or None (the caller raises ``error``)."""
         assert self._exchange is not None
         try:
             exchange = None if self._restart is None else await self._restart(error, self._exchange)
@@ -321,13 +322,9 @@ class AsyncStream:
             self._on_error()
             end_call(self._exchange, failed)
             raise
-        if exchange is None:
-            self._on_error()
-            end_call(self._exchange, error)
+        if not carry_on(self, exchange, error):
             return None
-        self._exchange = exchange
-        self._readable = Readable(exchange.handle)
-        self._delivery = Delivery(exchange)
+        self._readable = Readable(self._exchange.handle)
         return self._delivery
 
     async def _begin(self) -> None:

@@ -20,13 +20,13 @@ from collections import Counter
 from typing import Any, Callable, Protocol
 
 from snakepit import _errors as errors
-from snakepit._pool.router import Router, Ticket
-from snakepit._seam.affinity import Affinity
-from snakepit._pool.sessions import SessionState, SessionStore
-from snakepit._seam.session import SessionInfo
 from snakepit._errors import Reason
 from snakepit._observe import Observer
 from snakepit._pool.recycling import RecyclePolicy, served
+from snakepit._pool.router import Router, Ticket
+from snakepit._pool.sessions import SessionState, SessionStore
+from snakepit._seam.affinity import Affinity
+from snakepit._seam.session import SessionInfo
 from snakepit._seam.timing import earliest, lock_seconds
 from snakepit._seam.workers import Worker, WorkerState, move
 
@@ -156,13 +156,10 @@ class Dispatcher:
         Whatever interrupts the wait (Ctrl-C, any exception) withdraws the ticket, or hands back
         the worker it was given meanwhile.
         """
-        if session_id is None:  # the common case first: any idle worker serves it
-            handle = self.checkout_now(owner)
-            if handle is not None:
-                return handle
         handle, ticket, parked = self.request(session_id, affinity, _park, owner)
         if handle is not None:
             return handle
+        assert ticket is not None
         deadline = earliest(queue_deadline, call_deadline)
         try:
             while handle is None:
@@ -177,9 +174,11 @@ class Dispatcher:
 
     def request(
         self, session_id: str | None, affinity: Affinity | None, park: Callable[[Ticket], Any], owner: Owner | None = None
-    ) -> tuple[Worker | None, Ticket, Any]:
+    ) -> tuple[Worker | None, Ticket | None, Any]:
         """First step of a checkout: ``(worker, ticket, None)`` if one is free now, else
         ``(None, ticket, park(ticket))`` -- the ticket waits and ``park`` installed its waker.
+        A call with no session given the longest-idle worker needs no ticket: ``(worker, None,
+        None)``.
 
         The waiting itself is the caller's (a thread blocks on a lock, a coroutine awaits a
         future); :meth:`settle` ends each wait. This is the only difference between the two.
@@ -189,6 +188,10 @@ class Dispatcher:
             with self.lock:
                 if self.closed:
                     raise errors.pool_closed()
+                if session_id is None:  # the common case first: any idle worker serves it
+                    handle = self._take_idle(owner)
+                    if handle is not None:
+                        return handle, None, None
                 if self.start_failure is not None and not self.workers:
                     raise self._refusal(Reason.WORKER_START_FAILED)
                 ticket = self._ticket(session_id, affinity)
@@ -228,17 +231,17 @@ class Dispatcher:
             self._dispose(stale)
 
     def checkout_now(self, owner: Owner | None = None) -> Worker | None:
-        """An idle worker if there is one (no session, no queueing); ``None`` otherwise (the
-        general path, :meth:`request`, then queues the call or says why it cannot be served)."""
+        """An idle worker if there is one (no session, no queueing); ``None`` otherwise."""
         with self.lock:
-            if self.closed:
-                return None
-            worker = self.router.take_idle()
-            if worker is None:
-                return None
-            handle = self.workers[worker]  # router and table change together under this lock
-            self._assign(handle, owner)
-            return handle
+            return None if self.closed else self._take_idle(owner)
+
+    def _take_idle(self, owner: Owner | None) -> Worker | None:
+        worker = self.router.take_idle()
+        if worker is None:
+            return None
+        handle = self.workers[worker]  # router and table change together under this lock
+        self._assign(handle, owner)
+        return handle
 
     def forsake(self, ticket: Ticket) -> None:
         """The caller stopped waiting (its task was cancelled, it was interrupted): leave the
@@ -609,25 +612,12 @@ class Dispatcher:
             if handle.process is not None:
                 handle.process.killed_on_purpose = True
         handle.conn.kill()
-        self._out_of_service(handle)  # before anything that could be interrupted (reaping waits)
+        self.out_of_service(handle)  # before anything that could be interrupted (reaping waits)
 
-    def postmortem(self, handle: Worker) -> list[Any]:
-        """A worker died under a caller: once it is gone for good, the messages it had produced
-        but not delivered (they are the caller's, in order, before the crash is reported)."""
-        handle.conn.exit_status()
-        return handle.conn.salvage()
-
-    def died_under_caller(self, handle: Worker) -> dict[str, Any]:
-        """A caller saw its worker die: reap it (its exit code or signal is the caller's error),
-        take it out of service and have the supervisor replace it. The caller still releases it."""
-        info = handle.conn.exit_status()
-        self._out_of_service(handle)
-        return info
-
-    def _out_of_service(self, handle: Worker) -> None:
-        """A dead (or doomed) worker a caller holds: out of service, and replaced. A call slot's
-        whole process is: its other slots are dead too, and the next call must not be given one
-        before the supervisor hears of the death."""
+    def out_of_service(self, handle: Worker) -> None:
+        """A dead (or doomed) worker a caller holds: out of service, and replaced (the caller
+        still releases it). A call slot's whole process is: its other slots are dead too, and the
+        next call must not be given one before the supervisor hears of the death."""
         process = handle.process or handle
         if self.worker_died(process):
             supervisor = self._supervise()

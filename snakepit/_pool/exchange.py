@@ -12,9 +12,9 @@ Whatever else interrupts the caller (Ctrl-C, a ``MemoryError``, an exception in 
 abandons the call the same way, so the worker always comes back: drained, or, if the interruption
 may have cost bytes of its connection, ended and replaced.
 
-The exchange decides; it does not end, reap or salvage a worker itself. The dispatcher carries
-those decisions out (``end``, ``postmortem``, ``release``, ``abandon``) through the backend's
-connection.
+The exchange decides. What concerns the pool's table of workers the dispatcher carries out
+(``end``, ``out_of_service``, ``release``, ``abandon``); what concerns the worker itself -- sending
+the call, reaping a dead worker, salvaging what it had queued -- goes straight to its connection.
 
 A call's deadline holds while chunks keep coming: each chunk is delivered only before it, and a
 consumer past it gets the ``timeout`` error instead of its next chunk.
@@ -30,17 +30,28 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Iterator
-
+from typing import Any, Callable, Iterator, Protocol
 
 from snakepit import _errors as errors
-from snakepit._seam.backend import DeadlineExceeded, PoolClosing, WorkerGone
 from snakepit._errors import Reason
-from snakepit._protocol import PACKED, TERMINAL, Cancel, Chunk, Chunks, End, Failure, Result, decode_value, raise_failure
-from snakepit._streaming import HALT, StreamResult, loop
 from snakepit._pool.dispatcher import Dispatcher
+from snakepit._protocol import (
+    PACKED,
+    TERMINAL,
+    Cancel,
+    Chunk,
+    Chunks,
+    End,
+    Failure,
+    Result,
+    decode_value,
+    raise_failure,
+    stamp_call_id,
+)
+from snakepit._seam.backend import DeadlineExceeded, PoolClosing, WorkerGone
 from snakepit._seam.request import CallContext
 from snakepit._seam.workers import Worker
+from snakepit._streaming import HALT, StreamResult, loop
 
 MORE: Any = object()  # no answer in the messages at hand: fetch more
 END: Any = object()  # the stream is over; see Exchange.result
@@ -114,6 +125,13 @@ class Exchange:
 
     # -- sending and waiting ---------------------------------------------------------------------
 
+    def start(self, frame: bytearray, attachments: Any = None) -> None:
+        """Send the encoded ``Call`` (see protocol.call_frame) to the worker this exchange was
+        given; its id is drawn now, so that each worker sees its calls' ids in increasing order."""
+        call_id = next(self.dispatcher.call_ids)
+        stamp_call_id(frame, call_id)
+        self.send(frame, call_id, attachments)
+
     def send(self, frame: bytearray, call_id: int, attachments: Any = None) -> None:
         """Send the encoded ``Call`` (its id stamped in); if that is interrupted half-way, the
         pipe is unusable."""
@@ -137,7 +155,8 @@ class Exchange:
                 raise
             self.dispatcher.end(handle, on_purpose=True)
             self.finished = True
-            self.dispatcher.died_under_caller(handle)
+            handle.conn.exit_status()
+            self.dispatcher.out_of_service(handle)
             self.dispatcher.release(handle, self.lease)
             raise
 
@@ -160,7 +179,11 @@ class Exchange:
         """The worker died: first deliver what it had queued, then report the crash."""
         if not self.finished and not self._salvaged:
             self._salvaged = True
-            messages = self.dispatcher.postmortem(self.handle)
+            # Once it is gone for good, the messages it had produced but not delivered: they are
+            # the caller's, in order, before the crash is reported.
+            conn = self.handle.conn
+            conn.exit_status()
+            messages = conn.salvage()
             if messages:
                 self.feed(messages)
                 return
@@ -317,7 +340,8 @@ class Exchange:
         """The worker died under this call: report how, and let the supervisor replace it."""
         self.finished = True
         handle = self.handle
-        info = self.dispatcher.died_under_caller(handle)
+        info = handle.conn.exit_status()  # its exit code or signal is the caller's error
+        self.dispatcher.out_of_service(handle)
         self.dispatcher.release(handle, self.lease)
         if self.dispatcher.closed:
             raise errors.pool_closed()
@@ -432,6 +456,24 @@ def run_stream(exchange: Exchange, callback: Callable[[Any], Any]) -> StreamResu
         raise
 
 
+class _Restartable(Protocol):
+    _exchange: Any
+    _delivery: Any
+    _on_error: Callable[[], Any]
+
+
+def carry_on(stream: _Restartable, exchange: Exchange | None, error: errors.SnakepitError) -> bool:
+    """After a stream's restart (sync or async: the one decision of both): carry on with its
+    exchange, or end with ``error`` if there is none."""
+    if exchange is None:
+        stream._on_error()
+        end_call(stream._exchange, error)
+        return False
+    stream._exchange = exchange
+    stream._delivery = Delivery(exchange)
+    return True
+
+
 class Stream:
     """Iterator over a stream's chunk data; also a context manager.
 
@@ -521,13 +563,7 @@ class Stream:
             self._on_error()
             end_call(self._exchange, failed)
             raise
-        if exchange is None:
-            self._on_error()
-            end_call(self._exchange, error)
-            return False
-        self._exchange = exchange
-        self._delivery = Delivery(exchange)
-        return True
+        return carry_on(self, exchange, error)
 
     @property
     def result(self) -> StreamResult | None:

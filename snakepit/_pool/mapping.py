@@ -29,11 +29,12 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 import msgspec
 from msgspec.msgpack import Ext
 
-from snakepit import _errors as errors, _protocol as protocol
-from snakepit._seam.backend import DeadlineExceeded, WorkerGone
+from snakepit import _errors as errors
+from snakepit import _protocol as protocol
 from snakepit._errors import Reason
-from snakepit._protocol import Batch, BatchResult, Cancel, Failure, decode_value
 from snakepit._pool.dispatcher import Dispatcher
+from snakepit._protocol import Batch, BatchResult, Cancel, Failure, decode_value
+from snakepit._seam.backend import DeadlineExceeded, WorkerGone
 from snakepit._seam.timing import deadline_after
 from snakepit._seam.workers import Worker
 
@@ -371,7 +372,8 @@ class MapEngine:
 
     def _lose(self, handle: Worker) -> None:
         queue = self._queued.get(handle.id, deque())
-        info = self._dispatcher.died_under_caller(handle)
+        info = handle.conn.exit_status()
+        self._dispatcher.out_of_service(handle)
         error = errors.worker_crashed(handle.id, info, f"a map of {self.tool!r}")
         again = 0
         for batch in queue:

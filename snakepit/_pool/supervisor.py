@@ -26,14 +26,14 @@ from typing import Any
 
 from snakepit import _errors as errors
 from snakepit._adapter import ToolSpec
-from snakepit._seam.backend import Backend, Closing, WorkerGone
 from snakepit._errors import Reason
 from snakepit._observe import Observer
-from snakepit._protocol import TERMINAL, Cancel, Ping
 from snakepit._pool.dispatcher import Counters, Dispatcher
-from snakepit._seam.reactor import Reactor
 from snakepit._pool.quarantine import Quarantine
 from snakepit._pool.recycling import RecyclePolicy, served
+from snakepit._protocol import TERMINAL, Cancel, Ping
+from snakepit._seam.backend import Backend, Closing, WorkerGone
+from snakepit._seam.reactor import Reactor
 from snakepit._seam.timing import deadline_after, lock_seconds
 from snakepit._seam.workers import Worker, WorkerState
 

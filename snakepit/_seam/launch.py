@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
 
-from snakepit import _errors as errors, _protocol as protocol
+from snakepit import _errors as errors
+from snakepit import _protocol as protocol
 from snakepit._adapter import import_by_path
 from snakepit._errors import Reason
 

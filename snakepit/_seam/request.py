@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any, Mapping, NamedTuple
 
 from snakepit import _errors as errors
-from snakepit._seam.affinity import Affinity, parse_affinity
 from snakepit._errors import Reason
+from snakepit._seam.affinity import Affinity, parse_affinity
 
 
 def check_session_id(session_id: Any) -> None:

@@ -25,15 +25,16 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 
 from snakepit import _errors as errors
 from snakepit._adapter import ParameterSpec, ToolSpec
-from snakepit._seam.affinity import Affinity, parse_affinity
 from snakepit._errors import Category, Reason
-from snakepit._seam.request import CallRequest, check_callback, check_correlation_id, check_routing, check_session_id
+from snakepit._seam.affinity import Affinity, parse_affinity
 from snakepit._seam.calls import Calls
+from snakepit._seam.request import CallRequest, check_callback, check_correlation_id, check_routing, check_session_id
 from snakepit._seam.session import Session, SessionInfo, check_metadata
 from snakepit._seam.timing import check_timeout
 from snakepit._streaming import HALT, AsyncLoop, StreamResult, loop
+from snakepit.grpc import _codec as codec
 from snakepit.grpc import bridge_pb2 as pb
-from snakepit.grpc import bridge_pb2_grpc, _codec as codec
+from snakepit.grpc import bridge_pb2_grpc
 from snakepit.grpc._loop import shared_loop
 from snakepit.grpc._status import ERROR_METADATA, error_from_json
 

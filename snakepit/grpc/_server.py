@@ -28,11 +28,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from snakepit import CallRequest
 from snakepit import _errors as errors
 from snakepit._errors import Reason
-from snakepit import CallRequest
+from snakepit.grpc import _binding as binding
+from snakepit.grpc import _codec as codec
 from snakepit.grpc import bridge_pb2 as pb
-from snakepit.grpc import _binding as binding, bridge_pb2_grpc, _codec as codec
+from snakepit.grpc import bridge_pb2_grpc
 from snakepit.grpc._loop import run, shared_loop
 from snakepit.grpc._status import ERROR_METADATA, error_json, is_tool_failure, status_of
 

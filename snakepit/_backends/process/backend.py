@@ -30,19 +30,19 @@ import time
 from typing import Any, Iterable, Mapping
 
 from snakepit import _errors as errors
-from snakepit._errors import Reason
-from snakepit._seam.reactor import Reactor
-from snakepit._seam.workers import Worker
-from snakepit._protocol import Log, Pong, Ready, Shutdown, StartFailed, Telemetry, encode_frame
-from snakepit._seam.backend import Closing, WorkerEvents
 from snakepit._backends.process.janitor import Janitor
 from snakepit._backends.process.launcher import SNAKEPIT_ROOT, prefer_for_oom_kill, spawn
-from snakepit._seam.launch import BackendOptions, LaunchSpec, build_launch_spec
 from snakepit._backends.process.oom import OomWitness
 from snakepit._backends.process.relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
 from snakepit._backends.process.segments import Attachments, Segments
 from snakepit._backends.process.slots import Mux
 from snakepit._backends.process.template import Template, TemplateUnavailable, adapter_module
+from snakepit._errors import Reason
+from snakepit._protocol import Log, Pong, Ready, Shutdown, StartFailed, Telemetry, encode_frame
+from snakepit._seam.backend import Closing, WorkerEvents
+from snakepit._seam.launch import BackendOptions, LaunchSpec, build_launch_spec
+from snakepit._seam.reactor import Reactor
+from snakepit._seam.workers import Worker
 
 START_METHODS = ("forkserver", "spawn")
 _log = logging.getLogger("snakepit")

@@ -30,13 +30,13 @@ from typing import Any, Callable, Sequence
 import msgspec
 import psutil
 
-from snakepit._seam.timing import deadline_after, poll_ms
-from snakepit._protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
-from snakepit._seam.backend import Closing, DeadlineExceeded, PoolClosing, WorkerGone, death_cause, watch_readers
 from snakepit._backends.process import segments, spill
 from snakepit._backends.process.segments import Attachments
 from snakepit._backends.process.spin import Spin
 from snakepit._backends.process.template import ForkedProcess
+from snakepit._protocol import Event, FrameReader, FrameWriter, FromWorker, write_all
+from snakepit._seam.backend import Closing, DeadlineExceeded, PoolClosing, WorkerGone, death_cause, watch_readers
+from snakepit._seam.timing import deadline_after, poll_ms
 
 
 @dataclass(frozen=True)

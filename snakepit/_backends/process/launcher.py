@@ -18,12 +18,12 @@ import sys
 from typing import Any, Mapping
 
 from snakepit import _protocol as protocol
-from snakepit._protocol import Boot
-from snakepit._seam.launch import LaunchSpec
-from snakepit._seam.backend import Closing
 from snakepit._backends.process import spill
 from snakepit._backends.process.connection import ProcessConnection, WorkerPipes
 from snakepit._backends.process.template import Template
+from snakepit._protocol import Boot
+from snakepit._seam.backend import Closing
+from snakepit._seam.launch import LaunchSpec
 
 _PIPE_SIZE = 1 << 20  # the Linux default maximum; bigger pipes mean fewer wake-ups per stream
 

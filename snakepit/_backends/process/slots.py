@@ -22,9 +22,9 @@ import weakref
 from collections import deque
 from typing import Any
 
+from snakepit._backends.process.connection import ProcessConnection
 from snakepit._protocol import HEADER, STREAM_WINDOW, TERMINAL, Chunk, Chunks, Credit
 from snakepit._seam.backend import FedByThread, WorkerGone
-from snakepit._backends.process.connection import ProcessConnection
 
 _GRANT_EVERY = STREAM_WINDOW // 2
 

@@ -23,14 +23,15 @@ import os
 import threading
 from typing import Any, Iterable, Mapping
 
-from snakepit import _errors as errors, _protocol as protocol
+from snakepit import _errors as errors
+from snakepit import _protocol as protocol
+from snakepit._backends.ray.connection import RayConnection
 from snakepit._errors import Reason
-from snakepit._seam.reactor import Reactor
-from snakepit._seam.workers import Worker
 from snakepit._protocol import Boot, FrameReader, FromWorker, Ready, StartFailed
 from snakepit._seam.backend import Closing, WorkerEvents
 from snakepit._seam.launch import BackendOptions, LaunchSpec, build_launch_spec
-from snakepit._backends.ray.connection import RayConnection
+from snakepit._seam.reactor import Reactor
+from snakepit._seam.workers import Worker
 
 log = logging.getLogger("snakepit.ray")
 

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import msgspec
 
-from snakepit._protocol import HEADER, KEEP_BUFFER, FrameWriter, Share, chunk_layout
 from snakepit._backends.process.spill import SpillWriter
+from snakepit._protocol import HEADER, KEEP_BUFFER, FrameWriter, Share, chunk_layout
 
 _COALESCE = 50e-6
 

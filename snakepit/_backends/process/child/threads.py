@@ -21,11 +21,11 @@ from typing import Any, Callable
 
 import msgspec
 
+from snakepit._backends.process import segments
+from snakepit._backends.process.child.outbox import write_or_exit
 from snakepit._errors import CallCancelled, Category, Reason
 from snakepit._hosting.threaded import ThreadHost
 from snakepit._protocol import STREAM_WINDOW, TERMINAL, Batch, Chunk, Failure, FrameWriter
-from snakepit._backends.process import segments
-from snakepit._backends.process.child.outbox import write_or_exit
 
 
 class SharedOutbox:

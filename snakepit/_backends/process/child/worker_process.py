@@ -26,14 +26,14 @@ from time import monotonic
 from typing import Any
 
 from snakepit import telemetry
-from snakepit._hosting import ToolHost
-from snakepit._protocol import Batch, Boot, Call, Cancel, Credit, FrameReader, Ping, Pong, Ready, Shutdown, StartFailed, ToWorker
 from snakepit._backends.process import segments
-from snakepit._backends.process.spill import record_faults
 from snakepit._backends.process.child.events import Events
 from snakepit._backends.process.child.orphans import adopt_orphans, die_with_parent, end_descendants, name_process, reap_orphans
 from snakepit._backends.process.child.outbox import Outbox
 from snakepit._backends.process.child.threads import SharedOutbox, ToolThreads
+from snakepit._backends.process.spill import record_faults
+from snakepit._hosting import ToolHost
+from snakepit._protocol import Batch, Boot, Call, Cancel, Credit, FrameReader, Ping, Pong, Ready, Shutdown, StartFailed, ToWorker
 
 _REAP_EVERY = 0.1  # seconds between two looks for adopted orphans' zombies (see orphans.py)
 
