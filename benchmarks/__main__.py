@@ -19,7 +19,7 @@ import importlib
 import importlib.util
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ._harness import machine_facts
 

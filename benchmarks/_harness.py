@@ -10,8 +10,8 @@ import platform
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Callable, Sequence
 
 
 def interleaved(repeats: int, contenders: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
@@ -119,7 +119,7 @@ def machine_facts() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_model": model,

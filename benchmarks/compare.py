@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 _LOWER_IS_BETTER = ("_us", "_s", "seconds", "_ms", "latency", "rss", "uss", "_mb")
 
@@ -30,7 +31,7 @@ def figures(tree: Any, path: str = "") -> Iterator[tuple[str, float]]:
 
 def lower_is_better(path: str) -> bool:
     leaf = path.rsplit(".", 1)[-1].lower()
-    return leaf.endswith(_LOWER_IS_BETTER) or "per_s" not in path and any(word in leaf for word in ("p50", "p99", "time"))
+    return leaf.endswith(_LOWER_IS_BETTER) or ("per_s" not in path and any(word in leaf for word in ("p50", "p99", "time")))
 
 
 def compare(old: dict, new: dict, threshold: float) -> list[tuple[str, float, float, float, str]]:

@@ -34,7 +34,8 @@ import asyncio
 import os
 import statistics
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage

@@ -272,7 +272,7 @@ class Recorder:
             yield call
         except SnakepitError as error:
             self.snakepit_error(call, error)
-        except Exception as exc:  # noqa: BLE001 -- anything else is a library bug (or the soak's)
+        except Exception as exc:
             self._foreign(call, exc)
         except asyncio.CancelledError as exc:  # the soak's own cancels are caught where they are made...
             if self.rescuing:  # ...but for the end of a hung asyncio thread's calls (they count as hangs)
@@ -722,7 +722,7 @@ def session_load(
                 with rec.call(kind, f"stream_{mode}", where, timeout) as call:
                     try:
                         for value in session.stream("count", {"n": n}, timeout=timeout):
-                            got.append(value)  # noqa: PERF402 -- one by one: the prefix counts if it fails
+                            got.append(value)
                         _check_stream(rec, call, got, n)
                     except SnakepitError as error:
                         restart = check.failed(error, ticked=False)
@@ -1301,7 +1301,7 @@ def _guarded(rec: Recorder, where: str, target: Callable[..., None], args: tuple
     """A load thread: anything escaping its calls' bookkeeping is recorded, not lost."""
     try:
         target(*args)
-    except BaseException as exc:  # noqa: BLE001 -- recorded as what it is
+    except BaseException as exc:
         rec.foreign_outside(where, exc)
 
 

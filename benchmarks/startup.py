@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         floor = f"{n} bare interpreters importing {modules}"
         contenders = {f"Pool(size={n}), start_method={method!r}": (lambda m=method: measure(m)) for method in METHODS}
-        contenders[floor] = lambda: bare_imports(n, modules)
+        contenders[floor] = lambda n=n, modules=modules: bare_imports(n, modules)
         samples = interleaved(opts.repeats, contenders)
         results = medians(samples)
         ranges = "; ".join(f"{label.split(', ')[1]} {min(v):.0f}-{max(v):.0f}" for label, v in samples.items() if label != floor)

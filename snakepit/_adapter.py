@@ -17,8 +17,9 @@ import importlib
 import inspect
 import itertools
 import typing
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, TypeVar, Union, overload
+from typing import Any, TypeVar, Union, overload
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -283,7 +284,7 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundT
         else:
             # An omitted mutable default stays UNSET and is left out of the call, so Python
             # applies the tool's own default object exactly as a direct call would.
-            fields.append((p.name, Union[checked, UnsetType], UNSET))
+            fields.append((p.name, Union[checked, UnsetType], UNSET))  # noqa: UP007 (a runtime type, maybe not a class)
             unset_defaults = True
         if p.kind is inspect.Parameter.KEYWORD_ONLY:
             keyword_only = True

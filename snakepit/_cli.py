@@ -13,7 +13,8 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from snakepit import Pool, SnakepitError
 

@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Generic, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from snakepit import HALT, Pool, SnakepitError
 from snakepit.adapters.showcase import ShowcaseAdapter

@@ -109,7 +109,7 @@ class WorkerError(SnakepitError):
     """The worker process failed (crashed, or could not start)."""
 
 
-class TimeoutError(SnakepitError, builtins.TimeoutError):  # noqa: A001 - deliberate family name
+class TimeoutError(SnakepitError, builtins.TimeoutError):
     """A call ran past its ``timeout`` or waited past ``queue_timeout``."""
 
 

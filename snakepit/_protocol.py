@@ -24,7 +24,8 @@ import mmap
 import os
 import pickle
 import struct
-from typing import Any, Callable, NamedTuple, TypeVar, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 from msgspec.msgpack import Ext
@@ -193,7 +194,7 @@ class Failure(_Msg, tag=15):
     reason: str
     message: str
     details: dict[str, Any]
-    traceback: Union[str, None] = None
+    traceback: str | None = None
 
 
 # worker -> owner, events pipe
@@ -218,9 +219,9 @@ class Telemetry(_Msg, tag=20):
     fields: dict[str, Any]
 
 
-ToWorker = Union[Boot, Call, Batch, Shutdown, Cancel, Ping, Credit]
-FromWorker = Union[Ready, StartFailed, Result, Chunk, Chunks, End, Failure, BatchResult]
-Event = Union[Pong, Log, Telemetry]
+ToWorker = Boot | Call | Batch | Shutdown | Cancel | Ping | Credit
+FromWorker = Ready | StartFailed | Result | Chunk | Chunks | End | Failure | BatchResult
+Event = Pong | Log | Telemetry
 
 TERMINAL = (Result, End, Failure, BatchResult)
 

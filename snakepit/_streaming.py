@@ -3,8 +3,9 @@ the loops every stream iterator (in process or remote, sync or async) hands to `
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Final, Iterator, Protocol
+from typing import Any, Final, Protocol, Self
 
 __all__ = ["StreamChunk", "StreamResult", "HALT"]
 
@@ -27,7 +28,7 @@ class _Halt:
 
     _instance: _Halt | None = None
 
-    def __new__(cls) -> _Halt:
+    def __new__(cls) -> Self:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance

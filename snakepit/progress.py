@@ -12,7 +12,8 @@ has no length). For a streaming tool whose chunks report their own progress (fie
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from snakepit import _errors as errors
 from snakepit._errors import Reason

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import contextvars
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Self
 
 __all__ = ["emit", "span"]
 
@@ -81,14 +82,14 @@ class _Span:
         self._attributes = attributes
         self._started = 0.0
 
-    def __enter__(self) -> _Span:
+    def __enter__(self) -> Self:
         self._started = time.perf_counter()
         sink = _sink
         if sink is not None:
             sink(_event("span_start", self._name, None, self._attributes))
         return self
 
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
         sink = _sink
         if sink is None:
             return
@@ -112,7 +113,7 @@ class _Span:
 class _NoSpan:
     __slots__ = ()
 
-    def __enter__(self) -> _NoSpan:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

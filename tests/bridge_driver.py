@@ -21,11 +21,11 @@ import time
 
 sys.path.insert(0, sys.argv[1])
 
-import bridge_pb2  # noqa: E402
-import bridge_pb2_grpc  # noqa: E402
-import grpc  # noqa: E402
-from google.protobuf import json_format  # noqa: E402
-from google.protobuf.any_pb2 import Any  # noqa: E402
+import bridge_pb2
+import bridge_pb2_grpc
+import grpc
+from google.protobuf import json_format
+from google.protobuf.any_pb2 import Any
 
 PREFIX = "type.googleapis.com/snakepit."
 REQUESTS = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
@@ -35,7 +35,7 @@ class Sample(BaseAdapter):
         yield from range(n)
 
     @tool
-    def optional(self, value: Optional[int] = None, items: list[int] = [1, 2]) -> Any:  # noqa: B006
+    def optional(self, value: int | None = None, items: list[int] = [1, 2]) -> Any:  # noqa: B006
         return value, items
 
     @tool
@@ -51,7 +51,7 @@ class Sample(BaseAdapter):
         return rest
 
     @tool
-    def unsupported(self, fn: "callable") -> Any:  # noqa: F821 - an annotation msgspec cannot check
+    def unsupported(self, fn: callable) -> Any:
         return fn
 
     def not_a_tool(self) -> None:

@@ -136,7 +136,7 @@ def test_strict_queue_waiters_fail_when_their_worker_dies(pool):
         def wait_in_line():
             try:
                 pool.execute("add", {"a": 1}, session_id="s", affinity="strict_queue")
-            except BaseException as exc:  # noqa: BLE001 - asserted below
+            except BaseException as exc:
                 outcome.append(exc)
 
         waiter = threading.Thread(target=wait_in_line)

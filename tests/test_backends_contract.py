@@ -301,7 +301,7 @@ def test_close_gives_a_running_call_pool_closed_at_once(backend, tmp_path):
     def call() -> None:
         try:
             pool.execute("sleep", {"seconds": 60, "marker": marker})
-        except BaseException as exc:  # noqa: BLE001 - asserted below
+        except BaseException as exc:
             outcome.append((exc, time.monotonic()))
 
     caller = threading.Thread(target=call)

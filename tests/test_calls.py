@@ -262,7 +262,7 @@ def test_chunks_arrive_as_produced(pool):
 def test_chunks_of_a_fast_burst_followed_by_work_arrive_before_the_work_ends(pool):
     arrivals = []
     started = time.monotonic()
-    for chunk in pool.stream("stream_values", {"values": list(range(50))}):
+    for _chunk in pool.stream("stream_values", {"values": list(range(50))}):
         arrivals.append(time.monotonic() - started)
     assert len(arrivals) == 50 and arrivals[-1] < 1.0
 
@@ -292,7 +292,7 @@ def test_many_threads_share_one_pool(pool):
             results[i] = pool.execute("add", {"a": i, "b": i})
             got = [c["number"] for c in pool.stream("count", {"n": 20})]
             assert got == list(range(20))
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=caller, args=(i,)) for i in range(16)]

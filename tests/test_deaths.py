@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import psutil
 import pytest
@@ -120,7 +119,7 @@ def test_a_slot_whose_workers_keep_dying_is_quarantined_while_the_others_serve()
         for _ in range(2):
             victim = next(w for w in pool.stats()["worker_info"] if w["slot"] == 0)
             os.kill(victim["pid"], signal.SIGKILL)
-            wait_for(lambda: all(w["pid"] != victim["pid"] for w in pool.stats()["worker_info"]))
+            wait_for(lambda victim=victim: all(w["pid"] != victim["pid"] for w in pool.stats()["worker_info"]))
             if not any(e["event"] == "worker_quarantined" for e in events):
                 wait_for(lambda: len(pool.stats()["worker_info"]) == 2, timeout=15)
         stats = pool.stats()  # quarantined for a second, unless this machine was slower than that

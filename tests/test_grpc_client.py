@@ -15,10 +15,10 @@ import pytest
 
 pytest.importorskip("grpc")
 
-from helpers import Faulty, Point, Toolbox, wait_for  # noqa: E402
+from helpers import Faulty, Point, Toolbox, wait_for
 
-from snakepit import HALT, Pool, SnakepitError  # noqa: E402
-from snakepit.grpc import Client  # noqa: E402
+from snakepit import HALT, Pool, SnakepitError
+from snakepit.grpc import Client
 
 
 @pytest.fixture(scope="module")

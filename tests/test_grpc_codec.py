@@ -11,14 +11,14 @@ import pytest
 
 pytest.importorskip("grpc")
 
-import grpc  # noqa: E402
-from google.protobuf.any_pb2 import Any as AnyMessage  # noqa: E402
-from hypothesis import given  # noqa: E402
+import grpc
+from google.protobuf.any_pb2 import Any as AnyMessage
+from hypothesis import given
 from hypothesis import strategies as st
 
-from snakepit import SnakepitError  # noqa: E402
-from snakepit._errors import Category, Reason, build_error  # noqa: E402
-from snakepit.grpc import _codec as codec  # noqa: E402
+from snakepit import SnakepitError
+from snakepit._errors import Category, Reason, build_error
+from snakepit.grpc import _codec as codec
 from snakepit.grpc import _status as status
 
 

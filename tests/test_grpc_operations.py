@@ -18,13 +18,13 @@ import pytest
 
 pytest.importorskip("grpc_tools", reason="the dev extra's grpcio-tools compiles the test client")
 
-import grpc  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-from helpers import BreaksOnRestart, Faulty, Toolbox, wait_for  # noqa: E402
-from test_grpc_server import DRIVER, bridge, compiled  # noqa: E402,F401
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import BreaksOnRestart, Faulty, Toolbox, wait_for
+from test_grpc_server import DRIVER, bridge, compiled  # noqa: F401
 
-from snakepit import Pool, SnakepitError  # noqa: E402
-from snakepit.grpc import TLS, Client, ClientTLS  # noqa: E402
+from snakepit import Pool, SnakepitError
+from snakepit.grpc import TLS, Client, ClientTLS
 
 
 def health_status(address: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("grpc_tools", reason="the dev extra's grpcio-tools")
 
-from snakepit.grpc import generate  # noqa: E402
+from snakepit.grpc import generate
 
 
 def test_the_generated_modules_are_those_of_the_proto(tmp_path):

@@ -18,10 +18,10 @@ import pytest
 
 pytest.importorskip("grpc_tools", reason="the dev extra's grpcio-tools compiles the test client")
 
-from helpers import Faulty, Toolbox, wait_for  # noqa: E402
+from helpers import Faulty, Toolbox, wait_for
 
-from snakepit import Pool, SnakepitError  # noqa: E402
-from snakepit.grpc._status import error_from_json  # noqa: E402
+from snakepit import Pool, SnakepitError
+from snakepit.grpc._status import error_from_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).with_name("bridge_driver.py")
@@ -112,7 +112,7 @@ def test_every_rpc_answers(served, compiled):
 
 
 def test_results_travel_as_json_bytes_or_pickles_by_request(served, compiled):
-    pool, address = served
+    _pool, address = served
     as_json, as_bytes, as_pickle, converted, from_binary, correlated = bridge(
         compiled,
         address,
@@ -186,7 +186,7 @@ def test_streams_number_their_chunks_and_end_with_exactly_one_final(served, comp
 
 def test_chunks_that_arrive_together_still_travel_one_message_each_in_order(served, compiled):
     # Hundreds of quick chunks reach the owner a batch at a time; each is still its own ToolChunk.
-    pool, address = served
+    _pool, address = served
     plain, explicit = bridge(
         compiled,
         address,
@@ -204,7 +204,7 @@ def test_chunks_that_arrive_together_still_travel_one_message_each_in_order(serv
 
 
 def test_batched_streams_pack_the_chunks_at_hand_into_json_arrays(served, compiled):
-    pool, address = served
+    _pool, address = served
     [batched] = bridge(
         compiled,
         address,
@@ -277,7 +277,7 @@ def test_batched_streams_pack_the_chunks_at_hand_into_json_arrays(served, compil
     ],
 )
 def test_each_failure_has_its_status_and_the_exact_error(served, compiled, op, code, reason):
-    pool, address = served
+    _pool, address = served
     [result] = bridge(compiled, address, op)
     assert result["code"] == code, result
     error = snakepit_error(result)
@@ -330,7 +330,7 @@ def test_a_sessions_metadata_and_birth_live_and_expire_with_the_pools_session(co
 def test_pool_refusals_are_their_statuses(compiled):
     with Pool(Faulty, size=1, max_sessions=1, max_queue=0, affinity="strict_fail_fast") as pool:
         address = pool.serve("127.0.0.1:0").address
-        quota_ok, quota, busy_first = bridge(
+        quota_ok, quota, _busy_first = bridge(
             compiled,
             address,
             {"rpc": "InitializeSession", "request": {"session_id": "one"}},

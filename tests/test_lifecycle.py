@@ -215,7 +215,7 @@ def test_close_while_a_stream_runs_ends_it_with_pool_closed():
         try:
             for _ in pool.stream("guarded", {"delay": 0.01}):
                 got_first.set()
-        except BaseException as exc:  # noqa: BLE001 - asserted below
+        except BaseException as exc:
             outcome.append(exc)
 
     t = threading.Thread(target=consume)
@@ -301,7 +301,7 @@ def test_close_gives_running_calls_pool_closed_at_once_while_the_workers_stop(ki
                 asyncio.run(pool.aexecute(tool, {"seconds": 60, "marker": marker}))
             else:
                 list(pool.map(tool, [{"seconds": 60, "marker": marker}] * 3))
-        except BaseException as exc:  # noqa: BLE001 - asserted below
+        except BaseException as exc:
             outcome.append((exc, time.monotonic()))
 
     caller = threading.Thread(target=call)

@@ -44,7 +44,12 @@ def test_saturation_and_queue_timeout_events():
         blocker = threading.Thread(target=pool.execute, args=("sleep", {"seconds": 0.5}))
         blocker.start()
         wait_for(lambda: pool.stats()["busy"] == 1)
-        waiter = threading.Thread(target=lambda: pytest.raises(SnakepitError, pool.execute, "add", {"a": 1}))
+
+        def wait_and_fail() -> None:
+            with pytest.raises(SnakepitError):
+                pool.execute("add", {"a": 1})
+
+        waiter = threading.Thread(target=wait_and_fail)
         waiter.start()
         wait_for(lambda: pool.stats()["waiting"] == 1)
         with pytest.raises(SnakepitError):

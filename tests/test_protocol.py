@@ -157,7 +157,7 @@ def test_both_readers_deliver_every_frame_intact_through_a_pipe(payloads, step):
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, blocking)
         writer = threading.Thread(
-            target=lambda: [_write_all(write_fd, stream[i : i + step]) for i in range(0, len(stream), step)]
+            target=lambda write_fd=write_fd: [_write_all(write_fd, stream[i : i + step]) for i in range(0, len(stream), step)]
         )
         writer.start()
         reader = FrameReader(FromWorker)

@@ -165,7 +165,7 @@ def test_a_worker_holding_a_large_argument_is_not_recycled_for_shared_memory():
 def test_a_cancelled_stream_of_large_chunks_leaves_the_worker_usable(arrays):
     n = 8 * MIB // 8
     with arrays.stream("chunks", {"count": 1000, "n": n}) as stream:
-        for i, chunk in enumerate(stream):
+        for i, _chunk in enumerate(stream):
             if i == 3:
                 break
     assert arrays.execute("arange", {"n": 10}).tolist() == list(range(10))

@@ -13,8 +13,9 @@ import asyncio
 import gc
 import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 import pytest
@@ -204,7 +205,7 @@ def test_a_cancel_after_the_answer_arrived_releases_without_draining(pool_core):
 
 
 def test_a_death_delivers_what_was_salvaged_before_the_crash(pool_core):
-    dispatcher, supervision, _ = pool_core
+    dispatcher, _supervision, _ = pool_core
     exchange = begin(dispatcher)
     worker = exchange.handle
     worker.conn.dies = True
@@ -226,7 +227,7 @@ def test_a_death_with_nothing_salvaged_is_worker_crashed_with_its_exit(pool_core
 
 
 def test_a_waiter_is_handed_the_worker_on_release(pool_core):
-    dispatcher, _, (first, second) = pool_core
+    dispatcher, _, (_first, _second) = pool_core
     holders = [begin(dispatcher), begin(dispatcher)]  # both workers busy
     got: list[Worker] = []
     waiter = threading.Thread(target=lambda: got.append(dispatcher.checkout(None, None, None, None)))
@@ -353,7 +354,8 @@ def test_the_state_table_refuses_moves_it_does_not_list():
 # -- a process serving through call slots (threads_per_worker) --------------------------------------
 
 
-def _threaded_pool(recycle: RecyclePolicy = RecyclePolicy()) -> tuple[Dispatcher, RecordingSupervision, Worker]:
+def _threaded_pool(recycle: RecyclePolicy | None = None) -> tuple[Dispatcher, RecordingSupervision, Worker]:
+    recycle = recycle or RecyclePolicy()
     dispatcher = Dispatcher(10, Counters(), SessionStore(3600.0, 100), Affinity.HINT, recycle, Observer(None))
     supervision = RecordingSupervision(dispatcher)
     dispatcher.supervisor = supervision

@@ -236,7 +236,7 @@ def test_recycled_processes_leave_no_descriptors_behind():
         before = eventfds()
         for round_ in range(2, 12):
             pool.execute("pid")
-            wait_for(lambda: pool.stats()["recycled"] >= round_ and pool.stats()["available"] == 4, timeout=30)
+            wait_for(lambda round_=round_: pool.stats()["recycled"] >= round_ and pool.stats()["available"] == 4, timeout=30)
         # Ten recycles: at most the slots of a process still being disposed of, not ten processes' worth.
         wait_for(lambda: eventfds() <= before + 4, timeout=10)
 

@@ -29,7 +29,8 @@ from __future__ import annotations
 import functools
 import threading
 import traceback
-from typing import Any, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import msgspec
 
@@ -235,6 +236,9 @@ class ToolHost:
         self._armed = False
         raise CallCancelled()
 
+    def _gather_call(self, call_id: int, tool: Any, bound: Any) -> list[Any]:
+        return self._gather(call_id, tool.call(bound))
+
     def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``: tool code, which a cancel of the running call interrupts."""
         self._armed = True
@@ -265,7 +269,7 @@ class ToolHost:
             return
         try:
             if tool.spec.supports_streaming or tool.is_generator:  # execute on a stream: every chunk
-                out = self._guarded(lambda: self._gather(call_id, tool.call(bound)))
+                out = self._guarded(self._gather_call, call_id, tool, bound)
             else:
                 out = self._guarded(tool.call, bound)
         except CallCancelled:

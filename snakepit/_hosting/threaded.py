@@ -131,7 +131,7 @@ class _ThreadShield:
             self._was_armed = True
             host._armed = False
 
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
         if not self._was_armed:
             return
         host = self._host

@@ -17,7 +17,8 @@ import asyncio
 import inspect
 import threading
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, Self
 
 from snakepit import _errors as errors
 from snakepit._pool.dispatcher import Dispatcher, Owner
@@ -53,7 +54,7 @@ async def checkout(
         while handle is None:
             try:
                 await asyncio.wait_for(parked, None if deadline is None else max(0.0, deadline - loop_time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             handle, parked = dispatcher.settle(ticket, queue_deadline, call_deadline, _park)
     except errors.SnakepitError:
@@ -407,7 +408,7 @@ class AsyncStream:
             self._readable.close()
             self._readable = None
 
-    async def __aenter__(self) -> AsyncStream:
+    async def __aenter__(self) -> Self:
         if self._exchange is None:
             await self._begin()
         return self

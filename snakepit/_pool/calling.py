@@ -16,7 +16,8 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Any, Awaitable, Callable, Iterable, Mapping, NamedTuple
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
 from snakepit import _errors as errors
 from snakepit import _protocol as protocol

@@ -17,7 +17,8 @@ import threading
 import time
 import weakref
 from collections import Counter
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from snakepit import _errors as errors
 from snakepit._errors import Reason

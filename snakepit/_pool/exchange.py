@@ -30,7 +30,8 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, Self
 
 from snakepit import _errors as errors
 from snakepit._errors import Reason
@@ -621,7 +622,7 @@ class Stream:
             if not self._exchange.finished:
                 self._exchange.dispatcher.defer(self._end)
 
-    def __enter__(self) -> Stream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -24,7 +24,8 @@ import functools
 import itertools
 import time
 from collections import deque
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
 
 import msgspec
 from msgspec.msgpack import Ext

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from typing import Any, Self
 
 from snakepit import _errors as errors
 from snakepit import _tracing as tracing
@@ -243,7 +244,7 @@ class Pool(Calls["Stream", "AsyncStream"]):
             self._state = "closed"
         self._finalizer()
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> Self:
         return self.start() if self._state == "new" else self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from snakepit._errors import Reason
 from snakepit._seam.affinity import Affinity

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from snakepit import _errors as errors
 from snakepit._errors import Reason

@@ -15,7 +15,8 @@ import os
 import select
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # annotations only
     import asyncio

@@ -10,7 +10,8 @@ over the wire, a :class:`~snakepit.Session` by binding its id and passing them o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Generic, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from snakepit._seam.affinity import Affinity
 from snakepit._seam.request import CallRequest

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any
 
 from snakepit import _errors as errors
 from snakepit import _protocol as protocol
@@ -78,7 +79,7 @@ def _resolves(path: str, adapter: type) -> bool:
         return False
 
 
-WorkerEnv = Union[Mapping[str, str], Callable[[int], Mapping[str, str]], None]
+WorkerEnv = Mapping[str, str] | Callable[[int], Mapping[str, str]] | None
 
 
 @dataclass(frozen=True)

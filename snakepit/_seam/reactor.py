@@ -21,7 +21,8 @@ import selectors
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from snakepit._observe import Observer
 

@@ -7,7 +7,8 @@ to the request-level methods: ``run``, ``run_stream``, ``open_stream`` and their
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from snakepit import _errors as errors
 from snakepit._errors import Reason

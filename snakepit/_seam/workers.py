@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 
 class WorkerState(enum.Enum):

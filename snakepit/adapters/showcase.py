@@ -18,7 +18,8 @@ import math
 import os
 import random
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from snakepit._adapter import BaseAdapter, tool
 from snakepit._streaming import StreamChunk

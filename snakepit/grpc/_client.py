@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import pickle
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Self
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -99,7 +100,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         if self._closed:
             raise errors.pool_error(Reason.POOL_CLOSED, f"this client of {self.address} is closed")
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -365,7 +366,7 @@ class RemoteStream(_Remote):
         call, self._call = self._call, _FINISHED
         call.cancel()
 
-    def __enter__(self) -> RemoteStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -432,7 +433,7 @@ class AsyncRemoteStream(_Remote):
             except RuntimeError:  # the loop is closed: so is the call
                 pass
 
-    async def __aenter__(self) -> AsyncRemoteStream:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -19,8 +19,9 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -221,7 +222,7 @@ class Server:
             await self._health.stop()
         await server.stop(grace)
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -27,7 +27,8 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from snakepit import _errors as errors
 from snakepit._backends.process.janitor import Janitor

@@ -24,8 +24,9 @@ import socket
 import subprocess
 import threading
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import msgspec
 import psutil

@@ -15,7 +15,8 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from snakepit import _protocol as protocol
 from snakepit._backends.process import spill

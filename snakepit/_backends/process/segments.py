@@ -39,7 +39,8 @@ import socket
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from msgspec.msgpack import Ext

@@ -57,9 +57,8 @@ def create(size: int = SIZE) -> int:
     else:  # pragma: no cover - non-Linux
         import tempfile
 
-        handle = tempfile.TemporaryFile()
-        fd = os.dup(handle.fileno())
-        handle.close()
+        with tempfile.TemporaryFile() as handle:
+            fd = os.dup(handle.fileno())
     os.ftruncate(fd, HEADER_SIZE + size)
     return fd
 

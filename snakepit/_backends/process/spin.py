@@ -13,8 +13,8 @@ A spin is at most ``MAX_SPIN`` long; an idle reader never spins.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter
-from typing import Callable
 
 MAX_SPIN = 50e-6
 _MISSES_TO_STOP = 2

@@ -17,7 +17,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -122,7 +123,7 @@ class Template:
         if self._hello is not None:
             return
         answer, _ = self._receive(self._deadline, "start")
-        _, pid, threads, failed, left_open = answer
+        _, _pid, threads, _failed, left_open = answer
         if threads > 1:
             self._fail(f"importing the adapter's module started {threads - 1} thread(s), which a fork cannot copy")
         if left_open:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from snakepit import _errors as errors
 from snakepit import _protocol as protocol

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from snakepit._protocol import Cancel, FrameReader, FromWorker, Ping, is_stream_call
 from snakepit._seam.backend import Closing, FedByThread, WorkerGone, death_cause

@@ -14,7 +14,9 @@ import logging
 import os
 import select
 import threading
-from typing import Any, Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import msgspec
 
@@ -38,7 +40,7 @@ def plain(value: Any) -> Any:
 
 
 class Events:
-    def __init__(self, fd: int, shield: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> None:
+    def __init__(self, fd: int, shield: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> None:
         self._fd = fd
         os.set_blocking(fd, False)
         self._lock = threading.Lock()

@@ -203,7 +203,7 @@ def _preload(module: str | None, sys_path: list[str], cwd: str) -> str | None:
     if module:
         try:
             importlib.import_module(module)
-        except BaseException as exc:  # noqa: BLE001 - including SystemExit: the worker will say
+        except BaseException as exc:
             return f"{type(exc).__name__}: {exc}"
     return None
 
