@@ -683,7 +683,7 @@ class FrameReader:
             return [decode(data[4:])]
         view = memoryview(data)
         pos = 0
-        out = []
+        out: list[Any] = []
         while end - pos >= 4:
             size = unpack(data, pos)[0]
             stop = pos + 4 + size

@@ -31,7 +31,7 @@ class _Halt:
     def __new__(cls) -> Self:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
-        return cls._instance
+        return cls._instance  # type: ignore[return-value]  # the one instance: _Halt is final
 
     def __repr__(self) -> str:
         return "HALT"

@@ -186,7 +186,7 @@ class ToolHost:
         context = telemetry.current.set(message)  # for the tool's telemetry and log records
         traced = None if message.trace is None else _attach_trace(message.trace)
         try:
-            if type(message) is Call:
+            if isinstance(message, Call):
                 self._run(message)
             else:
                 self._run_batch(message)
@@ -316,6 +316,7 @@ class ToolHost:
                         if not plain(item):
                             item = pickled(item, _dumps, share)
                     elif kind is bytes and shares(item, share):
+                        assert share is not None
                         item = share("bytes", b"", [memoryview(item)])
                     try:
                         chunk(item)
@@ -403,7 +404,7 @@ class ToolHost:
         self._live_batch = (batch.id, live)
         if batch.id in self._cancelled:
             live.clear()
-        pending = iter(live)
+        pending: Any = iter(live)  # a list iterator: __setstate__ moves it on past a failure
         try:
             self._armed = True
             while True:
@@ -481,7 +482,7 @@ _generic = msgspec.msgpack.Decoder()
 
 def _batch_failure(batch: Batch, index: int, bound: Any, exc: BaseException) -> list[Any]:
     """The failure entry of item ``index``: its invalid arguments, or what the tool raised."""
-    error = bound if isinstance(bound, errors.SnakepitError) else exc
+    error: Any = bound if isinstance(bound, errors.SnakepitError) else exc
     if not isinstance(error, errors.SnakepitError):
         error = _tool_exception(batch.id, batch.tool, exc)
     return [index, error.category, error.reason, error.message, error.details, error.traceback]

@@ -53,7 +53,7 @@ class ThreadHost(ToolHost):
         """Called by the thread that will run this host's calls."""
         self._main = threading.get_ident()
 
-    @property  # type: ignore[override]
+    @property
     def _armed(self) -> bool:
         return self._armed_now
 

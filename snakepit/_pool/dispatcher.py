@@ -267,7 +267,7 @@ class Dispatcher:
         ours = ticket.owner is not None and handle.owner is not None and handle.owner() is ticket.owner
         if handle.checked_out and not ours:
             return []  # given back already, and someone else's now
-        if ours and not ticket.owner.disown(handle):
+        if ours and ticket.owner is not None and not ticket.owner.disown(handle):
             return []  # its owner is using it already: it comes back through the owner
         # Ours, or assigned by the router but never claimed (interrupted): back to the pool.
         handle.checked_out = False
@@ -719,15 +719,16 @@ class Dispatcher:
             self.sessions.sweep(time.monotonic())
             # A process serving through call slots is one worker, however many slots it has.
             workers = list({id(w.process or w): w.process or w for w in self.workers.values()}.values())
+            infos = [_worker_info(h) for h in workers]
             snapshot = {
                 "sessions": len(self.sessions),
                 "workers": len(workers),
                 "available": self.router.idle,
                 "busy": self.router.busy,
                 "waiting": self.router.waiting,
-                "worker_info": [_worker_info(h) for h in workers],
+                "worker_info": infos,
             }
-        for info, handle in zip(snapshot["worker_info"], workers):  # measured outside the lock
+        for info, handle in zip(infos, workers):  # measured outside the lock
             info["rss"] = handle.conn.memory()
         return snapshot
 

@@ -31,7 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 from snakepit import _errors as errors
 from snakepit._errors import Reason
@@ -457,15 +457,9 @@ def run_stream(exchange: Exchange, callback: Callable[[Any], Any]) -> StreamResu
         raise
 
 
-class _Restartable(Protocol):
-    _exchange: Any
-    _delivery: Any
-    _on_error: Callable[[], Any]
-
-
-def carry_on(stream: _Restartable, exchange: Exchange | None, error: errors.SnakepitError) -> bool:
-    """After a stream's restart (sync or async: the one decision of both): carry on with its
-    exchange, or end with ``error`` if there is none."""
+def carry_on(stream: Any, exchange: Exchange | None, error: errors.SnakepitError) -> bool:
+    """After a stream's restart (sync or async: the one decision of both, a Stream or an
+    AsyncStream): carry on with its exchange, or end with ``error`` if there is none."""
     if exchange is None:
         stream._on_error()
         end_call(stream._exchange, error)

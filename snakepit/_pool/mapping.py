@@ -125,7 +125,7 @@ class MapEngine:
         # The asyncio driver's: write a frame the worker's pipe cannot hold at once somewhere
         # that may block (a thread), then report back through written(). Meanwhile that worker
         # gets nothing more. Without it (the thread driver) such a write blocks the caller.
-        self.offload: Callable[[Worker, bytes, _InFlight], None] | None = None
+        self.offload: Callable[[Worker, bytes | bytearray, _InFlight], None] | None = None
         self._writing: set[int] = set()  # workers with an offloaded write under way
 
     @property
@@ -628,7 +628,7 @@ async def arun_map(
     loop = asyncio.get_running_loop()
     writes: set[asyncio.Future[None]] = set()
 
-    def offload(handle: Worker, frame: bytes, batch: _InFlight) -> None:
+    def offload(handle: Worker, frame: bytes | bytearray, batch: _InFlight) -> None:
         write = loop.run_in_executor(None, handle.conn.send, frame, batch.deadline)
         writes.add(write)
 
@@ -674,10 +674,15 @@ async def _await_any(loop: asyncio.AbstractEventLoop, engine: MapEngine, writes:
             future.set_result(None)
 
     unwatch = [handle.conn.watch(loop, functools.partial(on_ready, handle)) for handle in engine.workers.values()]
+
+    def wake(*_: Any) -> None:
+        if not future.done():
+            future.set_result(None)
+
     for write in writes:
-        write.add_done_callback(lambda _: future.done() or future.set_result(None))
+        write.add_done_callback(wake)
     deadline = engine.next_deadline()
-    timer = None if deadline is None else loop.call_at(deadline, lambda: future.done() or future.set_result(None))
+    timer = None if deadline is None else loop.call_at(deadline, wake)
     try:
         await future
     finally:

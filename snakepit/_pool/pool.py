@@ -216,7 +216,7 @@ class Pool(Calls["Stream", "AsyncStream"]):
 
     # -- life cycle ------------------------------------------------------------------------------
 
-    def start(self) -> Pool:
+    def start(self) -> Self:
         """Start every worker in parallel; return once all are ready (or raise why not)."""
         with self._state_lock:
             if self._state != "new":

@@ -177,12 +177,15 @@ class Router:
         if head_any is None and head_strict is None:
             self._idle[worker] = None
             return None
+        ticket: Ticket
         if head_strict is None or (head_any is not None and head_any.seq < head_strict.seq):
+            assert head_any is not None
             ticket = head_any
             del self._any[ticket]
         else:
+            assert strict is not None
             ticket = head_strict
-            del strict[ticket]  # type: ignore[index]
+            del strict[ticket]
             if not strict:
                 del self._strict[group]
         self._waiting -= 1

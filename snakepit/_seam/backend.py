@@ -128,75 +128,93 @@ class Connection(Protocol):
     def broken(self) -> bool:
         """Bytes may have been lost reading it (an exception escaped a read): what it says next
         cannot be trusted, so the worker must be replaced."""
+        ...
 
     @property
     def ready_fd(self) -> int:
         """A file descriptor readable whenever :meth:`take` has something, or the worker has
         ended: what the supervisor's selector watches while a cancelled call drains."""
+        ...
 
     def memory(self) -> int | None:
         """The worker's resident memory in bytes, where it can be measured from here."""
+        ...
 
     def spin(self) -> bool:
         """Wait awake, briefly and adaptively, for something to take: True if it came. Lets an
         event loop pick up a quick reply without the round trip through its selector."""
+        ...
 
     def fits(self, size: int) -> bool:
         """A call of ``size`` bytes is taken at once, without waiting for the worker to read."""
+        ...
 
     def send(self, frame: bytes | bytearray, deadline: float | None = None, attachments: Any = None) -> None:
         """Send an encoded call or batch (and its ``attachments``, see ``Backend.attachments``);
         ``WorkerGone``, or ``DeadlineExceeded`` when the worker takes none of it before
         ``deadline``."""
+        ...
 
     def send_control(self, message: Any) -> bool:
         """Send ``Cancel``/``Ping`` past any queued call; False if the worker has gone."""
+        ...
 
     def take(self, exited: bool = False) -> list[Any]:
         """The messages that have arrived, maybe none, without waiting; ``WorkerGone`` once the
         worker has ended (``exited``: it is known to have) and nothing more will come."""
+        ...
 
     def receive(self, deadline: float | None) -> list[Any]:
         """Block until messages arrive: ``WorkerGone``, ``DeadlineExceeded``, or
         ``PoolClosing`` when :attr:`closing` is set and nothing has arrived."""
+        ...
 
     def watch(self, loop: asyncio.AbstractEventLoop, callback: Callable[[bool], None]) -> Callable[[], None]:
         """Call ``callback(exited)`` on ``loop`` whenever there is something to take, or the
         worker has ended, or :attr:`closing` is set (``exited`` False: the caller then finds
         nothing to take); returns the function that stops it (called on the loop)."""
+        ...
 
     def exit_status(self) -> dict[str, Any]:
         """After ``WorkerGone``: wait until the worker has ended (ending it if it lingers) and
         say how (``exit_info``). Idempotent."""
+        ...
 
     def salvage(self) -> list[Any]:
         """After :meth:`exit_status`: messages the worker had produced but not delivered."""
+        ...
 
     def kill(self) -> None:
         """End the worker now, and whatever it started."""
+        ...
 
     @classmethod
     def wait_any(cls, conns: Sequence[Connection], deadline: float | None) -> list[tuple[Connection, bool]]:
         """Block until some of ``conns`` (all of this kind) have something to take or have
         ended, or ``deadline`` passes, or their :attr:`closing` is set: those connections, each
         with whether it has ended."""
+        ...
 
 
 class WorkerEvents(Protocol):
     """What a backend reports to the supervisor, always on the supervisor's thread."""
 
-    def ready(self, worker: Worker, tools: list[Any]) -> None:
+    def ready(self, worker: Worker, tools: list[Any], /) -> None:
         """The worker initialised its adapter and takes calls; ``tools``: its tool specs."""
+        ...
 
-    def exited(self, worker: Worker) -> None:
+    def exited(self, worker: Worker, /) -> None:
         """The worker has ended (whatever ended it). A worker that failed to start sets
         ``worker.start_error`` first."""
+        ...
 
-    def pong(self, worker: Worker, seq: int) -> None:
+    def pong(self, worker: Worker, seq: int, /) -> None:
         """The worker answered heartbeat ``seq``."""
+        ...
 
-    def telemetry(self, worker: Worker, fields: dict[str, Any]) -> None:
+    def telemetry(self, worker: Worker, fields: dict[str, Any], /) -> None:
         """The worker's tool sent a telemetry event (see :mod:`snakepit.telemetry`)."""
+        ...
 
 
 class Backend(Protocol):
@@ -213,39 +231,51 @@ class Backend(Protocol):
         """Before the first launch: ``reactor`` is the supervisor's thread, where ``events``
         must be reported (``reactor.submit`` from other threads); ``closing`` goes to every
         connection."""
+        ...
 
     def launch(self, worker: Worker) -> None:
         """Start ``worker`` (setting ``worker.conn``); raises if nothing could be started."""
+        ...
 
     def slot_connections(self, worker: Worker) -> list[Any] | None:
         """For a ready worker that runs several calls at once: a connection per call slot
         (see ``threads_per_worker``); None for one that runs one call at a time."""
+        ...
 
     def ask_to_stop(self, worker: Worker) -> None:
         """Ask the worker to stop once idle, running its adapter's ``cleanup()``."""
+        ...
 
     def terminate(self, worker: Worker) -> None:
         """Ask the worker to stop now (it may ignore it; ``worker.conn.kill()`` may not)."""
+        ...
 
     def ended(self, worker: Worker) -> dict[str, Any]:
         """The worker was seen ending: make sure it is gone, and say how (exit information)."""
+        ...
 
     def dispose(self, worker: Worker) -> None:
         """Release what the backend holds for a dead worker nobody uses any more."""
+        ...
 
     def finish(self, leftovers: Iterable[Worker], deadline: float | None, kill_grace: float) -> None:
         """At shutdown, after supervision ended: stop the workers still running, by
         ``deadline`` gracefully, then by force within ``kill_grace``."""
+        ...
 
     def close(self) -> None:
         """After every worker is gone."""
+        ...
 
 
 class FedByThread:
     """For a connection a reader thread feeds: it wakes callers through ``ready_fd`` whenever
     :meth:`take` may have something. Blocking, asyncio and many-connection waits on that fd."""
 
-    ready_fd: int
+    @property
+    def ready_fd(self) -> int:
+        raise NotImplementedError
+
     closing: Closing
 
     def take(self, exited: bool = False) -> list[Any]:

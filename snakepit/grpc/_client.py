@@ -396,7 +396,7 @@ class AsyncRemoteStream(_Remote):
             # Over: this stream lets go of the call (a traceback that keeps the stream, in a cycle
             # of the caller's, would keep grpc's call, and with it grpc's threads).
             self._call = _FINISHED
-            if chunk is grpc.aio.EOF:
+            if chunk is grpc.aio.EOF:  # pyright: ignore[reportAttributeAccessIssue]  # typeshed lacks it
                 raise errors.worker_crashed(-1, {}, "a stream (it ended without its final chunk)")
             raise chunk
         value = self._take(chunk)
@@ -506,7 +506,8 @@ def _error(error: grpc.RpcError) -> errors.SnakepitError:
     traceback is dropped: its frames hold the call (and so grpc's channel and threads) for as
     long as the error -- the new one's ``__context__`` -- is kept."""
     error.__traceback__ = None
-    for key, value in error.trailing_metadata() or ():
+    metadata: Any = error.trailing_metadata() or ()  # pairs of key and value
+    for key, value in metadata:
         if key == ERROR_METADATA:
             return error_from_json(value)
     code, details = error.code(), error.details() or ""

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -144,6 +144,8 @@ class Server:
         """Bind every address the requested one stands for, each checked free first (see
         :mod:`.binding`), then serve. Another server may still take a port between the check and
         grpc's bind: with port 0 a fresh one is tried; else the address is refused."""
+        server: grpc.aio.Server | None = None
+        port = 0
         for attempt in range(_BIND_ATTEMPTS):
             try:
                 where, port = self._plan.free_port()
@@ -159,6 +161,7 @@ class Server:
             if self._plan.port != 0 or attempt + 1 == _BIND_ATTEMPTS:
                 hint = " (its TLS certificate or key may be invalid)" if self._credentials is not None else ""
                 raise self._refused(f"grpc could not listen on {failed}{hint}")
+        assert server is not None
         await server.start()
         await self._health.start()
         self._server, self.port = server, port
@@ -229,7 +232,7 @@ class Server:
         self.stop()
 
 
-class _PoolHealth(health.aio.HealthServicer):
+class _PoolHealth(health.aio.HealthServicer):  # pyright: ignore[reportAttributeAccessIssue]  # typeshed lacks aio
     """``grpc.health.v1``: SERVING while the pool has a worker ready to call, NOT_SERVING when it
     has none (every worker died and none has come back yet) or is closing. ``Check`` looks at the
     pool as it answers; ``Watch`` streams hear of a change within a polling period."""
@@ -283,7 +286,8 @@ class _BearerToken(grpc.aio.ServerInterceptor):
     def __init__(self, token: str) -> None:
         self._expected = token.encode()
 
-    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+    async def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        details = handler_call_details
         if details.method.startswith(_HEALTH) or self._carries_token(details.invocation_metadata):
             return await continuation(details)
         return _REFUSAL
@@ -319,7 +323,7 @@ def _now() -> Timestamp:
     return stamp
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: errors.SnakepitError) -> None:
+async def _abort(context: grpc.aio.ServicerContext, error: errors.SnakepitError) -> NoReturn:
     """End the call with ``error`` as its status. grpc keeps the abort's exception in a cycle
     (its traceback holds the handler's frames, which hold grpc's record of the call, which holds
     the exception) until a garbage collection: what it reaches is kept small -- the error's own
@@ -327,6 +331,7 @@ async def _abort(context: grpc.aio.ServicerContext, error: errors.SnakepitError)
     text = error_json(error)
     error.__traceback__ = error.__context__ = error.__cause__ = None
     await context.abort(status_of(error), text, trailing_metadata=((ERROR_METADATA, text),))
+    raise AssertionError("grpc's abort returned")  # it raises: the call is over
 
 
 class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
@@ -433,10 +438,10 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
                         return
                     yield chunk
             count += 1
-            final = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=b"")
-            self._finish(final, stream, meta, started)
-            final.metadata["synthetic_final"] = "true"
-            yield final
+            closing = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=b"")
+            self._finish(closing, stream, meta, started)
+            closing.metadata["synthetic_final"] = "true"
+            yield closing
         except errors.SnakepitError as error:
             failure = error
         finally:

@@ -26,7 +26,7 @@ STDERR_LEVEL = logging.WARNING
 
 class LogRelay:
     def __init__(self, capacity: int = 10_000) -> None:
-        self._courier: Courier[tuple[int, int, str, str]] = Courier(
+        self._courier: Courier[tuple[int, int, str, str, str | None]] = Courier(
             "snakepit-log-relay", _log, capacity=capacity, deliver_dropped=_report_dropped
         )
 

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -164,7 +164,7 @@ class Template:
             self._fail(f"the template exited (status {self._process.poll()})")
         return msgspec.msgpack.decode(data), fds
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str) -> NoReturn:
         self._broken = why
         try:
             self._process.kill()  # what it forked dies with it

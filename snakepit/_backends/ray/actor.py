@@ -70,7 +70,10 @@ class _Outbox:
         pass
 
 
-@ray.remote(concurrency_groups={"control": 1})
+_remote: Any = ray.remote  # its overloads do not know every option it takes
+
+
+@_remote(concurrency_groups={"control": 1})
 class SnakepitActor:
     """The actor class; :mod:`.backend` adds the user's ``actor_options``."""
 
@@ -108,7 +111,8 @@ class SnakepitActor:
     def call(self, frame: bytes) -> bytes:
         """Run one call or map batch whose answer is one value: its frames, at once."""
         message = self._message(frame)
-        self._out.collected = collected = []
+        collected: list[Any] = []
+        self._out.collected = collected
         try:
             self._run(message)
         finally:
@@ -126,9 +130,9 @@ class SnakepitActor:
             item = pending.get()
             frames, size, count, done = [], 0, 0, False
             while True:
-                frame = encode_frame(item)
-                frames.append(frame)
-                size += len(frame)
+                encoded = encode_frame(item)
+                frames.append(encoded)
+                size += len(encoded)
                 count += 1
                 if isinstance(item, TERMINAL) and item.id == call_id:
                     done = True

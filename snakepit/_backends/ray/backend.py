@@ -79,7 +79,8 @@ class RayBackend:
             self._started_ray = True
         from snakepit._backends.ray.actor import SnakepitActor
 
-        self._actor_class = SnakepitActor.options(**self._options) if self._options else SnakepitActor
+        actor: Any = SnakepitActor  # a Ray actor class, whatever type checkers make of its decorator
+        self._actor_class = actor.options(**self._options) if self._options else actor
         self._watcher = threading.Thread(target=self._watch_control, name="snakepit-ray-watch", daemon=True)
         self._watcher.start()
 

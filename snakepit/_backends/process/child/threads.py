@@ -44,7 +44,7 @@ class SharedOutbox:
         self._credits: dict[int, int] = {}  # stream id -> frames it may still send
         self._cancelled: set[int] = set()  # streams cancelled while they may wait for credit
 
-    def send(self, message: msgspec.Struct) -> None:
+    def send(self, message: Any) -> None:
         if type(message) is Chunk:  # every chunk counts against its stream's window
             try:
                 self._wait_for_credit(message.id)

@@ -63,7 +63,7 @@ class Worker:
         if boot.threads > 1:
             self._out: Any = SharedOutbox(self._responses, self._socket, segments.Segments())
             self._threads = ToolThreads(self._out, boot.threads)
-            self._host = self._threads.hosts[0]
+            self._host: ToolHost = self._threads.hosts[0]
             self._events = Events(self._events_fd, shield=self._threads.shield)
         else:
             self._out = Outbox(self._responses, self._spill, share=segments.sender(self._socket, segments.Segments()))
