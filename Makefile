@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint suite bench clean
 
 $(STAMP): pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,17 @@ $(STAMP): pyproject.toml setup.cfg
 demo: $(STAMP)
 	$(BIN)/python -m snakepit demo
 
-test: $(STAMP)
+test: lint suite
+
+# The committed settings (pyproject.toml) of the pinned checkers of the dev extra.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/basedpyright
+	$(BIN)/python tools/verify_types.py
+
+suite: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

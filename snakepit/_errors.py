@@ -72,10 +72,10 @@ class SnakepitError(Exception):
     ) -> None:
         super().__init__(message)
         self.category = category
-        self.reason = reason
-        self.message = message
-        self.details = {**(details or {}), "reason": reason}
-        self.traceback = traceback
+        self.reason: str = reason
+        self.message: str = message
+        self.details: dict[str, Any] = {**(details or {}), "reason": reason}
+        self.traceback: str | None = traceback
 
     def __str__(self) -> str:
         return f"[{self.category}/{self.reason}] {self.message}"

@@ -106,7 +106,7 @@ class AsyncLoop:
     __slots__ = ("_stream",)
 
     def __init__(self, stream: _AsyncLeavable) -> None:
-        self._stream = stream
+        self._stream: _AsyncLeavable = stream
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self

@@ -116,7 +116,7 @@ class Readable:
         self._loop = asyncio.get_running_loop()
         self._conn = handle.conn
         self._future: asyncio.Future[None] | None = None
-        self.exited = False
+        self.exited: bool = False
         self._unwatch: Callable[[], None] | None = None
 
     def _ready(self, exited: bool) -> None:
@@ -254,17 +254,19 @@ class AsyncStream:
         restart: Callable[[errors.SnakepitError, Exchange], Awaitable[Exchange | None]] | None = None,
         context: Any = None,
     ) -> None:
-        self._context = context  # the call's CallContext, ended if it never starts
+        self._context: Any = context  # the call's CallContext, ended if it never starts
         self._start: Awaitable[Exchange] | None = start
         self._exchange: Exchange | None = None
         self._delivery: Delivery | None = None
         self._readable: Readable | None = None
-        self._on_error = on_error
-        self._owner = owner
-        self._delivered = 0
-        self._restart = restart  # the call run again after its error, or None: see Pool._retry_after
-        self._closed = False  # by aclose(), or a loop left early: nothing more is delivered
-        self._ending = threading.Lock()  # a latch: the first _end() ends the call, never blocking
+        self._on_error: Callable[[], None] = on_error
+        self._owner: object = owner
+        self._delivered: int = 0
+        self._restart: Callable[[errors.SnakepitError, Exchange], Awaitable[Exchange | None]] | None = (
+            restart  # the call run again after its error, or None: see Pool._retry_after
+        )
+        self._closed: bool = False  # by aclose(), or a loop left early: nothing more is delivered
+        self._ending: threading.Lock = threading.Lock()  # a latch: the first _end() ends the call, never blocking
 
     def __aiter__(self) -> AsyncLoop:
         return AsyncLoop(self)

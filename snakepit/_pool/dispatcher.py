@@ -43,7 +43,7 @@ class Counters:
     """Monotonic counters, safe to bump from any thread."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock: threading.Lock = threading.Lock()
         self._counts: Counter[str] = Counter()
 
     def bump(self, name: str, amount: int = 1) -> None:
@@ -97,8 +97,8 @@ class _Refused(Exception):
     its event emitted then: an ``on_event`` callback or a log handler may call into the pool."""
 
     def __init__(self, error: errors.SnakepitError, event: tuple[str, str, dict[str, Any]] | None = None) -> None:
-        self.error = error
-        self.event = event
+        self.error: errors.SnakepitError = error
+        self.event: tuple[str, str, dict[str, Any]] | None = event
 
     def surface(self, observer: Observer, owner: Any = None) -> errors.SnakepitError:
         """The refusal's error, its event emitted; both name the call's correlation id."""
@@ -123,22 +123,22 @@ class Dispatcher:
         recycle: RecyclePolicy,
         observer: Observer,
     ) -> None:
-        self.lock = threading.Lock()
-        self.observer = observer
-        self.recycle = recycle
+        self.lock: threading.Lock = threading.Lock()
+        self.observer: Observer = observer
+        self.recycle: RecyclePolicy = recycle
         self._recycling = recycle.active  # checked at every release
-        self.router = Router(max_queue)
-        self.sessions = sessions
+        self.router: Router = Router(max_queue)
+        self.sessions: SessionStore = sessions
         sessions.in_use = _serving
-        self.affinity = affinity  # the pool's default mode
+        self.affinity: Affinity = affinity  # the pool's default mode
         self.workers: dict[int, Worker] = {}
-        self.closed = True  # until start()
-        self.counters = counters
+        self.closed: bool = True  # until start()
+        self.counters: Counters = counters
         self.supervisor: Supervision | None = None
         self.start_failure: errors.SnakepitError | None = None  # why no worker could start
-        self._sweep_armed = False
+        self._sweep_armed: bool = False
         # Call ids are drawn when a call is sent to its worker, so each worker sees them grow.
-        self.call_ids = itertools.count(1)
+        self.call_ids: itertools.count[int] = itertools.count(1)
 
     # -- callers ---------------------------------------------------------------------------------
 

@@ -85,23 +85,23 @@ class Exchange:
     )
 
     def __init__(self, dispatcher: Dispatcher, tool: str, deadline: float | None, context: CallContext | None = None) -> None:
-        self.context = context
-        self.finished = False
+        self.context: CallContext | None = context
+        self.finished: bool = False
         self.handle: Worker = None  # type: ignore[assignment]  # set by adopt()
-        self.lease = 0
-        self.dispatcher = dispatcher
-        self.call_id = -1  # drawn when the call is sent
-        self.tool = tool
-        self.deadline = deadline
-        self.started = time.perf_counter()
-        self.sent = False  # the call may be in the worker's pipe
-        self.chunks = 0
-        self.final = False
+        self.lease: int = 0
+        self.dispatcher: Dispatcher = dispatcher
+        self.call_id: int = -1  # drawn when the call is sent
+        self.tool: str = tool
+        self.deadline: float | None = deadline
+        self.started: float = time.perf_counter()
+        self.sent: bool = False  # the call may be in the worker's pipe
+        self.chunks: int = 0
+        self.final: bool = False
         self.metadata: Any = None
         self.result: StreamResult | None = None
         self._messages: list[Any] = []
-        self._index = 0
-        self._salvaged = False
+        self._index: int = 0
+        self._salvaged: bool = False
 
     @property
     def correlation_id(self) -> str | None:
@@ -380,9 +380,9 @@ class Delivery:
     __slots__ = ("exchange", "batch", "next", "limit")
 
     def __init__(self, exchange: Exchange) -> None:
-        self.exchange = exchange
+        self.exchange: Exchange = exchange
         self.batch: list[Any] = []
-        self.next = 0
+        self.next: int = 0
         self.limit = exchange.limit
 
     def take(self) -> Any:
@@ -502,15 +502,17 @@ class Stream:
         owner: object = None,
         restart: Callable[[errors.SnakepitError, Exchange], Exchange | None] | None = None,
     ) -> None:
-        self._exchange = exchange
-        self._delivery = Delivery(exchange)
-        self._on_error = on_error
-        self._owner = owner  # keeps the pool alive while its stream is in use
-        self._restart = restart  # the call run again after its error, or None: see Pool._retry_after
-        self._closed = False
-        self._waiting = False  # a thread is waiting for the worker in __next__
-        self._lock = threading.Lock()  # close() from another thread against that wait
-        self._ending = threading.Lock()  # a latch: the first _end() ends the call, never blocking
+        self._exchange: Exchange = exchange
+        self._delivery: Delivery = Delivery(exchange)
+        self._on_error: Callable[[], None] = on_error
+        self._owner: object = owner  # keeps the pool alive while its stream is in use
+        self._restart: Callable[[errors.SnakepitError, Exchange], Exchange | None] | None = (
+            restart  # the call run again after its error, or None: see Pool._retry_after
+        )
+        self._closed: bool = False
+        self._waiting: bool = False  # a thread is waiting for the worker in __next__
+        self._lock: threading.Lock = threading.Lock()  # close() from another thread against that wait
+        self._ending: threading.Lock = threading.Lock()  # a latch: the first _end() ends the call, never blocking
 
     def __iter__(self) -> Iterator[Any]:
         return loop(self)

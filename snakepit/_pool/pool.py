@@ -180,12 +180,12 @@ class Pool(Calls["Stream", "AsyncStream"]):
                 actor_options=config.actor_options,
             ),
         )
-        self._counters = Counters()
+        self._counters: Counters = Counters()
         recycle = RecyclePolicy(config.max_requests, config.worker_ttl, config.memory_limit_mb)
         observer = Observer(config.on_event)
         sessions = SessionStore(config.session_ttl, config.max_sessions)
-        self._dispatcher = Dispatcher(config.max_queue, self._counters, sessions, config.affinity, recycle, observer)
-        self._supervisor = Supervisor(
+        self._dispatcher: Dispatcher = Dispatcher(config.max_queue, self._counters, sessions, config.affinity, recycle, observer)
+        self._supervisor: Supervisor = Supervisor(
             self._dispatcher,
             workers,
             self._counters,
@@ -201,7 +201,7 @@ class Pool(Calls["Stream", "AsyncStream"]):
             quarantine=Quarantine(config.quarantine_after, config.quarantine_window),
         )
         self._dispatcher.supervisor = self._supervisor
-        self._runner = CallRunner(
+        self._runner: CallRunner = CallRunner(
             self._dispatcher,
             self._counters,
             timeout=config.timeout,
@@ -209,8 +209,8 @@ class Pool(Calls["Stream", "AsyncStream"]):
             max_retries=config.max_retries,
             attachments=workers.attachments,
         )
-        self._state_lock = threading.Lock()
-        self._state = "new"
+        self._state_lock: threading.Lock = threading.Lock()
+        self._state: str = "new"
         self._on_close: list[Callable[[], None]] = []  # run first when the pool closes (its gRPC servers' stop)
         self._finalizer = weakref.finalize(self, _shutdown, self._dispatcher, self._supervisor, self._on_close)
 

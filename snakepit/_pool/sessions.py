@@ -40,10 +40,10 @@ class SessionState:
 
 class SessionStore:
     def __init__(self, ttl: float, max_sessions: int) -> None:
-        self.ttl = ttl
-        self.max_sessions = max_sessions
+        self.ttl: float = ttl
+        self.max_sessions: int = max_sessions
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()
-        self.expired_total = 0
+        self.expired_total: int = 0
         # A session whose call is still running is in use, however long the call takes: the
         # pool says which are (it knows its workers); a sweep keeps them.
         self.in_use: Callable[[SessionState], bool] = lambda session: False

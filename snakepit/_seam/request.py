@@ -56,8 +56,8 @@ class CallContext:
     __slots__ = ("correlation_id", "span", "retry")
 
     def __init__(self, correlation_id: str, span: Any = None) -> None:
-        self.correlation_id = correlation_id
-        self.span = span  # a snakepit._tracing.CallSpan, or None
+        self.correlation_id: str = correlation_id
+        self.span: Any = span  # a snakepit._tracing.CallSpan, or None
         self.retry: Any = None  # the pool's Retry, once the call runs again
 
     def end(self, error: BaseException | None = None) -> None:

@@ -72,9 +72,9 @@ class Session(Calls[S, A]):
     __slots__ = ("pool", "id", "affinity")
 
     def __init__(self, pool: SessionHost[S, A], session_id: str, affinity: Affinity | None) -> None:
-        self.pool = pool
-        self.id = session_id
-        self.affinity = affinity
+        self.pool: SessionHost[S, A] = pool
+        self.id: str = session_id
+        self.affinity: Affinity | None = affinity
 
     def __repr__(self) -> str:
         return f"<snakepit.Session {self.id!r} affinity={self.affinity} worker={self.worker_id}>"

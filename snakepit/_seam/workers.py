@@ -54,28 +54,28 @@ class Worker:
     lock; the supervisor the health ones (``ping``, ``start_error``, ``killed_on_purpose``)."""
 
     def __init__(self, worker_id: int, conn: Any, slot: int = 0) -> None:
-        self.id = worker_id
-        self.conn = conn
-        self.slot = slot  # its place 0..size-1, which its replacements take over (see worker_env)
+        self.id: int = worker_id
+        self.conn: Any = conn
+        self.slot: int = slot  # its place 0..size-1, which its replacements take over (see worker_env)
         # A process running several calls at once (threads_per_worker) serves through call slots:
         # one Worker each, in the process's group; the process's own record holds them.
-        self.group = worker_id  # what a session served here pins to: the process
+        self.group: int = worker_id  # what a session served here pins to: the process
         self.slots: list[Worker] | None = None  # on a process's record, its call slots
         self.process: Worker | None = None  # on a call slot's record, its process
         self.state = WorkerState.STARTING
-        self.started_at = time.time()
-        self.started_monotonic = time.monotonic()
-        self.idle_since = 0.0  # monotonic time it last became idle
-        self.requests_served = 0
-        self.killed_on_purpose = False  # by the supervisor: its death is no sign of a crash loop
+        self.started_at: float = time.time()
+        self.started_monotonic: float = time.monotonic()
+        self.idle_since: float = 0.0  # monotonic time it last became idle
+        self.requests_served: int = 0
+        self.killed_on_purpose: bool = False  # by the supervisor: its death is no sign of a crash loop
         self.outstanding: list[int] = []  # ids of the calls (or map batches) sent and not answered
         self.current_tool: str | None = None
-        self.checked_out = False  # a caller, not the supervisor, owns the connection
+        self.checked_out: bool = False  # a caller, not the supervisor, owns the connection
         self.session_id: str | None = None  # the session of the call it was given, if any
         self.owner: Callable[[], Any] | None = None  # weak reference to the caller's exchange or map
         # Bumped at each checkout (and when the audit takes a worker back): an owner's release or
         # abandon under an older lease is stale -- the worker has moved on -- and is ignored.
-        self.lease = 0
+        self.lease: int = 0
         self.start_error: tuple[str, str | None] | None = None  # why it never became ready
         self.retiring: str | None = None  # why it is being recycled, once it is
         self.ping: tuple[int, float] | None = None  # outstanding heartbeat: (seq, sent at)

@@ -32,9 +32,9 @@ class ShowcaseAdapter(BaseAdapter):
 
     def initialize(self) -> None:
         # Stands in for loading a model: done once per worker process, reused by every call.
-        self.started_at = time.time()
-        self.calls = 0
-        self.cancelled_streams = 0
+        self.started_at: float = time.time()
+        self.calls: int = 0
+        self.cancelled_streams: int = 0
 
     @tool(description="Answer 'pong' with the worker's pid: a liveness check")
     def ping(self) -> dict[str, Any]:

@@ -71,9 +71,9 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         """``max_message_mb`` bounds a message either way, as the server's option of that name
         does (grpc's own client default, 4 MiB, would refuse results the server sends)."""
         limit = codec.message_limit(max_message_mb)
-        self.address = address
-        self._token = token
-        self._tls = tls
+        self.address: str = address
+        self._token: str | None = token
+        self._tls: ClientTLS | None = tls
         self._options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
         self._channel = (
             grpc.secure_channel(address, tls.credentials(), self._options)
@@ -83,7 +83,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         self._stub = bridge_pb2_grpc.BridgeServiceStub(self._channel)
         self._auth = (("authorization", f"Bearer {token}"),) if token else ()
         self._aio: tuple[Any, Any] | None = None  # (channel, stub) on the shared loop
-        self._closed = False
+        self._closed: bool = False
 
     def __repr__(self) -> str:
         return f"<snakepit.grpc.Client {self.address}{' closed' if self._closed else ''}>"
@@ -299,8 +299,8 @@ class _Remote:
     """What both remote streams keep: the call, what it delivered, and how it ended."""
 
     def __init__(self) -> None:
-        self._chunks = 0
-        self._halted = False
+        self._chunks: int = 0
+        self._halted: bool = False
         self.result: StreamResult | None = None  # how it ended: None until its final chunk, as in process
 
     def _take(self, chunk: pb.ToolChunk) -> Any:
@@ -329,7 +329,7 @@ class RemoteStream(_Remote):
 
     def __init__(self, call: Any) -> None:
         super().__init__()
-        self._call = call
+        self._call: Any = call
 
     def __iter__(self) -> Iterator[Any]:
         return loop(self)
@@ -378,7 +378,7 @@ class AsyncRemoteStream(_Remote):
 
     def __init__(self, start: Callable[[], Any]) -> None:
         super().__init__()
-        self._start = start
+        self._start: Callable[[], Any] = start
         self._call: Any = None
 
     def __aiter__(self) -> AsyncLoop:

@@ -118,14 +118,14 @@ class Server:
         self._plan = binding.plan(address)
         check_bind(self._plan, token=token, tls=tls, insecure=insecure)
         self._credentials = None if tls is None else tls.load()
-        self._pool = pool
-        self._requested = address
-        self._token = token
-        self._allow_pickle = allow_pickle
+        self._pool: Pool = pool
+        self._requested: str = address
+        self._token: str | None = token
+        self._allow_pickle: bool = allow_pickle
         self._max_bytes = max_bytes
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
-        self.port = 0
+        self.port: int = 0
         shared_loop()
         run(self._start())
 
@@ -241,7 +241,7 @@ class _PoolHealth(health.aio.HealthServicer):  # pyright: ignore[reportAttribute
 
     def __init__(self, pool: Pool) -> None:
         super().__init__()
-        self._pool = pool
+        self._pool: Pool = pool
         self._status: int | None = None
         self._watching: asyncio.Task[None] | None = None
 
@@ -336,9 +336,9 @@ async def _abort(context: grpc.aio.ServicerContext, error: errors.SnakepitError)
 
 class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
     def __init__(self, pool: Pool, allow_pickle: bool, max_bytes: int) -> None:
-        self._pool = pool
-        self._allow_pickle = allow_pickle
-        self._max_bytes = max_bytes
+        self._pool: Pool = pool
+        self._allow_pickle: bool = allow_pickle
+        self._max_bytes: int = max_bytes
         # What a result or chunk's data may take of a message: the rest is the envelope (ids, metadata).
         self._budget = max(max_bytes - _ENVELOPE, max_bytes // 2)
 

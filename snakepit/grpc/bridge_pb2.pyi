@@ -6,7 +6,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import Any as _Any, ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -22,7 +22,7 @@ class PingResponse(_message.Message):
     SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
     message: str
     server_time: _timestamp_pb2.Timestamp
-    def __init__(self, message: _Optional[str] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, message: _Optional[str] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, _Any]]] = ...) -> None: ...
 
 class SessionConfig(_message.Message):
     __slots__ = ("enable_caching", "cache_ttl_seconds", "enable_telemetry")
@@ -49,7 +49,7 @@ class InitializeSessionRequest(_message.Message):
     session_id: str
     metadata: _containers.ScalarMap[str, str]
     config: SessionConfig
-    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., config: _Optional[_Union[SessionConfig, _Mapping]] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., config: _Optional[_Union[SessionConfig, _Mapping[str, _Any]]] = ...) -> None: ...
 
 class InitializeSessionResponse(_message.Message):
     __slots__ = ("success", "error_message", "available_tools")
@@ -59,7 +59,7 @@ class InitializeSessionResponse(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: ToolSpec
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ToolSpec, _Mapping]] = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ToolSpec, _Mapping[str, _Any]]] = ...) -> None: ...
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_TOOLS_FIELD_NUMBER: _ClassVar[int]
@@ -107,7 +107,7 @@ class GetSessionResponse(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     created_at: _timestamp_pb2.Timestamp
     tool_count: int
-    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tool_count: _Optional[int] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, _Any]]] = ..., tool_count: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id", "client_time")
@@ -115,7 +115,7 @@ class HeartbeatRequest(_message.Message):
     CLIENT_TIME_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     client_time: _timestamp_pb2.Timestamp
-    def __init__(self, session_id: _Optional[str] = ..., client_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., client_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, _Any]]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("server_time", "session_valid")
@@ -123,7 +123,7 @@ class HeartbeatResponse(_message.Message):
     SESSION_VALID_FIELD_NUMBER: _ClassVar[int]
     server_time: _timestamp_pb2.Timestamp
     session_valid: bool
-    def __init__(self, server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_valid: _Optional[bool] = ...) -> None: ...
+    def __init__(self, server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping[str, _Any]]] = ..., session_valid: _Optional[bool] = ...) -> None: ...
 
 class ToolSpec(_message.Message):
     __slots__ = ("name", "description", "parameters", "metadata", "supports_streaming")
@@ -144,7 +144,7 @@ class ToolSpec(_message.Message):
     parameters: _containers.RepeatedCompositeFieldContainer[ParameterSpec]
     metadata: _containers.ScalarMap[str, str]
     supports_streaming: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., supports_streaming: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping[str, _Any]]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., supports_streaming: _Optional[bool] = ...) -> None: ...
 
 class ParameterSpec(_message.Message):
     __slots__ = ("name", "type", "description", "required", "default_value", "validation_json")
@@ -160,7 +160,7 @@ class ParameterSpec(_message.Message):
     required: bool
     default_value: _any_pb2.Any
     validation_json: str
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ..., required: _Optional[bool] = ..., default_value: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., validation_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ..., required: _Optional[bool] = ..., default_value: _Optional[_Union[_any_pb2.Any, _Mapping[str, _Any]]] = ..., validation_json: _Optional[str] = ...) -> None: ...
 
 class ExecuteToolRequest(_message.Message):
     __slots__ = ("session_id", "tool_name", "parameters", "metadata", "stream", "binary_parameters")
@@ -170,7 +170,7 @@ class ExecuteToolRequest(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: _any_pb2.Any
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_any_pb2.Any, _Mapping[str, _Any]]] = ...) -> None: ...
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -220,7 +220,7 @@ class ExecuteToolResponse(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     execution_time_ms: int
     binary_result: bytes
-    def __init__(self, success: _Optional[bool] = ..., result: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., error_message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., execution_time_ms: _Optional[int] = ..., binary_result: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, success: _Optional[bool] = ..., result: _Optional[_Union[_any_pb2.Any, _Mapping[str, _Any]]] = ..., error_message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., execution_time_ms: _Optional[int] = ..., binary_result: _Optional[bytes] = ...) -> None: ...
 
 class ToolChunk(_message.Message):
     __slots__ = ("chunk_id", "data", "is_final", "metadata")
@@ -249,7 +249,7 @@ class RegisterToolsRequest(_message.Message):
     session_id: str
     tools: _containers.RepeatedCompositeFieldContainer[ToolRegistration]
     worker_id: str
-    def __init__(self, session_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[ToolRegistration, _Mapping]]] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[ToolRegistration, _Mapping[str, _Any]]]] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class ToolRegistration(_message.Message):
     __slots__ = ("name", "description", "parameters", "metadata", "supports_streaming")
@@ -270,7 +270,7 @@ class ToolRegistration(_message.Message):
     parameters: _containers.RepeatedCompositeFieldContainer[ParameterSpec]
     metadata: _containers.ScalarMap[str, str]
     supports_streaming: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., supports_streaming: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping[str, _Any]]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., supports_streaming: _Optional[bool] = ...) -> None: ...
 
 class RegisterToolsResponse(_message.Message):
     __slots__ = ("success", "tool_ids", "error_message")
@@ -299,7 +299,7 @@ class GetExposedElixirToolsResponse(_message.Message):
     __slots__ = ("tools",)
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     tools: _containers.RepeatedCompositeFieldContainer[ToolSpec]
-    def __init__(self, tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ...) -> None: ...
+    def __init__(self, tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping[str, _Any]]]] = ...) -> None: ...
 
 class ExecuteElixirToolRequest(_message.Message):
     __slots__ = ("session_id", "tool_name", "parameters", "metadata")
@@ -309,7 +309,7 @@ class ExecuteElixirToolRequest(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: _any_pb2.Any
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_any_pb2.Any, _Mapping[str, _Any]]] = ...) -> None: ...
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -346,4 +346,4 @@ class ExecuteElixirToolResponse(_message.Message):
     error_message: str
     metadata: _containers.ScalarMap[str, str]
     execution_time_ms: int
-    def __init__(self, success: _Optional[bool] = ..., result: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., error_message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., execution_time_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, success: _Optional[bool] = ..., result: _Optional[_Union[_any_pb2.Any, _Mapping[str, _Any]]] = ..., error_message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., execution_time_ms: _Optional[int] = ...) -> None: ...
