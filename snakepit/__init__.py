@@ -19,6 +19,7 @@ from snakepit._streaming import HALT, StreamChunk, StreamResult
 
 if TYPE_CHECKING:
     from snakepit._pool import AsyncStream, Pool, Stream
+    from snakepit._pool.stats import PoolStats, WorkerInfo
     from snakepit._seam.affinity import Affinity
     from snakepit._seam.request import CallRequest
     from snakepit._seam.session import Session, SessionInfo
@@ -32,6 +33,8 @@ _LAZY = {
     "Session": "snakepit._seam.session",
     "SessionInfo": "snakepit._seam.session",
     "CallRequest": "snakepit._seam.request",
+    "PoolStats": "snakepit._pool.stats",
+    "WorkerInfo": "snakepit._pool.stats",
     "Affinity": "snakepit._seam.affinity",
 }
 
@@ -61,6 +64,8 @@ __all__ = [
     "SessionInfo",
     "AsyncStream",
     "CallRequest",
+    "PoolStats",
+    "WorkerInfo",
     "BaseAdapter",
     "tool",
     "ToolSpec",

@@ -29,6 +29,8 @@ SNAKEPIT = {
     "Session",
     "SessionInfo",
     "CallRequest",
+    "PoolStats",
+    "WorkerInfo",
     "BaseAdapter",
     "tool",
     "ToolSpec",

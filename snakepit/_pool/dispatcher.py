@@ -26,6 +26,7 @@ from snakepit._observe import Observer
 from snakepit._pool.recycling import RecyclePolicy, served
 from snakepit._pool.router import Router, Ticket
 from snakepit._pool.sessions import SessionState, SessionStore
+from snakepit._pool.stats import WorkerInfo
 from snakepit._seam.affinity import Affinity
 from snakepit._seam.session import SessionInfo
 from snakepit._seam.timing import earliest, lock_seconds
@@ -763,8 +764,8 @@ def _wake(ticket: Ticket) -> None:
         ticket.waker()
 
 
-def _worker_info(handle: Worker) -> dict[str, Any]:
-    info = {
+def _worker_info(handle: Worker) -> WorkerInfo:
+    info: WorkerInfo = {
         "id": handle.id,
         "slot": handle.slot,
         "pid": handle.pid,
@@ -774,6 +775,7 @@ def _worker_info(handle: Worker) -> dict[str, Any]:
         "requests": served(handle),
         "started_at": handle.started_at,
         "current_tool": handle.current_tool,
+        "rss": None,  # read outside the lock (see snapshot)
     }
     if handle.slots:  # a process running calls on several threads
         busy = [slot for slot in handle.slots if slot.state is not WorkerState.IDLE and slot.state is not WorkerState.STOPPING]

@@ -23,6 +23,7 @@ from snakepit._pool.exchange import Stream, run_execute, run_stream
 from snakepit._pool.quarantine import Quarantine
 from snakepit._pool.recycling import RECYCLE_REASONS, RecyclePolicy
 from snakepit._pool.sessions import SessionStore
+from snakepit._pool.stats import PoolStats
 from snakepit._pool.supervisor import Supervisor
 from snakepit._seam.affinity import Affinity, parse_affinity
 from snakepit._seam.backend import DEATH_CAUSES, create_backend
@@ -434,8 +435,8 @@ class Pool(Calls["Stream", "AsyncStream"]):
         """Every tool's spec: name, description, parameters, whether it streams."""
         return list(self._runner.tools.values())
 
-    def stats(self) -> dict[str, Any]:
-        """Counters and per-worker state, as plain data."""
+    def stats(self) -> PoolStats:
+        """Counters and per-worker state, as plain data (a dict; its keys: :class:`snakepit.PoolStats`)."""
         counts = self._counters.snapshot()
         snapshot = self._dispatcher.snapshot()
         return {
