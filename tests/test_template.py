@@ -176,3 +176,40 @@ def test_an_answer_left_unread_by_an_interrupted_request_is_not_taken_for_the_ne
         wait_for(lambda: pool.stats()["available"] == 1 and _worker_pids(pool)[0] != first, timeout=15)
         assert pool._supervisor.backend._template is template  # still forking workers
         assert psutil.Process(_worker_pids(pool)[0]).ppid() == template.pid
+
+
+def test_a_forked_worker_waited_for_by_many_threads_at_once_closes_its_pidfd_once():
+    """The supervisor reaping a dead worker and callers whose calls it died under may wait for
+    it at the same moment: each gets its exit status, and its own pidfd is closed once -- a
+    second close would take whatever descriptor was given that number meanwhile (seen as a slot's
+    eventfd going bad under the thread profile)."""
+    import threading
+
+    from snakepit._backends.process.template import ForkedProcess
+
+    with Pool(Toolbox, size=1, start_method="forkserver") as pool:
+        victim = pool.execute("state")["pid"]
+        [handle] = pool._dispatcher.workers.values()
+        process = handle.conn.process
+        assert isinstance(process, ForkedProcess)
+        canaries: list[int] = []
+        codes: list[int] = []
+        start = threading.Barrier(9)
+
+        def waiter() -> None:
+            start.wait()
+            codes.append(process.wait(30))
+            canaries.append(os.eventfd(0))  # takes the lowest free number, as a slot's eventfd does
+
+        waiters = [threading.Thread(target=waiter) for _ in range(8)]
+        for thread in waiters:
+            thread.start()
+        os.kill(victim, signal.SIGKILL)
+        start.wait()
+        for thread in waiters:
+            thread.join(30)
+        assert codes == [-signal.SIGKILL] * 8
+        for fd in canaries:  # every one still open: none was taken by a second close
+            os.eventfd_write(fd, 1)
+            os.close(fd)
+        wait_for(lambda: pool.stats()["workers"] == 1 and pool.execute("state")["pid"] != victim, timeout=30)

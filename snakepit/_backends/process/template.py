@@ -175,36 +175,47 @@ class Template:
 
 class ForkedProcess:
     """A worker forked by the template: what :class:`subprocess.Popen` is for a cold worker
-    (``pid``, ``returncode``, ``wait``), with the template reaping it on the owner's behalf."""
+    (``pid``, ``returncode``, ``wait``), with the template reaping it on the owner's behalf.
+
+    Threads may wait for it at once (the supervisor reaping it, a caller whose call it died
+    under): its own pidfd is read and closed under a lock, once. Closed twice, the second close
+    would take whatever descriptor had been given that number meanwhile."""
 
     def __init__(self, pid: int, pidfd: int, template: Template) -> None:
         self.pid = pid
         self.args = ["snakepit worker", str(pid)]
         self.returncode: int | None = None
         self.pidfd = pidfd  # given by the template before anything could reap the pid
-        self._own_pidfd = os.dup(pidfd)  # for wait(), whoever closes the connection's
+        self._own_pidfd = os.dup(pidfd)  # for wait(), whoever closes the connection's; -1 once closed
         self._template = template
+        self._lock = threading.Lock()
 
     def exited(self) -> bool:
-        return self.returncode is not None or _readable(self._own_pidfd, time.monotonic())
+        with self._lock:
+            return self.returncode is not None or _readable(self._own_pidfd, time.monotonic())
 
     def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is not None:
+        with self._lock:
+            if self.returncode is not None:
+                return self.returncode
+            if not _readable(self._own_pidfd, deadline_after(timeout)):
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            code = self._template.reap(self.pid)
+            # Gone with the template: PR_SET_PDEATHSIG killed it, if nothing else had before.
+            self.returncode = -signal.SIGKILL if code is None else code
+            self._close_own()
             return self.returncode
-        if not _readable(self._own_pidfd, deadline_after(timeout)):
-            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
-        code = self._template.reap(self.pid)
-        # Gone with the template: PR_SET_PDEATHSIG killed it, if nothing else had before.
-        self.returncode = -signal.SIGKILL if code is None else code
-        os.close(self._own_pidfd)
-        return self.returncode
+
+    def _close_own(self) -> None:
+        fd, self._own_pidfd = self._own_pidfd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __del__(self) -> None:
-        if self.returncode is None:
-            try:
-                os.close(self._own_pidfd)
-            except OSError:
-                pass
+        try:
+            self._close_own()
+        except (OSError, AttributeError):  # AttributeError: an __init__ that did not finish
+            pass
 
 
 def _answers(request: list[Any], answer: list[Any]) -> bool:
