@@ -26,6 +26,20 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01):
         time.sleep(interval)
 
 
+async def await_for(predicate, timeout: float = 10.0, interval: float = 0.01):
+    """:func:`wait_for` for a coroutine: polls without blocking its event loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
 def gone(pid: int) -> bool:
     """The process has exited (reaped, or a zombie waiting to be)."""
     import psutil

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from helpers import Faulty, Toolbox
+from helpers import Faulty, Toolbox, await_for
 
 from snakepit import HALT, Pool, SnakepitError
 
@@ -80,8 +80,8 @@ def test_the_event_loop_is_never_blocked(pool):
 def test_no_thread_per_call(pool):
     async def main():
         before = threading.active_count()
-        tasks = [asyncio.create_task(pool.aexecute("sleep", {"seconds": 0.1})) for _ in range(10)]
-        await asyncio.sleep(0.05)
+        tasks = [asyncio.create_task(pool.aexecute("sleep", {"seconds": 0.5})) for _ in range(10)]
+        await await_for(lambda: pool.stats()["busy"] + pool.stats()["waiting"] == 10)
         during = threading.active_count()
         await asyncio.gather(*tasks)
         return before, during
@@ -94,8 +94,9 @@ def test_cancelling_the_task_cancels_the_tool_in_the_worker():
     with Pool(Faulty, size=1, cancel_grace=5) as pool:
 
         async def main():
-            task = asyncio.create_task(pool.aexecute_stream("guarded", {"delay": 0.01}, lambda c: None))
-            await asyncio.sleep(0.2)
+            chunks = []
+            task = asyncio.create_task(pool.aexecute_stream("guarded", {"delay": 0.01}, chunks.append))
+            await await_for(lambda: len(chunks) >= 3)  # the generator runs
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -124,10 +125,9 @@ def test_cancelling_a_queued_call_leaves_the_queue():
 
         async def main():
             busy = asyncio.create_task(pool.aexecute("sleep", {"seconds": 0.3}))
-            await asyncio.sleep(0.05)
+            await await_for(lambda: pool.stats()["busy"] == 1)
             waiting = asyncio.create_task(pool.aexecute("add", {"a": 1}))
-            await asyncio.sleep(0.05)
-            assert pool.stats()["waiting"] == 1
+            await await_for(lambda: pool.stats()["waiting"] == 1)
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting

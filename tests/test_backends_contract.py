@@ -21,7 +21,7 @@ import threading
 import time
 
 import pytest
-from helpers import FailingInit, Toolbox, wait_for
+from helpers import FailingInit, Toolbox, await_for, wait_for
 
 from snakepit import HALT, Pool, SnakepitError
 
@@ -115,7 +115,7 @@ def test_asyncio_calls_streams_and_cancellation(pool):
         assert await pool.aexecute("add", {"a": 1}) == 2
         assert [c["number"] async for c in pool.astream("count", {"n": 5})] == list(range(5))
         task = asyncio.ensure_future(pool.aexecute("sleep", {"seconds": 30}))
-        await asyncio.sleep(0.5)
+        await await_for(lambda: pool.stats()["busy"] == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -11,10 +11,9 @@ import os
 import random
 import signal
 import threading
-import time
 from collections import Counter
 
-from helpers import Toolbox
+from helpers import Toolbox, wait_for
 
 from snakepit import HALT, Pool, SnakepitError
 
@@ -82,9 +81,6 @@ def test_chaos_mixed_calls_while_workers_die():
         stats = pool.stats()
         assert stats["restarts"] >= 10
 
-        deadline = time.monotonic() + 15
-        while pool.stats()["workers"] < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert pool.stats()["workers"] == 3
+        wait_for(lambda: pool.stats()["workers"] == 3, timeout=15)
         for _ in range(6):
             assert pool.execute("add", {"a": 1}) == 2

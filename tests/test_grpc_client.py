@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("grpc")
 
-from helpers import Faulty, Point, Toolbox, wait_for
+from helpers import Faulty, Point, Toolbox, await_for, wait_for
 
 from snakepit import HALT, Pool, SnakepitError
 from snakepit.grpc import Client
@@ -113,7 +113,7 @@ def test_cancelling_a_remote_call_cancels_the_tool():
 
         async def main() -> None:
             task = asyncio.ensure_future(client.aexecute("blocked", {"how": "sleep"}))
-            await asyncio.sleep(0.5)
+            await await_for(lambda: pool.stats()["busy"] == 1)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from helpers import Faulty, Toolbox, wait_for
+from helpers import Faulty, Toolbox, await_for, wait_for
 
 from snakepit import Pool, SnakepitError
 
@@ -197,7 +197,7 @@ def test_fire_and_forget_async_calls_that_wait_in_the_queue_complete():
     async def main() -> None:
         for i in range(4):
             asyncio.get_running_loop().create_task(job(i))  # no reference kept
-        await asyncio.sleep(0.05)
+        await await_for(lambda: pool.stats()["busy"] + pool.stats()["waiting"] == 4)
         gc.collect()
         while len(done) < 4:
             await asyncio.sleep(0.05)
@@ -224,7 +224,7 @@ def test_an_owner_back_from_the_dead_does_not_take_its_reclaimed_worker_back():
         box.append(box)  # a cycle, as a traceback or a self-reference makes
         del agen, box
         other.start()
-        time.sleep(0.05)
+        wait_for(lambda: pool.stats()["waiting"] == 1)
         gc.collect()  # the engine's weak reference is cleared; aclose() is scheduled on this loop
         wait_for(lambda: "worker_reclaimed" in events, timeout=10)  # the audit took it back meanwhile
         await asyncio.sleep(0)  # aclose() runs now

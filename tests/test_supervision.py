@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from helpers import Faulty, gone, wait_for
+from helpers import Faulty, await_for, gone, wait_for
 
 from snakepit import HALT, Pool, SnakepitError
 
@@ -163,7 +163,7 @@ def test_every_way_of_stopping_a_call_interrupts_its_tool(stop):
 
             async def main():
                 task = asyncio.ensure_future(pool.aexecute("blocked", {"how": "sleep"}))
-                await asyncio.sleep(0.3)
+                await await_for(lambda: pool.stats()["busy"] == 1)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task

@@ -84,8 +84,7 @@ def test_a_slow_stream_consumer_holds_back_its_own_stream_only():
         assert next(stream) == 0
         wait_for(lambda: pool.execute("counters")["produced"] > 0)
         # The consumer reads nothing more: the worker stops within a window of frames.
-        time.sleep(0.3)
-        produced = pool.execute("counters")["produced"]
+        produced = _stalls(pool)
         for _ in range(20):  # meanwhile the other thread answers at once, again and again
             assert pool.execute("pid")
         assert pool.execute("counters")["produced"] == produced <= 200
@@ -281,7 +280,7 @@ def test_close_releases_every_descriptor_of_a_killed_process_without_the_garbage
             caller.start()
         wait_for(lambda: pool.stats()["waiting"] == 3)
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: pool.stats()["workers"] == 1 and pool.stats()["worker_info"][0]["pid"] != victim, timeout=30)
+        wait_for(lambda: (now := pool.stats())["workers"] == 1 and now["worker_info"][0]["pid"] != victim, timeout=30)
         pool.close()  # the waiters, given the new process, get pool_closed
         for caller in callers:
             caller.join(30)
