@@ -295,7 +295,7 @@ def test_close_gives_a_running_call_pool_closed_at_once(backend, tmp_path):
     """On Ray a tool in time.sleep cannot be interrupted (an asynchronous exception waits for
     the next bytecode): its actor is killed at shutdown_timeout. The caller does not wait for it."""
     marker = str(tmp_path / "sleeping")
-    pool = Pool(Toolbox, size=1, start_timeout=60, shutdown_timeout=4.0, kill_grace=0.5, cancel_grace=60, **backend).start()
+    pool = Pool(Toolbox, size=1, start_timeout=60, shutdown_timeout=12.0, kill_grace=0.5, cancel_grace=60, **backend).start()
     outcome: list[tuple[BaseException, float]] = []
 
     def call() -> None:
@@ -314,4 +314,4 @@ def test_close_gives_a_running_call_pool_closed_at_once(backend, tmp_path):
         caller.join(30)
     [(error, when)] = outcome
     assert isinstance(error, SnakepitError) and error.reason == "pool_closed", error
-    assert when - began < 2.0
+    assert when - began < 2.5  # not after shutdown_timeout (12 s), when the actor is killed
