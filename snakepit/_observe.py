@@ -51,17 +51,35 @@ class Observer:
     blocks, or calls ``pool.close()``, cannot stall supervision.
     """
 
-    __slots__ = ("_callback", "_held", "_courier")
+    __slots__ = ("_subscribers", "_subscribing", "_held", "_courier")
 
     def __init__(self, callback: EventCallback | None = None) -> None:
-        self._callback = callback
+        # Replaced whole, never changed in place: delivery reads it without a lock.
+        self._subscribers: tuple[EventCallback, ...] = () if callback is None else (callback,)
+        self._subscribing = threading.Lock()
         self._held = threading.local()  # per thread: hold depth and the events held
         self._courier: Courier[tuple[str, int, str, dict[str, Any], float]] = Courier(
             "snakepit-events", lambda args: self._deliver(*args)
         )
 
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Deliver every event from now on to ``callback`` as well; returns what unsubscribes it."""
+        if not callable(callback):
+            raise TypeError("an event subscriber must be callable")
+        with self._subscribing:
+            self._subscribers = (*self._subscribers, callback)
+
+        def unsubscribe() -> None:
+            with self._subscribing:
+                subscribers = list(self._subscribers)
+                if callback in subscribers:
+                    subscribers.remove(callback)
+                    self._subscribers = tuple(subscribers)
+
+        return unsubscribe
+
     def emit(self, event: str, level: int, message: str, **fields: Any) -> None:
-        if self._callback is None and not log.isEnabledFor(level):
+        if not self._subscribers and not log.isEnabledFor(level):
             return
         held = getattr(self._held, "events", None)
         if held is not None:
@@ -72,7 +90,7 @@ class Observer:
     def telemetry(self, fields: dict[str, Any]) -> None:
         """A tool's telemetry event (already a dict, with its own ``time``), to ``on_event`` and
         the ``snakepit.telemetry`` logger at INFO; delivered off the calling thread."""
-        if self._callback is None and not telemetry_log.isEnabledFor(logging.INFO):
+        if not self._subscribers and not telemetry_log.isEnabledFor(logging.INFO):
             return
         fields = dict(fields)
         event = fields.pop("event", "telemetry")
@@ -114,8 +132,10 @@ class Observer:
             if logger.isEnabledFor(level):
                 extra = {f"snakepit_{key}" if key in _RECORD_ATTRIBUTES else key: value for key, value in fields.items()}
                 logger.log(level, message, extra={"snakepit_event": event, **extra})
-            callback = self._callback
-            if callback is not None:
-                callback({"event": event, "time": when, **fields})
-        except Exception:  # a broken exporter or handler must not break the pool
-            log.exception("snakepit: on_event callback failed for %s", event)
+        except Exception:  # a broken handler must not break the pool (logging reports its own)
+            pass
+        for callback in self._subscribers:
+            try:
+                callback({"event": event, "time": when, **fields})  # each its own dict
+            except Exception:  # a broken exporter must not break the pool, nor the others
+                log.exception("snakepit: an event subscriber failed on %s", event)

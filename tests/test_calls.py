@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import time
@@ -232,6 +233,28 @@ def test_iterator_close_and_garbage_collection_cancel(single_pool):
     del stream
     gc.collect()
     assert single_pool.execute("state")["closed_streams"] == before + 2
+
+
+def test_a_streams_metadata_is_that_of_the_chunk_delivered_last(pool):
+    """StreamChunk(data, metadata=...): iterating, ``stream.metadata`` is the tool's dict for the
+    chunk just delivered, None for a chunk without; the final one's is the result's too."""
+    seen = []
+    with pool.stream("with_final", {"n": 3, "extra_after_final": False}) as stream:
+        for data in stream:
+            seen.append((data, stream.metadata))
+    assert seen == [({"i": 0}, {"seq": 0}), ({"i": 1}, {"seq": 1}), ({"i": 2}, {"seq": 2}), ({"done": True}, {"total": 3})]
+    assert stream.result.metadata == {"total": 3}
+    with pool.stream("count", {"n": 2}) as plain:
+        assert [(c["number"], plain.metadata) for c in plain] == [(0, None), (1, None)]
+
+    async def main() -> list:
+        got = []
+        async with pool.astream("with_final", {"n": 2, "extra_after_final": False}) as stream:
+            async for data in stream:
+                got.append((data, stream.metadata))
+        return got
+
+    assert asyncio.run(main()) == [({"i": 0}, {"seq": 0}), ({"i": 1}, {"seq": 1}), ({"done": True}, {"total": 2})]
 
 
 def test_exhausted_iterator_has_result(pool):

@@ -78,6 +78,39 @@ def test_a_failing_event_callback_does_not_break_the_pool():
         assert pool.execute("add", {"a": 1}) == 2
 
 
+def test_events_reach_every_subscriber_until_it_unsubscribes(caplog):
+    """pool.subscribe(): as many listeners as there are front ends (a served pool streams them
+    to remote callers), each its own dict; one that raises is logged and the others go on."""
+    first: list[dict] = []
+    second: list[dict] = []
+
+    def broken(event: dict) -> None:
+        raise RuntimeError("exporter down")
+
+    with Pool(Toolbox, size=1, on_event=first.append) as pool:
+        unsubscribe = pool.subscribe(second.append)
+        stop_broken = pool.subscribe(broken)
+        with pytest.raises(SnakepitError):
+            pool.execute("sleep", {"seconds": 5}, timeout=0.05)
+        wait_for(lambda: any(e["event"] == "timeout" for e in second))
+        wait_for(lambda: any(e["event"] == "timeout" for e in first))
+        mine = next(e for e in second if e["event"] == "timeout")
+        mine["tool"] = "changed"  # each subscriber's own copy
+        assert next(e for e in first if e["event"] == "timeout")["tool"] == "sleep"
+        unsubscribe()
+        stop_broken()
+        stop_broken()  # twice: nothing more to do
+        seen = len(second)
+        with pytest.raises(SnakepitError):
+            pool.execute("sleep", {"seconds": 5}, timeout=0.05)
+        wait_for(lambda: sum(e["event"] == "timeout" for e in first) == 2)
+        pool._dispatcher.observer.flush()
+        assert len(second) == seen
+    assert any("an event subscriber failed" in record.getMessage() for record in caplog.records)
+    with pytest.raises(TypeError):
+        pool.subscribe("not callable")  # type: ignore[arg-type]
+
+
 def test_per_worker_stats():
     with Pool(Toolbox, size=2) as pool:
         for i in range(4):

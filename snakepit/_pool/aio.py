@@ -346,7 +346,14 @@ class AsyncStream:
 
     @property
     def result(self) -> StreamResult | None:
+        """How the stream ended; ``None`` until it has."""
         return None if self._exchange is None else self._exchange.result
+
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        """What the tool attached to the chunk delivered last (``StreamChunk(data,
+        metadata=...)``); ``None`` if it attached nothing."""
+        return None if self._delivery is None else self._delivery.metadata
 
     @property
     def worker_id(self) -> int | None:

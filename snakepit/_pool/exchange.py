@@ -76,6 +76,7 @@ class Exchange:
         "chunks",
         "final",
         "metadata",
+        "chunk_metadata",
         "result",
         "_messages",
         "_index",
@@ -98,6 +99,7 @@ class Exchange:
         self.chunks: int = 0
         self.final: bool = False
         self.metadata: Any = None
+        self.chunk_metadata: dict[int, Any] = {}  # chunk index -> the metadata the tool attached to it
         self.result: StreamResult | None = None
         self._messages: list[Any] = []
         self._index: int = 0
@@ -232,9 +234,11 @@ class Exchange:
                 batch.append(message.data)
                 if message.final:
                     self.final = True
+                if message.metadata is not None:
                     self.metadata = self.decode(message.metadata)
-                elif message.metadata is not None:
-                    self.metadata = self.decode(message.metadata)
+                    self.chunk_metadata[self.chunks + len(batch) - 1] = self.metadata
+                elif message.final:
+                    self.metadata = None
                 continue
             if batch:
                 break
@@ -377,13 +381,14 @@ class Delivery:
     call's deadline -- or ``MORE`` (wait for the worker, then ask again) or ``END``. The drivers
     differ only in how they wait."""
 
-    __slots__ = ("exchange", "batch", "next", "limit")
+    __slots__ = ("exchange", "batch", "next", "limit", "metadata")
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange: Exchange = exchange
         self.batch: list[Any] = []
         self.next: int = 0
         self.limit = exchange.limit
+        self.metadata: Any = None  # what the tool attached to the chunk last delivered
 
     def take(self) -> Any:
         position = self.next
@@ -398,6 +403,8 @@ class Delivery:
             self.batch = []
             self.exchange.expired()
         self.next = position + 1
+        attached = self.exchange.chunk_metadata
+        self.metadata = attached.pop(self.exchange.chunks - len(batch) + position, None) if attached else None
         data = batch[position]
         return data if type(data) not in PACKED else self.exchange.decode(data)
 
@@ -409,6 +416,13 @@ class Delivery:
         start = self.next
         items = self.batch[start : start + limit]
         self.next = start + len(items)
+        attached = self.exchange.chunk_metadata
+        if items and attached:
+            first = self.exchange.chunks - len(self.batch) + start
+            for index in range(first, first + len(items)):
+                self.metadata = attached.pop(index, None)
+        elif items:
+            self.metadata = None
         decode = self.exchange.decode
         return [item if type(item) not in PACKED else decode(item) for item in items]
 
@@ -566,6 +580,12 @@ class Stream:
     def result(self) -> StreamResult | None:
         """How the stream ended; ``None`` until it has."""
         return self._exchange.result
+
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        """What the tool attached to the chunk delivered last (``StreamChunk(data,
+        metadata=...)``); ``None`` if it attached nothing."""
+        return self._delivery.metadata
 
     @property
     def worker_id(self) -> int:

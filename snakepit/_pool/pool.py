@@ -392,6 +392,14 @@ class Pool(Calls["Stream", "AsyncStream"]):
     def _session_worker(self, session_id: str) -> int | None:
         return self._dispatcher.session_worker(session_id)
 
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """Have ``callback`` receive every event from now on, as ``on_event`` does (the same
+        dicts, on the same delivery thread; an exception it raises is logged, and the others
+        still get the event). Returns what unsubscribes it. Tools' telemetry events reach
+        subscribers when the pool was created with ``on_event`` or with the ``snakepit.telemetry``
+        logger enabled at INFO (workers send telemetry only then)."""
+        return self._dispatcher.observer.subscribe(callback)
+
     @property
     def serving(self) -> bool:
         """Whether the pool can take a call now: started, not closing, with a worker up (what a
