@@ -32,6 +32,7 @@ BENCHMARKS = [
     "thread_profile",
     "grpc_throughput",
     "ray_backend",
+    "guarantees",
 ]
 OPT_IN = ["soak"]  # run only when named: not part of a plain `python -m benchmarks`
 _NEEDS = {"ray_backend": "ray"}

@@ -41,12 +41,13 @@ def no_leaked_processes():
             descriptions.append(f"{p.pid} {p.status()} {p.cmdline()[:3]}")
         except psutil.Error:
             continue
+    for p in leaked:  # killed and reaped: a leak fails its own test, never the next one
+        try:
+            p.kill()
+            p.wait(timeout=5)
+        except psutil.Error:
+            pass
     if descriptions:
-        for p in leaked:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
         pytest.fail(f"test leaked child processes: {descriptions}")
 
 
