@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -442,7 +443,8 @@ def test_a_slow_log_handler_never_blocks_a_worker():
 
 OWNER = textwrap.dedent(
     """
-    import os, sys, time
+    import faulthandler, os, signal, sys, time
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a test's view into an owner that hangs
     sys.path.insert(0, {tests!r})
     from snakepit import Pool
     pool = Pool("helpers:Toolbox", size=2).start()
@@ -461,7 +463,12 @@ OWNER = textwrap.dedent(
 
 
 def _owner(mode: str, **env: str) -> tuple[subprocess.Popen, list[int]]:
-    proc = subprocess.Popen([sys.executable, "-c", OWNER, mode], stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
+    # stderr to a file, not a pipe nobody reads while the owner runs: never full
+    stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (it goes with the process)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWNER, mode], stdout=subprocess.PIPE, stderr=stderr, text=True, env={**os.environ, **env}
+    )
+    proc.stderr_file = stderr  # type: ignore[attr-defined]
     worker_pids = [int(p) for p in proc.stdout.readline().split()]
     assert len(worker_pids) == 2
     return proc, worker_pids
@@ -482,6 +489,12 @@ def test_interpreter_exit_closes_the_pool_gracefully(tmp_path):
     assert all(gone(pid) for pid in workers)
 
 
+def _sigmask(pid: int) -> str:
+    """The process's blocked and ignored signals, as /proc shows them."""
+    with open(f"/proc/{pid}/status") as status:
+        return " ".join(line.strip() for line in status if line.startswith(("SigBlk", "SigIgn")))
+
+
 def test_ctrl_c_while_a_stream_runs_ends_cleanly():
     owner, workers = _owner("stream")
     try:
@@ -489,7 +502,17 @@ def test_ctrl_c_while_a_stream_runs_ends_cleanly():
         owner.send_signal(signal.SIGINT)
         # KeyboardInterrupt, then the pool closes at exit: within cancel_grace, shutdown_timeout
         # and kill_grace (5 + 5 + 1 s) at worst; a hang would be forever.
-        assert owner.wait(timeout=30) != 0
+        try:
+            code = owner.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            mask = _sigmask(owner.pid)
+            owner.send_signal(signal.SIGUSR1)  # its threads' stacks, to stderr
+            time.sleep(1)
+            owner.kill()
+            owner.wait()
+            owner.stderr_file.seek(0)
+            pytest.fail(f"the owner did not exit after Ctrl-C ({mask}):\n{owner.stderr_file.read()[-6000:]}")
+        assert code != 0
     finally:
         if owner.poll() is None:
             owner.kill()

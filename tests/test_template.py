@@ -219,4 +219,5 @@ def test_a_forked_worker_waited_for_by_many_threads_at_once_closes_its_pidfd_onc
         for fd in canaries:  # every one still open: none was taken by a second close
             os.eventfd_write(fd, 1)
             os.close(fd)
-        wait_for(lambda: pool.stats()["workers"] == 1 and pool.execute("state")["pid"] != victim, timeout=30)
+        wait_for(lambda: (now := pool.stats())["available"] == 1 and now["worker_info"][0]["pid"] != victim, timeout=30)
+        assert pool.execute("state")["pid"] != victim
