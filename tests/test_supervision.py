@@ -445,6 +445,9 @@ OWNER = textwrap.dedent(
     """
     import faulthandler, os, signal, sys, time
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a test's view into an owner that hangs
+    # Ctrl-C as an interactive program has it: a suite started in the background (`make test &`)
+    # inherits SIGINT ignored, and so would this owner.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {tests!r})
     from snakepit import Pool
     pool = Pool("helpers:Toolbox", size=2).start()
