@@ -65,7 +65,9 @@ class Observer:
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Deliver every event from now on to ``callback`` as well; returns what unsubscribes it."""
         if not callable(callback):
-            raise TypeError("an event subscriber must be callable")
+            from snakepit import _errors as errors
+
+            raise errors.validation(errors.Reason.INVALID_ARGUMENTS, f"an event subscriber must be callable, got {callback!r}")
         with self._subscribing:
             self._subscribers = (*self._subscribers, callback)
 

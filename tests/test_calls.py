@@ -424,3 +424,27 @@ def test_a_stream_iterated_again_after_its_end_or_its_error_yields_nothing():
         import asyncio
 
         asyncio.run(async_twins())
+
+
+def test_arguments_of_the_wrong_type_are_snakepit_errors(pool):
+    """A tool name or a session id of the wrong type is invalid_arguments, never a TypeError."""
+    for call in (
+        lambda: pool.execute(["add"]),
+        lambda: list(pool.map(["add"], [{"a": 1}])),
+        lambda: pool.touch_session(["a"]),
+        lambda: pool.touch_session(""),
+        lambda: pool.close_session(None),
+        lambda: pool.subscribe(3),
+        lambda: pool.map("add", [{"a": 1}], chunksize=0),
+    ):
+        with pytest.raises(SnakepitError) as info:
+            call()
+        assert info.value.reason == "invalid_arguments", info.value
+
+
+def test_a_streams_result_metadata_is_the_final_chunks_only(pool):
+    """Per-chunk metadata is the stream's (.metadata); the result's is the final chunk's: None
+    when the stream had no final chunk, whatever earlier chunks carried."""
+    with pool.stream("with_final", {"n": 2, "extra_after_final": False}) as stream:
+        list(stream)
+    assert stream.result.metadata == {"total": 2}

@@ -90,7 +90,7 @@ def test_bad_configuration_is_a_validation_error():
     for kwargs in ({"timeout": -1}, {"timeout": 0}, {"timeout": math.nan}, {"queue_timeout": 0}, {"queue_timeout": "1"}):
         with pytest.raises(SnakepitError) as info:
             Pool(Toolbox, **kwargs)
-        assert (info.value.category, info.value.reason) == ("validation", "invalid_arguments")
+        assert (info.value.category, info.value.reason) == ("validation", "invalid_config")  # the pool's, as every option
     with pytest.raises(SnakepitError):
         Pool("not a path", size=1)
     with pytest.raises(SnakepitError):

@@ -107,8 +107,9 @@ def test_events_reach_every_subscriber_until_it_unsubscribes(caplog):
         pool._dispatcher.observer.flush()
         assert len(second) == seen
     assert any("an event subscriber failed" in record.getMessage() for record in caplog.records)
-    with pytest.raises(TypeError):
+    with pytest.raises(SnakepitError) as info:
         pool.subscribe("not callable")  # type: ignore[arg-type]
+    assert info.value.reason == "invalid_arguments"
 
 
 def test_per_worker_stats():

@@ -1,4 +1,4 @@
-"""Large values through shared memory (snakepit/backends/process/segments.py): the values arrive
+"""Large values through shared memory (snakepit/_backends/process/segments.py): the values arrive
 whole and with their types, nothing is copied into frames, and no segment outlives its use -- a
 close, a crash of either side, a cancelled stream."""
 

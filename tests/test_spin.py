@@ -1,4 +1,4 @@
-"""The adaptive spin before a reply wait (snakepit/backends/process/spin.py), with scripted polls."""
+"""The adaptive spin before a reply wait (snakepit/_backends/process/spin.py), with scripted polls."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 These are the edge cases of the pool's state machine that are hard to reach with real workers
 at the right instant: a death with answers still queued, a stale lease, a waiter handed a worker
 on release, a strict session whose worker died, a move the state table forbids. The fake is a
-test double of a *backend's* connection (the seam in snakepit/backends/base.py), not of the pool:
+test double of a *backend's* connection (the seam in snakepit/_backends/base.py), not of the pool:
 the dispatcher and exchange under test are the real ones.
 """
 

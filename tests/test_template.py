@@ -1,5 +1,5 @@
 """Warm start: workers forked by a template process (``start_method="forkserver"``), and the
-cold start it falls back to. See snakepit/backends/process/template.py."""
+cold start it falls back to. See snakepit/_backends/process/template.py."""
 
 from __future__ import annotations
 

@@ -25,7 +25,6 @@ from snakepit import _tracing as tracing
 from snakepit._adapter import ToolSpec
 from snakepit._errors import Reason
 from snakepit._pool import aio, mapping
-from snakepit._pool.config import positive_int
 from snakepit._pool.dispatcher import Counters, Dispatcher
 from snakepit._pool.exchange import Exchange
 from snakepit._seam.affinity import Affinity
@@ -227,6 +226,8 @@ class CallRunner:
         return exchange
 
     def spec(self, tool: str) -> ToolSpec:
+        if not isinstance(tool, str):
+            raise errors.validation(Reason.INVALID_ARGUMENTS, f"a tool's name is a str, got {type(tool).__name__}")
         spec = self.tools.get(tool)
         if spec is None:
             if self.dispatcher.closed:
@@ -239,7 +240,8 @@ class CallRunner:
         the first attempt's deadline)."""
         tool, args, session_id, affinity, timeout, _ = request
         retry = context.retry
-        spec = self.tools.get(tool) or self.spec(tool)
+        spec = self.tools.get(tool) if type(tool) is str else None
+        spec = spec or self.spec(tool)
         if stream and not spec.supports_streaming:
             raise errors.validation(Reason.NOT_STREAMING, f"tool {tool!r} does not support streaming; use execute()", tool=tool)
         if type(args) is not dict:
@@ -296,7 +298,8 @@ class CallRunner:
         sync: bool,
     ) -> tuple[Any, ...]:
         spec = self.spec(tool)
-        positive_int("chunksize", chunksize, allow_none=True)
+        if chunksize is not None and (isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1):
+            raise errors.validation(Reason.INVALID_ARGUMENTS, f"chunksize must be a positive int or None, got {chunksize!r}")
         mode = check_routing(session_id, affinity)
         retries = self.max_retries if spec.idempotent else 0
         if retries and session_id is not None and self.dispatcher.mode_of(session_id, mode) is not Affinity.HINT:

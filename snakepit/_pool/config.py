@@ -1,7 +1,7 @@
 """A pool's configuration: what ``Pool(...)`` was given, checked once, frozen.
 
 Every option is checked here, before anything starts (``invalid_config`` for a value that cannot
-work, ``invalid_arguments`` for a bad call timeout, as on a call); the backend checks the options
+work); the backend checks the options
 that are its own when it is created (:func:`snakepit._seam.backend.create_backend`).
 """
 
@@ -91,8 +91,8 @@ class PoolConfig:
         positive_int("max_queue", self.max_queue, minimum=0)
         positive_int("max_sessions", self.max_sessions)
         checked("affinity", parse_affinity(self.affinity, reason=Reason.INVALID_CONFIG))
-        checked("timeout", check_timeout("timeout", self.timeout))
-        checked("queue_timeout", check_timeout("queue_timeout", self.queue_timeout))
+        checked("timeout", check_timeout("timeout", self.timeout, Reason.INVALID_CONFIG))
+        checked("queue_timeout", check_timeout("queue_timeout", self.queue_timeout, Reason.INVALID_CONFIG))
         threads = positive_int("threads_per_worker", self.threads_per_worker)
         adapter = self.adapter
         if threads > 1 and isinstance(adapter, type) and not getattr(adapter, "thread_safe", False):

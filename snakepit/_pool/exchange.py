@@ -232,13 +232,12 @@ class Exchange:
             if kind is Chunk and message.id == call_id:
                 index += 1
                 batch.append(message.data)
+                attached = None if message.metadata is None else self.decode(message.metadata)
+                if attached is not None:
+                    self.chunk_metadata[self.chunks + len(batch) - 1] = attached
                 if message.final:
                     self.final = True
-                if message.metadata is not None:
-                    self.metadata = self.decode(message.metadata)
-                    self.chunk_metadata[self.chunks + len(batch) - 1] = self.metadata
-                elif message.final:
-                    self.metadata = None
+                    self.metadata = attached  # the result's: the final chunk's
                 continue
             if batch:
                 break

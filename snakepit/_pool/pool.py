@@ -383,10 +383,12 @@ class Pool(Calls["Stream", "AsyncStream"]):
     def touch_session(self, session_id: str) -> SessionInfo | None:
         """Keep a session alive (its ``session_ttl`` starts again) and describe it; ``None`` if
         there is no such session (never opened, closed, or expired)."""
+        check_session_id(session_id)
         return self._dispatcher.touch_session(session_id)
 
     def close_session(self, session_id: str) -> bool:
         """Forget a session and its pin; whether there was one."""
+        check_session_id(session_id)
         return self._dispatcher.close_session(session_id)
 
     def _session_worker(self, session_id: str) -> int | None:

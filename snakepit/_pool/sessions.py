@@ -34,7 +34,7 @@ class SessionState:
     last_used: float = 0.0
     calls: int = 0
     created_at: float = field(default_factory=time.time)  # wall clock, for those who ask
-    metadata: dict[str, str] = field(default_factory=dict)  # what a remote client said of it when opening it
+    metadata: dict[str, str] = field(default_factory=dict)  # what was said of it when it was opened
     serving: Any = None  # the worker its latest call was given (see SessionStore.in_use)
 
 

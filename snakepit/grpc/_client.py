@@ -174,6 +174,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
 
     def close_session(self, session_id: str) -> bool:
         """Forget a session and its pin on the server; whether there was one."""
+        check_session_id(session_id)
         self._check_open()
         try:
             response = self._stub.CleanupSession(pb.CleanupSessionRequest(session_id=session_id), metadata=self._auth)
