@@ -365,3 +365,36 @@ def test_a_stream_still_held_when_its_pool_closes_gives_back_its_workers_descrip
 async def _drain(stream) -> None:
     async for _ in stream:
         pass
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_close_while_another_thread_starts_the_pool_ends_the_start_with_pool_closed(start_method):
+    """close() may come at any moment of a start() on another thread: the start ends with
+    pool_closed (or, if it finished first, the pool simply closes), close() returns once every
+    process is gone, and nothing runs the shutdown beside the start's own steps."""
+    for moment in range(4):
+        pool = Pool(Toolbox, size=2, start_method=start_method, start_timeout=60)
+        outcome: list[object] = []
+
+        def start(pool: Pool = pool, outcome: list[object] = outcome) -> None:
+            try:
+                outcome.append(pool.start())
+            except BaseException as exc:  # anything but pool_closed fails the test below
+                outcome.append(exc)
+
+        starter = threading.Thread(target=start)
+        starter.start()
+        if moment:  # at once, then later and later into the start (which takes ~0.1-1 s)
+            wait_for(lambda: pool._state == "starting")
+            time.sleep(0.05 * moment)  # not a synchronisation: a different moment each round
+        began = time.monotonic()
+        pool.close()
+        closed_after = time.monotonic() - began
+        starter.join(30)
+        assert not starter.is_alive()
+        [result] = outcome
+        assert result is pool or (isinstance(result, SnakepitError) and result.reason == "pool_closed"), result
+        assert closed_after < 20  # not start_timeout (60 s): the start ends as the pool closes
+        with pytest.raises(SnakepitError) as info:
+            pool.execute("add", {"a": 1})
+        assert info.value.reason == "pool_closed"

@@ -212,6 +212,7 @@ class Pool(Calls["Stream", "AsyncStream"]):
         )
         self._state_lock: threading.Lock = threading.Lock()
         self._state: str = "new"
+        self._started = threading.Event()  # set once start() has ended (or will never run)
         self._on_close: list[Callable[[], None]] = []  # run first when the pool closes (its gRPC servers' stop)
         self._finalizer = weakref.finalize(self, _shutdown, self._dispatcher, self._supervisor, self._on_close)
 
@@ -224,25 +225,44 @@ class Pool(Calls["Stream", "AsyncStream"]):
                 raise errors.validation(Reason.INVALID_CONFIG, f"a pool starts once (it is {self._state})")
             self._state = "starting"
         self._runner.tracer = tracing.tracer()  # if OpenTelemetry is installed and configured by now
-        self._dispatcher.open()
+        # A close() from another thread meanwhile ends the start (pool_closed); the shutdown runs
+        # here, after the start's last step, never beside it.
         try:
+            self._dispatcher.open()
             self._supervisor.start()
+            self._runner.tools = {spec.name: spec for spec in self._supervisor.tools or ()}
+            self._dispatcher.observer.flush()  # start-up's events have reached on_event and the log
+            with self._state_lock:
+                closed = self._state != "starting"
+                self._state = "closed" if closed else "running"
+            if closed:
+                raise errors.pool_closed()
         except BaseException:
-            self.close()
+            with self._state_lock:
+                self._state = "closed"
+            try:
+                self._finalizer()
+            finally:
+                self._started.set()
             raise
-        self._runner.tools = {spec.name: spec for spec in self._supervisor.tools or ()}
-        self._dispatcher.observer.flush()  # start-up's events have reached on_event and the log
-        with self._state_lock:
-            if self._state == "starting":
-                self._state = "running"
+        self._started.set()
         return self
 
     def close(self) -> None:
-        """Refuse new calls, cancel running ones, run ``cleanup()`` in every worker, reap them all."""
+        """Refuse new calls, cancel running ones, run ``cleanup()`` in every worker, reap them all.
+        While another thread starts the pool, that start ends with ``pool_closed`` and close()
+        returns once the pool is shut down."""
         with self._state_lock:
             if self._state == "closed":
-                return
-            self._state = "closed"
+                starting = False
+            else:
+                starting = self._state == "starting"
+                self._state = "closed"
+                if not starting:
+                    self._started.set()
+        if starting:
+            self._supervisor.abort_start()
+        self._started.wait()  # a start under way shuts the pool down itself
         self._finalizer()
 
     def __enter__(self) -> Self:

@@ -119,6 +119,14 @@ class Supervisor(Reactor):
                     del error  # its traceback holds this frame: no cycle through the local
             self._initial = False
 
+    def abort_start(self) -> None:
+        """The pool closes while :meth:`start` waits: it raises ``pool_closed`` at once (its
+        caller then shuts the pool down, on its own thread, after the start's last step)."""
+        with self._start_cond:
+            if self._start_error is None:
+                self._start_error = errors.pool_closed()
+            self._start_cond.notify_all()
+
     def shutdown(self) -> None:
         """Stop every worker: gracefully (cleanup runs) within ``shutdown_timeout``, then by force.
         Workers still starting (inside ``initialize()``) are killed at once: a failed ``start()``
