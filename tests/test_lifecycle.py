@@ -385,7 +385,7 @@ def test_close_while_another_thread_starts_the_pool_ends_the_start_with_pool_clo
         starter = threading.Thread(target=start)
         starter.start()
         if moment:  # at once, then later and later into the start (which takes ~0.1-1 s)
-            wait_for(lambda: pool._state == "starting")
+            wait_for(lambda pool=pool: pool._state == "starting")
             time.sleep(0.05 * moment)  # not a synchronisation: a different moment each round
         began = time.monotonic()
         pool.close()
