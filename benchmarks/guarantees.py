@@ -58,19 +58,21 @@ BOUNDS = {
 }
 
 
-def _busy(pool: Pool, session_id: str | None = None) -> threading.Thread:
-    """A call holding the pool's one worker for 30 s (ended by the pool's close)."""
+def _running_call(pool: Pool, session_id: str | None = None) -> tuple[threading.Thread, list[float]]:
+    """A call holding a worker for 30 s (ended by the pool's close), running once this returns;
+    the list gets the moment it fails."""
+    failed_at: list[float] = []
 
-    def hold() -> None:
+    def call() -> None:
         try:
             pool.execute("sleep", {"seconds": 30}, session_id=session_id)
         except SnakepitError:
-            pass
+            failed_at.append(time.perf_counter())
 
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
+    caller = threading.Thread(target=call)
+    caller.start()
     _until(lambda: pool.stats()["busy"] == 1)
-    return holder
+    return caller, failed_at
 
 
 def _until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -93,13 +95,13 @@ def _failing(call: Callable[[], object]) -> float:
 def worker_busy() -> float:
     with Pool(Timed, size=1, queue_timeout=10, shutdown_timeout=1) as pool:
         pool.execute("pid", session_id="s")
-        _busy(pool, "s")
+        _running_call(pool, "s")
         return _failing(lambda: pool.execute("pid", session_id="s", affinity="strict_fail_fast"))
 
 
 def pool_saturated() -> float:
     with Pool(Timed, size=1, max_queue=0, queue_timeout=10, shutdown_timeout=1) as pool:
-        _busy(pool)
+        _running_call(pool)
         return _failing(lambda: pool.execute("pid"))
 
 
@@ -122,17 +124,7 @@ def halt() -> float:
 
 def close_to_pool_closed() -> float:
     pool = Pool(Timed, size=1, shutdown_timeout=10, cancel_grace=5).start()
-    failed_at: list[float] = []
-
-    def call() -> None:
-        try:
-            pool.execute("sleep", {"seconds": 30})
-        except SnakepitError:
-            failed_at.append(time.perf_counter())
-
-    caller = threading.Thread(target=call)
-    caller.start()
-    _until(lambda: pool.stats()["busy"] == 1)
+    caller, failed_at = _running_call(pool)
     began = time.perf_counter()
     closer = threading.Thread(target=pool.close)
     closer.start()
@@ -144,17 +136,7 @@ def close_to_pool_closed() -> float:
 def crash() -> tuple[float, float]:
     with Pool(Timed, size=1, shutdown_timeout=1) as pool:
         worker = pool.execute("pid")
-        failed_at: list[float] = []
-
-        def call() -> None:
-            try:
-                pool.execute("sleep", {"seconds": 30})
-            except SnakepitError:
-                failed_at.append(time.perf_counter())
-
-        caller = threading.Thread(target=call)
-        caller.start()
-        _until(lambda: pool.stats()["busy"] == 1)
+        caller, failed_at = _running_call(pool)
         killed = time.perf_counter()
         os.kill(worker, signal.SIGKILL)
         caller.join(30)

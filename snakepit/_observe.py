@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from snakepit import _errors as errors
 from snakepit._courier import Courier
 
 log = logging.getLogger("snakepit")
@@ -65,8 +66,6 @@ class Observer:
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Deliver every event from now on to ``callback`` as well; returns what unsubscribes it."""
         if not callable(callback):
-            from snakepit import _errors as errors
-
             raise errors.validation(errors.Reason.INVALID_ARGUMENTS, f"an event subscriber must be callable, got {callback!r}")
         with self._subscribing:
             self._subscribers = (*self._subscribers, callback)

@@ -25,6 +25,7 @@ from snakepit import _tracing as tracing
 from snakepit._adapter import ToolSpec
 from snakepit._errors import Reason
 from snakepit._pool import aio, mapping
+from snakepit._pool.config import positive_int
 from snakepit._pool.dispatcher import Counters, Dispatcher
 from snakepit._pool.exchange import Exchange
 from snakepit._seam.affinity import Affinity
@@ -298,8 +299,7 @@ class CallRunner:
         sync: bool,
     ) -> tuple[Any, ...]:
         spec = self.spec(tool)
-        if chunksize is not None and (isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1):
-            raise errors.validation(Reason.INVALID_ARGUMENTS, f"chunksize must be a positive int or None, got {chunksize!r}")
+        positive_int("chunksize", chunksize, allow_none=True, reason=Reason.INVALID_ARGUMENTS)
         mode = check_routing(session_id, affinity)
         retries = self.max_retries if spec.idempotent else 0
         if retries and session_id is not None and self.dispatcher.mode_of(session_id, mode) is not Affinity.HINT:

@@ -26,14 +26,16 @@ AffinityName = Literal["hint", "strict_queue", "strict_fail_fast"]
 WorkerEnv = Mapping[str, str] | Callable[[int], Mapping[str, str]] | None
 
 
-def positive_int(name: str, value: Any, *, allow_none: bool = False, minimum: int = 1) -> Any:
+def positive_int(
+    name: str, value: Any, *, allow_none: bool = False, minimum: int = 1, reason: str = Reason.INVALID_CONFIG
+) -> Any:
+    """``value`` if it is an int of at least ``minimum`` (or None, if allowed); else ``reason``
+    (a pool option's is invalid_config, a call argument's invalid_arguments)."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise errors.validation(
-            Reason.INVALID_CONFIG, f"{name} must be {wanted}{' or None' if allow_none else ''}, got {value!r}"
-        )
+        raise errors.validation(reason, f"{name} must be {wanted}{' or None' if allow_none else ''}, got {value!r}")
     return value
 
 
