@@ -131,6 +131,13 @@ class Ping(_Msg, tag=5):
     seq: int
 
 
+class Listen(_Msg, tag=8):
+    """Send tools' telemetry to the owner from now on (``on``), or stop: the owner has gained its
+    first listener, or lost its last (see :mod:`snakepit.telemetry`)."""
+
+    on: bool
+
+
 class Credit(_Msg, tag=7):
     """A worker running calls on several threads may send ``count`` more frames of stream ``id``
     (the owner has taken that many): one slow consumer holds back its own stream only."""
@@ -219,7 +226,7 @@ class Telemetry(_Msg, tag=20):
     fields: dict[str, Any]
 
 
-ToWorker = Boot | Call | Batch | Shutdown | Cancel | Ping | Credit
+ToWorker = Boot | Call | Batch | Shutdown | Cancel | Ping | Credit | Listen
 FromWorker = Ready | StartFailed | Result | Chunk | Chunks | End | Failure | BatchResult
 Event = Pong | Log | Telemetry
 

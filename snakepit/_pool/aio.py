@@ -366,7 +366,9 @@ class AsyncStream:
 
     def take_ready(self, limit: int) -> list[Any]:
         """Up to ``limit`` more items that have already arrived, without waiting for any (what a
-        consumer batching on its own side can pack with the item it just got)."""
+        consumer batching on its own side can pack with the item it just got). They carry no
+        metadata: an item the tool attached metadata to comes from the iteration itself, with
+        :attr:`metadata`."""
         if self._delivery is None or limit <= 0:
             return []
         items = self._delivery.take_ready(limit)

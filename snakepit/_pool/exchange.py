@@ -409,18 +409,22 @@ class Delivery:
 
     def take_ready(self, limit: int) -> list[Any]:
         """Up to ``limit`` more chunks that have already arrived, without waiting for any (none
-        once the deadline has passed: the next :meth:`take` raises it)."""
+        once the deadline has passed: the next :meth:`take` raises it). It stops before a chunk
+        the tool attached metadata to: :meth:`take` delivers that one, so :attr:`metadata`
+        always describes each chunk it gives."""
         if time.monotonic() >= self.limit:
             return []
         start = self.next
         items = self.batch[start : start + limit]
-        self.next = start + len(items)
         attached = self.exchange.chunk_metadata
-        if items and attached:
+        if attached:
             first = self.exchange.chunks - len(self.batch) + start
-            for index in range(first, first + len(items)):
-                self.metadata = attached.pop(index, None)
-        elif items:
+            for offset in range(len(items)):
+                if first + offset in attached:
+                    items = items[:offset]
+                    break
+        self.next = start + len(items)
+        if items:
             self.metadata = None
         decode = self.exchange.decode
         return [item if type(item) not in PACKED else decode(item) for item in items]

@@ -165,6 +165,10 @@ class Pool(Calls["Stream", "AsyncStream"]):
         self.size = config.size
         self.affinity = config.affinity
         self.threads_per_worker = config.threads_per_worker
+        # Workers send tools' telemetry while someone listens: on_event, the logger, or subscribers.
+        listening = on_event is not None or telemetry_log.isEnabledFor(logging.INFO)
+        self._subscribers = 0
+        self._subscribers_lock = threading.Lock()
         workers = create_backend(
             config.backend,
             config.adapter,
@@ -175,7 +179,7 @@ class Pool(Calls["Stream", "AsyncStream"]):
                 memory_limit_mb=config.memory_limit_mb,
                 start_method=config.start_method,
                 start_timeout=config.start_timeout,
-                telemetry=on_event is not None or telemetry_log.isEnabledFor(logging.INFO),
+                telemetry=listening,
                 threads=config.threads_per_worker,
                 ray_address=config.ray_address,
                 actor_options=config.actor_options,
@@ -200,6 +204,7 @@ class Pool(Calls["Stream", "AsyncStream"]):
             recycle=recycle,
             observer=observer,
             quarantine=Quarantine(config.quarantine_after, config.quarantine_window),
+            telemetry=listening,
         )
         self._dispatcher.supervisor = self._supervisor
         self._runner: CallRunner = CallRunner(
@@ -417,10 +422,31 @@ class Pool(Calls["Stream", "AsyncStream"]):
     def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
         """Have ``callback`` receive every event from now on, as ``on_event`` does (the same
         dicts, on the same delivery thread; an exception it raises is logged, and the others
-        still get the event). Returns what unsubscribes it. Tools' telemetry events reach
-        subscribers when the pool was created with ``on_event`` or with the ``snakepit.telemetry``
-        logger enabled at INFO (workers send telemetry only then)."""
-        return self._dispatcher.observer.subscribe(callback)
+        still get the event), tools' telemetry included. Returns what unsubscribes it (once;
+        again does nothing).
+
+        Workers send tools' telemetry only while someone listens: the first subscriber switches
+        it on in every worker, the last one to leave switches it off again (unless the pool was
+        created with ``on_event``, or with the ``snakepit.telemetry`` logger at INFO)."""
+        unsubscribe = self._dispatcher.observer.subscribe(callback)
+        with self._subscribers_lock:
+            self._subscribers += 1
+            if self._subscribers == 1:
+                self._supervisor.submit(self._supervisor.listen, True)
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            with self._subscribers_lock:
+                if left:
+                    return
+                left = True
+                unsubscribe()
+                self._subscribers -= 1
+                if self._subscribers == 0:
+                    self._supervisor.submit(self._supervisor.listen, False)
+
+        return leave
 
     @property
     def serving(self) -> bool:
@@ -438,7 +464,7 @@ class Pool(Calls["Stream", "AsyncStream"]):
         tls: Any = None,
         allow_pickle: bool = False,
         insecure: bool = False,
-        max_message_mb: float = 64,
+        max_message_mb: float = 100,
     ) -> Any:
         """Serve this pool over gRPC (Snakepit's bridge protocol) from this process.
 

@@ -31,7 +31,7 @@ from snakepit._observe import Observer
 from snakepit._pool.dispatcher import Counters, Dispatcher
 from snakepit._pool.quarantine import Quarantine
 from snakepit._pool.recycling import RecyclePolicy, served
-from snakepit._protocol import TERMINAL, Cancel, Ping
+from snakepit._protocol import TERMINAL, Cancel, Listen, Ping
 from snakepit._seam.backend import Backend, Closing, WorkerGone
 from snakepit._seam.reactor import Reactor
 from snakepit._seam.timing import deadline_after, lock_seconds
@@ -61,6 +61,7 @@ class Supervisor(Reactor):
         recycle: RecyclePolicy,
         observer: Observer,
         quarantine: Quarantine,
+        telemetry: bool,
     ) -> None:
         super().__init__("snakepit-supervisor", observer)
         self._dispatcher = dispatcher
@@ -75,6 +76,8 @@ class Supervisor(Reactor):
         self._heartbeat_timeout = heartbeat_timeout
         self.recycle = recycle
         self.quarantine = quarantine
+        self._launched_listening = telemetry  # workers start sending tools' telemetry, or not
+        self._listening = telemetry  # ...and send it now
 
         self._ids = itertools.count(1)
         self._pings = itertools.count(1)
@@ -208,6 +211,8 @@ class Supervisor(Reactor):
         slots = self.backend.slot_connections(handle)
         if slots:  # it runs calls on several threads: one call slot each
             handle.slots = [self._call_slot(handle, conn) for conn in slots]
+        if self._listening != self._launched_listening:
+            handle.conn.send_control(Listen(self._listening))
         self._dispatcher.add_worker(handle)
         self.observer.emit(
             "worker_ready",
@@ -220,6 +225,17 @@ class Supervisor(Reactor):
         with self._start_cond:
             self._ready += 1
             self._start_cond.notify_all()
+
+    def listen(self, on: bool) -> None:
+        """Have every worker send tools' telemetry (``on``: someone subscribed), or only those
+        launched to (the last subscriber left); workers ready later hear of it then."""
+        wanted = on or self._launched_listening
+        if wanted == self._listening:
+            return
+        self._listening = wanted
+        for handle in self.handles.values():
+            if handle.state is not WorkerState.STARTING and handle.conn.exit_info is None:
+                handle.conn.send_control(Listen(wanted))
 
     def telemetry(self, handle: Worker, fields: dict[str, Any]) -> None:
         self.observer.telemetry({**fields, "worker_id": handle.id})

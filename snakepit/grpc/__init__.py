@@ -25,7 +25,7 @@ def serve(
     tls: TLS | None = None,
     allow_pickle: bool = False,
     insecure: bool = False,
-    max_message_mb: float = 64,
+    max_message_mb: float = 100,
 ) -> Server:
     """Serve ``pool`` at ``address``: :meth:`Pool.serve <snakepit.Pool.serve>`, as a function."""
     server: Server = pool.serve(

@@ -17,16 +17,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import pickle
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
 import grpc
-from google.protobuf.any_pb2 import Any as AnyMessage
 
 from snakepit import _errors as errors
 from snakepit._adapter import ParameterSpec, ToolSpec
-from snakepit._errors import Category, Reason
+from snakepit._errors import Reason
 from snakepit._seam.affinity import Affinity, parse_affinity
 from snakepit._seam.calls import Calls
 from snakepit._seam.request import CallRequest, check_callback, check_correlation_id, check_routing, check_session_id
@@ -36,8 +35,10 @@ from snakepit._streaming import HALT, AsyncLoop, StreamResult, loop
 from snakepit.grpc import _codec as codec
 from snakepit.grpc import bridge_pb2 as pb
 from snakepit.grpc import bridge_pb2_grpc
-from snakepit.grpc._loop import shared_loop
-from snakepit.grpc._status import ERROR_METADATA, error_from_json
+from snakepit.grpc._descriptors import Any as AnyMessage
+from snakepit.grpc._loop import on_shared_loop, shared_loop
+from snakepit.grpc._status import error_from_json, rpc_error
+from snakepit.grpc._watch import AsyncTelemetryStream, TelemetryStream, controls
 
 _MARGIN = 2.0  # the gRPC deadline trails the call's timeout, so the server's timeout error arrives first
 
@@ -66,7 +67,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
     of a :class:`~snakepit.Pool`, with the same arguments, results and errors."""
 
     def __init__(
-        self, address: str, *, token: str | None = None, tls: ClientTLS | None = None, max_message_mb: float = 64
+        self, address: str, *, token: str | None = None, tls: ClientTLS | None = None, max_message_mb: float = 100
     ) -> None:
         """``max_message_mb`` bounds a message either way, as the server's option of that name
         does (grpc's own client default, 4 MiB, would refuse results the server sends)."""
@@ -115,7 +116,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         try:
             response = self._stub.ExecuteTool(message, metadata=metadata, timeout=deadline)
         except grpc.RpcError as error:
-            raise _error(error) from None
+            raise rpc_error(error) from None
         return _result(response)
 
     def run_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
@@ -137,7 +138,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         try:
             response = self._stub.InitializeSession(pb.InitializeSessionRequest(), metadata=self._auth)
         except grpc.RpcError as error:
-            raise _error(error) from None
+            raise rpc_error(error) from None
         return [_tool_spec(spec) for spec in response.available_tools.values()]
 
     def session(
@@ -152,7 +153,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         try:
             self._stub.InitializeSession(request, metadata=self._auth)
         except grpc.RpcError as error:
-            raise _error(error) from None
+            raise rpc_error(error) from None
         return Session(self, session_id, mode)
 
     def touch_session(self, session_id: str) -> SessionInfo | None:
@@ -163,7 +164,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         try:
             response = self._stub.GetSession(pb.GetSessionRequest(session_id=session_id), metadata=self._auth)
         except grpc.RpcError as error:
-            failure = _error(error)
+            failure = rpc_error(error)
             if failure.reason == Reason.SESSION_NOT_FOUND:
                 return None
             raise failure from None
@@ -179,8 +180,55 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         try:
             response = self._stub.CleanupSession(pb.CleanupSessionRequest(session_id=session_id), metadata=self._auth)
         except grpc.RpcError as error:
-            raise _error(error) from None
+            raise rpc_error(error) from None
         return bool(response.resources_cleaned)
+
+    # -- telemetry -------------------------------------------------------------------------------
+
+    def telemetry(
+        self,
+        *,
+        enabled: bool = True,
+        sampling_rate: float = 1.0,
+        allow: Sequence[str] = (),
+        deny: Sequence[str] = (),
+    ) -> TelemetryStream:
+        """The served pool's events as they happen (``StreamTelemetry``): an iterator of dicts,
+        and a context manager; ``.control(...)`` changes the choices made here. ``allow`` and
+        ``deny`` are fnmatch patterns of dotted names (``tool.execution.*``), deny first;
+        ``sampling_rate`` the fraction of events kept."""
+        initial = self._telemetry_controls(enabled, sampling_rate, allow, deny)
+        self._check_open()
+        return TelemetryStream(lambda requests: self._stub.StreamTelemetry(requests, metadata=self._auth), initial)
+
+    def atelemetry(
+        self,
+        *,
+        enabled: bool = True,
+        sampling_rate: float = 1.0,
+        allow: Sequence[str] = (),
+        deny: Sequence[str] = (),
+    ) -> AsyncTelemetryStream:
+        """:meth:`telemetry` for ``async for``; ``await stream.control(...)``."""
+        initial = self._telemetry_controls(enabled, sampling_rate, allow, deny)
+        self._check_open()
+
+        async def start(requests: Any) -> Any:
+            _, stub = await self._async_stub()
+            return stub.StreamTelemetry(requests, metadata=self._auth)
+
+        return AsyncTelemetryStream(start, initial)
+
+    @staticmethod
+    def _telemetry_controls(
+        enabled: bool, sampling_rate: float, allow: Sequence[str], deny: Sequence[str]
+    ) -> list[pb.TelemetryControl]:
+        return controls(
+            enabled=None if enabled else False,
+            sampling_rate=None if sampling_rate == 1.0 else sampling_rate,
+            allow=allow or None,
+            deny=deny or None,
+        )
 
     # -- asyncio ---------------------------------------------------------------------------------
 
@@ -192,9 +240,9 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
             try:
                 return await stub.ExecuteTool(message, metadata=metadata, timeout=deadline)
             except grpc.aio.AioRpcError as error:
-                raise _error(error) from None
+                raise rpc_error(error) from None
 
-        return _result(await _on_shared_loop(call()))
+        return _result(await on_shared_loop(call()))
 
     async def arun_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
         import inspect
@@ -303,16 +351,20 @@ class _Remote:
         self._chunks: int = 0
         self._halted: bool = False
         self.result: StreamResult | None = None  # how it ended: None until its final chunk, as in process
+        self.metadata: dict[str, Any] | None = None  # what the tool attached to the chunk delivered last
 
     def _take(self, chunk: pb.ToolChunk) -> Any:
         """A chunk's value, or ``_END`` after a synthetic final chunk."""
-        synthetic = chunk.metadata.get("synthetic_final") == "true"
+        meta = chunk.metadata
+        attached = codec.attached_metadata(meta) if meta else None
+        synthetic = "synthetic_final" in meta and (attached is None or "synthetic_final" not in attached)
         if chunk.is_final:
-            self.result = _stream_result(chunk, self._chunks + (not synthetic), self._halted)
+            self.result = _stream_result(meta, attached, self._chunks + (not synthetic), self._halted)
             if synthetic:
                 return _END
         self._chunks += 1
-        return codec.decode_value(chunk.data, chunk.metadata.get("content_type", codec.JSON))
+        self.metadata = attached
+        return codec.decode_value(chunk.data, codec.content_type(meta, attached))
 
     def _halt(self) -> None:
         """HALT: the result says so (also for the tool's own final chunk, as in process)."""
@@ -343,7 +395,7 @@ class RemoteStream(_Remote):
         except StopIteration:
             chunk = None
         except grpc.RpcError as error:  # the call itself (grpc's rendezvous is its own error)
-            chunk = _error(error)
+            chunk = rpc_error(error)
         if type(chunk) is pb.ToolChunk:
             value = self._take(chunk)
             if value is _END:
@@ -391,8 +443,8 @@ class AsyncRemoteStream(_Remote):
         if self.result is not None or self._call is _FINISHED:
             raise StopAsyncIteration
         if self._call is None:
-            self._call = await _on_shared_loop(self._start())
-        chunk = await _on_shared_loop(_read(self._call))
+            self._call = await on_shared_loop(self._start())
+        chunk = await on_shared_loop(_read(self._call))
         if type(chunk) is not pb.ToolChunk:
             # Over: this stream lets go of the call (a traceback that keeps the stream, in a cycle
             # of the caller's, would keep grpc's call, and with it grpc's threads).
@@ -417,7 +469,7 @@ class AsyncRemoteStream(_Remote):
             async def cancel() -> None:
                 call.cancel()
 
-            await _on_shared_loop(cancel())
+            await on_shared_loop(cancel())
 
     def __del__(self) -> None:
         # Dropped before its end: cancel the call, and so the tool, as the in-process stream
@@ -462,67 +514,36 @@ async def _read(call: Any) -> Any:
     try:
         return await call.read()
     except grpc.aio.AioRpcError as error:
-        return _error(error)
-
-
-async def _on_shared_loop(coroutine: Any) -> Any:
-    """Await ``coroutine`` run on the shared gRPC loop, from whatever loop this is."""
-    future = asyncio.run_coroutine_threadsafe(coroutine, shared_loop())
-    try:
-        return await asyncio.wrap_future(future)
-    except asyncio.CancelledError:
-        future.cancel()
-        raise
-    finally:
-        # The future holds the coroutine's exception, whose traceback holds this frame: without
-        # this, a failed call's grpc objects (and so grpc's threads) live on until a collection.
-        del future
+        return rpc_error(error)
 
 
 def _result(response: pb.ExecuteToolResponse) -> Any:
     if not response.success:
         raise error_from_json(response.error_message)
-    content_type = response.metadata.get("content_type", codec.JSON)
+    content_type = codec.content_type(response.metadata, None)
     if content_type == codec.JSON:
         return codec.decode_value(response.result.value, content_type)
     return codec.decode_value(response.binary_result, content_type)
 
 
-def _stream_result(chunk: pb.ToolChunk, chunks: int, halted: bool) -> StreamResult:
-    meta = chunk.metadata
+def _stream_result(meta: Mapping[str, str], attached: Mapping[str, Any] | None, chunks: int, halted: bool) -> StreamResult:
+    """How a stream ended, from its final chunk: the server's keys, where the tool's own metadata
+    (``attached``, the result's ``metadata``) did not take their place."""
+
+    def ours(key: str) -> str | None:
+        return meta.get(key) if attached is None or key not in attached else None
+
+    worker_id = ours("worker_id")
+    elapsed = ours("execution_time_ms")
     return StreamResult(
         chunks=chunks,
-        worker_id=int(meta.get("worker_id", -1)),
-        execution_time_ms=float(meta.get("execution_time_ms", 0)),
-        synthetic_final=meta.get("synthetic_final") == "true",
+        worker_id=int(worker_id) if worker_id and worker_id.lstrip("-").isdigit() else -1,
+        execution_time_ms=float(elapsed) if elapsed and elapsed.isdigit() else 0.0,
+        synthetic_final=ours("synthetic_final") == "true",
         halted=halted,
-        metadata=None,
-        correlation_id=meta.get("correlation_id") or None,
+        metadata=dict(attached) if attached is not None else None,
+        correlation_id=ours("correlation_id") or None,
     )
-
-
-def _error(error: grpc.RpcError) -> errors.SnakepitError:
-    """The SnakepitError a failed rpc stands for: rebuilt exactly from the server's JSON, else
-    (the server was not reached, or refused the call before it) from its status. grpc's
-    traceback is dropped: its frames hold the call (and so grpc's channel and threads) for as
-    long as the error -- the new one's ``__context__`` -- is kept."""
-    error.__traceback__ = None
-    metadata: Any = error.trailing_metadata() or ()  # pairs of key and value
-    for key, value in metadata:
-        if key == ERROR_METADATA:
-            return error_from_json(value)
-    code, details = error.code(), error.details() or ""
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return errors.timeout(Reason.TIMEOUT, f"the call exceeded its deadline ({details})")
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return errors.SnakepitError(Category.POOL, "unauthenticated", details or "missing or wrong token")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in details:
-        return errors.validation(
-            Reason.SERIALIZATION_ERROR, f"a message is larger than max_message_mb allows ({details})", status=code.name
-        )
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-        return errors.pool_error(Reason.POOL_CLOSED, f"the server is not reachable: {details}", status=code.name)
-    return errors.SnakepitError(Category.POOL, code.name.lower(), details, {"status": code.name})
 
 
 def _tool_spec(spec: pb.ToolSpec) -> ToolSpec:

@@ -1,7 +1,9 @@
 """Values on the bridge protocol: parameters in, results and chunks out. Pure logic.
 
 Parameters are ``google.protobuf.Any``: ``type_url`` ``type.googleapis.com/snakepit.<type>`` and
-``value`` the UTF-8 JSON of the argument, decoded whatever the type says. A type ending
+``value`` the UTF-8 JSON of the argument, decoded whatever the type says -- except that under a
+type ending ``.float`` the JSON strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` are those
+floats, as Snakepit's serializer sends them. A type ending
 ``.binary`` takes its bytes from ``binary_parameters[name]`` and passes them as ``bytes``; request
 metadata ``binary_format:<name>`` = ``pickle`` asks for them to be unpickled, which only a server
 started with ``allow_pickle=True`` does (unpickling runs the sender's code).
@@ -17,9 +19,10 @@ a dataclass a dict, an enum its value, a datetime an ISO string...), or refused 
 
 from __future__ import annotations
 
+import base64
 import math
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import msgspec
@@ -33,7 +36,17 @@ OCTETS = "application/octet-stream"
 PICKLE = "application/x-python-pickle"
 
 _MAX_EXACT_INT = 2**53
+# How Snakepit's serializer sends a float JSON has no number for: as a JSON string, under a type
+# ending ".float" (only there is the string taken for a float).
+_NON_FINITE = {b'"NaN"': math.nan, b'"Infinity"': math.inf, b'"-Infinity"': -math.inf}
 _json_encoder = msgspec.json.Encoder()
+
+
+# The string metadata of a response or chunk (a ToolChunk's also carries the tool's own keys).
+CONTENT_TYPE = "content_type"  # how data or binary_result is encoded, when it is not JSON
+CONTENT_TYPE_ALONE = "snakepit-content-type"  # the same, where the tool's own metadata has a "content_type"
+ATTACHED = "snakepit-metadata"  # the tool's metadata of a chunk exactly, as JSON...
+ATTACHED_PICKLE = "snakepit-metadata-pickle"  # ...or pickled (base64), for a client that takes pickles
 
 
 class PickleRefused(errors.ValidationError):
@@ -57,6 +70,9 @@ def decode_parameters(
             if name not in binary:
                 raise _invalid(f"parameter {name!r} says binary, but binary_parameters has no {name!r}")
             args[name] = _binary(name, binary[name], metadata, allow_pickle)
+            continue
+        if value.type_url.endswith(".float") and value.value in _NON_FINITE:
+            args[name] = _NON_FINITE[value.value]
             continue
         try:
             args[name] = msgspec.json.decode(value.value) if value.value else None
@@ -196,3 +212,45 @@ def encode_json(value: Any) -> bytes:
 
 def _as_text(value: Any) -> Any:
     return repr(value)
+
+
+def set_content_type(metadata: MutableMapping[str, str], content_type: str) -> None:
+    """Say how a result's or chunk's bytes are encoded, beside whatever the tool put there."""
+    metadata[CONTENT_TYPE_ALONE if CONTENT_TYPE in metadata else CONTENT_TYPE] = content_type
+
+
+def content_type(metadata: Mapping[str, str], attached: Mapping[Any, Any] | None) -> str:
+    """The client's side of :func:`set_content_type` (``attached``: the tool's own metadata)."""
+    if CONTENT_TYPE_ALONE in metadata:
+        return metadata[CONTENT_TYPE_ALONE]
+    if attached is not None and CONTENT_TYPE in attached:
+        return JSON
+    return metadata.get(CONTENT_TYPE, JSON)
+
+
+def attach_metadata(metadata: MutableMapping[str, str], attached: Mapping[Any, Any], *, accept_pickle: bool) -> None:
+    """What a tool attached to a chunk, on its ``ToolChunk``: each value a string (a ``str`` as it
+    is, any other value as JSON), and the whole dict exactly under ``snakepit-metadata`` (JSON;
+    pickled instead, for a client that takes pickles, when JSON would not give it back as it is)."""
+    for key, value in attached.items():
+        metadata[str(key)] = value if type(value) is str else encode_json(value).decode()
+    if accept_pickle and not exact_json(attached):
+        try:
+            metadata[ATTACHED_PICKLE] = base64.b64encode(pickle.dumps(attached, protocol=5)).decode()
+            return
+        except Exception:
+            pass  # not picklable: as JSON, converted
+    try:
+        text = encode_json(attached)
+    except Exception:  # keys JSON has no form for
+        text = encode_json({str(key): value for key, value in attached.items()})
+    metadata[ATTACHED] = text.decode()
+
+
+def attached_metadata(metadata: Mapping[str, str]) -> Any:
+    """The client's side of :func:`attach_metadata`: the tool's dict, or ``None``."""
+    if ATTACHED_PICKLE in metadata:
+        return pickle.loads(base64.b64decode(metadata[ATTACHED_PICKLE]))
+    if ATTACHED in metadata:
+        return msgspec.json.decode(metadata[ATTACHED])
+    return None

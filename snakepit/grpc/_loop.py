@@ -53,3 +53,17 @@ def run(coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         coroutine.close()
         raise RuntimeError("a blocking call on the gRPC loop's own thread would deadlock it")
     return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout)
+
+
+async def on_shared_loop(coroutine: Any) -> Any:
+    """Await ``coroutine`` run on the shared gRPC loop, from whatever loop this is."""
+    future = asyncio.run_coroutine_threadsafe(coroutine, shared_loop())
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    finally:
+        # The future holds the coroutine's exception, whose traceback holds this frame: without
+        # this, a failed call's grpc objects (and so grpc's threads) live on until a collection.
+        del future

@@ -19,23 +19,23 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 import grpc
-from google.protobuf.any_pb2 import Any as AnyMessage
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from snakepit import CallRequest
 from snakepit import _errors as errors
 from snakepit._errors import Reason
 from snakepit.grpc import _binding as binding
 from snakepit.grpc import _codec as codec
+from snakepit.grpc import _reflection, _telemetry, bridge_pb2_grpc
 from snakepit.grpc import bridge_pb2 as pb
-from snakepit.grpc import bridge_pb2_grpc
+from snakepit.grpc._descriptors import Any as AnyMessage
+from snakepit.grpc._descriptors import Timestamp
 from snakepit.grpc._loop import run, shared_loop
 from snakepit.grpc._status import ERROR_METADATA, error_json, is_tool_failure, status_of
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("snakepit.grpc")
 
 SERVICE = "snakepit.bridge.BridgeService"
+CORRELATION_HEADER = "x-snakepit-correlation-id"  # Snakepit's clients send the call's id in this header
 # A client whose network vanished (no FIN, no RST) is found within about 30 s: the server pings
 # every connection this often, even while a stream is stalled on flow control...
 _KEEPALIVE_MS = 20_000
@@ -110,7 +111,7 @@ class Server:
         tls: TLS | None = None,
         allow_pickle: bool = False,
         insecure: bool = False,
-        max_message_mb: float = 64,
+        max_message_mb: float = 100,
     ) -> None:
         if token is not None and (not isinstance(token, str) or not token):
             raise errors.validation(Reason.INVALID_CONFIG, "token must be a non-empty str")
@@ -195,7 +196,7 @@ class Server:
         bridge_pb2_grpc.add_BridgeServiceServicer_to_server(_Bridge(self._pool, self._allow_pickle, self._max_bytes), server)
         self._health = _PoolHealth(self._pool)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        _reflection.enable(server, (SERVICE, health.SERVICE_NAME))
         return server
 
     def _bind(self, server: grpc.aio.Server, targets: list[str]) -> str | None:
@@ -317,18 +318,20 @@ async def _refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
 _REFUSAL = grpc.stream_stream_rpc_method_handler(_refuse)
 
 
-def _now() -> Timestamp:
+def _now() -> timestamp_pb2.Timestamp:
     stamp = Timestamp()
     stamp.GetCurrentTime()
     return stamp
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: errors.SnakepitError) -> NoReturn:
+async def _abort(
+    context: grpc.aio.ServicerContext, error: errors.SnakepitError, about: Mapping[str, str] | None = None
+) -> NoReturn:
     """End the call with ``error`` as its status. grpc keeps the abort's exception in a cycle
     (its traceback holds the handler's frames, which hold grpc's record of the call, which holds
     the exception) until a garbage collection: what it reaches is kept small -- the error's own
     traceback, the pool's frames, is dropped, and handlers let go of their streams first."""
-    text = error_json(error)
+    text = error_json(error, about)
     error.__traceback__ = error.__context__ = error.__cause__ = None
     await context.abort(status_of(error), text, trailing_metadata=((ERROR_METADATA, text),))
     raise AssertionError("grpc's abort returned")  # it raises: the call is over
@@ -364,6 +367,8 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         if remaining is not None:
             timeout = remaining if timeout is None else min(timeout, remaining)
             timeout = max(timeout, 0.001)  # the deadline is near: let the call time out, not refuse it
+        if not meta.get("correlation_id") and meta.get(CORRELATION_HEADER):  # the request's own wins
+            meta["correlation_id"] = meta[CORRELATION_HEADER]
         if meta.get("correlation_id"):
             log.info(
                 "call %s of %r (correlation_id %s)",
@@ -390,18 +395,17 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             data, content_type = self._encoded(value, meta.get("accept") == "pickle")
         except errors.SnakepitError as error:
             if not is_tool_failure(error):
-                await _abort(context, error)
+                await _abort(context, error, _about(request))
             response.success = False
-            response.error_message = error_json(error)
+            response.error_message = error_json(error, _about(request))
         else:
             response.success = True
             if content_type == codec.JSON:
                 response.result.type_url = codec.TYPE_PREFIX + "json"
                 response.result.value = data
-            else:
-                response.result.type_url = codec.TYPE_PREFIX + ("binary" if content_type == codec.OCTETS else "pickle")
+            else:  # result left unset: Snakepit's clients take binary_result alone
                 response.binary_result = data
-                response.metadata["content_type"] = content_type
+                codec.set_content_type(response.metadata, content_type)
         response.execution_time_ms = int((time.perf_counter() - started) * 1000)
         if meta.get("correlation_id"):
             response.metadata["correlation_id"] = meta["correlation_id"]
@@ -421,8 +425,10 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             count = 0
             async for item in stream:
                 # The chunks at hand: up to the batch size, packed into JSON arrays; else a message
-                # each, those already here skipping a pass through the iterator each.
-                values = [item, *stream.take_ready((batch if batch > 1 else _AT_HAND) - 1)]
+                # each, those already here skipping a pass through the iterator each. A chunk the
+                # tool attached metadata to travels alone (take_ready stops before one).
+                attached = stream.metadata
+                values = [item] if attached is not None else [item, *stream.take_ready((batch if batch > 1 else _AT_HAND) - 1)]
                 final = stream.last_was_final
                 messages: list[Any] = self._batches(values) if batch > 1 else values
                 last = len(messages) - 1
@@ -430,8 +436,10 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
                     count += 1
                     data, content_type = (message, codec.JSON) if batch > 1 else self._encoded(message, accept_pickle)
                     chunk = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=data)
+                    if attached is not None:
+                        codec.attach_metadata(chunk.metadata, attached, accept_pickle=accept_pickle)
                     if content_type != codec.JSON:
-                        chunk.metadata["content_type"] = content_type
+                        codec.set_content_type(chunk.metadata, content_type)
                     if final and index == last:
                         self._finish(chunk, stream, meta, started)
                         yield chunk
@@ -449,7 +457,7 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
                 await stream.aclose()
                 stream = None  # not kept by the abort's traceback (see _abort)
         if failure is not None:
-            await _abort(context, failure)
+            await _abort(context, failure, _about(request))
 
     def _encoded(self, value: Any, accept_pickle: bool) -> tuple[bytes, str]:
         data, content_type = codec.encode_value(value, accept_pickle=accept_pickle)
@@ -485,13 +493,18 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
 
     @staticmethod
     def _finish(chunk: pb.ToolChunk, stream: Any, meta: Mapping[str, str], started: float) -> None:
+        """The final chunk: the server's keys beside the tool's, never over them."""
         chunk.is_final = True
-        chunk.metadata["execution_time_ms"] = str(int((time.perf_counter() - started) * 1000))
-        chunk.metadata["tool_type"] = "remote"
-        chunk.metadata["worker_id"] = str(stream.worker_id)
         correlation_id = meta.get("correlation_id") or stream.correlation_id  # the pool made one if none was given
-        if correlation_id:
-            chunk.metadata["correlation_id"] = correlation_id
+        ours = {
+            "execution_time_ms": str(int((time.perf_counter() - started) * 1000)),
+            "tool_type": "remote",
+            "worker_id": str(stream.worker_id),
+            "correlation_id": correlation_id or "",
+        }
+        for key, value in ours.items():
+            if value and key not in chunk.metadata:
+                chunk.metadata[key] = value
 
     # -- sessions and tools ----------------------------------------------------------------------
 
@@ -531,6 +544,25 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         valid = bool(request.session_id) and self._pool.touch_session(request.session_id) is not None
         return pb.HeartbeatResponse(server_time=_now(), session_valid=valid)
 
+    # -- telemetry -------------------------------------------------------------------------------
+
+    async def StreamTelemetry(
+        self,
+        request_iterator: Iterator[pb.TelemetryControl] | AsyncIterator[pb.TelemetryControl],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.TelemetryEvent]:
+        """The pool's events, as they happen, under the subscriber's controls (see :mod:`._telemetry`)."""
+        subscription = _telemetry.Subscription(asyncio.get_running_loop())
+        leave = self._pool.subscribe(subscription.offer)
+        controls = asyncio.get_running_loop().create_task(subscription.follow(request_iterator))
+        try:
+            await context.send_initial_metadata(())  # the client's call starts now, not at the first event
+            async for event in subscription.events():
+                yield event
+        finally:
+            leave()
+            controls.cancel()
+
     # -- Snakepit's own runtime's rpcs ----------------------------------------------------------------
 
     async def RegisterTools(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -541,6 +573,14 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
 
     async def ExecuteElixirTool(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server exposes no Elixir tools")
+
+
+def _about(request: pb.ExecuteToolRequest) -> dict[str, str]:
+    """The call, as an error's ``context`` says it."""
+    about = {"tool_name": request.tool_name}
+    if request.session_id:
+        about["session_id"] = request.session_id
+    return about
 
 
 def _batch_size(meta: Mapping[str, str]) -> int:

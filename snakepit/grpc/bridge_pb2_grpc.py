@@ -84,6 +84,11 @@ class BridgeServiceStub:
                 request_serializer=snakepit_dot_grpc_dot_bridge__pb2.ExecuteElixirToolRequest.SerializeToString,
                 response_deserializer=snakepit_dot_grpc_dot_bridge__pb2.ExecuteElixirToolResponse.FromString,
                 _registered_method=True)
+        self.StreamTelemetry = channel.stream_stream(
+                '/snakepit.bridge.BridgeService/StreamTelemetry',
+                request_serializer=snakepit_dot_grpc_dot_bridge__pb2.TelemetryControl.SerializeToString,
+                response_deserializer=snakepit_dot_grpc_dot_bridge__pb2.TelemetryEvent.FromString,
+                _registered_method=True)
 
 
 class BridgeServiceServicer:
@@ -150,6 +155,13 @@ class BridgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamTelemetry(self, request_iterator, context):
+        """Telemetry: the pool's events out, the subscriber's controls in (see snakepit/grpc/_telemetry.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +214,11 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     servicer.ExecuteElixirTool,
                     request_deserializer=snakepit_dot_grpc_dot_bridge__pb2.ExecuteElixirToolRequest.FromString,
                     response_serializer=snakepit_dot_grpc_dot_bridge__pb2.ExecuteElixirToolResponse.SerializeToString,
+            ),
+            'StreamTelemetry': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamTelemetry,
+                    request_deserializer=snakepit_dot_grpc_dot_bridge__pb2.TelemetryControl.FromString,
+                    response_serializer=snakepit_dot_grpc_dot_bridge__pb2.TelemetryEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,6 +491,33 @@ class BridgeService:
             '/snakepit.bridge.BridgeService/ExecuteElixirTool',
             snakepit_dot_grpc_dot_bridge__pb2.ExecuteElixirToolRequest.SerializeToString,
             snakepit_dot_grpc_dot_bridge__pb2.ExecuteElixirToolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamTelemetry(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/snakepit.bridge.BridgeService/StreamTelemetry',
+            snakepit_dot_grpc_dot_bridge__pb2.TelemetryControl.SerializeToString,
+            snakepit_dot_grpc_dot_bridge__pb2.TelemetryEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,6 +24,7 @@ class BridgeServiceStub:
     RegisterTools: grpc.UnaryUnaryMultiCallable[bridge_pb2.RegisterToolsRequest, bridge_pb2.RegisterToolsResponse]
     GetExposedElixirTools: grpc.UnaryUnaryMultiCallable[bridge_pb2.GetExposedElixirToolsRequest, bridge_pb2.GetExposedElixirToolsResponse]
     ExecuteElixirTool: grpc.UnaryUnaryMultiCallable[bridge_pb2.ExecuteElixirToolRequest, bridge_pb2.ExecuteElixirToolResponse]
+    StreamTelemetry: grpc.StreamStreamMultiCallable[bridge_pb2.TelemetryControl, bridge_pb2.TelemetryEvent]
 
 
 class BridgeServiceServicer:
@@ -37,6 +38,7 @@ class BridgeServiceServicer:
     def RegisterTools(self, request: bridge_pb2.RegisterToolsRequest, context: _Any) -> bridge_pb2.RegisterToolsResponse | _Awaitable[bridge_pb2.RegisterToolsResponse]: ...
     def GetExposedElixirTools(self, request: bridge_pb2.GetExposedElixirToolsRequest, context: _Any) -> bridge_pb2.GetExposedElixirToolsResponse | _Awaitable[bridge_pb2.GetExposedElixirToolsResponse]: ...
     def ExecuteElixirTool(self, request: bridge_pb2.ExecuteElixirToolRequest, context: _Any) -> bridge_pb2.ExecuteElixirToolResponse | _Awaitable[bridge_pb2.ExecuteElixirToolResponse]: ...
+    def StreamTelemetry(self, request_iterator: _Iterator[bridge_pb2.TelemetryControl] | _AsyncIterator[bridge_pb2.TelemetryControl], context: _Any) -> _Iterator[bridge_pb2.TelemetryEvent] | _AsyncIterator[bridge_pb2.TelemetryEvent]: ...
 
 
 def add_BridgeServiceServicer_to_server(servicer: BridgeServiceServicer, server: grpc.Server | grpc.aio.Server) -> None: ...
@@ -173,3 +175,16 @@ class BridgeService:
         timeout: float | None = None,
         metadata: _Any = None,
     ) -> bridge_pb2.ExecuteElixirToolResponse: ...
+    @staticmethod
+    def StreamTelemetry(
+        request_iterator: _Iterator[bridge_pb2.TelemetryControl],
+        target: str,
+        options: _Any = (),
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        call_credentials: grpc.CallCredentials | None = None,
+        insecure: bool = False,
+        compression: grpc.Compression | None = None,
+        wait_for_ready: bool | None = None,
+        timeout: float | None = None,
+        metadata: _Any = None,
+    ) -> _Iterator[bridge_pb2.TelemetryEvent]: ...

@@ -4,8 +4,9 @@ A developer's step (``python -m snakepit.grpc.generate``), needing the pinned ``
 the ``dev`` extra; the generated modules are committed, and ``tests/test_grpc_protocol.py`` fails
 when they no longer match the ``.proto``.
 
-protoc writes ``bridge_pb2.py``, its stub ``bridge_pb2.pyi`` and ``bridge_pb2_grpc.py``. Two steps
-of ours make them fully typed: the stub's message-as-mapping arguments get their key and value
+protoc writes ``bridge_pb2.py``, its stub ``bridge_pb2.pyi`` and ``bridge_pb2_grpc.py``. A step of
+ours builds the messages in a private descriptor pool (:mod:`._descriptors`); two more make them
+fully typed: the stub's message-as-mapping arguments get their key and value
 types, and ``bridge_pb2_grpc.pyi`` is written from the service's descriptor (grpcio-tools writes
 no stub for the service module).
 """
@@ -44,11 +45,29 @@ def generate(out_dir: Path) -> list[Path]:
     if status != 0:
         raise RuntimeError(f"protoc failed ({status}) on {PROTO}")
     package = out_dir / PROTO.parent
+    module = package / "bridge_pb2.py"
+    module.write_text(_private_pool(module.read_text()))
     stub = package / "bridge_pb2.pyi"
     stub.write_text(_typed_mappings(stub.read_text()))
     (package / "bridge_pb2_grpc.pyi").write_text(_service_stub(descriptors.read_bytes()))
     descriptors.unlink()
     return [package / name for name in GENERATED]
+
+
+_IMPORTS = re.compile(r"^from google\.protobuf import (any|timestamp)_pb2 as \w+\n", re.MULTILINE)
+
+
+def _private_pool(module: str) -> str:
+    """Build the messages in :data:`snakepit.grpc._descriptors.POOL`, not protobuf's default
+    pool, where Snakepit's own stubs put the same names (see :mod:`._descriptors`)."""
+    module, imports = _IMPORTS.subn("", module)
+    default = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+    if imports != 2 or module.count(default) != 1:
+        raise RuntimeError("protoc's bridge_pb2.py is not shaped as snakepit.grpc.generate expects")
+    return module.replace(
+        default,
+        "from snakepit.grpc import _descriptors  # snakepit: a private pool\n\nDESCRIPTOR = _descriptors.POOL.AddSerializedFile(",
+    )
 
 
 def _typed_mappings(stub: str) -> str:

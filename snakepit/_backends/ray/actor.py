@@ -171,6 +171,11 @@ class SnakepitActor:
             host.interrupt()
 
     @ray.method(concurrency_group="control")
+    def listen(self, on: bool) -> None:
+        """Buffer tools' telemetry for the heartbeats to carry (``on``), or stop."""
+        telemetry.install(self._telemetry.append if on else None)
+
+    @ray.method(concurrency_group="control")
     def ping(self, seq: int) -> list[dict[str, Any]]:
         """A heartbeat; its answer carries the telemetry sent since the last one."""
         events = []

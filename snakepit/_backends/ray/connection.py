@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from snakepit._protocol import Cancel, FrameReader, FromWorker, Ping, is_stream_call
+from snakepit._protocol import Cancel, FrameReader, FromWorker, Listen, Ping, is_stream_call
 from snakepit._seam.backend import Closing, FedByThread, WorkerGone, death_cause
 
 # The reader thread takes at most this much ahead of the consumer, then waits (and Ray's
@@ -91,6 +91,8 @@ class RayConnection(FedByThread):
             self._on_control("cancel", self.actor.cancel.remote(list(message.ids)), None)
         elif type(message) is Ping:
             self._on_control("ping", self.actor.ping.remote(message.seq), message.seq)
+        elif type(message) is Listen:
+            self._on_control("listen", self.actor.listen.remote(message.on), None)
         return True
 
     # -- receiving -------------------------------------------------------------------------------

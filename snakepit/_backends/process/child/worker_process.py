@@ -33,7 +33,21 @@ from snakepit._backends.process.child.outbox import Outbox
 from snakepit._backends.process.child.threads import SharedOutbox, ToolThreads
 from snakepit._backends.process.spill import record_faults
 from snakepit._hosting import ToolHost
-from snakepit._protocol import Batch, Boot, Call, Cancel, Credit, FrameReader, Ping, Pong, Ready, Shutdown, StartFailed, ToWorker
+from snakepit._protocol import (
+    Batch,
+    Boot,
+    Call,
+    Cancel,
+    Credit,
+    FrameReader,
+    Listen,
+    Ping,
+    Pong,
+    Ready,
+    Shutdown,
+    StartFailed,
+    ToWorker,
+)
 
 _REAP_EVERY = 0.1  # seconds between two looks for adopted orphans' zombies (see orphans.py)
 
@@ -149,6 +163,8 @@ class Worker:
                 self._out.grant(message.id, message.count)
             elif type(message) is Ping:
                 self._events.send(Pong(message.seq), essential=True)
+            elif type(message) is Listen:
+                telemetry.install(self._events.send_telemetry if message.on else None)
 
     def _interrupt(self, signum: int, frame: Any) -> None:
         """``CANCEL_SIGNAL``, on the main thread: the host stops the running tool if its call
