@@ -102,6 +102,20 @@ def _cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_events(args: argparse.Namespace) -> int:
+    """Print a served pool's events, one JSON line each, until Ctrl-C (or ``--count``)."""
+    from snakepit.grpc import Client
+
+    with Client(args.address, token=os.environ.get("SNAKEPIT_TOKEN") or None) as client:
+        with client.telemetry(sampling_rate=args.sampling_rate, allow=args.allow or (), deny=args.deny or ()) as events:
+            for seen, event in enumerate(events, 1):
+                _print_json(event)
+                sys.stdout.flush()
+                if args.count is not None and seen >= args.count:
+                    break
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Serve a pool until Ctrl-C or SIGTERM, then close it (every worker reaped)."""
     tls = None
@@ -180,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--session", help="a session id: the call goes to the session's worker")
     call.add_argument("--timeout", type=float, default=None)
     call.set_defaults(run=_cmd_call)
+
+    events = commands.add_parser("events", help="print a served pool's events (StreamTelemetry), one JSON line each")
+    events.add_argument("--address", required=True, help="HOST:PORT of a served pool (token: $SNAKEPIT_TOKEN)")
+    events.add_argument("--allow", action="append", help="keep only events whose name matches (fnmatch; repeatable)")
+    events.add_argument("--deny", action="append", help="drop events whose name matches (fnmatch; repeatable)")
+    events.add_argument("--sampling-rate", type=float, default=1.0, help="the fraction of events kept (default 1)")
+    events.add_argument("--count", type=int, default=None, help="stop after this many events")
+    events.set_defaults(run=_cmd_events)
 
     bench = commands.add_parser("bench", help="run benchmarks against their peers (from a source checkout)")
     bench.add_argument("names", nargs="*", help="which benchmarks (default: all)")

@@ -25,11 +25,10 @@ from snakepit import _tracing as tracing
 from snakepit._adapter import ToolSpec
 from snakepit._errors import Reason
 from snakepit._pool import aio, mapping
-from snakepit._pool.config import positive_int
 from snakepit._pool.dispatcher import Counters, Dispatcher
 from snakepit._pool.exchange import Exchange
 from snakepit._seam.affinity import Affinity
-from snakepit._seam.request import CallContext, CallRequest, check_correlation_id, check_routing
+from snakepit._seam.request import CallContext, CallRequest, check_correlation_id, check_routing, positive_int
 from snakepit._seam.timing import check_timeout, deadline_after
 from snakepit.progress import Reporter
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from snakepit import _errors as errors
 from snakepit._errors import Reason
 from snakepit._seam.affinity import Affinity, parse_affinity
+from snakepit._seam.request import positive_int
 from snakepit._seam.timing import check_timeout
 
 __all__ = ["AffinityName", "BackendName", "PoolConfig", "StartMethod"]
@@ -24,19 +25,6 @@ BackendName = Literal["process", "ray"]
 StartMethod = Literal["forkserver", "spawn"]
 AffinityName = Literal["hint", "strict_queue", "strict_fail_fast"]
 WorkerEnv = Mapping[str, str] | Callable[[int], Mapping[str, str]] | None
-
-
-def positive_int(
-    name: str, value: Any, *, allow_none: bool = False, minimum: int = 1, reason: str = Reason.INVALID_CONFIG
-) -> Any:
-    """``value`` if it is an int of at least ``minimum`` (or None, if allowed); else ``reason``
-    (a pool option's is invalid_config, a call argument's invalid_arguments)."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise errors.validation(reason, f"{name} must be {wanted}{' or None' if allow_none else ''}, got {value!r}")
-    return value
 
 
 def positive(name: str, value: Any, *, allow_none: bool = False) -> Any:

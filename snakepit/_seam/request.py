@@ -15,6 +15,19 @@ from snakepit._errors import Reason
 from snakepit._seam.affinity import Affinity, parse_affinity
 
 
+def positive_int(
+    name: str, value: Any, *, allow_none: bool = False, minimum: int = 1, reason: str = Reason.INVALID_CONFIG
+) -> Any:
+    """``value`` if it is an int of at least ``minimum`` (or None, if allowed); else ``reason``
+    (a pool option's is invalid_config, a call argument's invalid_arguments)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise errors.validation(reason, f"{name} must be {wanted}{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
 def check_session_id(session_id: Any) -> None:
     if not isinstance(session_id, str) or not session_id:
         raise errors.validation(Reason.INVALID_ARGUMENTS, f"session_id must be a non-empty str, got {session_id!r}")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import pickle
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -28,17 +29,25 @@ from snakepit._adapter import ParameterSpec, ToolSpec
 from snakepit._errors import Reason
 from snakepit._seam.affinity import Affinity, parse_affinity
 from snakepit._seam.calls import Calls
-from snakepit._seam.request import CallRequest, check_callback, check_correlation_id, check_routing, check_session_id
+from snakepit._seam.request import (
+    CallRequest,
+    check_callback,
+    check_correlation_id,
+    check_routing,
+    check_session_id,
+    positive_int,
+)
 from snakepit._seam.session import Session, SessionInfo, check_metadata
 from snakepit._seam.timing import check_timeout
 from snakepit._streaming import HALT, AsyncLoop, StreamResult, loop
 from snakepit.grpc import _codec as codec
+from snakepit.grpc import _map, bridge_pb2_grpc
 from snakepit.grpc import bridge_pb2 as pb
-from snakepit.grpc import bridge_pb2_grpc
 from snakepit.grpc._descriptors import Any as AnyMessage
 from snakepit.grpc._loop import on_shared_loop, shared_loop
 from snakepit.grpc._status import error_from_json, rpc_error
 from snakepit.grpc._watch import AsyncTelemetryStream, TelemetryStream, controls
+from snakepit.progress import Reporter
 
 _MARGIN = 2.0  # the gRPC deadline trails the call's timeout, so the server's timeout error arrives first
 
@@ -182,6 +191,113 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         except grpc.RpcError as error:
             raise rpc_error(error) from None
         return bool(response.resources_cleaned)
+
+    # -- map -------------------------------------------------------------------------------------
+
+    def map(
+        self,
+        tool: str,
+        iterable_of_args: Iterable[Mapping[str, Any]],
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        progress: bool | Callable[[int, int | None], None] = False,
+        chunksize: int | None = None,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> Iterator[Any]:
+        """:meth:`Pool.map <snakepit.Pool.map>` on the served pool: each item an ``ExecuteTool``
+        call, pipelined (see :mod:`._map`). ``chunksize`` is how many calls are in flight at
+        once (64 by default); ``timeout`` bounds each call."""
+        window, build = self._map_setup(
+            tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, correlation_id
+        )
+
+        def start(args: Any) -> Any:
+            message, metadata, deadline = build(args)
+            return self._stub.ExecuteTool.future(message, metadata=metadata, timeout=deadline)
+
+        def settle(call: Any) -> Any:
+            try:
+                response = call.result()
+            except grpc.RpcError as error:
+                raise rpc_error(error) from None
+            return _result(response)
+
+        return _map.run_map(iterable_of_args, start, settle, window)
+
+    def amap(
+        self,
+        tool: str,
+        iterable_of_args: Iterable[Mapping[str, Any]],
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        progress: bool | Callable[[int, int | None], None] = False,
+        chunksize: int | None = None,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> AsyncIterator[Any]:
+        """:meth:`map` for asyncio: ``async for result in client.amap(...)``."""
+        window, build = self._map_setup(
+            tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, correlation_id
+        )
+
+        def start(args: Any) -> Any:
+            message, metadata, deadline = build(args)
+
+            async def call() -> Any:
+                _, stub = await self._async_stub()
+                try:
+                    return await stub.ExecuteTool(message, metadata=metadata, timeout=deadline)
+                except grpc.aio.AioRpcError as error:
+                    raise rpc_error(error) from None
+
+            return on_shared_loop(call())
+
+        return _map.arun_map(iterable_of_args, start, lambda task: _result(task.result()), window)
+
+    def _map_setup(
+        self,
+        tool: str,
+        iterable_of_args: Any,
+        ordered: bool,
+        return_exceptions: bool,
+        progress: Any,
+        chunksize: int | None,
+        session_id: str | None,
+        affinity: Affinity | str | None,
+        timeout: float | None,
+        correlation_id: str | None,
+    ) -> tuple[_map.Window, Callable[[Any], Any]]:
+        """The map's window, and what builds an item's request (checked as the pool checks a
+        call: the map's own options here, at once; each item's args as it is read)."""
+        self._check_open()
+        limit = positive_int("chunksize", chunksize, allow_none=True, reason=Reason.INVALID_ARGUMENTS) or _map.WINDOW
+        check_routing(session_id, affinity)
+        check_timeout("timeout", timeout)
+        if correlation_id is None:
+            correlation_id = f"{secrets.token_hex(4)}-map"  # the map's one id, as the pool gives one
+        else:
+            check_correlation_id(correlation_id)
+        if not isinstance(iterable_of_args, Iterable):
+            raise errors.validation(
+                Reason.INVALID_ARGUMENTS, f"map takes an iterable of args dicts, got {type(iterable_of_args).__name__}"
+            )
+        try:
+            total: int | None = len(iterable_of_args)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+        except TypeError:
+            total = None
+        window = _map.Window(ordered, return_exceptions, Reporter(progress, total, description=tool), limit)
+
+        def build(args: Any) -> Any:
+            return self._request(CallRequest(tool, args, session_id, affinity, timeout, correlation_id), False)
+
+        return window, build
 
     # -- telemetry -------------------------------------------------------------------------------
 
