@@ -228,6 +228,22 @@ class Toolbox(BaseAdapter):
             yield i
 
     @tool
+    def listening(self) -> bool:
+        """Whether this worker sends tools' telemetry to the owner now."""
+        from snakepit import telemetry
+
+        return telemetry._sink is not None
+
+    @tool
+    def chatty(self, n: int) -> int:
+        """Many telemetry events at once: more than a slow subscriber's buffer holds."""
+        from snakepit import telemetry
+
+        for i in range(n):
+            telemetry.emit("tick", {"i": i})
+        return n
+
+    @tool
     def odd_telemetry(self) -> int:
         from snakepit import telemetry
 

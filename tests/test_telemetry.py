@@ -65,6 +65,29 @@ def test_nothing_is_sent_when_nobody_listens(caplog):
     assert state["pid"]  # the worker ran it, with telemetry switched off at boot
 
 
+def test_subscribers_switch_the_workers_telemetry_on_then_off(caplog):
+    """The first subscriber switches tools' telemetry on in running workers and in those started
+    later; when the last one leaves, they stop sending (a flag check again)."""
+    caplog.set_level(logging.WARNING, logger="snakepit.telemetry")
+    with Pool(Toolbox, size=1) as pool:
+        assert pool.execute("listening") is False
+        events: list[dict] = []
+        leave = pool.subscribe(events.append)
+        wait_for(lambda: pool.execute("listening"), timeout=30)
+        pool.execute("measured", correlation_id="sub-1")
+        wait_for(lambda: any(e.get("correlation_id") == "sub-1" for e in _telemetry(events)), timeout=30)
+        with pytest.raises(SnakepitError) as info:
+            pool.execute("crash")
+        assert info.value.reason == "worker_crashed"
+        assert pool.execute("listening") is True  # its replacement was told at once
+        other = pool.subscribe(lambda event: None)
+        leave()
+        leave()  # again: nothing
+        assert pool.execute("listening") is True  # one subscriber is left
+        other()
+        wait_for(lambda: pool.execute("listening") is False, timeout=30)
+
+
 def test_stream_chunks_telemetry_and_the_result_carry_the_correlation_id():
     events: list[dict] = []
     with Pool(Toolbox, size=1, on_event=events.append) as pool:

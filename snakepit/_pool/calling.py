@@ -28,7 +28,7 @@ from snakepit._pool import aio, mapping
 from snakepit._pool.dispatcher import Counters, Dispatcher
 from snakepit._pool.exchange import Exchange
 from snakepit._seam.affinity import Affinity
-from snakepit._seam.request import CallContext, CallRequest, check_correlation_id, check_routing, positive_int
+from snakepit._seam.request import CallContext, CallRequest, check_correlation_id, check_routing, map_total, positive_int
 from snakepit._seam.timing import check_timeout, deadline_after
 from snakepit.progress import Reporter
 
@@ -305,10 +305,7 @@ class CallRunner:
             retries = 0  # a strict session's state died with its worker
         batch_timeout = self.timeout if timeout is None else check_timeout("timeout", timeout)
         context = self.context(CallRequest(tool, None, session_id, affinity, timeout, correlation_id))  # checked: its span starts
-        try:
-            total: int | None = len(iterable_of_args)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
+        total = map_total(iterable_of_args)
         reporter = Reporter(progress, total, description=tool)
         engine = mapping.MapEngine(
             self.dispatcher,

@@ -179,7 +179,6 @@ class Pool(Calls["Stream", "AsyncStream"]):
                 memory_limit_mb=config.memory_limit_mb,
                 start_method=config.start_method,
                 start_timeout=config.start_timeout,
-                telemetry=listening,
                 threads=config.threads_per_worker,
                 ray_address=config.ray_address,
                 actor_options=config.actor_options,

@@ -76,8 +76,8 @@ class Supervisor(Reactor):
         self._heartbeat_timeout = heartbeat_timeout
         self.recycle = recycle
         self.quarantine = quarantine
-        self._launched_listening = telemetry  # workers start sending tools' telemetry, or not
-        self._listening = telemetry  # ...and send it now
+        self._telemetry = telemetry  # on_event or the logger listen to tools' telemetry, for good
+        self._listening = telemetry  # ...or subscribers do, for now
 
         self._ids = itertools.count(1)
         self._pings = itertools.count(1)
@@ -192,6 +192,7 @@ class Supervisor(Reactor):
         if self._stopping:
             return
         handle = Worker(next(self._ids), None, slot)
+        handle.listening = self._listening
         try:
             self.backend.launch(handle)
         except Exception as exc:  # nothing was left running; the caller waiting on start() must hear of it
@@ -211,8 +212,7 @@ class Supervisor(Reactor):
         slots = self.backend.slot_connections(handle)
         if slots:  # it runs calls on several threads: one call slot each
             handle.slots = [self._call_slot(handle, conn) for conn in slots]
-        if self._listening != self._launched_listening:
-            handle.conn.send_control(Listen(self._listening))
+        self._tell_listening(handle)
         self._dispatcher.add_worker(handle)
         self.observer.emit(
             "worker_ready",
@@ -227,15 +227,18 @@ class Supervisor(Reactor):
             self._start_cond.notify_all()
 
     def listen(self, on: bool) -> None:
-        """Have every worker send tools' telemetry (``on``: someone subscribed), or only those
-        launched to (the last subscriber left); workers ready later hear of it then."""
-        wanted = on or self._launched_listening
-        if wanted == self._listening:
-            return
-        self._listening = wanted
+        """Have every worker send tools' telemetry (``on``: someone subscribed), or not (the last
+        subscriber left, and nothing else listens): those running now, and those launched later
+        (told at launch; one launched before and ready after, when it is ready)."""
+        self._listening = on or self._telemetry
         for handle in self.handles.values():
             if handle.state is not WorkerState.STARTING and handle.conn.exit_info is None:
-                handle.conn.send_control(Listen(wanted))
+                self._tell_listening(handle)
+
+    def _tell_listening(self, handle: Worker) -> None:
+        if handle.listening != self._listening:
+            handle.listening = self._listening
+            handle.conn.send_control(Listen(self._listening))
 
     def telemetry(self, handle: Worker, fields: dict[str, Any]) -> None:
         self.observer.telemetry({**fields, "worker_id": handle.id})

@@ -90,7 +90,6 @@ class BackendOptions:
     memory_limit_mb: float | None = None
     start_method: str | None = None
     start_timeout: float | None = None
-    telemetry: bool = False  # the owner listens to tools' telemetry
     threads: int = 1  # threads_per_worker
     ray_address: str | None = None
     actor_options: Mapping[str, Any] | None = None
@@ -107,7 +106,6 @@ class LaunchSpec:
     cwd: str = field(default_factory=os.getcwd)
     sys_path: list[str] = field(default_factory=lambda: list(sys.path))
     log_level: int = field(default_factory=lambda: logging.getLogger("snakepit.worker").getEffectiveLevel())
-    telemetry: bool = False  # the owner listens to tools' telemetry (see snakepit.telemetry)
     threads: int = 1  # calls a worker runs at once (threads_per_worker)
 
     def env_for(self, slot: int) -> dict[str, str]:
@@ -122,7 +120,6 @@ def build_launch_spec(
     *,
     size: int = 1,
     by_value: bool = False,
-    telemetry: bool = False,
     threads: int = 1,
 ) -> LaunchSpec:
     """``worker_env``: a mapping for every worker, or a callable ``(slot) -> mapping`` called
@@ -147,7 +144,6 @@ def build_launch_spec(
         adapter_args=protocol.wire_value(dict(adapter_args or {}), dumps=protocol._cloud_dumps),
         env=env,
         slot_envs=slot_envs,
-        telemetry=telemetry,
         threads=threads,
     )
 

@@ -7,7 +7,7 @@ to the request-level methods: ``run``, ``run_stream``, ``open_stream`` and their
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sized
 from typing import Any, NamedTuple
 
 from snakepit import _errors as errors
@@ -26,6 +26,16 @@ def positive_int(
         wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise errors.validation(reason, f"{name} must be {wanted}{' or None' if allow_none else ''}, got {value!r}")
     return value
+
+
+def map_total(iterable_of_args: Any) -> int | None:
+    """How many items a map's input has, if it says (``None`` for a generator); refused if it
+    is not an iterable at all."""
+    if not isinstance(iterable_of_args, Iterable) or isinstance(iterable_of_args, (str, bytes, Mapping)):
+        raise errors.validation(
+            Reason.INVALID_ARGUMENTS, f"map takes an iterable of args dicts, got {type(iterable_of_args).__name__}"
+        )
+    return len(iterable_of_args) if isinstance(iterable_of_args, Sized) else None
 
 
 def check_session_id(session_id: Any) -> None:

@@ -79,6 +79,7 @@ class Worker:
         self.start_error: tuple[str, str | None] | None = None  # why it never became ready
         self.retiring: str | None = None  # why it is being recycled, once it is
         self.ping: tuple[int, float] | None = None  # outstanding heartbeat: (seq, sent at)
+        self.listening: bool = False  # it sends tools' telemetry (told at launch, then by Listen)
 
     def __repr__(self) -> str:
         return f"<worker {self.id} pid={self.pid} {self.state.value}>"

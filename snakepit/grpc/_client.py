@@ -35,6 +35,7 @@ from snakepit._seam.request import (
     check_correlation_id,
     check_routing,
     check_session_id,
+    map_total,
     positive_int,
 )
 from snakepit._seam.session import Session, SessionInfo, check_metadata
@@ -94,6 +95,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         self._auth = (("authorization", f"Bearer {token}"),) if token else ()
         self._aio: tuple[Any, Any] | None = None  # (channel, stub) on the shared loop
         self._closed: bool = False
+        self._names: frozenset[str] | None = None  # the served pool's tools, once asked
 
     def __repr__(self) -> str:
         return f"<snakepit.grpc.Client {self.address}{' closed' if self._closed else ''}>"
@@ -141,6 +143,12 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
     def open_stream(self, request: CallRequest) -> RemoteStream:
         message, metadata, deadline = self._request(request, True)
         return RemoteStream(self._stub.ExecuteStreamingTool(message, metadata=metadata, timeout=deadline))
+
+    def _tool_names(self) -> frozenset[str]:
+        """The served pool's tools (asked once: a pool's adapter, and so its tools, never change)."""
+        if self._names is None:
+            self._names = frozenset(spec.name for spec in self.tools())
+        return self._names
 
     def tools(self) -> list[ToolSpec]:
         self._check_open()
@@ -284,14 +292,9 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
             correlation_id = f"{secrets.token_hex(4)}-map"  # the map's one id, as the pool gives one
         else:
             check_correlation_id(correlation_id)
-        if not isinstance(iterable_of_args, Iterable):
-            raise errors.validation(
-                Reason.INVALID_ARGUMENTS, f"map takes an iterable of args dicts, got {type(iterable_of_args).__name__}"
-            )
-        try:
-            total: int | None = len(iterable_of_args)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
-        except TypeError:
-            total = None
+        total = map_total(iterable_of_args)
+        if tool not in self._tool_names():
+            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}", tool=tool)
         window = _map.Window(ordered, return_exceptions, Reporter(progress, total, description=tool), limit)
 
         def build(args: Any) -> Any:

@@ -8,6 +8,10 @@ floats, as Snakepit's serializer sends them. A type ending
 metadata ``binary_format:<name>`` = ``pickle`` asks for them to be unpickled, which only a server
 started with ``allow_pickle=True`` does (unpickling runs the sender's code).
 
+A float result JSON has no number for (NaN, an infinity) travels as Snakepit's serializer sends
+it: the JSON string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, an ``ExecuteToolResponse``'s
+``result`` typed ``snakepit.float``; nested in a list or dict it is ``null``.
+
 Results and chunks travel as JSON when JSON carries them exactly (``None``, ``bool``, ``str``,
 finite ``float``, ``int`` within +-2**53, and lists and string-keyed dicts of those); ``bytes`` travel
 raw. Anything else is pickled if the client asked for it (request metadata ``accept`` =
@@ -173,9 +177,18 @@ def encode_value(value: Any, *, accept_pickle: bool) -> tuple[bytes, str]:
             return pickle.dumps(value, protocol=5), PICKLE
         except Exception:
             pass  # not picklable: the conversions below may still carry it
+    if type(value) is float:  # NaN or an infinity: as Snakepit's serializer sends one ("NaN"...)
+        return non_finite_json(value), JSON
     if type(value) in (bytearray, memoryview):
         return bytes(value), OCTETS
     return to_json(value), JSON
+
+
+def non_finite_json(value: float) -> bytes:
+    """A float JSON has no number for, as the JSON string Snakepit's serializer sends for it
+    (under a ``.float`` type): ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``. Nested in a list
+    or dict, such a float is ``null``, as Snakepit's JSON encoder writes it."""
+    return b'"NaN"' if math.isnan(value) else b'"Infinity"' if value > 0 else b'"-Infinity"'
 
 
 def to_json(value: Any) -> bytes:

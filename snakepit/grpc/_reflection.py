@@ -28,7 +28,9 @@ def enable(server: grpc.aio.Server, services: Iterable[str]) -> None:
     """Serve reflection of ``services`` (and of reflection itself) under both versions."""
     _descriptors.add(health_pb2.DESCRIPTOR.serialized_pb)
     _descriptors.add(reflection_pb2.DESCRIPTOR.serialized_pb)
-    _descriptors.add(_renamed(reflection_pb2.DESCRIPTOR.serialized_pb, "grpc.reflection.v1alpha", "grpc.reflection.v1"))
+    _descriptors.add(
+        _renamed(reflection_pb2.DESCRIPTOR.serialized_pb, "grpc/reflection/v1/reflection.proto", "grpc.reflection.v1")
+    )
     servicer: Any = reflection.aio.ReflectionServicer((*services, V1, V1ALPHA), pool=_descriptors.POOL)  # pyright: ignore[reportAttributeAccessIssue]
     for name in (V1ALPHA, V1):
         handlers = {
@@ -41,11 +43,12 @@ def enable(server: grpc.aio.Server, services: Iterable[str]) -> None:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
 
 
-def _renamed(serialized: bytes, old: str, new: str) -> bytes:
-    """A file's descriptor with its package ``old`` renamed ``new`` (and the file, and every
-    reference to its types, with it)."""
+def _renamed(serialized: bytes, name: str, new: str) -> bytes:
+    """A file's descriptor as the file ``name`` of package ``new`` (every reference to its
+    types renamed with it)."""
     file = descriptor_pb2.FileDescriptorProto.FromString(serialized)
-    file.name = file.name.replace(old.replace(".", "/"), new.replace(".", "/"))
+    old = file.package
+    file.name = name
     file.package = new
     file.ClearField("options")
 

@@ -401,7 +401,7 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         else:
             response.success = True
             if content_type == codec.JSON:
-                response.result.type_url = codec.TYPE_PREFIX + "json"
+                response.result.type_url = codec.TYPE_PREFIX + ("float" if type(value) is float else "json")
                 response.result.value = data
             else:  # result left unset: Snakepit's clients take binary_result alone
                 response.binary_result = data

@@ -115,11 +115,11 @@ class ProcessBackend:
         # what a library read from the environment when the template imported it would be wrong.
         if self._template is not None and env == self._template.env:
             try:
-                return spawn(worker.id, self._launch, env, self._closing, self._template)
+                return spawn(worker, self._launch, env, self._closing, self._template)
             except TemplateUnavailable as exc:
                 _log.warning("snakepit: the template process cannot fork workers (%s); they start cold from now on", exc)
                 self._close_template()
-        return spawn(worker.id, self._launch, env, self._closing)
+        return spawn(worker, self._launch, env, self._closing)
 
     def _close_template(self) -> None:
         template, self._template = self._template, None
@@ -263,7 +263,5 @@ def create(adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: Any
         raise errors.validation(
             Reason.INVALID_CONFIG, f"unknown start_method {start_method!r}: choose one of {', '.join(map(repr, START_METHODS))}"
         )
-    launch = build_launch_spec(
-        adapter, adapter_args, worker_env, size=options.size, telemetry=options.telemetry, threads=options.threads
-    )
+    launch = build_launch_spec(adapter, adapter_args, worker_env, size=options.size, threads=options.threads)
     return ProcessBackend(launch, start_method, options.start_timeout)

@@ -25,6 +25,7 @@ from snakepit._backends.process.template import Template
 from snakepit._protocol import Boot
 from snakepit._seam.backend import Closing
 from snakepit._seam.launch import LaunchSpec
+from snakepit._seam.workers import Worker
 
 _PIPE_SIZE = 1 << 20  # the Linux default maximum; bigger pipes mean fewer wake-ups per stream
 
@@ -49,7 +50,7 @@ def _enlarge(fd: int) -> None:
 
 
 def spawn(
-    worker_id: int, spec: LaunchSpec, env: Mapping[str, str], closing: Closing, template: Template | None = None
+    worker: Worker, spec: LaunchSpec, env: Mapping[str, str], closing: Closing, template: Template | None = None
 ) -> ProcessConnection:
     """Start one worker process and send it its boot frame; it reports ``Ready`` on its own.
 
@@ -60,7 +61,7 @@ def spawn(
     interpreter with environment ``env``.
     """
     boot = protocol.encode_frame(
-        Boot(worker_id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level, spec.telemetry, spec.threads)
+        Boot(worker.id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level, worker.listening, spec.threads)
     )
     opened: list[int] = []  # closed again if anything below fails (e.g. out of descriptors)
     try:
@@ -83,7 +84,7 @@ def spawn(
         for fd in (requests_w, responses_w, events_w, stdout_w, stderr_w):
             _enlarge(fd)
         if template is not None:
-            process: Any = template.fork(worker_id, (*child_ends, stdout_w, stderr_w))
+            process: Any = template.fork(worker.id, (*child_ends, stdout_w, stderr_w))
         else:
             process = _start_interpreter(spec, env, child_ends, stdout_w, stderr_w)
     except BaseException:
@@ -95,7 +96,7 @@ def spawn(
     for fd in (responses_r, events_r, stdout_r, stderr_r):
         os.set_blocking(fd, False)
     pipes = WorkerPipes(requests_w, control_w, responses_r, events_r, stdout_r, stderr_r, spill_fd, owner_socket_fd)
-    conn = ProcessConnection(worker_id, process, pipes, closing)
+    conn = ProcessConnection(worker.id, process, pipes, closing)
     try:
         protocol.write_all(requests_w, boot)
     except OSError:

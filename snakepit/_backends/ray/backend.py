@@ -94,7 +94,9 @@ class RayBackend:
             on_control=lambda kind, ref, argument: self._await(kind, ref, worker, argument),
             on_death=lambda: self._reactor.submit(self._gone, worker, None),
         )
-        boot = protocol.encode_frame(Boot(worker.id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level))
+        boot = protocol.encode_frame(
+            Boot(worker.id, spec.sys_path, spec.cwd, spec.adapter, spec.adapter_args, spec.log_level, worker.listening)
+        )
         self._await("start", actor.start.remote(bytes(boot)), worker, None)
 
     def close(self) -> None:
@@ -239,5 +241,5 @@ def create(adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: Any
     # module's code, unless the user's runtime_env ships that code there.
     shipped = {"working_dir", "py_modules"} & set(actor_options.get("runtime_env") or {})
     by_value = options.ray_address is not None and not shipped
-    launch = build_launch_spec(adapter, adapter_args, None, by_value=by_value, telemetry=options.telemetry)
+    launch = build_launch_spec(adapter, adapter_args, None, by_value=by_value)
     return RayBackend(launch, options.ray_address, actor_options)
