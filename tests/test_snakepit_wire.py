@@ -21,7 +21,7 @@ import grpc
 from google.protobuf import any_pb2, descriptor_pb2
 from helpers import Toolbox, wait_for
 
-from snakepit import Pool
+from snakepit import Pool, SnakepitError
 from snakepit.grpc import Client
 from snakepit.grpc._telemetry import Controls
 
@@ -537,3 +537,83 @@ def test_the_python_client_subscribes(served):
         finally:
             stop.set()
             caller.join()
+
+
+def test_snakepit_events_prints_a_json_line_per_event(served):
+    """``snakepit events --address``: the served pool's telemetry on stdout, one JSON line each."""
+    import subprocess
+    import threading
+
+    _, address = served
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "snakepit", "events", "--address", address, "--allow", "tool.execution.*", "--count", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    stop = threading.Event()
+
+    def keep_calling() -> None:  # until the subscription is live and has printed its two events
+        with Client(address) as client:
+            while not stop.is_set() and cli.poll() is None:
+                client.execute("measured", correlation_id="cli-events")
+                stop.wait(0.05)
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    try:
+        out, err = cli.communicate(timeout=60)
+    finally:
+        stop.set()
+        caller.join()
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 2 and all(line["name"].startswith("tool.execution.") for line in lines)
+    assert all(line["correlation_id"] == "cli-events" and line["metadata"]["tool"] == "measured" for line in lines)
+
+
+def test_subscribers_are_their_own_and_closing_frees_them():
+    """Two subscribers with their own filters; each closing lets go of its subscription, and
+    stopping the server ends a subscriber's stream: with none left, workers stop sending."""
+    with Pool(Toolbox, size=1, start_timeout=30) as pool:
+        server = pool.serve("127.0.0.1:0")
+        with Client(server.address) as client:
+            starts = client.telemetry(allow=["tool.execution.start"])
+            stops = client.telemetry(allow=["tool.execution.stop"])
+
+            def both_listening() -> bool:
+                pool.execute("measured")
+                return pool.execute("listening")
+
+            wait_for(both_listening, timeout=30)
+            pool.execute("measured", correlation_id="two-subs")
+            assert {e["name"] for e in _until_correlation(starts, "two-subs", 2)} == {"tool.execution.start"}
+            assert {e["name"] for e in _until_correlation(stops, "two-subs", 1)} == {"tool.execution.stop"}
+            starts.close()
+            with pytest.raises(StopIteration):
+                next(starts)
+            assert pool.execute("listening") is True  # one subscriber is left
+            server.stop()
+            with pytest.raises(SnakepitError) as ended:
+                while True:
+                    next(stops)  # what was in flight, then the end
+            assert ended.value.reason == "pool_closed"
+            with pytest.raises(StopIteration):
+                next(stops)
+            wait_for(lambda: pool.execute("listening") is False, timeout=30)
+
+
+def _until_correlation(events, correlation_id: str, count: int) -> list[dict]:
+    """The next ``count`` events of a call, skipping those of earlier ones."""
+    mine: list[dict] = []
+    deadline = time.monotonic() + 30
+    while len(mine) < count:
+        assert time.monotonic() < deadline
+        event = next(events)
+        if event["correlation_id"] == correlation_id:
+            mine.append(event)
+    return mine
