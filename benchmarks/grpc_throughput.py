@@ -38,7 +38,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.any_pb2 import Any as AnyMessage
 
 from snakepit import BaseAdapter, Pool, tool
 from snakepit._seam.request import CallRequest
@@ -68,7 +67,7 @@ class _Bare(bridge_pb2_grpc.BridgeServiceServicer):
     def __init__(self, chunks: list[pb.ToolChunk], hop: Callable[[], Awaitable[Any]] | None = None) -> None:
         self._chunks = chunks
         self._hop = hop
-        self._answer = pb.ExecuteToolResponse(success=True, result=AnyMessage(type_url=codec.TYPE_PREFIX + "json", value=b"3"))
+        self._answer = pb.ExecuteToolResponse(success=True, result={"type_url": codec.TYPE_PREFIX + "json", "value": b"3"})
 
     async def ExecuteStreamingTool(self, request: Any, context: Any) -> Any:
         for chunk in self._chunks:
@@ -130,7 +129,8 @@ class _EchoChild:
 def _request(tool: str, **args: Any) -> pb.ExecuteToolRequest:
     request = pb.ExecuteToolRequest(tool_name=tool)
     for name, value in args.items():
-        request.parameters[name].CopyFrom(AnyMessage(type_url=codec.TYPE_PREFIX + "int", value=str(value).encode()))
+        parameter = request.parameters[name]  # an Any of the bridge's own descriptor pool
+        parameter.type_url, parameter.value = codec.TYPE_PREFIX + "int", str(value).encode()
     return request
 
 

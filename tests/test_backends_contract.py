@@ -177,6 +177,25 @@ def test_a_served_pool_works_the_same_over_grpc(pool):
         assert [c["number"] for c in client.stream("count", {"n": 3})] == [0, 1, 2]
 
 
+def test_tools_telemetry_reaches_on_event_and_subscribers(backend):
+    """Both backends: with on_event, workers send tools' telemetry from the start; without,
+    the first subscriber switches it on in the running workers and the last one off."""
+    events: list[dict] = []
+    with Pool(Toolbox, size=1, start_timeout=60, on_event=events.append, **backend) as pool:
+        assert pool.execute("listening") is True
+        pool.execute("measured", correlation_id="on-event")
+        wait_for(lambda: any(e.get("correlation_id") == "on-event" and e["event"] == "span_stop" for e in events), timeout=30)
+    with Pool(Toolbox, size=1, start_timeout=60, **backend) as pool:
+        assert pool.execute("listening") is False
+        got: list[dict] = []
+        leave = pool.subscribe(got.append)
+        wait_for(lambda: pool.execute("listening"), timeout=30)
+        pool.execute("measured", correlation_id="subscribed")
+        wait_for(lambda: any(e.get("correlation_id") == "subscribed" for e in got), timeout=30)
+        leave()
+        wait_for(lambda: pool.execute("listening") is False, timeout=30)
+
+
 def test_ray_actors_show_their_node_and_an_unplaceable_one_fails_start(ray_instance):
     with Pool(Toolbox, size=1, backend="ray", actor_options={"num_cpus": 0.25}, start_timeout=60) as pool:
         [info] = pool.stats()["worker_info"]
