@@ -617,3 +617,29 @@ def _until_correlation(events, correlation_id: str, count: int) -> list[dict]:
         if event["correlation_id"] == correlation_id:
             mine.append(event)
     return mine
+
+
+def test_stream_telemetry_takes_the_same_token_as_every_rpc():
+    with Pool(Toolbox, size=1, start_timeout=30) as pool:
+        address = pool.serve("127.0.0.1:0", token="tel-token").address
+        with Client(address) as anonymous, anonymous.telemetry() as events:
+            with pytest.raises(SnakepitError) as refused:
+                next(events)
+            assert refused.value.reason == "unauthenticated"
+        with Client(address, token="tel-token") as client, client.telemetry(allow=["tool.*"]) as events:
+            import threading
+
+            stop = threading.Event()
+
+            def keep_calling() -> None:  # until the subscription is live and an event has come
+                while not stop.is_set():
+                    client.execute("measured", correlation_id="tok")
+                    stop.wait(0.05)
+
+            caller = threading.Thread(target=keep_calling)
+            caller.start()
+            try:
+                assert next(events)["correlation_id"] == "tok"
+            finally:
+                stop.set()
+                caller.join()
