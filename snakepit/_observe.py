@@ -42,6 +42,13 @@ EventCallback = Callable[[dict[str, Any]], None]
 _RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+_TELEMETRY_BACKLOG = 10_000  # tools' telemetry events waiting for delivery, at most
+
+
+def _dropped(count: int) -> None:
+    telemetry_log.warning("snakepit: %d telemetry events dropped: their listeners are slower than the tools", count)
+
+
 class Observer:
     """Delivers events to the log and to ``on_event``, never while a pool lock is held.
 
@@ -52,7 +59,7 @@ class Observer:
     blocks, or calls ``pool.close()``, cannot stall supervision.
     """
 
-    __slots__ = ("_subscribers", "_subscribing", "_held", "_courier")
+    __slots__ = ("_subscribers", "_subscribing", "_held", "_courier", "_telemetry")
 
     def __init__(self, callback: EventCallback | None = None) -> None:
         # Replaced whole, never changed in place: delivery reads it without a lock.
@@ -61,6 +68,12 @@ class Observer:
         self._held = threading.local()  # per thread: hold depth and the events held
         self._courier: Courier[tuple[str, int, str, dict[str, Any], float]] = Courier(
             "snakepit-events", lambda args: self._deliver(*args)
+        )
+        # Tools' telemetry has a courier of its own, bounded: tools may send it faster than
+        # slow listeners take it, and what they cannot take is dropped, never queued for ever
+        # (the pool's own events are few, and never dropped).
+        self._telemetry: Courier[tuple[str, int, str, dict[str, Any], float]] = Courier(
+            "snakepit-telemetry", lambda args: self._deliver(*args), capacity=_TELEMETRY_BACKLOG, deliver_dropped=_dropped
         )
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
@@ -97,7 +110,9 @@ class Observer:
         event = fields.pop("event", "telemetry")
         when = fields.pop("time", None) or time.time()
         message = f"{event} {fields.get('name')} from worker {fields.get('worker_id')} ({fields.get('tool')})"
-        self._post([(event, logging.INFO, message, {**fields, "_logger": telemetry_log}, when)])
+        item = (event, logging.INFO, message, {**fields, "_logger": telemetry_log}, when)
+        if not self._telemetry.post((item,)):  # closed: nothing will deliver it, so here
+            self._deliver(*item)
 
     def hold(self) -> None:
         held = self._held
@@ -117,10 +132,12 @@ class Observer:
     def flush(self, timeout: float = 5.0) -> None:
         """Wait (up to ``timeout``) until every event posted so far is delivered."""
         self._courier.flush(timeout)
+        self._telemetry.flush(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Deliver what is pending (up to ``timeout``), then stop the delivery thread."""
+        """Deliver what is pending (up to ``timeout``), then stop the delivery threads."""
         self._courier.close(timeout)
+        self._telemetry.close(timeout)
 
     def _post(self, events: list[tuple[str, int, str, dict[str, Any], float]]) -> None:
         if not self._courier.post(events):  # closed: nothing will deliver them, so here

@@ -303,6 +303,17 @@ class Toolbox(BaseAdapter):
             yield {"never": "delivered"}
 
     @tool
+    def odd_metadata(self):
+        """Chunk metadata that takes the server's own keys, and what UTF-8 cannot hold."""
+        yield StreamChunk(data=1, metadata={"content_type": "text/plain", "snakepit-content-type": "application/x-python-pickle"})
+        yield StreamChunk(data=b"raw", metadata={"\udcff-key": "lone \udcff", 7: (1, 2)})
+        yield StreamChunk(
+            data=3,
+            is_final=True,
+            metadata={"worker_id": "not mine", "correlation_id": "forged", "synthetic_final": "true", "execution_time_ms": "x"},
+        )
+
+    @tool
     def yield_then_work(self, seconds: float = 2.0):
         yield {"stage": "first"}
         deadline = time.monotonic() + seconds

@@ -112,6 +112,35 @@ def test_events_reach_every_subscriber_until_it_unsubscribes(caplog):
     assert info.value.reason == "invalid_arguments"
 
 
+def test_a_slow_listener_holds_back_a_bounded_backlog_of_telemetry(caplog):
+    """Tools may send telemetry faster than a listener takes it: what waits for delivery is
+    bounded, the rest dropped and counted in a warning (the pool's own events have a courier of
+    their own, unbounded: they are few)."""
+    from snakepit._observe import _TELEMETRY_BACKLOG, Observer
+
+    caplog.set_level(logging.WARNING, logger="snakepit.telemetry")
+    release = threading.Event()
+    got: list[dict] = []
+
+    def slow(event: dict) -> None:
+        release.wait(30)
+        got.append(event)
+
+    observer = Observer(slow)
+    try:
+        for i in range(3 * _TELEMETRY_BACKLOG):
+            observer.telemetry({"event": "telemetry", "name": "tick", "measurements": {"i": i}})
+        release.set()
+        observer.flush(30)
+    finally:
+        observer.close()
+    ticks = [e for e in got if e["event"] == "telemetry"]
+    # The backlog, and the first few the delivery thread took as it started.
+    assert _TELEMETRY_BACKLOG <= len(ticks) <= _TELEMETRY_BACKLOG + 1000
+    warning = next(r for r in caplog.records if "telemetry events dropped" in r.getMessage())
+    assert str(3 * _TELEMETRY_BACKLOG - len(ticks)) in warning.getMessage()
+
+
 def test_per_worker_stats():
     with Pool(Toolbox, size=2) as pool:
         for i in range(4):

@@ -137,6 +137,13 @@ def test_map_of_an_unknown_tool_fails_even_without_items(caller):
     assert _kind(info.value) == (ValidationError, "validation", "tool_not_found")
 
 
+def test_map_items_spend_their_timeout_running_not_queued(caller):
+    """A map keeps no more items in flight than the pool runs at once: none waits in a queue,
+    where its timeout (and queue_timeout) would run, so each item's timeout bounds its run."""
+    results = list(caller.map("sleep", [{"seconds": 0.2}] * 12, timeout=1.0))
+    assert results == [0.2] * 12
+
+
 @pytest.mark.parametrize("chunksize", [0, -1])
 def test_map_refuses_an_invalid_chunksize(caller, chunksize):
     with pytest.raises(SnakepitError) as info:

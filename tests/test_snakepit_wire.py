@@ -19,7 +19,7 @@ pytest.importorskip("grpc_tools", reason="the dev extra's grpcio-tools compiles 
 
 import grpc
 from google.protobuf import any_pb2, descriptor_pb2
-from helpers import Toolbox, wait_for
+from helpers import Toolbox, await_for, wait_for
 
 from snakepit import Pool, SnakepitError
 from snakepit.grpc import Client
@@ -497,10 +497,10 @@ def test_a_slow_subscriber_loses_events_not_the_pool(bridge, served):
 def test_telemetry_controls_follow_snakepits_semantics():
     controls = Controls()
     assert controls.admits("tool.execution.stop")
-    controls.allow, controls.deny = ("tool.*",), ("tool.execution.start",)
+    controls.set_filter(allow=["tool.*"], deny=["tool.execution.start"])
     assert controls.admits("tool.execution.stop") and not controls.admits("tool.execution.start")
     assert not controls.admits("snakepit.worker_exit")  # not allowed
-    controls.allow, controls.deny = (), ()
+    controls.set_filter(allow=[], deny=[])
     controls.sampling_rate = 0.0
     assert not any(controls.admits("tool.execution.stop") for _ in range(100))
     controls.sampled = ("python.*",)  # the rate applies only to the events its patterns match
@@ -597,11 +597,11 @@ def test_subscribers_are_their_own_and_closing_frees_them():
             with pytest.raises(StopIteration):
                 next(starts)
             assert pool.execute("listening") is True  # one subscriber is left
-            server.stop()
-            with pytest.raises(SnakepitError) as ended:
-                while True:
-                    next(stops)  # what was in flight, then the end
-            assert ended.value.reason == "pool_closed"
+            stopping = time.monotonic()
+            server.stop(grace=30)  # telemetry streams end at once, not at the grace's end
+            assert time.monotonic() - stopping < 10
+            remaining = list(stops)  # what was in flight, then the end
+            assert all(e["name"] == "tool.execution.stop" for e in remaining)
             with pytest.raises(StopIteration):
                 next(stops)
             wait_for(lambda: pool.execute("listening") is False, timeout=30)
@@ -643,3 +643,119 @@ def test_stream_telemetry_takes_the_same_token_as_every_rpc():
             finally:
                 stop.set()
                 caller.join()
+
+
+def test_client_telemetry_streams_keep_choices_and_end_with_their_loops(served):
+    import asyncio
+    import gc
+    import threading
+
+    pool, address = served
+    with Client(address) as client:
+        stop = threading.Event()
+
+        def keep_calling() -> None:
+            while not stop.is_set():
+                client.execute("measured", correlation_id="loops")
+                stop.wait(0.05)
+
+        caller = threading.Thread(target=keep_calling)
+        caller.start()
+        try:
+            events = client.telemetry(allow=["tool.*"])
+            events.control(deny=["tool.execution.start"])  # allow stays: no snakepit.telemetry.* either
+            run, deadline = 0, time.monotonic() + 30
+            for event in events:
+                assert time.monotonic() < deadline
+                run = run + 1 if event["name"] in ("tool.execution.stop", "tool.execution.exception") else 0
+                if run == 8:
+                    break  # leaving the loop ends the subscription
+            with pytest.raises(StopIteration):
+                next(events)
+            with pytest.raises(SnakepitError):
+                events.control(enabled=False)
+        finally:
+            stop.set()
+            caller.join()
+        wait_for(lambda: pool.execute("listening") is False, timeout=30)
+
+        before = threading.active_count()  # the pool's delivery threads are up by now
+        dropped = client.telemetry()  # never closed, never read: collected, it lets go
+        wait_for(lambda: pool.execute("listening"), timeout=30)
+        del dropped
+        gc.collect()
+        wait_for(lambda: pool.execute("listening") is False, timeout=30)
+        wait_for(lambda: threading.active_count() <= before, timeout=30)  # its sending thread ended
+
+        async def asynchronously() -> None:
+            stream = client.atelemetry(allow=["nothing.*"])
+            await await_for(lambda: pool.execute("listening"), timeout=30)  # subscribed before any read
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(stream.__anext__(), 0.2)  # cancelled while waiting: it ends
+            with pytest.raises(StopAsyncIteration):
+                await stream.__anext__()
+            await stream.aclose()
+
+        asyncio.run(asynchronously())
+        wait_for(lambda: pool.execute("listening") is False, timeout=30)
+
+
+def test_chunk_metadata_cannot_forge_the_servers_keys(served):
+    pool, address = served
+    with pool.stream("odd_metadata", correlation_id="odd-local") as local:
+        expected = [(value, local.metadata) for value in local]
+    with Client(address) as client:
+        stream = client.stream("odd_metadata", correlation_id="odd-remote")
+        got = [(value, stream.metadata) for value in stream]
+    assert got == expected
+    assert expected[0] == (1, {"content_type": "text/plain", "snakepit-content-type": "application/x-python-pickle"})
+    assert expected[1][0] == b"raw"
+    result = stream.result
+    assert result is not None and local.result is not None
+    assert result.worker_id in {worker["id"] for worker in pool.stats()["worker_info"]}  # not the tool's "not mine"
+    assert (result.correlation_id, result.synthetic_final) == ("odd-remote", False)
+    assert result.metadata == local.result.metadata == expected[2][1]
+
+
+def test_a_grpc_deadline_alone_still_gets_the_errors_json(bridge):
+    """Snakepit's clients bound calls with a deadline: the pool's timeout fires first, so the
+    status carries the error's JSON, not grpc's bare 'Deadline Exceeded'."""
+    pb, stub = bridge
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ExecuteTool(_request(pb, "sleep", seconds=5), timeout=1.0)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        kind, _, payload = _translated(info.value.details())
+        assert (kind, payload["reason"]) == ("Timeout", "timeout")
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.ExecuteStreamingTool(_request(pb, "count", n=50, delay=0.2), timeout=1.0))
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _translated(info.value.details())[2]["reason"] == "timeout"
+
+
+def test_stuck_subscribers_cost_the_pool_a_bounded_backlog(stubs, served):
+    """Subscribers that never read: each keeps a bounded buffer, the pool's own backlog of
+    telemetry is bounded, and the owner's memory stays flat however much the tools send."""
+    import psutil
+
+    pool, address = served
+    channels = [_channel(address, ("grpc.http2.bdp_probe", 0)) for _ in range(10)]
+    controls: queue.SimpleQueue = queue.SimpleQueue()
+    calls = [_stub(channel).StreamTelemetry(iter(controls.get, None)) for channel in channels]
+    owner = psutil.Process()
+    try:
+        wait_for(lambda: pool.execute("listening"), timeout=30)
+        pool.execute("chatty", {"n": 20_000})  # the buffers fill; what follows is the backlog's
+        start = owner.memory_info().rss
+        for _ in range(5):
+            assert pool.execute("chatty", {"n": 50_000}) == 50_000
+        assert pool.execute("add", {"a": 1}) == 2
+        grown = owner.memory_info().rss - start
+        assert grown < 150 * 2**20, f"the owner grew by {grown / 2**20:.0f} MiB"
+    finally:
+        for _ in calls:
+            controls.put(None)
+        for call in calls:
+            call.cancel()
+        for channel in channels:
+            channel.close()

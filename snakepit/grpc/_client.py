@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 import grpc
+import msgspec
 
 from snakepit import _errors as errors
 from snakepit._adapter import ParameterSpec, ToolSpec
@@ -47,7 +48,7 @@ from snakepit.grpc import bridge_pb2 as pb
 from snakepit.grpc._descriptors import Any as AnyMessage
 from snakepit.grpc._loop import on_shared_loop, shared_loop
 from snakepit.grpc._status import error_from_json, rpc_error
-from snakepit.grpc._watch import AsyncTelemetryStream, TelemetryStream, controls
+from snakepit.grpc._watch import AsyncTelemetryStream, TelemetryStream, _Choices
 from snakepit.progress import Reporter
 
 _MARGIN = 2.0  # the gRPC deadline trails the call's timeout, so the server's timeout error arrives first
@@ -95,7 +96,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         self._auth = (("authorization", f"Bearer {token}"),) if token else ()
         self._aio: tuple[Any, Any] | None = None  # (channel, stub) on the shared loop
         self._closed: bool = False
-        self._names: frozenset[str] | None = None  # the served pool's tools, once asked
+        self._pool_shape: tuple[frozenset[str], int | None] | None = None  # its tools and capacity, once asked
 
     def __repr__(self) -> str:
         return f"<snakepit.grpc.Client {self.address}{' closed' if self._closed else ''}>"
@@ -144,19 +145,27 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         message, metadata, deadline = self._request(request, True)
         return RemoteStream(self._stub.ExecuteStreamingTool(message, metadata=metadata, timeout=deadline))
 
-    def _tool_names(self) -> frozenset[str]:
-        """The served pool's tools (asked once: a pool's adapter, and so its tools, never change)."""
-        if self._names is None:
-            self._names = frozenset(spec.name for spec in self.tools())
-        return self._names
+    def _served(self) -> tuple[frozenset[str], int | None]:
+        """The served pool's tools and how many calls it runs at once (asked once: a pool's
+        adapter and size never change)."""
+        if self._pool_shape is None:
+            self._tools_and_capacity()
+        assert self._pool_shape is not None
+        return self._pool_shape
 
-    def tools(self) -> list[ToolSpec]:
+    def _tools_and_capacity(self) -> list[ToolSpec]:
         self._check_open()
         try:
-            response = self._stub.InitializeSession(pb.InitializeSessionRequest(), metadata=self._auth)
+            response, call = self._stub.InitializeSession.with_call(pb.InitializeSessionRequest(), metadata=self._auth)
         except grpc.RpcError as error:
             raise rpc_error(error) from None
-        return [_tool_spec(spec) for spec in response.available_tools.values()]
+        capacity = dict(call.trailing_metadata() or ()).get(codec.CAPACITY, "")
+        tools = [_tool_spec(spec) for spec in response.available_tools.values()]
+        self._pool_shape = (frozenset(spec.name for spec in tools), int(capacity) if capacity.isdigit() else None)
+        return tools
+
+    def tools(self) -> list[ToolSpec]:
+        return self._tools_and_capacity()
 
     def session(
         self, session_id: str, *, affinity: Affinity | str | None = None, metadata: Mapping[str, str] | None = None
@@ -218,7 +227,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
     ) -> Iterator[Any]:
         """:meth:`Pool.map <snakepit.Pool.map>` on the served pool: each item an ``ExecuteTool``
         call, pipelined (see :mod:`._map`). ``chunksize`` is how many calls are in flight at
-        once (64 by default); ``timeout`` bounds each call."""
+        once (by default as many as the served pool runs at once); ``timeout`` bounds each call."""
         window, build = self._map_setup(
             tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, correlation_id
         )
@@ -265,7 +274,10 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
                 except grpc.aio.AioRpcError as error:
                     raise rpc_error(error) from None
 
-            return on_shared_loop(call())
+            async def run() -> Any:  # the call is made only if this runs (a task cancelled first makes none)
+                return await on_shared_loop(call())
+
+            return run()
 
         return _map.arun_map(iterable_of_args, start, lambda task: _result(task.result()), window)
 
@@ -285,7 +297,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         """The map's window, and what builds an item's request (checked as the pool checks a
         call: the map's own options here, at once; each item's args as it is read)."""
         self._check_open()
-        limit = positive_int("chunksize", chunksize, allow_none=True, reason=Reason.INVALID_ARGUMENTS) or _map.WINDOW
+        positive_int("chunksize", chunksize, allow_none=True, reason=Reason.INVALID_ARGUMENTS)
         check_routing(session_id, affinity)
         check_timeout("timeout", timeout)
         if correlation_id is None:
@@ -293,8 +305,12 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         else:
             check_correlation_id(correlation_id)
         total = map_total(iterable_of_args)
-        if tool not in self._tool_names():
+        names, capacity = self._served()
+        if tool not in names:
             raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}", tool=tool)
+        # As many calls in flight as the pool runs at once: none waits in its queue, where it
+        # would spend its timeout (and queue_timeout) as no item of a local map does.
+        limit = chunksize or capacity or _map.WINDOW
         window = _map.Window(ordered, return_exceptions, Reporter(progress, total, description=tool), limit)
 
         def build(args: Any) -> Any:
@@ -316,9 +332,9 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         and a context manager; ``.control(...)`` changes the choices made here. ``allow`` and
         ``deny`` are fnmatch patterns of dotted names (``tool.execution.*``), deny first;
         ``sampling_rate`` the fraction of events kept."""
-        initial = self._telemetry_controls(enabled, sampling_rate, allow, deny)
+        choices = _Choices(enabled, sampling_rate, allow, deny)
         self._check_open()
-        return TelemetryStream(lambda requests: self._stub.StreamTelemetry(requests, metadata=self._auth), initial)
+        return TelemetryStream(lambda requests: self._stub.StreamTelemetry(requests, metadata=self._auth), choices)
 
     def atelemetry(
         self,
@@ -329,25 +345,14 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         deny: Sequence[str] = (),
     ) -> AsyncTelemetryStream:
         """:meth:`telemetry` for ``async for``; ``await stream.control(...)``."""
-        initial = self._telemetry_controls(enabled, sampling_rate, allow, deny)
+        choices = _Choices(enabled, sampling_rate, allow, deny)
         self._check_open()
 
         async def start(requests: Any) -> Any:
             _, stub = await self._async_stub()
             return stub.StreamTelemetry(requests, metadata=self._auth)
 
-        return AsyncTelemetryStream(start, initial)
-
-    @staticmethod
-    def _telemetry_controls(
-        enabled: bool, sampling_rate: float, allow: Sequence[str], deny: Sequence[str]
-    ) -> list[pb.TelemetryControl]:
-        return controls(
-            enabled=None if enabled else False,
-            sampling_rate=None if sampling_rate == 1.0 else sampling_rate,
-            allow=allow or None,
-            deny=deny or None,
-        )
+        return AsyncTelemetryStream(start, choices)
 
     # -- asyncio ---------------------------------------------------------------------------------
 
@@ -476,14 +481,14 @@ class _Remote:
         """A chunk's value, or ``_END`` after a synthetic final chunk."""
         meta = chunk.metadata
         attached = codec.attached_metadata(meta) if meta else None
-        synthetic = "synthetic_final" in meta and (attached is None or "synthetic_final" not in attached)
         if chunk.is_final:
-            self.result = _stream_result(meta, attached, self._chunks + (not synthetic), self._halted)
-            if synthetic:
+            self.result = _stream_result(meta, attached, self._chunks, self._halted)
+            if self.result.synthetic_final:
                 return _END
+            self.result = dataclasses.replace(self.result, chunks=self._chunks + 1)
         self._chunks += 1
         self.metadata = attached
-        return codec.decode_value(chunk.data, codec.content_type(meta, attached))
+        return codec.decode_value(chunk.data, codec.content_type(meta))
 
     def _halt(self) -> None:
         """HALT: the result says so (also for the tool's own final chunk, as in process)."""
@@ -639,29 +644,24 @@ async def _read(call: Any) -> Any:
 def _result(response: pb.ExecuteToolResponse) -> Any:
     if not response.success:
         raise error_from_json(response.error_message)
-    content_type = codec.content_type(response.metadata, None)
+    content_type = codec.content_type(response.metadata)
     if content_type == codec.JSON:
         return codec.decode_value(response.result.value, content_type)
     return codec.decode_value(response.binary_result, content_type)
 
 
 def _stream_result(meta: Mapping[str, str], attached: Mapping[str, Any] | None, chunks: int, halted: bool) -> StreamResult:
-    """How a stream ended, from its final chunk: the server's keys, where the tool's own metadata
-    (``attached``, the result's ``metadata``) did not take their place."""
-
-    def ours(key: str) -> str | None:
-        return meta.get(key) if attached is None or key not in attached else None
-
-    worker_id = ours("worker_id")
-    elapsed = ours("execution_time_ms")
+    """How a stream ended, from its final chunk: the server's account (``snakepit-final``), and
+    the tool's own metadata (``attached``) as the result's ``metadata``."""
+    account = msgspec.json.decode(meta[codec.FINAL]) if codec.FINAL in meta else {}
     return StreamResult(
         chunks=chunks,
-        worker_id=int(worker_id) if worker_id and worker_id.lstrip("-").isdigit() else -1,
-        execution_time_ms=float(elapsed) if elapsed and elapsed.isdigit() else 0.0,
-        synthetic_final=ours("synthetic_final") == "true",
+        worker_id=int(account.get("worker_id", -1)),
+        execution_time_ms=float(account.get("execution_time_ms", 0.0)),
+        synthetic_final=bool(account.get("synthetic_final", False)),
         halted=halted,
         metadata=dict(attached) if attached is not None else None,
-        correlation_id=ours("correlation_id") or None,
+        correlation_id=account.get("correlation_id") or None,
     )
 
 

@@ -46,11 +46,15 @@ _NON_FINITE = {b'"NaN"': math.nan, b'"Infinity"': math.inf, b'"-Infinity"': -mat
 _json_encoder = msgspec.json.Encoder()
 
 
-# The string metadata of a response or chunk (a ToolChunk's also carries the tool's own keys).
-CONTENT_TYPE = "content_type"  # how data or binary_result is encoded, when it is not JSON
-CONTENT_TYPE_ALONE = "snakepit-content-type"  # the same, where the tool's own metadata has a "content_type"
+# The string metadata of a response or chunk. Keys beginning "snakepit-" are the server's: a
+# tool's own keys of that form travel only in its exact dict (ATTACHED).
+RESERVED = "snakepit-"
+CONTENT_TYPE = "snakepit-content-type"  # how data or binary_result is encoded, when it is not JSON
+PLAIN_CONTENT_TYPE = "content_type"  # the same, for clients of older versions, unless the tool has that key
 ATTACHED = "snakepit-metadata"  # the tool's metadata of a chunk exactly, as JSON...
 ATTACHED_PICKLE = "snakepit-metadata-pickle"  # ...or pickled (base64), for a client that takes pickles
+CAPACITY = "snakepit-capacity"  # InitializeSession's trailing metadata: calls the pool runs at once
+FINAL = "snakepit-final"  # on a final chunk: the server's account of the stream (JSON), whatever the tool's keys
 
 
 class PickleRefused(errors.ValidationError):
@@ -227,26 +231,37 @@ def _as_text(value: Any) -> Any:
     return repr(value)
 
 
+def text(value: str) -> str:
+    """``value`` as protobuf's string fields take it: valid UTF-8 (a lone surrogate, which
+    ``os.fsdecode`` makes, becomes its escape)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode()
+    return value
+
+
 def set_content_type(metadata: MutableMapping[str, str], content_type: str) -> None:
     """Say how a result's or chunk's bytes are encoded, beside whatever the tool put there."""
-    metadata[CONTENT_TYPE_ALONE if CONTENT_TYPE in metadata else CONTENT_TYPE] = content_type
+    metadata[CONTENT_TYPE] = content_type
+    if PLAIN_CONTENT_TYPE not in metadata:
+        metadata[PLAIN_CONTENT_TYPE] = content_type
 
 
-def content_type(metadata: Mapping[str, str], attached: Mapping[Any, Any] | None) -> str:
-    """The client's side of :func:`set_content_type` (``attached``: the tool's own metadata)."""
-    if CONTENT_TYPE_ALONE in metadata:
-        return metadata[CONTENT_TYPE_ALONE]
-    if attached is not None and CONTENT_TYPE in attached:
-        return JSON
+def content_type(metadata: Mapping[str, str]) -> str:
+    """The client's side of :func:`set_content_type`."""
     return metadata.get(CONTENT_TYPE, JSON)
 
 
 def attach_metadata(metadata: MutableMapping[str, str], attached: Mapping[Any, Any], *, accept_pickle: bool) -> None:
     """What a tool attached to a chunk, on its ``ToolChunk``: each value a string (a ``str`` as it
     is, any other value as JSON), and the whole dict exactly under ``snakepit-metadata`` (JSON;
-    pickled instead, for a client that takes pickles, when JSON would not give it back as it is)."""
+    pickled instead, for a client that takes pickles, when JSON would not give it back as it is).
+    Keys beginning ``snakepit-`` are the server's: the tool's travel in the dict only."""
     for key, value in attached.items():
-        metadata[str(key)] = value if type(value) is str else encode_json(value).decode()
+        name = text(str(key))
+        if not name.startswith(RESERVED):
+            metadata[name] = text(value) if type(value) is str else _json_text(value)
     if accept_pickle and not exact_json(attached):
         try:
             metadata[ATTACHED_PICKLE] = base64.b64encode(pickle.dumps(attached, protocol=5)).decode()
@@ -254,10 +269,17 @@ def attach_metadata(metadata: MutableMapping[str, str], attached: Mapping[Any, A
         except Exception:
             pass  # not picklable: as JSON, converted
     try:
-        text = encode_json(attached)
+        whole = encode_json(attached).decode()
     except Exception:  # keys JSON has no form for
-        text = encode_json({str(key): value for key, value in attached.items()})
-    metadata[ATTACHED] = text.decode()
+        whole = _json_text({str(key): value for key, value in attached.items()})
+    metadata[ATTACHED] = text(whole)
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return text(encode_json(value).decode())
+    except Exception:  # a value nested too deep, or keys JSON has no form for
+        return text(repr(value))
 
 
 def attached_metadata(metadata: Mapping[str, str]) -> Any:

@@ -1,8 +1,9 @@
 """``Client.map`` and ``Client.amap``: a pool's ``map`` over the existing rpcs.
 
-Each item is an ``ExecuteTool`` call of its own, pipelined: up to ``window`` calls are in flight
-at once (the server's pool runs as many as it has workers, the rest wait in its queue), and a
-new item is read from the input only when a call completes -- the input is read lazily, on the
+Each item is an ``ExecuteTool`` call of its own, pipelined: as many calls in flight as the
+served pool runs at once (its workers times their threads, which the server says), so that no
+item waits in its queue, spending its timeout there; and a new item is read from the input only
+when a call completes -- the input is read lazily, on the
 caller's side, so an endless generator works in bounded memory. Results leave in input order,
 or as they complete with ``ordered=False``; a failed item raises its error at its position, or
 is yielded with ``return_exceptions=True``; leaving the loop early cancels the calls in flight.
@@ -25,7 +26,8 @@ import grpc
 from snakepit import _errors as errors
 from snakepit.progress import Reporter
 
-WINDOW = 64  # calls in flight when the caller does not say (the pool's default max_queue is 1000)
+WINDOW = 64  # calls in flight when neither the caller nor the server says (see Client.map)
+_HELD = 4096  # results an ordered map holds back for an earlier one before it reads more input
 
 
 class Window:
@@ -45,7 +47,9 @@ class Window:
         self._completed = 0
 
     def room(self) -> bool:
-        return not self.exhausted and len(self.in_flight) < self.limit
+        """Another item may start: calls in flight are below the limit, and so are results held
+        back for an earlier, slower one (ordered: memory stays bounded however slow it is)."""
+        return not self.exhausted and len(self.in_flight) < self.limit and len(self._done) < _HELD
 
     def next_index(self) -> int:
         index, self.started = self.started, self.started + 1

@@ -55,6 +55,7 @@ _KEEPALIVE_TIMEOUT_MS = 10_000
 # A stream sends up to this many chunks that have already arrived before it asks the pool's
 # iterator again: after grpc's own work, that iterator is what a chunk costs most.
 _AT_HAND = 64
+_DEADLINE_MARGIN = 0.25  # seconds (at most a tenth of the time left) the pool's timeout beats a deadline by
 _ENVELOPE = 4096  # bytes of a response that are not its data, at most (ids, metadata, framing)
 _UNTRUSTED_WINDOW = 1 << 20  # bytes of a stream's body grpc takes in before it is read, with a token
 _BIND_ATTEMPTS = 4  # port 0: fresh ports to try when another server takes one between the check and the bind
@@ -126,6 +127,7 @@ class Server:
         self._max_bytes = max_bytes
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
+        self._bridge: _Bridge | None = None
         self.port: int = 0
         shared_loop()
         run(self._start())
@@ -193,7 +195,8 @@ class Server:
             options += [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", _UNTRUSTED_WINDOW)]
         interceptors = [_BearerToken(self._token)] if self._token else []
         server = grpc.aio.server(interceptors=interceptors, options=options)
-        bridge_pb2_grpc.add_BridgeServiceServicer_to_server(_Bridge(self._pool, self._allow_pickle, self._max_bytes), server)
+        self._bridge = _Bridge(self._pool, self._allow_pickle, self._max_bytes)
+        bridge_pb2_grpc.add_BridgeServiceServicer_to_server(self._bridge, server)
         self._health = _PoolHealth(self._pool)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         _reflection.enable(server, (SERVICE, health.SERVICE_NAME))
@@ -222,6 +225,8 @@ class Server:
             run(self._stop(server, grace))
 
     async def _stop(self, server: grpc.aio.Server, grace: float | None) -> None:
+        if self._bridge is not None:
+            self._bridge.hub.close()  # telemetry streams end now, not at the grace's end
         if self._health is not None:
             await self._health.stop()
         await server.stop(grace)
@@ -344,6 +349,7 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         self._max_bytes: int = max_bytes
         # What a result or chunk's data may take of a message: the rest is the envelope (ids, metadata).
         self._budget = max(max_bytes - _ENVELOPE, max_bytes // 2)
+        self.hub = _telemetry.Hub(pool, max_bytes)
 
     # -- calls -----------------------------------------------------------------------------------
 
@@ -365,6 +371,9 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
                 )
         remaining = context.time_remaining()
         if remaining is not None:
+            # The pool's timeout fires a little before grpc's deadline, so that the client gets
+            # the error's JSON (a timeout, its stage) rather than grpc's bare DEADLINE_EXCEEDED.
+            remaining -= min(_DEADLINE_MARGIN, remaining / 10)
             timeout = remaining if timeout is None else min(timeout, remaining)
             timeout = max(timeout, 0.001)  # the deadline is near: let the call time out, not refuse it
         if not meta.get("correlation_id") and meta.get(CORRELATION_HEADER):  # the request's own wins
@@ -446,9 +455,8 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
                         return
                     yield chunk
             count += 1
-            closing = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=b"")
-            self._finish(closing, stream, meta, started)
-            closing.metadata["synthetic_final"] = "true"
+            closing = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=b"", metadata={"synthetic_final": "true"})
+            self._finish(closing, stream, meta, started, synthetic=True)
             yield closing
         except errors.SnakepitError as error:
             failure = error
@@ -492,12 +500,13 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         )
 
     @staticmethod
-    def _finish(chunk: pb.ToolChunk, stream: Any, meta: Mapping[str, str], started: float) -> None:
+    def _finish(chunk: pb.ToolChunk, stream: Any, meta: Mapping[str, str], started: float, *, synthetic: bool = False) -> None:
         """The final chunk: the server's keys beside the tool's, never over them."""
         chunk.is_final = True
         correlation_id = meta.get("correlation_id") or stream.correlation_id  # the pool made one if none was given
+        elapsed_ms = (time.perf_counter() - started) * 1000
         ours = {
-            "execution_time_ms": str(int((time.perf_counter() - started) * 1000)),
+            "execution_time_ms": str(int(elapsed_ms)),
             "tool_type": "remote",
             "worker_id": str(stream.worker_id),
             "correlation_id": correlation_id or "",
@@ -505,6 +514,13 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         for key, value in ours.items():
             if value and key not in chunk.metadata:
                 chunk.metadata[key] = value
+        account = {
+            "worker_id": stream.worker_id,
+            "execution_time_ms": elapsed_ms,
+            "correlation_id": correlation_id,
+            "synthetic_final": synthetic,
+        }
+        chunk.metadata[codec.FINAL] = codec.encode_json(account).decode()
 
     # -- sessions and tools ----------------------------------------------------------------------
 
@@ -520,6 +536,8 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
                 self._pool.session(request.session_id, metadata=dict(request.metadata))
             except errors.SnakepitError as error:
                 await _abort(context, error)
+        # How many calls the pool runs at once: what a client's map keeps in flight.
+        context.set_trailing_metadata(((codec.CAPACITY, str(self._pool.size * self._pool.threads_per_worker)),))
         return pb.InitializeSessionResponse(
             success=True, available_tools={spec.name: _tool_spec(spec) for spec in self._pool.tools()}
         )
@@ -552,15 +570,15 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.TelemetryEvent]:
         """The pool's events, as they happen, under the subscriber's controls (see :mod:`._telemetry`)."""
-        subscription = _telemetry.Subscription(asyncio.get_running_loop())
-        leave = self._pool.subscribe(subscription.offer)
-        controls = asyncio.get_running_loop().create_task(subscription.follow(request_iterator))
+        loop = asyncio.get_running_loop()
+        subscription = self.hub.join(loop)
+        controls = loop.create_task(subscription.follow(request_iterator))
         try:
             await context.send_initial_metadata(())  # the client's call starts now, not at the first event
             async for event in subscription.events():
                 yield event
         finally:
-            leave()
+            self.hub.leave(subscription)
             controls.cancel()
 
     # -- Snakepit's own runtime's rpcs ----------------------------------------------------------------

@@ -75,9 +75,9 @@ def event_parts(fields: Mapping[str, Any]) -> list[str]:
 def to_message(fields: Mapping[str, Any], parts: Sequence[str]) -> pb.TelemetryEvent:
     """An event of the pool's hook as a ``TelemetryEvent``."""
     event = pb.TelemetryEvent(
-        event_parts=parts,
+        event_parts=[codec.text(part) for part in parts],
         timestamp_ns=int(float(fields.get("time") or time.time()) * 1e9),
-        correlation_id=str(fields.get("correlation_id") or ""),
+        correlation_id=codec.text(str(fields.get("correlation_id") or "")),
     )
     kind = fields.get("event")
     metadata: dict[str, Any] = {}
@@ -108,10 +108,10 @@ def to_message(fields: Mapping[str, Any], parts: Sequence[str]) -> pb.TelemetryE
             elif value is not None:
                 metadata[key] = value
     for key, value in measurements.items():
-        _set_value(event.measurements[str(key)], value)
+        _set_value(event.measurements[codec.text(str(key))], value)
     for key, value in metadata.items():
         if value is not None:
-            event.metadata[str(key)] = value if type(value) is str else codec.encode_json(value).decode()
+            event.metadata[codec.text(str(key))] = codec.text(value if type(value) is str else codec.encode_json(value).decode())
     return event
 
 
@@ -123,9 +123,9 @@ def _set_value(target: pb.TelemetryValue, value: Any) -> None:
     elif isinstance(value, float):
         target.float_value = value
     elif type(value) is str:
-        target.string_value = value
+        target.string_value = codec.text(value)
     else:
-        target.string_value = codec.encode_json(value).decode()
+        target.string_value = codec.text(codec.encode_json(value).decode())
 
 
 def from_message(event: pb.TelemetryEvent) -> dict[str, Any]:
@@ -145,14 +145,28 @@ def from_message(event: pb.TelemetryEvent) -> dict[str, Any]:
 
 
 class Controls:
-    """One subscriber's choices: on or off, a sampling rate, allow and deny patterns."""
+    """One subscriber's choices: on or off, a sampling rate, allow and deny patterns. Read on the
+    pool's delivery thread, changed on the gRPC loop's: each change replaces what it changes
+    whole, and a filter's verdict per name is kept until the filter changes."""
+
+    _VERDICTS = 4096  # names whose verdict is kept (a pool has a few dozen)
 
     def __init__(self) -> None:
         self.enabled = True
         self.sampling_rate = 1.0
         self.sampled: tuple[str, ...] = ()  # the patterns the rate applies to; none: every event
-        self.allow: tuple[str, ...] = ()
-        self.deny: tuple[str, ...] = ()
+        self._filter: tuple[tuple[str, ...], tuple[str, ...], dict[str, bool]] = ((), (), {})
+
+    @property
+    def allow(self) -> tuple[str, ...]:
+        return self._filter[0]
+
+    @property
+    def deny(self) -> tuple[str, ...]:
+        return self._filter[1]
+
+    def set_filter(self, allow: Iterable[str], deny: Iterable[str]) -> None:
+        self._filter = (tuple(allow), tuple(deny), {})
 
     def apply(self, control: pb.TelemetryControl) -> None:
         which = control.WhichOneof("control")
@@ -160,25 +174,96 @@ class Controls:
             self.enabled = control.toggle.enabled
         elif which == "sampling":
             rate = control.sampling.sampling_rate
-            self.sampling_rate = 0.0 if math.isnan(rate) else max(0.0, min(rate, 1.0))
             self.sampled = tuple(control.sampling.event_patterns)
+            self.sampling_rate = 0.0 if math.isnan(rate) else max(0.0, min(rate, 1.0))
         elif which == "filter":
-            self.allow, self.deny = tuple(control.filter.allow), tuple(control.filter.deny)
+            self.set_filter(control.filter.allow, control.filter.deny)
 
     def admits(self, name: str) -> bool:
         if not self.enabled:
             return False
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.deny):
+        allow, deny, verdicts = self._filter
+        verdict = verdicts.get(name)
+        if verdict is None:
+            verdict = not any(fnmatch.fnmatchcase(name, p) for p in deny) and (
+                not allow or any(fnmatch.fnmatchcase(name, p) for p in allow)
+            )
+            if len(verdicts) >= self._VERDICTS:
+                verdicts.clear()
+            verdicts[name] = verdict
+        if not verdict:
             return False
-        if self.allow and not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allow):
-            return False
-        if self.sampling_rate < 1.0 and (not self.sampled or any(fnmatch.fnmatchcase(name, p) for p in self.sampled)):
-            return random.random() < self.sampling_rate
+        rate = self.sampling_rate
+        if rate < 1.0 and (not self.sampled or any(fnmatch.fnmatchcase(name, p) for p in self.sampled)):
+            return random.random() < rate
         return True
 
 
+class Hub:
+    """A server's telemetry subscribers, fed by one subscription to the pool while it has any.
+
+    Each event is named once, checked against each subscriber's controls and room, and made a
+    message once, for all who want it: what a subscriber costs the pool's delivery thread is a
+    check, whether it reads or not. An event too large for a message of this server is dropped
+    (and counted as such for those who wanted it).
+    """
+
+    def __init__(self, pool: Any, budget: int) -> None:
+        self._pool = pool
+        self._budget = budget
+        self._subscriptions: tuple[Subscription, ...] = ()  # replaced whole: read without a lock
+        self._lock = threading.Lock()
+        self._leave: Any = None  # ends the pool subscription
+        self._closed = False
+
+    def join(self, loop: asyncio.AbstractEventLoop) -> Subscription:
+        subscription = Subscription(loop)
+        with self._lock:
+            if self._closed:
+                subscription.end()
+                return subscription
+            self._subscriptions = (*self._subscriptions, subscription)
+            if self._leave is None:
+                self._leave = self._pool.subscribe(self._offer)
+        return subscription
+
+    def leave(self, subscription: Subscription) -> None:
+        with self._lock:
+            self._subscriptions = tuple(s for s in self._subscriptions if s is not subscription)
+            if not self._subscriptions and self._leave is not None:
+                self._leave()
+                self._leave = None
+
+    def close(self) -> None:
+        """The server stops: every subscriber's stream ends (after what it was sent)."""
+        with self._lock:
+            self._closed = True
+            subscriptions = self._subscriptions
+        for subscription in subscriptions:
+            subscription.end()
+
+    def _offer(self, fields: dict[str, Any]) -> None:
+        """A subscriber of the pool (its delivery thread)."""
+        subscriptions = self._subscriptions
+        if not subscriptions:
+            return
+        parts = event_parts(fields)
+        name = ".".join(parts)
+        wanting = [s for s in subscriptions if s.controls.admits(name)]
+        if not wanting:
+            return
+        message = to_message(fields, parts)
+        if message.ByteSize() > self._budget:
+            log.warning("snakepit: a telemetry event %s is too large for a message (%d bytes); dropped", name, message.ByteSize())
+            for subscription in wanting:
+                subscription.missed()
+            return
+        for subscription in wanting:
+            subscription.put(message)
+
+
 class Subscription:
-    """What one ``StreamTelemetry`` call receives: events offered from the pool's delivery
+    """What one ``StreamTelemetry`` call receives: events put here on the pool's delivery
     thread, read by the call's task on the gRPC loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, buffer: int = BUFFER) -> None:
@@ -189,45 +274,58 @@ class Subscription:
         self._events: deque[pb.TelemetryEvent] = deque()
         self._dropped = 0  # since the last report on the stream
         self.dropped_total = 0
+        self._ended = False
         self._waiting: asyncio.Future[None] | None = None
 
-    def offer(self, fields: dict[str, Any]) -> None:
-        """A subscriber of the pool: keep the event if this stream wants it and has room."""
-        parts = event_parts(fields)
-        if not self.controls.admits(".".join(parts)):
-            return
-        message = to_message(fields, parts)
+    def put(self, message: pb.TelemetryEvent) -> None:
         with self._lock:
             if len(self._events) >= self._buffer:
-                self._dropped += 1
-                self.dropped_total += 1
-                if self._dropped == 1:
-                    log.warning("snakepit: a telemetry subscriber is too slow; dropping its events")
+                self._missed()
                 return
             self._events.append(message)
             waiting, self._waiting = self._waiting, None
         if waiting is not None:
             self._loop.call_soon_threadsafe(_wake, waiting)
 
+    def missed(self) -> None:
+        with self._lock:
+            self._missed()
+
+    def _missed(self) -> None:
+        self._dropped += 1
+        self.dropped_total += 1
+        if self._dropped == 1:
+            log.warning("snakepit: a telemetry subscriber is too slow; dropping its events")
+
+    def end(self) -> None:
+        with self._lock:
+            self._ended = True
+            waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            self._loop.call_soon_threadsafe(_wake, waiting)
+
     async def events(self) -> AsyncIterator[pb.TelemetryEvent]:
-        """The events, as they come; a drop report first when some were dropped."""
+        """The events, as they come; a drop report first when some were dropped. Ends after
+        :meth:`end`, once what was put before it is out."""
         while True:
             waiting = None
             with self._lock:
                 batch = list(self._events)
                 self._events.clear()
                 dropped, self._dropped = self._dropped, 0
-                if not batch and not dropped:
+                ended = self._ended
+                if not batch and not dropped and not ended:
                     self._waiting = waiting = self._loop.create_future()
             if dropped:
                 report = {"event": "telemetry", "name": DROPPED, "measurements": {"count": dropped}, "time": time.time()}
                 log.warning("snakepit: a telemetry subscriber missed %d events", dropped)
                 yield to_message(report, DROPPED.split("."))
-            if waiting is not None:
-                await waiting
-                continue
             for message in batch:
                 yield message
+            if ended and not batch and not dropped:
+                return
+            if waiting is not None:
+                await waiting
 
     async def follow(self, controls: AsyncIterator[pb.TelemetryControl] | Iterable[pb.TelemetryControl]) -> None:
         """Apply the subscriber's control messages as they come, until it stops sending."""

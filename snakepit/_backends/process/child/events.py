@@ -27,16 +27,23 @@ from snakepit._protocol import FrameWriter, Log, Telemetry
 def plain(value: Any) -> Any:
     """``value`` with whatever msgpack cannot carry as its ``str()``."""
     if isinstance(value, dict):
-        return {str(key): plain(item) for key, item in value.items()}
+        return {_utf8(str(key)): plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(item) for item in value]
-    if (
-        value is None
-        or isinstance(value, (bool, float, str, bytes))
-        or (isinstance(value, int) and -(1 << 63) <= value < (1 << 64))
-    ):
+    if isinstance(value, str):
+        return _utf8(value)
+    if value is None or isinstance(value, (bool, float, bytes)) or (isinstance(value, int) and -(1 << 63) <= value < (1 << 64)):
         return value
     return str(value)
+
+
+def _utf8(text: str) -> str:
+    """``text`` as msgpack can carry it: a lone surrogate (``os.fsdecode`` makes them) escaped."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 class Events:
@@ -78,7 +85,10 @@ class Events:
         try:
             self.send(Telemetry(fields))
         except (TypeError, ValueError, OverflowError):  # refused while encoding, before any write
-            self.send(Telemetry(plain(fields)))
+            try:
+                self.send(Telemetry(plain(fields)))
+            except (TypeError, ValueError, OverflowError):  # still not (a str no UTF-8 holds): dropped, not raised
+                pass
 
     def relay_logging(self, level: int) -> None:
         """Send the worker's :mod:`logging` records at ``level`` and above to the owner."""
