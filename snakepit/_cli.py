@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import snakepit
 from snakepit import Pool, SnakepitError
 
 SHORTCUTS = {"showcase": "snakepit.adapters.showcase:ShowcaseAdapter"}
@@ -160,6 +161,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snakepit", description="Pools of long-lived Python worker processes.")
+    parser.add_argument("--version", action="version", version=f"snakepit-pool {snakepit.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run the showcase: streaming, a large dataset, throughput")

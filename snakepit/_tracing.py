@@ -1,4 +1,4 @@
-"""OpenTelemetry, when installed (``pip install 'snakepit[otel]'``): a span per call, carried to the tool.
+"""OpenTelemetry, when installed (``pip install 'snakepit-pool[otel]'``): a span per call, carried to the tool.
 
 In the owner each call gets a span ``snakepit.call <tool>`` with two children, ``snakepit.queue``
 (waiting for a worker) and ``snakepit.run`` (from sending the call to its last answer), and the

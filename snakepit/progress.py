@@ -1,6 +1,6 @@
 """Progress bars for maps and streams, without writing the tqdm glue by hand.
 
-``pool.map(..., progress=True)`` shows a tqdm bar (``pip install snakepit[progress]``);
+``pool.map(..., progress=True)`` shows a tqdm bar (``pip install 'snakepit-pool[progress]'``);
 ``progress=callable`` receives ``(done, total)`` instead (``total`` is ``None`` when the input
 has no length). For a streaming tool whose chunks report their own progress (fields such as
 ``step`` and ``total``), wrap the stream or the callback::
@@ -27,7 +27,9 @@ def _tqdm(total: int | None, description: str | None) -> Any:
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        raise errors.validation(Reason.INVALID_ARGUMENTS, "progress=True needs tqdm: pip install 'snakepit[progress]'") from None
+        raise errors.validation(
+            Reason.INVALID_ARGUMENTS, "progress=True needs tqdm: pip install 'snakepit-pool[progress]'"
+        ) from None
     return tqdm(total=total, desc=description, unit="item")
 
 

@@ -145,3 +145,29 @@ def test_tool_decorator_keeps_the_method_callable():
 def test_stream_chunk_defaults():
     chunk = StreamChunk({"a": 1})
     assert chunk.data == {"a": 1} and not chunk.is_final and chunk.metadata is None
+
+
+def test_a_class_that_is_not_an_adapter_is_refused_at_once():
+    from snakepit import Pool, ValidationError, tool
+
+    class NotAnAdapter:
+        @tool
+        def f(self) -> int:
+            return 1
+
+    with pytest.raises(ValidationError) as info:
+        Pool(NotAnAdapter, size=1)
+    assert info.value.reason == "invalid_config" and "BaseAdapter" in info.value.message
+
+
+def test_an_unknown_tool_names_the_closest_ones():
+    from snakepit import Pool, SnakepitError
+    from snakepit.adapters.showcase import ShowcaseAdapter
+
+    with Pool(ShowcaseAdapter, size=1) as pool:
+        with pytest.raises(SnakepitError) as info:
+            pool.execute("ad", {})
+        assert info.value.reason == "tool_not_found" and "did you mean 'add'" in info.value.message
+        with pytest.raises(SnakepitError) as info:
+            pool.execute("zzzzzz", {})
+        assert "did you mean" not in info.value.message

@@ -136,3 +136,9 @@ def test_stream_throughput_benchmark_runs_end_to_end(tmp_path):
         "raw os.pipe + msgpack",
     }
     assert all(rate > 0 for rate in payload["median_chunks_per_s"].values())
+
+
+def test_cli_version_names_the_distribution():
+    import snakepit
+
+    assert _cli("--version").stdout.strip() == f"snakepit-pool {snakepit.__version__}"

@@ -28,7 +28,15 @@ from snakepit._pool import aio, mapping
 from snakepit._pool.dispatcher import Counters, Dispatcher
 from snakepit._pool.exchange import Exchange
 from snakepit._seam.affinity import Affinity
-from snakepit._seam.request import CallContext, CallRequest, check_correlation_id, check_routing, map_total, positive_int
+from snakepit._seam.request import (
+    CallContext,
+    CallRequest,
+    check_correlation_id,
+    check_routing,
+    did_you_mean,
+    map_total,
+    positive_int,
+)
 from snakepit._seam.timing import check_timeout, deadline_after
 from snakepit.progress import Reporter
 
@@ -232,7 +240,7 @@ class CallRunner:
         if spec is None:
             if self.dispatcher.closed:
                 raise errors.pool_closed()
-            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}", tool=tool)
+            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}{did_you_mean(tool, self.tools)}", tool=tool)
         return spec
 
     def prepare(self, request: CallRequest, stream: bool, context: CallContext) -> PreparedCall:
@@ -354,7 +362,7 @@ class CallRunner:
         self.counters.bump("timeouts", items)
         self.dispatcher.observer.emit(
             "timeout",
-            logging.WARNING,
+            logging.INFO,  # the caller gets the error too
             f"a batch of {tool!r} on worker {worker_id} exceeded its timeout",
             tool=tool,
             worker_id=worker_id,

@@ -110,7 +110,8 @@ class _Refused(Exception):
             name, message, fields = self.event
             if correlation_id is not None:
                 fields = {**fields, "correlation_id": correlation_id}
-            observer.emit(name, logging.WARNING, message, **fields)
+            # The caller gets the error too: the log says it at INFO (WARNING is for what no caller sees).
+            observer.emit(name, logging.INFO, message, **fields)
         return self.error
 
 

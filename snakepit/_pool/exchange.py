@@ -317,7 +317,7 @@ class Exchange:
         self.dispatcher.counters.bump("timeouts")
         self.dispatcher.observer.emit(
             "timeout",
-            logging.WARNING,
+            logging.INFO,  # the caller gets the error too
             f"call to {self.tool!r} on worker {self.handle.id} exceeded its timeout",
             tool=self.tool,
             worker_id=self.handle.id,

@@ -18,7 +18,7 @@ from typing import Any
 
 from snakepit import _errors as errors
 from snakepit import _protocol as protocol
-from snakepit._adapter import import_by_path
+from snakepit._adapter import BaseAdapter, import_by_path
 from snakepit._errors import Reason
 
 __all__ = ["BackendOptions", "LaunchSpec", "WorkerEnv", "adapter_reference", "build_launch_spec"]
@@ -45,6 +45,11 @@ def adapter_reference(adapter: Any, by_value: bool = False) -> Any:
     if not isinstance(adapter, type):
         raise errors.validation(
             Reason.INVALID_CONFIG, f"adapter must be a class or a 'module:Class' string, got {type(adapter).__name__}"
+        )
+    if not issubclass(adapter, BaseAdapter):  # refused here, not by every worker at start()
+        raise errors.validation(
+            Reason.INVALID_CONFIG,
+            f"adapter {adapter.__qualname__} must subclass snakepit.BaseAdapter (its @tool methods are found by it)",
         )
     path = f"{adapter.__module__}:{adapter.__qualname__}"
     if by_value:

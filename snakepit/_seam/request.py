@@ -7,6 +7,7 @@ to the request-level methods: ``run``, ``run_stream``, ``open_stream`` and their
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping, Sized
 from typing import Any, NamedTuple
 
@@ -26,6 +27,12 @@ def positive_int(
         wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise errors.validation(reason, f"{name} must be {wanted}{' or None' if allow_none else ''}, got {value!r}")
     return value
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """The end of an "unknown tool" message: the closest names there are, if any are close."""
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def map_total(iterable_of_args: Any) -> int | None:

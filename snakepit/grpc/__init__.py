@@ -1,6 +1,6 @@
 """The gRPC facade: the pool served to remote clients over Snakepit's bridge protocol.
 
-Needs the ``grpc`` extra (``pip install 'snakepit[grpc]'``); ``import snakepit`` never imports
+Needs the ``grpc`` extra (``pip install 'snakepit-pool[grpc]'``); ``import snakepit`` never imports
 grpc. :func:`serve` (or ``Pool.serve(...)``) starts a :class:`Server`; :class:`Client` calls a
 served pool with the pool's own methods.
 """

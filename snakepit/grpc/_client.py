@@ -36,6 +36,7 @@ from snakepit._seam.request import (
     check_correlation_id,
     check_routing,
     check_session_id,
+    did_you_mean,
     map_total,
     positive_int,
 )
@@ -307,7 +308,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         total = map_total(iterable_of_args)
         names, capacity = self._served()
         if tool not in names:
-            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}", tool=tool)
+            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}{did_you_mean(tool, names)}", tool=tool)
         # As many calls in flight as the pool runs at once: none waits in its queue, where it
         # would spend its timeout (and queue_timeout) as no item of a local map does.
         limit = chunksize or capacity or _map.WINDOW

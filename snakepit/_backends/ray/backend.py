@@ -41,7 +41,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise errors.validation(Reason.INVALID_CONFIG, "backend='ray' needs Ray: pip install 'snakepit[ray]'") from None
+        raise errors.validation(Reason.INVALID_CONFIG, "backend='ray' needs Ray: pip install 'snakepit-pool[ray]'") from None
     return ray
 
 
