@@ -142,3 +142,27 @@ def test_cli_version_names_the_distribution():
     import snakepit
 
     assert _cli("--version").stdout.strip() == f"snakepit-pool {snakepit.__version__}"
+
+
+def test_serving_without_the_grpc_extra_says_what_to_install():
+    """Without grpc, serve() is invalid_config naming the extra, and so is `snakepit serve`; a
+    Client import says it too (grpc hidden from a fresh interpreter)."""
+    script = (
+        "import sys; sys.modules['grpc'] = None\n"
+        "from snakepit import Pool, ValidationError\n"
+        "from snakepit.adapters.showcase import ShowcaseAdapter\n"
+        "with Pool(ShowcaseAdapter, size=1) as pool:\n"
+        "    try:\n"
+        "        pool.serve('127.0.0.1:0')\n"
+        "    except ValidationError as error:\n"
+        "        print(error.reason, error.message)\n"
+        "try:\n"
+        "    from snakepit.grpc import Client\n"
+        "except ModuleNotFoundError as error:\n"
+        "    print('client:', error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("invalid_config ") and "pip install 'snakepit-pool[grpc]'" in lines[0]
+    assert lines[1].startswith("client: ") and "pip install 'snakepit-pool[grpc]'" in lines[1]

@@ -478,7 +478,11 @@ class Pool(Calls["Stream", "AsyncStream"]):
         # The one reference from the pool up to a front end: imported only by those who serve.
         from snakepit import grpc
 
-        server = grpc.Server(
+        try:
+            serving = grpc.Server
+        except ModuleNotFoundError as exc:  # the grpc extra is not installed
+            raise errors.validation(Reason.INVALID_CONFIG, str(exc)) from None
+        server = serving(
             self, address, token=token, tls=tls, allow_pickle=allow_pickle, insecure=insecure, max_message_mb=max_message_mb
         )
         self._on_close.append(lambda: server.stop(grace=0))

@@ -34,13 +34,23 @@ def serve(
     return server
 
 
+_EXTRA = ("grpc", "google", "grpc_health", "grpc_reflection")  # what the grpc extra installs
+
+
 def __getattr__(name: str) -> Any:  # imported on first use: grpc loads only for those who use it
-    if name in ("Client", "ClientTLS"):
-        from snakepit.grpc import _client
+    try:
+        if name in ("Client", "ClientTLS"):
+            from snakepit.grpc import _client
 
-        return getattr(_client, name)
-    if name in ("Server", "TLS"):
-        from snakepit.grpc import _server
+            return getattr(_client, name)
+        if name in ("Server", "TLS"):
+            from snakepit.grpc import _server
 
-        return getattr(_server, name)
+            return getattr(_server, name)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _EXTRA:
+            raise
+        raise ModuleNotFoundError(
+            f"snakepit.grpc.{name} needs the grpc extra: pip install 'snakepit-pool[grpc]' ({exc})", name=exc.name
+        ) from None
     raise AttributeError(f"module 'snakepit.grpc' has no attribute {name!r}")
