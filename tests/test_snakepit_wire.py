@@ -5,12 +5,15 @@ driving every rpc with Snakepit's encodings and checking the decodings its clien
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import queue
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -345,8 +348,6 @@ class _Telemetry:
     whatever control it sends; events read on a thread of their own into a queue."""
 
     def __init__(self, pb, stub) -> None:
-        import threading
-
         self.pb = pb
         self._controls: queue.SimpleQueue = queue.SimpleQueue()
         self._controls.put(pb.TelemetryControl(toggle=pb.TelemetryToggle(enabled=True)))
@@ -509,21 +510,31 @@ def test_telemetry_controls_follow_snakepits_semantics():
     assert not controls.admits("tool.execution.stop")
 
 
+@contextlib.contextmanager
+def _calling(address: str, correlation_id: str, token: str | None = None) -> Iterator[None]:
+    """``measured`` called again and again (on a thread, by a client of its own) while the block
+    runs: a subscription's events come once it is live, whenever that is."""
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        with Client(address, token=token) as client:
+            while not stop.is_set():
+                client.execute("measured", correlation_id=correlation_id)
+                stop.wait(0.05)
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        caller.join()
+
+
 def test_the_python_client_subscribes(served):
     _, address = served
     with Client(address) as client, client.telemetry(allow=["tool.execution.*"]) as events:
-        import threading
-
-        stop = threading.Event()
-
-        def keep_calling() -> None:
-            while not stop.is_set():
-                client.execute("measured", correlation_id="py-sub")
-                stop.wait(0.05)
-
-        caller = threading.Thread(target=keep_calling)
-        caller.start()
-        try:
+        with _calling(address, "py-sub"):
             event = next(events)
             assert event["name"].startswith("tool.execution.") and event["correlation_id"] == "py-sub"
             assert event["metadata"]["tool"] == "measured"
@@ -534,15 +545,11 @@ def test_the_python_client_subscribes(served):
             while run < 8:
                 assert time.monotonic() < deadline
                 run = run + 1 if next(events)["name"] != "tool.execution.start" else 0
-        finally:
-            stop.set()
-            caller.join()
 
 
 def test_snakepit_events_prints_a_json_line_per_event(served):
     """``snakepit events --address``: the served pool's telemetry on stdout, one JSON line each."""
     import subprocess
-    import threading
 
     _, address = served
     cli = subprocess.Popen(
@@ -552,21 +559,10 @@ def test_snakepit_events_prints_a_json_line_per_event(served):
         text=True,
         cwd=ROOT,
     )
-    stop = threading.Event()
-
-    def keep_calling() -> None:  # until the subscription is live and has printed its two events
-        with Client(address) as client:
-            while not stop.is_set() and cli.poll() is None:
-                client.execute("measured", correlation_id="cli-events")
-                stop.wait(0.05)
-
-    caller = threading.Thread(target=keep_calling)
-    caller.start()
     try:
-        out, err = cli.communicate(timeout=60)
+        with _calling(address, "cli-events"):  # until the subscription is live and has printed its two events
+            out, err = cli.communicate(timeout=60)
     finally:
-        stop.set()
-        caller.join()
         if cli.poll() is None:
             cli.kill()
             cli.wait()
@@ -627,41 +623,17 @@ def test_stream_telemetry_takes_the_same_token_as_every_rpc():
                 next(events)
             assert refused.value.reason == "unauthenticated"
         with Client(address, token="tel-token") as client, client.telemetry(allow=["tool.*"]) as events:
-            import threading
-
-            stop = threading.Event()
-
-            def keep_calling() -> None:  # until the subscription is live and an event has come
-                while not stop.is_set():
-                    client.execute("measured", correlation_id="tok")
-                    stop.wait(0.05)
-
-            caller = threading.Thread(target=keep_calling)
-            caller.start()
-            try:
+            with _calling(address, "tok", token="tel-token"):
                 assert next(events)["correlation_id"] == "tok"
-            finally:
-                stop.set()
-                caller.join()
 
 
 def test_client_telemetry_streams_keep_choices_and_end_with_their_loops(served):
     import asyncio
     import gc
-    import threading
 
     pool, address = served
     with Client(address) as client:
-        stop = threading.Event()
-
-        def keep_calling() -> None:
-            while not stop.is_set():
-                client.execute("measured", correlation_id="loops")
-                stop.wait(0.05)
-
-        caller = threading.Thread(target=keep_calling)
-        caller.start()
-        try:
+        with _calling(address, "loops"):
             events = client.telemetry(allow=["tool.*"])
             events.control(deny=["tool.execution.start"])  # allow stays: no snakepit.telemetry.* either
             run, deadline = 0, time.monotonic() + 30
@@ -674,9 +646,6 @@ def test_client_telemetry_streams_keep_choices_and_end_with_their_loops(served):
                 next(events)
             with pytest.raises(SnakepitError):
                 events.control(enabled=False)
-        finally:
-            stop.set()
-            caller.join()
         wait_for(lambda: pool.execute("listening") is False, timeout=30)
 
         before = threading.active_count()  # the pool's delivery threads are up by now

@@ -150,11 +150,11 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         """The served pool's tools and how many calls it runs at once (asked once: a pool's
         adapter and size never change)."""
         if self._pool_shape is None:
-            self._tools_and_capacity()
+            self.tools()
         assert self._pool_shape is not None
         return self._pool_shape
 
-    def _tools_and_capacity(self) -> list[ToolSpec]:
+    def tools(self) -> list[ToolSpec]:
         self._check_open()
         try:
             response, call = self._stub.InitializeSession.with_call(pb.InitializeSessionRequest(), metadata=self._auth)
@@ -164,9 +164,6 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         tools = [_tool_spec(spec) for spec in response.available_tools.values()]
         self._pool_shape = (frozenset(spec.name for spec in tools), int(capacity) if capacity.isdigit() else None)
         return tools
-
-    def tools(self) -> list[ToolSpec]:
-        return self._tools_and_capacity()
 
     def session(
         self, session_id: str, *, affinity: Affinity | str | None = None, metadata: Mapping[str, str] | None = None

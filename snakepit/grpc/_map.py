@@ -38,7 +38,7 @@ class Window:
         self.return_exceptions = return_exceptions
         self.reporter = reporter
         self.limit = limit
-        self.started = 0  # items read from the input, each given the next index
+        self._started = 0  # items read from the input, each given the next index
         self.exhausted = False
         self.in_flight: dict[int, Any] = {}  # index -> the call (a future or task)
         self._done: dict[int, Any] = {}  # ordered: outcomes waiting for those before them
@@ -51,9 +51,24 @@ class Window:
         back for an earlier, slower one (ordered: memory stays bounded however slow it is)."""
         return not self.exhausted and len(self.in_flight) < self.limit and len(self._done) < _HELD
 
-    def next_index(self) -> int:
-        index, self.started = self.started, self.started + 1
-        return index
+    def start(self, source: Iterator[Any], start: Callable[[Any], Any]) -> Iterator[tuple[int, Any]]:
+        """Read items and ``start(args)`` their calls while there is room: each call begun, with
+        its item's index. An item refused before sending (bad args) is its own outcome at once;
+        the input running out ends the map's reading."""
+        while self.room():
+            try:
+                args = next(source)
+            except StopIteration:
+                self.exhausted = True
+                return
+            index, self._started = self._started, self._started + 1
+            try:
+                call = start(args)
+            except errors.SnakepitError as error:
+                self.complete(index, error)
+                continue
+            self.in_flight[index] = call
+            yield index, call
 
     def complete(self, index: int, outcome: Any) -> None:
         """An item's result or ``SnakepitError``."""
@@ -90,19 +105,7 @@ def run_map(items: Iterable[Any], start: Callable[[Any], Any], settle: Callable[
     source = iter(items)
     try:
         while not window.finished:
-            while window.room():
-                try:
-                    args = next(source)
-                except StopIteration:
-                    window.exhausted = True
-                    break
-                index = window.next_index()
-                try:
-                    call = start(args)
-                except errors.SnakepitError as error:  # refused before sending (bad args): its own outcome
-                    window.complete(index, error)
-                    continue
-                window.in_flight[index] = call
+            for index, call in window.start(source, start):
                 call.add_done_callback(lambda _, index=index: completions.put(index))
             yield from window.out()
             if window.in_flight:
@@ -125,20 +128,7 @@ async def arun_map(
     tasks: dict[asyncio.Task[Any], int] = {}
     try:
         while not window.finished:
-            while window.room():
-                try:
-                    args = next(source)
-                except StopIteration:
-                    window.exhausted = True
-                    break
-                index = window.next_index()
-                try:
-                    call = loop.create_task(start(args))
-                except errors.SnakepitError as error:
-                    window.complete(index, error)
-                    continue
-                window.in_flight[index] = call
-                tasks[call] = index
+            tasks.update((task, index) for index, task in window.start(source, lambda args: loop.create_task(start(args))))
             for outcome in window.out():
                 yield outcome
             if tasks:

@@ -157,14 +157,6 @@ class Controls:
         self.sampled: tuple[str, ...] = ()  # the patterns the rate applies to; none: every event
         self._filter: tuple[tuple[str, ...], tuple[str, ...], dict[str, bool]] = ((), (), {})
 
-    @property
-    def allow(self) -> tuple[str, ...]:
-        return self._filter[0]
-
-    @property
-    def deny(self) -> tuple[str, ...]:
-        return self._filter[1]
-
     def set_filter(self, allow: Iterable[str], deny: Iterable[str]) -> None:
         self._filter = (tuple(allow), tuple(deny), {})
 
@@ -273,7 +265,6 @@ class Subscription:
         self._lock = threading.Lock()
         self._events: deque[pb.TelemetryEvent] = deque()
         self._dropped = 0  # since the last report on the stream
-        self.dropped_total = 0
         self._ended = False
         self._waiting: asyncio.Future[None] | None = None
 
@@ -293,7 +284,6 @@ class Subscription:
 
     def _missed(self) -> None:
         self._dropped += 1
-        self.dropped_total += 1
         if self._dropped == 1:
             log.warning("snakepit: a telemetry subscriber is too slow; dropping its events")
 
