@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from snakepit._adapter import BaseAdapter, ParameterSpec, ToolSpec, tool
 from snakepit._errors import CallCancelled, PoolError, SnakepitError, TimeoutError, ToolError, ValidationError, WorkerError
+from snakepit._remote import RemoteTraceback
 from snakepit._streaming import HALT, StreamChunk, StreamResult
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ __all__ = [
     "SnakepitError",
     "ValidationError",
     "ToolError",
+    "RemoteTraceback",
     "WorkerError",
     "TimeoutError",
     "PoolError",
@@ -95,6 +97,7 @@ for _public in (
     SnakepitError,
     TimeoutError,
     ToolError,
+    RemoteTraceback,
     ValidationError,
     WorkerError,
 ):

@@ -70,7 +70,9 @@ class SnakepitError(Exception):
         details: dict[str, Any] | None = None,
         traceback: str | None = None,
     ) -> None:
-        super().__init__(message)
+        # Not super(): in a class derived from a tool's own exception class (see _remote.py), that
+        # would run the tool's class's __init__ with a signature of its own.
+        BaseException.__init__(self, message)
         self.category = category
         self.reason: str = reason
         self.message: str = message
@@ -102,7 +104,13 @@ class ValidationError(SnakepitError, ValueError):
 
 
 class ToolError(SnakepitError):
-    """The tool itself raised; ``details['type']`` and ``traceback`` describe the exception."""
+    """The tool itself raised; ``details['type']`` and ``traceback`` describe the exception.
+
+    When the tool's exception class is an ``Exception`` the caller has imported, the error is
+    also an instance of that class (``except ValueError`` catches it), and attributes it does not
+    have itself (``errno``, ``returncode``, ``args``) are the original exception's, when that
+    could be pickled. Its ``__cause__`` is a :class:`snakepit.RemoteTraceback`: the worker's
+    frames. A pickled copy of such an error is a plain ``ToolError``."""
 
 
 class WorkerError(SnakepitError):

@@ -33,6 +33,7 @@ from msgspec.msgpack import Ext
 from snakepit import _errors as errors
 from snakepit._adapter import ToolSpec
 from snakepit._errors import Reason
+from snakepit._remote import tool_error
 
 __all__ = [
     "Boot",
@@ -180,7 +181,8 @@ class Chunks(_Msg, tag=17):
 
 class BatchResult(_Msg, tag=19):
     """One value per item that ran (``None`` where it failed) and the failures:
-    ``[index, category, reason, message, details, traceback]``."""
+    ``[index, category, reason, message, details, traceback]``, and the pickled exception after
+    those where the tool raised one that pickles."""
 
     id: int
     values: Any
@@ -202,6 +204,7 @@ class Failure(_Msg, tag=15):
     message: str
     details: dict[str, Any]
     traceback: str | None = None
+    exception: bytes | None = None  # what the tool raised, pickled, if it pickles (see snakepit._remote)
 
 
 # worker -> owner, events pipe
@@ -312,7 +315,7 @@ def failure(call_id: int, error: errors.SnakepitError) -> Failure:
 
 
 def raise_failure(msg: Failure) -> None:
-    raise errors.build_error(msg.category, msg.reason, msg.message, msg.details, msg.traceback)
+    raise tool_error(msg.category, msg.reason, msg.message, msg.details, msg.traceback, msg.exception)
 
 
 # ---------------------------------------------------------------------------------------------

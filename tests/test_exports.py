@@ -43,6 +43,7 @@ SNAKEPIT = {
     "SnakepitError",
     "ValidationError",
     "ToolError",
+    "RemoteTraceback",
     "WorkerError",
     "TimeoutError",
     "PoolError",

@@ -16,7 +16,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "snakepit"
 
 # The bottom floor: what both sides of a worker's pipes use.
-SHARED = ("snakepit._errors", "snakepit._adapter", "snakepit._streaming", "snakepit._protocol", "snakepit.telemetry")
+SHARED = (
+    "snakepit._errors",
+    "snakepit._remote",
+    "snakepit._adapter",
+    "snakepit._streaming",
+    "snakepit._protocol",
+    "snakepit.telemetry",
+)
 ENGINE = ("snakepit._pool", "snakepit._backends", "snakepit._hosting", "snakepit.grpc")
 WORKER_SIDE = ("snakepit._hosting", "snakepit._backends.process.child")
 

@@ -16,7 +16,7 @@ pytest.importorskip("grpc")
 
 from helpers import Toolbox
 
-from snakepit import Pool, SessionInfo, SnakepitError, StreamResult, ToolError, ValidationError
+from snakepit import Pool, RemoteTraceback, SessionInfo, SnakepitError, StreamResult, ToolError, ValidationError
 from snakepit.grpc import Client
 
 
@@ -36,8 +36,21 @@ def caller(request):
 
 
 def _kind(error: BaseException) -> tuple[type, str, str]:
+    """The error's snakepit class (a tool's error is also an instance of the tool's exception
+    class: see test_a_tools_exception_keeps_its_type), category and reason."""
     assert isinstance(error, SnakepitError), repr(error)
-    return type(error), error.category, error.reason
+    family = next(k for k in type(error).__mro__ if k.__module__ == "snakepit" and "(" not in k.__qualname__)
+    return family, error.category, error.reason
+
+
+def test_a_tools_exception_keeps_its_type(caller):
+    with pytest.raises(ValueError, match="typed") as info:
+        caller.execute("fail", {"message": "typed"})
+    error = info.value
+    assert isinstance(error, ToolError) and error.args == ("typed",)
+    assert isinstance(error.__cause__, RemoteTraceback) and "raise ValueError(message)" in str(error.__cause__)
+    failed = list(caller.map("fail", [{"message": "in a map"}], return_exceptions=True))
+    assert isinstance(failed[0], ValueError) and isinstance(failed[0], ToolError)
 
 
 # -- map -------------------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ from typing import Any, Protocol
 
 import msgspec
 
+from snakepit import _adapter, telemetry
 from snakepit import _errors as errors
 from snakepit import _protocol as protocol
-from snakepit import telemetry
 from snakepit._adapter import BoundTool, discover_tools, import_by_path
 from snakepit._errors import CallCancelled, Reason
 from snakepit._protocol import (
@@ -74,10 +74,13 @@ def _load_adapter(spec: Any) -> type:
     return import_by_path(spec) if isinstance(spec, str) else decode_value(spec)
 
 
+_HOST_FILES = frozenset({__file__, _adapter.__file__})  # the frames above the tool's
+
+
 def _tool_traceback(exc: BaseException) -> str:
     """The traceback from the tool's frame down, without the host's frames."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    while tb is not None and tb.tb_frame.f_code.co_filename in _HOST_FILES:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
@@ -89,10 +92,33 @@ def _tool_exception(call_id: int, tool: str, exc: BaseException) -> Failure:
         call_id,
         errors.Category.PYTHON_ERROR,
         Reason.TOOL_EXCEPTION,
-        f"tool {tool!r} raised {name}: {exc}",
-        {"type": name, "message": str(exc), "tool": tool},
+        f"tool {tool!r} raised {name}: {_text(exc)}",
+        {"type": name, "message": _text(exc), "tool": tool},
         _tool_traceback(exc),
+        _pickled_exception(exc),
     )
+
+
+MAX_EXCEPTION_PICKLE = 1 << 20  # an exception carrying more than this travels as its description alone
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException as failure:  # its __str__ raised
+        return f"<str() raised {type(failure).__name__}>"
+
+
+def _pickled_exception(exc: BaseException) -> bytes | None:
+    """The exception, pickled for the caller (its attributes, as the original object), when it
+    pickles (its traceback, cause and context do not travel) and is not too large."""
+    if not isinstance(exc, Exception) or isinstance(exc, errors.SnakepitError):
+        return None
+    try:
+        data = protocol._fast_dumps(exc)
+    except BaseException:  # its own pickling code may raise anything
+        return None
+    return data if len(data) <= MAX_EXCEPTION_PICKLE else None
 
 
 def _dumps(value: Any, buffer_callback: Any = None) -> bytes:
@@ -484,7 +510,8 @@ def _batch_failure(batch: Batch, index: int, bound: Any, exc: BaseException) -> 
     """The failure entry of item ``index``: its invalid arguments, or what the tool raised."""
     error: Any = bound if isinstance(bound, errors.SnakepitError) else exc
     if not isinstance(error, errors.SnakepitError):
-        error = _tool_exception(batch.id, batch.tool, exc)
+        failure = _tool_exception(batch.id, batch.tool, exc)
+        return [index, failure.category, failure.reason, failure.message, failure.details, failure.traceback, failure.exception]
     return [index, error.category, error.reason, error.message, error.details, error.traceback]
 
 

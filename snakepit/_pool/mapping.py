@@ -35,6 +35,7 @@ from snakepit import _protocol as protocol
 from snakepit._errors import Reason
 from snakepit._pool.dispatcher import Dispatcher
 from snakepit._protocol import Batch, BatchResult, Cancel, Failure, decode_value
+from snakepit._remote import tool_error
 from snakepit._seam.backend import DeadlineExceeded, WorkerGone
 from snakepit._seam.timing import deadline_after
 from snakepit._seam.workers import Worker
@@ -310,7 +311,7 @@ class MapEngine:
                 self._fail_range(
                     batch.start,
                     batch.count,
-                    errors.build_error(message.category, message.reason, message.message, message.details, message.traceback),
+                    tool_error(message.category, message.reason, message.message, message.details, message.traceback),
                 )
 
     def _measure(self, count: int, seconds: float) -> None:
@@ -325,7 +326,7 @@ class MapEngine:
         except errors.SnakepitError as exc:  # results pickled together: one that will not load fails them all
             self._fail_range(batch.start, batch.count, exc)
             return
-        failures = {f[0]: errors.build_error(*f[1:]) for f in message.failures}
+        failures = {f[0]: tool_error(*f[1:]) for f in message.failures}
         if batch.refused:
             failures.update(batch.refused)
         if len(values) < batch.count:  # cancelled part-way: the rest never ran

@@ -20,6 +20,7 @@ from snakepit import _errors as errors
 from snakepit import _protocol as protocol
 from snakepit._adapter import BaseAdapter, import_by_path
 from snakepit._errors import Reason
+from snakepit._remote import remember
 
 __all__ = ["BackendOptions", "LaunchSpec", "WorkerEnv", "adapter_reference", "build_launch_spec"]
 
@@ -56,6 +57,7 @@ def adapter_reference(adapter: Any, by_value: bool = False) -> Any:
         return _by_value(adapter)
     if adapter.__module__ != "__main__" and "<locals>" not in path and _resolves(path, adapter):
         return path
+    remember(adapter)  # where its code comes from: its frames in workers' tracebacks lose it
     return protocol.pickled(adapter, protocol._cloud_dumps)
 
 
@@ -70,6 +72,7 @@ def _by_value(adapter: type) -> Any:
             registered = True
         except ValueError:  # already by value
             pass
+    remember(adapter)
     try:
         return protocol.pickled(adapter, protocol._cloud_dumps)
     finally:

@@ -129,7 +129,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         try:
             response = self._stub.ExecuteTool(message, metadata=metadata, timeout=deadline)
         except grpc.RpcError as error:
-            raise rpc_error(error) from None
+            raise (failure := rpc_error(error)) from failure.__cause__
         return _result(response)
 
     def run_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
@@ -159,7 +159,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         try:
             response, call = self._stub.InitializeSession.with_call(pb.InitializeSessionRequest(), metadata=self._auth)
         except grpc.RpcError as error:
-            raise rpc_error(error) from None
+            raise (failure := rpc_error(error)) from failure.__cause__
         capacity = dict(call.trailing_metadata() or ()).get(codec.CAPACITY, "")
         tools = [_tool_spec(spec) for spec in response.available_tools.values()]
         self._pool_shape = (frozenset(spec.name for spec in tools), int(capacity) if capacity.isdigit() else None)
@@ -177,7 +177,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         try:
             self._stub.InitializeSession(request, metadata=self._auth)
         except grpc.RpcError as error:
-            raise rpc_error(error) from None
+            raise (failure := rpc_error(error)) from failure.__cause__
         return Session(self, session_id, mode)
 
     def touch_session(self, session_id: str) -> SessionInfo | None:
@@ -204,7 +204,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         try:
             response = self._stub.CleanupSession(pb.CleanupSessionRequest(session_id=session_id), metadata=self._auth)
         except grpc.RpcError as error:
-            raise rpc_error(error) from None
+            raise (failure := rpc_error(error)) from failure.__cause__
         return bool(response.resources_cleaned)
 
     # -- map -------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
             try:
                 response = call.result()
             except grpc.RpcError as error:
-                raise rpc_error(error) from None
+                raise (failure := rpc_error(error)) from failure.__cause__
             return _result(response)
 
         return _map.run_map(iterable_of_args, start, settle, window)
@@ -270,7 +270,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
                 try:
                     return await stub.ExecuteTool(message, metadata=metadata, timeout=deadline)
                 except grpc.aio.AioRpcError as error:
-                    raise rpc_error(error) from None
+                    raise (failure := rpc_error(error)) from failure.__cause__
 
             async def run() -> Any:  # the call is made only if this runs (a task cancelled first makes none)
                 return await on_shared_loop(call())
@@ -362,7 +362,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
             try:
                 return await stub.ExecuteTool(message, metadata=metadata, timeout=deadline)
             except grpc.aio.AioRpcError as error:
-                raise rpc_error(error) from None
+                raise (failure := rpc_error(error)) from failure.__cause__
 
         return _result(await on_shared_loop(call()))
 

@@ -330,13 +330,16 @@ def _now() -> timestamp_pb2.Timestamp:
 
 
 async def _abort(
-    context: grpc.aio.ServicerContext, error: errors.SnakepitError, about: Mapping[str, str] | None = None
+    context: grpc.aio.ServicerContext,
+    error: errors.SnakepitError,
+    about: Mapping[str, str] | None = None,
+    accept_pickle: bool = False,
 ) -> NoReturn:
     """End the call with ``error`` as its status. grpc keeps the abort's exception in a cycle
     (its traceback holds the handler's frames, which hold grpc's record of the call, which holds
     the exception) until a garbage collection: what it reaches is kept small -- the error's own
     traceback, the pool's frames, is dropped, and handlers let go of their streams first."""
-    text = error_json(error, about)
+    text = error_json(error, about, accept_pickle=accept_pickle)
     error.__traceback__ = error.__context__ = error.__cause__ = None
     await context.abort(status_of(error), text, trailing_metadata=((ERROR_METADATA, text),))
     raise AssertionError("grpc's abort returned")  # it raises: the call is over
@@ -403,10 +406,11 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             value = await self._pool.arun(call)
             data, content_type = self._encoded(value, meta.get("accept") == "pickle")
         except errors.SnakepitError as error:
+            accept_pickle = meta.get("accept") == "pickle"
             if not is_tool_failure(error):
-                await _abort(context, error, _about(request))
+                await _abort(context, error, _about(request), accept_pickle)
             response.success = False
-            response.error_message = error_json(error, _about(request))
+            response.error_message = error_json(error, _about(request), accept_pickle=accept_pickle)
         else:
             response.success = True
             if content_type == codec.JSON:
@@ -426,6 +430,7 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         started = time.perf_counter()
         stream = None
         failure = None
+        accept_pickle = False
         try:
             call, meta = self._prepare(request, context)
             accept_pickle = meta.get("accept") == "pickle"
@@ -465,7 +470,7 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
                 await stream.aclose()
                 stream = None  # not kept by the abort's traceback (see _abort)
         if failure is not None:
-            await _abort(context, failure, _about(request))
+            await _abort(context, failure, _about(request), accept_pickle)
 
     def _encoded(self, value: Any, accept_pickle: bool) -> tuple[bytes, str]:
         data, content_type = codec.encode_value(value, accept_pickle=accept_pickle)

@@ -9,6 +9,7 @@ trailing metadata ``snakepit-error`` (ASCII JSON).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,7 @@ import grpc
 
 from snakepit import _errors as errors
 from snakepit._errors import Category, Reason
+from snakepit._remote import pickled_exception, tool_error
 from snakepit.grpc._codec import PickleRefused
 
 ERROR_METADATA = "snakepit-error"
@@ -52,7 +54,7 @@ def is_tool_failure(error: errors.SnakepitError) -> bool:
     return error.category in (Category.PYTHON_ERROR, Category.WORKER) and error.reason != Reason.WORKER_START_FAILED
 
 
-def error_json(error: errors.SnakepitError, context: Mapping[str, Any] | None = None) -> str:
+def error_json(error: errors.SnakepitError, context: Mapping[str, Any] | None = None, *, accept_pickle: bool = False) -> str:
     """The error as the JSON a client rebuilds it from (ASCII: fit for metadata), in the shape
     Snakepit's clients read (``PythonTranslation`` needs string ``type`` and ``message``):
 
@@ -76,6 +78,10 @@ def error_json(error: errors.SnakepitError, context: Mapping[str, Any] | None = 
         "context": dict(context or {}),
         "details": error.details,
     }
+    if accept_pickle and tool_raised:  # the tool's exception object itself, for a client that takes pickles
+        data = pickled_exception(error)
+        if data is not None:
+            payload["exception_pickle"] = base64.b64encode(data).decode("ascii")
     return json.dumps(payload, default=repr)
 
 
@@ -85,13 +91,24 @@ def _camel(reason: str) -> str:
 
 def error_from_json(text: str) -> errors.SnakepitError:
     payload = json.loads(text)
-    return errors.build_error(
+    return tool_error(
         payload["category"],
         payload["reason"],
         payload.get("snakepit_message", payload["message"]),
         payload.get("details"),
         payload.get("traceback"),
+        _exception_pickle(payload),
     )
+
+
+def _exception_pickle(payload: dict[str, Any]) -> bytes | None:
+    data = payload.get("exception_pickle")
+    if not isinstance(data, str):
+        return None
+    try:
+        return base64.b64decode(data, validate=True)
+    except ValueError:
+        return None
 
 
 def rpc_error(error: grpc.RpcError) -> errors.SnakepitError:
