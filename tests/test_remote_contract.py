@@ -284,3 +284,62 @@ def test_leaving_a_session_block_closes_it(caller):
         assert isinstance(caller.touch_session("contract-s2"), SessionInfo)
     assert caller.touch_session("contract-s2") is None
     assert caller.close_session("contract-s2") is False
+
+
+# -- keyword calls, param=, starmap ---------------------------------------------------------------
+
+
+def test_tool_arguments_may_be_keywords(caller):
+    assert caller.execute("add", a=2, b=5) == 7
+    assert caller.execute("add", {"a": 2}) == 3
+    assert [chunk["number"] for chunk in caller.stream("count", n=3)] == [0, 1, 2]
+    seen: list = []
+    result = caller.execute_stream("count", seen.append, n=2)
+    assert [chunk["number"] for chunk in seen] == [0, 1] and result.chunks == 2
+    seen.clear()
+    caller.execute_stream("count", callback=seen.append, n=1)
+    assert [chunk["number"] for chunk in seen] == [0]
+    assert asyncio.run(caller.aexecute("add", a=1)) == 2
+
+
+def test_a_dict_and_keywords_together_are_refused(caller):
+    with pytest.raises(SnakepitError) as info:
+        caller.execute("add", {"a": 1}, b=2)
+    assert _kind(info.value) == (ValidationError, "validation", "invalid_arguments")
+
+
+def test_a_parameter_named_like_an_option_goes_in_the_dict(caller):
+    # 'timeout' as a keyword is the call's limit, never the tool's argument
+    assert caller.execute("echo", {"value": "timeout"}, timeout=30) == "timeout"
+    with pytest.raises(SnakepitError) as info:
+        caller.execute("sleep", timeout=30)  # the tool's required 'seconds' is missing
+    assert _kind(info.value) == (ValidationError, "validation", "invalid_arguments")
+
+
+def test_map_with_param_passes_each_item_as_that_parameter(caller):
+    assert list(caller.map("first", [[1, 2], [3]], param="items")) == [1, 3]
+    assert list(caller.map("add", (a for a in range(3)), param="a")) == [1, 2, 3]
+    with pytest.raises(SnakepitError) as info:
+        caller.map("add", [1], param=7)
+    assert _kind(info.value) == (ValidationError, "validation", "invalid_arguments")
+
+
+def test_starmap_binds_each_tuple_in_parameter_order(caller):
+    assert list(caller.starmap("add", [(1, 2), (3,), [4, 5]])) == [3, 4, 9]
+    results = list(caller.starmap("add", [(1, 2, 3), 7, (1,)], return_exceptions=True))
+    assert _kind(results[0]) == (ValidationError, "validation", "invalid_arguments")  # too many values
+    assert _kind(results[1]) == (ValidationError, "validation", "invalid_arguments")  # not a tuple
+    assert results[2] == 2
+    with pytest.raises(SnakepitError) as info:
+        caller.starmap("nope", [(1,)])
+    assert _kind(info.value) == (ValidationError, "validation", "tool_not_found")
+
+
+def test_map_takes_the_total_of_a_generator_for_its_progress(caller):
+    seen: list = []
+    items = ({"a": a} for a in range(5))
+    assert list(caller.map("add", items, total=5, progress=lambda done, total: seen.append(total))) == [1, 2, 3, 4, 5]
+    assert seen and set(seen) == {5}
+    with pytest.raises(SnakepitError) as info:
+        caller.map("add", [], total=-1)
+    assert _kind(info.value) == (ValidationError, "validation", "invalid_arguments")

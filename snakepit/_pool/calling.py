@@ -293,7 +293,8 @@ class CallRunner:
     def map_setup(
         self,
         tool: str,
-        iterable_of_args: Iterable[Mapping[str, Any]],
+        iterable_of_args: Iterable[Any],
+        total: int | None,
         ordered: bool,
         return_exceptions: bool,
         progress: bool | Callable[[int, int | None], None],
@@ -313,7 +314,7 @@ class CallRunner:
             retries = 0  # a strict session's state died with its worker
         batch_timeout = self.timeout if timeout is None else check_timeout("timeout", timeout)
         context = self.context(CallRequest(tool, None, session_id, affinity, timeout, correlation_id))  # checked: its span starts
-        total = map_total(iterable_of_args)
+        total = map_total(iterable_of_args, total)
         reporter = Reporter(progress, total, description=tool)
         engine = mapping.MapEngine(
             self.dispatcher,

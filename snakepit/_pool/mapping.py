@@ -532,6 +532,10 @@ def _encode_items(items: list[Any]) -> tuple[bytes, dict[int, errors.SnakepitErr
     wire: list[Any] = []
     refused: dict[int, errors.SnakepitError] = {}
     for offset, args in enumerate(items):
+        if isinstance(args, errors.SnakepitError):  # refused already (see starmap)
+            refused[offset] = args
+            wire.append(None)
+            continue
         if type(args) is not dict:
             refused[offset] = errors.validation(
                 Reason.INVALID_ARGUMENTS, f"each item of a map must be a dict of arguments, got {type(args).__name__}"

@@ -27,16 +27,16 @@ from snakepit._pool.stats import PoolStats
 from snakepit._pool.supervisor import Supervisor
 from snakepit._seam.affinity import Affinity, parse_affinity
 from snakepit._seam.backend import DEATH_CAUSES, create_backend
-from snakepit._seam.calls import Calls
+from snakepit._seam.calls import Calls, Starmap
 from snakepit._seam.launch import BackendOptions
-from snakepit._seam.request import CallRequest, check_callback, check_session_id
+from snakepit._seam.request import CallRequest, check_callback, check_session_id, map_items, map_total
 from snakepit._seam.session import Session, SessionInfo, check_metadata
 from snakepit._streaming import StreamResult
 
 __all__ = ["Pool"]
 
 
-class Pool(Calls["Stream", "AsyncStream"]):
+class Pool(Calls["Stream", "AsyncStream"], Starmap):
     """A pool of worker processes, each hosting one instance of ``adapter``.
 
     Parameters:
@@ -300,8 +300,11 @@ class Pool(Calls["Stream", "AsyncStream"]):
     def map(
         self,
         tool: str,
-        iterable_of_args: Iterable[Mapping[str, Any]],
+        iterable_of_args: Iterable[Any],
+        /,
         *,
+        param: str | None = None,
+        total: int | None = None,
         ordered: bool = True,
         return_exceptions: bool = False,
         progress: bool | Callable[[int, int | None], None] = False,
@@ -321,11 +324,17 @@ class Pool(Calls["Stream", "AsyncStream"]):
         ``(done, total)``. ``timeout`` bounds each batch. The map takes every worker that is idle
         while its input lasts (or just the session's) and holds each until the input runs out.
         The map has one ``correlation_id`` (given, or generated), which its items' errors carry.
+
+        Each item is an args dict, or with ``param="row"`` the value of the tool's parameter
+        ``row`` (``{"row": item}``); see :meth:`starmap` for tuples. ``total`` is how many items
+        there are, for the progress bar of an input that cannot say (a generator).
         """
+        total = map_total(iterable_of_args, total)
         return mapping.run_map(
             *self._runner.map_setup(
                 tool,
-                iterable_of_args,
+                map_items(iterable_of_args, param),
+                total,
                 ordered,
                 return_exceptions,
                 progress,
@@ -341,8 +350,11 @@ class Pool(Calls["Stream", "AsyncStream"]):
     def amap(
         self,
         tool: str,
-        iterable_of_args: Iterable[Mapping[str, Any]],
+        iterable_of_args: Iterable[Any],
+        /,
         *,
+        param: str | None = None,
+        total: int | None = None,
         ordered: bool = True,
         return_exceptions: bool = False,
         progress: bool | Callable[[int, int | None], None] = False,
@@ -353,10 +365,12 @@ class Pool(Calls["Stream", "AsyncStream"]):
         correlation_id: str | None = None,
     ) -> AsyncIterator[Any]:
         """:meth:`map` for asyncio: ``async for result in pool.amap(...)``."""
+        total = map_total(iterable_of_args, total)
         return mapping.arun_map(
             *self._runner.map_setup(
                 tool,
-                iterable_of_args,
+                map_items(iterable_of_args, param),
+                total,
                 ordered,
                 return_exceptions,
                 progress,
@@ -368,6 +382,9 @@ class Pool(Calls["Stream", "AsyncStream"]):
                 sync=False,
             )
         )
+
+    def _parameter_names(self, tool: str) -> list[str]:
+        return [parameter.name for parameter in self._runner.spec(tool).parameters]
 
     # -- asyncio ---------------------------------------------------------------------------------
 

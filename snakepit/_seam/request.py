@@ -8,7 +8,7 @@ to the request-level methods: ``run``, ``run_stream``, ``open_stream`` and their
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any, NamedTuple
 
 from snakepit import _errors as errors
@@ -35,14 +35,57 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
-def map_total(iterable_of_args: Any) -> int | None:
-    """How many items a map's input has, if it says (``None`` for a generator); refused if it
-    is not an iterable at all."""
+def map_total(iterable_of_args: Any, total: int | None = None) -> int | None:
+    """How many items a map's input has: ``total`` if the caller says, else the input's length
+    if it has one (``None`` for a generator); refused if it is not an iterable at all."""
     if not isinstance(iterable_of_args, Iterable) or isinstance(iterable_of_args, (str, bytes, Mapping)):
         raise errors.validation(
             Reason.INVALID_ARGUMENTS, f"map takes an iterable of args dicts, got {type(iterable_of_args).__name__}"
         )
+    if total is not None:
+        return positive_int("total", total, minimum=0, reason=Reason.INVALID_ARGUMENTS)
     return len(iterable_of_args) if isinstance(iterable_of_args, Sized) else None
+
+
+def tool_args(args: Any, keywords: dict[str, Any]) -> Any:
+    """A call's arguments: the dict, or the tool's keyword arguments (``execute("f", x=1)``),
+    not both."""
+    if not keywords:
+        return args
+    if args is not None:
+        raise errors.validation(
+            Reason.INVALID_ARGUMENTS,
+            f"pass the tool's arguments as a dict or as keywords, not both (got a dict and {', '.join(keywords)})",
+        )
+    return keywords
+
+
+def map_items(items: Iterable[Any], param: str | None) -> Iterable[Any]:
+    """A map's argument dicts: the items themselves, or ``{param: item}`` for each (lazily)."""
+    if param is None:
+        return items
+    if not isinstance(param, str) or not param:
+        raise errors.validation(Reason.INVALID_ARGUMENTS, f"param must be a parameter's name, got {param!r}")
+    return ({param: item} for item in items)
+
+
+def star_items(items: Iterable[Any], tool: str, names: Sequence[str]) -> Iterator[Any]:
+    """A starmap's argument dicts: each item's values bound to the tool's parameters in order
+    (lazily). An item that is not a tuple or list, or has too many values, is that item's
+    ``invalid_arguments``; missing ones are the tool's to refuse (or default)."""
+    for item in items:
+        if not isinstance(item, (tuple, list)):
+            yield errors.validation(
+                Reason.INVALID_ARGUMENTS,
+                f"each item of a starmap must be a tuple of arguments, got {type(item).__name__}",
+                tool=tool,
+            )
+        elif len(item) > len(names):
+            yield errors.validation(
+                Reason.INVALID_ARGUMENTS, f"{tool!r} takes {len(names)} argument(s), an item has {len(item)}", tool=tool
+            )
+        else:
+            yield dict(zip(names, item))
 
 
 def check_session_id(session_id: Any) -> None:

@@ -29,7 +29,7 @@ from snakepit import _errors as errors
 from snakepit._adapter import ParameterSpec, ToolSpec
 from snakepit._errors import Reason
 from snakepit._seam.affinity import Affinity, parse_affinity
-from snakepit._seam.calls import Calls
+from snakepit._seam.calls import Calls, Starmap
 from snakepit._seam.request import (
     CallRequest,
     check_callback,
@@ -37,6 +37,7 @@ from snakepit._seam.request import (
     check_routing,
     check_session_id,
     did_you_mean,
+    map_items,
     map_total,
     positive_int,
 )
@@ -74,7 +75,7 @@ class ClientTLS:
         return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
 
 
-class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
+class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
     """A connection to a served pool (``pool.serve(...)``, ``snakepit serve``): the call methods
     of a :class:`~snakepit.Pool`, with the same arguments, results and errors."""
 
@@ -212,8 +213,11 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
     def map(
         self,
         tool: str,
-        iterable_of_args: Iterable[Mapping[str, Any]],
+        iterable_of_args: Iterable[Any],
+        /,
         *,
+        param: str | None = None,
+        total: int | None = None,
         ordered: bool = True,
         return_exceptions: bool = False,
         progress: bool | Callable[[int, int | None], None] = False,
@@ -227,8 +231,19 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         call, pipelined (see :mod:`._map`). ``chunksize`` is how many calls are in flight at
         once (by default as many as the served pool runs at once); ``timeout`` bounds each call."""
         window, build = self._map_setup(
-            tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, correlation_id
+            tool,
+            iterable_of_args,
+            total,
+            ordered,
+            return_exceptions,
+            progress,
+            chunksize,
+            session_id,
+            affinity,
+            timeout,
+            correlation_id,
         )
+        iterable_of_args = map_items(iterable_of_args, param)
 
         def start(args: Any) -> Any:
             message, metadata, deadline = build(args)
@@ -243,11 +258,20 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
 
         return _map.run_map(iterable_of_args, start, settle, window)
 
+    def _parameter_names(self, tool: str) -> list[str]:
+        specs = {spec.name: spec for spec in self.tools()}
+        if tool not in specs:
+            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}{did_you_mean(tool, specs)}", tool=tool)
+        return [parameter.name for parameter in specs[tool].parameters]
+
     def amap(
         self,
         tool: str,
-        iterable_of_args: Iterable[Mapping[str, Any]],
+        iterable_of_args: Iterable[Any],
+        /,
         *,
+        param: str | None = None,
+        total: int | None = None,
         ordered: bool = True,
         return_exceptions: bool = False,
         progress: bool | Callable[[int, int | None], None] = False,
@@ -259,8 +283,19 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
     ) -> AsyncIterator[Any]:
         """:meth:`map` for asyncio: ``async for result in client.amap(...)``."""
         window, build = self._map_setup(
-            tool, iterable_of_args, ordered, return_exceptions, progress, chunksize, session_id, affinity, timeout, correlation_id
+            tool,
+            iterable_of_args,
+            total,
+            ordered,
+            return_exceptions,
+            progress,
+            chunksize,
+            session_id,
+            affinity,
+            timeout,
+            correlation_id,
         )
+        iterable_of_args = map_items(iterable_of_args, param)
 
         def start(args: Any) -> Any:
             message, metadata, deadline = build(args)
@@ -283,6 +318,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         self,
         tool: str,
         iterable_of_args: Any,
+        total: int | None,
         ordered: bool,
         return_exceptions: bool,
         progress: Any,
@@ -302,7 +338,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
             correlation_id = f"{secrets.token_hex(4)}-map"  # the map's one id, as the pool gives one
         else:
             check_correlation_id(correlation_id)
-        total = map_total(iterable_of_args)
+        total = map_total(iterable_of_args, total)
         names, capacity = self._served()
         if tool not in names:
             raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}{did_you_mean(tool, names)}", tool=tool)
@@ -414,6 +450,8 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"]):
         """The rpc's request, metadata and deadline; the call is checked as the pool checks it."""
         self._check_open()
         tool, args, session_id, affinity, timeout, correlation_id = call
+        if isinstance(args, errors.SnakepitError):  # a map's item refused already (see starmap)
+            raise args
         mode = check_routing(session_id, affinity)
         limit = check_timeout("timeout", timeout)
         if args is not None and not isinstance(args, Mapping):
