@@ -13,6 +13,7 @@ its error names the offending parameter.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import itertools
@@ -27,11 +28,21 @@ from msgspec import UNSET, UnsetType
 from snakepit import _errors as errors
 from snakepit._errors import Reason
 
-__all__ = ["BaseAdapter", "tool", "ToolSpec", "ParameterSpec", "discover_tools", "BoundTool", "import_by_path"]
+__all__ = [
+    "BaseAdapter",
+    "tool",
+    "ToolSpec",
+    "ParameterSpec",
+    "discover_tools",
+    "BoundTool",
+    "import_by_path",
+    "tool_options",
+    "TOOL_ATTR",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_TOOL_ATTR = "__snakepit_tool__"
+TOOL_ATTR = "__snakepit_tool__"
 
 
 class BaseAdapter:
@@ -71,7 +82,8 @@ def tool(
     name: str | None = None,
     idempotent: bool = False,
 ) -> F | Callable[[F], F]:
-    """Mark an adapter method as a tool, bare (``@tool``) or with options.
+    """Mark an adapter method (or a plain function: ``Pool([f, g])``) as a tool, bare
+    (``@tool``) or with options.
 
     ``supports_streaming`` defaults to whether the method is a generator function; ``description``
     defaults to the first paragraph of the docstring; ``name`` to the method name.
@@ -82,7 +94,7 @@ def tool(
         raise TypeError(f"idempotent must be a bool, got {idempotent!r}")
 
     def mark(f: F) -> F:
-        setattr(f, _TOOL_ATTR, _ToolOptions(name, description, supports_streaming, idempotent))
+        setattr(f, TOOL_ATTR, _ToolOptions(name, description, supports_streaming, idempotent))
         return f
 
     return mark(func) if func is not None else mark
@@ -258,7 +270,9 @@ def _first_paragraph(doc: str | None) -> str:
     return inspect.cleandoc(doc).split("\n\n", 1)[0].replace("\n", " ") if doc else ""
 
 
-def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundTool:
+def _build(name: str, func: Callable[..., Any], options: _ToolOptions, fixed: dict[str, Any] | None = None) -> BoundTool:
+    """``func`` as a tool; ``fixed``: keyword arguments it always gets (a function's ``state``),
+    which are not its callers' to pass."""
     signature = inspect.signature(func)
     try:
         hints = typing.get_type_hints(func)
@@ -271,7 +285,11 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundT
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             accepts_extra = True
             continue
-        if p.kind is inspect.Parameter.VAR_POSITIONAL or p.kind is inspect.Parameter.POSITIONAL_ONLY:
+        if (
+            p.kind is inspect.Parameter.VAR_POSITIONAL
+            or p.kind is inspect.Parameter.POSITIONAL_ONLY
+            or (fixed and p.name in fixed)
+        ):
             continue
         annotation = hints.get(p.name, p.annotation)
         required = p.default is inspect.Parameter.empty
@@ -304,8 +322,9 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions) -> BoundT
         args_type = msgspec.defstruct(
             f"{spec.name}_args", fields, forbid_unknown_fields=not accepts_extra, kw_only=True, gc=False
         )
-    positional = args_type is not None and not (accepts_extra or unset_defaults or keyword_only)
-    return BoundTool(spec, func, is_generator, args_type, accepts_extra, tuple(f[0] for f in fields), positional)
+    positional = args_type is not None and not (accepts_extra or unset_defaults or keyword_only or fixed)
+    call = functools.partial(func, **fixed) if fixed else func
+    return BoundTool(spec, call, is_generator, args_type, accepts_extra, tuple(f[0] for f in fields), positional)
 
 
 def import_by_path(path: str) -> Any:
@@ -317,12 +336,20 @@ def import_by_path(path: str) -> Any:
     return target
 
 
+def tool_options(function: Any) -> _ToolOptions:
+    """What ``@tool`` said of a function (the defaults if it is not marked)."""
+    options = getattr(function, TOOL_ATTR, None)
+    return options if isinstance(options, _ToolOptions) else _ToolOptions(None, None, None)
+
+
 def discover_tools(adapter: object) -> dict[str, BoundTool]:
-    """Every ``@tool`` method of an adapter instance, keyed by tool name."""
+    """Every ``@tool`` method of an adapter instance, keyed by tool name, and the functions it
+    hosts (see :mod:`snakepit._functions`)."""
     tools: dict[str, BoundTool] = {}
-    for attr in _tool_attributes(type(adapter)):
-        method = getattr(adapter, attr)
-        bound = _build(attr, method, getattr(method, _TOOL_ATTR))
+    found = [(attr, getattr(adapter, attr), None) for attr in _tool_attributes(type(adapter))]
+    found += [(name, function, fixed) for name, function, _, fixed in getattr(adapter, "_snakepit_functions", ())]
+    for attr, function, fixed in found:
+        bound = _build(attr, function, tool_options(function), fixed)
         if bound.spec.name in tools:
             raise TypeError(f"{type(adapter).__name__} defines tool {bound.spec.name!r} twice")
         tools[bound.spec.name] = bound
@@ -338,5 +365,5 @@ def _tool_attributes(cls: type) -> Iterator[str]:
             seen.add(attr)
             if isinstance(value, (staticmethod, classmethod)):
                 value = value.__func__
-            if callable(value) and hasattr(value, _TOOL_ATTR):
+            if callable(value) and hasattr(value, TOOL_ATTR):
                 yield attr

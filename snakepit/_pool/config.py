@@ -44,7 +44,7 @@ def default_size() -> int:
 class PoolConfig:
     """Checked options of one pool (see :class:`snakepit.Pool` for what each means)."""
 
-    adapter: type | str
+    adapter: Any  # a class, a 'module:Class' string, or plain functions (see snakepit._functions)
     size: int
     affinity: Affinity
     adapter_args: Mapping[str, Any] | None

@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Self
 
 from snakepit import _errors as errors
 from snakepit import _tracing as tracing
 from snakepit._adapter import ToolSpec
 from snakepit._errors import Reason
+from snakepit._functions import function_adapter, is_functions
 from snakepit._observe import Observer, telemetry_log
 from snakepit._pool import aio, mapping
 from snakepit._pool.aio import AsyncStream
@@ -40,9 +41,12 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
     """A pool of worker processes, each hosting one instance of ``adapter``.
 
     Parameters:
-        adapter: a :class:`~snakepit.BaseAdapter` subclass, or a ``"package.module:Class"`` string.
-            Importable classes travel by name; others (``__main__``, notebooks, local classes)
-            by value with cloudpickle.
+        adapter: a :class:`~snakepit.BaseAdapter` subclass, or a ``"package.module:Class"`` string;
+            or plain functions as tools: a function, a list of them, or a ``"package.module"``
+            string (no colon: the module's ``@tool`` functions, or all its public functions if
+            none is marked). Importable classes and functions travel by name (and workers start
+            warm with their modules imported); others (``__main__``, notebooks, local
+            definitions) by value with cloudpickle.
         size: number of worker processes; defaults to the number of CPUs available.
         affinity: what a call with a ``session_id`` does when its worker is busy or gone:
             ``"hint"`` (run elsewhere), ``"strict_queue"`` (wait for it) or ``"strict_fail_fast"``
@@ -95,13 +99,16 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
             quarantined: its next worker starts after a back-off (1 s, doubling with each
             quarantine in a row, up to 60 s), while the other workers keep serving.
             ``quarantine_after=None``: never.
+        setup: for plain functions: called once in each worker before its first call; what it
+            returns is passed as the keyword ``state`` to the functions that declare a ``state``
+            parameter (a model, a connection), which callers then do not pass.
         on_event: called with each event (worker start, exit, restart, recycle, hang, timeout,
             saturation) as a plain dict, for metrics exporters. See :mod:`snakepit._observe`.
     """
 
     def __init__(
         self,
-        adapter: type | str,
+        adapter: type | str | Callable[..., Any] | Sequence[Callable[..., Any]],
         *,
         size: int | None = None,
         affinity: Affinity | AffinityName = Affinity.HINT,
@@ -130,6 +137,7 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         on_event: Callable[[dict[str, Any]], None] | None = None,
         ray_address: str | None = None,
         actor_options: Mapping[str, Any] | None = None,
+        setup: Callable[[], Any] | None = None,
     ) -> None:
         config = PoolConfig(
             adapter,
@@ -162,6 +170,11 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
             actor_options,
         )
         self.config = config
+        hosted, hosted_args, preload = config.adapter, config.adapter_args, tuple[str, ...]()
+        if is_functions(config.adapter):
+            hosted, hosted_args, preload = function_adapter(config.adapter, setup, config.adapter_args)
+        elif setup is not None:
+            raise errors.validation(Reason.INVALID_CONFIG, "setup= applies to plain functions; an adapter class has initialize()")
         self.size = config.size
         self.affinity = config.affinity
         self.threads_per_worker = config.threads_per_worker
@@ -171,8 +184,8 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         self._subscribers_lock = threading.Lock()
         workers = create_backend(
             config.backend,
-            config.adapter,
-            config.adapter_args,
+            hosted,
+            hosted_args,
             config.worker_env,
             BackendOptions(
                 size=config.size,
@@ -182,6 +195,7 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
                 threads=config.threads_per_worker,
                 ray_address=config.ray_address,
                 actor_options=config.actor_options,
+                preload=preload,
             ),
         )
         self._counters: Counters = Counters()

@@ -101,6 +101,7 @@ class BackendOptions:
     threads: int = 1  # threads_per_worker
     ray_address: str | None = None
     actor_options: Mapping[str, Any] | None = None
+    preload: tuple[str, ...] = ()  # modules workers will import, beyond the adapter's own (plain functions')
 
 
 @dataclass
@@ -115,6 +116,7 @@ class LaunchSpec:
     sys_path: list[str] = field(default_factory=lambda: list(sys.path))
     log_level: int = field(default_factory=lambda: logging.getLogger("snakepit.worker").getEffectiveLevel())
     threads: int = 1  # calls a worker runs at once (threads_per_worker)
+    preload: tuple[str, ...] = ()  # modules workers will import, beyond the adapter's own
 
     def env_for(self, slot: int) -> dict[str, str]:
         """The environment of the worker in ``slot`` (and of every replacement of it)."""
@@ -129,6 +131,7 @@ def build_launch_spec(
     size: int = 1,
     by_value: bool = False,
     threads: int = 1,
+    preload: tuple[str, ...] = (),
 ) -> LaunchSpec:
     """``worker_env``: a mapping for every worker, or a callable ``(slot) -> mapping`` called
     here once per slot ``0..size-1`` (so its errors are the constructor's)."""
@@ -153,6 +156,7 @@ def build_launch_spec(
         env=env,
         slot_envs=slot_envs,
         threads=threads,
+        preload=preload,
     )
 
 

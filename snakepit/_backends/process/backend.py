@@ -37,7 +37,7 @@ from snakepit._backends.process.oom import OomWitness
 from snakepit._backends.process.relay import STDERR_LEVEL, STDOUT_LEVEL, LineSplitter, LogRelay
 from snakepit._backends.process.segments import Attachments, Segments
 from snakepit._backends.process.slots import Mux
-from snakepit._backends.process.template import Template, TemplateUnavailable, adapter_module
+from snakepit._backends.process.template import Template, TemplateUnavailable, adapter_modules
 from snakepit._errors import Reason
 from snakepit._protocol import Log, Pong, Ready, Shutdown, StartFailed, Telemetry, encode_frame
 from snakepit._seam.backend import Closing, WorkerEvents
@@ -78,7 +78,7 @@ class ProcessBackend:
             try:
                 self._template = Template(
                     SNAKEPIT_ROOT,
-                    adapter_module(launch.adapter),
+                    adapter_modules(launch.adapter, launch.preload),
                     launch.sys_path,
                     launch.cwd,
                     dict(launch.env),
@@ -263,5 +263,7 @@ def create(adapter: Any, adapter_args: Mapping[str, Any] | None, worker_env: Any
         raise errors.validation(
             Reason.INVALID_CONFIG, f"unknown start_method {start_method!r}: choose one of {', '.join(map(repr, START_METHODS))}"
         )
-    launch = build_launch_spec(adapter, adapter_args, worker_env, size=options.size, threads=options.threads)
+    launch = build_launch_spec(
+        adapter, adapter_args, worker_env, size=options.size, threads=options.threads, preload=options.preload
+    )
     return ProcessBackend(launch, start_method, options.start_timeout)

@@ -38,17 +38,19 @@ def supported() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "pidfd_open") and hasattr(socket, "send_fds")
 
 
-def adapter_module(adapter: Any) -> str | None:
-    """The module to import in the template: that of an adapter named ``"module:Class"``
-    (one travelling by value is unpickled by each worker)."""
-    return adapter.partition(":")[0] if isinstance(adapter, str) else None
+def adapter_modules(adapter: Any, preload: Sequence[str] = ()) -> list[str]:
+    """The modules to import in the template: that of an adapter named ``"module:Class"`` (one
+    travelling by value is unpickled by each worker), and those it will import (``preload``:
+    the modules of plain functions)."""
+    own = [adapter.partition(":")[0]] if isinstance(adapter, str) else []
+    return list(dict.fromkeys([*own, *preload]))
 
 
 class Template:
     """A running template process and the socket to it; safe to use from any thread."""
 
     def __init__(
-        self, root: str, module: str | None, sys_path: list[str], cwd: str, env: dict[str, str], timeout: float | None
+        self, root: str, modules: list[str], sys_path: list[str], cwd: str, env: dict[str, str], timeout: float | None
     ) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -73,7 +75,7 @@ class Template:
         self._deadline = deadline_after(timeout)
         self._hello: list[Any] | None = None
         self._broken: str | None = None
-        self._send([module, sys_path, cwd])
+        self._send([modules, sys_path, cwd])
 
     @property
     def pid(self) -> int:

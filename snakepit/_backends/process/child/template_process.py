@@ -191,8 +191,8 @@ def _reseed() -> None:
             pass
 
 
-def _preload(module: str | None, sys_path: list[str], cwd: str) -> str | None:
-    """Import what every worker imports: the worker's own modules and the adapter's module.
+def _preload(modules: list[str], sys_path: list[str], cwd: str) -> str | None:
+    """Import what every worker imports: the worker's own modules and the adapter's modules.
     A failing import is left for the worker to report, as a cold one would."""
     sys.path[:] = sys_path
     try:
@@ -200,7 +200,7 @@ def _preload(module: str | None, sys_path: list[str], cwd: str) -> str | None:
     except OSError:
         pass
     importlib.import_module("snakepit._backends.process.child.worker_process")
-    if module:
+    for module in modules:
         try:
             importlib.import_module(module)
         except BaseException as exc:
@@ -220,9 +220,9 @@ def main() -> None:
         os._exit(0)
     gc.disable()  # nothing to collect while importing; frozen below, so forks share the pages
     data, _, _, _ = socket.recv_fds(sock, 1 << 20, 0)
-    module, sys_path, cwd = msgspec.msgpack.decode(data)
+    modules, sys_path, cwd = msgspec.msgpack.decode(data)
     inherited = _open_files()
-    failed = _preload(module, sys_path, cwd)
+    failed = _preload(modules, sys_path, cwd)
     # Files or sockets the import opened would be shared by every forked worker (a cold one opens
     # its own), and a worker drops the template's descriptors: such an adapter starts cold.
     left_open = sorted(what for fd, what in _open_files().items() if fd not in inherited)
