@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from snakepit._seam.affinity import Affinity
     from snakepit._seam.request import CallRequest
     from snakepit._seam.session import Session, SessionInfo
+    from snakepit.executor import Executor
 
 # What only the owner uses, imported at first use: a worker process imports this package for the
 # adapter API and never needs the pool (threads, asyncio, the supervisor).
@@ -37,6 +38,7 @@ _LAZY = {
     "PoolStats": "snakepit._pool.stats",
     "WorkerInfo": "snakepit._pool.stats",
     "Affinity": "snakepit._seam.affinity",
+    "Executor": "snakepit.executor",
 }
 
 
@@ -60,6 +62,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Pool",
+    "Executor",
     "Stream",
     "Session",
     "SessionInfo",

@@ -18,11 +18,13 @@ PUBLIC_MODULES = {
     "snakepit.grpc.bridge_pb2",
     "snakepit.grpc.bridge_pb2_grpc",
     "snakepit.grpc.generate",
+    "snakepit.executor",
     "snakepit.progress",
     "snakepit.telemetry",
 }
 
 SNAKEPIT = {
+    "Executor",
     "Pool",
     "Stream",
     "AsyncStream",

@@ -80,7 +80,9 @@ _HOST_FILES = frozenset({__file__, _adapter.__file__})  # the frames above the t
 def _tool_traceback(exc: BaseException) -> str:
     """The traceback from the tool's frame down, without the host's frames."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename in _HOST_FILES:
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename in _HOST_FILES or tb.tb_frame.f_globals.get("__name__") == "snakepit.executor"
+    ):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 

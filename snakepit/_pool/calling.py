@@ -199,14 +199,21 @@ class CallRunner:
         context.retry = Retry(attempt + 1, exchange.deadline, delay)
         return True
 
-    async def acall(self, request: CallRequest, stream: bool, drive: Callable[[Exchange], Awaitable[Any]]) -> Any:
-        """:meth:`call` for asyncio."""
+    async def acall(
+        self,
+        request: CallRequest,
+        stream: bool,
+        drive: Callable[[Exchange], Awaitable[Any]],
+        running: Callable[[], bool] | None = None,
+    ) -> Any:
+        """:meth:`call` for asyncio. ``running``: told when the call has its worker (a future's
+        ``set_running_or_notify_cancel``); if it says False, the call is withdrawn unsent."""
         self.counters.bump("requests")
         context = self.context(request)
         while True:
             exchange = None
             try:
-                exchange = await self.abegin(request, stream, context)
+                exchange = await self.abegin(request, stream, context, running)
                 outcome = await drive(exchange)
             except BaseException as error:
                 delay = self.failed(error, exchange, request, context)
@@ -217,11 +224,15 @@ class CallRunner:
             context.end()
             return outcome
 
-    async def abegin(self, request: CallRequest, stream: bool, context: CallContext) -> Exchange:
+    async def abegin(
+        self, request: CallRequest, stream: bool, context: CallContext, running: Callable[[], bool] | None = None
+    ) -> Exchange:
         call = self.prepare(request, stream, context)
         exchange = Exchange(self.dispatcher, call.tool, call.deadline, context)
         try:
             await aio.checkout(self.dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
+            if running is not None and not running():
+                raise asyncio.CancelledError  # its future was cancelled as it got the worker
             if context.span is not None:
                 context.span.running(exchange.handle.id)
             if exchange.handle.conn.fits(len(call.frame)):  # the idle worker's pipe takes it at once

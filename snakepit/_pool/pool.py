@@ -7,6 +7,7 @@ import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any, Self
 
 from snakepit import _errors as errors
@@ -21,6 +22,7 @@ from snakepit._pool.calling import CallRunner
 from snakepit._pool.config import AffinityName, BackendName, PoolConfig, StartMethod
 from snakepit._pool.dispatcher import Counters, Dispatcher
 from snakepit._pool.exchange import Stream, run_execute, run_stream
+from snakepit._pool.futures import CallFuture, FutureDriver
 from snakepit._pool.quarantine import Quarantine
 from snakepit._pool.recycling import RECYCLE_REASONS, RecyclePolicy
 from snakepit._pool.sessions import SessionStore
@@ -30,7 +32,7 @@ from snakepit._seam.affinity import Affinity, parse_affinity
 from snakepit._seam.backend import DEATH_CAUSES, create_backend
 from snakepit._seam.calls import Calls, Starmap
 from snakepit._seam.launch import BackendOptions
-from snakepit._seam.request import CallRequest, check_callback, check_session_id, map_items, map_total
+from snakepit._seam.request import CallRequest, check_callback, check_session_id, map_items, map_total, tool_args
 from snakepit._seam.session import Session, SessionInfo, check_metadata
 from snakepit._streaming import StreamResult
 
@@ -232,7 +234,8 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         self._state: str = "new"
         self._started = threading.Event()  # set once start() has ended (or will never run)
         self._on_close: list[Callable[[], None]] = []  # run first when the pool closes (its gRPC servers' stop)
-        self._finalizer = weakref.finalize(self, _shutdown, self._dispatcher, self._supervisor, self._on_close)
+        self._futures = FutureDriver(str(id(self)))
+        self._finalizer = weakref.finalize(self, _shutdown, self._dispatcher, self._supervisor, self._on_close, self._futures)
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -400,6 +403,35 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
     def _parameter_names(self, tool: str) -> list[str]:
         return [parameter.name for parameter in self._runner.spec(tool).parameters]
 
+    # -- futures ---------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        /,
+        *,
+        session_id: str | None = None,
+        affinity: Affinity | str | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+        **tool_kwargs: Any,
+    ) -> Future[Any]:
+        """:meth:`execute` as a :class:`concurrent.futures.Future`, for ``as_completed``,
+        ``wait`` and callbacks: its result is what ``execute`` returns, its exception what it
+        raises. No thread per call: the pool's futures are driven and completed (their
+        done-callbacks run) on one thread of the pool's. ``future.cancel()`` withdraws a call
+        still waiting for a worker; :meth:`cancel` cancels a running one."""
+        request = CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id)
+        runner = self._runner
+        return self._futures.spawn(CallFuture(), lambda running: runner.acall(request, False, aio.run_execute, running))
+
+    def cancel(self, future: Future[Any]) -> bool:
+        """Cancel the call of a future from :meth:`submit`, waiting or running (as a cancelled
+        task cancels its call: the tool is interrupted in its worker); its future then raises
+        :class:`concurrent.futures.CancelledError`. False if it had finished already."""
+        return self._futures.cancel(future)
+
     # -- asyncio ---------------------------------------------------------------------------------
 
     async def arun(self, request: CallRequest) -> Any:
@@ -556,9 +588,10 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         }
 
 
-def _shutdown(dispatcher: Dispatcher, supervisor: Supervisor, on_close: list[Callable[[], None]]) -> None:
+def _shutdown(dispatcher: Dispatcher, supervisor: Supervisor, on_close: list[Callable[[], None]], futures: FutureDriver) -> None:
     """Close a pool: at ``close()``, when it is garbage collected, or at interpreter exit."""
     while on_close:
         on_close.pop()()
     dispatcher.close()
     supervisor.shutdown()
+    futures.close()  # its calls have ended, each with its outcome or pool_closed

@@ -329,6 +329,9 @@ def _now() -> timestamp_pb2.Timestamp:
     return stamp
 
 
+_OWN_TOOLS = "snakepit."  # tools snakepit hosts for itself: never served
+
+
 async def _abort(
     context: grpc.aio.ServicerContext,
     error: errors.SnakepitError,
@@ -359,6 +362,8 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
     def _prepare(self, request: pb.ExecuteToolRequest, context: grpc.aio.ServicerContext) -> tuple[CallRequest, dict[str, str]]:
         """The call, as the pool takes it, and its metadata (the call's gRPC metadata,
         overridden by the request's own)."""
+        if request.tool_name.startswith(_OWN_TOOLS):  # e.g. the Executor's, which runs any pickled callable
+            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {request.tool_name!r}", tool=request.tool_name)
         meta = {key: str(value) for key, value in (context.invocation_metadata() or ())}
         meta.update(request.metadata)
         args = codec.decode_parameters(request.parameters, request.binary_parameters, meta, allow_pickle=self._allow_pickle)
@@ -544,7 +549,8 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         # How many calls the pool runs at once: what a client's map keeps in flight.
         context.set_trailing_metadata(((codec.CAPACITY, str(self._pool.size * self._pool.threads_per_worker)),))
         return pb.InitializeSessionResponse(
-            success=True, available_tools={spec.name: _tool_spec(spec) for spec in self._pool.tools()}
+            success=True,
+            available_tools={spec.name: _tool_spec(spec) for spec in self._pool.tools() if not spec.name.startswith(_OWN_TOOLS)},
         )
 
     async def CleanupSession(

@@ -1,0 +1,349 @@
+"""``snakepit.Executor``: a :class:`concurrent.futures.Executor` over a pool of long-lived workers.
+
+``executor.submit(fn, *args, **kwargs)`` runs ``fn`` in a worker process and returns a
+:class:`concurrent.futures.Future`; ``map``, ``shutdown`` and the context manager behave as
+``concurrent.futures`` defines them, so it goes wherever an Executor is taken
+(``loop.run_in_executor``, ``as_completed``, ``wait``). Underneath is a :class:`~snakepit.Pool`
+of the built-in :class:`CallableAdapter`, with the pool's supervision: a worker that crashes
+fails the one future it was running (``worker_crashed``: the executor is never "broken"), a call
+past ``Executor(timeout=)`` is cancelled in its worker, and workers are recycled after
+``max_tasks_per_child`` calls.
+
+Functions travel with cloudpickle (lambdas, closures and notebook functions work), pickled once
+per function object and unpickled once per worker. ``future.result()`` raises the function's own
+exception, its ``__cause__`` the worker's traceback, or a :class:`~snakepit.ToolError` if it will
+not unpickle.
+
+The adapter runs any pickled callable it is sent: it is never served over gRPC (its tools are
+named ``snakepit.*``, which a server refuses) and never part of a user's pool.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from snakepit import _errors as errors
+from snakepit._adapter import BaseAdapter, tool
+from snakepit._errors import Reason
+
+if TYPE_CHECKING:
+    from snakepit._pool.futures import CallFuture
+    from snakepit._pool.pool import Pool
+
+__all__ = ["Executor", "CallableAdapter"]
+
+CALLABLE_ADAPTER = "snakepit.executor:CallableAdapter"
+CALL = "snakepit.call"
+CALL_CHUNK = "snakepit.call_chunk"
+_CACHED = 256  # functions a worker keeps unpickled
+
+
+class CallableAdapter(BaseAdapter):
+    """Runs the pickled callables an :class:`Executor` sends (see the module's docstring)."""
+
+    thread_safe = True  # as safe as the functions it runs
+
+    def __init__(self, initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = ()) -> None:
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._functions: collections.OrderedDict[int, Callable[..., Any]] = collections.OrderedDict()
+
+    def initialize(self) -> None:
+        if self._initializer is not None:
+            self._initializer(*self._initargs)
+
+    def _function(self, fn: bytes, key: int) -> Callable[..., Any]:
+        cached = self._functions.get(key)
+        if cached is not None:
+            return cached
+        import cloudpickle
+
+        function: Callable[..., Any] = cloudpickle.loads(fn)
+        if key:
+            self._functions[key] = function
+            if len(self._functions) > _CACHED:
+                self._functions.popitem(last=False)
+        return function
+
+    @tool(name=CALL)
+    def call(self, fn: bytes, key: int, args: Any, kwargs: Any) -> Any:
+        return self._function(fn, key)(*args, **kwargs)
+
+    @tool(name=CALL_CHUNK)
+    def call_chunk(self, fn: bytes, key: int, chunk: Any) -> list[Any]:
+        function = self._function(fn, key)
+        return [function(*args) for args in chunk]
+
+
+class Executor(concurrent.futures.Executor):
+    """A :class:`concurrent.futures.Executor` whose workers are a snakepit pool's processes.
+
+    Parameters:
+        max_workers: worker processes (default: the CPUs available).
+        initializer, initargs: ``initializer(*initargs)`` runs in every worker as it starts,
+            replacements included; if it raises, the futures waiting fail with
+            ``worker_start_failed``.
+        timeout: each call's limit in seconds (``None``: none); a call past it is cancelled in
+            its worker and its future raises :class:`snakepit.TimeoutError`.
+        max_tasks_per_child: a worker is replaced after this many calls (the pool's
+            ``max_requests``).
+        pool_options: any other :class:`~snakepit.Pool` option (``worker_env``,
+            ``memory_limit_mb``, ``start_method``, ``backend``...).
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        timeout: float | None = None,
+        max_tasks_per_child: int | None = None,
+        **pool_options: Any,
+    ) -> None:
+        from snakepit._pool.pool import Pool
+
+        if initializer is not None and not callable(initializer):
+            raise errors.validation(Reason.INVALID_CONFIG, "initializer must be callable")
+        taken = {"size", "max_requests", "adapter_args", "setup"} & set(pool_options)
+        if taken:
+            raise errors.validation(
+                Reason.INVALID_CONFIG,
+                f"{', '.join(sorted(taken))}: the Executor's own (max_workers, max_tasks_per_child, initializer)",
+            )
+        self._pool: Pool = Pool(
+            CALLABLE_ADAPTER,
+            size=max_workers,
+            adapter_args={"initializer": initializer, "initargs": tuple(initargs)},
+            timeout=timeout,
+            max_requests=max_tasks_per_child,
+            queue_timeout=None,  # a future waits for a worker as long as it takes
+            **pool_options,
+        )
+        self._window = 2 * self._pool.size * self._pool.threads_per_worker  # calls handed to the pool at once
+        self._max_queue = max(self._window, 1)
+        self._lock = threading.Lock()
+        self._pending: collections.deque[tuple[CallFuture, str, dict[str, Any]]] = collections.deque()
+        self._outstanding: set[concurrent.futures.Future[Any]] = set()
+        self._in_flight = 0
+        self._feeding = False
+        self._ready = False  # the pool has started
+        self._broken: BaseException | None = None  # why it could not
+        self._shut_down = False
+        self._pickles: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
+        self._keys = itertools.count(1)
+        self._starting = threading.Thread(target=self._start, name="snakepit-executor-start", daemon=True)
+        self._starting.start()
+
+    # -- concurrent.futures.Executor ---------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Run ``fn(*args, **kwargs)`` in a worker; its future."""
+        if not callable(fn):
+            raise TypeError(f"{type(fn).__name__!r} object is not callable")
+        return self._submit(CALL, fn, {"args": list(args), "kwargs": kwargs})  # a list: msgpack carries it exactly
+
+    def map(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
+    ) -> Iterator[Any]:
+        """``map(fn, *iterables)`` run in the workers, as ``concurrent.futures`` defines it: every
+        call is submitted at once; the results come in order, each raising its call's
+        exception; ``timeout`` bounds the whole iteration (``TimeoutError``). ``chunksize``
+        calls travel together (one worker runs a chunk), which makes tiny calls cheap."""
+        if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if not callable(fn):
+            raise TypeError(f"{type(fn).__name__!r} object is not callable")
+        end = None if timeout is None else time.monotonic() + timeout
+        calls = zip(*iterables)
+        if chunksize == 1:
+            futures = [self._submit(CALL, fn, {"args": list(args), "kwargs": {}}) for args in calls]
+        else:
+            futures = [
+                self._submit(CALL_CHUNK, fn, {"chunk": [list(args) for args in chunk]})
+                for chunk in iter(lambda: list(itertools.islice(calls, chunksize)), [])
+            ]
+        return _results(futures, end, chunked=chunksize > 1)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new calls; with ``cancel_futures`` cancel those not yet handed to a worker;
+        with ``wait`` return once every other has finished and the workers are gone (else at
+        once, the workers going once the calls have finished)."""
+        with self._lock:
+            self._shut_down = True
+            dropped = list(self._pending) if cancel_futures else []
+            if cancel_futures:
+                self._pending.clear()
+            outstanding = list(self._outstanding)
+        from snakepit._pool.futures import notify_cancelled
+
+        for future, _, _ in dropped:
+            future.cancel()
+            notify_cancelled(future)
+        on_our_thread = threading.current_thread().name.startswith("snakepit-futures-")
+        if wait and not on_our_thread:
+            self._finish(outstanding)
+        else:
+            threading.Thread(target=self._finish, args=(outstanding,), name="snakepit-executor-shutdown", daemon=True).start()
+
+    # -- the calls ---------------------------------------------------------------------------------
+
+    def _submit(self, tool_name: str, fn: Callable[..., Any], args: dict[str, Any]) -> CallFuture:
+        from snakepit._pool.futures import CallFuture
+
+        key, pickled = self._pickled(fn)
+        args = {"fn": pickled, "key": key, **args}
+        future = CallFuture()
+        with self._lock:
+            if self._shut_down:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            broken = self._broken
+            if broken is None:
+                self._outstanding.add(future)
+                self._pending.append((future, tool_name, args))
+            feed = self._ready and not self._feeding
+            self._feeding = self._feeding or feed
+        if broken is not None:  # the workers could not start: nor will this call
+            future.set_running_or_notify_cancel()
+            future.set_exception(broken)
+            return future
+        future.add_done_callback(self._outstanding.discard)
+        if feed:
+            self._pool._futures.call_soon(self._feed)
+        return future
+
+    def _pickled(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
+        """``fn`` pickled, once per function object (key 0: not cached, it cannot be weakly referenced)."""
+        try:
+            return self._pickles[fn]
+        except KeyError:
+            pass
+        except TypeError:  # not weakly referenceable: pickled every time
+            return 0, _dumps(fn)
+        entry = (next(self._keys), _dumps(fn))
+        self._pickles[fn] = entry
+        return entry
+
+    def _start(self) -> None:
+        try:
+            self._pool.start()
+        except BaseException as exc:
+            with self._lock:
+                self._broken = exc
+                pending = list(self._pending)
+                self._pending.clear()
+            for future, _, _ in pending:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(exc)
+            return
+        with self._lock:
+            self._ready = True
+            feed = bool(self._pending) and not self._feeding
+            self._feeding = self._feeding or feed
+        if feed:
+            self._pool._futures.call_soon(self._feed)
+
+    def _feed(self) -> None:
+        """On the pool's futures thread: hand waiting calls to the pool, up to the window."""
+        from snakepit._pool import aio
+        from snakepit._pool.futures import notify_cancelled
+
+        runner = self._pool._runner
+        driver = self._pool._futures
+        while True:
+            with self._lock:
+                if self._in_flight >= self._window or not self._pending:
+                    self._feeding = False
+                    return
+                future, tool_name, args = self._pending.popleft()
+                if future.cancelled():
+                    notify_cancelled(future)
+                    continue
+                self._in_flight += 1
+            request = _request(tool_name, args)
+
+            async def run(running: Callable[[], bool], request: Any = request) -> Any:
+                try:
+                    return await runner.acall(request, False, aio.run_execute, running)
+                except errors.ToolError as error:
+                    exception = _unwrapped(error)
+                    raise exception from exception.__cause__
+                finally:
+                    with self._lock:
+                        self._in_flight -= 1
+                        feed = bool(self._pending) and not self._feeding
+                        self._feeding = self._feeding or feed
+                    if feed:
+                        self._feed()
+
+            driver._start(future, run)
+
+    def _finish(self, outstanding: list[concurrent.futures.Future[Any]]) -> None:
+        self._starting.join()
+        concurrent.futures.wait(outstanding)
+        while True:  # those handed on after the snapshot (none is added after shutdown)
+            with self._lock:
+                left = list(self._outstanding)
+            if not left:
+                break
+            concurrent.futures.wait(left)
+        self._pool.close()
+
+    def __repr__(self) -> str:
+        return f"<snakepit.Executor max_workers={self._pool.size}{' shut down' if self._shut_down else ''}>"
+
+
+def _request(tool_name: str, args: dict[str, Any]) -> Any:
+    from snakepit._seam.request import CallRequest
+
+    return CallRequest(tool_name, args)
+
+
+def _dumps(fn: Callable[..., Any]) -> bytes:
+    import cloudpickle
+
+    from snakepit._remote import remember
+
+    module = getattr(fn, "__module__", None)
+    if module == "__main__" or "<" in getattr(fn, "__qualname__", "<"):  # travels by value: its frames lose their file
+        remember(fn)
+    try:
+        return cloudpickle.dumps(fn, protocol=5)
+    except Exception as exc:
+        raise errors.validation(Reason.SERIALIZATION_ERROR, f"cannot pickle {fn!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _unwrapped(error: errors.ToolError) -> BaseException:
+    """The function's own exception, its cause the worker's traceback (else the ToolError)."""
+    from snakepit._remote import original
+
+    exception = original(error)
+    if exception is None:
+        return error
+    exception.__cause__ = error.__cause__
+    return exception
+
+
+def _results(futures: list[CallFuture], end: float | None, *, chunked: bool) -> Iterator[Any]:
+    """The futures' results in order by ``end`` (``concurrent.futures``' map); cancels the rest
+    if the iteration stops early."""
+    try:
+        futures.reverse()
+        while futures:
+            future = futures[-1]
+            value = future.result(None if end is None else end - time.monotonic())
+            futures.pop()
+            if chunked:
+                yield from value
+            else:
+                yield value
+    finally:
+        for future in futures:
+            future.cancel()
