@@ -178,7 +178,11 @@ def test_progress_callable_and_bar(pool, capsys):
     list(pool.map("add", [{"a": i} for i in range(500)], progress=lambda done, total: updates.append((done, total))))
     assert updates[-1] == (500, 500) and all(total == 500 for _, total in updates)
     list(pool.map("add", [{"a": i} for i in range(50)], progress=True))
-    assert "50/50" in capsys.readouterr().err
+    drawn = [line.strip() for line in capsys.readouterr().err.replace("\n", "\r").split("\r") if line.strip()]
+    assert drawn[0].startswith("add:") and "0/50" in drawn[0] and "50/50" in drawn[-1], drawn
+    list(pool.map("add", ({"a": i} for i in range(50)), progress=True))  # no length: a counter
+    drawn = [line.strip() for line in capsys.readouterr().err.replace("\n", "\r").split("\r") if line.strip()]
+    assert drawn[0].startswith("add: 0item") and drawn[-1].startswith("add: 50item"), drawn
 
 
 def test_map_with_a_session_stays_on_its_worker(pool):

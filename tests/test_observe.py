@@ -179,6 +179,30 @@ def test_track_and_progress_callback_follow_chunk_fields(pool):
         assert positions == [(1, 3), (2, 3), (3, 3)] and len(seen) == 4
 
 
+def _drawn(err: str) -> list[str]:
+    """What a tqdm bar drew on stderr, one entry per refresh."""
+    return [line.strip() for line in err.replace("\n", "\r").split("\r") if line.strip()]
+
+
+def test_tracks_first_bar_is_at_the_first_chunks_position(capsys):
+    """The bar is drawn once the chunks say where they are, not before as an empty ``0item``."""
+    pytest.importorskip("tqdm")
+    chunks = [{"note": "start"}, *({"step": i, "total": 4} for i in range(1, 5))]
+    assert list(track(chunks)) == chunks
+    drawn = _drawn(capsys.readouterr().err)
+    assert drawn and "1/4" in drawn[0] and "25%" in drawn[0], drawn
+    assert "4/4" in drawn[-1] and not any("item [" in line for line in drawn), drawn
+    list(track([{"note": "no positions"}]))  # nothing to show: nothing drawn
+    assert capsys.readouterr().err == ""
+
+    callback = progress_callback(step="epoch", total="epochs")
+    for epoch in range(1, 4):
+        callback({"epoch": epoch, "epochs": 3})
+    callback({"epoch": 4, "epochs": 3})  # past the end, after the bar closed: no second bar
+    drawn = _drawn(capsys.readouterr().err)
+    assert "1/3" in drawn[0] and "3/3" in drawn[-1] and not any("item [" in line for line in drawn), drawn
+
+
 def test_what_the_caller_also_gets_as_an_error_is_logged_at_info(caplog):
     """A timeout the caller catches is no warning: the log says it at INFO, WARNING is for what
     no caller sees."""
