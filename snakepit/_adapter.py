@@ -9,6 +9,13 @@ arguments are checked against the signature and annotations *before* the tool ru
 parameters become a ``msgspec`` struct type, so ``msgspec.convert`` does the type checking and
 coercion of wire values (a list for a ``tuple[int, int]`` parameter, a dict for a dataclass) and
 its error names the offending parameter.
+
+Numpy values get one more chance, on the failure path only (a check that succeeds costs nothing
+more): when the check fails, numpy scalars in the arguments (``np.float64(1.5)`` for a ``float``,
+in lists, tuples and dicts too) become their Python twins with ``.item()`` and the arguments are
+checked again. An array for a list parameter is never converted: its error says to annotate the
+parameter ``numpy.ndarray`` (arrays travel by shared memory) or to pass ``.tolist()``. numpy is
+never imported here: a worker that holds numpy values has imported it to unpickle them.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import functools
 import importlib
 import inspect
 import itertools
+import re
+import sys
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -157,7 +166,7 @@ class BoundTool:
         try:
             converted = msgspec.convert(args, self._args_type, str_keys=True)
         except msgspec.ValidationError as exc:
-            raise self._invalid(exc) from None
+            converted = self._recheck(args, exc)
         if self._positional:
             return converted
         kwargs = {k: v for k, v in msgspec.structs.asdict(converted).items() if v is not UNSET}
@@ -189,10 +198,16 @@ class BoundTool:
         if type(items) is not list:
             raise errors.validation(Reason.INVALID_ARGUMENTS, f"a batch must be a list, got {type(items).__name__}")
         if self._positional and self._args_type is not None:
+            batch_type = list[self._args_type]  # type: ignore[name-defined]
             try:
-                return msgspec.convert(items, list[self._args_type], str_keys=True)  # type: ignore[name-defined]
+                return msgspec.convert(items, batch_type, str_keys=True)
             except msgspec.ValidationError:
-                pass
+                plain = _python_scalars(items)
+                if plain is not items:  # numpy items: the whole batch at once, else item by item
+                    try:
+                        return msgspec.convert(plain, batch_type, str_keys=True)
+                    except msgspec.ValidationError:
+                        pass
         bound: list[Any] = []
         for args in items:
             if isinstance(args, errors.SnakepitError):  # could not be decoded: already its error
@@ -216,12 +231,65 @@ class BoundTool:
             return itertools.starmap(self.func, map(msgspec.structs.astuple, bound))
         return map(self.call, bound)
 
+    def _recheck(self, args: dict[str, Any], exc: msgspec.ValidationError) -> Any:
+        """``args`` failed the check: converted once their numpy scalars are Python's, or
+        ``invalid_arguments`` (the first error, unless it was about a numpy scalar)."""
+        plain = _python_scalars(args)
+        if plain is not args:
+            try:
+                return msgspec.convert(plain, self._args_type, str_keys=True)
+            except msgspec.ValidationError as again:
+                if _location(again) != _location(exc):  # the first error was a numpy scalar's
+                    exc = again
+        raise self._invalid(exc) from None
+
     def _invalid(self, exc: msgspec.ValidationError) -> errors.SnakepitError:
-        return errors.validation(
-            Reason.INVALID_ARGUMENTS,
-            f"invalid arguments for {self.spec.name!r}: {_describe_validation(exc)}",
-            tool=self.spec.name,
-        )
+        message = f"invalid arguments for {self.spec.name!r}: {_describe_validation(exc)}"
+        if _ARRAY_FOR_SEQUENCE.match(str(exc)):
+            message += (
+                "; annotate the parameter `numpy.ndarray` to receive the array (it travels by shared memory), or pass `.tolist()`"
+            )
+        return errors.validation(Reason.INVALID_ARGUMENTS, message, tool=self.spec.name)
+
+
+# msgspec's words for an ndarray where a list, tuple or sequence was expected
+_ARRAY_FOR_SEQUENCE = re.compile(r"Expected `[^`]*\barray\b[^`]*`, got `numpy\.ndarray`")
+
+
+def _python_scalars(value: Any) -> Any:
+    """``value`` with the numpy scalars in it (in lists, tuples and dicts, keys too) made Python
+    scalars with ``.item()``: ``value`` itself if it holds none, or if numpy was never imported
+    (then it cannot). Arrays are left as they are."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return value
+    try:
+        return _replace_scalars(value, (numpy.floating, numpy.integer, numpy.bool_, numpy.str_))
+    except RecursionError:  # a value nested too deep (or containing itself): left as it is
+        return value
+
+
+def _replace_scalars(value: Any, scalars: tuple[type, ...]) -> Any:
+    if isinstance(value, scalars):
+        return typing.cast(Any, value).item()
+    kind = type(value)
+    if kind is dict:
+        pairs = [(_replace_scalars(k, scalars), _replace_scalars(v, scalars)) for k, v in value.items()]
+        if all(k is old_k and v is old_v for (k, v), (old_k, old_v) in zip(pairs, value.items())):
+            return value
+        return dict(pairs)
+    if kind is list or kind is tuple:
+        items = [_replace_scalars(item, scalars) for item in value]
+        if all(new is old for new, old in zip(items, value)):
+            return value
+        return items if kind is list else tuple(items)
+    return value
+
+
+def _location(exc: msgspec.ValidationError) -> str:
+    """Where in the arguments msgspec found the error (``$.row[0]``), or ``""``."""
+    _, sep, where = str(exc).rpartition(" - at ")
+    return where if sep else ""
 
 
 _JSON_NAMES = {"`object`": "`dict`", "`array`": "`list`", "`null`": "`None`"}

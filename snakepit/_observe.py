@@ -11,7 +11,8 @@ and ``expected`` for a shutdown or recycling), ``worker_restart`` (with ``delay`
 ``delay``), ``cancel_timeout`` (a worker that did not give a cancelled call up in time),
 ``worker_reclaimed`` (taken back from a caller interrupted half-way), ``call_retry`` (an
 idempotent call run again), ``timeout``, ``queue_timeout``, ``pool_saturated`` (the last four with
-the call's ``correlation_id``). A tool's own telemetry (:mod:`snakepit.telemetry`) arrives as
+the call's ``correlation_id``; the last three, which the caller also gets as its error, at INFO,
+with the limit in the message and as ``timeout``, ``queue_timeout`` or ``max_queue``). A tool's own telemetry (:mod:`snakepit.telemetry`) arrives as
 ``telemetry``, ``span_start``, ``span_stop`` and ``span_exception`` events, logged on
 ``snakepit.telemetry``.
 

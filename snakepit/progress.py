@@ -23,25 +23,46 @@ __all__ = ["track", "progress_callback"]
 ProgressFn = Callable[[int, "int | None"], None]
 
 
-def _tqdm(total: int | None, description: str | None) -> Any:
+def _tqdm_class() -> Any:
     try:
         from tqdm.auto import tqdm
     except ImportError:
         raise errors.validation(
             Reason.INVALID_ARGUMENTS, "progress=True needs tqdm: pip install 'snakepit-pool[progress]'"
         ) from None
-    return tqdm(total=total, desc=description, unit="item")
+    return tqdm
 
 
 class Reporter:
-    """Counts completed items and reports them to a tqdm bar or a ``(done, total)`` callable."""
+    """Counts completed items and reports them to a tqdm bar or a ``(done, total)`` callable.
 
-    def __init__(self, progress: bool | ProgressFn | None, total: int | None, description: str | None = None) -> None:
-        self._bar = None
+    ``deferred``: the bar is drawn at the first report, where it stands then (a stream's chunks
+    say how far along they are and out of how many only as they come), rather than at once
+    with neither; after :meth:`close` no bar is drawn again.
+    """
+
+    def __init__(
+        self,
+        progress: bool | ProgressFn | None,
+        total: int | None,
+        description: str | None = None,
+        *,
+        deferred: bool = False,
+    ) -> None:
+        self._bar: Any = None
+        self._new_bar: Callable[[int], Any] | None = None
         self._callback: ProgressFn | None = None
         self.total = total
         if progress is True:
-            self._bar = _tqdm(total, description)
+            tqdm = _tqdm_class()  # refused now if tqdm is missing, deferred or not
+
+            def new_bar(done: int) -> Any:
+                return tqdm(total=self.total, initial=done, desc=description, unit="item")
+
+            if deferred:
+                self._new_bar = new_bar
+            else:
+                self._bar = new_bar(0)
         elif callable(progress):
             self._callback = progress
         elif progress not in (False, None):
@@ -49,11 +70,13 @@ class Reporter:
 
     @property
     def active(self) -> bool:
-        return self._bar is not None or self._callback is not None
+        return self._bar is not None or self._new_bar is not None or self._callback is not None
 
     def update(self, done: int) -> None:
         if self._bar is not None:
             self._bar.update(done - self._bar.n)
+        elif self._new_bar is not None:
+            self._bar, self._new_bar = self._new_bar(done), None
         elif self._callback is not None:
             self._callback(done, self.total)
 
@@ -66,6 +89,7 @@ class Reporter:
         self.update(done)
 
     def close(self) -> None:
+        self._new_bar = None
         if self._bar is not None:
             self._bar.close()
 
@@ -85,8 +109,10 @@ def track(
     progress: bool | ProgressFn = True,
     description: str | None = None,
 ) -> Iterator[Any]:
-    """Yield ``chunks`` unchanged, moving a progress bar by the chunks' ``step``/``total`` fields."""
-    reporter = Reporter(progress, None, description)
+    """Yield ``chunks`` unchanged, moving a progress bar by the chunks' ``step``/``total`` fields.
+
+    The bar is drawn at the first chunk that has them, where that chunk stands."""
+    reporter = Reporter(progress, None, description, deferred=True)
     try:
         for chunk in chunks:
             position = _position(chunk, step, total)
@@ -110,10 +136,10 @@ def progress_callback(
 ) -> Callable[[Any], Any]:
     """An ``execute_stream`` callback that moves a progress bar, then calls ``callback``.
 
-    The bar closes when a chunk reaches ``step == total``; call ``.close()`` on the returned
-    function to close it earlier.
+    The bar is drawn at the first chunk that has those fields, and closes when a chunk reaches
+    ``step == total``; call ``.close()`` on the returned function to close it earlier.
     """
-    reporter = Reporter(progress, None, description)
+    reporter = Reporter(progress, None, description, deferred=True)
 
     def on_chunk(chunk: Any) -> Any:
         position = _position(chunk, step, total)

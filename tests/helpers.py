@@ -129,6 +129,14 @@ class Toolbox(BaseAdapter):
         return [type(text).__name__, type(number).__name__, number]
 
     @tool
+    def typed_containers(
+        self, row: list[float], counts: dict[str, int] | None = None, flags: tuple[bool, ...] = (), label: str = ""
+    ) -> list:
+        """Each value received, with its type's name: what typed containers are converted to."""
+        counts = counts or {}
+        return [[type(value).__name__, value] for value in (*row, *counts, *counts.values(), *flags, label)]
+
+    @tool
     def first(self, items: list) -> Any:
         """``next`` on an empty list lets a StopIteration escape the tool."""
         return next(iter(items))

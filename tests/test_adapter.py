@@ -119,6 +119,21 @@ def test_bind_errors_name_the_parameter(tools, tool_name, args, fragment):
     assert fragment in info.value.message, info.value.message
 
 
+def test_numpy_scalars_get_a_second_check_as_python_values(tools):
+    np = pytest.importorskip("numpy")
+    bound = tools["plain"].bind({"a": np.int16(2), "b": np.float32(0.5), "label": np.str_("y")})
+    assert bound == {"a": 2, "b": 0.5, "label": "y"} and [type(v) for v in bound.values()] == [int, float, str]
+    assert tools["optional"].bind({"items": (np.int64(1), 2)}) == {"value": None, "items": [1, 2]}
+    extra = tools["extra"].bind({"a": np.int64(1), "z": np.int64(2)})
+    assert type(extra["a"]) is int and type(extra["z"]) is np.int64  # **kwargs are not checked: left as given
+    batch = tools["boxed"].convert_many([{"box": {"width": np.int64(2), "height": 3}}, {"box": Box(1, 1)}])
+    assert [b.box for b in batch] == [Box(2, 3), Box(1, 1)]
+    looped: list = [np.float64(1)]
+    looped.append(looped)  # a list holding itself: refused as before, not a RecursionError
+    with pytest.raises(SnakepitError, match="parameter `items"):
+        tools["optional"].bind({"items": looped})
+
+
 def test_duplicate_tool_names_are_refused():
     class Twice(BaseAdapter):
         @tool(name="same")

@@ -70,6 +70,54 @@ def test_invalid_arguments_name_the_parameter(pool, args, fragment):
     assert info.value.details["reason"] == "invalid_arguments"
 
 
+def test_numpy_scalars_are_converted_for_typed_parameters(pool):
+    """numpy scalars (``np.float64`` subclasses float, yet msgspec checks exact types) in typed
+    arguments, nested in lists, tuples and dicts too, arrive as Python values; the worker's
+    adapter module never imported numpy (unpickling the arguments does)."""
+    np = pytest.importorskip("numpy")
+    args = {
+        "row": [np.float64(1.5), np.int64(2)],
+        "counts": {np.str_("a"): np.int64(3)},
+        "flags": (np.bool_(True), np.bool_(False)),
+        "label": np.str_("x"),
+    }
+    received = pool.execute("typed_containers", args)
+    assert received == [["float", 1.5], ["float", 2.0], ["str", "a"], ["int", 3], ["bool", True], ["bool", False], ["str", "x"]]
+    assert pool.execute("add", {"a": np.int64(2), "b": np.uint8(3)}) == 5
+    assert pool.execute("typed_kinds", {"text": "t", "number": np.float32(0.5)}) == ["str", "float", 0.5]
+
+
+def test_an_array_for_a_list_parameter_is_refused_with_a_hint(pool):
+    np = pytest.importorskip("numpy")
+    with pytest.raises(SnakepitError) as info:
+        pool.execute("typed_containers", {"row": np.arange(3.0)})
+    assert info.value.reason == "invalid_arguments"
+    message = info.value.message
+    assert "parameter `row`" in message and "numpy.ndarray" in message and "`.tolist()`" in message
+    assert pool.execute("typed_containers", {"row": np.arange(2.0).tolist()}) == [["float", 0.0], ["float", 1.0], ["str", ""]]
+
+
+def test_an_array_for_an_ndarray_parameter_is_received_as_is():
+    np = pytest.importorskip("numpy")
+    with Pool("numpy_args:Arrays", size=1) as pool:
+        assert pool.execute("total", {"values": np.arange(4.0), "scale": np.float64(2)}) == ["ndarray", 12.0]
+
+
+def test_arguments_still_invalid_after_numpy_conversion_keep_their_message(pool):
+    np = pytest.importorskip("numpy")
+    for args, message in [
+        # still wrong once the numpy scalars are Python's: the error is the one found first
+        ({"row": ["x", np.float64(1)]}, "parameter `row[0]`: Expected `float`, got `str`"),
+        # the first error was a numpy scalar's: the one left is reported, as for Python values
+        ({"row": [np.float64(1)], "flags": ["no"]}, "parameter `flags[0]`: Expected `bool`, got `str`"),
+        ({"row": [np.float64(1)], "label": np.float64(2)}, "parameter `label`: Expected `str`, got `float`"),
+    ]:
+        with pytest.raises(SnakepitError) as info:
+            pool.execute("typed_containers", args)
+        assert info.value.reason == "invalid_arguments"
+        assert info.value.message == f"invalid arguments for 'typed_containers': {message}"
+
+
 def test_args_must_be_a_mapping(pool):
     with pytest.raises(SnakepitError) as info:
         pool.execute("add", [1, 2])

@@ -163,12 +163,26 @@ def test_large_batches_do_not_stall_when_the_look_ahead_is_full(pool):
     assert total == sum(range(1, 100_001))
 
 
+def test_map_items_with_numpy_scalars_are_converted(pool):
+    np = pytest.importorskip("numpy")
+    assert list(pool.map("add", [{"a": np.int64(i), "b": np.int32(1)} for i in range(300)])) == list(range(1, 301))
+    items = [{"row": [np.float64(0.5)]}, {"row": np.ones(2)}, {"row": [1.0], "flags": [np.bool_(True)]}, {"row": ["x"]}]
+    first, array, third, wrong = pool.map("typed_containers", items, return_exceptions=True)
+    assert first == [["float", 0.5], ["str", ""]] and third == [["float", 1.0], ["bool", True], ["str", ""]]
+    assert array.reason == "invalid_arguments" and "numpy.ndarray" in array.message and "`.tolist()`" in array.message
+    assert wrong.message == "invalid arguments for 'typed_containers': parameter `row[0]`: Expected `float`, got `str`"
+
+
 def test_progress_callable_and_bar(pool, capsys):
     updates = []
     list(pool.map("add", [{"a": i} for i in range(500)], progress=lambda done, total: updates.append((done, total))))
     assert updates[-1] == (500, 500) and all(total == 500 for _, total in updates)
     list(pool.map("add", [{"a": i} for i in range(50)], progress=True))
-    assert "50/50" in capsys.readouterr().err
+    drawn = [line.strip() for line in capsys.readouterr().err.replace("\n", "\r").split("\r") if line.strip()]
+    assert drawn[0].startswith("add:") and "0/50" in drawn[0] and "50/50" in drawn[-1], drawn
+    list(pool.map("add", ({"a": i} for i in range(50)), progress=True))  # no length: a counter
+    drawn = [line.strip() for line in capsys.readouterr().err.replace("\n", "\r").split("\r") if line.strip()]
+    assert drawn[0].startswith("add: 0item") and drawn[-1].startswith("add: 50item"), drawn
 
 
 def test_map_with_a_session_stays_on_its_worker(pool):

@@ -179,13 +179,89 @@ def test_track_and_progress_callback_follow_chunk_fields(pool):
         assert positions == [(1, 3), (2, 3), (3, 3)] and len(seen) == 4
 
 
+def _drawn(err: str) -> list[str]:
+    """What a tqdm bar drew on stderr, one entry per refresh."""
+    return [line.strip() for line in err.replace("\n", "\r").split("\r") if line.strip()]
+
+
+def test_tracks_first_bar_is_at_the_first_chunks_position(capsys):
+    """The bar is drawn once the chunks say where they are, not before as an empty ``0item``."""
+    pytest.importorskip("tqdm")
+    chunks = [{"note": "start"}, *({"step": i, "total": 4} for i in range(1, 5))]
+    assert list(track(chunks)) == chunks
+    drawn = _drawn(capsys.readouterr().err)
+    assert drawn and "1/4" in drawn[0] and "25%" in drawn[0], drawn
+    assert "4/4" in drawn[-1] and not any("item [" in line for line in drawn), drawn
+    list(track([{"note": "no positions"}]))  # nothing to show: nothing drawn
+    assert capsys.readouterr().err == ""
+
+    callback = progress_callback(step="epoch", total="epochs")
+    for epoch in range(1, 4):
+        callback({"epoch": epoch, "epochs": 3})
+    callback({"epoch": 4, "epochs": 3})  # past the end, after the bar closed: no second bar
+    drawn = _drawn(capsys.readouterr().err)
+    assert "1/3" in drawn[0] and "3/3" in drawn[-1] and not any("item [" in line for line in drawn), drawn
+
+
+def _logged(caplog, event: str, after: int = 0):
+    """The first log record of ``event`` among those from the ``after``-th on."""
+    return wait_for(lambda: next((r for r in caplog.records[after:] if getattr(r, "snakepit_event", None) == event), None))
+
+
 def test_what_the_caller_also_gets_as_an_error_is_logged_at_info(caplog):
     """A timeout the caller catches is no warning: the log says it at INFO, WARNING is for what
-    no caller sees."""
+    no caller sees. Both the log and the error name the limit."""
     caplog.set_level(logging.INFO, logger="snakepit")
     with Pool(Toolbox, size=1) as pool:
         with pytest.raises(SnakepitError) as info:
             pool.execute("sleep", {"seconds": 5}, timeout=0.2)
         assert info.value.reason == "timeout"
-        record = wait_for(lambda: next((r for r in caplog.records if getattr(r, "snakepit_event", None) == "timeout"), None))
-    assert record.levelno == logging.INFO
+        assert info.value.message == "call to 'sleep' exceeded its timeout of 0.2 s" and info.value.details["timeout"] == 0.2
+        record = _logged(caplog, "timeout")
+        assert record.levelno == logging.INFO and record.timeout == 0.2
+        assert record.getMessage() == f"call to 'sleep' on worker {record.worker_id} exceeded its timeout of 0.2 s"
+
+        seen = len(caplog.records)
+        [error] = pool.map("sleep", [{"seconds": 5}], timeout=0.25, return_exceptions=True)
+        assert error.reason == "timeout" and error.message == "a batch of 'sleep' exceeded its timeout of 0.25 s"
+        record = _logged(caplog, "timeout", seen)
+        assert record.levelno == logging.INFO
+        assert record.getMessage() == f"a batch of 'sleep' on worker {record.worker_id} exceeded its timeout of 0.25 s"
+
+
+def test_waits_for_a_worker_name_their_limit_in_the_log_and_the_error(caplog):
+    caplog.set_level(logging.INFO, logger="snakepit")
+    # The one worker is held by an open stream (its tool sleeps) until the stream closes.
+    with Pool(Toolbox, size=1, queue_timeout=0.3) as pool, pool.stream("count", {"n": 1, "delay": 60}):
+        with pytest.raises(SnakepitError) as info:
+            pool.execute("add", {"a": 1})
+        message = "call to 'add' waited 0.3 s for a worker (queue_timeout)"
+        assert (info.value.reason, info.value.message, info.value.details["queue_timeout"]) == ("queue_timeout", message, 0.3)
+        record = _logged(caplog, "queue_timeout")
+        assert (record.levelno, record.getMessage()) == (logging.INFO, message)
+
+        seen = len(caplog.records)
+        with pytest.raises(SnakepitError) as info:
+            pool.execute("add", {"a": 1}, timeout=0.1)  # its own timeout ends the wait first
+        message = "call to 'add' exceeded its timeout of 0.1 s while waiting for a worker"
+        assert (info.value.reason, info.value.message, info.value.details["stage"]) == ("timeout", message, "queued")
+        record = _logged(caplog, "timeout", seen)
+        assert (record.levelno, record.getMessage()) == (logging.INFO, message)
+
+
+def test_a_full_queue_names_its_limit_in_the_log_and_the_error(caplog):
+    caplog.set_level(logging.INFO, logger="snakepit")
+    with Pool(Toolbox, size=1, max_queue=1, queue_timeout=60) as pool:
+        results: list = []
+        with pool.stream("count", {"n": 1, "delay": 60}):  # holds the one worker until closed
+            waiter = threading.Thread(target=lambda: results.append(pool.execute("add", {"a": 1})))
+            waiter.start()
+            wait_for(lambda: pool.stats()["waiting"] == 1)
+            with pytest.raises(SnakepitError) as info:
+                pool.execute("add", {"a": 2})
+        waiter.join()
+        assert results == [2]
+    message = "pool saturated: 1 calls waiting (max_queue=1)"
+    assert (info.value.reason, info.value.message, info.value.details["max_queue"]) == ("pool_saturated", message, 1)
+    record = _logged(caplog, "pool_saturated")
+    assert (record.levelno, record.getMessage(), record.max_queue) == (logging.INFO, message, 1)

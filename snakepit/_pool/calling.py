@@ -37,7 +37,7 @@ from snakepit._seam.request import (
     map_total,
     positive_int,
 )
-from snakepit._seam.timing import check_timeout, deadline_after
+from snakepit._seam.timing import check_timeout, deadline_after, seconds
 from snakepit.progress import Reporter
 
 __all__ = ["CallRunner", "PreparedCall", "Retry"]
@@ -145,7 +145,7 @@ class CallRunner:
         worker is assigned: whatever interrupts a step after that, the worker comes back.
         """
         call = self.prepare(request, stream, context)
-        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context)
+        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context, call.timeout)
         try:
             self.dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if context.span is not None:
@@ -228,7 +228,7 @@ class CallRunner:
         self, request: CallRequest, stream: bool, context: CallContext, running: Callable[[], bool] | None = None
     ) -> Exchange:
         call = self.prepare(request, stream, context)
-        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context)
+        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context, call.timeout)
         try:
             await aio.checkout(self.dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if running is not None and not running():
@@ -299,6 +299,7 @@ class CallRunner:
             queue_deadline,
             deadline,
             attachments if attachments is not None and attachments.fds else None,
+            limit,
         )
 
     def map_setup(
@@ -336,7 +337,7 @@ class CallRunner:
             timeout=batch_timeout,
             on_progress=reporter.update if reporter.active else None,
             on_items=lambda count: self.counters.bump("requests", count),
-            on_timeout=lambda worker_id, items: self._map_timed_out(tool, worker_id, items),
+            on_timeout=lambda worker_id, items: self._map_timed_out(tool, worker_id, items, batch_timeout),
             on_close=lambda engine: self._map_closed(engine, reporter),
             retries=retries,
             on_retry=lambda handle, items, info: self._map_retried(tool, handle, items, info, context.correlation_id),
@@ -368,17 +369,18 @@ class CallRunner:
             correlation_id=correlation_id,
         )
 
-    def _map_timed_out(self, tool: str, worker_id: int, items: int) -> None:
+    def _map_timed_out(self, tool: str, worker_id: int, items: int, limit: float | None) -> None:
         """A map batch ran past its timeout: each of its items (and of the batches queued behind
         it, cancelled with it) counts as a timed-out call."""
         self.counters.bump("timeouts", items)
         self.dispatcher.observer.emit(
             "timeout",
             logging.INFO,  # the caller gets the error too
-            f"a batch of {tool!r} on worker {worker_id} exceeded its timeout",
+            f"a batch of {tool!r} on worker {worker_id} exceeded its timeout{'' if limit is None else f' of {seconds(limit)}'}",
             tool=tool,
             worker_id=worker_id,
             items=items,
+            timeout=limit,
         )
 
     def _map_closed(self, engine: mapping.MapEngine, reporter: Reporter) -> None:
@@ -399,7 +401,7 @@ class Retry(NamedTuple):
 class PreparedCall:
     """A call checked and encoded, waiting for a worker."""
 
-    __slots__ = ("tool", "frame", "session_id", "affinity", "queue_deadline", "deadline", "attachments")
+    __slots__ = ("tool", "frame", "session_id", "affinity", "queue_deadline", "deadline", "attachments", "timeout")
 
     def __init__(
         self,
@@ -410,6 +412,7 @@ class PreparedCall:
         queue_deadline: float | None,
         deadline: float | None,
         attachments: Any = None,
+        timeout: float | None = None,
     ) -> None:
         self.tool = tool
         self.frame = frame  # without its id, which is drawn when it is sent
@@ -418,3 +421,4 @@ class PreparedCall:
         self.queue_deadline = queue_deadline
         self.deadline = deadline
         self.attachments = attachments  # large arguments in shared memory; freed when dropped unsent
+        self.timeout = timeout  # the call's limit in seconds (None: none), named when it is exceeded

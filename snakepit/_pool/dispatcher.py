@@ -29,11 +29,10 @@ from snakepit._pool.sessions import SessionState, SessionStore
 from snakepit._pool.stats import WorkerInfo
 from snakepit._seam.affinity import Affinity
 from snakepit._seam.session import SessionInfo
-from snakepit._seam.timing import earliest, lock_seconds
+from snakepit._seam.timing import earliest, lock_seconds, seconds
 from snakepit._seam.workers import Worker, WorkerState, move
 
 _REFUSALS = {
-    Reason.POOL_SATURATED: "the pool queue is full ({limit} requests waiting)",
     Reason.WORKER_BUSY: "the session's worker is busy (strict_fail_fast)",
     Reason.SESSION_WORKER_UNAVAILABLE: "the session's worker is gone (died or recycled); the session will re-pin",
     Reason.POOL_CLOSED: "the pool is not running (not started, or closed)",
@@ -124,8 +123,10 @@ class Dispatcher:
         affinity: Affinity,
         recycle: RecyclePolicy,
         observer: Observer,
+        queue_timeout: float | None = None,
     ) -> None:
         self.lock: threading.Lock = threading.Lock()
+        self.queue_timeout: float | None = queue_timeout  # the pool's: named in queue_timeout errors
         self.observer: Observer = observer
         self.recycle: RecyclePolicy = recycle
         self._recycling = recycle.active  # checked at every release
@@ -222,7 +223,7 @@ class Dispatcher:
         try:
             with self.lock:
                 if not ticket.done and self.router.withdraw(ticket):
-                    raise self._deadline_error(queue_deadline, call_deadline)
+                    raise self._deadline_error(queue_deadline, call_deadline, ticket.owner)
                 handle = self._claim(ticket, stale)
                 if handle is None:  # the worker it was handed died before it was taken: ask again
                     ticket.worker = None
@@ -307,14 +308,15 @@ class Dispatcher:
         """
         session = self.sessions.get(ticket.session_id) if ticket.session_id is not None else None
         if ticket.refused is not None:
-            event = None
             if ticket.refused == Reason.POOL_SATURATED:
                 self.counters.bump("pool_saturated")
-                waiting = self.router.waiting
-                event = ("pool_saturated", f"pool saturated: {waiting} calls already waiting", {"waiting": waiting})
-            elif ticket.refused == Reason.SESSION_WORKER_UNAVAILABLE and session is not None:
+                waiting, limit = self.router.waiting, self.router.max_queue
+                message = f"pool saturated: {waiting} calls waiting (max_queue={limit})"
+                error = errors.pool_error(Reason.POOL_SATURATED, message, max_queue=limit)
+                raise _Refused(error, ("pool_saturated", message, {"waiting": waiting, "max_queue": limit}))
+            if ticket.refused == Reason.SESSION_WORKER_UNAVAILABLE and session is not None:
                 session.worker = None
-            raise _Refused(self._refusal(ticket.refused), event)
+            raise _Refused(self._refusal(ticket.refused))
         handle = self.workers.get(ticket.worker)  # type: ignore[arg-type]
         if handle is None:
             if stale is not None:
@@ -373,8 +375,7 @@ class Dispatcher:
             return errors.pool_closed()
         if reason == Reason.WORKER_START_FAILED and self.start_failure is not None:
             return errors.build_error(**self.start_failure.to_dict())
-        message = _REFUSALS[reason].format(limit=self.router.max_queue)
-        return errors.pool_error(reason, message)
+        return errors.pool_error(reason, _REFUSALS[reason])
 
     @staticmethod
     def _unassign(ticket: Ticket, stale: list[Worker]) -> None:
@@ -402,17 +403,28 @@ class Dispatcher:
             for handle in stale:
                 supervisor.submit(supervisor.dispose, handle)
 
-    def _deadline_error(self, queue_deadline: float | None, call_deadline: float | None) -> _Refused:
+    def _deadline_error(self, queue_deadline: float | None, call_deadline: float | None, owner: Owner | None) -> _Refused:
+        """The error and event of a ticket that waited past its deadline: the call's own
+        ``timeout`` if that came first, else ``queue_timeout``; each names its limit."""
+        tool = getattr(owner, "tool", None)
+        call = "a call" if tool is None else f"call to {tool!r}"
         if call_deadline is not None and (queue_deadline is None or call_deadline <= queue_deadline):
             self.counters.bump("timeouts")
-            message = "the call timed out while waiting for a worker"
-            event = ("timeout", message, {"waiting": True, "stage": "queued"})
-            return _Refused(errors.timeout(Reason.TIMEOUT, message, stage="queued"), event)
+            limit = getattr(owner, "timeout", None)  # the call's own, which its exchange knows
+            of = "" if limit is None else f" of {seconds(limit)}"
+            message = f"{call} exceeded its timeout{of} while waiting for a worker"
+            fields = {"stage": "queued"} if limit is None else {"stage": "queued", "timeout": limit}
+            event = ("timeout", message, {"waiting": True, **fields})
+            return _Refused(errors.timeout(Reason.TIMEOUT, message, **fields), event)
         self.counters.bump("queue_timeouts")
-        message = "no worker became available within queue_timeout"
-        return _Refused(
-            errors.timeout(Reason.QUEUE_TIMEOUT, message, stage="queued"), ("queue_timeout", message, {"stage": "queued"})
-        )
+        limit = self.queue_timeout
+        if limit is None:  # a dispatcher told no limit (a test's): only the deadline
+            message = f"{call} found no worker within its queue_timeout"
+            fields = {"stage": "queued"}
+        else:
+            message = f"{call} waited {seconds(limit)} for a worker (queue_timeout)"
+            fields = {"stage": "queued", "queue_timeout": limit}
+        return _Refused(errors.timeout(Reason.QUEUE_TIMEOUT, message, **fields), ("queue_timeout", message, fields))
 
     def release(self, handle: Worker, lease: int | None = None) -> None:
         """The caller is done with its worker: back to the pool, recycled if due, or disposed of

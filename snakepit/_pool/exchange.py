@@ -51,6 +51,7 @@ from snakepit._protocol import (
 )
 from snakepit._seam.backend import DeadlineExceeded, PoolClosing, WorkerGone
 from snakepit._seam.request import CallContext
+from snakepit._seam.timing import seconds
 from snakepit._seam.workers import Worker
 from snakepit._streaming import HALT, StreamResult, loop
 
@@ -70,6 +71,7 @@ class Exchange:
         "call_id",
         "tool",
         "deadline",
+        "timeout",
         "started",
         "finished",
         "sent",
@@ -85,7 +87,14 @@ class Exchange:
         "__weakref__",
     )
 
-    def __init__(self, dispatcher: Dispatcher, tool: str, deadline: float | None, context: CallContext | None = None) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        tool: str,
+        deadline: float | None,
+        context: CallContext | None = None,
+        timeout: float | None = None,
+    ) -> None:
         self.context: CallContext | None = context
         self.finished: bool = False
         self.handle: Worker = None  # type: ignore[assignment]  # set by adopt()
@@ -94,6 +103,7 @@ class Exchange:
         self.call_id: int = -1  # drawn when the call is sent
         self.tool: str = tool
         self.deadline: float | None = deadline
+        self.timeout: float | None = timeout  # the call's timeout in seconds, which set the deadline
         self.started: float = time.perf_counter()
         self.sent: bool = False  # the call may be in the worker's pipe
         self.chunks: int = 0
@@ -315,21 +325,24 @@ class Exchange:
     def expired(self) -> None:
         self.cancel()
         self.dispatcher.counters.bump("timeouts")
+        limit = self.timeout
+        of = "" if limit is None else f" of {seconds(limit)}"
+        fields: dict[str, Any] = {"stage": "running"} if limit is None else {"stage": "running", "timeout": limit}
         self.dispatcher.observer.emit(
             "timeout",
             logging.INFO,  # the caller gets the error too
-            f"call to {self.tool!r} on worker {self.handle.id} exceeded its timeout",
+            f"call to {self.tool!r} on worker {self.handle.id} exceeded its timeout{of}",
             tool=self.tool,
             worker_id=self.handle.id,
             correlation_id=self.correlation_id,
-            stage="running",
+            **fields,
         )
         raise errors.timeout(
             Reason.TIMEOUT,
-            f"call to {self.tool!r} exceeded its timeout",
+            f"call to {self.tool!r} exceeded its timeout{of}",
             tool=self.tool,
             worker_id=self.handle.id,
-            stage="running",
+            **fields,
         )
 
     def interrupted(self) -> None:

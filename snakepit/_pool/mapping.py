@@ -37,7 +37,7 @@ from snakepit._pool.dispatcher import Dispatcher
 from snakepit._protocol import Batch, BatchResult, Cancel, Failure, decode_value
 from snakepit._remote import tool_error
 from snakepit._seam.backend import DeadlineExceeded, WorkerGone
-from snakepit._seam.timing import deadline_after
+from snakepit._seam.timing import deadline_after, seconds
 from snakepit._seam.workers import Worker
 
 _DEPTH = 2
@@ -414,7 +414,11 @@ class MapEngine:
     def _expire(self, handle: Worker) -> None:
         """The running batch timed out: it fails, and so do the batches queued behind it on that
         worker (they are cancelled with it). Each item counts as a timed-out call."""
-        error = errors.timeout(Reason.TIMEOUT, f"a batch of {self.tool!r} exceeded its timeout", tool=self.tool, stage="running")
+        limit = self._timeout  # set, or no batch would have a deadline
+        of = "" if limit is None else f" of {seconds(limit)}"
+        error = errors.timeout(
+            Reason.TIMEOUT, f"a batch of {self.tool!r} exceeded its timeout{of}", tool=self.tool, stage="running", timeout=limit
+        )
         queue = self._queued[handle.id]
         items = sum(batch.count for batch in queue)
         for batch in queue:

@@ -204,7 +204,9 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         recycle = RecyclePolicy(config.max_requests, config.worker_ttl, config.memory_limit_mb)
         observer = Observer(config.on_event)
         sessions = SessionStore(config.session_ttl, config.max_sessions)
-        self._dispatcher: Dispatcher = Dispatcher(config.max_queue, self._counters, sessions, config.affinity, recycle, observer)
+        self._dispatcher: Dispatcher = Dispatcher(
+            config.max_queue, self._counters, sessions, config.affinity, recycle, observer, config.queue_timeout
+        )
         self._supervisor: Supervisor = Supervisor(
             self._dispatcher,
             workers,

@@ -50,6 +50,12 @@ def earliest(first: float | None, second: float | None) -> float | None:
     return min(first, second)
 
 
+def seconds(value: float) -> str:
+    """A limit for a message: ``0.5 s``, ``10 s``, ``1.25 s``, ``0.001 s``."""
+    text = f"{value:.3f}".rstrip("0").rstrip(".") if value >= 1 else f"{value:.3g}"
+    return f"{text} s"
+
+
 def poll_ms(deadline: float | None) -> int | None:
     """Milliseconds for ``poll`` until ``deadline`` (at least 1 while it has not passed, 0 once
     it has); ``None`` waits without limit."""
