@@ -513,6 +513,7 @@ class Pool(Calls["Stream", "AsyncStream"]):
             "hung": counts.get("hung", 0),
             "retries": counts.get("retries", 0),
             "deaths_by_cause": {cause: counts[f"deaths_{cause}"] for cause in DEATH_CAUSES if counts.get(f"deaths_{cause}")},
+            "telemetry_dropped": self._dispatcher.observer.telemetry_dropped,
             "quarantined": self._supervisor.quarantine.snapshot(),
             "sessions": snapshot["sessions"],
             "size": self.size,
