@@ -19,6 +19,7 @@ from snakepit._streaming import HALT, StreamChunk, StreamResult
 
 if TYPE_CHECKING:
     from snakepit._pool import AsyncStream, Pool, Stream
+    from snakepit._pool.metrics import MetricsServer, PoolMetrics
     from snakepit._pool.stats import PoolStats, WorkerInfo
     from snakepit._seam.affinity import Affinity
     from snakepit._seam.request import CallRequest
@@ -35,6 +36,8 @@ _LAZY = {
     "CallRequest": "snakepit._seam.request",
     "PoolStats": "snakepit._pool.stats",
     "WorkerInfo": "snakepit._pool.stats",
+    "PoolMetrics": "snakepit._pool.metrics",
+    "MetricsServer": "snakepit._pool.metrics",
     "Affinity": "snakepit._seam.affinity",
 }
 
@@ -66,6 +69,8 @@ __all__ = [
     "CallRequest",
     "PoolStats",
     "WorkerInfo",
+    "PoolMetrics",
+    "MetricsServer",
     "BaseAdapter",
     "tool",
     "ToolSpec",

@@ -31,6 +31,8 @@ SNAKEPIT = {
     "CallRequest",
     "PoolStats",
     "WorkerInfo",
+    "PoolMetrics",
+    "MetricsServer",
     "BaseAdapter",
     "tool",
     "ToolSpec",
