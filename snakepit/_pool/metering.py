@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any
@@ -179,7 +180,10 @@ class MeteredCall:
         self.span: Any = span  # the call's trace span (snakepit._tracing.CallSpan), or None
         self.started: float = _perf_counter()
         self.running_at: float = 0.0  # when its first worker was assigned; 0: not yet
-        self.exchange: Any = None  # its last attempt's Exchange: its stream's chunks
+        # Its last attempt's Exchange (for its stream's chunks), weakly: the exchange holds the
+        # call's context, which holds this; a cycle would keep a dropped exchange, and the worker
+        # it would give back when collected, until a garbage collection.
+        self.exchange: weakref.ref[Any] | None = None
 
     @property
     def traceparent(self) -> str | None:
@@ -189,7 +193,7 @@ class MeteredCall:
         """A worker was assigned: the queue wait is over (the first time), the run begins."""
         if not self.running_at:
             self.running_at = _perf_counter()
-        self.exchange = exchange
+        self.exchange = None if exchange is None else weakref.ref(exchange)
         if self.span is not None:
             self.span.running(worker_id)
 
@@ -210,7 +214,7 @@ class MeteredCall:
             if not meter.known(tool):
                 tool = UNKNOWN_TOOL
         running = self.running_at
-        exchange = self.exchange
+        exchange = None if self.exchange is None else self.exchange()
         meter._acquire()
         try:
             record = meter._records.get(tool)
