@@ -20,6 +20,7 @@ from snakepit._streaming import HALT, StreamChunk, StreamResult
 
 if TYPE_CHECKING:
     from snakepit._pool import AsyncStream, Pool, Stream
+    from snakepit._pool.metrics import MetricsServer, PoolMetrics
     from snakepit._pool.stats import PoolStats, WorkerInfo
     from snakepit._seam.affinity import Affinity
     from snakepit._seam.request import CallRequest
@@ -37,6 +38,8 @@ _LAZY = {
     "CallRequest": "snakepit._seam.request",
     "PoolStats": "snakepit._pool.stats",
     "WorkerInfo": "snakepit._pool.stats",
+    "PoolMetrics": "snakepit._pool.metrics",
+    "MetricsServer": "snakepit._pool.metrics",
     "Affinity": "snakepit._seam.affinity",
     "Executor": "snakepit.executor",
 }
@@ -70,6 +73,8 @@ __all__ = [
     "CallRequest",
     "PoolStats",
     "WorkerInfo",
+    "PoolMetrics",
+    "MetricsServer",
     "BaseAdapter",
     "tool",
     "ToolSpec",

@@ -1,5 +1,8 @@
 """The ``snakepit`` command line: ``demo``, ``serve``, ``tools``, ``call``, ``bench``.
 
+``serve --metrics HOST:PORT`` also serves the pool's Prometheus metrics there, under the same
+token rule as the gRPC server (``SNAKEPIT_TOKEN``, else loopback only, unless ``--insecure``).
+
 ``tools`` and ``call`` run an adapter in a pool of their own, or, with ``--address``, call a
 served pool (``snakepit serve``, ``pool.serve()``) instead; the token then comes from the
 ``SNAKEPIT_TOKEN`` environment variable, never from an argument (arguments are visible to every
@@ -128,15 +131,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # may have set SIGINT to be ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    token = os.environ.get("SNAKEPIT_TOKEN") or None
     with Pool(_adapter(args.adapter), size=args.size) as pool:
-        server = pool.serve(
-            args.address,
-            token=os.environ.get("SNAKEPIT_TOKEN") or None,
-            tls=tls,
-            allow_pickle=args.allow_pickle,
-            insecure=args.insecure,
-        )
+        server = pool.serve(args.address, token=token, tls=tls, allow_pickle=args.allow_pickle, insecure=args.insecure)
         print(f"serving {args.adapter} ({args.size or pool.size} workers) on {server.address}", flush=True)
+        if args.metrics is not None:  # the same token: scrapes send it as a bearer token
+            metrics = pool.serve_metrics(args.metrics, token=token, insecure=args.insecure)
+            print(f"metrics on {metrics.url}", flush=True)
         try:
             signal.pause() if hasattr(signal, "pause") else _wait_forever()
         except KeyboardInterrupt:
@@ -177,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", help="PEM private key")
     serve.add_argument("--tls-client-ca", help="PEM CA: clients must present a certificate it signed")
     serve.add_argument("--allow-pickle", action="store_true", help="unpickle pickled parameters (trusted clients only)")
+    serve.add_argument(
+        "--metrics",
+        metavar="ADDRESS",
+        help="also serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT; the metrics extra; same token rule)",
+    )
     serve.add_argument("--insecure", action="store_true", help="serve a public address without a token or mutual TLS")
     serve.set_defaults(run=_cmd_serve)
 

@@ -3,7 +3,8 @@
 For deliveries that run user code (log handlers, ``on_event`` callbacks), which may be slow or
 call back into the pool: whoever hands an item over never waits for the delivery. The thread
 starts with the first item. With a ``capacity``, items beyond it are dropped and counted rather
-than queued without bound (``deliver_dropped`` hears of the count with the next batch).
+than queued without bound (``deliver_dropped`` hears of the count with the next batch;
+:attr:`Courier.dropped_total` counts them all).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Courier(Generic[T]):
         self._cond = threading.Condition()
         self._pending: deque[T] = deque()
         self._dropped = 0
+        self.dropped_total = 0  # items dropped since the courier was made (read without the lock)
         self._busy = False  # a batch is being delivered
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -48,6 +50,7 @@ class Courier(Generic[T]):
             for item in items:
                 if self._capacity is not None and len(self._pending) >= self._capacity:
                     self._dropped += 1
+                    self.dropped_total += 1
                 else:
                     self._pending.append(item)
             if self._thread is None:

@@ -115,6 +115,11 @@ class Observer:
         if not self._telemetry.post((item,)):  # closed: nothing will deliver it, so here
             self._deliver(*item)
 
+    @property
+    def telemetry_dropped(self) -> int:
+        """Tools' telemetry events dropped so far, their listeners being slower than the tools."""
+        return self._telemetry.dropped_total
+
     def hold(self) -> None:
         held = self._held
         depth = getattr(held, "depth", 0)

@@ -83,8 +83,9 @@ class CallSpan:
         propagator.inject(carrier, context=trace.set_span_in_context(self._span))
         return carrier.get("traceparent")
 
-    def running(self, worker_id: int) -> None:
-        """A worker was assigned: the queue wait is over, the run begins."""
+    def running(self, worker_id: int, exchange: Any = None) -> None:
+        """A worker was assigned: the queue wait is over, the run begins (``exchange``: the
+        attempt's, which a metered call reads; see snakepit._pool.metering)."""
         self._phase.end()
         self._span.set_attribute("snakepit.worker_id", worker_id)
         self._phase = self._child("snakepit.run")

@@ -33,6 +33,8 @@ SNAKEPIT = {
     "CallRequest",
     "PoolStats",
     "WorkerInfo",
+    "PoolMetrics",
+    "MetricsServer",
     "BaseAdapter",
     "tool",
     "ToolSpec",

@@ -142,6 +142,7 @@ def test_a_slow_listener_holds_back_a_bounded_backlog_of_telemetry(caplog):
     assert len(ticks) == _TELEMETRY_BACKLOG
     warning = next(r for r in caplog.records if "telemetry events dropped" in r.getMessage())
     assert str(3 * _TELEMETRY_BACKLOG - len(ticks)) in warning.getMessage()
+    assert observer.telemetry_dropped == 3 * _TELEMETRY_BACKLOG - len(ticks)  # stats()["telemetry_dropped"]
 
 
 def test_per_worker_stats():

@@ -27,6 +27,7 @@ from snakepit._errors import Reason
 from snakepit._pool import aio, mapping
 from snakepit._pool.dispatcher import Counters, Dispatcher
 from snakepit._pool.exchange import Exchange
+from snakepit._pool.metering import CallMeter
 from snakepit._seam.affinity import Affinity
 from snakepit._seam.request import (
     CallContext,
@@ -64,6 +65,7 @@ class CallRunner:
         self.attachments = attachments  # large arguments beside the frame, if the backend carries them
         self.tools: dict[str, ToolSpec] = {}  # once the workers are ready
         self.tracer: tracing.CallTracer | None = None  # OpenTelemetry spans per call, from start()
+        self.meter: CallMeter | None = None  # per-tool metrics, once enabled (see metering.py)
         self._correlation_prefix = secrets.token_hex(4)  # generated correlation ids: "<prefix>-<n>"
         self._correlation_seq = itertools.count(1)
 
@@ -128,14 +130,18 @@ class CallRunner:
         context.end(error)
         return None
 
-    def context(self, request: CallRequest) -> CallContext:
-        """A call's correlation id (the caller's, or a new one) and trace span."""
+    def context(self, request: CallRequest, *, single: bool = True) -> CallContext:
+        """A call's correlation id (the caller's, or a new one) and trace span; with metrics
+        enabled, the span is what measures the call (a map's, not ``single``, is measured by
+        its batches)."""
         correlation_id = request.correlation_id
         if correlation_id is None:
             correlation_id = f"{self._correlation_prefix}-{next(self._correlation_seq)}"
         else:
             check_correlation_id(correlation_id)
-        span = None if self.tracer is None else self.tracer.start(request.tool, correlation_id, request.session_id)
+        span: Any = None if self.tracer is None else self.tracer.start(request.tool, correlation_id, request.session_id)
+        if self.meter is not None and single:
+            span = self.meter.start(request.tool, span)
         return CallContext(correlation_id, span)
 
     def begin(self, request: CallRequest, stream: bool, context: CallContext) -> Exchange:
@@ -149,7 +155,7 @@ class CallRunner:
         try:
             self.dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if context.span is not None:
-                context.span.running(exchange.handle.id)
+                context.span.running(exchange.handle.id, exchange)
             exchange.start(call.frame, call.attachments)
         except BaseException:
             exchange.cancel()
@@ -234,7 +240,7 @@ class CallRunner:
             if running is not None and not running():
                 raise asyncio.CancelledError  # its future was cancelled as it got the worker
             if context.span is not None:
-                context.span.running(exchange.handle.id)
+                context.span.running(exchange.handle.id, exchange)
             if exchange.handle.conn.fits(len(call.frame)):  # the idle worker's pipe takes it at once
                 exchange.start(call.frame, call.attachments)
                 return exchange
@@ -325,7 +331,7 @@ class CallRunner:
         if retries and session_id is not None and self.dispatcher.mode_of(session_id, mode) is not Affinity.HINT:
             retries = 0  # a strict session's state died with its worker
         batch_timeout = self.timeout if timeout is None else check_timeout("timeout", timeout)
-        context = self.context(CallRequest(tool, None, session_id, affinity, timeout, correlation_id))  # checked: its span starts
+        context = self.context(CallRequest(tool, None, session_id, affinity, timeout, correlation_id), single=False)  # checked
         total = map_total(iterable_of_args, total)
         reporter = Reporter(progress, total, description=tool)
         engine = mapping.MapEngine(
@@ -342,6 +348,7 @@ class CallRunner:
             retries=retries,
             on_retry=lambda handle, items, info: self._map_retried(tool, handle, items, info, context.correlation_id),
             context=context,
+            meter=self.meter,
         )
 
         # The engine owns the workers it is given from the moment they are assigned.

@@ -91,8 +91,10 @@ class MapEngine:
         retries: int = 0,
         on_retry: Callable[[Worker, int, dict[str, Any]], None] | None = None,
         context: Any = None,
+        meter: Any = None,
     ) -> None:
         self._dispatcher = dispatcher
+        self._meter = meter  # the pool's CallMeter while its metrics are enabled: items and batch times
         self.context = context  # the map's CallContext: its correlation id and trace span
         self._trace = None if context is None or context.span is None else context.span.traceparent
         self._retries = retries
@@ -306,6 +308,8 @@ class MapEngine:
             if type(message) is BatchResult:
                 handle.requests_served += batch.count
                 self._measure(batch.count, now - began)
+                if self._meter is not None:
+                    self._meter.batch(self.tool, batch.count, now - began)
                 self._store_batch(batch, message)
             elif type(message) is Failure:  # the whole batch was refused (e.g. unknown tool)
                 self._fail_range(
@@ -347,6 +351,8 @@ class MapEngine:
             for error in failures.values():
                 error.details.setdefault("correlation_id", self.context.correlation_id)
         self.failed += len(failures)
+        if self._meter is not None:
+            self._meter.items(self.tool, len(values), failures)
         self._buffered += len(values)
         if self._ordered:
             self._by_start[start] = (start, values, failures)

@@ -3,12 +3,13 @@ methods users see (the calls themselves run in :mod:`.calling`), sessions, serve
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from snakepit import _errors as errors
 from snakepit import _tracing as tracing
@@ -23,6 +24,7 @@ from snakepit._pool.config import AffinityName, BackendName, PoolConfig, StartMe
 from snakepit._pool.dispatcher import Counters, Dispatcher
 from snakepit._pool.exchange import Stream, run_execute, run_stream
 from snakepit._pool.futures import CallFuture, FutureDriver
+from snakepit._pool.metering import CallMeter
 from snakepit._pool.quarantine import Quarantine
 from snakepit._pool.recycling import RECYCLE_REASONS, RecyclePolicy
 from snakepit._pool.sessions import SessionStore
@@ -36,7 +38,12 @@ from snakepit._seam.request import CallRequest, check_callback, check_session_id
 from snakepit._seam.session import Session, SessionInfo, check_metadata
 from snakepit._streaming import StreamResult
 
+if TYPE_CHECKING:
+    from snakepit._pool.metrics import MetricsServer, PoolMetrics
+
 __all__ = ["Pool"]
+
+_numbering = itertools.count(1)  # pools in the order they are made: their default metrics label, pool-<n>
 
 
 class Pool(Calls["Stream", "AsyncStream"], Starmap):
@@ -235,8 +242,11 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         self._state_lock: threading.Lock = threading.Lock()
         self._state: str = "new"
         self._started = threading.Event()  # set once start() has ended (or will never run)
-        self._on_close: list[Callable[[], None]] = []  # run first when the pool closes (its gRPC servers' stop)
-        self._futures = FutureDriver(str(id(self)))
+        self._on_close: list[Callable[[], None]] = []  # run first when the pool closes (its servers' stop)
+        self._number = next(_numbering)
+        self._metrics: PoolMetrics | None = None  # once enabled
+        self._metrics_lock = threading.Lock()
+        self._futures = FutureDriver(str(self._number))
         self._finalizer = weakref.finalize(self, _shutdown, self._dispatcher, self._supervisor, self._on_close, self._futures)
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -553,6 +563,59 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         self._on_close.append(lambda: server.stop(grace=0))
         return server
 
+    def enable_metrics(self, label: str | None = None, *, registry: Any = None) -> PoolMetrics:
+        """Record Prometheus metrics for this pool from now on, and return them (again: the
+        same ones). Needs the ``metrics`` extra (``prometheus_client``).
+
+        ``label`` is the value of every series' ``pool`` label (default ``pool-<n>``, this being
+        the process's n-th pool); ``registry`` (e.g. ``prometheus_client.REGISTRY``): be scraped
+        from it too, beside any other pools there (with labels of their own). What
+        :meth:`stats` counts is read at each scrape; per-tool outcomes and times are recorded
+        by calls made from now on. See the README's *Prometheus metrics*.
+        """
+        if self._dispatcher.closed:
+            raise errors.pool_closed()
+        from snakepit._pool.metrics import PoolMetrics  # prometheus_client: only for those who enable metrics
+
+        if label is not None and (not isinstance(label, str) or not label):
+            raise errors.validation(Reason.INVALID_CONFIG, f"a pool's metrics label must be a non-empty str, got {label!r}")
+        with self._metrics_lock:
+            metrics = self._metrics
+            if metrics is None:
+                metrics = PoolMetrics(self, label or f"pool-{self._number}", CallMeter(self._runner))
+                self._metrics = metrics
+                self._runner.meter = metrics.meter
+                self._on_close.append(metrics.retire)
+            elif label is not None and label != metrics.label:
+                raise errors.validation(
+                    Reason.INVALID_CONFIG, f"this pool's metrics are named {metrics.label!r} already, not {label!r}", label=label
+                )
+        if registry is not None:
+            metrics.register(registry)
+        return metrics
+
+    def serve_metrics(
+        self, address: str = "127.0.0.1:9464", *, token: str | None = None, insecure: bool = False, label: str | None = None
+    ) -> MetricsServer:
+        """Serve this pool's Prometheus metrics over HTTP at ``/metrics`` (enabling them, as
+        :meth:`enable_metrics` does with ``label``), from a thread of this process.
+
+        Returns the running :class:`snakepit.MetricsServer` (``.address``, ``.port`` -- port 0
+        picks a free one -- ``.url``, ``.stop()``, a context manager); closing the pool stops it.
+        A loopback address only, unless ``token`` (each scrape then sends ``Authorization:
+        Bearer <token>``, else 401) or ``insecure=True``. A port another server holds is
+        ``invalid_config`` at once. Needs the ``metrics`` extra.
+        """
+        metrics = self.enable_metrics(label)
+        from snakepit._pool.metrics import MetricsServer
+
+        server = MetricsServer(metrics.registry, address, token=token, insecure=insecure)
+        self._on_close.append(server.stop)
+        if self._dispatcher.closed:  # closed meanwhile: its close may have run before the append
+            server.stop()
+            raise errors.pool_closed()
+        return server
+
     # -- introspection ---------------------------------------------------------------------------
 
     def tools(self) -> list[ToolSpec]:
@@ -578,6 +641,7 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
             "hung": counts.get("hung", 0),
             "retries": counts.get("retries", 0),
             "deaths_by_cause": {cause: counts[f"deaths_{cause}"] for cause in DEATH_CAUSES if counts.get(f"deaths_{cause}")},
+            "telemetry_dropped": self._dispatcher.observer.telemetry_dropped,
             "quarantined": self._supervisor.quarantine.snapshot(),
             "sessions": snapshot["sessions"],
             "size": self.size,

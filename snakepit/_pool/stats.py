@@ -40,6 +40,7 @@ class PoolStats(TypedDict):
     hung: int
     retries: int
     deaths_by_cause: dict[str, int]
+    telemetry_dropped: int  # tools' telemetry events dropped in the owner: listeners slower than the tools
     quarantined: dict[int, float]  # slot -> seconds before its next worker starts
     sessions: int
     size: int

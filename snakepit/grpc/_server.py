@@ -30,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from snakepit import CallRequest
 from snakepit import _errors as errors
 from snakepit._errors import Reason
-from snakepit.grpc import _binding as binding
+from snakepit._seam import binding
 from snakepit.grpc import _codec as codec
 from snakepit.grpc import _reflection, _telemetry, bridge_pb2_grpc
 from snakepit.grpc import bridge_pb2 as pb

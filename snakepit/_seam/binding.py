@@ -1,5 +1,8 @@
 """Where a server listens: the addresses an address stands for, and a port free on all of them.
 
+Shared by the gRPC facade and the metrics endpoint (which also asks :attr:`Plan.loopback_only`
+whether an address is this machine's alone); it needs no grpc.
+
 grpc binds a name's addresses as one port, which it counts as bound if *any* of them is free:
 ``serve("localhost:P")`` beside another server holding ``127.0.0.1:P`` would take only
 ``[::1]:P``, and clients of ``localhost:P`` would reach one pool or the other by the address
