@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -145,7 +146,7 @@ class CallRunner:
         worker is assigned: whatever interrupts a step after that, the worker comes back.
         """
         call = self.prepare(request, stream, context)
-        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context)
+        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context, threading.get_ident())
         try:
             self.dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if context.span is not None:
@@ -219,7 +220,7 @@ class CallRunner:
 
     async def abegin(self, request: CallRequest, stream: bool, context: CallContext) -> Exchange:
         call = self.prepare(request, stream, context)
-        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context)
+        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context, asyncio.current_task())
         try:
             await aio.checkout(self.dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if context.span is not None:

@@ -82,11 +82,20 @@ class Exchange:
         "_index",
         "_salvaged",
         "context",
+        "caller",
         "__weakref__",
     )
 
-    def __init__(self, dispatcher: Dispatcher, tool: str, deadline: float | None, context: CallContext | None = None) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        tool: str,
+        deadline: float | None,
+        context: CallContext | None = None,
+        caller: object = None,
+    ) -> None:
         self.context: CallContext | None = context
+        self.caller: object = caller  # the thread (its ident) or asyncio task that began the call: see Dispatcher.holds
         self.finished: bool = False
         self.handle: Worker = None  # type: ignore[assignment]  # set by adopt()
         self.lease: int = 0
