@@ -163,7 +163,7 @@ class CallRunner:
         """Whether a failed call runs again (``context.retry`` says when): only an idempotent
         tool's call whose worker died under it (not killed by the pool) before the caller got
         anything of it, outside a strict session, within ``max_retries`` and the call's
-        deadline."""
+        deadline, and not while the pool drains."""
         previous = context.retry
         attempt = 0 if previous is None else previous.attempt
         if (
@@ -173,6 +173,7 @@ class CallRunner:
             or exchange.handle is None
             or exchange.chunks
             or exchange.handle.killed_on_purpose
+            or self.dispatcher.draining  # running it again would be a new call, which a drain refuses
         ):
             return False
         spec = self.tools.get(exchange.tool)
