@@ -273,6 +273,13 @@ class Toolbox(BaseAdapter):
         os.kill(os.getpid(), signal.SIGKILL)
 
     @tool(idempotent=True)
+    def crash_at_gate(self, path: str, marker: str) -> None:
+        """Make ``marker``, then kill its worker once the file ``path`` exists."""
+        open(marker, "w").close()
+        wait_for_file(path)
+        os._exit(9)
+
+    @tool(idempotent=True)
     def stream_crash_first(self, marker: str, n: int = 3):
         if _first_time(marker):
             os._exit(9)

@@ -529,6 +529,21 @@ def test_a_stream_in_progress_completes_under_a_drain(tmp_path):
     assert consumed == [("ok", ([0, 1, 2, 3, 4], 5))] and closed == [("ok", None)]
 
 
+def test_a_drain_runs_no_idempotent_call_again(tmp_path):
+    """Running it again would be a new call, which the drain refuses: its caller gets the crash."""
+    gate, marker = str(tmp_path / "gate"), str(tmp_path / "running")
+    pool = Pool(Toolbox, size=2).start()
+    running, ran = _in_thread(pool.execute, "crash_at_gate", {"path": gate, "marker": marker})
+    wait_for(lambda: os.path.exists(marker))
+    closer, closed = _in_thread(pool.close, wait=True)
+    wait_for(lambda: "draining" in repr(pool))
+    open(gate, "w").close()
+    _ended(running, closer)
+    [(kind, error)] = ran
+    assert kind == "error" and isinstance(error, SnakepitError) and error.reason == "worker_crashed", error
+    assert pool.stats()["retries"] == 0 and closed == [("ok", None)]
+
+
 @pytest.mark.parametrize("driver", ["map", "amap"])
 def test_a_drain_lets_the_items_a_map_has_read_finish_then_refuses_the_rest(driver, tmp_path):
     """The map reads no more of its input once the pool drains: the items it had read (its

@@ -143,6 +143,7 @@ class Dispatcher:
         self.closed: bool = True  # until start()
         self.draining: bool = False  # a draining close: new calls are refused, the queue is served
         self._quiet: threading.Event | None = None  # the drain's: set once no call is left (or at close)
+        self._dead_held: list[Worker] = []  # workers that died in a caller's hands, until given back (for a drain)
         self.counters: Counters = counters
         self.supervisor: Supervision | None = None
         self.start_failure: errors.SnakepitError | None = None  # why no worker could start
@@ -664,6 +665,8 @@ class Dispatcher:
                     move(serving, WorkerState.DEAD)
                 refused += self.router.remove(serving.id)
                 self.workers.pop(serving.id, None)
+                if serving.checked_out:  # its caller is yet to hear of it: a drain waits for that
+                    self._dead_held = [held for held in self._dead_held if held.checked_out] + [serving]
             self._settled()
         for ticket in refused:
             _wake(ticket)
@@ -731,12 +734,15 @@ class Dispatcher:
 
     def _settled(self) -> None:
         """Under a drain (lock held): set its event if no call is left, neither waiting for a
-        worker nor holding one. A worker that died under its call is out of the table: its
-        caller is told so, and ends."""
+        worker nor holding one -- a live one, or one that died in its hands and that it has not
+        given back yet (it is still to report the crash)."""
         quiet = self._quiet
         if quiet is None or quiet.is_set() or self.router.waiting:
             return
-        if not any(handle.checked_out for handle in self.workers.values()):
+        if any(handle.checked_out for handle in self.workers.values()):
+            return
+        self._dead_held = [handle for handle in self._dead_held if handle.checked_out]
+        if not self._dead_held:
             quiet.set()
 
     def holds(self, caller: object) -> bool:

@@ -354,9 +354,10 @@ class Exchange:
         self.finished = True
         handle = self.handle
         info = handle.conn.exit_status()  # its exit code or signal is the caller's error
+        closed = self.dispatcher.closed  # read first: the release may end a drain, and so begin the shutdown
         self.dispatcher.out_of_service(handle)
         self.dispatcher.release(handle, self.lease)
-        if self.dispatcher.closed:
+        if closed:
             raise errors.pool_closed()
         during = "a stream" if self.chunks else "a call"
         raise errors.worker_crashed(handle.id, info, f"{during} to {self.tool!r}")
