@@ -529,6 +529,18 @@ def test_a_stream_in_progress_completes_under_a_drain(tmp_path):
     assert consumed == [("ok", ([0, 1, 2, 3, 4], 5))] and closed == [("ok", None)]
 
 
+def test_joining_a_drain_from_inside_a_call_it_waits_for_is_refused():
+    pool = Pool(Toolbox, size=1).start()
+    stream = pool.stream("count", {"n": 3})
+    first = next(stream)
+    closer, closed = _in_thread(pool.close, wait=True)
+    wait_for(lambda: "draining" in repr(pool))
+    assert _refused(lambda: pool.close(wait=True)).reason == "invalid_arguments"
+    assert [first, *stream] == [{"number": i, "is_last": i == 2} for i in range(3)]  # the stream goes on
+    _ended(closer)
+    assert closed == [("ok", None)] and "closed" in repr(pool)
+
+
 def test_a_drain_runs_no_idempotent_call_again(tmp_path):
     """Running it again would be a new call, which the drain refuses: its caller gets the crash."""
     gate, marker = str(tmp_path / "gate"), str(tmp_path / "running")

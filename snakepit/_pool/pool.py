@@ -300,17 +300,17 @@ class Pool(Calls["Stream", "AsyncStream"]):
         """close() for a ``caller``: a thread's ident, or the asyncio task behind aclose()."""
         with self._state_lock:
             state = self._state
+            if wait and state in ("running", "draining") and self._dispatcher.holds(caller):
+                raise errors.validation(
+                    Reason.INVALID_ARGUMENTS,
+                    "close(wait=True) from inside one of this pool's calls (a stream's callback, a stream's "
+                    "or a map's loop) would wait for that call, which cannot go on until close() returns: "
+                    "call close() (which cancels) or drain from elsewhere",
+                )
             if wait and state == "running":
-                if self._dispatcher.holds(caller):
-                    raise errors.validation(
-                        Reason.INVALID_ARGUMENTS,
-                        "close(wait=True) from inside one of this pool's calls (a stream's callback, a stream's "
-                        "or a map's loop) would wait for that call, which cannot go on until close() returns: "
-                        "call close() (which cancels) or drain from elsewhere",
-                    )
                 self._state = state = "draining"
                 self._drained = self._dispatcher.drain()
-            elif state == "draining" and wait:
+            elif wait and state == "draining":
                 pass  # join the drain under way, for this call's own drain_timeout
             elif state != "closed":
                 self._state = "closed"
