@@ -163,7 +163,9 @@ def pool_error(reason: str, message: str, **details: Any) -> PoolError:
     return PoolError(Category.POOL, reason, message, details)
 
 
-def pool_closed() -> PoolError:
+def pool_closed(draining: bool = False) -> PoolError:
+    if draining:  # close(wait=True) is under way: the calls it waits for still run
+        return pool_error(Reason.POOL_CLOSED, "the pool is closing (draining its calls): it takes no new ones")
     return pool_error(Reason.POOL_CLOSED, "the pool is not running (not started, or closed)")
 
 

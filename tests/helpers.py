@@ -40,6 +40,15 @@ async def await_for(predicate, timeout: float = 10.0, interval: float = 0.01):
         await asyncio.sleep(interval)
 
 
+def wait_for_file(path: str, timeout: float = 120.0) -> None:
+    """In a worker: until ``path`` exists (a gate the test opens); polled with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+
+
 def gone(pid: int) -> bool:
     """The process has exited (reaped, or a zombie waiting to be)."""
     import psutil
@@ -272,6 +281,13 @@ class Toolbox(BaseAdapter):
         os.kill(os.getpid(), signal.SIGKILL)
 
     @tool(idempotent=True)
+    def crash_at_gate(self, path: str, marker: str) -> None:
+        """Make ``marker``, then kill its worker once the file ``path`` exists."""
+        open(marker, "w").close()
+        wait_for_file(path)
+        os._exit(9)
+
+    @tool(idempotent=True)
     def stream_crash_first(self, marker: str, n: int = 3):
         if _first_time(marker):
             os._exit(9)
@@ -418,6 +434,25 @@ class Toolbox(BaseAdapter):
         logging.getLogger("toolbox").error("logged at error")
         logging.getLogger("toolbox").debug("logged at debug: below the owner's level, never sent")
         os.write(1, b"written to fd 1 from C\n")
+
+    # -- gates: a tool that waits for the test to let it go ----------------------------------------
+
+    @tool
+    def gate(self, path: str, marker: str = "", value: int = 0) -> int:
+        """Make ``marker`` (the tool runs), wait until the file ``path`` exists, return ``value``."""
+        if marker:
+            open(marker, "w").close()
+        wait_for_file(path)
+        return value
+
+    @tool
+    def gated_count(self, path: str, n: int = 3, marker: str = ""):
+        """Yield 0, make ``marker``, wait until ``path`` exists, then yield 1..n-1."""
+        yield 0
+        if marker:
+            open(marker, "w").close()
+        wait_for_file(path)
+        yield from range(1, n)
 
 
 class FailingInit(BaseAdapter):
@@ -826,3 +861,32 @@ class Matrix(BaseAdapter):
     def hold(self, seconds: float) -> int:
         time.sleep(seconds)
         return os.getpid()
+
+
+class GatedStart(BaseAdapter):
+    """Workers that only the test lets through: ``initialize()`` makes ``marker`` and waits until
+    the file ``gate`` exists; ``cleanup()`` waits until ``cleanup_gate`` exists, then appends
+    its pid to ``cleaned``."""
+
+    def __init__(self, gate: str = "", marker: str = "", cleanup_gate: str = "", cleaned: str = "") -> None:
+        self.gate = gate
+        self.marker = marker
+        self.cleanup_gate = cleanup_gate
+        self.cleaned = cleaned
+
+    def initialize(self) -> None:
+        if self.marker:
+            open(self.marker, "w").close()
+        if self.gate:
+            wait_for_file(self.gate)
+
+    def cleanup(self) -> None:
+        if self.cleanup_gate:
+            wait_for_file(self.cleanup_gate)
+        if self.cleaned:
+            with open(self.cleaned, "a") as f:
+                f.write(f"{os.getpid()}\n")
+
+    @tool
+    def add(self, a: int, b: int = 1) -> int:
+        return a + b

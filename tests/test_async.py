@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
 import pytest
-from helpers import Faulty, Toolbox, await_for
+from helpers import Faulty, GatedStart, Toolbox, await_for
 
 from snakepit import HALT, Pool, SnakepitError
 
@@ -264,3 +265,134 @@ def test_leaving_an_async_loop_early_cancels_a_stream_still_referenced():
 
         asyncio.run(main())
         assert pool.stats()["busy"] == 0
+
+
+# -- life cycle: async with, astart, aclose --------------------------------------------------------
+
+
+def test_async_with_starts_and_closes_the_pool_without_blocking_the_loop(tmp_path):
+    """The workers become ready, and run cleanup(), only once a ticker on the loop has opened
+    their gates: a start or a close that blocked the loop would never end."""
+    start_gate, cleanup_gate, cleaned = (str(tmp_path / name) for name in ("start", "cleanup", "cleaned"))
+
+    async def main() -> tuple[int, int]:
+        ticks = 0
+        closing_at: int | None = None
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                if ticks == 5:
+                    open(start_gate, "w").close()
+                if closing_at is not None and ticks == closing_at + 5:
+                    open(cleanup_gate, "w").close()
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(ticker())
+        adapter_args = {"gate": start_gate, "cleanup_gate": cleanup_gate, "cleaned": cleaned}
+        async with Pool(GatedStart, size=2, adapter_args=adapter_args, shutdown_timeout=30) as pool:
+            assert "running" in repr(pool)
+            started_ticks = ticks
+            assert await pool.aexecute("add", {"a": 1}) == 2
+            closing_at = ticks
+        closed_ticks = ticks - closing_at
+        assert "closed" in repr(pool)
+        task.cancel()
+        return started_ticks, closed_ticks
+
+    started_ticks, closed_ticks = run(main())
+    assert started_ticks >= 5 and closed_ticks >= 5
+    with open(cleaned) as f:
+        assert len(f.read().split()) == 2  # both workers' cleanup() saw the gate: nobody was killed
+
+
+def test_cancelling_astart_closes_the_pool(tmp_path):
+    gate, marker = str(tmp_path / "never"), str(tmp_path / "initializing")
+
+    async def main() -> None:
+        pool = Pool(GatedStart, size=2, adapter_args={"gate": gate, "marker": marker}, start_timeout=60)
+        starting = asyncio.create_task(pool.astart())
+        await await_for(lambda: os.path.exists(marker))  # a worker is inside initialize()
+        began = time.monotonic()
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert time.monotonic() - began < 30  # not start_timeout: the workers starting are killed
+        assert "closed" in repr(pool)
+        with pytest.raises(SnakepitError) as info:
+            await pool.aexecute("add", {"a": 1})
+        assert info.value.reason == "pool_closed"
+        await pool.aclose()  # closed already: nothing to do
+
+    run(main())
+
+
+def test_aclose_wait_drains_the_loops_calls_and_refuses_new_ones(tmp_path):
+    gate, marker = str(tmp_path / "gate"), str(tmp_path / "running")
+
+    async def main() -> None:
+        async with Pool(Toolbox, size=1) as pool:
+            running = asyncio.create_task(pool.aexecute("gate", {"path": gate, "marker": marker, "value": 7}))
+            await await_for(lambda: os.path.exists(marker))
+            queued = asyncio.create_task(pool.aexecute("add", {"a": 1}))
+            await await_for(lambda: pool.stats()["waiting"] == 1)
+            closing = asyncio.create_task(pool.aclose(wait=True))
+            await await_for(lambda: "draining" in repr(pool))
+            with pytest.raises(SnakepitError) as info:
+                await pool.aexecute("add", {"a": 1})
+            assert info.value.reason == "pool_closed"
+            assert not closing.done()
+            open(gate, "w").close()
+            assert await running == 7 and await queued == 2
+            await closing
+            assert "closed" in repr(pool)
+
+    run(main())
+
+
+def test_cancelling_a_draining_aclose_cancels_the_calls_and_still_closes(tmp_path):
+    gate, marker = str(tmp_path / "never"), str(tmp_path / "running")
+
+    async def main() -> None:
+        pool = await Pool(Toolbox, size=1).astart()
+        running = asyncio.create_task(pool.aexecute("gate", {"path": gate, "marker": marker}))
+        await await_for(lambda: os.path.exists(marker))
+        closing = asyncio.create_task(pool.aclose(wait=True))
+        await await_for(lambda: "draining" in repr(pool))
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert "closed" in repr(pool)
+        with pytest.raises(SnakepitError) as info:
+            await running
+        assert info.value.reason == "pool_closed"
+
+    run(main())
+
+
+def test_a_task_cannot_drain_the_pool_from_inside_its_own_call():
+    async def main() -> None:
+        async with Pool(Toolbox, size=1) as pool:
+            refused: list[SnakepitError] = []
+            async for _ in pool.astream("count", {"n": 3}):
+                with pytest.raises(SnakepitError) as info:
+                    await pool.aclose(wait=True)
+                refused.append(info.value)
+                break
+
+            async def callback(chunk: object) -> object:
+                with pytest.raises(SnakepitError) as info:
+                    await pool.aclose(wait=True)
+                refused.append(info.value)
+                return HALT
+
+            assert (await pool.aexecute_stream("count", {"n": 3}, callback)).halted
+            with pytest.raises(SnakepitError) as info:
+                pool.close(wait=True)  # blocking, on the running loop
+            refused.append(info.value)
+            assert [error.reason for error in refused] == ["invalid_arguments"] * 3
+            assert "aclose" in refused[-1].message
+            assert "running" in repr(pool) and await pool.aexecute("add", {"a": 1}) == 2
+
+    run(main())

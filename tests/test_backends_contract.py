@@ -334,3 +334,37 @@ def test_close_gives_a_running_call_pool_closed_at_once(backend, tmp_path):
     [(error, when)] = outcome
     assert isinstance(error, SnakepitError) and error.reason == "pool_closed", error
     assert when - began < 2.5  # not after shutdown_timeout (12 s), when the actor is killed
+
+
+def test_a_draining_close_lets_running_and_queued_calls_finish(backend, tmp_path):
+    """close(wait=True): new calls are refused at once, the call running and the one queued
+    finish, then the pool closes. Nothing backend-specific: the drain is the pool's."""
+    gate, marker = str(tmp_path / "gate"), str(tmp_path / "running")
+    pool = Pool(Toolbox, size=1, start_timeout=60, **backend).start()
+    outcomes: dict[str, object] = {}
+
+    def call(name: str, tool: str, args: dict) -> None:
+        try:
+            outcomes[name] = pool.execute(tool, args)
+        except BaseException as exc:
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=call, args=("running", "gate", {"path": gate, "marker": marker, "value": 7}))]
+    threads[0].start()
+    wait_for(lambda: os.path.exists(marker), timeout=30)
+    threads.append(threading.Thread(target=call, args=("queued", "add", {"a": 1})))
+    threads[1].start()
+    wait_for(lambda: pool.stats()["waiting"] == 1)
+    closer = threading.Thread(target=pool.close, kwargs={"wait": True})
+    closer.start()
+    try:
+        wait_for(lambda: "draining" in repr(pool))
+        with pytest.raises(SnakepitError) as info:
+            pool.execute("add", {"a": 1})
+        assert info.value.reason == "pool_closed"
+    finally:
+        open(gate, "w").close()
+        for thread in [*threads, closer]:
+            thread.join(60)
+    assert not closer.is_alive() and outcomes == {"running": 7, "queued": 2}
+    assert "closed" in repr(pool)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import signal
@@ -13,7 +14,7 @@ import psutil
 import pytest
 from helpers import FailingInit, Toolbox, wait_for
 
-from snakepit import BaseAdapter, Pool, SnakepitError, tool
+from snakepit import HALT, BaseAdapter, Pool, SnakepitError, tool
 
 
 def test_calls_before_start_and_after_close_are_pool_closed():
@@ -398,3 +399,262 @@ def test_close_while_another_thread_starts_the_pool_ends_the_start_with_pool_clo
         with pytest.raises(SnakepitError) as info:
             pool.execute("add", {"a": 1})
         assert info.value.reason == "pool_closed"
+
+
+# -- a draining close: close(wait=True, drain_timeout=None) ---------------------------------------
+
+
+def _in_thread(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on a thread of its own: the thread, and a list that will hold its
+    outcome, ``("ok", value)`` or ``("error", exception)``."""
+    outcome: list[tuple[str, object]] = []
+
+    def run() -> None:
+        try:
+            outcome.append(("ok", fn(*args, **kwargs)))
+        except BaseException as exc:
+            outcome.append(("error", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _ended(*threads: threading.Thread) -> None:
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive()
+
+
+def _refused(call) -> SnakepitError:
+    with pytest.raises(SnakepitError) as info:
+        call()
+    return info.value
+
+
+def test_a_draining_close_lets_running_and_queued_calls_finish_and_refuses_new_ones(tmp_path):
+    gate, marker = str(tmp_path / "gate"), str(tmp_path / "running")
+    pool = Pool(Toolbox, size=1).start()
+    pids = [w["pid"] for w in pool.stats()["worker_info"]]
+    running, ran = _in_thread(pool.execute, "gate", {"path": gate, "marker": marker, "value": 7})
+    wait_for(lambda: os.path.exists(marker))
+    queued, got = _in_thread(pool.execute, "add", {"a": 1})
+    wait_for(lambda: pool.stats()["waiting"] == 1)
+
+    closer, closed = _in_thread(pool.close, wait=True)
+    wait_for(lambda: "draining" in repr(pool))
+    for call in (
+        lambda: pool.execute("add", {"a": 1}),
+        lambda: pool.stream("count", {"n": 1}),
+        lambda: list(pool.map("add", [{"a": 1}])),
+        lambda: pool.serve("127.0.0.1:0"),
+    ):
+        error = _refused(call)
+        assert (error.category, error.reason) == ("pool", "pool_closed") and "draining" in error.message
+    assert not pool.serving
+    assert closer.is_alive() and not ran and not got  # the drain waits: the gate is shut
+
+    open(gate, "w").close()
+    _ended(running, queued, closer)
+    assert ran == [("ok", 7)] and got == [("ok", 2)] and closed == [("ok", None)]
+    assert "closed" in repr(pool)
+    assert not any(psutil.pid_exists(pid) for pid in pids)  # exited and reaped, as after close()
+    assert _refused(lambda: pool.execute("add", {"a": 1})).reason == "pool_closed"
+
+
+def test_a_draining_close_with_nothing_running_returns_at_once():
+    pool = Pool(Toolbox, size=1).start()
+    began = time.monotonic()
+    pool.close(wait=True)
+    assert time.monotonic() - began < 25  # the shutdown alone (5 s of shutdown_timeout at most), with headroom
+    assert "closed" in repr(pool)
+    pool.close(wait=True)  # idempotent too
+    Pool(Toolbox, size=1).close(wait=True)  # never started: nothing to drain
+
+
+def test_drain_timeout_cancels_what_is_left_as_close_does(tmp_path):
+    gate, marker = str(tmp_path / "never"), str(tmp_path / "running")
+    pool = Pool(Toolbox, size=1).start()
+    running, ran = _in_thread(pool.execute, "gate", {"path": gate, "marker": marker})
+    wait_for(lambda: os.path.exists(marker))
+    queued, got = _in_thread(pool.execute, "add", {"a": 1})
+    wait_for(lambda: pool.stats()["waiting"] == 1)
+    began = time.monotonic()
+    pool.close(wait=True, drain_timeout=0.5)
+    elapsed = time.monotonic() - began
+    _ended(running, queued)
+    assert 0.5 <= elapsed < 25  # waited for the drain, then the tool was interrupted at once
+    for [(kind, error)] in (ran, got):
+        assert kind == "error" and isinstance(error, SnakepitError), error
+        assert (error.category, error.reason) == ("pool", "pool_closed")
+
+
+@pytest.mark.parametrize("second", ["close", "close_wait_with_timeout"])
+def test_a_second_close_during_a_drain_ends_it(second, tmp_path):
+    """A close() cancels at once; a close(wait=True, drain_timeout=...) joins the drain and ends
+    it at its own deadline. Neither deadlocks with the first, which returns too."""
+    gate, marker = str(tmp_path / "never"), str(tmp_path / "running")
+    pool = Pool(Toolbox, size=1).start()
+    running, ran = _in_thread(pool.execute, "gate", {"path": gate, "marker": marker})
+    wait_for(lambda: os.path.exists(marker))
+    first, first_closed = _in_thread(pool.close, wait=True)
+    wait_for(lambda: "draining" in repr(pool))
+    began = time.monotonic()
+    if second == "close":
+        pool.close()
+    else:
+        pool.close(wait=True, drain_timeout=0.3)
+    assert time.monotonic() - began < 25
+    _ended(running, first)
+    assert first_closed == [("ok", None)] and "closed" in repr(pool)
+    [(kind, error)] = ran
+    assert kind == "error" and isinstance(error, SnakepitError) and error.reason == "pool_closed", error
+
+
+def test_a_stream_in_progress_completes_under_a_drain(tmp_path):
+    gate, marker = str(tmp_path / "gate"), str(tmp_path / "streaming")
+    pool = Pool(Toolbox, size=1).start()
+
+    def consume() -> tuple[list[int], int]:
+        stream = pool.stream("gated_count", {"path": gate, "n": 5, "marker": marker})
+        chunks = list(stream)
+        return chunks, stream.result.chunks
+
+    consumer, consumed = _in_thread(consume)
+    wait_for(lambda: os.path.exists(marker))  # the first chunk is out, the rest waits for the gate
+    closer, closed = _in_thread(pool.close, wait=True)
+    wait_for(lambda: "draining" in repr(pool))
+    open(gate, "w").close()
+    _ended(consumer, closer)
+    assert consumed == [("ok", ([0, 1, 2, 3, 4], 5))] and closed == [("ok", None)]
+
+
+def test_joining_a_drain_from_inside_a_call_it_waits_for_is_refused():
+    pool = Pool(Toolbox, size=1).start()
+    stream = pool.stream("count", {"n": 3})
+    first = next(stream)
+    closer, closed = _in_thread(pool.close, wait=True)
+    wait_for(lambda: "draining" in repr(pool))
+    assert _refused(lambda: pool.close(wait=True)).reason == "invalid_arguments"
+    assert [first, *stream] == [{"number": i, "is_last": i == 2} for i in range(3)]  # the stream goes on
+    _ended(closer)
+    assert closed == [("ok", None)] and "closed" in repr(pool)
+
+
+def test_a_drain_runs_no_idempotent_call_again(tmp_path):
+    """Running it again would be a new call, which the drain refuses: its caller gets the crash."""
+    gate, marker = str(tmp_path / "gate"), str(tmp_path / "running")
+    pool = Pool(Toolbox, size=2).start()
+    running, ran = _in_thread(pool.execute, "crash_at_gate", {"path": gate, "marker": marker})
+    wait_for(lambda: os.path.exists(marker))
+    closer, closed = _in_thread(pool.close, wait=True)
+    wait_for(lambda: "draining" in repr(pool))
+    open(gate, "w").close()
+    _ended(running, closer)
+    [(kind, error)] = ran
+    assert kind == "error" and isinstance(error, SnakepitError) and error.reason == "worker_crashed", error
+    assert pool.stats()["retries"] == 0 and closed == [("ok", None)]
+
+
+@pytest.mark.parametrize("driver", ["map", "amap"])
+def test_a_drain_lets_the_items_a_map_has_read_finish_then_refuses_the_rest(driver, tmp_path):
+    """The map reads no more of its input once the pool drains: the items it had read (its
+    dispatched batches) run and are yielded in order, then the map raises pool_closed."""
+    gate = str(tmp_path / "gate")
+    read: list[int] = []
+
+    def items():
+        for i in itertools.count():
+            read.append(i)
+            yield {"path": gate, "marker": str(tmp_path / f"running-{i}"), "value": i}
+
+    pool = Pool(Toolbox, size=2).start()
+    results: list[int] = []
+
+    def consume() -> None:
+        if driver == "map":
+            results.extend(pool.map("gate", items(), chunksize=1))
+            return
+
+        async def main() -> None:
+            async for value in pool.amap("gate", items(), chunksize=1):
+                results.append(value)
+
+        asyncio.run(main())
+
+    consumer, consumed = _in_thread(consume)
+    wait_for(lambda: len(list(tmp_path.glob("running-*"))) == 2)  # each worker runs an item
+    closer, closed = _in_thread(pool.close, wait=True)
+    wait_for(lambda: "draining" in repr(pool))
+    open(gate, "w").close()
+    _ended(consumer, closer)
+    [(kind, error)] = consumed
+    assert kind == "error" and isinstance(error, SnakepitError) and error.reason == "pool_closed", error
+    assert len(results) >= 2 and results == read == list(range(len(results)))
+    assert closed == [("ok", None)]
+
+
+def test_invalid_drain_options_are_invalid_arguments_and_change_nothing():
+    pool = Pool(Toolbox, size=1).start()
+    try:
+        for kwargs in (
+            {"wait": True, "drain_timeout": -1},
+            {"wait": True, "drain_timeout": float("nan")},
+            {"wait": True, "drain_timeout": "5"},
+            {"wait": True, "drain_timeout": True},
+            {"drain_timeout": 5},  # a drain_timeout without wait=True
+            {"wait": "yes"},
+        ):
+            error = _refused(lambda kwargs=kwargs: pool.close(**kwargs))
+            assert (error.category, error.reason) == ("validation", "invalid_arguments"), kwargs
+            assert "running" in repr(pool)
+        assert pool.execute("add", {"a": 1}) == 2
+        pool.close(wait=True, drain_timeout=math.inf)  # no limit, as for every timeout
+        assert "closed" in repr(pool)
+    finally:
+        pool.close()
+    other = Pool(Toolbox, size=1).start()
+    other.close(wait=True, drain_timeout=0)  # zero: no waiting
+    assert "closed" in repr(other)
+
+
+def test_a_drain_from_inside_the_pools_own_call_is_refused_and_one_from_on_event_works(tmp_path):
+    """The drain would wait for the very call whose callback (or loop) asks for it: refused.
+    An event handler holds no call: its drain waits for the others, without deadlock."""
+    pool = Pool(Toolbox, size=2).start()
+    seen: list[SnakepitError] = []
+
+    def callback(chunk: object) -> object:
+        seen.append(_refused(lambda: pool.close(wait=True)))
+        return HALT
+
+    assert pool.execute_stream("count", {"n": 3}, callback).halted
+    for _ in pool.stream("count", {"n": 3}):
+        seen.append(_refused(lambda: pool.close(wait=True)))
+        break
+    for _ in pool.map("add", [{"a": i} for i in range(8)]):
+        seen.append(_refused(lambda: pool.close(wait=True)))
+        break
+    assert len(seen) == 3
+    for error in seen:
+        assert error.reason == "invalid_arguments" and "inside" in error.message
+    assert "running" in repr(pool) and pool.execute("add", {"a": 1}) == 2
+
+    gate, marker = str(tmp_path / "gate"), str(tmp_path / "running")
+    steps: list[str] = []
+
+    def on_event(event: dict) -> None:
+        if event["event"] == "worker_exit" and not steps:
+            steps.append("draining")
+            pool.close(wait=True)
+            steps.append("closed")
+
+    pool.subscribe(on_event)
+    running, ran = _in_thread(pool.execute, "gate", {"path": gate, "marker": marker, "value": 3})
+    wait_for(lambda: os.path.exists(marker))
+    assert _refused(lambda: pool.execute("crash")).reason == "worker_crashed"  # its worker_exit starts the drain
+    wait_for(lambda: "draining" in repr(pool))
+    open(gate, "w").close()
+    _ended(running)
+    wait_for(lambda: steps == ["draining", "closed"])
+    assert ran == [("ok", 3)] and "closed" in repr(pool)

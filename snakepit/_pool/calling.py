@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -151,7 +152,7 @@ class CallRunner:
         worker is assigned: whatever interrupts a step after that, the worker comes back.
         """
         call = self.prepare(request, stream, context)
-        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context, call.timeout)
+        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context, call.timeout, threading.get_ident())
         try:
             self.dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if context.span is not None:
@@ -168,7 +169,7 @@ class CallRunner:
         """Whether a failed call runs again (``context.retry`` says when): only an idempotent
         tool's call whose worker died under it (not killed by the pool) before the caller got
         anything of it, outside a strict session, within ``max_retries`` and the call's
-        deadline."""
+        deadline, and not while the pool drains."""
         previous = context.retry
         attempt = 0 if previous is None else previous.attempt
         if (
@@ -178,6 +179,7 @@ class CallRunner:
             or exchange.handle is None
             or exchange.chunks
             or exchange.handle.killed_on_purpose
+            or self.dispatcher.draining  # running it again would be a new call, which a drain refuses
         ):
             return False
         spec = self.tools.get(exchange.tool)
@@ -234,7 +236,7 @@ class CallRunner:
         self, request: CallRequest, stream: bool, context: CallContext, running: Callable[[], bool] | None = None
     ) -> Exchange:
         call = self.prepare(request, stream, context)
-        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context, call.timeout)
+        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context, call.timeout, asyncio.current_task())
         try:
             await aio.checkout(self.dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if running is not None and not running():

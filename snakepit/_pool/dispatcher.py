@@ -7,6 +7,12 @@ its deadline passes. Wake-ups happen outside the lock.
 
 Ownership of a worker's responses pipe moves with the worker: the caller owns it between
 ``checkout`` and ``release``/``abandon``/``lost``; the supervisor owns it otherwise.
+
+A draining close (:meth:`Dispatcher.drain`) refuses new calls but goes on serving the queue: the
+calls already waiting still get workers, those running finish. Every step that lets a call go
+(a worker given back, a ticket leaving the queue) checks, under the lock, whether any call is
+left (:meth:`Dispatcher._settled`), and sets the drain's event when none is: the closing thread
+waits on it, never polls.
 """
 
 from __future__ import annotations
@@ -136,6 +142,9 @@ class Dispatcher:
         self.affinity: Affinity = affinity  # the pool's default mode
         self.workers: dict[int, Worker] = {}
         self.closed: bool = True  # until start()
+        self.draining: bool = False  # a draining close: new calls are refused, the queue is served
+        self._quiet: threading.Event | None = None  # the drain's: set once no call is left (or at close)
+        self._dead_held: list[Worker] = []  # workers that died in a caller's hands, until given back (for a drain)
         self.counters: Counters = counters
         self.supervisor: Supervision | None = None
         self.start_failure: errors.SnakepitError | None = None  # why no worker could start
@@ -190,8 +199,8 @@ class Dispatcher:
         ticket: Ticket | None = None
         try:
             with self.lock:
-                if self.closed:
-                    raise errors.pool_closed()
+                if self.closed or self.draining:
+                    raise errors.pool_closed(self.draining)
                 if session_id is None:  # the common case first: any idle worker serves it
                     handle = self._take_idle(owner)
                     if handle is not None:
@@ -222,13 +231,16 @@ class Dispatcher:
         stale: list[Worker] = []
         try:
             with self.lock:
-                if not ticket.done and self.router.withdraw(ticket):
-                    raise self._deadline_error(queue_deadline, call_deadline, ticket.owner)
-                handle = self._claim(ticket, stale)
-                if handle is None:  # the worker it was handed died before it was taken: ask again
-                    ticket.worker = None
-                    handle = self._acquire(ticket)
-                return (handle, None) if handle is not None else (None, park(ticket))
+                try:
+                    if not ticket.done and self.router.withdraw(ticket):
+                        raise self._deadline_error(queue_deadline, call_deadline, ticket.owner)
+                    handle = self._claim(ticket, stale)
+                    if handle is None:  # the worker it was handed died before it was taken: ask again
+                        ticket.worker = None
+                        handle = self._acquire(ticket)
+                    return (handle, None) if handle is not None else (None, park(ticket))
+                finally:
+                    self._settled()
         except _Refused as refused:
             raise refused.surface(self.observer, ticket.owner) from None
         finally:
@@ -237,7 +249,7 @@ class Dispatcher:
     def checkout_now(self, owner: Owner | None = None) -> Worker | None:
         """An idle worker if there is one (no session, no queueing); ``None`` otherwise."""
         with self.lock:
-            return None if self.closed else self._take_idle(owner)
+            return None if self.closed or self.draining else self._take_idle(owner)
 
     def _take_idle(self, owner: Owner | None) -> Worker | None:
         worker = self.router.take_idle()
@@ -253,13 +265,16 @@ class Dispatcher:
         stale: list[Worker] = []
         woken: list[Ticket] = []
         with self.lock:
-            if self.router.withdraw(ticket) or not ticket.done or ticket.refused is not None:
-                return
-            handle = self.workers.get(ticket.worker)  # type: ignore[arg-type]
-            if handle is None:
-                self._unassign(ticket, stale)
-            else:
-                woken = self._hand_back(ticket, handle)
+            try:
+                if self.router.withdraw(ticket) or not ticket.done or ticket.refused is not None:
+                    return
+                handle = self.workers.get(ticket.worker)  # type: ignore[arg-type]
+                if handle is None:
+                    self._unassign(ticket, stale)
+                else:
+                    woken = self._hand_back(ticket, handle)
+            finally:
+                self._settled()
         self._dispose(stale)
         for other in woken:
             _wake(other)
@@ -449,6 +464,7 @@ class Dispatcher:
                 woken, retiring = self._retire(handle, reason)
             else:
                 woken = self._free(handle)
+            self._settled()
         if dead:
             supervisor = self._supervise()
             supervisor.submit(supervisor.dispose, handle)
@@ -477,6 +493,7 @@ class Dispatcher:
             handle.checked_out = False
             handle.owner = None
             dead = handle.state is WorkerState.DEAD
+            self._settled()
         self._dispose([handle] if dead else [])
 
     def abandon(self, handle: Worker, call_id: int, lease: int | None = None) -> None:
@@ -495,6 +512,7 @@ class Dispatcher:
             else:
                 move(handle, WorkerState.DRAINING)
                 dispose = False
+            self._settled()
         supervisor = self._supervise()
         if dispose:
             supervisor.submit(supervisor.dispose, handle)
@@ -516,6 +534,7 @@ class Dispatcher:
                 self.workers[serving.id] = serving
                 self.router.join(serving.id, serving.group)
                 woken += self._free(serving)
+            self._settled()
         for ticket in woken:
             _wake(ticket)
 
@@ -525,6 +544,7 @@ class Dispatcher:
         with self.lock:
             self.start_failure = error
             refused = self.router.refuse_all(Reason.WORKER_START_FAILED) if not self.workers else []
+            self._settled()
         for ticket in refused:
             _wake(ticket)
 
@@ -541,6 +561,7 @@ class Dispatcher:
                 woken, retiring = self._retire(handle, reason)
             else:
                 woken = self._free(handle)
+            self._settled()
         if retiring is not None:
             self._supervise().retire(retiring)
         for ticket in woken:
@@ -575,6 +596,7 @@ class Dispatcher:
                     to_drain.append((handle, list(handle.outstanding)))
                 else:
                     woken += self._free(handle)
+            self._settled()
         for ticket in woken:
             _wake(ticket)
         return to_drain
@@ -587,6 +609,7 @@ class Dispatcher:
             if any(slot.state is not WorkerState.IDLE for slot in serving):
                 return False
             woken = self._retire(serving[0], reason)[0]  # a call slot takes its idle siblings along
+            self._settled()
         for ticket in woken:
             _wake(ticket)
         return True
@@ -654,6 +677,9 @@ class Dispatcher:
                     move(serving, WorkerState.DEAD)
                 refused += self.router.remove(serving.id)
                 self.workers.pop(serving.id, None)
+                if serving.checked_out:  # its caller is yet to hear of it: a drain waits for that
+                    self._dead_held = [held for held in self._dead_held if held.checked_out] + [serving]
+            self._settled()
         for ticket in refused:
             _wake(ticket)
         return True
@@ -707,12 +733,49 @@ class Dispatcher:
         with self.lock:
             self.closed = False
 
+    def drain(self) -> threading.Event:
+        """Refuse new calls (``pool_closed``), but serve the waiting ones and let every call that
+        holds a worker finish: the event returned is set once no call is left (or at
+        :meth:`close`). A map sends no new batch from now on (see :mod:`.mapping`)."""
+        with self.lock:
+            if self._quiet is None:
+                self.draining = True
+                self._quiet = threading.Event()
+                self._settled()
+            return self._quiet
+
+    def _settled(self) -> None:
+        """Under a drain (lock held): set its event if no call is left, neither waiting for a
+        worker nor holding one -- a live one, or one that died in its hands and that it has not
+        given back yet (it is still to report the crash)."""
+        quiet = self._quiet
+        if quiet is None or quiet.is_set() or self.router.waiting:
+            return
+        if any(handle.checked_out for handle in self.workers.values()):
+            return
+        self._dead_held = [handle for handle in self._dead_held if handle.checked_out]
+        if not self._dead_held:
+            quiet.set()
+
+    def holds(self, caller: object) -> bool:
+        """Whether a call begun by ``caller`` (a thread's ident, or an asyncio task) holds a
+        worker: a drain it waited for would wait for itself."""
+        with self.lock:
+            for handle in self.workers.values():
+                owner = handle.owner() if handle.checked_out and handle.owner is not None else None
+                if owner is not None and getattr(owner, "caller", None) == caller:
+                    return True
+        return False
+
     def close(self) -> list[Worker]:
-        """Refuse new calls and every waiting one; the workers left to shut down."""
+        """Refuse new calls and every waiting one; the workers left to shut down. A drain under
+        way ends (its event is set)."""
         with self.lock:
             self.closed = True
             refused = self.router.refuse_all(Reason.POOL_CLOSED)
             handles = list(self.workers.values())
+            if self._quiet is not None:
+                self._quiet.set()
         for ticket in refused:
             _wake(ticket)
         return handles
@@ -725,8 +788,8 @@ class Dispatcher:
 
     @property
     def serving(self) -> bool:
-        """Open, with at least one worker up (what a health probe asks)."""
-        return not self.closed and bool(self.workers)
+        """Open (not closing, not draining), with at least one worker up (what a health probe asks)."""
+        return not self.closed and not self.draining and bool(self.workers)
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:

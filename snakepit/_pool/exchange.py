@@ -84,6 +84,7 @@ class Exchange:
         "_index",
         "_salvaged",
         "context",
+        "caller",
         "__weakref__",
     )
 
@@ -94,8 +95,10 @@ class Exchange:
         deadline: float | None,
         context: CallContext | None = None,
         timeout: float | None = None,
+        caller: object = None,
     ) -> None:
         self.context: CallContext | None = context
+        self.caller: object = caller  # the thread (its ident) or asyncio task that began the call: see Dispatcher.holds
         self.finished: bool = False
         self.handle: Worker = None  # type: ignore[assignment]  # set by adopt()
         self.lease: int = 0
@@ -358,9 +361,10 @@ class Exchange:
         self.finished = True
         handle = self.handle
         info = handle.conn.exit_status()  # its exit code or signal is the caller's error
+        closed = self.dispatcher.closed  # read first: the release may end a drain, and so begin the shutdown
         self.dispatcher.out_of_service(handle)
         self.dispatcher.release(handle, self.lease)
-        if self.dispatcher.closed:
+        if closed:
             raise errors.pool_closed()
         during = "a stream" if self.chunks else "a call"
         raise errors.worker_crashed(handle.id, info, f"{during} to {self.tool!r}")

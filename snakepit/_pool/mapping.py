@@ -13,6 +13,11 @@ error with ``return_exceptions=True``; a worker that dies fails only the items i
 an idempotent tool, has them run again one by one (each its own batch, so that an item that
 kills its worker again fails alone) up to ``retries`` times.
 
+When the pool drains (``close(wait=True)``) a map reads no more of its input: the items it has
+read run (the batches sent, one read but not yet sent, items running again after their worker
+died), their results are yielded, each worker is handed back once it has nothing left to run,
+and the driver's next request for a worker raises ``pool_closed`` for the rest of the input.
+
 :class:`MapEngine` is the sans-IO core shared by the sync and async drivers; they differ only in
 how they wait for a worker's pipe.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -130,6 +136,7 @@ class MapEngine:
         # gets nothing more. Without it (the thread driver) such a write blocks the caller.
         self.offload: Callable[[Worker, bytes | bytearray, _InFlight], None] | None = None
         self._writing: set[int] = set()  # workers with an offloaded write under way
+        self.caller: object = None  # the thread (its ident) or task iterating the map: see Dispatcher.holds
 
     @property
     def correlation_id(self) -> str | None:
@@ -175,7 +182,7 @@ class MapEngine:
                 and self._send(handle)
             ):
                 pass
-            if not queue and self.exhausted:
+            if not queue and (self.exhausted or self._stopped()):
                 idle.append(handle)
         for handle in idle:
             self._drop(handle)
@@ -193,6 +200,11 @@ class MapEngine:
 
     def _running_again(self, handle: Worker) -> bool:
         return any(queue and queue[-1].attempt for queue in self._process_queues(handle))
+
+    def _stopped(self) -> bool:
+        """The pool drains and every item read has been sent: a worker with nothing queued is
+        handed back (see the module's docstring)."""
+        return self._dispatcher.draining and not self._again and self._held is None
 
     def _room(self) -> bool:
         return self._in_flight + self._buffered < _AHEAD
@@ -216,7 +228,7 @@ class MapEngine:
         queue = self._queued[handle.id]
         alone = not any(self._process_queues(handle))
         if self._held is None and not ((alone and self._take_again()) or self._take_batch()):
-            return not self._exhausted  # True: the batch failed to encode, its items have failed
+            return False  # the input has run out, or the pool drains
         start, count, items, refused, attempt = self._held  # type: ignore[misc]
         if (attempt and not alone) or (queue and not handle.conn.fits(len(items) + len(self.tool) + _ENVELOPE)):
             return False  # an item running again goes to a process running nothing else of ours
@@ -264,8 +276,9 @@ class MapEngine:
                 del error  # its traceback holds this frame: no cycle through the local
 
     def _take_batch(self) -> bool:
-        """Read and encode the next batch into ``_held``; False if the input has run out."""
-        if self._exhausted:
+        """Read and encode the next batch into ``_held``; False if the input has run out, or
+        the pool drains (the input is not read further)."""
+        if self._exhausted or self._dispatcher.draining:
             return False
         items = list(itertools.islice(self._items, self._batch_size()))
         if not items:
@@ -567,6 +580,7 @@ def run_map(
     engine: MapEngine, first: Callable[[], Worker], more: Callable[[], Worker | None], return_exceptions: bool
 ) -> Iterator[Any]:
     """The synchronous driver: waits on every held worker's pipe with ``poll``."""
+    engine.caller = threading.get_ident()
     try:
         while True:
             _acquire(engine, first, more)
@@ -641,6 +655,7 @@ async def arun_map(
     """The asyncio driver: the same engine, waiting through the event loop. A batch too big
     for a worker's pipe is written from a thread, so the loop never blocks on a slow reader."""
     loop = asyncio.get_running_loop()
+    engine.caller = asyncio.current_task()
     writes: set[asyncio.Future[None]] = set()
 
     def offload(handle: Worker, frame: bytes | bytearray, batch: _InFlight) -> None:

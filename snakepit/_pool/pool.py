@@ -1,15 +1,27 @@
 """The pool facade: its configuration and life cycle, the request-level calls under the call
-methods users see (the calls themselves run in :mod:`.calling`), sessions, serve() and stats()."""
+methods users see (the calls themselves run in :mod:`.calling`), sessions, serve() and stats().
+
+Life cycle: ``new`` -> ``starting`` -> ``running`` -> (``draining``) -> ``closed``. ``close()``
+cancels whatever runs; ``close(wait=True)`` drains first: the dispatcher refuses new calls at
+once, serves the queue and lets running calls end, and sets an event when none is left (the
+closing thread waits on it, up to ``drain_timeout``); then the same shutdown runs. A drain is
+ended early by a ``close()`` (it cancels), by garbage collection or by interpreter exit (the
+shutdown sets the drain's event). A thread (or asyncio task) that holds one of the pool's calls
+cannot drain it, since the drain would wait for that call: it is told so. The asyncio twins run
+the blocking start and close on a thread of their own, so the event loop keeps running.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from snakepit import _errors as errors
 from snakepit import _tracing as tracing
@@ -36,6 +48,7 @@ from snakepit._seam.calls import Calls, Starmap
 from snakepit._seam.launch import BackendOptions
 from snakepit._seam.request import CallRequest, check_callback, check_session_id, map_items, map_total, tool_args
 from snakepit._seam.session import Session, SessionInfo, check_metadata
+from snakepit._seam.timing import check_timeout, deadline_after
 from snakepit._streaming import StreamResult
 
 if TYPE_CHECKING:
@@ -44,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["Pool"]
 
 _numbering = itertools.count(1)  # pools in the order they are made: their default metrics label, pool-<n>
+T = TypeVar("T")
 
 
 class Pool(Calls["Stream", "AsyncStream"], Starmap):
@@ -242,12 +256,16 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         self._state_lock: threading.Lock = threading.Lock()
         self._state: str = "new"
         self._started = threading.Event()  # set once start() has ended (or will never run)
+        self._drained: threading.Event | None = None  # a draining close's: set once no call is left, or at shutdown
+        self._shut = threading.Event()  # set once the shutdown has run, whoever ran it
         self._on_close: list[Callable[[], None]] = []  # run first when the pool closes (its servers' stop)
         self._number = next(_numbering)
         self._metrics: PoolMetrics | None = None  # once enabled
         self._metrics_lock = threading.Lock()
         self._futures = FutureDriver(str(self._number))
-        self._finalizer = weakref.finalize(self, _shutdown, self._dispatcher, self._supervisor, self._on_close, self._futures)
+        self._finalizer = weakref.finalize(
+            self, _shutdown, self._dispatcher, self._supervisor, self._on_close, self._futures, self._shut
+        )
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -281,28 +299,110 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         self._started.set()
         return self
 
-    def close(self) -> None:
-        """Refuse new calls, cancel running ones, run ``cleanup()`` in every worker, reap them all.
+    def close(self, *, wait: bool = False, drain_timeout: float | None = None) -> None:
+        """Close the pool: refuse new calls (``pool_closed``), run ``cleanup()`` in every worker
+        within ``shutdown_timeout``, reap them all.
+
+        ``wait=False`` (the default) cancels at once every call waiting for a worker or running
+        (their callers get ``pool_closed``). ``wait=True`` drains first, as
+        ``Executor.shutdown(wait=True)`` does: new calls are refused at once, but calls already
+        queued still get workers and run, and running ones (streams and a map's batches sent
+        already included) finish, for up to ``drain_timeout`` seconds (``None``: as long as they
+        take); what is left then is cancelled as by ``close()``. A ``close()`` from another
+        thread during a drain cancels at once; a ``close(wait=True)`` joins it, waiting up to its
+        own ``drain_timeout``. A thread cannot drain the pool while it holds one of the pool's
+        calls (from a stream's callback, or inside a stream's or a map's loop), nor on a running
+        event loop (use :meth:`aclose`): ``invalid_arguments``.
+
         While another thread starts the pool, that start ends with ``pool_closed`` and close()
-        returns once the pool is shut down."""
+        returns once the pool is shut down.
+        """
+        limit = _drain_limit(wait, drain_timeout)
+        if wait and _loop_running():
+            raise errors.validation(
+                Reason.INVALID_ARGUMENTS,
+                "close(wait=True) would block the running event loop, and the calls its tasks run could not "
+                "finish: use 'await pool.aclose(wait=True)'",
+            )
+        self._close(wait, limit, threading.get_ident())
+
+    def _close(self, wait: bool, limit: float | None, caller: object) -> None:
+        """close() for a ``caller``: a thread's ident, or the asyncio task behind aclose()."""
         with self._state_lock:
-            if self._state == "closed":
-                starting = False
-            else:
-                starting = self._state == "starting"
+            state = self._state
+            if wait and state in ("running", "draining") and self._dispatcher.holds(caller):
+                raise errors.validation(
+                    Reason.INVALID_ARGUMENTS,
+                    "close(wait=True) from inside one of this pool's calls (a stream's callback, a stream's "
+                    "or a map's loop) would wait for that call, which cannot go on until close() returns: "
+                    "call close() (which cancels) or drain from elsewhere",
+                )
+            if wait and state == "running":
+                self._state = state = "draining"
+                self._drained = self._dispatcher.drain()
+            elif wait and state == "draining":
+                pass  # join the drain under way, for this call's own drain_timeout
+            elif state != "closed":
                 self._state = "closed"
-                if not starting:
+                if state != "starting":
                     self._started.set()
-        if starting:
+            drained = self._drained if state == "draining" else None
+        if state == "starting":
             self._supervisor.abort_start()
-        self._started.wait()  # a start under way shuts the pool down itself
-        self._finalizer()
+        try:
+            if drained is not None and wait:
+                _wait_for(drained, deadline_after(limit))
+        finally:  # drained, out of time, or interrupted (Ctrl-C): what is left is cancelled
+            if drained is not None:
+                with self._state_lock:
+                    self._state = "closed"
+            self._started.wait()  # a start under way shuts the pool down itself
+            self._finalizer()  # the shutdown; at once if another thread runs it...
+        if drained is not None and wait:
+            self._shut.wait()  # ...which a drain's close(wait=True) waits for
 
     def __enter__(self) -> Self:
         return self.start() if self._state == "new" else self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # -- life cycle, for asyncio -----------------------------------------------------------------
+
+    async def astart(self) -> Self:
+        """:meth:`start` without blocking the event loop: it runs on a thread of its own. If the
+        awaiting task is cancelled, the pool is closed (the start ends with it) before the
+        cancellation goes on: no half-started pool is left behind."""
+        starting = _off_loop(self.start)
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            await _to_the_end(_off_loop(self.close))
+            await _to_the_end(starting)
+            raise
+        return self
+
+    async def aclose(self, *, wait: bool = False, drain_timeout: float | None = None) -> None:
+        """:meth:`close` without blocking the event loop, with the same options; the other tasks'
+        calls go on meanwhile (a drain waits for them). A task cannot drain the pool while it
+        holds one of its calls (from an ``aexecute_stream`` callback, inside an ``astream`` or
+        ``amap`` loop): ``invalid_arguments``. If the awaiting task is cancelled, the close
+        goes on, as a ``close()`` that cancels what a drain still waits for, and is awaited
+        before the cancellation goes on."""
+        limit = _drain_limit(wait, drain_timeout)
+        closing = _off_loop(self._close, wait, limit, asyncio.current_task())
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            await _to_the_end(_off_loop(self.close))
+            await _to_the_end(closing)
+            raise
+
+    async def __aenter__(self) -> Self:
+        return await self.astart() if self._state == "new" else self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<snakepit.Pool size={self.size} {self._state}>"
@@ -548,8 +648,8 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         (:class:`snakepit.grpc.TLS`) authenticate clients, or ``insecure=True``. Needs the
         ``grpc`` extra.
         """
-        if self._dispatcher.closed:
-            raise errors.pool_closed()
+        if self._dispatcher.closed or self._dispatcher.draining:
+            raise errors.pool_closed(self._dispatcher.draining)
         # The one reference from the pool up to a front end: imported only by those who serve.
         from snakepit import grpc
 
@@ -654,10 +754,103 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         }
 
 
-def _shutdown(dispatcher: Dispatcher, supervisor: Supervisor, on_close: list[Callable[[], None]], futures: FutureDriver) -> None:
+def _shutdown(
+    dispatcher: Dispatcher,
+    supervisor: Supervisor,
+    on_close: list[Callable[[], None]],
+    futures: FutureDriver,
+    done: threading.Event,
+) -> None:
     """Close a pool: at ``close()``, when it is garbage collected, or at interpreter exit."""
-    while on_close:
-        on_close.pop()()
-    dispatcher.close()
-    supervisor.shutdown()
-    futures.close()  # its calls have ended, each with its outcome or pool_closed
+    try:
+        while on_close:
+            on_close.pop()()
+        dispatcher.close()  # ends a drain under way too
+        supervisor.shutdown()
+        futures.close()  # its calls have ended, each with its outcome or pool_closed
+    finally:
+        done.set()
+
+
+def _drain_limit(wait: bool, drain_timeout: Any) -> float | None:
+    """``drain_timeout`` checked: seconds (zero: cancel at once), or ``None`` for no limit."""
+    if not isinstance(wait, bool):
+        raise errors.validation(Reason.INVALID_ARGUMENTS, f"wait must be True or False, got {wait!r}")
+    if drain_timeout is None:
+        return None
+    if not wait:
+        raise errors.validation(Reason.INVALID_ARGUMENTS, "drain_timeout applies to a draining close: pass wait=True with it")
+    if isinstance(drain_timeout, bool) or not isinstance(drain_timeout, (int, float)) or not drain_timeout >= 0:
+        raise errors.validation(
+            Reason.INVALID_ARGUMENTS, f"drain_timeout must be a number of seconds (0 or more) or None, got {drain_timeout!r}"
+        )
+    return 0.0 if drain_timeout == 0 else check_timeout("drain_timeout", drain_timeout)
+
+
+def _wait_for(event: threading.Event, deadline: float | None) -> None:
+    """Until ``event`` is set or ``deadline`` passes (an Event waits on a condition: no polling)."""
+    while not event.is_set():
+        if deadline is None:
+            event.wait()
+            continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        event.wait(min(remaining, threading.TIMEOUT_MAX))
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _off_loop(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``fn(*args)`` on a thread of its own (not the loop's executor, which other work may fill),
+    its outcome in a future of the running loop. A daemon thread: at interpreter exit the pool's
+    finalizer closes the pool anyway."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            outcome: tuple[bool, Any] = (True, fn(*args))
+        except BaseException as exc:
+            outcome = (False, exc)
+        try:
+            loop.call_soon_threadsafe(_settle, future, outcome)
+        except RuntimeError:  # the loop has closed: nobody awaits it any more
+            pass
+
+    threading.Thread(target=run, name="snakepit-lifecycle", daemon=True).start()
+    return future
+
+
+def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if future.cancelled():
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+async def _to_the_end(future: asyncio.Future[Any]) -> None:
+    """Await ``future`` to its end through further cancellations (it is the clean-up after one),
+    which are passed on after it. Its outcome is not the awaiting task's: an error is retrieved
+    (never reported as unretrieved), not raised."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+        except BaseException:
+            break
+    if not future.cancelled():
+        future.exception()
+    if cancelled:
+        raise asyncio.CancelledError
