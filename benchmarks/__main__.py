@@ -28,6 +28,7 @@ BENCHMARKS = [
     "stream_throughput",
     "large_values",
     "map_throughput",
+    "executor",
     "startup",
     "thread_profile",
     "grpc_throughput",
@@ -35,7 +36,7 @@ BENCHMARKS = [
     "guarantees",
 ]
 OPT_IN = ["soak"]  # run only when named: not part of a plain `python -m benchmarks`
-_NEEDS = {"ray_backend": "ray"}
+_NEEDS = {"ray_backend": "ray", "executor": "loky"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

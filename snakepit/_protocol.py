@@ -255,11 +255,13 @@ def call_frame(
     share: Share | None = None,
     correlation: str | None = None,
     trace: str | None = None,
+    exact: bool | None = None,
 ) -> bytearray:
     """A ``Call`` frame without its id (see :func:`stamp_call_id`); ``serialization_error`` if
-    the arguments cannot travel. (:func:`encode_with`, unrolled: this runs once per call.)"""
+    the arguments cannot travel. ``exact``: what :func:`exact_args` says of them, if the caller
+    asked already. (:func:`encode_with`, unrolled: this runs once per call.)"""
     frame = None
-    if exact_args(args):
+    if exact_args(args) if exact is None else exact:
         try:
             frame = encode_frame(Call(_UNSTAMPED, tool, correlation, trace, args, stream))
         except REFUSED:

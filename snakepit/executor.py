@@ -20,9 +20,12 @@ named ``snakepit.*``, which a server refuses) and never part of a user's pool.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import itertools
+import pickle
+import queue
 import threading
 import time
 import weakref
@@ -77,9 +80,9 @@ class CallableAdapter(BaseAdapter):
         return self._function(fn, key)(*args, **kwargs)
 
     @tool(name=CALL_CHUNK)
-    def call_chunk(self, fn: bytes, key: int, chunk: Any) -> list[Any]:
+    def call_chunk(self, fn: bytes, key: int, chunk: bytes) -> list[Any]:
         function = self._function(fn, key)
-        return [function(*args) for args in chunk]
+        return [function(*args) for args in pickle.loads(chunk)]
 
 
 class Executor(concurrent.futures.Executor):
@@ -156,21 +159,77 @@ class Executor(concurrent.futures.Executor):
         """``map(fn, *iterables)`` run in the workers, as ``concurrent.futures`` defines it: every
         call is submitted at once; the results come in order, each raising its call's
         exception; ``timeout`` bounds the whole iteration (``TimeoutError``). ``chunksize``
-        calls travel together (one worker runs a chunk), which makes tiny calls cheap."""
+        calls travel together (by default, as many as the measured rate suggests): tiny calls
+        are not bound by round trips, each worker having its next batch while it runs one."""
         if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
         end = None if timeout is None else time.monotonic() + timeout
         calls = zip(*iterables)
+        if self._pool.config.max_requests is None:
+            return self._pipelined(fn, list(calls), end, chunksize)
+        # Each call counts toward max_tasks_per_child as it ends: futures, one call (or chunk) each.
         if chunksize == 1:
             futures = [self._submit(CALL, fn, {"args": list(args), "kwargs": {}}) for args in calls]
         else:
+            # A chunk travels pickled in one piece: checking that msgpack would carry each of
+            # its values exactly costs more than pickling them (large arrays are for submit()).
             futures = [
-                self._submit(CALL_CHUNK, fn, {"chunk": [list(args) for args in chunk]})
+                self._submit(CALL_CHUNK, fn, {"chunk": _pickled_chunk(chunk)})
                 for chunk in iter(lambda: list(itertools.islice(calls, chunksize)), [])
             ]
         return _results(futures, end, chunked=chunksize > 1)
+
+    def _pipelined(
+        self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], end: float | None, chunksize: int
+    ) -> Iterator[Any]:
+        """``map``'s calls as one ``pool.amap`` on the futures thread, started now: the calls
+        travel in batches (``chunksize`` calls each, else sized from the measured rate), each
+        worker's next batch queued while it runs one, so tiny calls are not bound by round trips.
+        A batch is one call when calls have a timeout, which bounds a batch. A crash fails only
+        the calls its worker held."""
+        from snakepit._pool.futures import CallFuture
+
+        key, pickled = self._pickled(fn)
+        pool = self._pool
+        batch = 1 if pool.config.timeout is not None else None
+        tool_name = CALL if chunksize == 1 else CALL_CHUNK
+        results: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        starting = self._starting
+
+        async def drive(running: Callable[[], bool]) -> None:
+            try:
+                if not running():
+                    return
+                if starting.is_alive():
+                    await asyncio.get_running_loop().run_in_executor(None, starting.join)
+                if self._broken is not None:
+                    raise self._broken
+                items: Iterator[dict[str, Any]]
+                if chunksize == 1:
+                    items = ({"fn": pickled, "key": key, "args": list(args), "kwargs": {}} for args in calls)
+                else:  # a chunk is one item, pickled in one piece (cheaper than checking its values for msgpack)
+                    items = (
+                        {"fn": pickled, "key": key, "chunk": _pickled_chunk(calls[start : start + chunksize])}
+                        for start in range(0, len(calls), chunksize)
+                    )
+                async for value in pool.amap(tool_name, items, return_exceptions=True, chunksize=batch):
+                    results.put(value)
+            except BaseException as exc:
+                results.put(_Failed(exc))
+                raise
+            finally:
+                results.put(_END)
+
+        future = CallFuture()
+        with self._lock:
+            if self._shut_down:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._outstanding.add(future)
+        future.add_done_callback(self._outstanding.discard)
+        pool._futures.spawn(future, drive)
+        return _streamed(results, future, pool, end, chunked=chunksize > 1)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new calls; with ``cancel_futures`` cancel those not yet handed to a worker;
@@ -320,6 +379,15 @@ def _dumps(fn: Callable[..., Any]) -> bytes:
         raise errors.validation(Reason.SERIALIZATION_ERROR, f"cannot pickle {fn!r}: {type(exc).__name__}: {exc}") from exc
 
 
+def _pickled_chunk(chunk: list[tuple[Any, ...]]) -> bytes:
+    from snakepit import _protocol as protocol
+
+    try:
+        return protocol._fast_dumps(chunk)
+    except Exception as exc:
+        raise errors.validation(Reason.SERIALIZATION_ERROR, f"cannot pickle a chunk of map's arguments: {exc}") from exc
+
+
 def _unwrapped(error: errors.ToolError) -> BaseException:
     """The function's own exception, its cause the worker's traceback (else the ToolError)."""
     from snakepit._remote import original
@@ -329,6 +397,45 @@ def _unwrapped(error: errors.ToolError) -> BaseException:
         return error
     exception.__cause__ = error.__cause__
     return exception
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def _streamed(
+    results: queue.SimpleQueue[Any], future: CallFuture, pool: Pool, end: float | None, *, chunked: bool
+) -> Iterator[Any]:
+    """A pipelined map's results as they arrive, in order, by ``end``; the map is cancelled if
+    the iteration stops early."""
+    try:
+        while True:
+            try:
+                value = results.get(timeout=None if end is None else max(end - time.monotonic(), 0))
+            except queue.Empty:
+                raise TimeoutError from None
+            if value is _END:
+                return
+            if type(value) is _Failed:
+                if isinstance(value.error, asyncio.CancelledError):
+                    raise concurrent.futures.CancelledError from None
+                raise value.error
+            if isinstance(value, errors.SnakepitError):
+                error = _unwrapped(value) if isinstance(value, errors.ToolError) else value
+                raise error from error.__cause__
+            if chunked:
+                yield from value
+            else:
+                yield value
+    finally:
+        if not future.done():
+            pool.cancel(future)
 
 
 def _results(futures: list[CallFuture], end: float | None, *, chunked: bool) -> Iterator[Any]:

@@ -34,6 +34,7 @@ def test_the_quick_suite_runs_every_benchmark_and_records_the_machine(tmp_path):
         "stream_throughput",
         "large_values",
         "map_throughput",
+        "executor",
         "startup",
         "thread_profile",
         "grpc_throughput",

@@ -164,3 +164,19 @@ def test_its_adapter_is_never_served():
         finally:
             server.stop(grace=0)
     assert os.getpid()
+
+
+def test_map_raises_a_calls_exception_at_its_position(executor):
+    results = executor.map(lambda x: 10 // x, [5, 2, 0, 1])
+    assert next(results) == 2 and next(results) == 5
+    with pytest.raises(ZeroDivisionError) as info:
+        next(results)
+    assert isinstance(info.value.__cause__, snakepit.RemoteTraceback)
+
+
+def test_leaving_a_map_early_cancels_its_calls():
+    with Executor(1) as executor:
+        results = executor.map(fns.sleep, [0, 30, 30, 30])
+        assert next(results) == 0
+        results.close()  # the rest is cancelled in its worker
+        assert executor.submit(fns.square, 5).result(timeout=20) == 25

@@ -280,9 +280,11 @@ class CallRunner:
                 args = dict(args)
         mode = None if session_id is None and affinity is None else check_routing(session_id, affinity)
         limit = self.timeout if timeout is None else check_timeout("timeout", timeout)
-        attachments = None
-        if self.attachments is not None and not protocol.exact_args(args):  # pickled: large arrays go beside
-            attachments = self.attachments()
+        attachments = exact = None
+        if self.attachments is not None:
+            exact = protocol.exact_args(args)
+            if not exact:  # pickled: large arrays go beside
+                attachments = self.attachments()
         frame = protocol.call_frame(
             tool,
             args,
@@ -290,6 +292,7 @@ class CallRunner:
             None if attachments is None else attachments.share,
             context.correlation_id,
             None if context.span is None else context.span.traceparent,
+            exact,
         )
         now = time.monotonic()
         queue_limit = self.queue_timeout
