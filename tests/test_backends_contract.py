@@ -368,3 +368,19 @@ def test_a_draining_close_lets_running_and_queued_calls_finish(backend, tmp_path
             thread.join(60)
     assert not closer.is_alive() and outcomes == {"running": 7, "queued": 2}
     assert "closed" in repr(pool)
+
+
+def test_plain_functions_futures_and_typed_errors(backend):
+    """Functions as tools (with setup's state), keyword calls, futures, and a tool's exception
+    of its own type: written once above the backends, the same on both."""
+    from function_tools import add, countdown, divide, load_model, predict
+
+    with Pool([add, countdown, predict, divide], size=1, setup=load_model, start_timeout=60, **backend) as pool:
+        assert pool.execute("add", a=1, b=2) == 3
+        assert list(pool.stream("countdown", n=2)) == [2, 1]
+        assert pool.execute("predict", row=[1.0, 2.0]) == "tiny:3.0"
+        assert pool.submit("add", a=5).result(timeout=60) == 6
+        assert list(pool.starmap("add", [(1, 1), (2, 2)])) == [2, 4]
+        with pytest.raises(ZeroDivisionError) as info:
+            pool.execute("divide", a=1, b=0)
+        assert isinstance(info.value, SnakepitError) and info.value.reason == "tool_exception"

@@ -14,7 +14,7 @@ EXAMPLES = dict(re.findall(r"```python\n# example: (\S+)\n(.*?)```", README.read
 
 
 def test_the_readme_has_its_examples():
-    assert {"functions", "futures", "executor", "exceptions"} <= set(EXAMPLES)
+    assert {"functions", "futures", "executor", "exceptions", "metrics"} <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
@@ -24,6 +24,7 @@ def test_an_example_runs(name, tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[: len(OUTPUT.get(name, []))] == OUTPUT.get(name, [])
+    assert CONTAINS.get(name, "") in done.stdout
 
 
 OUTPUT = {  # what the examples print, as their comments say
@@ -32,3 +33,4 @@ OUTPUT = {  # what the examples print, as their comments say
     "executor": ["27", "[0, 1, 8, 27, 64]", "ValueError from the worker: True", "64"],
     "exceptions": ["2 /no/such/file"],
 }
+CONTAINS = {"metrics": 'snakepit_calls_total{outcome="ok",pool="showcase",tool="add"} 1.0'}
