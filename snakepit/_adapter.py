@@ -338,7 +338,7 @@ def _first_paragraph(doc: str | None) -> str:
     return inspect.cleandoc(doc).split("\n\n", 1)[0].replace("\n", " ") if doc else ""
 
 
-def _build(name: str, func: Callable[..., Any], options: _ToolOptions, fixed: dict[str, Any] | None = None) -> BoundTool:
+def build(name: str, func: Callable[..., Any], options: _ToolOptions, fixed: dict[str, Any] | None = None) -> BoundTool:
     """``func`` as a tool; ``fixed``: keyword arguments it always gets (a function's ``state``),
     which are not its callers' to pass."""
     signature = inspect.signature(func)
@@ -348,17 +348,15 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions, fixed: di
         hints = {}
     params: list[ParameterSpec] = []
     fields: list[tuple[Any, ...]] = []
-    accepts_extra = unset_defaults = keyword_only = False
+    accepts_extra = unset_defaults = keyword_only = positional_only = False
     for p in signature.parameters.values():
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             accepts_extra = True
             continue
-        if (
-            p.kind is inspect.Parameter.VAR_POSITIONAL
-            or p.kind is inspect.Parameter.POSITIONAL_ONLY
-            or (fixed and p.name in fixed)
-        ):
+        if p.kind is inspect.Parameter.VAR_POSITIONAL or (fixed and p.name in fixed):
             continue
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
+            positional_only = True
         annotation = hints.get(p.name, p.annotation)
         required = p.default is inspect.Parameter.empty
         params.append(ParameterSpec(p.name, _type_name(annotation), required, None if required else _plain_default(p.default)))
@@ -391,6 +389,11 @@ def _build(name: str, func: Callable[..., Any], options: _ToolOptions, fixed: di
             f"{spec.name}_args", fields, forbid_unknown_fields=not accepts_extra, kw_only=True, gc=False
         )
     positional = args_type is not None and not (accepts_extra or unset_defaults or keyword_only or fixed)
+    if positional_only and not positional:
+        raise TypeError(
+            "a positional-only parameter (before '/') can be passed only if every parameter can be: "
+            "none keyword-only, no **kwargs, no mutable default, no state"
+        )
     call = functools.partial(func, **fixed) if fixed else func
     return BoundTool(spec, call, is_generator, args_type, accepts_extra, tuple(f[0] for f in fields), positional)
 
@@ -417,7 +420,7 @@ def discover_tools(adapter: object) -> dict[str, BoundTool]:
     found = [(attr, getattr(adapter, attr), None) for attr in _tool_attributes(type(adapter))]
     found += [(name, function, fixed) for name, function, _, fixed in getattr(adapter, "_snakepit_functions", ())]
     for attr, function, fixed in found:
-        bound = _build(attr, function, tool_options(function), fixed)
+        bound = build(attr, function, tool_options(function), fixed)
         if bound.spec.name in tools:
             raise TypeError(f"{type(adapter).__name__} defines tool {bound.spec.name!r} twice")
         tools[bound.spec.name] = bound

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from snakepit import _errors as errors
-from snakepit._adapter import TOOL_ATTR, BaseAdapter, tool_options
+from snakepit._adapter import TOOL_ATTR, BaseAdapter, build, tool_options
 from snakepit._errors import Reason
 
 __all__ = ["FUNCTION_ADAPTER", "FunctionAdapter", "function_adapter", "is_functions"]
@@ -62,6 +62,7 @@ def function_adapter(
                 Reason.INVALID_CONFIG, f"each tool must be a function, got {type(function).__name__}: {function!r}"
             )
         name = tool_name(function)
+        _check_tool(name, function, setup)
         if name in names:
             raise errors.validation(Reason.INVALID_CONFIG, f"two functions are both tool {name!r}: name one with @tool(name=...)")
         names[name] = function
@@ -78,6 +79,21 @@ def tool_name(function: Any) -> str:
             Reason.INVALID_CONFIG, f"{function!r} has no name to call it by: give it one with @tool(name=...)"
         )
     return name
+
+
+def _check_tool(name: str, function: Any, setup: Any) -> None:
+    """Refuse here what a worker could not serve: a coroutine function (the worker runs plain
+    calls), or a signature that cannot be read or bound (a builtin's, a mix of positional-only
+    and keyword-only parameters)."""
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        raise errors.validation(
+            Reason.INVALID_CONFIG, f"{name!r} is an async function: a tool is a plain function (or a generator function)"
+        )
+    fixed = {STATE: None} if setup is not None and _takes_state(function) else None
+    try:
+        build(name, function, tool_options(function), fixed)
+    except (TypeError, ValueError) as exc:
+        raise errors.validation(Reason.INVALID_CONFIG, f"{name!r} cannot be a tool: {exc}") from None
 
 
 def _module_of(function: Any) -> tuple[str, ...]:

@@ -78,8 +78,8 @@ def tool_error(
     else:
         error = _new(cls)
         errors.ToolError.__init__(error, category, reason, message, details, traceback)
-        if exception is not None:
-            error.__dict__["_exception_pickle"] = exception
+    if exception is not None:  # for original(), and attribute lookups of a typed error
+        error.__dict__["_exception_pickle"] = exception
     if traceback is not None and category == errors.Category.PYTHON_ERROR:
         error.__cause__ = RemoteTraceback(traceback)
     return error

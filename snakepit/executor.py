@@ -26,8 +26,10 @@ import concurrent.futures
 import itertools
 import pickle
 import queue
+import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -60,7 +62,7 @@ class CallableAdapter(BaseAdapter):
 
     def initialize(self) -> None:
         if self._initializer is not None:
-            self._initializer(*self._initargs)
+            _rebased(self._initializer)(*self._initargs)
 
     def _function(self, fn: bytes, key: int) -> Callable[..., Any]:
         cached = self._functions.get(key)
@@ -68,7 +70,7 @@ class CallableAdapter(BaseAdapter):
             return cached
         import cloudpickle
 
-        function: Callable[..., Any] = cloudpickle.loads(fn)
+        function: Callable[..., Any] = _rebased(cloudpickle.loads(fn))
         if key:
             self._functions[key] = function
             if len(self._functions) > _CACHED:
@@ -83,6 +85,38 @@ class CallableAdapter(BaseAdapter):
     def call_chunk(self, fn: bytes, key: int, chunk: bytes) -> list[Any]:
         function = self._function(fn, key)
         return [function(*args) for args in pickle.loads(chunk)]
+
+
+# Functions sent by value (from __main__, a notebook) each arrive with a copy of their module's
+# globals of their own: a global the initializer sets would be invisible to the functions
+# submitted. In a worker, each such module's functions share one namespace instead, as they
+# would in a process forked from the owner (a name the worker has set keeps its value).
+_namespaces: dict[str, dict[str, Any]] = {}
+
+
+def _rebased(function: Any) -> Any:
+    """``function`` on its module's shared namespace, if it came by value (see above)."""
+    if not isinstance(function, types.FunctionType):
+        return function
+    module = sys.modules.get(function.__module__)
+    if module is not None and function.__globals__ is vars(module):
+        return function  # travelled by reference: its module is imported here
+    namespace = _namespaces.setdefault(function.__module__, {})
+    if function.__globals__ is namespace:
+        return function
+    for name, value in function.__globals__.items():
+        if name not in namespace:
+            namespace[name] = value
+            if isinstance(value, types.FunctionType) and value.__module__ == function.__module__:
+                namespace[name] = _rebased(value)  # a helper it calls sees the same globals
+    rebuilt = types.FunctionType(function.__code__, namespace, function.__name__, function.__defaults__, function.__closure__)
+    rebuilt.__kwdefaults__ = function.__kwdefaults__
+    rebuilt.__qualname__ = function.__qualname__
+    rebuilt.__module__ = function.__module__
+    rebuilt.__doc__ = function.__doc__
+    rebuilt.__annotations__ = function.__annotations__
+    rebuilt.__dict__.update(function.__dict__)
+    return rebuilt
 
 
 class Executor(concurrent.futures.Executor):
@@ -115,6 +149,11 @@ class Executor(concurrent.futures.Executor):
 
         if initializer is not None and not callable(initializer):
             raise errors.validation(Reason.INVALID_CONFIG, "initializer must be callable")
+        if "mp_context" in pool_options:
+            raise errors.validation(
+                Reason.INVALID_CONFIG,
+                "mp_context: workers are started by snakepit; choose how with start_method='forkserver' or 'spawn'",
+            )
         taken = {"size", "max_requests", "adapter_args", "setup"} & set(pool_options)
         if taken:
             raise errors.validation(
@@ -135,6 +174,7 @@ class Executor(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._pending: collections.deque[tuple[CallFuture, str, dict[str, Any]]] = collections.deque()
         self._outstanding: set[concurrent.futures.Future[Any]] = set()
+        self._maps: set[concurrent.futures.Future[Any]] = set()  # pipelined maps under way
         self._in_flight = 0
         self._feeding = False
         self._ready = False  # the pool has started
@@ -144,6 +184,7 @@ class Executor(concurrent.futures.Executor):
         self._keys = itertools.count(1)
         self._starting = threading.Thread(target=self._start, name="snakepit-executor-start", daemon=True)
         self._starting.start()
+        _live.add(self)
 
     # -- concurrent.futures.Executor ---------------------------------------------------------------
 
@@ -196,16 +237,14 @@ class Executor(concurrent.futures.Executor):
         batch = 1 if pool.config.timeout is not None else None
         tool_name = CALL if chunksize == 1 else CALL_CHUNK
         results: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        starting = self._starting
+        self._starting.join()  # the workers are up (a map starts at once, as it is made), or failed
+        if self._broken is not None:
+            raise _again(self._broken)
 
         async def drive(running: Callable[[], bool]) -> None:
             try:
                 if not running():
                     return
-                if starting.is_alive():
-                    await asyncio.get_running_loop().run_in_executor(None, starting.join)
-                if self._broken is not None:
-                    raise self._broken
                 items: Iterator[dict[str, Any]]
                 if chunksize == 1:
                     items = ({"fn": pickled, "key": key, "args": list(args), "kwargs": {}} for args in calls)
@@ -227,9 +266,20 @@ class Executor(concurrent.futures.Executor):
             if self._shut_down:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._outstanding.add(future)
-        future.add_done_callback(self._outstanding.discard)
-        pool._futures.spawn(future, drive)
+            self._maps.add(future)
+        future.add_done_callback(self._map_done)
+        try:
+            pool._futures.spawn(future, drive)
+        except BaseException:
+            future.cancel()
+            self._map_done(future)
+            raise
         return _streamed(results, future, pool, end, chunked=chunksize > 1)
+
+    def _map_done(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._outstanding.discard(future)
+            self._maps.discard(future)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new calls; with ``cancel_futures`` cancel those not yet handed to a worker;
@@ -238,6 +288,7 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             self._shut_down = True
             dropped = list(self._pending) if cancel_futures else []
+            maps = list(self._maps) if cancel_futures else []
             if cancel_futures:
                 self._pending.clear()
             outstanding = list(self._outstanding)
@@ -246,6 +297,8 @@ class Executor(concurrent.futures.Executor):
         for future, _, _ in dropped:
             future.cancel()
             notify_cancelled(future)
+        for map_future in maps:  # a map's calls not yet run go with it (those running are cancelled too)
+            self._pool.cancel(map_future)
         on_our_thread = threading.current_thread().name.startswith("snakepit-futures-")
         if wait and not on_our_thread:
             self._finish(outstanding)
@@ -263,7 +316,7 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if self._shut_down:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            broken = self._broken
+            broken = None if self._broken is None else _again(self._broken)
             if broken is None:
                 self._outstanding.add(future)
                 self._pending.append((future, tool_name, args))
@@ -357,6 +410,29 @@ class Executor(concurrent.futures.Executor):
 
     def __repr__(self) -> str:
         return f"<snakepit.Executor max_workers={self._pool.size}{' shut down' if self._shut_down else ''}>"
+
+
+# As concurrent.futures promises: the program does not exit until the calls submitted have run,
+# whether or not shutdown() was called (with or without waiting). Run at the threading module's
+# exit, before atexit's handlers (which close the pools), as concurrent.futures' own is.
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+
+
+def _at_exit() -> None:
+    for executor in list(_live):
+        with executor._lock:
+            executor._shut_down = True
+            outstanding = list(executor._outstanding)
+        executor._finish(outstanding)
+
+
+threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # what concurrent.futures.process uses
+
+
+def _again(error: BaseException) -> BaseException:
+    """A fresh copy of a stored error to raise (raising one object again and again would pile
+    its tracebacks up)."""
+    return errors.build_error(**error.to_dict()) if isinstance(error, errors.SnakepitError) else error
 
 
 def _request(tool_name: str, args: dict[str, Any]) -> Any:

@@ -55,3 +55,9 @@ def raise_unloadable() -> None:
 def missing(path: str) -> str:
     with open(path) as file:
         return file.read()
+
+
+def raise_unimported() -> None:
+    import executor_only_errors
+
+    executor_only_errors.raise_it()

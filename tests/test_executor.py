@@ -180,3 +180,77 @@ def test_leaving_a_map_early_cancels_its_calls():
         assert next(results) == 0
         results.close()  # the rest is cancelled in its worker
         assert executor.submit(fns.square, 5).result(timeout=20) == 25
+
+
+_SEEN = None  # set in each worker by the initializer of test_the_initializer_sets_globals_its_functions_see
+
+
+def test_the_initializer_sets_globals_its_functions_see():
+    def init(value: int) -> None:  # a local function: it travels by value, with its own copy of globals
+        global _SEEN
+        _SEEN = value
+
+    def read(_: object = None) -> object:
+        return _SEEN
+
+    with Executor(1, initializer=init, initargs=(42,)) as executor:
+        assert executor.submit(read).result(timeout=30) == 42  # one namespace per module in a worker
+        assert list(executor.map(read, [1, 2])) == [42, 42]
+
+
+def test_an_exception_whose_module_only_the_worker_imported_keeps_its_type(executor):
+    import sys
+
+    assert "executor_only_errors" not in sys.modules
+    error = executor.submit(fns.raise_unimported).exception(timeout=30)
+    assert type(error).__name__ == "RaisedInWorkers" and isinstance(error, ValueError)  # unpickled, as concurrent.futures does
+
+
+def test_a_failed_start_fails_map_at_once_and_shutdown_returns():
+    executor = Executor(1, initializer=fns.init_fails, quarantine_after=None)
+    with pytest.raises(SnakepitError) as info:
+        list(executor.map(fns.square, [1, 2]))
+    assert info.value.reason == "worker_start_failed"
+    assert executor.submit(fns.square, 1).exception(timeout=30).reason == "worker_start_failed"
+    executor.shutdown(wait=True)
+
+
+def test_shutdown_cancel_futures_cancels_a_maps_calls(tmp_path):
+    executor = Executor(1)
+    results = executor.map(fns.sleep, [0.2] * 50)
+    assert next(results) == 0.2
+    executor.shutdown(wait=True, cancel_futures=True)  # not the 10 s the map would take
+    with pytest.raises(concurrent.futures.CancelledError):
+        list(results)
+
+
+def test_a_map_stopped_early_logs_nothing_alarming(caplog):
+    with Executor(1, max_tasks_per_child=100) as executor, pytest.raises(ZeroDivisionError):
+        list(executor.map(lambda x: 1 // x, range(20)))
+    assert not [r for r in caplog.records if r.levelname == "CRITICAL"]
+
+
+def test_the_program_waits_for_submitted_calls_at_exit(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "out"
+    script = textwrap.dedent(
+        f"""
+        from snakepit import Executor
+        def work(path):
+            import time
+            time.sleep(0.2)
+            open(path, "a").write("done\\n")
+        if __name__ == "__main__":
+            executor = Executor(1)
+            for _ in range(2):
+                executor.submit(work, {str(out)!r})
+            executor.shutdown(wait=False)  # and the program ends: concurrent.futures runs them first
+        """
+    )
+    (tmp_path / "script.py").write_text(script)
+    done = subprocess.run([sys.executable, str(tmp_path / "script.py")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == "done\n" * 2

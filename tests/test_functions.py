@@ -118,3 +118,38 @@ def test_a_worker_that_cannot_set_them_up_fails_to_start(adapter, options):
     with pytest.raises(SnakepitError) as info:
         pool.start()
     assert info.value.reason == "worker_start_failed"
+
+
+async def coroutine(x: int) -> int:
+    return x
+
+
+def positional_only(a: int, /, b: int = 0) -> int:
+    return a + b
+
+
+def mixed(a: int, /, *, b: int = 0) -> int:
+    return a + b
+
+
+@pytest.mark.parametrize(("function", "words"), [(coroutine, "async function"), (mixed, "positional-only")])
+def test_a_function_a_worker_could_not_serve_is_refused_at_once(function, words):
+    with pytest.raises(SnakepitError) as info:
+        Pool(function, size=1)
+    assert info.value.reason == "invalid_config" and words in info.value.message
+
+
+def test_builtins_and_positional_only_parameters_are_served():
+    import math
+
+    with Pool([math.sqrt, len, positional_only], size=1) as pool:
+        assert pool.execute("sqrt", x=4.0) == 2.0
+        assert pool.execute("len", obj=[1, 2, 3]) == 3
+        assert pool.execute("positional_only", a=1, b=2) == 3
+
+
+def test_a_function_named_like_an_adapter_class_says_what_to_do():
+    pool = Pool("function_tools:add", size=1, start_timeout=30, quarantine_after=None)
+    with pytest.raises(SnakepitError) as info:
+        pool.start()
+    assert info.value.reason == "worker_start_failed" and "Pool(function)" in info.value.message

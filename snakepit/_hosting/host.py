@@ -37,7 +37,7 @@ import msgspec
 from snakepit import _adapter, telemetry
 from snakepit import _errors as errors
 from snakepit import _protocol as protocol
-from snakepit._adapter import BoundTool, discover_tools, import_by_path
+from snakepit._adapter import BaseAdapter, BoundTool, discover_tools, import_by_path
 from snakepit._errors import CallCancelled, Reason
 from snakepit._protocol import (
     PACKED,
@@ -199,6 +199,11 @@ class ToolHost:
         the ``Ready`` to send, with the tools' specs, or why it could not start."""
         try:
             cls = _load_adapter(adapter)
+            if not isinstance(cls, type) or not issubclass(cls, BaseAdapter):
+                raise TypeError(
+                    f"{adapter!r} is not a snakepit.BaseAdapter subclass"
+                    + ("; for plain functions: Pool(function) or Pool('package.module')" if callable(cls) else "")
+                )
             self._adapter = cls(**(decode_value(adapter_args) or {}))
             self._adapter.initialize()
             self._tools = discover_tools(self._adapter)

@@ -200,7 +200,7 @@ class Dispatcher:
         try:
             with self.lock:
                 if self.closed or self.draining:
-                    raise errors.pool_closed(self.draining)
+                    raise errors.pool_closed(self.draining and not self.closed)
                 if session_id is None:  # the common case first: any idle worker serves it
                     handle = self._take_idle(owner)
                     if handle is not None:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from snakepit import _errors as errors
 from snakepit._errors import Reason
+
+_log = logging.getLogger("snakepit")
 
 __all__ = ["CallFuture", "FutureDriver", "notify_cancelled"]
 
@@ -34,6 +37,7 @@ class CallFuture(concurrent.futures.Future[Any]):
 
     _task: asyncio.Task[None] | None = None
     _driver: FutureDriver | None = None
+    _told = False  # those waiting know it was cancelled (set_running_or_notify_cancel said so)
 
     def cancel(self) -> bool:
         """Withdraw the call if it is still waiting for a worker; False once it runs (use
@@ -95,7 +99,9 @@ class FutureDriver:
         except RuntimeError:
             return  # stopped already
         if thread is not threading.current_thread():
-            thread.join()
+            thread.join(_CLOSE_GRACE * 3)
+            if thread.is_alive():  # a done-callback blocks the loop: it holds the thread, not close()
+                _log.warning("snakepit: a future's done-callback still blocks the pool's futures thread; closing without it")
 
     # -- on the loop -----------------------------------------------------------------------------
 
@@ -121,7 +127,10 @@ class FutureDriver:
             if started:  # a retry's new worker
                 return True
             started = True
-            return future.set_running_or_notify_cancel()
+            if future.set_running_or_notify_cancel():
+                return True
+            future._told = True
+            return False
 
         task = asyncio.get_running_loop().create_task(_complete(future, call(running)))
         future._task = task
@@ -145,13 +154,13 @@ async def _complete(future: CallFuture, call: Coroutine[Any, Any, Any]) -> None:
         future._task = None  # no cycle: the task's coroutine holds the future
 
 
-def notify_cancelled(future: concurrent.futures.Future[Any]) -> None:
+def notify_cancelled(future: CallFuture) -> None:
     """Tell those waiting on a cancelled future (``wait``, ``as_completed``) that it is done:
-    ``concurrent.futures`` leaves that to whoever would have run it."""
-    try:
+    ``concurrent.futures`` leaves that to whoever would have run it (once: a second time, it
+    logs a CRITICAL record)."""
+    if not future._told:
+        future._told = True
         future.set_running_or_notify_cancel()
-    except RuntimeError:  # notified already
-        pass
 
 
 def _settle(how: Callable[[Any], None], outcome: Any) -> None:

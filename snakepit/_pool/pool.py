@@ -649,7 +649,7 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         ``grpc`` extra.
         """
         if self._dispatcher.closed or self._dispatcher.draining:
-            raise errors.pool_closed(self._dispatcher.draining)
+            raise errors.pool_closed(self._dispatcher.draining and not self._dispatcher.closed)
         # The one reference from the pool up to a front end: imported only by those who serve.
         from snakepit import grpc
 
