@@ -24,6 +24,7 @@ import asyncio
 import collections
 import concurrent.futures
 import itertools
+import os
 import pickle
 import queue
 import sys
@@ -184,6 +185,7 @@ class Executor(concurrent.futures.Executor):
         self._keys = itertools.count(1)
         self._starting = threading.Thread(target=self._start, name="snakepit-executor-start", daemon=True)
         self._starting.start()
+        self._pid = os.getpid()
         _live.add(self)
 
     # -- concurrent.futures.Executor ---------------------------------------------------------------
@@ -420,6 +422,8 @@ _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 
 def _at_exit() -> None:
     for executor in list(_live):
+        if executor._pid != os.getpid():  # a child forked from the owner (multiprocessing's fork) exits: not its calls
+            continue
         with executor._lock:
             executor._shut_down = True
             outstanding = list(executor._outstanding)

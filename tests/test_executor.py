@@ -254,3 +254,14 @@ def test_the_program_waits_for_submitted_calls_at_exit(tmp_path):
     done = subprocess.run([sys.executable, str(tmp_path / "script.py")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert out.read_text() == "done\n" * 2
+
+
+def test_a_fork_of_the_owner_exits_without_waiting_for_the_executors_calls():
+    """multiprocessing's fork copies the owner, the Executor's exit hook included: a forked
+    child must not wait for calls that are not its own (ProcessPoolExecutor's shutdown would hang)."""
+    import multiprocessing
+
+    with Executor(1) as executor:
+        executor.submit(fns.square, 2).result(timeout=30)
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as forked:
+            assert forked.submit(abs, -3).result(timeout=30) == 3

@@ -38,12 +38,14 @@ def test_its_exception_is_the_calls_error(pool):
     assert isinstance(refused, SnakepitError) and refused.reason == "tool_not_found"
 
 
-def test_results_and_callbacks_come_on_a_thread_of_the_pools():
+def test_results_and_callbacks_come_on_a_thread_of_the_pools(tmp_path):
     with Pool(Toolbox, size=1) as pool:
         seen: list[str] = []
         called = threading.Event()
-        future = pool.submit("add", a=1)
+        gate = tmp_path / "gate"
+        future = pool.submit("gate", path=str(gate), value=2)  # not done before its callback is added
         future.add_done_callback(lambda f: (seen.append(threading.current_thread().name), called.set()))
+        gate.touch()
         assert future.result(timeout=30) == 2 and called.wait(30)
         assert seen[0].startswith("snakepit-futures") and seen[0] != threading.current_thread().name
 
