@@ -173,7 +173,8 @@ class Executor(concurrent.futures.Executor):
         self._window = 2 * self._pool.size * self._pool.threads_per_worker  # calls handed to the pool at once
         self._max_queue = max(self._window, 1)
         self._lock = threading.Lock()
-        self._pending: collections.deque[tuple[CallFuture, str, dict[str, Any]]] = collections.deque()
+        # (future, tool, its arguments, the function's name) of calls not yet handed to the pool
+        self._pending: collections.deque[tuple[CallFuture, str, dict[str, Any], str]] = collections.deque()
         self._outstanding: set[concurrent.futures.Future[Any]] = set()
         self._maps: set[concurrent.futures.Future[Any]] = set()  # pipelined maps under way
         self._in_flight = 0
@@ -276,7 +277,7 @@ class Executor(concurrent.futures.Executor):
             future.cancel()
             self._map_done(future)
             raise
-        return _streamed(results, future, pool, end, chunked=chunksize > 1)
+        return _streamed(results, future, pool, end, chunked=chunksize > 1, label=(_label(fn), tool_name))
 
     def _map_done(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
@@ -296,7 +297,7 @@ class Executor(concurrent.futures.Executor):
             outstanding = list(self._outstanding)
         from snakepit._pool.futures import notify_cancelled
 
-        for future, _, _ in dropped:
+        for future, *_ in dropped:
             future.cancel()
             notify_cancelled(future)
         for map_future in maps:  # a map's calls not yet run go with it (those running are cancelled too)
@@ -321,7 +322,7 @@ class Executor(concurrent.futures.Executor):
             broken = None if self._broken is None else _again(self._broken)
             if broken is None:
                 self._outstanding.add(future)
-                self._pending.append((future, tool_name, args))
+                self._pending.append((future, tool_name, args, _label(fn)))
             feed = self._ready and not self._feeding
             self._feeding = self._feeding or feed
         if broken is not None:  # the workers could not start: nor will this call
@@ -353,7 +354,7 @@ class Executor(concurrent.futures.Executor):
                 self._broken = exc
                 pending = list(self._pending)
                 self._pending.clear()
-            for future, _, _ in pending:
+            for future, *_ in pending:
                 if future.set_running_or_notify_cancel():
                     future.set_exception(exc)
             return
@@ -376,19 +377,21 @@ class Executor(concurrent.futures.Executor):
                 if self._in_flight >= self._window or not self._pending:
                     self._feeding = False
                     return
-                future, tool_name, args = self._pending.popleft()
+                future, tool_name, args, label = self._pending.popleft()
                 if future.cancelled():
                     notify_cancelled(future)
                     continue
                 self._in_flight += 1
             request = _request(tool_name, args)
 
-            async def run(running: Callable[[], bool], request: Any = request) -> Any:
+            async def run(running: Callable[[], bool], request: Any = request, label: str = label) -> Any:
                 try:
                     return await runner.acall(request, False, aio.run_execute, running)
                 except errors.ToolError as error:
                     exception = _unwrapped(error)
                     raise exception from exception.__cause__
+                except errors.SnakepitError as error:  # a timeout, a crash...: named by its function
+                    raise _named(error, label, request.tool) from error.__cause__
                 finally:
                     with self._lock:
                         self._in_flight -= 1
@@ -459,6 +462,18 @@ def _dumps(fn: Callable[..., Any]) -> bytes:
         raise errors.validation(Reason.SERIALIZATION_ERROR, f"cannot pickle {fn!r}: {type(exc).__name__}: {exc}") from exc
 
 
+def _label(fn: Callable[..., Any]) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__)
+
+
+def _named(error: errors.SnakepitError, function: str, tool_name: str) -> errors.SnakepitError:
+    """``error`` saying which function it is about, rather than the adapter's tool."""
+    error.message = error.message.replace(repr(tool_name), repr(function))
+    error.args = (error.message,)
+    error.details["function"] = function
+    return error
+
+
 def _pickled_chunk(chunk: list[tuple[Any, ...]]) -> bytes:
     from snakepit import _protocol as protocol
 
@@ -490,7 +505,13 @@ _END = object()
 
 
 def _streamed(
-    results: queue.SimpleQueue[Any], future: CallFuture, pool: Pool, end: float | None, *, chunked: bool
+    results: queue.SimpleQueue[Any],
+    future: CallFuture,
+    pool: Pool,
+    end: float | None,
+    *,
+    chunked: bool,
+    label: tuple[str, str],
 ) -> Iterator[Any]:
     """A pipelined map's results as they arrive, in order, by ``end``; the map is cancelled if
     the iteration stops early."""
@@ -507,7 +528,7 @@ def _streamed(
                     raise concurrent.futures.CancelledError from None
                 raise value.error
             if isinstance(value, errors.SnakepitError):
-                error = _unwrapped(value) if isinstance(value, errors.ToolError) else value
+                error = _unwrapped(value) if isinstance(value, errors.ToolError) else _named(value, *label)
                 raise error from error.__cause__
             if chunked:
                 yield from value

@@ -78,6 +78,9 @@ def test_the_per_call_timeout_cancels_a_call_in_its_worker():
     with Executor(1, timeout=0.3) as executor:
         error = executor.submit(fns.sleep, 30).exception(timeout=30)
         assert isinstance(error, snakepit.TimeoutError) and error.reason == "timeout"
+        assert "'sleep'" in str(error) and "snakepit.call" not in str(error)  # named by its function
+        with pytest.raises(snakepit.TimeoutError, match="'sleep'"):
+            list(executor.map(fns.sleep, [30]))
         assert executor.submit(fns.square, 2).result(timeout=30) == 4
 
 
