@@ -229,3 +229,53 @@ def test_session_affinity_sticks_once_given():
     assert store.open("s", 0).affinity is None
     assert store.open("s", 1, Affinity.STRICT_QUEUE).affinity is Affinity.STRICT_QUEUE
     assert store.open("s", 2).affinity is Affinity.STRICT_QUEUE
+
+
+def test_a_sessionless_call_takes_the_most_recently_idle_worker():
+    router = Router(100)
+    for worker in (1, 2, 3):
+        router.add(worker)
+    assert router.take_idle() == 3  # the last one to become idle: its caches and core are warm
+    assert router.take_idle() == 2
+    router.release(3)
+    router.release(2)
+    assert router.take_idle() == 2 and router.take_idle() == 3 and router.take_idle() == 1
+
+
+def test_workers_a_session_is_pinned_to_are_taken_last():
+    router = Router(100)
+    for worker in (1, 2, 3):
+        router.add(worker)
+    router.pin(3, True)
+    assert [router.take_idle(), router.take_idle()] == [2, 1]
+    assert router.take_idle() == 3  # no unpinned one left: a pinned one rather than a wait
+    router.release(3)
+    router.release(2)
+    assert router.take_idle() == 2
+    router.pin(3, False)
+    router.release(2)
+    assert router.take_idle() == 2 and router.take_idle() == 3
+    assert router.idle == 0 and router.busy == 3
+
+
+def test_with_several_call_slots_per_process_the_longest_idle_slot_spreads_calls():
+    router = Router(100, spread=True)
+    for slot, process in ((1, 1), (2, 1), (3, 3), (4, 3)):
+        router.add(slot, process)
+    assert [router.take_idle(), router.take_idle()] == [1, 2]
+    assert router.take_idle() == 3  # the other process, while the first has its two calls
+
+
+def test_the_store_tells_when_a_group_gains_its_first_pin_and_loses_its_last():
+    told: list[tuple[int, bool]] = []
+    store = SessionStore(10.0, 100)
+    store.on_pinned = lambda group, pinned: told.append((group, pinned))
+    a, b = store.open("a", 0.0), store.open("b", 0.0)
+    store.pin(a, 7)
+    store.pin(b, 7)
+    store.pin(a, 7)  # pinned there already: nothing to say
+    assert told == [(7, True)]
+    store.pin(b, 8)  # re-pinned elsewhere
+    store.close("a")
+    assert told == [(7, True), (8, True), (7, False)]
+    assert store.sweep(100.0) == 1 and told[-1] == (8, False)  # expired: its pin goes with it

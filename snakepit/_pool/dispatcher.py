@@ -130,15 +130,17 @@ class Dispatcher:
         recycle: RecyclePolicy,
         observer: Observer,
         queue_timeout: float | None = None,
+        spread: bool = False,
     ) -> None:
         self.lock: threading.Lock = threading.Lock()
         self.queue_timeout: float | None = queue_timeout  # the pool's: named in queue_timeout errors
         self.observer: Observer = observer
         self.recycle: RecyclePolicy = recycle
         self._recycling = recycle.active  # checked at every release
-        self.router: Router = Router(max_queue)
+        self.router: Router = Router(max_queue, spread=spread)  # spread: processes of several call slots
         self.sessions: SessionStore = sessions
         sessions.in_use = _serving
+        sessions.on_pinned = self.router.pin
         self.affinity: Affinity = affinity  # the pool's default mode
         self.workers: dict[int, Worker] = {}
         self.closed: bool = True  # until start()
@@ -330,7 +332,7 @@ class Dispatcher:
                 error = errors.pool_error(Reason.POOL_SATURATED, message, max_queue=limit)
                 raise _Refused(error, ("pool_saturated", message, {"waiting": waiting, "max_queue": limit}))
             if ticket.refused == Reason.SESSION_WORKER_UNAVAILABLE and session is not None:
-                session.worker = None
+                self.sessions.unpin(session)
             raise _Refused(self._refusal(ticket.refused))
         handle = self.workers.get(ticket.worker)  # type: ignore[arg-type]
         if handle is None:
@@ -339,7 +341,7 @@ class Dispatcher:
             return None
         self._assign(handle, ticket.owner)
         if session is not None:
-            session.worker = handle.group  # its process: any of its call slots serves the session
+            self.sessions.pin(session, handle.group)  # its process: any of its call slots serves the session
             session.calls += 1
             session.serving = handle
             handle.session_id = session.id

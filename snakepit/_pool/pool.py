@@ -226,7 +226,14 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         observer = Observer(config.on_event)
         sessions = SessionStore(config.session_ttl, config.max_sessions)
         self._dispatcher: Dispatcher = Dispatcher(
-            config.max_queue, self._counters, sessions, config.affinity, recycle, observer, config.queue_timeout
+            config.max_queue,
+            self._counters,
+            sessions,
+            config.affinity,
+            recycle,
+            observer,
+            config.queue_timeout,
+            spread=config.threads_per_worker > 1,
         )
         self._supervisor: Supervisor = Supervisor(
             self._dispatcher,

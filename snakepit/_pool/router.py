@@ -1,10 +1,13 @@
 """Routing: which worker serves a request, now or when one frees up. Pure logic, no threads.
 
-State: the idle workers (in the order they became idle), the busy ones, and the waiting tickets.
+State: the idle workers (in the order they became idle; those of groups a live session is pinned
+to apart), the busy ones, and the waiting tickets.
 A ticket waits either for *any* worker or, under ``strict_queue``, for *its* worker. Rules:
 
 * A ticket is served at once when a worker it may use is idle; otherwise it waits (or, under
-  ``strict_fail_fast``, is refused with ``worker_busy``).
+  ``strict_fail_fast``, is refused with ``worker_busy``). A ticket any worker may serve takes the
+  most recently idle worker no session is pinned to, else the most recently idle pinned one
+  (with several call slots per process, the longest-idle slot, which spreads calls).
 * Invariant: no idle worker is usable by any waiting ticket. So a newcomer that finds an idle
   worker it may use jumps no queue.
 * A freed worker goes to the oldest ticket allowed to use it: the older of the head of the *any*
@@ -68,9 +71,17 @@ class Ticket:
 
 
 class Router:
-    def __init__(self, max_queue: int) -> None:
+    def __init__(self, max_queue: int, *, spread: bool = False) -> None:
         self.max_queue = max_queue
+        # Idle workers in the order they became idle: those of groups no live session is pinned
+        # to, and those of pinned groups (a sessionless call takes these last: their sessions'
+        # calls would find them busy). ``spread``: workers are call slots of processes that run
+        # several calls at once; take the longest-idle slot, which spreads calls over processes.
+        # Else the most recently idle: its caches and its core are warm, the others may sleep.
+        self.spread = spread
         self._idle: OrderedDict[int, None] = OrderedDict()
+        self._idle_pinned: OrderedDict[int, None] = OrderedDict()
+        self._pinned: set[int] = set()  # groups a live session is pinned to
         self._busy: set[int] = set()
         self._any: OrderedDict[Ticket, None] = OrderedDict()
         self._strict: dict[int, OrderedDict[Ticket, None]] = {}  # group -> its strict waiters
@@ -86,14 +97,14 @@ class Router:
 
     @property
     def idle(self) -> int:
-        return len(self._idle)
+        return len(self._idle) + len(self._idle_pinned)
 
     @property
     def busy(self) -> int:
         return len(self._busy)
 
     def is_idle(self, worker: int) -> bool:
-        return worker in self._idle
+        return worker in self._idle or worker in self._idle_pinned
 
     def group(self, worker: int) -> int:
         """The group ``worker`` belongs to (what a session served by it pins to)."""
@@ -112,7 +123,7 @@ class Router:
         if pinned is not None:
             members = self._members.get(pinned, ())
             for worker in members:
-                if worker in self._idle:
+                if worker in self._idle or worker in self._idle_pinned:
                     return self._serve(ticket, worker)
             if not members:  # gone: died or recycled
                 if ticket.affinity.strict:
@@ -128,13 +139,30 @@ class Router:
             self._enqueue(ticket, None)
 
     def take_idle(self) -> int | None:
-        """Serve a request any worker may serve: the longest-idle worker, now busy; ``None`` if
-        none is idle. (By the invariant, no waiter could use an idle worker: none is passed over.)"""
-        if not self._idle:
+        """Serve a request any worker may serve: an idle worker, now busy (see ``spread``; one
+        no session is pinned to if there is one); ``None`` if none is idle. (By the invariant,
+        no waiter could use an idle worker: none is passed over.) O(1)."""
+        idle = self._idle or self._idle_pinned
+        if not idle:
             return None
-        worker = self._idle.popitem(last=False)[0]
+        worker = idle.popitem(last=not self.spread)[0]
         self._busy.add(worker)
         return worker
+
+    def pin(self, group: int, pinned: bool) -> None:
+        """A first live session is pinned to ``group`` (or its last one left): its idle workers
+        are taken last by sessionless calls (or no longer)."""
+        if pinned == (group in self._pinned):
+            return
+        source, target = (self._idle, self._idle_pinned) if pinned else (self._idle_pinned, self._idle)
+        if pinned:
+            self._pinned.add(group)
+        else:
+            self._pinned.discard(group)
+        for worker in self._members.get(group, ()):
+            if worker in source:
+                del source[worker]
+                target[worker] = None
 
     def withdraw(self, ticket: Ticket) -> bool:
         """Stop waiting (timeout or cancellation). False if the ticket is no longer waiting."""
@@ -167,15 +195,15 @@ class Router:
     def release(self, worker: int) -> Ticket | None:
         """``worker`` is free again: hand it to the oldest ticket allowed to use it, else idle it."""
         self._busy.discard(worker)
-        if not self._waiting:
-            self._idle[worker] = None
-            return None
         group = self._group.get(worker, worker)
+        if not self._waiting:
+            (self._idle_pinned if group in self._pinned else self._idle)[worker] = None
+            return None
         strict = self._strict.get(group)
         head_any = next(iter(self._any), None)
         head_strict = next(iter(strict), None) if strict else None
         if head_any is None and head_strict is None:
-            self._idle[worker] = None
+            (self._idle_pinned if group in self._pinned else self._idle)[worker] = None
             return None
         ticket: Ticket
         if head_strict is None or (head_any is not None and head_any.seq < head_strict.seq):
@@ -197,6 +225,7 @@ class Router:
         """``worker`` is gone; returns the strict waiters of its group, refused if it was the
         group's last worker."""
         self._idle.pop(worker, None)
+        self._idle_pinned.pop(worker, None)
         self._busy.discard(worker)
         group = self._group.pop(worker, worker)
         members = self._members.get(group)
@@ -205,6 +234,7 @@ class Router:
         if members:
             return []
         self._members.pop(group, None)
+        self._pinned.discard(group)
         refused = list(self._strict.pop(group, ()))
         for ticket in refused:
             ticket.refused = Reason.SESSION_WORKER_UNAVAILABLE
@@ -224,7 +254,8 @@ class Router:
     # -- internals -------------------------------------------------------------------------------
 
     def _serve(self, ticket: Ticket, worker: int) -> None:
-        del self._idle[worker]
+        if self._idle.pop(worker, False) is False:
+            del self._idle_pinned[worker]
         self._busy.add(worker)
         ticket.worker = worker
 

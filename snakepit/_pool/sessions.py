@@ -47,6 +47,10 @@ class SessionStore:
         # A session whose call is still running is in use, however long the call takes: the
         # pool says which are (it knows its workers); a sweep keeps them.
         self.in_use: Callable[[SessionState], bool] = lambda session: False
+        # How many live sessions are pinned to each worker group; told when that becomes
+        # nonzero or zero again (the router takes pinned workers last for sessionless calls).
+        self._pins: dict[int, int] = {}
+        self.on_pinned: Callable[[int, bool], None] = lambda group, pinned: None
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -84,7 +88,34 @@ class SessionStore:
         return session
 
     def close(self, session_id: str) -> bool:
-        return self._sessions.pop(session_id, None) is not None
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        self.unpin(session)
+        return True
+
+    def pin(self, session: SessionState, group: int) -> None:
+        """Pin ``session`` to ``group`` (O(1); nothing to do if it is pinned there already)."""
+        if session.worker == group:
+            return
+        self.unpin(session)
+        session.worker = group
+        count = self._pins.get(group, 0)
+        self._pins[group] = count + 1
+        if not count:
+            self.on_pinned(group, True)
+
+    def unpin(self, session: SessionState) -> None:
+        group = session.worker
+        if group is None:
+            return
+        session.worker = None
+        count = self._pins.get(group, 0) - 1
+        if count > 0:
+            self._pins[group] = count
+            return
+        self._pins.pop(group, None)
+        self.on_pinned(group, False)
 
     def touch(self, session_id: str, now: float) -> None:
         """A call of the session has just ended: its time to live starts again."""
@@ -106,6 +137,7 @@ class SessionStore:
                 sessions.move_to_end(session.id)
                 continue
             del sessions[session.id]
+            self.unpin(session)
             expired += 1
         self.expired_total += expired
         return expired
