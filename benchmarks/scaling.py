@@ -192,7 +192,7 @@ def curve_pool_size(sizes: list[int], calls: int, repeats: int, kills: int) -> d
                     {
                         "USS sum MB": [memory["uss_mb"]],
                         "PSS sum MB": [memory["pss_mb"]],
-                        "USS per worker MB": [memory["uss_mb"] / size],
+                        "USS sum / workers MB": [memory["uss_mb"] / size],
                     },
                 )
             )
