@@ -34,6 +34,7 @@ BENCHMARKS = [
     "grpc_throughput",
     "ray_backend",
     "guarantees",
+    "scaling",
 ]
 OPT_IN = ["soak"]  # run only when named: not part of a plain `python -m benchmarks`
 _NEEDS = {"ray_backend": "ray", "executor": "loky"}

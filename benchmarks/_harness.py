@@ -10,7 +10,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 
 
@@ -49,6 +49,37 @@ def print_table(
         if reference_vs_each:
             ratio = 1 / ratio
         print(f"{name.ljust(width)}  {value:>14,.1f}  {ratio:>19.2f}x")
+
+
+def print_curve(
+    title: str, point: str, rows: Sequence[tuple[str, Mapping[str, Sequence[float]]]], *, digits: int = 1
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """A scaling curve, one row per point and one column per quantity: the median over the
+    repeats, their range, and the median's ratio to the first point's (>1: larger there, for
+    better or worse). Returns the same figures as data, for ``--json``."""
+    table: dict[str, dict[str, dict[str, float | None]]] = {}
+    first = rows[0][1]
+    for label, columns in rows:
+        table[label] = {}
+        for column, values in columns.items():
+            median = statistics.median(values)
+            reference = statistics.median(first[column]) if column in first else 0.0
+            ratio = median / reference if reference else None  # None: no first point to compare with
+            table[label][column] = {"median": median, "min": min(values), "max": max(values), "ratio": ratio}
+
+    def cell(f: dict[str, float | None]) -> str:
+        ratio = "-" if f["ratio"] is None else f"{f['ratio']:.2f}x"
+        return f"{f['median']:,.{digits}f} ({f['min']:,.{digits}f}-{f['max']:,.{digits}f}) {ratio}"
+
+    cells = {label: {column: cell(f) for column, f in figures.items()} for label, figures in table.items()}
+    headers = list(dict.fromkeys(column for _, columns in rows for column in columns))
+    widths = {h: max([len(h)] + [len(c[h]) for c in cells.values() if h in c]) for h in headers}
+    first_width = max(len(point), *(len(label) for label in table))
+    print(f"\n{title}")
+    print(f"{point.ljust(first_width)}  " + "  ".join(h.rjust(widths[h]) for h in headers))
+    for label, row in cells.items():
+        print(f"{label.ljust(first_width)}  " + "  ".join(row.get(h, "-").rjust(widths[h]) for h in headers))
+    return table
 
 
 ALL_CPUS = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()

@@ -40,6 +40,7 @@ def test_the_quick_suite_runs_every_benchmark_and_records_the_machine(tmp_path):
         "grpc_throughput",
         "ray_backend",
         "guarantees",
+        "scaling",
     }
     latency = run["results"]["execute_latency"]["placements"]["unpinned"]
     assert latency["snakepit execute"]["p50_us"] > 0 and latency["raw os.pipe + msgpack"]["p50_us"] > 0
