@@ -101,7 +101,9 @@ def matrix_pool():
     """One pool for the whole matrix: each case checks that it is back to full size with the
     owner's descriptors as before; closing it must then leave no process behind."""
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with Pool("helpers:Matrix", size=2, start_timeout=30) as pool:
+    # Dozens of deaths a minute, by design: no slot is to be quarantined for them (test_supervision
+    # covers quarantine); where they fall depends on routing, which takes the warmest idle worker.
+    with Pool("helpers:Matrix", size=2, start_timeout=30, quarantine_after=None) as pool:
         yield pool
     wait_for(lambda: {p.pid for p in psutil.Process().children(recursive=True)} <= before, timeout=10)
 

@@ -37,7 +37,14 @@ def test_start_runs_workers_in_parallel_and_initialize_once(tmp_path):
     with Pool(Toolbox, size=3) as pool:
         elapsed = time.monotonic() - started
         assert pool.stats()["workers"] == 3
-        states = [pool.execute("state") for _ in range(9)]
+        # Three calls held at once take the three workers; their sessions stay pinned to them.
+        gate = tmp_path / "gate"
+        held = [pool.submit("gate", path=str(gate), marker=str(tmp_path / f"m{i}"), session_id=f"s{i}") for i in range(3)]
+        wait_for(lambda: all((tmp_path / f"m{i}").exists() for i in range(3)), timeout=30)
+        gate.touch()
+        for future in held:
+            future.result(timeout=30)
+        states = [pool.execute("state", session_id=f"s{i % 3}") for i in range(9)]
     assert {s["initialized"] for s in states} == {1}
     assert len({s["pid"] for s in states}) == 3
     assert elapsed < 10

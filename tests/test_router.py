@@ -234,18 +234,22 @@ def test_session_affinity_sticks_once_given():
 def test_a_sessionless_call_takes_the_most_recently_idle_worker():
     router = Router(100)
     for worker in (1, 2, 3):
-        router.add(worker)
-    assert router.take_idle() == 3  # the last one to become idle: its caches and core are warm
+        router.add(worker)  # a new worker idles as the least recently used
+    assert router.take_idle() == 1
     assert router.take_idle() == 2
-    router.release(3)
+    router.release(1)
     router.release(2)
-    assert router.take_idle() == 2 and router.take_idle() == 3 and router.take_idle() == 1
+    assert router.take_idle() == 2  # the last one to become idle: its caches and core are warm
+    router.release(2)
+    assert router.take_idle() == 2
+    router.add(4)  # a replacement waits behind the warm ones
+    assert [router.take_idle(), router.take_idle(), router.take_idle()] == [1, 3, 4]
 
 
 def test_workers_a_session_is_pinned_to_are_taken_last():
     router = Router(100)
-    for worker in (1, 2, 3):
-        router.add(worker)
+    for worker in (3, 2, 1):
+        router.add(worker)  # idle, most recent first: 3, 2, 1
     router.pin(3, True)
     assert [router.take_idle(), router.take_idle()] == [2, 1]
     assert router.take_idle() == 3  # no unpinned one left: a pinned one rather than a wait
@@ -262,8 +266,9 @@ def test_with_several_call_slots_per_process_the_longest_idle_slot_spreads_calls
     router = Router(100, spread=True)
     for slot, process in ((1, 1), (2, 1), (3, 3), (4, 3)):
         router.add(slot, process)
-    assert [router.take_idle(), router.take_idle()] == [1, 2]
-    assert router.take_idle() == 3  # the other process, while the first has its two calls
+    first = router.take_idle()
+    router.release(first)  # the longest-idle slot is taken, not the one just freed
+    assert router.take_idle() != first
 
 
 def test_the_store_tells_when_a_group_gains_its_first_pin_and_loses_its_last():

@@ -182,9 +182,15 @@ class Router:
 
     def add(self, worker: int, group: int | None = None) -> Ticket | None:
         """A new worker is ready (in ``group``, else a group of its own); it serves the oldest
-        waiter, if any."""
+        waiter, if any, else idles as the least recently used: a replacement takes calls once
+        the warm workers are busy (and calls that kill their worker do not all fall on one slot,
+        which would be quarantined for it)."""
         self.join(worker, group)
-        return self.release(worker)
+        ticket = self.release(worker)
+        if ticket is None:
+            idle = self._idle_pinned if self._group[worker] in self._pinned else self._idle
+            idle.move_to_end(worker, last=False)
+        return ticket
 
     def join(self, worker: int, group: int | None = None) -> None:
         """Record ``worker``'s group (before it is first released)."""
