@@ -25,7 +25,7 @@ from snakepit._streaming import AsyncLoop, loop
 from snakepit.grpc import bridge_pb2 as pb
 from snakepit.grpc._loop import on_shared_loop, shared_loop
 from snakepit.grpc._status import rpc_error
-from snakepit.grpc._telemetry import from_message
+from snakepit.grpc._telemetry import Controls, from_message
 
 
 def controls(
@@ -64,6 +64,10 @@ class _Choices:
     def __init__(self, enabled: bool, sampling_rate: float, allow: Sequence[str], deny: Sequence[str]) -> None:
         self.allow: Sequence[str] = _patterns("allow", allow)
         self.deny: Sequence[str] = _patterns("deny", deny)
+        # The same filter, applied here too: the server starts sending as the stream opens, and
+        # applies a control when it arrives, so events it sent meanwhile may not be wanted.
+        self.filter = Controls()
+        self.filter.set_filter(self.allow, self.deny)
         self.initial = controls(
             enabled=None if enabled else False,
             sampling_rate=None if sampling_rate == 1.0 else sampling_rate,
@@ -93,6 +97,7 @@ class _Choices:
         if filtering:
             self.allow = self.allow if allow is None else list(allow)
             self.deny = self.deny if deny is None else list(deny)
+            self.filter.set_filter(self.allow, self.deny)
         return messages
 
 
@@ -136,7 +141,10 @@ class TelemetryStream:
         if self._choices.closed:
             raise StopIteration
         try:
-            return from_message(next(self._call))
+            while True:
+                event = from_message(next(self._call))
+                if self._choices.filter.admits(event["name"]):
+                    return event
         except StopIteration:
             self.close()
             raise
@@ -213,15 +221,19 @@ class AsyncTelemetryStream:
         return AsyncLoop(self)
 
     async def __anext__(self) -> dict[str, Any]:
-        if self._choices.closed:
-            raise StopAsyncIteration
-        try:
-            message = await on_shared_loop(self._read())
-        except asyncio.CancelledError:  # the caller's task was cancelled: so is the subscription
-            self._left()
-            raise
-        if type(message) is pb.TelemetryEvent:
-            return from_message(message)
+        while True:
+            if self._choices.closed:
+                raise StopAsyncIteration
+            try:
+                message = await on_shared_loop(self._read())
+            except asyncio.CancelledError:  # the caller's task was cancelled: so is the subscription
+                self._left()
+                raise
+            if type(message) is not pb.TelemetryEvent:
+                break
+            event = from_message(message)
+            if self._choices.filter.admits(event["name"]):  # see _Choices.filter
+                return event
         closed = self._choices.closed
         await self.aclose()
         if isinstance(message, errors.SnakepitError) and not closed:
