@@ -103,7 +103,7 @@ def test_an_adapter_module_that_starts_threads_at_import_starts_its_workers_cold
     with Pool("threads_at_import:Threaded", size=2) as pool:
         pids = _worker_pids(pool)
         assert {psutil.Process(pid).ppid() for pid in pids} == {os.getpid()}
-        assert sorted({pool.execute("pid") for _ in range(2)}) <= sorted(pids)
+        assert {pool.execute("pid") for _ in range(2)} <= set(pids)  # its own workers, whichever serve
     assert any("thread" in record.getMessage() and "cold" in record.getMessage() for record in caplog.records)
 
 
