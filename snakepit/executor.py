@@ -171,7 +171,6 @@ class Executor(concurrent.futures.Executor):
             **pool_options,
         )
         self._window = 2 * self._pool.size * self._pool.threads_per_worker  # calls handed to the pool at once
-        self._max_queue = max(self._window, 1)
         self._lock = threading.Lock()
         # (future, tool, its arguments, the function's name) of calls not yet handed to the pool
         self._pending: collections.deque[tuple[CallFuture, str, dict[str, Any], str]] = collections.deque()
@@ -219,10 +218,7 @@ class Executor(concurrent.futures.Executor):
         else:
             # A chunk travels pickled in one piece: checking that msgpack would carry each of
             # its values exactly costs more than pickling them (large arrays are for submit()).
-            futures = [
-                self._submit(CALL_CHUNK, fn, {"chunk": _pickled_chunk(chunk)})
-                for chunk in iter(lambda: list(itertools.islice(calls, chunksize)), [])
-            ]
+            futures = [self._submit(CALL_CHUNK, fn, {"chunk": _pickled_chunk(chunk)}) for chunk in _chunks(calls, chunksize)]
         return _results(futures, end, chunked=chunksize > 1)
 
     def _pipelined(
@@ -252,10 +248,7 @@ class Executor(concurrent.futures.Executor):
                 if chunksize == 1:
                     items = ({"fn": pickled, "key": key, "args": list(args), "kwargs": {}} for args in calls)
                 else:  # a chunk is one item, pickled in one piece (cheaper than checking its values for msgpack)
-                    items = (
-                        {"fn": pickled, "key": key, "chunk": _pickled_chunk(calls[start : start + chunksize])}
-                        for start in range(0, len(calls), chunksize)
-                    )
+                    items = ({"fn": pickled, "key": key, "chunk": _pickled_chunk(chunk)} for chunk in _chunks(calls, chunksize))
                 async for value in pool.amap(tool_name, items, return_exceptions=True, chunksize=batch):
                     results.put(value)
             except BaseException as exc:
@@ -294,7 +287,6 @@ class Executor(concurrent.futures.Executor):
             maps = list(self._maps) if cancel_futures else []
             if cancel_futures:
                 self._pending.clear()
-            outstanding = list(self._outstanding)
         from snakepit._pool.futures import notify_cancelled
 
         for future, *_ in dropped:
@@ -304,9 +296,9 @@ class Executor(concurrent.futures.Executor):
             self._pool.cancel(map_future)
         on_our_thread = threading.current_thread().name.startswith("snakepit-futures-")
         if wait and not on_our_thread:
-            self._finish(outstanding)
+            self._finish()
         else:
-            threading.Thread(target=self._finish, args=(outstanding,), name="snakepit-executor-shutdown", daemon=True).start()
+            threading.Thread(target=self._finish, name="snakepit-executor-shutdown", daemon=True).start()
 
     # -- the calls ---------------------------------------------------------------------------------
 
@@ -323,8 +315,7 @@ class Executor(concurrent.futures.Executor):
             if broken is None:
                 self._outstanding.add(future)
                 self._pending.append((future, tool_name, args, _label(fn)))
-            feed = self._ready and not self._feeding
-            self._feeding = self._feeding or feed
+            feed = self._claim_feed()
         if broken is not None:  # the workers could not start: nor will this call
             future.set_running_or_notify_cancel()
             future.set_exception(broken)
@@ -356,14 +347,20 @@ class Executor(concurrent.futures.Executor):
                 self._pending.clear()
             for future, *_ in pending:
                 if future.set_running_or_notify_cancel():
-                    future.set_exception(exc)
+                    future.set_exception(_again(exc))
             return
         with self._lock:
             self._ready = True
-            feed = bool(self._pending) and not self._feeding
-            self._feeding = self._feeding or feed
+            feed = self._claim_feed()
         if feed:
             self._pool._futures.call_soon(self._feed)
+
+    def _claim_feed(self) -> bool:
+        """(Lock held.) Whether the caller is to run :meth:`_feed`: calls wait, the pool has
+        started, and no feed is under way or scheduled (this one is, from now on)."""
+        feed = self._ready and bool(self._pending) and not self._feeding
+        self._feeding = self._feeding or feed
+        return feed
 
     def _feed(self) -> None:
         """On the pool's futures thread: hand waiting calls to the pool, up to the window."""
@@ -395,17 +392,16 @@ class Executor(concurrent.futures.Executor):
                 finally:
                     with self._lock:
                         self._in_flight -= 1
-                        feed = bool(self._pending) and not self._feeding
-                        self._feeding = self._feeding or feed
+                        feed = self._claim_feed()
                     if feed:
                         self._feed()
 
-            driver._start(future, run)
+            driver.start_on_loop(future, run)
 
-    def _finish(self, outstanding: list[concurrent.futures.Future[Any]]) -> None:
+    def _finish(self) -> None:
+        """After shutdown: wait for every call submitted (none is added any more), then close."""
         self._starting.join()
-        concurrent.futures.wait(outstanding)
-        while True:  # those handed on after the snapshot (none is added after shutdown)
+        while True:
             with self._lock:
                 left = list(self._outstanding)
             if not left:
@@ -429,8 +425,7 @@ def _at_exit() -> None:
             continue
         with executor._lock:
             executor._shut_down = True
-            outstanding = list(executor._outstanding)
-        executor._finish(outstanding)
+        executor._finish()
 
 
 threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # what concurrent.futures.process uses
@@ -472,6 +467,12 @@ def _named(error: errors.SnakepitError, function: str, tool_name: str) -> errors
     error.args = (error.message,)
     error.details["function"] = function
     return error
+
+
+def _chunks(calls: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    """``calls`` in lists of ``size`` (the last one shorter), as ``map``'s chunks."""
+    calls = iter(calls)
+    return iter(lambda: list(itertools.islice(calls, size)), [])
 
 
 def _pickled_chunk(chunk: list[tuple[Any, ...]]) -> bytes:

@@ -63,8 +63,8 @@ class FutureDriver:
     def spawn(self, future: CallFuture, call: Callable[[Running], Coroutine[Any, Any, Any]]) -> CallFuture:
         """Run ``call(running)`` for ``future`` on the loop and complete the future with its
         outcome; ``running`` marks the future running (see :class:`CallFuture`)."""
-        future._driver = self
-        self.call_soon(self._start, future, call)
+        future._driver = self  # before the loop starts it: pool.cancel() knows it at once
+        self.call_soon(self.start_on_loop, future, call)
         return future
 
     def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
@@ -116,7 +116,9 @@ class FutureDriver:
                 self._thread, self._loop = thread, loop
             return self._loop
 
-    def _start(self, future: CallFuture, call: Callable[[Running], Coroutine[Any, Any, Any]]) -> None:
+    def start_on_loop(self, future: CallFuture, call: Callable[[Running], Coroutine[Any, Any, Any]]) -> None:
+        """:meth:`spawn`, called on the loop's own thread (by what runs there: the Executor's feeder)."""
+        future._driver = self
         if future.cancelled():
             notify_cancelled(future)
             return

@@ -230,9 +230,10 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
         """:meth:`Pool.map <snakepit.Pool.map>` on the served pool: each item an ``ExecuteTool``
         call, pipelined (see :mod:`._map`). ``chunksize`` is how many calls are in flight at
         once (by default as many as the served pool runs at once); ``timeout`` bounds each call."""
-        window, build = self._map_setup(
+        items, window, build = self._map_setup(
             tool,
             iterable_of_args,
+            param,
             total,
             ordered,
             return_exceptions,
@@ -243,7 +244,6 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
             timeout,
             correlation_id,
         )
-        iterable_of_args = map_items(iterable_of_args, param)
 
         def start(args: Any) -> Any:
             message, metadata, deadline = build(args)
@@ -256,12 +256,11 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
                 raise (failure := rpc_error(error)) from failure.__cause__
             return _result(response)
 
-        return _map.run_map(iterable_of_args, start, settle, window)
+        return _map.run_map(items, start, settle, window)
 
     def _parameter_names(self, tool: str) -> list[str]:
         specs = {spec.name: spec for spec in self.tools()}
-        if tool not in specs:
-            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}{did_you_mean(tool, specs)}", tool=tool)
+        _check_tool(tool, specs)
         return [parameter.name for parameter in specs[tool].parameters]
 
     def amap(
@@ -282,9 +281,10 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
         correlation_id: str | None = None,
     ) -> AsyncIterator[Any]:
         """:meth:`map` for asyncio: ``async for result in client.amap(...)``."""
-        window, build = self._map_setup(
+        items, window, build = self._map_setup(
             tool,
             iterable_of_args,
+            param,
             total,
             ordered,
             return_exceptions,
@@ -295,7 +295,6 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
             timeout,
             correlation_id,
         )
-        iterable_of_args = map_items(iterable_of_args, param)
 
         def start(args: Any) -> Any:
             message, metadata, deadline = build(args)
@@ -312,12 +311,13 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
 
             return run()
 
-        return _map.arun_map(iterable_of_args, start, lambda task: _result(task.result()), window)
+        return _map.arun_map(items, start, lambda task: _result(task.result()), window)
 
     def _map_setup(
         self,
         tool: str,
         iterable_of_args: Any,
+        param: str | None,
         total: int | None,
         ordered: bool,
         return_exceptions: bool,
@@ -327,9 +327,10 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
         affinity: Affinity | str | None,
         timeout: float | None,
         correlation_id: str | None,
-    ) -> tuple[_map.Window, Callable[[Any], Any]]:
-        """The map's window, and what builds an item's request (checked as the pool checks a
-        call: the map's own options here, at once; each item's args as it is read)."""
+    ) -> tuple[Iterable[Any], _map.Window, Callable[[Any], Any]]:
+        """The map's items (args dicts), its window, and what builds an item's request (checked
+        as the pool checks a call: the map's own options here, at once; each item's args as it
+        is read)."""
         self._check_open()
         positive_int("chunksize", chunksize, allow_none=True, reason=Reason.INVALID_ARGUMENTS)
         check_routing(session_id, affinity)
@@ -339,9 +340,9 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
         else:
             check_correlation_id(correlation_id)
         total = map_total(iterable_of_args, total)
+        items = map_items(iterable_of_args, param)
         names, capacity = self._served()
-        if tool not in names:
-            raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}{did_you_mean(tool, names)}", tool=tool)
+        _check_tool(tool, names)
         # As many calls in flight as the pool runs at once: none waits in its queue, where it
         # would spend its timeout (and queue_timeout) as no item of a local map does.
         limit = chunksize or capacity or _map.WINDOW
@@ -350,7 +351,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
         def build(args: Any) -> Any:
             return self._request(CallRequest(tool, args, session_id, affinity, timeout, correlation_id), False)
 
-        return window, build
+        return items, window, build
 
     # -- telemetry -------------------------------------------------------------------------------
 
@@ -709,3 +710,9 @@ def _tool_spec(spec: pb.ToolSpec) -> ToolSpec:
             default = codec.decode_value(param.default_value.value, codec.JSON)
         parameters.append(ParameterSpec(param.name, param.type, param.required, default))
     return ToolSpec(spec.name, spec.description, parameters, spec.supports_streaming, spec.metadata.get("idempotent") == "true")
+
+
+def _check_tool(tool: str, names: Iterable[str]) -> None:
+    """``tool_not_found`` (naming the closest) unless the served pool has ``tool``."""
+    if tool not in names:
+        raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}{did_you_mean(tool, names)}", tool=tool)
