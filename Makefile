@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CORE := $(VENV)/.installed-core
 DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint suite package bench clean
+.PHONY: demo test lint suite package docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(DEV): pyproject.toml | $(BIN)/python
 demo: $(CORE)
 	$(BIN)/python -m snakepit demo
 
-test: lint package suite
+test: lint package docs suite
 
 # The committed settings (pyproject.toml) of the pinned checkers of the dev extra.
 lint: $(DEV)
@@ -48,8 +48,13 @@ package: $(DEV)
 	cd build/package-check && bin/python -c "import snakepit, snakepit.executor; print('installed wheel imports: snakepit', snakepit.__version__)"
 	build/package-check/bin/snakepit --version
 
+# The documentation site, into site/: --strict makes a broken link, reference or docstring fail.
+# (NO_MKDOCS_2_WARNING: MkDocs 1.6 announces its successor on every build; that is not ours.)
+docs: $(DEV)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
 bench: $(DEV)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache

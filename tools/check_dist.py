@@ -49,7 +49,11 @@ def main(argv: list[str]) -> int:
     for name in _WHEEL_MUST_HAVE:
         if name not in in_wheel:
             problems.append(f"the wheel {wheels[0].name} lacks {name}")
-    strays = sorted({name.split("/", 1)[0] for name in in_wheel} - {"snakepit"} - {n for n in (n.split("/", 1)[0] for n in in_wheel) if n.endswith(".dist-info")})
+    strays = sorted(
+        {name.split("/", 1)[0] for name in in_wheel}
+        - {"snakepit"}
+        - {n for n in (n.split("/", 1)[0] for n in in_wheel) if n.endswith(".dist-info")}
+    )
     if strays:
         problems.append(f"the wheel {wheels[0].name} carries more than the package: {', '.join(strays)}")
     for problem in problems:

@@ -117,11 +117,12 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         heartbeat_interval: how often idle workers are pinged.
         heartbeat_timeout: an idle worker that has not answered a ping for this long is hung: it
             is killed and replaced.
-        quarantine_after, quarantine_window: a worker slot that loses this many workers (crashes
-            and failed starts, not workers the pool killed itself) within this many seconds is
+        quarantine_after: a worker slot that loses this many workers (crashes and failed
+            starts, not workers the pool killed itself) within ``quarantine_window`` seconds is
             quarantined: its next worker starts after a back-off (1 s, doubling with each
-            quarantine in a row, up to 60 s), while the other workers keep serving.
-            ``quarantine_after=None``: never.
+            quarantine in a row, up to 60 s), while the other workers keep serving. ``None``:
+            never.
+        quarantine_window: the window of ``quarantine_after``, in seconds.
         setup: for plain functions: called once in each worker before its first call; what it
             returns is passed as the keyword ``state`` to the functions that declare a ``state``
             parameter (a model, a connection), which callers then do not pass.
