@@ -285,6 +285,7 @@ _CHUNK_TAIL = b"\xc2\xc0"  # final=False, metadata=None
 _ARRAY32 = b"\xdd"
 
 STREAM_WINDOW = 64  # frames of one stream the owner may not have taken yet (threads_per_worker > 1)
+BATCH_BYTES = 64 << 10  # the most a batch of small chunks holds there: a window is at most 4 MiB of them
 
 
 class ChunkLayout(NamedTuple):

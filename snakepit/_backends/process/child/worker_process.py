@@ -75,7 +75,7 @@ class Worker:
         if not isinstance(boot, Boot):
             os._exit(2)
         if boot.threads > 1:
-            self._out: Any = SharedOutbox(self._responses, self._socket, segments.Segments())
+            self._out: Any = SharedOutbox(self._responses, self._spill, self._socket, segments.Segments())
             self._threads = ToolThreads(self._out, boot.threads)
             self._host: ToolHost = self._threads.hosts[0]
             self._events = Events(self._events_fd, shield=self._threads.shield)
