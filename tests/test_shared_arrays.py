@@ -274,3 +274,28 @@ def test_nothing_outlives_a_worker_killed_holding_or_lending_shared_arrays():
 def test_nothing_outlives_an_owner_killed_mid_stream_of_shared_arrays(tmp_path):
     # It lent the worker an array, and receives arrays the worker allocated.
     kill_owner_streaming(tmp_path, "test_shared_arrays", f'pool.execute("hold", {{"x": shared.zeros({32 * MIB})}})', "Shared")
+
+
+@pytest.mark.parametrize("lent", [False, True])
+def test_a_closed_connection_frees_only_the_deliveries_it_still_holds(lent):
+    """A slot delivered over a connection that closed is cleared -- unless its receiver had
+    dropped it and it was delivered again since, over another connection."""
+    from snakepit._backends.process import segments
+
+    mine = segments.Segments()
+    source = shared.zeros(MIB, dtype="u1") if lent else np.ones(MIB, dtype="u1")
+    first, second = segments.Attachments(mine), segments.Attachments(mine)
+    first.share("pickle", b"", [memoryview(source)])
+    first.deliver("connection A")
+    [(_, segment, _, slot)] = first.placed
+    segment.map[slot] = 0  # its receiver dropped it
+    second.share("pickle", b"", [memoryview(source)])  # placed for a call not sent yet
+    assert second.placed[0][1] is segment and second.placed[0][3] == slot  # the same segment, the same slot
+    segments.forget("connection A")
+    assert segment.map[slot] == 1
+    second.deliver("connection B")
+    segments.forget("connection A")
+    assert segment.map[slot] == 1  # B's receiver holds it
+    segments.forget("connection B")
+    assert segment.map[slot] == 0
+    mine.close()

@@ -143,7 +143,9 @@ class ProcessConnection:
             info = psutil.Process(self.pid).memory_info()
         except psutil.Error:
             return None
-        return info.rss - getattr(info, "shared", 0) + spill.lent(self.spill_fd)
+        with self._read_lock:  # the spill descriptor is not closed (and its number reused) meanwhile
+            lent = 0 if self._closed else spill.lent(self.spill_fd)
+        return info.rss - getattr(info, "shared", 0) + lent
 
     @property
     def ready_fd(self) -> int:

@@ -195,6 +195,7 @@ class Segments:
         with self._lock:
             best, _ = self._take(size)
             best.map[0] = 1
+            best.to.pop(0, None)  # delivered over a connection since closed, and dropped
         offset = _offset(buffer)
         best.map[offset : offset + size] = buffer.cast("B") if buffer.format != "B" or buffer.ndim != 1 else buffer
         return best, offset, 0
