@@ -9,6 +9,8 @@ The differences the README's backend table lists are encoded here, and nothing m
   are delivered as far as Ray had streamed them;
 * a tool blocked in a C call (``time.sleep``) is interrupted at once in a process worker; an
   actor's is stopped by killing the actor after ``cancel_grace`` (it is replaced).
+* ``snakepit.shared`` allocates in shared memory in a process worker, and makes a plain array in
+  an actor (Ray's object store carries large values).
 
 Ray runs as one local instance for this module (``num_cpus=2``).
 """
@@ -384,3 +386,9 @@ def test_plain_functions_futures_and_typed_errors(backend):
         with pytest.raises(ZeroDivisionError) as info:
             pool.execute("divide", a=1, b=0)
         assert isinstance(info.value, SnakepitError) and info.value.reason == "tool_exception"
+
+
+def test_shared_arrays_are_shared_in_process_workers_and_plain_in_actors(pool, backend):
+    shared, array = pool.execute("shared_array", {"size": 4 << 20})
+    assert shared is (backend["backend"] == "process")
+    assert array.nbytes == 4 << 20 and not array.any()

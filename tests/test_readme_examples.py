@@ -14,7 +14,7 @@ EXAMPLES = dict(re.findall(r"```python\n# example: (\S+)\n(.*?)```", README.read
 
 
 def test_the_readme_has_its_examples():
-    assert {"functions", "futures", "executor", "exceptions", "metrics"} <= set(EXAMPLES)
+    assert {"functions", "futures", "executor", "exceptions", "metrics", "shared"} <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
@@ -32,5 +32,6 @@ OUTPUT = {  # what the examples print, as their comments say
     "futures": ["[0, 1, 4, 9, 16]"],
     "executor": ["27", "[0, 1, 8, 27, 64]", "ValueError from the worker: True", "64"],
     "exceptions": ["2 /no/such/file"],
+    "shared": ["(1024, 1024) False", "10 False"],
 }
 CONTAINS = {"metrics": 'snakepit_calls_total{outcome="ok",pool="showcase",tool="add"} 1.0'}
