@@ -41,6 +41,7 @@ SNAKEPIT = {
     "ParameterSpec",
     "StreamChunk",
     "StreamResult",
+    "Encoded",
     "HALT",
     "Affinity",
     "CallCancelled",
