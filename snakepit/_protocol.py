@@ -558,6 +558,16 @@ def encoded_wire(value: Any, encode: str) -> Ext | None:
     return Ext(_ENCODED_CODES[content_type], data)
 
 
+def received_ext(code: int, data: memoryview) -> Any:
+    """An extension as a frame reader's ``ext_hook`` returns it: a value the worker encoded is
+    its :class:`~snakepit._encoding.Encoded` at once (the hot path of a stream whose values the
+    owner forwards); any other, an ``Ext`` for :func:`decode_value`."""
+    content_type = _ENCODED_TYPES.get(code)
+    if content_type is not None:
+        return Encoded(bytes(data), content_type)
+    return Ext(code, bytes(data))  # a copy: the frame's buffer is reused
+
+
 def decode_value(value: Any) -> Any:
     kind = type(value)
     if kind is Ext or kind is Shared:

@@ -292,6 +292,8 @@ class Exchange:
         """A chunk's data as the caller gets it: :meth:`decode`, and with the call's ``encode``
         option an :class:`Encoded` (what the worker did not encode, the owner does, the same
         way); a value that cannot be encoded ends the stream."""
+        if type(value) is Encoded:  # the worker encoded it: the common case
+            return value
         value = self.decode(value)
         if self.encode is None or type(value) is Encoded:
             return value
@@ -464,7 +466,8 @@ class Delivery:
         if items:
             self.metadata = None
         if self.exchange.encode is not None:
-            return [self.exchange.deliver(item) for item in items]
+            deliver = self.exchange.deliver
+            return [item if type(item) is Encoded else deliver(item) for item in items]
         decode = self.exchange.decode
         return [item if type(item) not in PACKED else decode(item) for item in items]
 

@@ -446,6 +446,7 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             stream = self._pool.open_astream(call._replace(encode="pickle" if accept_pickle else "json"))
             name = request.tool_name
             count = 0
+            budget, message_of, json = self._budget, pb.ToolChunk, codec.JSON  # the loop's per-chunk look-ups
             async for item in stream:
                 # The chunks at hand: up to the batch size, packed into arrays; else a message
                 # each, those already here skipping a pass through the iterator each. A chunk the
@@ -456,13 +457,13 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
                 messages: list[Encoded] = self._batches(values, accept_pickle) if batch > 1 else values
                 last = len(messages) - 1
                 for index, (data, content_type) in enumerate(messages):
-                    if len(data) > self._budget:
+                    if len(data) > budget:
                         raise self._too_large(len(data))
                     count += 1
-                    chunk = pb.ToolChunk(chunk_id=f"{name}-{count}", data=data)
+                    chunk = message_of(chunk_id=f"{name}-{count}", data=data)
                     if attached is not None:
                         codec.attach_metadata(chunk.metadata, attached, accept_pickle=accept_pickle)
-                    if content_type != codec.JSON:
+                    if content_type != json:
                         codec.set_content_type(chunk.metadata, content_type)
                     if final and index == last:
                         self._finish(chunk, stream, meta, started)

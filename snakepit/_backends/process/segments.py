@@ -45,7 +45,7 @@ from typing import Any
 import msgspec
 from msgspec.msgpack import Ext
 
-from snakepit._protocol import SHARED_EXT, Shared
+from snakepit._protocol import SHARED_EXT, Shared, received_ext
 
 CACHE_LIMIT = 1 << 30  # bytes of unused segments a sender keeps for reuse
 IDLE_RELEASE = 1.0  # seconds after which a sender releases a segment nothing was placed in
@@ -286,7 +286,7 @@ def receiver(sock: socket.socket) -> Callable[[int, memoryview], Any]:
 
     def hook(code: int, data: memoryview) -> Any:
         if code != SHARED_EXT:
-            return Ext(code, bytes(data))  # a copy: the frame's buffer is reused
+            return received_ext(code, data)
         kind, pickle_data, placements = _DECODE(data)
         fds = take(len(placements))
         try:
