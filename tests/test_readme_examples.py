@@ -32,5 +32,6 @@ OUTPUT = {  # what the examples print, as their comments say
     "futures": ["[0, 1, 4, 9, 16]"],
     "executor": ["27", "[0, 1, 8, 27, 64]", "ValueError from the worker: True", "64"],
     "exceptions": ["2 /no/such/file"],
+    "encoded": ['application/json b\'{"number":0,"is_last":false}\'', 'application/json b\'{"number":1,"is_last":true}\''],
 }
 CONTAINS = {"metrics": 'snakepit_calls_total{outcome="ok",pool="showcase",tool="add"} 1.0'}
