@@ -456,15 +456,16 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
                 final = stream.last_was_final
                 messages: list[Encoded] = self._batches(values, accept_pickle) if batch > 1 else values
                 last = len(messages) - 1
-                for index, (data, content_type) in enumerate(messages):
+                for index, message in enumerate(messages):
+                    data = message.data
                     if len(data) > budget:
                         raise self._too_large(len(data))
                     count += 1
                     chunk = message_of(chunk_id=f"{name}-{count}", data=data)
                     if attached is not None:
                         codec.attach_metadata(chunk.metadata, attached, accept_pickle=accept_pickle)
-                    if content_type != json:
-                        codec.set_content_type(chunk.metadata, content_type)
+                    if message.content_type != json:
+                        codec.set_content_type(chunk.metadata, message.content_type)
                     if final and index == last:
                         self._finish(chunk, stream, meta, started)
                         yield chunk
@@ -493,6 +494,9 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         """Encoded chunks as batches, as few as fit in a message each: JSON arrays, except that
         for a client that takes pickles a batch holding a chunk JSON cannot carry exactly is a
         pickled list (a ``bytes`` chunk is base64 in a JSON array)."""
+        datas = [part.data for part in values]
+        if sum(map(len, datas)) + len(datas) + 1 <= self._budget and {part.content_type for part in values} == {codec.JSON}:
+            return [Encoded(b"[" + b",".join(datas) + b"]", codec.JSON)]  # the common case, in C-level passes
         batches: list[Encoded] = []
         parts: list[Encoded] = []
         size = 2
@@ -513,7 +517,7 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         """One batch of chunks (two or more, if a pickled one turns out too large)."""
         if all(part.content_type == codec.JSON for part in parts):
             return [Encoded(b"[" + b",".join(part.data for part in parts) + b"]", codec.JSON)]
-        data = pickle.dumps([codec.decode_value(*part) for part in parts], protocol=5)
+        data = pickle.dumps([codec.decode_value(part.data, part.content_type) for part in parts], protocol=5)
         if len(data) <= self._budget or len(parts) == 1:
             return [Encoded(data, codec.PICKLE)]  # a lone chunk too large is refused by the caller
         half = len(parts) // 2
