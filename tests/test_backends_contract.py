@@ -25,7 +25,7 @@ import time
 import pytest
 from helpers import FailingInit, Toolbox, await_for, wait_for
 
-from snakepit import HALT, Pool, SnakepitError
+from snakepit import HALT, Encoded, Pool, SnakepitError
 
 BACKENDS = ["process", "ray"]
 
@@ -80,6 +80,20 @@ def test_streams_in_order_with_halt_final_and_failure(pool):
         for item in pool.stream("stream_then_fail", {"n": 3}):
             got.append(item)
     assert got == [0, 1, 2] and info.value.reason == "tool_exception"
+
+
+def test_values_come_encoded_by_request(pool):
+    """The process backend's workers encode them, the Ray backend's owner does: the same bytes."""
+    json, raw, pickled = "application/json", "application/octet-stream", "application/x-python-pickle"
+    assert pool.execute("add", {"a": 1, "b": 2}, encode="json") == Encoded(b"3", json)
+    chunks = list(pool.stream("stream_values", {"values": [1, b"r", (2,), "s" * 300_000]}, encode="pickle"))
+    assert chunks[:2] == [Encoded(b"1", json), Encoded(b"r", raw)] and chunks[2].content_type == pickled
+    assert chunks[3] == Encoded(b'"' + b"s" * 300_000 + b'"', json)
+    got = []
+    with pytest.raises(SnakepitError) as info:
+        for chunk in pool.stream("stream_values", {"values": [1, 2j, 3]}, encode="json"):
+            got.append(chunk)
+    assert got == [Encoded(b"1", json)] and info.value.reason == "serialization_error"
 
 
 def test_leaving_a_stream_early_closes_the_generator_in_the_worker(pool):

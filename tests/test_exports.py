@@ -42,6 +42,7 @@ SNAKEPIT = {
     "ParameterSpec",
     "StreamChunk",
     "StreamResult",
+    "Encoded",
     "HALT",
     "Affinity",
     "CallCancelled",

@@ -33,5 +33,6 @@ OUTPUT = {  # what the examples print, as their comments say
     "executor": ["27", "[0, 1, 8, 27, 64]", "ValueError from the worker: True", "64"],
     "exceptions": ["2 /no/such/file"],
     "shared": ["(1024, 1024) False", "10 False"],
+    "encoded": ['application/json b\'{"number":0,"is_last":false}\'', 'application/json b\'{"number":1,"is_last":true}\''],
 }
 CONTAINS = {"metrics": 'snakepit_calls_total{outcome="ok",pool="showcase",tool="add"} 1.0'}

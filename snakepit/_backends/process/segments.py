@@ -58,7 +58,7 @@ from typing import Any, Protocol
 import msgspec
 from msgspec.msgpack import Ext
 
-from snakepit._protocol import SHARED_EXT, Shared
+from snakepit._protocol import SHARED_EXT, Shared, received_ext
 
 CACHE_LIMIT = 1 << 30  # bytes of unused segments a sender keeps for reuse (and of idle mappings a receiver keeps)
 IDLE_RELEASE = 1.0  # seconds after which a segment nothing was placed in, or a mapping nothing used, is released
@@ -569,7 +569,7 @@ def receiver(sock: socket.socket, mappings: Mappings) -> Callable[[int, memoryvi
 
     def hook(code: int, data: memoryview) -> Any:
         if code != SHARED_EXT:
-            return Ext(code, bytes(data))  # a copy: the frame's buffer is reused
+            return received_ext(code, data)
         kind, pickle_data, placements = _DECODE(data)
         fds = take(len(placements))
         try:
