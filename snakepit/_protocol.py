@@ -32,7 +32,7 @@ from msgspec.msgpack import Ext
 
 from snakepit import _errors as errors
 from snakepit._adapter import ToolSpec
-from snakepit._encoding import CONTENT_TYPES, Encoded
+from snakepit._encoding import CONTENT_TYPES, JSON, Encoded
 from snakepit._encoding import encode_value as encode_value_as
 from snakepit._errors import Reason
 from snakepit._remote import tool_error
@@ -546,17 +546,22 @@ _ENCODED_CODES = {content_type: ENCODED_EXT + index for index, content_type in e
 _ENCODED_TYPES = dict(enumerate(CONTENT_TYPES, ENCODED_EXT))
 
 
-def encoded_wire(value: Any, encode: str) -> Ext | None:
+def encoded_wire(value: Any, encode: str) -> Any:
     """The worker's side of a call's ``encode`` option: ``value`` encoded as the owner is to hand
-    it on (an :class:`~snakepit._encoding.Encoded` once decoded), or None for a value of a
+    it on (an :class:`~snakepit._encoding.Encoded` once received), or None for a value of a
     shared-memory size (at least ``SHARE_THRESHOLD`` encoded), which travels as any other and
-    is encoded by the owner. Raises ``serialization_error`` where the encoding does."""
+    is encoded by the owner. Raises ``serialization_error`` where the encoding does.
+
+    JSON, by far the most common, travels as a plain msgpack ``bin``, which the owner's decoder
+    makes a ``bytes`` in C, with no extension hook per value: in such a call, a ``bytes`` value
+    from the worker is JSON (a tool's own ``bytes`` goes as ``application/octet-stream``, or
+    through shared memory when large). Other content types travel as extensions."""
     if type(value) is bytes and len(value) >= SHARE_THRESHOLD:
         return None
     data, content_type = encode_value_as(value, accept_pickle=encode == "pickle")
     if len(data) >= SHARE_THRESHOLD:
         return None
-    return Ext(_ENCODED_CODES[content_type], data)
+    return data if content_type == JSON else Ext(_ENCODED_CODES[content_type], data)
 
 
 def received_ext(code: int, data: memoryview) -> Any:

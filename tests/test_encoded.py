@@ -120,8 +120,15 @@ def test_a_value_that_cannot_be_encoded_ends_the_stream_where_it_is(pool):
 def test_values_of_a_shared_memory_size_are_encoded_by_the_owner(pool):
     assert protocol.encoded_wire(b"x" * BIG, "json") is None
     assert protocol.encoded_wire("y" * BIG, "json") is None  # too large once encoded
-    assert protocol.encoded_wire("y", "json") == protocol.Ext(protocol.ENCODED_EXT, b'"y"')
+    assert protocol.encoded_wire("y", "json") == b'"y"'  # JSON as a plain bin: no extension hook per chunk
+    assert protocol.encoded_wire(b"y", "json") == protocol.Ext(protocol.ENCODED_EXT + 1, b"y")  # a tool's bytes
     assert pool.execute("big", {"size": BIG}, encode="json") == Encoded(b"x" * BIG, OCTETS)
+    # A tool's own small bytes are never taken for the worker's JSON, in a result or a stream.
+    assert pool.execute("echo", {"value": b"raw"}, encode="json") == Encoded(b"raw", OCTETS)
+    assert list(pool.stream("stream_values", {"values": [b"raw", "s"]}, encode="json")) == [
+        Encoded(b"raw", OCTETS),
+        Encoded(b'"s"', JSON),
+    ]
     chunks = list(pool.stream("stream_values", {"values": ["y" * BIG, 1, (1,) * (BIG // 2)]}, encode="pickle"))
     assert chunks[:2] == [Encoded(b'"' + b"y" * BIG + b'"', JSON), Encoded(b"1", JSON)]
     assert chunks[2].content_type == PICKLE and pickle.loads(chunks[2].data) == (1,) * (BIG // 2)

@@ -155,7 +155,9 @@ class CallRunner:
         worker is assigned: whatever interrupts a step after that, the worker comes back.
         """
         call = self.prepare(request, stream, context)
-        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context, call.timeout, threading.get_ident(), call.encode)
+        exchange = Exchange(
+            self.dispatcher, call.tool, call.deadline, context, call.timeout, threading.get_ident(), call.encode, self.encodes
+        )
         try:
             self.dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if context.span is not None:
@@ -239,7 +241,9 @@ class CallRunner:
         self, request: CallRequest, stream: bool, context: CallContext, running: Callable[[], bool] | None = None
     ) -> Exchange:
         call = self.prepare(request, stream, context)
-        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context, call.timeout, asyncio.current_task(), call.encode)
+        exchange = Exchange(
+            self.dispatcher, call.tool, call.deadline, context, call.timeout, asyncio.current_task(), call.encode, self.encodes
+        )
         try:
             await aio.checkout(self.dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if running is not None and not running():

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 from snakepit import _errors as errors
-from snakepit._encoding import Encoded, encoded
+from snakepit._encoding import JSON, Encoded, encoded
 from snakepit._errors import Reason
 from snakepit._pool.dispatcher import Dispatcher
 from snakepit._protocol import (
@@ -87,6 +87,7 @@ class Exchange:
         "context",
         "caller",
         "encode",
+        "worker_encodes",
         "__weakref__",
     )
 
@@ -99,9 +100,13 @@ class Exchange:
         timeout: float | None = None,
         caller: object = None,
         encode: str | None = None,
+        worker_encodes: bool = False,
     ) -> None:
         self.context: CallContext | None = context
         self.encode: str | None = encode  # the call's encode option: its values are delivered as Encoded
+        # The worker encodes them (process backend): a ``bytes`` value it sends is JSON (see
+        # protocol.encoded_wire); else the owner encodes every value.
+        self.worker_encodes: bool = worker_encodes
         self.caller: object = caller  # the thread (its ident) or asyncio task that began the call: see Dispatcher.holds
         self.finished: bool = False
         self.handle: Worker = None  # type: ignore[assignment]  # set by adopt()
@@ -224,8 +229,13 @@ class Exchange:
                     self._index += 1
                     if kind is Failure:
                         raise_failure(message)
-                    value = decode_value(message.value)
-                    return value if self.encode is None or type(value) is Encoded else encoded(value, self.encode)
+                    value = message.value
+                    if self.encode is None:
+                        return decode_value(value)
+                    if self.worker_encodes and type(value) is bytes:
+                        return Encoded(value, JSON)
+                    value = decode_value(value)
+                    return value if type(value) is Encoded else encoded(value, self.encode)
             self._index += 1
         return MORE
 
@@ -292,7 +302,10 @@ class Exchange:
         """A chunk's data as the caller gets it: :meth:`decode`, and with the call's ``encode``
         option an :class:`Encoded` (what the worker did not encode, the owner does, the same
         way); a value that cannot be encoded ends the stream."""
-        if type(value) is Encoded:  # the worker encoded it: the common case
+        kind = type(value)
+        if kind is bytes and self.worker_encodes:  # the worker encoded it as JSON: the common case
+            return Encoded(value, JSON)
+        if kind is Encoded:  # the worker encoded it otherwise
             return value
         value = self.decode(value)
         if self.encode is None or type(value) is Encoded:
@@ -467,7 +480,9 @@ class Delivery:
             self.metadata = None
         if self.exchange.encode is not None:
             deliver = self.exchange.deliver
-            return [item if type(item) is Encoded else deliver(item) for item in items]
+            if self.exchange.worker_encodes:  # the common case in a comprehension: no call per chunk
+                return [Encoded(item, JSON) if type(item) is bytes else deliver(item) for item in items]
+            return [deliver(item) for item in items]
         decode = self.exchange.decode
         return [item if type(item) not in PACKED else decode(item) for item in items]
 
