@@ -42,8 +42,8 @@ import grpc
 from snakepit import BaseAdapter, Pool, tool
 from snakepit._seam.request import CallRequest
 from snakepit.grpc import _codec as codec
+from snakepit.grpc import _loop, bridge_pb2_grpc
 from snakepit.grpc import bridge_pb2 as pb
-from snakepit.grpc import bridge_pb2_grpc
 from snakepit.grpc._loop import run
 
 from ._harness import common_options, emit_json, interleaved, medians, pin, piped_child, placements, print_table
@@ -134,13 +134,26 @@ def _request(tool: str, **args: Any) -> pb.ExecuteToolRequest:
     return request
 
 
-def _stream_rate(stub: Any, request: pb.ExecuteToolRequest, n: int, batched: bool = False) -> float:
-    started = time.perf_counter()
+def _loop_cpu() -> float:
+    """CPU seconds the gRPC loop's thread has used: what every server here runs on, the owner's
+    one thread for the facade's per-message work (grpc core's poller and the workers aside)."""
+    thread = _loop._thread
+    assert thread is not None and thread.ident is not None
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+def _stream_rate(
+    stub: Any, request: pb.ExecuteToolRequest, n: int, batched: bool = False, cpu: list[float] | None = None
+) -> float:
+    """Chunks per second; the loop thread's CPU microseconds per chunk go into ``cpu``."""
+    started, used = time.perf_counter(), _loop_cpu()
     received = 0
     for chunk in stub.ExecuteStreamingTool(request):
         if chunk.data:
             received += len(codec.decode_value(chunk.data, codec.JSON)) if batched else 1
     elapsed = time.perf_counter() - started
+    if cpu is not None:
+        cpu.append((_loop_cpu() - used) / n * 1e6)
     assert received == n, (received, n)
     return n / elapsed
 
@@ -162,6 +175,9 @@ def _unary_p50(stub: Any, request: pb.ExecuteToolRequest, calls: int) -> float:
 
 
 STREAM_REFERENCE = "bare grpcio (asyncio), pre-encoded"
+IN_PROCESS = "in-process stream()"
+ONE = "facade, one ToolChunk per chunk"
+BATCHED = "facade, chunk_batch=256"
 UNARY_REFERENCE = "bare grpcio unary (asyncio)"
 
 
@@ -209,13 +225,14 @@ def main(argv: list[str] | None = None) -> dict:
             workers = [w["pid"] for w in pool.stats()["worker_info"]] + [echo.proc.pid]
             for placement, (owner_cpus, worker_cpus) in placements().items():
                 pin(workers, owner_cpus, worker_cpus)
+                cpu: dict[str, list[float]] = {ONE: [], STREAM_REFERENCE: [], BATCHED: []}
                 streams = interleaved(
                     opts.repeats,
                     {
-                        "in-process stream()": lambda: _in_process_rate(pool, n),
-                        "facade, one ToolChunk per chunk": lambda: _stream_rate(stub["facade"], one, n),
-                        STREAM_REFERENCE: lambda: _stream_rate(stub["bare"], one, n),
-                        "facade, chunk_batch=256": lambda: _stream_rate(stub["facade"], batched, big, batched=True),
+                        IN_PROCESS: lambda: _in_process_rate(pool, n),
+                        ONE: lambda c=cpu[ONE]: _stream_rate(stub["facade"], one, n, cpu=c),
+                        STREAM_REFERENCE: lambda c=cpu[STREAM_REFERENCE]: _stream_rate(stub["bare"], one, n, cpu=c),
+                        BATCHED: lambda c=cpu[BATCHED]: _stream_rate(stub["facade"], batched, big, batched=True, cpu=c),
                     },
                 )
                 unary_contenders = {
@@ -231,8 +248,10 @@ def main(argv: list[str] | None = None) -> dict:
                 )
                 results[placement] = {
                     "chunks_per_s": medians(streams),
+                    "loop_cpu_us_per_chunk": medians(cpu),
                     "unary_p50_us": medians(unary),
                     "samples": {**streams, **unary},
+                    "cpu_samples": cpu,
                 }
             pin(workers, None, None)
     finally:
@@ -248,6 +267,14 @@ def main(argv: list[str] | None = None) -> dict:
             reference=STREAM_REFERENCE,
         )
         print_table(
+            f"gRPC loop thread's CPU per chunk, {placement}, median of {opts.repeats}",
+            "us/chunk",
+            list(result["loop_cpu_us_per_chunk"].items()),
+            reference=STREAM_REFERENCE,
+            higher_is_better=False,
+            ratio_header="bare's / it",
+        )
+        print_table(
             f"gRPC unary round trip, {placement}, {opts.calls:,} calls per round, median of {opts.repeats} round p50s",
             "p50 us",
             list(result["unary_p50_us"].items()),
@@ -256,20 +283,25 @@ def main(argv: list[str] | None = None) -> dict:
         )
     stream_worst = min(
         results.items(),
-        key=lambda item: item[1]["chunks_per_s"]["facade, one ToolChunk per chunk"] / item[1]["chunks_per_s"][STREAM_REFERENCE],
+        key=lambda item: item[1]["chunks_per_s"][ONE] / item[1]["chunks_per_s"][STREAM_REFERENCE],
     )
     unary_worst = max(
         results.items(), key=lambda item: item[1]["unary_p50_us"]["facade ExecuteTool"] / item[1]["unary_p50_us"][UNARY_REFERENCE]
     )
-    stream_ratio = (
-        stream_worst[1]["chunks_per_s"]["facade, one ToolChunk per chunk"] / stream_worst[1]["chunks_per_s"][STREAM_REFERENCE]
-    )
+    stream_ratio = stream_worst[1]["chunks_per_s"][ONE] / stream_worst[1]["chunks_per_s"][STREAM_REFERENCE]
     unary_ratio = unary_worst[1]["unary_p50_us"]["facade ExecuteTool"] / unary_worst[1]["unary_p50_us"][UNARY_REFERENCE]
-    batched_least = min(result["chunks_per_s"]["facade, chunk_batch=256"] for result in results.values())
+    batched_least = min(result["chunks_per_s"][BATCHED] for result in results.values())
     print(f"\nworst placement, one ToolChunk per chunk: {stream_worst[0]}, {stream_ratio:.2f}x bare grpcio's chunks/s")
     print(f"worst placement, unary: {unary_worst[0]}, facade p50 {unary_ratio:.2f}x bare grpcio's")
+    batched_worst = min(results.items(), key=lambda item: item[1]["chunks_per_s"][BATCHED] / item[1]["chunks_per_s"][IN_PROCESS])
+    batched_ratio = batched_worst[1]["chunks_per_s"][BATCHED] / batched_worst[1]["chunks_per_s"][IN_PROCESS]
     print(f"least batched rate: {batched_least:,.0f} chunks/s")
-    payload = {"benchmark": "grpc_throughput", "placements": results}
+    print(f"worst placement, batched: {batched_worst[0]}, {batched_ratio:.2f}x in-process stream()'s chunks/s")
+    payload = {
+        "benchmark": "grpc_throughput",
+        "placements": results,
+        "worst": {"one_per_chunk_vs_bare": stream_ratio, "unary_vs_bare": unary_ratio, "batched_vs_in_process": batched_ratio},
+    }
     emit_json(opts.json, payload)
     return payload
 

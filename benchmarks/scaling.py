@@ -31,6 +31,13 @@ template). The curves:
 * **map** (1, 2, 4, 16 workers): ``pool.map`` tasks/s over ``--tasks`` tiny tasks;
 * **start-up** (1, 4, 16, 64 workers): ``Pool(size=N)`` until every worker is ready, each in a
   fresh owner process (as ``benchmarks.startup`` measures it);
+* **idle CPU** (1, 16, 64 workers): the CPU time the owner process, the template and the other
+  children of the owner (the janitor), and the workers use while the pool sits idle after
+  serving calls and a stream, over windows of ``--idle-seconds``, given per 60 s. Each
+  process's time is the sum over its threads of the kernel's exact runtime
+  (``/proc/PID/task/TID/schedstat``, nanoseconds; psutil's ``cpu_times`` where there is none: they
+  count whole clock ticks, 10 ms, which 64 processes using a few ms each would drown in). The
+  owner's benchmark thread sleeps meanwhile; it is read last before the window and first after;
 * **replacement under load** (on the 64-worker pool of the first curve): while 4 threads keep
   calling, one worker (a pid from ``pool.stats()["worker_info"]``) is killed with SIGKILL, a
   different slot each repeat; timed from the kill until ``stats()`` lists the full count of
@@ -40,8 +47,9 @@ On a 2-CPU machine 64 workers and 8 (or 256) callers share two cores: what grows
 there is mostly the scheduler's work, and the figures are the owner's costs under that load.
 
 Run: ``python -m benchmarks.scaling [--repeats R] [--calls N] [--quick] [--json out.json]``
-(``python -m benchmarks scaling``). ``--quick`` (CI) uses pool sizes 1 and 4, 1,000 sessions,
-16 streams, fewer calls and one repeat; the full run takes a few minutes.
+(``python -m benchmarks scaling``; ``--curves idle,streams`` runs only the curves named). ``--quick``
+(CI) uses pool sizes 1 and 4, 1,000 sessions, 16 streams, fewer calls, idle windows of a second
+and one repeat; the full run takes a few minutes.
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ ADAPTER = "benchmarks._scaling_adapters:Scaling"
 CALLERS = 8  # threads of the many-callers column
 LOAD_THREADS = 4  # callers keeping the pool busy while a worker is killed
 READY = ("idle", "busy")
+CURVES = ("pool_size", "sessions", "waiting", "streams", "idle", "map", "startup")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -443,6 +452,60 @@ def curve_streams(counts: list[int], size: int, threads: int, chunks: int, repea
     return {"chunks_per_s": table, "owner_kb_per_stream": memory}
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time ``pid``'s threads have used, exact where Linux's schedstat says it."""
+    try:
+        return sum(_thread_runtime(pid, tid) for tid in os.listdir(f"/proc/{pid}/task")) / 1e9
+    except OSError:  # no /proc (or it ended): psutil's clock ticks
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system
+
+
+def _thread_runtime(pid: int, tid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except FileNotFoundError:  # the thread ended meanwhile
+        return 0
+
+
+def idle_cpu(pool: Pool, seconds: float) -> dict[str, float]:
+    """CPU seconds per 60 s of the owner, of its other children (template, janitor) and of the
+    workers, over ``seconds`` of the pool sitting idle."""
+    workers = {w["pid"] for w in pool.stats()["worker_info"] if w["pid"] is not None}
+    others = {p.pid for p in psutil.Process().children(recursive=True)} - workers
+    groups = {"workers": sorted(workers), "template, janitor": sorted(others)}
+    before = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
+    before["owner"] = cpu_seconds(os.getpid())  # last before the window, first after: our own reads stay out
+    started = time.perf_counter()
+    time.sleep(seconds)
+    owner = cpu_seconds(os.getpid())
+    elapsed = time.perf_counter() - started
+    used = {"owner": owner - before["owner"]}
+    used.update({name: sum(cpu_seconds(pid) for pid in pids) - before[name] for name, pids in groups.items()})
+    used["total"] = sum(used.values())
+    return {name: value * 60 / elapsed for name, value in used.items()}
+
+
+def curve_idle(sizes: list[int], seconds: float, repeats: int) -> dict[str, Any]:
+    rows = []
+    for size in sizes:
+        with Pool(ADAPTER, size=size) as pool:
+            one_caller(pool, 100 * size)  # served calls, spread over the workers by 8 threads below
+            many_callers(pool, 100 * size)
+            threaded_streams(pool, 1, 1000)
+            time.sleep(0.5)
+            samples = [idle_cpu(pool, seconds) for _ in range(repeats)]
+        rows.append((_workers(size), {f"{name} s": [s[name] for s in samples] for name in samples[0]}))
+    table = print_curve(
+        f"CPU time of an idle pool, per 60 s ({repeats} windows of {seconds:g} s; median (range) vs 1st)",
+        "pool",
+        rows,
+        digits=3,
+    )
+    return {"cpu_s_per_60s": table}
+
+
 def curve_map(sizes: list[int], tasks: int, repeats: int) -> dict[str, Any]:
     items = [{"n": i} for i in range(tasks)]
     rows = []
@@ -481,22 +544,38 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--calls", type=int, default=2000, help="round trips per column and repeat")
     parser.add_argument("--chunks", type=int, default=200_000, help="chunks per streams run, split among the streams")
     parser.add_argument("--tasks", type=int, default=50_000, help="tasks per map run")
+    parser.add_argument("--idle-seconds", type=float, default=4.0, help="each window of the idle CPU curve")
+    parser.add_argument(
+        "--curves", default=",".join(CURVES), help=f"which curves, comma-separated (default: all of {','.join(CURVES)})"
+    )
     common_options(parser)
     opts = parser.parse_args(argv)
     if opts.quick:
-        opts.repeats, opts.calls, opts.chunks, opts.tasks = 1, 320, 20_000, 5_000
+        opts.repeats, opts.calls, opts.chunks, opts.tasks, opts.idle_seconds = 1, 320, 20_000, 5_000, 1.0
         sizes, sessions, waiting, handovers = [1, 4], [0, 1_000], [0, 100], [1, 100]
         streams, stream_pool, map_sizes, startup_sizes, kills = [1, 16], (2, 8), [1, 2], [1, 4], 2
+        idle_sizes = [1, 4]
     else:
         sizes, sessions, waiting, handovers = [1, 4, 16, 64], [0, 10_000, 100_000], [0, 100, 1_000], [1, 100, 1_000]
         streams, stream_pool, map_sizes, startup_sizes, kills = [1, 16, 256], (16, 16), [1, 2, 4, 16], [1, 4, 16, 64], 5
+        idle_sizes = [1, 16, 64]
+    chosen = opts.curves.split(",")
+    unknown = set(chosen) - set(CURVES)
+    if unknown:
+        parser.error(f"unknown curve(s) {', '.join(sorted(unknown))}: choose from {', '.join(CURVES)}")
     payload: dict[str, Any] = {"benchmark": "scaling", "quick": opts.quick, "repeats": opts.repeats}
-    payload["pool_size"] = curve_pool_size(sizes, opts.calls, opts.repeats, kills)
-    payload["sessions"] = curve_sessions(sessions, opts.calls, opts.repeats)
-    payload["waiting"] = curve_waiting(waiting, handovers, opts.calls, opts.repeats)
-    payload["streams"] = curve_streams(streams, *stream_pool, opts.chunks, opts.repeats)
-    payload["map"] = curve_map(map_sizes, opts.tasks, opts.repeats)
-    payload["startup"] = curve_startup(startup_sizes, 3 if not opts.quick else 1)
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
+        "pool_size": lambda: curve_pool_size(sizes, opts.calls, opts.repeats, kills),
+        "sessions": lambda: curve_sessions(sessions, opts.calls, opts.repeats),
+        "waiting": lambda: curve_waiting(waiting, handovers, opts.calls, opts.repeats),
+        "streams": lambda: curve_streams(streams, *stream_pool, opts.chunks, opts.repeats),
+        "idle": lambda: curve_idle(idle_sizes, opts.idle_seconds, opts.repeats),
+        "map": lambda: curve_map(map_sizes, opts.tasks, opts.repeats),
+        "startup": lambda: curve_startup(startup_sizes, 3 if not opts.quick else 1),
+    }
+    for name in CURVES:
+        if name in chosen:
+            payload[name] = runs[name]()
     emit_json(opts.json, payload)
     return payload
 

@@ -14,6 +14,7 @@ with Pool(Adder, size=2) as pool:
 from typing import TYPE_CHECKING, Any
 
 from snakepit._adapter import BaseAdapter, ParameterSpec, ToolSpec, tool
+from snakepit._encoding import Encoded
 from snakepit._errors import CallCancelled, PoolError, SnakepitError, TimeoutError, ToolError, ValidationError, WorkerError
 from snakepit._remote import RemoteTraceback
 from snakepit._streaming import HALT, StreamChunk, StreamResult
@@ -81,6 +82,7 @@ __all__ = [
     "ParameterSpec",
     "StreamChunk",
     "StreamResult",
+    "Encoded",
     "HALT",
     "Affinity",
     "CallCancelled",
@@ -100,6 +102,7 @@ for _public in (
     ToolSpec,
     StreamChunk,
     StreamResult,
+    Encoded,
     CallCancelled,
     PoolError,
     SnakepitError,

@@ -32,6 +32,8 @@ from msgspec.msgpack import Ext
 
 from snakepit import _errors as errors
 from snakepit._adapter import ToolSpec
+from snakepit._encoding import CONTENT_TYPES, JSON, Encoded
+from snakepit._encoding import encode_value as encode_value_as
 from snakepit._errors import Reason
 from snakepit._remote import tool_error
 
@@ -53,6 +55,7 @@ __all__ = [
     "Pong",
     "Log",
     "encode_value",
+    "encoded_wire",
     "encode_with",
     "exact",
     "exact_args",
@@ -65,6 +68,9 @@ __all__ = [
 
 PICKLE_EXT = 1
 SHARED_EXT = 2  # a pickle whose large buffers travel beside the frame (see backends/process/segments.py)
+# ENCODED_EXT + i: a value the worker encoded for a call's ``encode`` option, its bytes of content
+# type CONTENT_TYPES[i] (see encoded_wire).
+ENCODED_EXT = 3
 # Buffers at least this large leave the pickle when the transport can share memory: below it, the
 # few system calls of a shared segment cost more than copying the bytes through the pipe.
 SHARE_THRESHOLD = 256 << 10
@@ -98,7 +104,8 @@ class Call(_Msg, tag=2):
     correlation: str | None  # the call's correlation id (see snakepit.telemetry)
     trace: str | None  # the W3C traceparent of the owner's span for the call, when traced
     args: Any
-    stream: bool
+    encode: str | None  # "json" or "pickle": send values encoded so (see encoded_wire), else None
+    stream: bool  # last, always: is_stream_call reads it from a frame's last byte
 
 
 class Shutdown(_Msg, tag=3):
@@ -256,6 +263,7 @@ def call_frame(
     correlation: str | None = None,
     trace: str | None = None,
     exact: bool | None = None,
+    encode: str | None = None,
 ) -> bytearray:
     """A ``Call`` frame without its id (see :func:`stamp_call_id`); ``serialization_error`` if
     the arguments cannot travel. ``exact``: what :func:`exact_args` says of them, if the caller
@@ -263,11 +271,11 @@ def call_frame(
     frame = None
     if exact_args(args) if exact is None else exact:
         try:
-            frame = encode_frame(Call(_UNSTAMPED, tool, correlation, trace, args, stream))
+            frame = encode_frame(Call(_UNSTAMPED, tool, correlation, trace, args, encode, stream))
         except REFUSED:
             pass
     if frame is None:
-        frame = encode_frame(Call(_UNSTAMPED, tool, correlation, trace, pickled(args, _cloud_dumps, share), stream))
+        frame = encode_frame(Call(_UNSTAMPED, tool, correlation, trace, pickled(args, _cloud_dumps, share), encode, stream))
     if frame[_CALL_ID_AT - 1] != _UINT64:  # the layout of Call changed: the stamp would corrupt it
         raise AssertionError("unexpected Call frame layout")
     return frame
@@ -285,6 +293,7 @@ _CHUNK_TAIL = b"\xc2\xc0"  # final=False, metadata=None
 _ARRAY32 = b"\xdd"
 
 STREAM_WINDOW = 64  # frames of one stream the owner may not have taken yet (threads_per_worker > 1)
+BATCH_BYTES = 64 << 10  # the most a batch of small chunks holds there: a window is at most 4 MiB of them
 
 
 class ChunkLayout(NamedTuple):
@@ -533,11 +542,44 @@ class Shared:
 
 PACKED = (Ext, Shared)  # values still in their wire form: ``type(v) in PACKED`` means decode it
 
+_ENCODED_CODES = {content_type: ENCODED_EXT + index for index, content_type in enumerate(CONTENT_TYPES)}
+_ENCODED_TYPES = dict(enumerate(CONTENT_TYPES, ENCODED_EXT))
+
+
+def encoded_wire(value: Any, encode: str) -> Any:
+    """The worker's side of a call's ``encode`` option: ``value`` encoded as the owner is to hand
+    it on (an :class:`~snakepit._encoding.Encoded` once received), or None for a value of a
+    shared-memory size (at least ``SHARE_THRESHOLD`` encoded), which travels as any other and
+    is encoded by the owner. Raises ``serialization_error`` where the encoding does.
+
+    JSON, by far the most common, travels as a plain msgpack ``bin``, which the owner's decoder
+    makes a ``bytes`` in C, with no extension hook per value: in such a call, a ``bytes`` value
+    from the worker is JSON (a tool's own ``bytes`` goes as ``application/octet-stream``, or
+    through shared memory when large). Other content types travel as extensions."""
+    if type(value) is bytes and len(value) >= SHARE_THRESHOLD:
+        return None
+    data, content_type = encode_value_as(value, accept_pickle=encode == "pickle")
+    if len(data) >= SHARE_THRESHOLD:
+        return None
+    return data if content_type == JSON else Ext(_ENCODED_CODES[content_type], data)
+
+
+def received_ext(code: int, data: memoryview) -> Any:
+    """An extension as a frame reader's ``ext_hook`` returns it: a value the worker encoded is
+    its :class:`~snakepit._encoding.Encoded` at once (the hot path of a stream whose values the
+    owner forwards); any other, an ``Ext`` for :func:`decode_value`."""
+    content_type = _ENCODED_TYPES.get(code)
+    if content_type is not None:
+        return Encoded(bytes(data), content_type)
+    return Ext(code, bytes(data))  # a copy: the frame's buffer is reused
+
 
 def decode_value(value: Any) -> Any:
     kind = type(value)
     if kind is Ext or kind is Shared:
         if kind is Ext and value.code != PICKLE_EXT:
+            if value.code in _ENCODED_TYPES:
+                return Encoded(value.data, _ENCODED_TYPES[value.code])
             raise errors.validation(Reason.SERIALIZATION_ERROR, f"unknown value extension {value.code}")
         try:
             return pickle.loads(value.data) if kind is Ext else value.load()

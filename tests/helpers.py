@@ -395,6 +395,14 @@ class Toolbox(BaseAdapter):
         return b"x" * size
 
     @tool
+    def shared_array(self, size: int):
+        """An array from snakepit.shared, and whether it is in shared memory (a plain array has no base)."""
+        from snakepit import shared
+
+        array = shared.zeros(size, dtype="u1")
+        return array.base is not None, array
+
+    @tool
     def big_then_small(self, size: int, small: int = 1000, delay: float = 0.001):
         """One big chunk, then a long tail of small ones: a stream that goes on after a big value."""
         yield b"x" * size

@@ -9,6 +9,8 @@ The differences the README's backend table lists are encoded here, and nothing m
   are delivered as far as Ray had streamed them;
 * a tool blocked in a C call (``time.sleep``) is interrupted at once in a process worker; an
   actor's is stopped by killing the actor after ``cancel_grace`` (it is replaced).
+* ``snakepit.shared`` allocates in shared memory in a process worker, and makes a plain array in
+  an actor (Ray's object store carries large values).
 
 Ray runs as one local instance for this module (``num_cpus=2``).
 """
@@ -23,7 +25,7 @@ import time
 import pytest
 from helpers import FailingInit, Toolbox, await_for, wait_for
 
-from snakepit import HALT, Pool, SnakepitError
+from snakepit import HALT, Encoded, Pool, SnakepitError
 
 BACKENDS = ["process", "ray"]
 
@@ -78,6 +80,20 @@ def test_streams_in_order_with_halt_final_and_failure(pool):
         for item in pool.stream("stream_then_fail", {"n": 3}):
             got.append(item)
     assert got == [0, 1, 2] and info.value.reason == "tool_exception"
+
+
+def test_values_come_encoded_by_request(pool):
+    """The process backend's workers encode them, the Ray backend's owner does: the same bytes."""
+    json, raw, pickled = "application/json", "application/octet-stream", "application/x-python-pickle"
+    assert pool.execute("add", {"a": 1, "b": 2}, encode="json") == Encoded(b"3", json)
+    chunks = list(pool.stream("stream_values", {"values": [1, b"r", (2,), "s" * 300_000]}, encode="pickle"))
+    assert chunks[:2] == [Encoded(b"1", json), Encoded(b"r", raw)] and chunks[2].content_type == pickled
+    assert chunks[3] == Encoded(b'"' + b"s" * 300_000 + b'"', json)
+    got = []
+    with pytest.raises(SnakepitError) as info:
+        for chunk in pool.stream("stream_values", {"values": [1, 2j, 3]}, encode="json"):
+            got.append(chunk)
+    assert got == [Encoded(b"1", json)] and info.value.reason == "serialization_error"
 
 
 def test_leaving_a_stream_early_closes_the_generator_in_the_worker(pool):
@@ -384,3 +400,9 @@ def test_plain_functions_futures_and_typed_errors(backend):
         with pytest.raises(ZeroDivisionError) as info:
             pool.execute("divide", a=1, b=0)
         assert isinstance(info.value, SnakepitError) and info.value.reason == "tool_exception"
+
+
+def test_shared_arrays_are_shared_in_process_workers_and_plain_in_actors(pool, backend):
+    shared, array = pool.execute("shared_array", {"size": 4 << 20})
+    assert shared is (backend["backend"] == "process")
+    assert array.nbytes == 4 << 20 and not array.any()

@@ -20,7 +20,7 @@ EXAMPLES = {name: code for page in PAGES for name, code in _BLOCK.findall(page.r
 def test_the_docs_have_their_examples():
     found = [name for page in PAGES for name, _ in _BLOCK.findall(page.read_text())]
     assert len(found) == len(set(found)), "two examples share a name"
-    assert {"getting-started", "functions", "futures", "executor", "exceptions", "metrics"} <= set(EXAMPLES)
+    assert {"getting-started", "functions", "futures", "executor", "exceptions", "metrics", "shared", "encoded"} <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
@@ -39,6 +39,8 @@ OUTPUT = {  # what the examples print, as their comments say
     "futures": ["[0, 1, 4, 9, 16]"],
     "executor": ["27", "[0, 1, 8, 27, 64]", "ValueError from the worker: True", "64"],
     "exceptions": ["2 /no/such/file"],
+    "shared": ["(1024, 1024) False", "10 False"],
+    "encoded": ['application/json b\'{"number":0,"is_last":false}\'', 'application/json b\'{"number":1,"is_last":true}\''],
 }
 CONTAINS = {"metrics": 'snakepit_calls_total{outcome="ok",pool="showcase",tool="add"} 1.0'}
 

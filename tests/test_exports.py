@@ -20,6 +20,7 @@ PUBLIC_MODULES = {
     "snakepit.grpc.generate",
     "snakepit.executor",
     "snakepit.progress",
+    "snakepit.shared",
     "snakepit.telemetry",
 }
 
@@ -41,6 +42,7 @@ SNAKEPIT = {
     "ParameterSpec",
     "StreamChunk",
     "StreamResult",
+    "Encoded",
     "HALT",
     "Affinity",
     "CallCancelled",
@@ -82,14 +84,15 @@ def test_the_public_names():
 
 
 def test_the_public_submodules():
-    from snakepit import adapters, progress, telemetry
+    from snakepit import adapters, progress, shared, telemetry
     from snakepit.adapters import showcase
 
     assert set(telemetry.__all__) == {"emit", "span"}
+    assert set(shared.__all__) == {"empty", "zeros"}
     assert set(progress.__all__) == {"track", "progress_callback"}
     assert showcase.__all__ == ["ShowcaseAdapter"]
     assert adapters.__doc__
-    for module in (telemetry, progress, showcase):
+    for module in (telemetry, progress, shared, showcase):
         for name in module.__all__:
             assert getattr(module, name) is not None
 

@@ -22,6 +22,7 @@ SHARED = (
     "snakepit._adapter",
     "snakepit._streaming",
     "snakepit._protocol",
+    "snakepit._encoding",
     "snakepit.telemetry",
 )
 ENGINE = ("snakepit._pool", "snakepit._backends", "snakepit._hosting", "snakepit.grpc")

@@ -257,6 +257,12 @@ def test_a_streaming_call_is_told_from_its_frame_without_decoding_it(stream):
     frame = protocol.call_frame("tool", {"blob": b"x" * 1000, "flag": True}, stream)
     protocol.stamp_call_id(frame, 7)
     assert protocol.is_stream_call(frame) is stream
+    for encode in ("json", "pickle"):  # the option's field comes before the flag, the frame's last byte
+        frame = protocol.call_frame("tool", {"flag": True}, stream, encode=encode)
+        protocol.stamp_call_id(frame, 7)
+        assert protocol.is_stream_call(frame) is stream
+        call = msgspec.msgpack.decode(frame[4:], type=protocol.ToWorker)
+        assert (call.id, call.encode, call.stream, call.args) == (7, encode, stream, {"flag": True})
     other = protocol.encode_frame(protocol.End(1, True))
     assert other[-1] == 0xC3 and protocol.is_stream_call(other) is False  # ends in True, but is no Call
     batch = protocol.encode_frame(protocol.Batch(1, "tool", msgspec.Raw(msgspec.msgpack.encode([True])), "c-1", None))

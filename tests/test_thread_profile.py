@@ -80,15 +80,16 @@ def test_sessions_pin_to_the_process_and_strict_modes_count_its_free_threads():
 
 def test_a_slow_stream_consumer_holds_back_its_own_stream_only():
     with Pool(Threaded, size=1, threads_per_worker=2) as pool:
-        stream = pool.stream("flood", {"n": 1_000_000})
-        assert next(stream) == 0
+        stream = pool.stream("flood", {"n": 1_000_000, "size": 1000})
+        assert int(next(stream)) == 0
         wait_for(lambda: pool.execute("counters")["produced"] > 0)
-        # The consumer reads nothing more: the worker stops within a window of frames.
+        # The consumer reads nothing more: the worker stops within a window of frames (64, a
+        # batch of small chunks being one frame of at most 64 KiB: 65 of these chunks).
         produced = _stalls(pool)
         for _ in range(20):  # meanwhile the other thread answers at once, again and again
             assert pool.execute("pid")
-        assert pool.execute("counters")["produced"] == produced <= 200
-        assert next(stream) == 1 and sum(1 for _ in zip(range(1000), stream)) == 1000  # it resumes
+        assert pool.execute("counters")["produced"] == produced <= 64 * 65 + 10
+        assert int(next(stream)) == 1 and sum(1 for _ in zip(range(1000), stream)) == 1000  # it resumes
         stream.close()
         wait_for(lambda: pool.execute("counters")["closed"] == 1)
 
@@ -180,6 +181,19 @@ def _stalls(pool: Pool) -> int:
         if produced == last:
             return produced
         last = produced
+
+
+def test_a_burst_of_chunks_queued_when_the_process_is_killed_is_still_delivered():
+    # A thread's burst is queued in the crash-safe queue, batched, and written in bulk: the owner
+    # takes what was queued but never written from the dead process's queue, in order.
+    with Pool(Threaded, size=1, threads_per_worker=2, **FAST) as pool:
+        for _ in range(3):
+            received = []
+            with pytest.raises(SnakepitError) as caught:
+                for chunk in pool.stream("burst_then_die", {"n": 50_000}):
+                    received.append(chunk)
+            assert caught.value.reason == "worker_crashed"
+            assert received == list(range(50_000))
 
 
 def test_a_stream_cancelled_while_it_waits_for_credit_leaves_no_stale_shared_memory():

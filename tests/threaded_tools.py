@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -48,12 +49,13 @@ class Threaded(BaseAdapter):
         return count
 
     @tool
-    def flood(self, n: int = 100_000):
+    def flood(self, n: int = 100_000, size: int = 0):
+        """``n`` chunks: ints, or with ``size`` strings of that many characters."""
         try:
             for i in range(n):
                 with self.lock:
                     self.produced += 1
-                yield i
+                yield f"{i:0{size}d}" if size else i
         finally:
             with self.lock:
                 self.closed += 1
@@ -79,6 +81,12 @@ class Threaded(BaseAdapter):
             with self.lock:
                 self.produced += 1
             yield StreamChunk(i, metadata={"i": i}) if i % 2 else i
+
+    @tool
+    def burst_then_die(self, n: int):
+        """``n`` chunks as fast as they come (queued, batched), then SIGKILL: nothing flushes."""
+        yield from range(n)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     @tool
     def counters(self) -> dict:

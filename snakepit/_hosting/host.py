@@ -180,7 +180,16 @@ class ToolHost:
         """Send ``build(value on the wire)``. Raises ``serialization_error``."""
         protocol.encode_with(lambda wire: self._send(build(wire)), value, dumps=_dumps, share=self._share)
 
-    def _send_value(self, call_id: int, value: Any) -> None:
+    def _send_value(self, call_id: int, value: Any, encode: str | None = None) -> None:
+        if encode is not None:
+            try:
+                wire = protocol.encoded_wire(value, encode)
+            except errors.SnakepitError as exc:
+                self._send(protocol.failure(call_id, exc))
+                return
+            if wire is not None:
+                self._send(Result(call_id, wire))
+                return
         if type(value) in _SCALARS and not protocol.shares(value, self._share):  # the common case, without closures
             try:
                 self._out.send(Result(call_id, value))
@@ -298,7 +307,7 @@ class ToolHost:
             self._send(protocol.failure(call_id, exc))
             return
         if call.stream:
-            self._stream(call_id, call.tool, tool, bound)
+            self._stream(call_id, call.tool, tool, bound, call.encode)
             return
         try:
             if tool.spec.supports_streaming or tool.is_generator:  # execute on a stream: every chunk
@@ -312,13 +321,17 @@ class ToolHost:
             self._send(_tool_exception(call_id, call.tool, exc))
             return
         del bound  # the arguments' shared memory goes back to the owner before it has the answer
-        self._send_value(call_id, out)
+        self._send_value(call_id, out, call.encode)
 
-    def _stream(self, call_id: int, name: str, tool: BoundTool, bound: Any) -> None:
-        """Send each chunk as it is yielded; tool code runs armed, chunk writes do not."""
+    def _stream(self, call_id: int, name: str, tool: BoundTool, bound: Any, encode: str | None = None) -> None:
+        """Send each chunk as it is yielded; tool code runs armed, chunk writes do not. With
+        ``encode``, each chunk goes as the owner is to hand it on, if small enough (see
+        :func:`~snakepit._protocol.encoded_wire`): a chunk that cannot be encoded so ends the
+        stream with its ``serialization_error``, after the chunks before it."""
         chunk = self._out.chunk_writer(call_id)
         cancelled_ids = self._cancelled
         scalars, plain, pickled, shares, share = _SCALARS, _plain, protocol.pickled, protocol.shares, self._share
+        encoded_wire = protocol.encoded_wire
         items: Any = None
         cancelled = False
         ending: Failure | None = None
@@ -336,7 +349,7 @@ class ToolHost:
                     kind = type(item)
                     if kind is StreamChunk:
                         if item.is_final or item.metadata is not None:
-                            self._special_chunk(call_id, item)
+                            self._special_chunk(call_id, item, encode)
                             if item.is_final:
                                 break
                             self._armed = True
@@ -345,7 +358,9 @@ class ToolHost:
                             continue
                         item = item.data
                         kind = type(item)
-                    if kind not in scalars:
+                    if encode is not None and (wire := encoded_wire(item, encode)) is not None:
+                        item = wire
+                    elif kind not in scalars:
                         if not plain(item):
                             item = pickled(item, _dumps, share)
                     elif kind is bytes and shares(item, share):
@@ -373,10 +388,13 @@ class ToolHost:
                 ending = _tool_exception(call_id, name, exc)
         self._send(ending if ending is not None else End(call_id, cancelled))
 
-    def _special_chunk(self, call_id: int, item: StreamChunk) -> None:
-        """A chunk with a final flag or metadata travels as a ``Chunk`` of its own."""
+    def _special_chunk(self, call_id: int, item: StreamChunk, encode: str | None) -> None:
+        """A chunk with a final flag or metadata travels as a ``Chunk`` of its own (its metadata
+        as a value, whatever ``encode`` says)."""
         metadata = None if item.metadata is None else encode_value(item.metadata, _dumps)
-        data = protocol.wire_value(item.data, dumps=_dumps, share=self._share)
+        data = None if encode is None else protocol.encoded_wire(item.data, encode)
+        if data is None:
+            data = protocol.wire_value(item.data, dumps=_dumps, share=self._share)
         try:
             self._send(Chunk(call_id, data, item.is_final, metadata))
             return

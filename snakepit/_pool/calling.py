@@ -24,6 +24,7 @@ from snakepit import _errors as errors
 from snakepit import _protocol as protocol
 from snakepit import _tracing as tracing
 from snakepit._adapter import ToolSpec
+from snakepit._encoding import check_encoding
 from snakepit._errors import Reason
 from snakepit._pool import aio, mapping
 from snakepit._pool.dispatcher import Counters, Dispatcher
@@ -57,6 +58,7 @@ class CallRunner:
         queue_timeout: float | None,
         max_retries: int,
         attachments: Callable[[], Any] | None,
+        encodes: bool = False,
     ) -> None:
         self.dispatcher = dispatcher
         self.counters = counters
@@ -64,6 +66,7 @@ class CallRunner:
         self.queue_timeout = queue_timeout
         self.max_retries = max_retries
         self.attachments = attachments  # large arguments beside the frame, if the backend carries them
+        self.encodes = encodes  # the backend's workers encode values for a call's encode option
         self.tools: dict[str, ToolSpec] = {}  # once the workers are ready
         self.tracer: tracing.CallTracer | None = None  # OpenTelemetry spans per call, from start()
         self.meter: CallMeter | None = None  # per-tool metrics, once enabled (see metering.py)
@@ -152,7 +155,9 @@ class CallRunner:
         worker is assigned: whatever interrupts a step after that, the worker comes back.
         """
         call = self.prepare(request, stream, context)
-        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context, call.timeout, threading.get_ident())
+        exchange = Exchange(
+            self.dispatcher, call.tool, call.deadline, context, call.timeout, threading.get_ident(), call.encode, self.encodes
+        )
         try:
             self.dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if context.span is not None:
@@ -236,7 +241,9 @@ class CallRunner:
         self, request: CallRequest, stream: bool, context: CallContext, running: Callable[[], bool] | None = None
     ) -> Exchange:
         call = self.prepare(request, stream, context)
-        exchange = Exchange(self.dispatcher, call.tool, call.deadline, context, call.timeout, asyncio.current_task())
+        exchange = Exchange(
+            self.dispatcher, call.tool, call.deadline, context, call.timeout, asyncio.current_task(), call.encode, self.encodes
+        )
         try:
             await aio.checkout(self.dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if running is not None and not running():
@@ -265,7 +272,7 @@ class CallRunner:
     def prepare(self, request: CallRequest, stream: bool, context: CallContext) -> PreparedCall:
         """Everything that can be checked and encoded before a worker is taken (a retry keeps
         the first attempt's deadline)."""
-        tool, args, session_id, affinity, timeout, _ = request
+        tool, args, session_id, affinity, timeout, _, encode = request
         retry = context.retry
         spec = self.tools.get(tool) if type(tool) is str else None
         spec = spec or self.spec(tool)
@@ -280,6 +287,8 @@ class CallRunner:
                 args = dict(args)
         mode = None if session_id is None and affinity is None else check_routing(session_id, affinity)
         limit = self.timeout if timeout is None else check_timeout("timeout", timeout)
+        if encode is not None:
+            check_encoding(encode)
         attachments = exact = None
         if self.attachments is not None:
             exact = protocol.exact_args(args)
@@ -293,6 +302,7 @@ class CallRunner:
             context.correlation_id,
             None if context.span is None else context.span.traceparent,
             exact,
+            encode if self.encodes else None,  # else the owner encodes every value (see Exchange.decode)
         )
         now = time.monotonic()
         queue_limit = self.queue_timeout
@@ -311,6 +321,7 @@ class CallRunner:
             deadline,
             attachments if attachments is not None and attachments.fds else None,
             limit,
+            encode,
         )
 
     def map_setup(
@@ -413,7 +424,7 @@ class Retry(NamedTuple):
 class PreparedCall:
     """A call checked and encoded, waiting for a worker."""
 
-    __slots__ = ("tool", "frame", "session_id", "affinity", "queue_deadline", "deadline", "attachments", "timeout")
+    __slots__ = ("tool", "frame", "session_id", "affinity", "queue_deadline", "deadline", "attachments", "timeout", "encode")
 
     def __init__(
         self,
@@ -425,6 +436,7 @@ class PreparedCall:
         deadline: float | None,
         attachments: Any = None,
         timeout: float | None = None,
+        encode: str | None = None,
     ) -> None:
         self.tool = tool
         self.frame = frame  # without its id, which is drawn when it is sent
@@ -434,3 +446,4 @@ class PreparedCall:
         self.deadline = deadline
         self.attachments = attachments  # large arguments in shared memory; freed when dropped unsent
         self.timeout = timeout  # the call's limit in seconds (None: none), named when it is exceeded
+        self.encode = encode  # the call's encode option: its values are handed back as Encoded

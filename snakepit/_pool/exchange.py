@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 from snakepit import _errors as errors
+from snakepit._encoding import JSON, Encoded, encoded
 from snakepit._errors import Reason
 from snakepit._pool.dispatcher import Dispatcher
 from snakepit._protocol import (
@@ -85,6 +86,8 @@ class Exchange:
         "_salvaged",
         "context",
         "caller",
+        "encode",
+        "worker_encodes",
         "__weakref__",
     )
 
@@ -96,8 +99,14 @@ class Exchange:
         context: CallContext | None = None,
         timeout: float | None = None,
         caller: object = None,
+        encode: str | None = None,
+        worker_encodes: bool = False,
     ) -> None:
         self.context: CallContext | None = context
+        self.encode: str | None = encode  # the call's encode option: its values are delivered as Encoded
+        # The worker encodes them (process backend): a ``bytes`` value it sends is JSON (see
+        # protocol.encoded_wire); else the owner encodes every value.
+        self.worker_encodes: bool = worker_encodes
         self.caller: object = caller  # the thread (its ident) or asyncio task that began the call: see Dispatcher.holds
         self.finished: bool = False
         self.handle: Worker = None  # type: ignore[assignment]  # set by adopt()
@@ -220,7 +229,13 @@ class Exchange:
                     self._index += 1
                     if kind is Failure:
                         raise_failure(message)
-                    return decode_value(message.value)
+                    value = message.value
+                    if self.encode is None:
+                        return decode_value(value)
+                    if self.worker_encodes and type(value) is bytes:
+                        return Encoded(value, JSON)
+                    value = decode_value(value)
+                    return value if type(value) is Encoded else encoded(value, self.encode)
             self._index += 1
         return MORE
 
@@ -279,6 +294,24 @@ class Exchange:
             return value
         try:
             return decode_value(value)
+        except errors.SnakepitError:
+            self.cancel()
+            raise
+
+    def deliver(self, value: Any) -> Any:
+        """A chunk's data as the caller gets it: :meth:`decode`, and with the call's ``encode``
+        option an :class:`Encoded` (what the worker did not encode, the owner does, the same
+        way); a value that cannot be encoded ends the stream."""
+        kind = type(value)
+        if kind is bytes and self.worker_encodes:  # the worker encoded it as JSON: the common case
+            return Encoded(value, JSON)
+        if kind is Encoded:  # the worker encoded it otherwise
+            return value
+        value = self.decode(value)
+        if self.encode is None or type(value) is Encoded:
+            return value
+        try:
+            return encoded(value, self.encode)
         except errors.SnakepitError:
             self.cancel()
             raise
@@ -422,6 +455,8 @@ class Delivery:
         attached = self.exchange.chunk_metadata
         self.metadata = attached.pop(self.exchange.chunks - len(batch) + position, None) if attached else None
         data = batch[position]
+        if self.exchange.encode is not None:
+            return self.exchange.deliver(data)
         return data if type(data) not in PACKED else self.exchange.decode(data)
 
     def take_ready(self, limit: int) -> list[Any]:
@@ -443,6 +478,11 @@ class Delivery:
         self.next = start + len(items)
         if items:
             self.metadata = None
+        if self.exchange.encode is not None:
+            deliver = self.exchange.deliver
+            if self.exchange.worker_encodes:  # the common case in a comprehension: no call per chunk
+                return [Encoded(item, JSON) if type(item) is bytes else deliver(item) for item in items]
+            return [deliver(item) for item in items]
         decode = self.exchange.decode
         return [item if type(item) not in PACKED else decode(item) for item in items]
 

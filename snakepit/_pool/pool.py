@@ -260,6 +260,7 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
             queue_timeout=config.queue_timeout,
             max_retries=config.max_retries,
             attachments=workers.attachments,
+            encodes=workers.encodes,
         )
         self._state_lock: threading.Lock = threading.Lock()
         self._state: str = "new"

@@ -226,6 +226,9 @@ class Backend(Protocol):
     # ``close``), passed to ``Connection.send`` as ``attachments``; None where connections
     # cannot carry memory (values then travel in the frame).
     attachments: Callable[[], Any] | None
+    # Its workers encode the values of a call made with ``encode=`` (see snakepit._encoding);
+    # False: the frame does not ask them to, and the owner encodes each value it receives.
+    encodes: bool
 
     def start(self, reactor: Reactor, events: WorkerEvents, closing: Closing) -> None:
         """Before the first launch: ``reactor`` is the supervisor's thread, where ``events``

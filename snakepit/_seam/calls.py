@@ -66,6 +66,7 @@ class Calls(ABC, Generic[S, A]):
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
         correlation_id: str | None = None,
+        encode: str | None = None,
         **tool_kwargs: Any,
     ) -> Any:
         """Run ``tool`` with ``args`` on a worker and return its result.
@@ -79,8 +80,16 @@ class Calls(ABC, Generic[S, A]):
         chunk's data. ``timeout`` (seconds) covers the time queued and the time running.
         ``correlation_id`` names the call in errors, events, the worker's log records and
         telemetry (one is generated if not given).
+
+        ``encode="json"`` or ``"pickle"`` returns the result (each chunk, for the streaming
+        methods) as an :class:`~snakepit.Encoded`, its bytes and their content type, for a
+        caller handing values on rather than using them: JSON where JSON carries the value
+        exactly, a ``bytes`` value raw, anything else pickled (``"pickle"``) or converted to
+        JSON (``"json"``: a tuple becomes a list, a numpy array its ``tolist()``...), or refused
+        as ``serialization_error``. The worker encodes it (values of 256 KiB or more encoded,
+        and every value on the Ray backend, are encoded by the owner, the same way).
         """
-        return self.run(CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id))
+        return self.run(CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode))
 
     def execute_stream(
         self,
@@ -93,6 +102,7 @@ class Calls(ABC, Generic[S, A]):
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
         correlation_id: str | None = None,
+        encode: str | None = None,
         **tool_kwargs: Any,
     ) -> StreamResult:
         """Stream ``tool``'s chunks into ``callback``, in order, in this thread.
@@ -103,7 +113,7 @@ class Calls(ABC, Generic[S, A]):
         """
         args, on_chunk = _callback_first(args, callback)
         return self.run_stream(
-            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id), on_chunk
+            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode), on_chunk
         )
 
     def stream(
@@ -116,6 +126,7 @@ class Calls(ABC, Generic[S, A]):
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
         correlation_id: str | None = None,
+        encode: str | None = None,
         **tool_kwargs: Any,
     ) -> S:
         """An iterator over ``tool``'s chunk data, usable as a context manager.
@@ -123,7 +134,9 @@ class Calls(ABC, Generic[S, A]):
         Leaving the loop early, ``close()``, or dropping the iterator cancels the tool; its
         ``result`` is the :class:`~snakepit.StreamResult` once the stream has ended.
         """
-        return self.open_stream(CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id))
+        return self.open_stream(
+            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode)
+        )
 
     async def aexecute(
         self,
@@ -135,11 +148,14 @@ class Calls(ABC, Generic[S, A]):
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
         correlation_id: str | None = None,
+        encode: str | None = None,
         **tool_kwargs: Any,
     ) -> Any:
         """:meth:`execute` for asyncio: waits through the event loop; cancelling the task
         cancels the call in the worker."""
-        return await self.arun(CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id))
+        return await self.arun(
+            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode)
+        )
 
     async def aexecute_stream(
         self,
@@ -152,12 +168,13 @@ class Calls(ABC, Generic[S, A]):
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
         correlation_id: str | None = None,
+        encode: str | None = None,
         **tool_kwargs: Any,
     ) -> StreamResult:
         """:meth:`execute_stream` for asyncio; ``callback`` may be a coroutine function."""
         args, on_chunk = _callback_first(args, callback)
         return await self.arun_stream(
-            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id), on_chunk
+            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode), on_chunk
         )
 
     def astream(
@@ -170,11 +187,14 @@ class Calls(ABC, Generic[S, A]):
         affinity: Affinity | str | None = None,
         timeout: float | None = None,
         correlation_id: str | None = None,
+        encode: str | None = None,
         **tool_kwargs: Any,
     ) -> A:
         """``async for data in pool.astream(...)``: the call starts at the first iteration (or
         on ``async with``); leaving early, ``aclose()`` or cancelling the task cancels it."""
-        return self.open_astream(CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id))
+        return self.open_astream(
+            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode)
+        )
 
 
 def _callback_first(args: Any, callback: Any) -> tuple[Any, Any]:

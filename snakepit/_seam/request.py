@@ -120,6 +120,7 @@ class CallRequest(NamedTuple):
     affinity: Affinity | str | None = None
     timeout: float | None = None
     correlation_id: str | None = None  # the caller's; one is generated if None
+    encode: str | None = None  # "json" or "pickle": values come back as snakepit.Encoded
 
 
 class CallContext:

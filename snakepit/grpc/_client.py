@@ -27,6 +27,7 @@ import msgspec
 
 from snakepit import _errors as errors
 from snakepit._adapter import ParameterSpec, ToolSpec
+from snakepit._encoding import Encoded, check_encoding
 from snakepit._errors import Reason
 from snakepit._seam.affinity import Affinity, parse_affinity
 from snakepit._seam.calls import Calls, Starmap
@@ -131,7 +132,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
             response = self._stub.ExecuteTool(message, metadata=metadata, timeout=deadline)
         except grpc.RpcError as error:
             raise (failure := rpc_error(error)) from failure.__cause__
-        return _result(response)
+        return _result(response, request.encode)
 
     def run_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
         check_callback(callback)
@@ -145,7 +146,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
 
     def open_stream(self, request: CallRequest) -> RemoteStream:
         message, metadata, deadline = self._request(request, True)
-        return RemoteStream(self._stub.ExecuteStreamingTool(message, metadata=metadata, timeout=deadline))
+        return RemoteStream(self._stub.ExecuteStreamingTool(message, metadata=metadata, timeout=deadline), request.encode)
 
     def _served(self) -> tuple[frozenset[str], int | None]:
         """The served pool's tools and how many calls it runs at once (asked once: a pool's
@@ -401,7 +402,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
             except grpc.aio.AioRpcError as error:
                 raise (failure := rpc_error(error)) from failure.__cause__
 
-        return _result(await on_shared_loop(call()))
+        return _result(await on_shared_loop(call()), request.encode)
 
     async def arun_stream(self, request: CallRequest, callback: Callable[[Any], Any]) -> StreamResult:
         import inspect
@@ -428,7 +429,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
             _, stub = await self._async_stub()
             return stub.ExecuteStreamingTool(message, metadata=metadata, timeout=deadline)
 
-        return AsyncRemoteStream(start)
+        return AsyncRemoteStream(start, request.encode)
 
     async def _async_stub(self) -> tuple[Any, Any]:
         """The aio channel and stub, made on (and used only from) the shared loop."""
@@ -450,7 +451,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
     ) -> tuple[pb.ExecuteToolRequest, tuple[tuple[str, str], ...], float | None]:
         """The rpc's request, metadata and deadline; the call is checked as the pool checks it."""
         self._check_open()
-        tool, args, session_id, affinity, timeout, correlation_id = call
+        tool, args, session_id, affinity, timeout, correlation_id, encode = call
         if isinstance(args, errors.SnakepitError):  # a map's item refused already (see starmap)
             raise args
         mode = check_routing(session_id, affinity)
@@ -459,7 +460,8 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
             raise errors.validation(Reason.INVALID_ARGUMENTS, f"args must be a dict, got {type(args).__name__}", tool=tool)
         request = pb.ExecuteToolRequest(tool_name=tool, session_id=session_id or "", stream=stream)
         options = request.metadata  # the call's options travel in the request (only the token is a header)
-        options["accept"] = "pickle"
+        if check_encoding(encode) != "json":  # encode="json": what JSON cannot carry is converted
+            options["accept"] = "pickle"
         if correlation_id is not None:
             check_correlation_id(correlation_id)
             options["correlation_id"] = correlation_id
@@ -508,7 +510,8 @@ def _json_or_none(value: Any) -> bytes | None:
 class _Remote:
     """What both remote streams keep: the call, what it delivered, and how it ended."""
 
-    def __init__(self) -> None:
+    def __init__(self, encode: str | None = None) -> None:
+        self._encode: str | None = encode  # the call's encode option: chunks are delivered as the server sent them
         self._chunks: int = 0
         self._halted: bool = False
         self.result: StreamResult | None = None  # how it ended: None until its final chunk, as in process
@@ -525,6 +528,8 @@ class _Remote:
             self.result = dataclasses.replace(self.result, chunks=self._chunks + 1)
         self._chunks += 1
         self.metadata = attached
+        if self._encode is not None:
+            return Encoded(chunk.data, codec.content_type(meta))
         return codec.decode_value(chunk.data, codec.content_type(meta))
 
     def _halt(self) -> None:
@@ -541,8 +546,8 @@ class RemoteStream(_Remote):
     early or ``close()`` cancels the call (and so the tool in the worker): as for the in-process
     stream, ``iter(stream)`` is a one-shot generator only the loop holds, closed as it is left."""
 
-    def __init__(self, call: Any) -> None:
-        super().__init__()
+    def __init__(self, call: Any, encode: str | None = None) -> None:
+        super().__init__(encode)
         self._call: Any = call
 
     def __iter__(self) -> Iterator[Any]:
@@ -590,8 +595,8 @@ class RemoteStream(_Remote):
 class AsyncRemoteStream(_Remote):
     """``async for data in client.astream(...)``: the call is read on the shared loop."""
 
-    def __init__(self, start: Callable[[], Any]) -> None:
-        super().__init__()
+    def __init__(self, start: Callable[[], Any], encode: str | None = None) -> None:
+        super().__init__(encode)
         self._start: Callable[[], Any] = start
         self._call: Any = None
 
@@ -678,13 +683,13 @@ async def _read(call: Any) -> Any:
         return rpc_error(error)
 
 
-def _result(response: pb.ExecuteToolResponse) -> Any:
+def _result(response: pb.ExecuteToolResponse, encode: str | None = None) -> Any:
+    """The call's result; with an ``encode`` option, as the server sent it (an ``Encoded``)."""
     if not response.success:
         raise error_from_json(response.error_message)
     content_type = codec.content_type(response.metadata)
-    if content_type == codec.JSON:
-        return codec.decode_value(response.result.value, content_type)
-    return codec.decode_value(response.binary_result, content_type)
+    data = response.result.value if content_type == codec.JSON else response.binary_result
+    return Encoded(data, content_type) if encode is not None else codec.decode_value(data, content_type)
 
 
 def _stream_result(meta: Mapping[str, str], attached: Mapping[str, Any] | None, chunks: int, halted: bool) -> StreamResult:

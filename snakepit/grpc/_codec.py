@@ -12,13 +12,10 @@ A float result JSON has no number for (NaN, an infinity) travels as Snakepit's s
 it: the JSON string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, an ``ExecuteToolResponse``'s
 ``result`` typed ``snakepit.float``; nested in a list or dict it is ``null``.
 
-Results and chunks travel as JSON when JSON carries them exactly (``None``, ``bool``, ``str``,
-finite ``float``, ``int`` within +-2**53, and lists and string-keyed dicts of those); ``bytes`` travel
-raw. Anything else is pickled if the client asked for it (request metadata ``accept`` =
-``pickle``: the Python client does, it trusts its server); otherwise it is converted as
-:func:`json_default` documents (a tuple or set becomes a list, a numpy array its ``tolist()``,
-a dataclass a dict, an enum its value, a datetime an ISO string...), or refused as
-``serialization_error``.
+Results and chunks travel as :mod:`snakepit._encoding` encodes them, one function for both sides
+of a worker's pipes: JSON when JSON carries them exactly, ``bytes`` raw, anything else pickled if
+the client asked for it (request metadata ``accept`` = ``pickle``: the Python client does, it
+trusts its server), otherwise converted or refused as ``serialization_error``.
 """
 
 from __future__ import annotations
@@ -32,18 +29,20 @@ from typing import Any
 import msgspec
 
 from snakepit import _errors as errors
+from snakepit._encoding import JSON as JSON
+from snakepit._encoding import OCTETS as OCTETS
+from snakepit._encoding import PICKLE as PICKLE
+from snakepit._encoding import encode_value as encode_value
+from snakepit._encoding import exact_json as exact_json
+from snakepit._encoding import non_finite_json as non_finite_json
+from snakepit._encoding import to_json as to_json
+from snakepit._encoding import too_deep as too_deep
 from snakepit._errors import Reason
 
 TYPE_PREFIX = "type.googleapis.com/snakepit."
-JSON = "application/json"
-OCTETS = "application/octet-stream"
-PICKLE = "application/x-python-pickle"
-
-_MAX_EXACT_INT = 2**53
 # How Snakepit's serializer sends a float JSON has no number for: as a JSON string, under a type
 # ending ".float" (only there is the string taken for a float).
 _NON_FINITE = {b'"NaN"': math.nan, b'"Infinity"': math.inf, b'"-Infinity"': -math.inf}
-_json_encoder = msgspec.json.Encoder()
 
 
 # The string metadata of a response or chunk. Keys beginning "snakepit-" are the server's: a
@@ -115,99 +114,6 @@ def _binary(name: str, data: bytes, metadata: Mapping[str, str], allow_pickle: b
 
 def _invalid(message: str) -> errors.ValidationError:
     return errors.validation(Reason.INVALID_ARGUMENTS, message)
-
-
-def too_deep(what: str) -> errors.ValidationError:
-    """A value nested deeper than can be encoded or decoded here: what the pool says of a value
-    nested too deep to travel (``serialization_error``)."""
-    return errors.validation(Reason.SERIALIZATION_ERROR, f"{what} is nested too deeply to be encoded or decoded")
-
-
-def exact_json(value: Any) -> bool:
-    """:func:`json_exact`, False for a value nested too deep to check from here."""
-    try:
-        return json_exact(value)
-    except RecursionError:
-        return False
-
-
-def json_exact(value: Any) -> bool:
-    """JSON carries ``value`` exactly: it decodes to an equal value of the same types."""
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return True
-    if kind is int:
-        return -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT
-    if kind is float:
-        return math.isfinite(value)
-    # Plain loops, not all() over a generator: this runs for every chunk a stream sends, and the
-    # generator's frame doubled its cost.
-    if kind is list:
-        for item in value:
-            if not json_exact(item):
-                return False
-        return True
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or not json_exact(item):
-                return False
-        return True
-    return False
-
-
-def json_default(value: Any) -> Any:
-    """How values JSON has no form for are converted (as ``json.dumps(default=...)`` would) when
-    the client did not ask for pickles. msgspec already turns tuples and sets into arrays,
-    dataclasses and attrs classes into objects, enums into their values, datetimes, dates and
-    times into ISO 8601 strings, Decimals and UUIDs into strings, and nested bytes into base64;
-    this adds numpy arrays (``tolist()``) and numpy scalars (``item()``)."""
-    tolist = getattr(value, "tolist", None)
-    if callable(tolist) and type(value).__module__.startswith("numpy"):
-        return tolist()
-    raise TypeError(f"no JSON form for {type(value).__module__}.{type(value).__qualname__}")
-
-
-def encode_value(value: Any, *, accept_pickle: bool) -> tuple[bytes, str]:
-    """A result's or chunk's bytes on the wire, and their content type (JSON, octets, pickle)."""
-    if type(value) is bytes:
-        return value, OCTETS
-    if exact_json(value):
-        try:
-            return _json_encoder.encode(value), JSON
-        except UnicodeEncodeError:
-            pass  # a str with a lone surrogate (os.fsdecode makes them): no JSON text carries it
-    if accept_pickle:
-        try:
-            return pickle.dumps(value, protocol=5), PICKLE
-        except Exception:
-            pass  # not picklable: the conversions below may still carry it
-    if type(value) is float:  # NaN or an infinity: as Snakepit's serializer sends one ("NaN"...)
-        return non_finite_json(value), JSON
-    if type(value) in (bytearray, memoryview):
-        return bytes(value), OCTETS
-    return to_json(value), JSON
-
-
-def non_finite_json(value: float) -> bytes:
-    """A float JSON has no number for, as the JSON string Snakepit's serializer sends for it
-    (under a ``.float`` type): ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``. Nested in a list
-    or dict, such a float is ``null``, as Snakepit's JSON encoder writes it."""
-    return b'"NaN"' if math.isnan(value) else b'"Infinity"' if value > 0 else b'"-Infinity"'
-
-
-def to_json(value: Any) -> bytes:
-    """``value`` as JSON, converted as :func:`json_default` documents where JSON has no form for
-    it (bytes nested in it become base64); ``serialization_error`` if it cannot be."""
-    try:
-        return msgspec.json.encode(value, enc_hook=json_default)
-    except RecursionError:
-        raise too_deep(f"a value of type {type(value).__qualname__}") from None
-    except (TypeError, ValueError, msgspec.EncodeError, OverflowError) as exc:  # ValueError: a lone surrogate, too
-        raise errors.validation(
-            Reason.SERIALIZATION_ERROR,
-            f"cannot send a value of type {type(value).__qualname__} over gRPC: {exc}",
-            type=type(value).__qualname__,
-        ) from None
 
 
 def decode_value(data: bytes, content_type: str) -> Any:

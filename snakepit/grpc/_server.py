@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import pickle
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from snakepit import CallRequest
+from snakepit import CallRequest, Encoded
 from snakepit import _errors as errors
 from snakepit._errors import Reason
 from snakepit._seam import binding
@@ -440,32 +441,38 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             call, meta = self._prepare(request, context)
             accept_pickle = meta.get("accept") == "pickle"
             batch = _batch_size(meta)
-            stream = self._pool.open_astream(call)
+            # Each chunk comes encoded as this client takes it, by the worker (which has a core of
+            # its own): this thread, every stream's, forwards bytes.
+            stream = self._pool.open_astream(call._replace(encode="pickle" if accept_pickle else "json"))
+            name = request.tool_name
             count = 0
+            budget, message_of, json = self._budget, pb.ToolChunk, codec.JSON  # the loop's per-chunk look-ups
             async for item in stream:
-                # The chunks at hand: up to the batch size, packed into JSON arrays; else a message
+                # The chunks at hand: up to the batch size, packed into arrays; else a message
                 # each, those already here skipping a pass through the iterator each. A chunk the
                 # tool attached metadata to travels alone (take_ready stops before one).
                 attached = stream.metadata
                 values = [item] if attached is not None else [item, *stream.take_ready((batch if batch > 1 else _AT_HAND) - 1)]
                 final = stream.last_was_final
-                messages: list[Any] = self._batches(values) if batch > 1 else values
+                messages: list[Encoded] = self._batches(values, accept_pickle) if batch > 1 else values
                 last = len(messages) - 1
                 for index, message in enumerate(messages):
+                    data = message.data
+                    if len(data) > budget:
+                        raise self._too_large(len(data))
                     count += 1
-                    data, content_type = (message, codec.JSON) if batch > 1 else self._encoded(message, accept_pickle)
-                    chunk = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=data)
+                    chunk = message_of(chunk_id=f"{name}-{count}", data=data)
                     if attached is not None:
                         codec.attach_metadata(chunk.metadata, attached, accept_pickle=accept_pickle)
-                    if content_type != codec.JSON:
-                        codec.set_content_type(chunk.metadata, content_type)
+                    if message.content_type != json:
+                        codec.set_content_type(chunk.metadata, message.content_type)
                     if final and index == last:
                         self._finish(chunk, stream, meta, started)
                         yield chunk
                         return
                     yield chunk
             count += 1
-            closing = pb.ToolChunk(chunk_id=f"{request.tool_name}-{count}", data=b"", metadata={"synthetic_final": "true"})
+            closing = pb.ToolChunk(chunk_id=f"{name}-{count}", data=b"", metadata={"synthetic_final": "true"})
             self._finish(closing, stream, meta, started, synthetic=True)
             yield closing
         except errors.SnakepitError as error:
@@ -483,22 +490,38 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             raise self._too_large(len(data))
         return data, content_type
 
-    def _batches(self, values: list[Any]) -> list[bytes]:
-        """``values`` as JSON arrays, as few as fit in a message each."""
-        batches: list[bytes] = []
-        parts: list[bytes] = []
+    def _batches(self, values: list[Encoded], accept_pickle: bool) -> list[Encoded]:
+        """Encoded chunks as batches, as few as fit in a message each: JSON arrays, except that
+        for a client that takes pickles a batch holding a chunk JSON cannot carry exactly is a
+        pickled list (a ``bytes`` chunk is base64 in a JSON array)."""
+        datas = [part.data for part in values]
+        if sum(map(len, datas)) + len(datas) + 1 <= self._budget and {part.content_type for part in values} == {codec.JSON}:
+            return [Encoded(b"[" + b",".join(datas) + b"]", codec.JSON)]  # the common case, in C-level passes
+        batches: list[Encoded] = []
+        parts: list[Encoded] = []
         size = 2
-        for value in values:
-            part = codec.to_json(value)
-            if len(part) + 2 > self._budget:
-                raise self._too_large(len(part))
-            if parts and size + len(part) + 1 > self._budget:
-                batches.append(b"[" + b",".join(parts) + b"]")
+        for part in values:
+            if part.content_type == codec.OCTETS and not accept_pickle:
+                part = Encoded(codec.to_json(part.data), codec.JSON)
+            if len(part.data) + 2 > self._budget:
+                raise self._too_large(len(part.data))
+            if parts and size + len(part.data) + 1 > self._budget:
+                batches += self._batch(parts)
                 parts, size = [], 2
             parts.append(part)
-            size += len(part) + 1
-        batches.append(b"[" + b",".join(parts) + b"]")
+            size += len(part.data) + 1
+        batches += self._batch(parts)
         return batches
+
+    def _batch(self, parts: list[Encoded]) -> list[Encoded]:
+        """One batch of chunks (two or more, if a pickled one turns out too large)."""
+        if all(part.content_type == codec.JSON for part in parts):
+            return [Encoded(b"[" + b",".join(part.data for part in parts) + b"]", codec.JSON)]
+        data = pickle.dumps([codec.decode_value(part.data, part.content_type) for part in parts], protocol=5)
+        if len(data) <= self._budget or len(parts) == 1:
+            return [Encoded(data, codec.PICKLE)]  # a lone chunk too large is refused by the caller
+        half = len(parts) // 2
+        return self._batch(parts[:half]) + self._batch(parts[half:])
 
     def _too_large(self, size: int) -> errors.SnakepitError:
         return errors.validation(

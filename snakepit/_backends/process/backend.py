@@ -51,6 +51,7 @@ _log = logging.getLogger("snakepit")
 
 class ProcessBackend:
     name = "process"
+    encodes = True  # a worker encodes a call's encode= values: the owner forwards bytes
 
     def __init__(self, launch: LaunchSpec, start_method: str = "forkserver", start_timeout: float | None = None) -> None:
         self._launch = launch

@@ -106,7 +106,8 @@ class ProcessConnection:
         # A forked worker comes with a pidfd its template opened before anything could reap it.
         self.pidfd = process.pidfd if isinstance(process, ForkedProcess) else _pidfd_open(process.pid)
         self._socket = socket.socket(fileno=os.dup(pipes.segments))  # closed with the connection
-        self.reader = FrameReader(FromWorker, ext_hook=segments.receiver(self._socket))
+        self._mappings = segments.Mappings()  # of the worker's segments: released with the connection
+        self.reader = FrameReader(FromWorker, ext_hook=segments.receiver(self._socket, self._mappings))
         self.events = FrameReader(Event, read_size=_EVENTS_READ_SIZE)
         self.output: dict[int, bytes] = {pipes.stdout: b"", pipes.stderr: b""}  # partial lines
         self.exit_info: dict[str, Any] | None = None  # once reaped: its exit code or signal
@@ -126,20 +127,25 @@ class ProcessConnection:
         self._poller.register(closing.fd, select.POLLIN)
         # The pipes are closed by close_fds(), or when the connection is collected (a stream
         # dropped after its pool was closed is the last to hold its worker).
-        self._release_fds = weakref.finalize(self, _close_all, (*dataclasses.astuple(pipes), self.pidfd), self._socket)
+        self._release_fds = weakref.finalize(
+            self, _close_all, (*dataclasses.astuple(pipes), self.pidfd), self._socket, self._mappings
+        )
         self._release_fds.atexit = False  # at exit the pool's own shutdown still reads them
 
     def __repr__(self) -> str:
         return f"<worker process {self.worker_id} pid={self.pid}>"
 
     def memory(self) -> int | None:
-        """The process's own resident memory, in bytes (None once it is gone): shared pages
-        (mapped values, the spill segment, the interpreter's files) are not its own."""
+        """The process's own memory, in bytes (None once it is gone): its resident memory but
+        shared pages (mapped values, the spill segment, the interpreter's files), and the shared
+        segments its own arrays hold (see :mod:`snakepit.shared`), which it reports."""
         try:
             info = psutil.Process(self.pid).memory_info()
-            return info.rss - getattr(info, "shared", 0)
         except psutil.Error:
             return None
+        with self._read_lock:  # the spill descriptor is not closed (and its number reused) meanwhile
+            lent = 0 if self._closed else spill.lent(self.spill_fd)
+        return info.rss - getattr(info, "shared", 0) + lent
 
     @property
     def ready_fd(self) -> int:
@@ -171,7 +177,7 @@ class ProcessConnection:
             try:
                 if attachments is not None:
                     segments.send_fds(self._socket, attachments.fds)
-                    attachments.sent = True
+                    attachments.deliver(self._socket)
                 if deadline is None or len(frame) <= self.requests_room:
                     written = os.write(self.requests_fd, frame)  # whole, unless interrupted
                     if written < len(frame):
@@ -397,7 +403,9 @@ class ProcessConnection:
         return not self._release_fds.alive
 
 
-def _close_all(fds: tuple[int | None, ...], sock: socket.socket) -> None:
+def _close_all(fds: tuple[int | None, ...], sock: socket.socket, mappings: segments.Mappings) -> None:
+    segments.forget(sock)  # the worker is gone: what it was sent and never dropped is free
+    mappings.close()
     sock.close()
     for fd in fds:
         if fd is not None:

@@ -10,7 +10,8 @@ Reading the pipe at once, whatever the callers do, is what keeps one slow stream
 stalling the process's other calls; the stream itself is held back by credit: its thread in the
 worker stops after ``STREAM_WINDOW`` frames this side has not taken (see ``child.threads``), and
 :meth:`SlotConnection.take` grants more as its consumer takes them. So an inbox holds at most a
-window of frames.
+window of frames (a batch of small chunks is one frame of at most ``BATCH_BYTES``). What a process had queued in its crash-safe queue when it died is sorted after
+everything it wrote.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Mux:
                 exited = exited or any(fd != conn.responses_fd for fd, _ in ready)
                 messages = conn.reader.read(conn.responses_fd)
                 if messages is None or (exited and not messages):
+                    self._sort(conn.salvage())  # what it had queued when it died (see child.outbox)
                     return
                 if messages:
                     self._sort(messages)

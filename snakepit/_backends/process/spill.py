@@ -37,6 +37,7 @@ import faulthandler
 import mmap
 import os
 import struct
+from collections.abc import Callable
 
 import msgspec
 
@@ -44,7 +45,11 @@ from snakepit._protocol import HEADER as FRAME_HEADER
 
 SIZE = 2 << 20
 _HEADER = struct.Struct("=QQqQ")  # base, committed, batch_at, prefix length: native, like the views
-HEADER_SIZE = _HEADER.size
+# Then a word of another kind: the bytes of shared segments the worker's own arrays hold (see
+# segments.Segments.allocate), which the owner counts in the worker's memory.
+_LENT = struct.Struct("=Q")
+LENT_AT = _HEADER.size
+HEADER_SIZE = LENT_AT + _LENT.size
 _BATCH = struct.Struct("=qQ")  # batch_at, prefix length
 _COUNT = struct.Struct(">BI")  # 0xdd + uint32: a msgpack array32 header
 NO_BATCH = -1
@@ -61,6 +66,21 @@ def create(size: int = SIZE) -> int:
             fd = os.dup(handle.fileno())
     os.ftruncate(fd, HEADER_SIZE + size)
     return fd
+
+
+def lent_reporter(fd: int) -> Callable[[int], object]:
+    """In the worker: how to publish the bytes of shared segments its arrays hold (a descriptor
+    of its own, kept for the process's life; a write each time the figure changes)."""
+    own = os.dup(fd)
+    return lambda total: os.pwrite(own, _LENT.pack(total), LENT_AT)
+
+
+def lent(fd: int) -> int:
+    """What the worker published with :func:`lent_reporter` (owner side); 0 if unreadable."""
+    try:
+        return _LENT.unpack(os.pread(fd, _LENT.size, LENT_AT))[0]
+    except (OSError, struct.error):
+        return 0
 
 
 FAULT_LOG_AT = HEADER_SIZE + SIZE  # where the fault log starts: past the queue (the file grows as it is written)

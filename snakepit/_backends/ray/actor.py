@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from snakepit import telemetry
+from snakepit import shared, telemetry
 from snakepit._errors import Category, Reason
 from snakepit._protocol import TERMINAL, Batch, Boot, Call, Chunk, Failure, FrameReader, Ready, ToWorker, encode_frame
 
@@ -99,6 +99,8 @@ class SnakepitActor:
             os.chdir(boot.cwd)
         # The worker side, imported here: the owner imports this module for the class alone.
         from snakepit._hosting.threaded import ThreadHost
+
+        shared._install(None)  # Ray's object store carries large values: snakepit.shared makes plain arrays here
 
         self._host = ThreadHost(self._out)  # a cancel reaches the tool as an asynchronous exception
         if boot.telemetry:

@@ -48,6 +48,9 @@ def import_ray() -> Any:
 class RayBackend:
     name = "ray"
     attachments = None  # Ray's object store carries large values itself
+    # A call's encode= values are encoded by the owner: an actor's answers cross Ray's object
+    # store and a reader thread, which bound a stream well before the owner's encoding does.
+    encodes = False
 
     def __init__(self, launch: LaunchSpec, ray_address: str | None, actor_options: Mapping[str, Any]) -> None:
         self._ray = import_ray()

@@ -70,36 +70,12 @@ class Outbox:
         acquire, release = self._lock.acquire, self._lock.release
         spill = self._spill
         data_area, header, capacity = spill.data, spill.header, spill.capacity
+        admit, spend = self._admit(call_id)
+        enter, batch_bytes = self._on_enter(), self._batch_bytes
+        queue = self._queue_item
 
-        def send_chunk(data: Any) -> None:
+        def write_frame(data: Any) -> None:
             nonlocal item, frame
-            encode_into(data, item, 0)
-            acquire()  # not ``with lock``: the context-manager protocol doubles the lock's cost
-            try:
-                # The hot path of a burst: this stream's batch is open, append the item to it
-                # (SpillWriter.add, inlined).
-                committed = spill.committed
-                end = committed + len(item)
-                if spill.batch_call == call_id and end <= capacity:
-                    data_area[committed:end] = item
-                    spill.committed = end
-                    spill.count += 1
-                    header[1] = end
-                    return
-                if self._wait_for_room(len(item)):
-                    spill.open_batch(call_id, batch_prefix)
-                    spill.add(item)
-                    return
-                now = monotonic()
-                if now - self._last_direct < _COALESCE and len(item) + 64 <= capacity:
-                    spill.start(self._sent)
-                    spill.open_batch(call_id, batch_prefix)
-                    spill.add(item)
-                    self._cond.notify()
-                    return
-                self._last_direct = now
-            finally:
-                release()
             encode_into(data, frame, frame_start)
             frame.extend(tail)
             pack_header(frame, 0, len(frame) - HEADER.size)
@@ -108,7 +84,68 @@ class Outbox:
                 frame = bytearray(frame[:frame_start])
                 item = bytearray()
 
+        def send_chunk(data: Any) -> None:
+            encode_into(data, item, 0)
+            if admit is not None:
+                admit()
+            acquire()  # not ``with lock``: the context-manager protocol doubles the lock's cost
+            try:
+                if enter is not None:
+                    enter()
+                # The hot path of a burst: this stream's batch is open, append the item to it
+                # (SpillWriter.add, inlined).
+                committed = spill.committed
+                end = committed + len(item)
+                if spill.batch_call == call_id and end <= capacity and end - spill.batch_at <= batch_bytes:
+                    data_area[committed:end] = item
+                    spill.committed = end
+                    spill.count += 1
+                    header[1] = end
+                    return
+                if spend is not None:  # the item starts a frame of its own, or a batch
+                    spend()
+                if queue(call_id, item, batch_prefix):
+                    return
+                if enter is not None:  # several threads write: a frame goes in whole, under the lock
+                    write_frame(data)
+                    return
+            finally:
+                release()
+            write_frame(data)
+
         return send_chunk
+
+    # One thread sends (the worker's main thread): nothing to wait for before a chunk, nothing
+    # to do on entering the lock, direct writes need no lock, and a batch may fill the queue.
+    # See ``child.threads.SharedOutbox``.
+    _batch_bytes = 1 << 62
+
+    def _on_enter(self) -> Callable[[], None] | None:
+        """What a chunk does on taking the lock, before it enters the stream."""
+        return None
+
+    def _admit(self, call_id: int) -> tuple[Callable[[], None] | None, Callable[[], None] | None]:
+        """What a chunk of ``call_id`` does before the lock, and when it starts a frame."""
+        return None, None
+
+    def _queue_item(self, call_id: int, item: bytearray, batch_prefix: bytes) -> bool:
+        """Queue one encoded stream item (lock held), in a new batch, if the queue is in use or
+        this is a burst (the last direct write was less than ``_COALESCE`` ago); False: the
+        caller writes it directly, now."""
+        spill = self._spill
+        if self._wait_for_room(len(item)):
+            spill.open_batch(call_id, batch_prefix)
+            spill.add(item)
+            return True
+        now = monotonic()
+        if now - self._last_direct < _COALESCE and len(item) + 64 <= spill.capacity:
+            spill.start(self._sent)
+            spill.open_batch(call_id, batch_prefix)
+            spill.add(item)
+            self._cond.notify()
+            return True
+        self._last_direct = now
+        return False
 
     def flush(self) -> None:
         """Wait until everything queued is in the pipe."""

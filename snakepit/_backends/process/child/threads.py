@@ -5,11 +5,15 @@ The main thread reads calls and hands them to ``threads`` tool threads, each wit
 more calls in flight on this process than it has threads (a cancelled call keeps its slot until
 it has ended), so a call never waits here for a thread.
 
-Their answers share one pipe, through :class:`SharedOutbox`: each message is written whole under
-one lock, its shared-memory descriptors just before it. A stream may have at most ``STREAM_WINDOW``
-frames unread by the owner; its thread then waits for ``Credit``, which the owner grants as its
-consumer takes chunks. So a slow consumer holds back its own stream, never the others: the owner
-reads the pipe at once, whatever its callers do.
+Their answers share one pipe, through :class:`SharedOutbox`: the one-thread worker's
+:class:`~snakepit._backends.process.child.outbox.Outbox`, whose lock every write takes, direct
+ones too, so each message goes in whole, its shared-memory descriptors just before it. Bursts
+of chunks are queued and batched in its crash-safe queue, as with one thread: a write and an
+owner wake-up per chunk would cost a stream most of its speed. A stream may have at most
+``STREAM_WINDOW`` frames unread by the owner, a batch being one frame of at most
+``BATCH_BYTES``; its thread then waits for ``Credit``, which the owner grants as its consumer
+takes them. So a slow consumer holds back its own stream, never
+the others: the owner reads the pipe at once, whatever its callers do.
 """
 
 from __future__ import annotations
@@ -23,75 +27,90 @@ from typing import Any
 import msgspec
 
 from snakepit._backends.process import segments
-from snakepit._backends.process.child.outbox import write_or_exit
+from snakepit._backends.process.child.outbox import Outbox
 from snakepit._errors import CallCancelled, Category, Reason
 from snakepit._hosting.threaded import ThreadHost
-from snakepit._protocol import STREAM_WINDOW, TERMINAL, Batch, Chunk, Failure, FrameWriter
+from snakepit._protocol import BATCH_BYTES, STREAM_WINDOW, TERMINAL, Batch, Chunk, Failure, encode_frame
 
 
-class SharedOutbox:
-    """The way out of a worker with several tool threads (see the module's docstring)."""
+class SharedOutbox(Outbox):
+    """The way out of a worker with several tool threads (see the module's docstring): the
+    one-thread :class:`Outbox`, bursts batched in its crash-safe queue, with every write under
+    its lock, a message's shared-memory descriptors sent just before it enters the stream, and
+    each chunk admitted by its stream's credit first."""
 
-    def __init__(self, fd: int, sock: Any, shared: segments.Segments) -> None:
-        self._fd = fd
-        os.set_blocking(fd, True)
+    _batch_bytes = BATCH_BYTES
+
+    def __init__(self, fd: int, spill_fd: int, sock: Any, shared: segments.Segments) -> None:
+        super().__init__(fd, spill_fd)
         self._sock = sock
         self._pending = threading.local()  # this thread's placed segments, for its next message
         self.share = segments.deferred_sender(shared, self._pending)
-        self._lock = threading.Lock()
-        self._writer = FrameWriter()
         self._credit = threading.Condition()
         self._credits: dict[int, int] = {}  # stream id -> frames it may still send
         self._cancelled: set[int] = set()  # streams cancelled while they may wait for credit
 
     def send(self, message: Any) -> None:
-        if type(message) is Chunk:  # every chunk counts against its stream's window
-            try:
-                self._wait_for_credit(message.id)
-            except BaseException:  # cancelled while waiting: this chunk never goes out
-                segments.release_pending(self._pending)
-                raise
-            try:
-                self._write(message)
-            except BaseException:
-                # It never went out (the encoder refused a value, say a big int: the host then
-                # sends it in another form, which waits for credit of its own): give it back.
-                self.grant(message.id, 1)
-                raise
-            return
-        self._write(message)
+        frame = encode_frame(message)  # may be refused: before any credit is taken
+        if type(message) is Chunk:
+            self._wait_for_credit(message.id)
+        with self._lock:
+            self._send_pending()
+            if self._wait_for_room(len(frame)):
+                self._spill.append(frame)
+            else:
+                self._write_direct(frame)
         if type(message) in TERMINAL:
             with self._credit:
                 self._credits.pop(message.id, None)
                 self._cancelled.discard(message.id)
 
-    def _write(self, message: msgspec.Struct) -> None:
-        with self._lock:
-            frame = self._writer.frame(message)
-            fds = segments.take_pending(self._pending)
-            if fds:
-                segments.send_fds(self._sock, fds)
-            write_or_exit(self._fd, frame)
+    def _on_enter(self) -> Callable[[], None]:
+        return self._send_pending
 
-    def chunk_writer(self, call_id: int) -> Callable[[Any], None]:
-        send = self.send
-        return lambda data: send(Chunk(call_id, data))
+    def _send_pending(self) -> None:
+        """The lock is held and a message of this thread enters the stream: its segments' descriptors
+        go first, so that the socket and the pipe stay in step."""
+        fds = segments.take_pending(self._pending)
+        if fds:
+            segments.send_fds(self._sock, fds)
+
+    def _admit(self, call_id: int) -> tuple[Callable[[], None], Callable[[], None]]:
+        """A chunk of ``call_id`` holds a frame of its stream's window before it takes the lock
+        (waiting for credit if need be): spent if it starts a frame, kept for the next chunk if
+        it joins the batch already open. One frame at most is held unspent, so the owner always
+        has the rest of the window to take and grant again (chunks with metadata, sent as
+        messages of their own, wait for credit of their own)."""
+        held = False
+        wait = self._wait_for_credit
+
+        def admit() -> None:
+            nonlocal held
+            if not held:
+                wait(call_id)
+                held = True
+
+        def spend() -> None:
+            nonlocal held
+            held = False
+
+        return admit, spend
 
     def discard(self) -> None:
         """A call has ended: whatever this thread placed for a message that never went out
         (an error between encoding and sending) is given back, not sent with the next one."""
         segments.release_pending(self._pending)
 
-    def flush(self) -> None:
-        """Nothing is ever queued: each message is in the pipe when ``send`` returns."""
-
     # -- credit ------------------------------------------------------------------------------------
 
     def _wait_for_credit(self, call_id: int) -> None:
+        """Take one frame of the stream's window, waiting for the owner's credit if need be; a
+        cancel meanwhile raises ``CallCancelled`` here, and the chunk's segments are given back."""
         with self._credit:
             left = self._credits.get(call_id, STREAM_WINDOW)
             while left <= 0:
                 if call_id in self._cancelled:
+                    segments.release_pending(self._pending)
                     raise CallCancelled()  # the stream ends: the owner no longer reads it
                 self._credit.wait()
                 left = self._credits.get(call_id, STREAM_WINDOW)

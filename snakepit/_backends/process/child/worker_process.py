@@ -31,7 +31,7 @@ from snakepit._backends.process.child.events import Events
 from snakepit._backends.process.child.orphans import adopt_orphans, die_with_parent, end_descendants, name_process, reap_orphans
 from snakepit._backends.process.child.outbox import Outbox
 from snakepit._backends.process.child.threads import SharedOutbox, ToolThreads
-from snakepit._backends.process.spill import record_faults
+from snakepit._backends.process.spill import lent_reporter, record_faults
 from snakepit._hosting import ToolHost
 from snakepit._protocol import (
     Batch,
@@ -70,17 +70,19 @@ class Worker:
         self._threads: ToolThreads | None = None
 
     def boot(self) -> None:
-        reader = FrameReader(ToWorker, ext_hook=segments.receiver(self._socket))
+        reader = FrameReader(ToWorker, ext_hook=segments.receiver(self._socket, segments.Mappings()))
+        lender = segments.lender()  # the segments of this process's values, and of its snakepit.shared arrays
+        lender.report = lent_reporter(self._spill)  # which the owner counts in its memory
         boot = reader.read_blocking(self._requests)
         if not isinstance(boot, Boot):
             os._exit(2)
         if boot.threads > 1:
-            self._out: Any = SharedOutbox(self._responses, self._socket, segments.Segments())
+            self._out: Any = SharedOutbox(self._responses, self._spill, self._socket, lender)
             self._threads = ToolThreads(self._out, boot.threads)
             self._host: ToolHost = self._threads.hosts[0]
             self._events = Events(self._events_fd, shield=self._threads.shield)
         else:
-            self._out = Outbox(self._responses, self._spill, share=segments.sender(self._socket, segments.Segments()))
+            self._out = Outbox(self._responses, self._spill, share=segments.sender(self._socket, lender))
             self._host = ToolHost(self._out)
             self._events = Events(self._events_fd, shield=self._host.shield)
         sys.path[:] = boot.sys_path
