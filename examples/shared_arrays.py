@@ -3,10 +3,12 @@
     python examples/shared_arrays.py [--megabytes 256] [--workers 2]
 
 An array of 256 KiB or more travels through a shared-memory segment: the sender copies it in
-once, the receiver maps the same pages (no copy on receipt). Here a pool blurs "images": each
-call takes a frame as an argument and returns the filtered frame; ``pool.submit`` spreads the
-frames over the workers (a ``map``'s items travel in its batches' frames instead, fit for many
-small values), and a streaming tool yields frames as it renders them.
+once, the receiver maps the same pages (no copy on receipt). An array allocated in shared memory
+from the start (``snakepit.shared.empty`` / ``zeros``) is not copied at all: the receiver maps
+the very pages it was filled in, read-only. Here a pool blurs "images": each call takes a frame
+as an argument and returns the filtered frame; ``pool.submit`` spreads the frames over the
+workers (a ``map``'s items travel in its batches' frames instead, fit for many small values);
+and a streaming tool renders frames straight into shared memory and yields them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 
 import numpy as np
 
-from snakepit import BaseAdapter, Pool, tool
+from snakepit import BaseAdapter, Pool, shared, tool
 
 
 class Filters(BaseAdapter):
@@ -30,7 +32,9 @@ class Filters(BaseAdapter):
     def render(self, frames: int, height: int, width: int):
         x = np.linspace(0, 1, width, dtype=np.float32)
         for i in range(frames):
-            yield np.tile(np.sin(x * 10 + i / 5), (height, 1))
+            frame = shared.empty((height, width), dtype=np.float32)  # in shared memory from the start
+            frame[:] = np.sin(x * 10 + i / 5)
+            yield frame  # crosses with no copy: the owner maps these pages
 
 
 def main() -> None:
@@ -53,7 +57,8 @@ def main() -> None:
         started = time.perf_counter()
         rendered = 0
         for frame in pool.stream("render", frames=count, height=height, width=width):
-            rendered += frame.nbytes  # each frame is backed by shared memory: no copy was made
+            assert not frame.flags.writeable  # delivered by reference: read-only (copy it to change it)
+            rendered += frame.nbytes
         print(f"streamed {rendered / 2**20:.0f} MiB of frames in {time.perf_counter() - started:.2f} s")
 
 

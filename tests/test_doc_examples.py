@@ -34,7 +34,7 @@ def test_an_example_runs(name, tmp_path):
 
 
 OUTPUT = {  # what the examples print, as their comments say
-    "getting-started": ["['greet', 'count']"],
+    "getting-started": ["['count', 'greet']"],
     "functions": ["2.5", "[1.0, 2.0]", "[3, 2, 1]"],
     "futures": ["[0, 1, 4, 9, 16]"],
     "executor": ["27", "[0, 1, 8, 27, 64]", "ValueError from the worker: True", "64"],
