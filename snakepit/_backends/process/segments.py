@@ -48,6 +48,7 @@ import ctypes
 import errno
 import mmap
 import os
+import select
 import socket
 import threading
 import time
@@ -449,9 +450,15 @@ def _map(fd: int, length: int, size: int) -> mmap.mmap:
         raise
 
 
-def send_fds(sock: socket.socket, fds: list[int]) -> None:
-    """Pass ``fds`` over ``sock`` (blocking: a receiver that lags holds the sender back)."""
+def send_fds(sock: socket.socket, fds: list[int], wait: Callable[[], object] | None = None) -> None:
+    """Pass ``fds`` over ``sock`` (blocking: a receiver that lags holds the sender back). With
+    ``wait``, the socket is not waited on: ``wait()`` is called while it has no room, then it is
+    looked at again (only the caller sends on it). ``MSG_DONTWAIT`` would not do: a Unix socket
+    passing descriptors waits for room regardless (Linux 6.18)."""
     for start in range(0, len(fds), _MAX_FDS):
+        if wait is not None:
+            while not select.select((), (sock,), (), 0)[1]:
+                wait()
         socket.send_fds(sock, [b"s"], fds[start : start + _MAX_FDS])
 
 
