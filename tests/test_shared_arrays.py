@@ -299,3 +299,22 @@ def test_a_closed_connection_frees_only_the_deliveries_it_still_holds(lent):
     segments.forget("connection B")
     assert segment.map[slot] == 0
     mine.close()
+
+
+def test_a_forked_child_allocates_memory_of_its_own_not_its_parent_s():
+    cached = shared.empty(MIB, dtype="u1")
+    inode = _inode(cached)
+    del cached  # unused now: kept for reuse by this process
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.write(write, str(_inode(shared.empty(MIB, dtype="u1"))).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        child = int(answer.read())
+    os.waitpid(pid, 0)
+    mine = shared.empty(MIB, dtype="u1")  # the parent's own segment again, which the child must not have taken
+    assert _inode(mine) == inode != child

@@ -304,6 +304,16 @@ _LENDER: Segments | None = None
 _LENDER_LOCK = threading.Lock()
 
 
+def _forget_lender() -> None:
+    """In a forked child: the segments inherited are the parent's, which it keeps using (a
+    segment both reused would be two arrays on the same pages); the child lends its own."""
+    global _LENDER, _LENDER_LOCK
+    _LENDER, _LENDER_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_lender)
+
+
 def lender() -> Segments:
     """This process's segments for :mod:`snakepit.shared` (a worker's are also those its values
     are copied into)."""
