@@ -135,10 +135,12 @@ class _Segment:
     def __init__(self, size: int) -> None:
         self.placed_at = 0.0
         self.capacity = -(-(size + _HEADER) // _GRAIN) * _GRAIN
+        if self.capacity > _available():  # its pages are allocated at once: the OOM killer's to deal with
+            raise MemoryError(f"cannot allocate {size} bytes of shared memory: the system has not that much left")
         self.fd = os.memfd_create("snakepit-value", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, self.capacity)
-            self.map = mmap.mmap(self.fd, self.capacity, flags=_POPULATE)
+            self.map = _map(self.fd, self.capacity, size)
         except BaseException:
             os.close(self.fd)
             raise
@@ -448,6 +450,18 @@ class Mappings:
         with self._lock:
             self._closed = True
             self.sweep(float("inf"))
+
+
+def _available() -> int:
+    """Bytes the system can still give this process without swapping out or killing anything
+    (available memory and free swap), or unbounded if it does not say."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 1 << 63
+    counted = [int(line.split()[1]) * 1024 for line in lines if line.startswith((b"MemAvailable:", b"SwapFree:"))]
+    return sum(counted) if counted else 1 << 63
 
 
 def _map(fd: int, length: int, size: int) -> mmap.mmap:
