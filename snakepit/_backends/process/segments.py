@@ -48,6 +48,7 @@ import ctypes
 import errno
 import mmap
 import os
+import select
 import socket
 import threading
 import time
@@ -134,10 +135,12 @@ class _Segment:
     def __init__(self, size: int) -> None:
         self.placed_at = 0.0
         self.capacity = -(-(size + _HEADER) // _GRAIN) * _GRAIN
+        if self.capacity > _available():  # its pages are allocated at once: the OOM killer's to deal with
+            raise MemoryError(f"cannot allocate {size} bytes of shared memory: the system has not that much left")
         self.fd = os.memfd_create("snakepit-value", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, self.capacity)
-            self.map = mmap.mmap(self.fd, self.capacity, flags=_POPULATE)
+            self.map = _map(self.fd, self.capacity, size)
         except BaseException:
             os.close(self.fd)
             raise
@@ -303,6 +306,16 @@ _LENDER: Segments | None = None
 _LENDER_LOCK = threading.Lock()
 
 
+def _forget_lender() -> None:
+    """In a forked child: the segments inherited are the parent's, which it keeps using (a
+    segment both reused would be two arrays on the same pages); the child lends its own."""
+    global _LENDER, _LENDER_LOCK
+    _LENDER, _LENDER_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_lender)
+
+
 def lender() -> Segments:
     """This process's segments for :mod:`snakepit.shared` (a worker's are also those its values
     are copied into)."""
@@ -439,6 +452,18 @@ class Mappings:
             self.sweep(float("inf"))
 
 
+def _available() -> int:
+    """Bytes the system can still give this process without swapping out or killing anything
+    (available memory and free swap), or unbounded if it does not say."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 1 << 63
+    counted = [int(line.split()[1]) * 1024 for line in lines if line.startswith((b"MemAvailable:", b"SwapFree:"))]
+    return sum(counted) if counted else 1 << 63
+
+
 def _map(fd: int, length: int, size: int) -> mmap.mmap:
     """All of segment ``fd``, its pages present (faulted in one go, not one by one on use)."""
     try:
@@ -449,9 +474,15 @@ def _map(fd: int, length: int, size: int) -> mmap.mmap:
         raise
 
 
-def send_fds(sock: socket.socket, fds: list[int]) -> None:
-    """Pass ``fds`` over ``sock`` (blocking: a receiver that lags holds the sender back)."""
+def send_fds(sock: socket.socket, fds: list[int], wait: Callable[[], object] | None = None) -> None:
+    """Pass ``fds`` over ``sock`` (blocking: a receiver that lags holds the sender back). With
+    ``wait``, the socket is not waited on: ``wait()`` is called while it has no room, then it is
+    looked at again (only the caller sends on it). ``MSG_DONTWAIT`` would not do: a Unix socket
+    passing descriptors waits for room regardless (Linux 6.18)."""
     for start in range(0, len(fds), _MAX_FDS):
+        if wait is not None:
+            while not select.select((), (sock,), (), 0)[1]:
+                wait()
         socket.send_fds(sock, [b"s"], fds[start : start + _MAX_FDS])
 
 
