@@ -44,10 +44,13 @@ connection (the owner's) or its process (the worker's).
 from __future__ import annotations
 
 import collections
+import copyreg
 import ctypes
 import errno
+import io
 import mmap
 import os
+import pickle
 import select
 import socket
 import threading
@@ -59,7 +62,8 @@ from typing import Any, Protocol
 import msgspec
 from msgspec.msgpack import Ext
 
-from snakepit._protocol import SHARED_EXT, Shared, received_ext
+from snakepit import _protocol as protocol
+from snakepit._protocol import SHARE_THRESHOLD, SHARED_EXT, Shared, received_ext
 
 CACHE_LIMIT = 1 << 30  # bytes of unused segments a sender keeps for reuse (and of idle mappings a receiver keeps)
 IDLE_RELEASE = 1.0  # seconds after which a segment nothing was placed in, or a mapping nothing used, is released
@@ -210,6 +214,7 @@ class Segments:
         with self._lock:
             segment, fresh = self._take(nbytes)
             segment.lent = True
+            protocol.lending_dumps = _lending_dumps
             self.lent_bytes += segment.capacity
             self._report()
         holder = (ctypes.c_char * nbytes).from_buffer(segment.map, _PAGE)
@@ -217,6 +222,15 @@ class Segments:
         if zeroed and not fresh:
             ctypes.memset(holder, 0, nbytes)
         return memoryview(holder).cast("B")
+
+    def holds(self, address: int, nbytes: int) -> bool:
+        """Whether ``nbytes`` at ``address`` lie in a segment lent here."""
+        with self._lock:
+            for segment in self._all:
+                offset = address - segment.address
+                if segment.lent and offset >= _PAGE and offset + nbytes <= segment.capacity:
+                    return True
+        return False
 
     def _returned(self, segment: _Segment) -> None:
         """The last object built on a lent segment is gone (a finalizer, on any thread)."""
@@ -329,6 +343,49 @@ def lender() -> Segments:
 def allocate(nbytes: int, zeroed: bool) -> memoryview:
     """``nbytes`` in shared memory that goes by reference when sent (see :mod:`snakepit.shared`)."""
     return lender().allocate(nbytes, zeroed)
+
+
+def _lending_dumps(value: Any, buffer_callback: Any, pickler: type[pickle.Pickler]) -> bytes:
+    """Pickle ``value`` (with ``pickler``: pickle's or cloudpickle's) in a process that lends
+    segments to arrays: an array lying in one goes by reference only if it is C-contiguous.
+    numpy pickles a Fortran-ordered array through a C-ordered transpose it makes for the purpose,
+    which would go by reference while the array sent stayed writable; such an array is pickled
+    from a copy of its own instead (the one-copy path of anything not C-contiguous)."""
+    lender = _LENDER
+    if lender is None or not lender.lent_bytes:
+        return _plain_dumps(value, buffer_callback, pickler)
+    return _plain_dumps(value, buffer_callback, _guarded(pickler))
+
+
+def _guarded(pickler: type[pickle.Pickler]) -> type[pickle.Pickler]:
+    """``pickler`` with numpy arrays reduced by :func:`_reduce_array` (a class attribute: the C
+    pickler reads its dispatch table when it is made)."""
+    guarded = _GUARDED.get(pickler)
+    if guarded is None:
+        import numpy
+
+        table = pickler.__dict__.get("dispatch_table", copyreg.dispatch_table)
+        reducers = collections.ChainMap({numpy.ndarray: _reduce_array}, table)
+        guarded = _GUARDED[pickler] = type(pickler.__name__, (pickler,), {"dispatch_table": reducers})
+    return guarded
+
+
+_GUARDED: dict[type[pickle.Pickler], type[pickle.Pickler]] = {}
+
+
+def _plain_dumps(value: Any, buffer_callback: Any, pickler: type[pickle.Pickler]) -> bytes:
+    out = io.BytesIO()
+    pickler(out, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return out.getvalue()
+
+
+def _reduce_array(array: Any) -> Any:
+    flags = array.flags
+    if not flags.c_contiguous and flags.f_contiguous and array.nbytes >= SHARE_THRESHOLD:
+        lender = _LENDER
+        if lender is not None and lender.holds(array.ctypes.data, array.nbytes):
+            array = array.copy(order="F")
+    return array.__reduce_ex__(5)
 
 
 def _place(segments: Segments, buffer: memoryview) -> Placed:
