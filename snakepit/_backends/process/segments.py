@@ -352,9 +352,11 @@ def _lending_dumps(value: Any, buffer_callback: Any, pickler: type[pickle.Pickle
     which would go by reference while the array sent stayed writable; such an array is pickled
     from a copy of its own instead (the one-copy path of anything not C-contiguous)."""
     lender = _LENDER
-    if lender is None or not lender.lent_bytes:
-        return _plain_dumps(value, buffer_callback, pickler)
-    return _plain_dumps(value, buffer_callback, _guarded(pickler))
+    if lender is not None and lender.lent_bytes:
+        pickler = _guarded(pickler)
+    elif pickler is pickle.Pickler:  # nothing lent now: the usual way
+        return pickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+    return _plain_dumps(value, buffer_callback, pickler)
 
 
 def _guarded(pickler: type[pickle.Pickler]) -> type[pickle.Pickler]:
