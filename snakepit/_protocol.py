@@ -390,9 +390,16 @@ def _plain_list(items: list[Any], depth: int) -> bool:
     return all(type(item) in _SCALARS or _plain(item, depth) for item in items)
 
 
+# How a process that lends shared memory pickles a value whose large buffers travel beside its
+# frame (set by the transport that lends it: see backends/process/segments.py); None: as any.
+lending_dumps: Callable[[Any, Any, Any], bytes] | None = None
+
+
 def _fast_dumps(value: Any, buffer_callback: _OutOfBand | None = None) -> bytes:
     """Pickle with the C pickler; fall back to cloudpickle for what it cannot reference by name."""
     try:
+        if buffer_callback is not None and lending_dumps is not None:
+            return lending_dumps(value, buffer_callback, pickle.Pickler)
         return pickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
     except Exception:
         if buffer_callback is not None:
@@ -403,6 +410,8 @@ def _fast_dumps(value: Any, buffer_callback: _OutOfBand | None = None) -> bytes:
 def _cloud_dumps(value: Any, buffer_callback: _OutOfBand | None = None) -> bytes:
     import cloudpickle
 
+    if buffer_callback is not None and lending_dumps is not None:
+        return lending_dumps(value, buffer_callback, cloudpickle.Pickler)
     return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
 
 

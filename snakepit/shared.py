@@ -15,7 +15,9 @@ maps the pages it lies in, and gets it **read-only**; the array sent becomes rea
 value already delivered never changes under its receiver. Only a contiguous array lying in this
 memory goes by reference (a slice of rows of it, say); anything else -- a non-contiguous view, an
 array made elsewhere -- travels as before, copied once. The memory is reused or given back once
-the arrays built on it are gone and every receiver has dropped what it was sent.
+the arrays built on it are gone and every receiver has dropped what it was sent. A process
+forked after allocating shares the pages of the arrays it inherited (writes show on both sides,
+as with any shared memory); what it allocates itself is its own.
 
 Arrays smaller than 256 KiB travel in the frame anyway: for them these are ordinary arrays, as
 they are wherever memory cannot be shared (a worker of ``backend="ray"``, whose object store

@@ -133,6 +133,15 @@ def test_views_in_a_segment_go_by_reference_and_other_arrays_are_copied(pool):
     assert seen["writeable"] and seen["sum"] == 4.0 * n and plain.flags.writeable
 
 
+def test_a_transposed_array_is_copied_not_lent(pool):
+    # Not C-contiguous, so not by reference (numpy pickles it through a C-ordered transposed view
+    # made for the purpose, which lies in the segment too): copied once, it stays the sender's.
+    sent = shared.zeros((4, MIB // 8)).T
+    seen = pool.execute("describe", {"x": sent})
+    assert seen["inode"] != _inode(sent) and seen["sum"] == 0.0
+    assert sent.flags.writeable  # nothing delivered can change under its receiver
+
+
 def test_an_owner_array_goes_to_the_worker_by_reference(pool):
     x = shared.zeros(8 * MIB // 8)
     x += 2.0
@@ -299,3 +308,54 @@ def test_a_closed_connection_frees_only_the_deliveries_it_still_holds(lent):
     segments.forget("connection B")
     assert segment.map[slot] == 0
     mine.close()
+
+
+def test_a_forked_child_allocates_memory_of_its_own_not_its_parent_s():
+    cached = shared.empty(MIB, dtype="u1")
+    inode = _inode(cached)
+    del cached  # unused now: kept for reuse by this process
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.write(write, str(_inode(shared.empty(MIB, dtype="u1"))).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        child = int(answer.read())
+    os.waitpid(pid, 0)
+    mine = shared.empty(MIB, dtype="u1")  # the parent's own segment again, which the child must not have taken
+    assert _inode(mine) == inode != child
+
+
+def _too_much_scenario() -> None:
+    """Run in a process of its own: it lowers its own limits. Had the check gone, the OOM killer
+    would end this process, not another (its score says so)."""
+    import resource
+
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
+    with open("/proc/meminfo") as f:
+        meminfo = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+    outcomes = {}
+
+    def outcome(nbytes: int) -> str:
+        try:
+            shared.empty(nbytes, dtype="u1")
+        except Exception as exc:
+            return type(exc).__name__
+        return "allocated"
+
+    outcomes["beyond_the_machine"] = outcome(meminfo["MemTotal"] + meminfo["SwapTotal"] + (1 << 30))
+    with open("/proc/self/status") as f:
+        size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (size + (256 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
+    outcomes["beyond_the_address_space"] = outcome(1 << 30)
+    print(json.dumps(outcomes))
+
+
+def test_more_shared_memory_than_there_is_is_a_memory_error():
+    # Not the OOM killer (the pages are allocated at once), nor an OSError: what numpy.empty raises.
+    run = run_scenario("test_shared_arrays._too_much_scenario")
+    assert run["beyond_the_machine"] == run["beyond_the_address_space"] == "MemoryError", run

@@ -207,6 +207,21 @@ def test_a_stream_cancelled_while_it_waits_for_credit_leaves_no_stale_shared_mem
             assert len(value) == 1 << 20 and value[0] == i and value[-1] == i
 
 
+def test_a_burst_of_large_chunks_is_delivered_whole_from_several_threads():
+    # A large chunk's descriptors go over the socket as it enters the stream, its frame maybe into
+    # the queue: a thread waiting for room on the socket must not keep the queue from the pipe,
+    # whose frames are what lets the owner take the descriptors off the socket.
+    with Pool(Threaded, size=1, threads_per_worker=2, **FAST) as pool:
+
+        def firsts(_: int) -> list[int]:
+            chunks = pool.stream("blobs", {"n": 200, "size": 256 << 10}, timeout=60)
+            return [blob[0] for blob in chunks if len(blob) == 256 << 10]
+
+        for _ in range(3):
+            with ThreadPoolExecutor(2) as run:
+                assert list(run.map(firsts, range(2))) == [list(range(200))] * 2
+
+
 def test_chunks_with_metadata_count_against_the_window_too():
     with Pool(Threaded, size=1, threads_per_worker=2) as pool:
         stream = pool.stream("tagged", {"n": 1_000_000})

@@ -44,10 +44,14 @@ connection (the owner's) or its process (the worker's).
 from __future__ import annotations
 
 import collections
+import copyreg
 import ctypes
 import errno
+import io
 import mmap
 import os
+import pickle
+import select
 import socket
 import threading
 import time
@@ -58,7 +62,8 @@ from typing import Any, Protocol
 import msgspec
 from msgspec.msgpack import Ext
 
-from snakepit._protocol import SHARED_EXT, Shared, received_ext
+from snakepit import _protocol as protocol
+from snakepit._protocol import SHARE_THRESHOLD, SHARED_EXT, Shared, received_ext
 
 CACHE_LIMIT = 1 << 30  # bytes of unused segments a sender keeps for reuse (and of idle mappings a receiver keeps)
 IDLE_RELEASE = 1.0  # seconds after which a segment nothing was placed in, or a mapping nothing used, is released
@@ -134,10 +139,12 @@ class _Segment:
     def __init__(self, size: int) -> None:
         self.placed_at = 0.0
         self.capacity = -(-(size + _HEADER) // _GRAIN) * _GRAIN
+        if self.capacity > _available():  # its pages are allocated at once: the OOM killer's to deal with
+            raise MemoryError(f"cannot allocate {size} bytes of shared memory: the system has not that much left")
         self.fd = os.memfd_create("snakepit-value", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, self.capacity)
-            self.map = mmap.mmap(self.fd, self.capacity, flags=_POPULATE)
+            self.map = _map(self.fd, self.capacity, size)
         except BaseException:
             os.close(self.fd)
             raise
@@ -207,6 +214,7 @@ class Segments:
         with self._lock:
             segment, fresh = self._take(nbytes)
             segment.lent = True
+            protocol.lending_dumps = _lending_dumps
             self.lent_bytes += segment.capacity
             self._report()
         holder = (ctypes.c_char * nbytes).from_buffer(segment.map, _PAGE)
@@ -214,6 +222,15 @@ class Segments:
         if zeroed and not fresh:
             ctypes.memset(holder, 0, nbytes)
         return memoryview(holder).cast("B")
+
+    def holds(self, address: int, nbytes: int) -> bool:
+        """Whether ``nbytes`` at ``address`` lie in a segment lent here."""
+        with self._lock:
+            for segment in self._all:
+                offset = address - segment.address
+                if segment.lent and offset >= _PAGE and offset + nbytes <= segment.capacity:
+                    return True
+        return False
 
     def _returned(self, segment: _Segment) -> None:
         """The last object built on a lent segment is gone (a finalizer, on any thread)."""
@@ -303,6 +320,16 @@ _LENDER: Segments | None = None
 _LENDER_LOCK = threading.Lock()
 
 
+def _forget_lender() -> None:
+    """In a forked child: the segments inherited are the parent's, which it keeps using (a
+    segment both reused would be two arrays on the same pages); the child lends its own."""
+    global _LENDER, _LENDER_LOCK
+    _LENDER, _LENDER_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_lender)
+
+
 def lender() -> Segments:
     """This process's segments for :mod:`snakepit.shared` (a worker's are also those its values
     are copied into)."""
@@ -316,6 +343,51 @@ def lender() -> Segments:
 def allocate(nbytes: int, zeroed: bool) -> memoryview:
     """``nbytes`` in shared memory that goes by reference when sent (see :mod:`snakepit.shared`)."""
     return lender().allocate(nbytes, zeroed)
+
+
+def _lending_dumps(value: Any, buffer_callback: Any, pickler: type[pickle.Pickler]) -> bytes:
+    """Pickle ``value`` (with ``pickler``: pickle's or cloudpickle's) in a process that lends
+    segments to arrays: an array lying in one goes by reference only if it is C-contiguous.
+    numpy pickles a Fortran-ordered array through a C-ordered transpose it makes for the purpose,
+    which would go by reference while the array sent stayed writable; such an array is pickled
+    from a copy of its own instead (the one-copy path of anything not C-contiguous)."""
+    lender = _LENDER
+    if lender is not None and lender.lent_bytes:
+        pickler = _guarded(pickler)
+    elif pickler is pickle.Pickler:  # nothing lent now: the usual way
+        return pickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+    return _plain_dumps(value, buffer_callback, pickler)
+
+
+def _guarded(pickler: type[pickle.Pickler]) -> type[pickle.Pickler]:
+    """``pickler`` with numpy arrays reduced by :func:`_reduce_array` (a class attribute: the C
+    pickler reads its dispatch table when it is made)."""
+    guarded = _GUARDED.get(pickler)
+    if guarded is None:
+        import numpy
+
+        table = pickler.__dict__.get("dispatch_table", copyreg.dispatch_table)
+        reducers = collections.ChainMap({numpy.ndarray: _reduce_array}, table)
+        guarded = _GUARDED[pickler] = type(pickler.__name__, (pickler,), {"dispatch_table": reducers})
+    return guarded
+
+
+_GUARDED: dict[type[pickle.Pickler], type[pickle.Pickler]] = {}
+
+
+def _plain_dumps(value: Any, buffer_callback: Any, pickler: type[pickle.Pickler]) -> bytes:
+    out = io.BytesIO()
+    pickler(out, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return out.getvalue()
+
+
+def _reduce_array(array: Any) -> Any:
+    flags = array.flags
+    if not flags.c_contiguous and flags.f_contiguous and array.nbytes >= SHARE_THRESHOLD:
+        lender = _LENDER
+        if lender is not None and lender.holds(array.ctypes.data, array.nbytes):
+            array = array.copy(order="F")
+    return array.__reduce_ex__(5)
 
 
 def _place(segments: Segments, buffer: memoryview) -> Placed:
@@ -439,6 +511,18 @@ class Mappings:
             self.sweep(float("inf"))
 
 
+def _available() -> int:
+    """Bytes the system can still give this process without swapping out or killing anything
+    (available memory and free swap), or unbounded if it does not say."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 1 << 63
+    counted = [int(line.split()[1]) * 1024 for line in lines if line.startswith((b"MemAvailable:", b"SwapFree:"))]
+    return sum(counted) if counted else 1 << 63
+
+
 def _map(fd: int, length: int, size: int) -> mmap.mmap:
     """All of segment ``fd``, its pages present (faulted in one go, not one by one on use)."""
     try:
@@ -449,9 +533,15 @@ def _map(fd: int, length: int, size: int) -> mmap.mmap:
         raise
 
 
-def send_fds(sock: socket.socket, fds: list[int]) -> None:
-    """Pass ``fds`` over ``sock`` (blocking: a receiver that lags holds the sender back)."""
+def send_fds(sock: socket.socket, fds: list[int], wait: Callable[[], object] | None = None) -> None:
+    """Pass ``fds`` over ``sock`` (blocking: a receiver that lags holds the sender back). With
+    ``wait``, the socket is not waited on: ``wait()`` is called while it has no room, then it is
+    looked at again (only the caller sends on it). ``MSG_DONTWAIT`` would not do: a Unix socket
+    passing descriptors waits for room regardless (Linux 6.18)."""
     for start in range(0, len(fds), _MAX_FDS):
+        if wait is not None:
+            while not select.select((), (sock,), (), 0)[1]:
+                wait()
         socket.send_fds(sock, [b"s"], fds[start : start + _MAX_FDS])
 
 

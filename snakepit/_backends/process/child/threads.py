@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,8 @@ class SharedOutbox(Outbox):
         self._sock = sock
         self._pending = threading.local()  # this thread's placed segments, for its next message
         self.share = segments.deferred_sender(shared, self._pending)
+        self._fds_turn = threading.Condition(self._lock)  # see _send_pending
+        self._fds_sending = False
         self._credit = threading.Condition()
         self._credits: dict[int, int] = {}  # stream id -> frames it may still send
         self._cancelled: set[int] = set()  # streams cancelled while they may wait for credit
@@ -70,10 +73,30 @@ class SharedOutbox(Outbox):
 
     def _send_pending(self) -> None:
         """The lock is held and a message of this thread enters the stream: its segments' descriptors
-        go first, so that the socket and the pipe stay in step."""
+        go first, so that the socket and the pipe stay in step.
+
+        The owner takes descriptors off the socket as it reads their frames, some of which may be
+        in the queue: while the socket is full, the lock is let go (the writer thread flushes the
+        queue meanwhile), and other threads' descriptors wait for this thread's to be all sent."""
         fds = segments.take_pending(self._pending)
-        if fds:
-            segments.send_fds(self._sock, fds)
+        if not fds:
+            return
+        while self._fds_sending:
+            self._fds_turn.wait()
+        self._fds_sending = True
+        try:
+            segments.send_fds(self._sock, fds, self._wait_for_socket)
+        finally:
+            self._fds_sending = False
+            self._fds_turn.notify_all()
+
+    def _wait_for_socket(self) -> None:
+        """The socket is full (lock held): wait for room in it, without the lock."""
+        self._lock.release()
+        try:
+            select.select((), (self._sock,), (), 1.0)
+        finally:
+            self._lock.acquire()
 
     def _admit(self, call_id: int) -> tuple[Callable[[], None], Callable[[], None]]:
         """A chunk of ``call_id`` holds a frame of its stream's window before it takes the lock
