@@ -31,6 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from itertools import repeat
 from typing import Any, Self
 
 from snakepit import _errors as errors
@@ -424,6 +425,9 @@ def end_call(exchange: Exchange, error: BaseException | None = None) -> None:
         exchange.context.end(error)
 
 
+_ALL_BYTES = {bytes}  # the types of a run of chunks the worker encoded as JSON
+
+
 class Delivery:
     """The one chunk-delivery loop of every stream driver (sync and asyncio, callback and
     iterator): the next chunk's data as the caller may have it -- decoded, and only before the
@@ -480,7 +484,9 @@ class Delivery:
             self.metadata = None
         if self.exchange.encode is not None:
             deliver = self.exchange.deliver
-            if self.exchange.worker_encodes:  # the common case in a comprehension: no call per chunk
+            if self.exchange.worker_encodes:
+                if set(map(type, items)) == _ALL_BYTES:  # the common case, in C-level passes
+                    return list(map(Encoded, items, repeat(JSON, len(items))))
                 return [Encoded(item, JSON) if type(item) is bytes else deliver(item) for item in items]
             return [deliver(item) for item in items]
         decode = self.exchange.decode

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import operator
 import pickle
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -60,6 +61,10 @@ _DEADLINE_MARGIN = 0.25  # seconds (at most a tenth of the time left) the pool's
 _ENVELOPE = 4096  # bytes of a response that are not its data, at most (ids, metadata, framing)
 _UNTRUSTED_WINDOW = 1 << 20  # bytes of a stream's body grpc takes in before it is read, with a token
 _BIND_ATTEMPTS = 4  # port 0: fresh ports to try when another server takes one between the check and the bind
+# A batch's fields, read in C-level passes (see _Bridge._batches).
+_DATA = operator.attrgetter("data")
+_CONTENT_TYPE = operator.attrgetter("content_type")
+_JSON_ONLY = {codec.JSON}
 
 
 @dataclass(frozen=True)
@@ -494,8 +499,8 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         """Encoded chunks as batches, as few as fit in a message each: JSON arrays, except that
         for a client that takes pickles a batch holding a chunk JSON cannot carry exactly is a
         pickled list (a ``bytes`` chunk is base64 in a JSON array)."""
-        datas = [part.data for part in values]
-        if sum(map(len, datas)) + len(datas) + 1 <= self._budget and {part.content_type for part in values} == {codec.JSON}:
+        datas = list(map(_DATA, values))
+        if sum(map(len, datas)) + len(datas) + 1 <= self._budget and set(map(_CONTENT_TYPE, values)) == _JSON_ONLY:
             return [Encoded(b"[" + b",".join(datas) + b"]", codec.JSON)]  # the common case, in C-level passes
         batches: list[Encoded] = []
         parts: list[Encoded] = []
