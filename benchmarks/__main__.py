@@ -9,7 +9,7 @@ thresholds, so that the benchmarks cannot rot). ``--json`` writes every result a
 facts (CPU count and model, kernel, Python and library versions); ``python -m benchmarks.compare
 OLD.json NEW.json`` prints how the figures moved between two such files.
 
-Ray's benchmark runs when Ray is installed (``pip install 'snakepit[ray]'``).
+Ray's benchmark runs when Ray is installed (``pip install 'snakepit-pool[ray]'``).
 """
 
 from __future__ import annotations

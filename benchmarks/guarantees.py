@@ -1,4 +1,4 @@
-"""The README's promptness promises, measured: how long each "at once" and "at the deadline" takes.
+"""The promptness promises of the failure semantics guide, measured: how long each "at once" and "at the deadline" takes.
 
 The failure table promises that some errors come at once (``worker_busy``, ``pool_saturated``,
 ``pool_closed`` when ``close()`` begins, ``worker_crashed`` when a worker dies), that a timeout
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         samples["SIGKILL -> worker_crashed"].append(error)
         samples["SIGKILL -> replacement ready"].append(replaced)
     width = max(map(len, BOUNDS))
-    print(f"\nPromptness of the README's promises, {repeats} run(s) each, ms (the suite allows, in ms)")
+    print(f"\nPromptness of the documented promises, {repeats} run(s) each, ms (the suite allows, in ms)")
     print(f"{'promise'.ljust(width)}  {'median':>9}  {'worst':>9}  {'tests allow':>11}  {'headroom':>9}")
     results = {}
     for name, values in samples.items():

@@ -155,7 +155,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     try:
         from benchmarks.__main__ import main as bench_main
     except ImportError:
-        print("snakepit: the benchmarks live in the source checkout: run this from its root", file=sys.stderr)
+        print(
+            "snakepit: the benchmarks are not part of the installed package: run this from the root of a source"
+            " checkout or of the unpacked sdist (pip download --no-binary :all: --no-deps snakepit-pool)",
+            file=sys.stderr,
+        )
         return 2
     return bench_main(args.names)
 

@@ -125,9 +125,10 @@ class Executor(concurrent.futures.Executor):
 
     Parameters:
         max_workers: worker processes (default: the CPUs available).
-        initializer, initargs: ``initializer(*initargs)`` runs in every worker as it starts,
+        initializer: ``initializer(*initargs)`` runs in every worker as it starts,
             replacements included; if it raises, the futures waiting fail with
             ``worker_start_failed``.
+        initargs: the arguments of ``initializer``.
         timeout: each call's limit in seconds (``None``: none); a call past it is cancelled in
             its worker and its future raises :class:`snakepit.TimeoutError`.
         max_tasks_per_child: a worker is replaced after this many calls (the pool's

@@ -2,7 +2,7 @@
 processes or Ray actors -- calls, streams, cancellation, errors, sessions and the three affinity
 modes, map, asyncio, a worker that dies mid-stream.
 
-The differences the README's backend table lists are encoded here, and nothing more:
+The differences the Ray guide's backend table lists are encoded here, and nothing more:
 * a crashed process worker's error names its exit (``exit_code``/``signal``), an actor's the
   error Ray reported (``error``);
 * chunks a process worker yielded before dying are all delivered (its spill queue); an actor's

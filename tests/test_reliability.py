@@ -669,7 +669,7 @@ def test_processes_a_tool_started_end_when_its_worker_is_killed_for_a_timeout(ho
 @pytest.mark.parametrize("how", SPAWNS)
 def test_processes_a_tool_started_end_when_its_worker_crashes_unless_in_their_own_session(how, tmp_path, monkeypatch):
     """After an unexpected death the worker's group is ended; a process that started a session
-    of its own left the group and escapes (as the README says)."""
+    of its own left the group and escapes (as the failure semantics guide says)."""
     record = tmp_path / "spawned"
     monkeypatch.setenv("SNAKEPIT_TEST_SPAWNED", str(record))
     try:

@@ -78,11 +78,11 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         timeout: default per-call limit in seconds, covering time queued and time running;
             ``None`` or ``math.inf`` for no limit.
         max_retries: how many times a call of an ``@tool(idempotent=True)`` tool runs again on
-            another worker when its worker dies under it (see the README's *Crash barrier*).
+            another worker when its worker dies under it (see *Crash barrier* in the failure semantics guide).
         threads_per_worker: calls each worker process runs at once, each on a thread of its own,
             over one adapter instance (which must say ``thread_safe = True``): capacity is
             ``size * threads_per_worker``. For I/O-bound tools and code that releases the GIL;
-            see the README's *Thread profile*.
+            see the *Thread profile* in the pool's settings guide.
         max_queue: how many calls may wait for a worker before ``pool_saturated``.
         queue_timeout: how long a call may wait for a worker before ``queue_timeout``
             (``None`` or ``math.inf``: as long as it takes).
@@ -99,12 +99,12 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
             environment): ``lambda i: {"CUDA_VISIBLE_DEVICES": str(i)}`` gives each worker a GPU
             of its own. BLAS/OpenMP thread counts are set to 1 unless this overrides them.
         backend: where workers run: ``"process"`` (local worker processes, the default) or
-            ``"ray"`` (Ray actors, on this machine or a cluster; see the README's *Scaling out*).
+            ``"ray"`` (Ray actors, on this machine or a cluster; see the Ray guide).
         start_method: how ``backend="process"`` starts a worker: ``"forkserver"`` (the default)
             forks it from a template process that has already imported snakepit and the
             adapter's module (a ``"module:Class"`` adapter, or a class importable by name), so a
             worker starts in milliseconds; ``"spawn"`` starts a fresh interpreter each time (what
-            the template falls back to if it cannot serve). See the README's *Start-up*.
+            the template falls back to if it cannot serve). See *Start-up* in the pool's settings guide.
         start_timeout: how long a worker may take to import and ``initialize()``. This and
             ``cancel_grace``, ``shutdown_timeout`` and ``heartbeat_timeout`` may be ``None`` (or
             ``math.inf``): no limit.
@@ -117,11 +117,12 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         heartbeat_interval: how often idle workers are pinged.
         heartbeat_timeout: an idle worker that has not answered a ping for this long is hung: it
             is killed and replaced.
-        quarantine_after, quarantine_window: a worker slot that loses this many workers (crashes
-            and failed starts, not workers the pool killed itself) within this many seconds is
+        quarantine_after: a worker slot that loses this many workers (crashes and failed
+            starts, not workers the pool killed itself) within ``quarantine_window`` seconds is
             quarantined: its next worker starts after a back-off (1 s, doubling with each
-            quarantine in a row, up to 60 s), while the other workers keep serving.
-            ``quarantine_after=None``: never.
+            quarantine in a row, up to 60 s), while the other workers keep serving. ``None``:
+            never.
+        quarantine_window: the window of ``quarantine_after``, in seconds.
         setup: for plain functions: called once in each worker before its first call; what it
             returns is passed as the keyword ``state`` to the functions that declare a ``state``
             parameter (a model, a connection), which callers then do not pass.
@@ -679,7 +680,7 @@ class Pool(Calls["Stream", "AsyncStream"], Starmap):
         the process's n-th pool); ``registry`` (e.g. ``prometheus_client.REGISTRY``): be scraped
         from it too, beside any other pools there (with labels of their own). What
         :meth:`stats` counts is read at each scrape; per-tool outcomes and times are recorded
-        by calls made from now on. See the README's *Prometheus metrics*.
+        by calls made from now on. See *Prometheus metrics* in the observability guide.
         """
         if self._dispatcher.closed:
             raise errors.pool_closed()

@@ -292,7 +292,7 @@ class _BearerToken(grpc.aio.ServerInterceptor):
     a unary request before its handler runs, so a refusal of the method's own kind would let
     whoever connects make the server take in messages of up to ``max_message_mb``. A refused call
     gets a request-streaming handler that reads nothing and aborts at once; grpc core holds at
-    most the stream's HTTP/2 flow-control window of its body (see the README's *Security*).
+    most the stream's HTTP/2 flow-control window of its body (see the gRPC guide's *Security*).
     """
 
     def __init__(self, token: str) -> None:
