@@ -71,7 +71,7 @@ async def main(opts: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8765, help="0: any free port")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=20)

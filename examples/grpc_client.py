@@ -11,7 +11,7 @@ against it. Clients in other languages use Snakepit's bridge protocol
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 from snakepit import SnakepitError
 from snakepit.grpc import Client
@@ -31,4 +31,6 @@ def main(address: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("address", nargs="?", default="127.0.0.1:50051", help="the server's host:port")
+    main(parser.parse_args().address)

@@ -33,7 +33,7 @@ class Calculator(BaseAdapter):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--address", default="127.0.0.1:50051")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--run-client", action="store_true", help="call the server from another process, then stop")

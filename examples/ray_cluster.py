@@ -33,7 +33,7 @@ class Featurizer(BaseAdapter):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--address", default=None, help="a Ray cluster (default: RAY_ADDRESS, else a new local Ray)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--documents", type=int, default=1000)

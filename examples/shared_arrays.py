@@ -38,7 +38,7 @@ class Filters(BaseAdapter):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=int, default=256, help="how much frame data to push through")
     parser.add_argument("--workers", type=int, default=2)
     opts = parser.parse_args()

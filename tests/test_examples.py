@@ -56,3 +56,16 @@ def test_an_example_runs(name, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for pattern in expected:
         assert re.search(pattern, done.stdout), (pattern, done.stdout)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_an_example_takes_help(name, tmp_path):
+    """examples/README.md promises `--help` for each: a usage line and the docstring's whole
+    first paragraph, not a sentence cut at its first line break."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith(f"usage: {name}")
+    first_paragraph = " ".join((EXAMPLES / name).read_text().split('"""')[1].split("\n\n")[0].split())
+    assert first_paragraph in " ".join(done.stdout.split())
