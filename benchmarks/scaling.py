@@ -74,6 +74,7 @@ from snakepit import Pool, SnakepitError
 
 from ._harness import common_options, emit_json, print_curve
 from .startup import pool_start
+from .stream_throughput import bench_concurrent_streams
 
 ADAPTER = "benchmarks._scaling_adapters:Scaling"
 CALLERS = 8  # threads of the many-callers column
@@ -361,21 +362,8 @@ def curve_waiting(counts: list[int], handovers: list[int], calls: int, repeats: 
 
 
 def threaded_streams(pool: Pool, streams: int, chunks: int) -> float:
-    each = chunks // streams
-    barrier = threading.Barrier(streams + 1)
-
-    def consume() -> None:
-        barrier.wait()
-        assert sum(1 for _ in pool.stream("numbers", {"n": each})) == each
-
-    threads = [threading.Thread(target=consume) for _ in range(streams)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    return streams * each / (time.perf_counter() - start)
+    """Aggregate chunks/s of ``chunks`` split among ``streams`` streams, each in a thread."""
+    return bench_concurrent_streams(pool, chunks // streams, streams)
 
 
 def async_streams(pool: Pool, streams: int, chunks: int) -> float:
