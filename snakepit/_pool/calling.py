@@ -302,7 +302,7 @@ class CallRunner:
             context.correlation_id,
             None if context.span is None else context.span.traceparent,
             exact,
-            encode if self.encodes else None,  # else the owner encodes every value (see Exchange.decode)
+            encode if self.encodes else None,  # else the owner encodes every value (see Exchange.deliver)
         )
         now = time.monotonic()
         queue_limit = self.queue_timeout

@@ -230,13 +230,7 @@ class Exchange:
                     self._index += 1
                     if kind is Failure:
                         raise_failure(message)
-                    value = message.value
-                    if self.encode is None:
-                        return decode_value(value)
-                    if self.worker_encodes and type(value) is bytes:
-                        return Encoded(value, JSON)
-                    value = decode_value(value)
-                    return value if type(value) is Encoded else encoded(value, self.encode)
+                    return decode_value(message.value) if self.encode is None else self.deliver(message.value)
             self._index += 1
         return MORE
 
@@ -300,7 +294,7 @@ class Exchange:
             raise
 
     def deliver(self, value: Any) -> Any:
-        """A chunk's data as the caller gets it: :meth:`decode`, and with the call's ``encode``
+        """A result or chunk as the caller gets it: :meth:`decode`, and with the call's ``encode``
         option an :class:`Encoded` (what the worker did not encode, the owner does, the same
         way); a value that cannot be encoded ends the stream."""
         kind = type(value)
@@ -484,10 +478,8 @@ class Delivery:
             self.metadata = None
         if self.exchange.encode is not None:
             deliver = self.exchange.deliver
-            if self.exchange.worker_encodes:
-                if set(map(type, items)) == _ALL_BYTES:  # the common case, in C-level passes
-                    return list(map(Encoded, items, repeat(JSON, len(items))))
-                return [Encoded(item, JSON) if type(item) is bytes else deliver(item) for item in items]
+            if self.exchange.worker_encodes and set(map(type, items)) == _ALL_BYTES:
+                return list(map(Encoded, items, repeat(JSON, len(items))))  # the common case, in C-level passes
             return [deliver(item) for item in items]
         decode = self.exchange.decode
         return [item if type(item) not in PACKED else decode(item) for item in items]

@@ -188,8 +188,7 @@ class Router:
         self.join(worker, group)
         ticket = self.release(worker)
         if ticket is None:
-            idle = self._idle_pinned if self._group[worker] in self._pinned else self._idle
-            idle.move_to_end(worker, last=False)
+            self._idle_of(self._group[worker]).move_to_end(worker, last=False)
         return ticket
 
     def join(self, worker: int, group: int | None = None) -> None:
@@ -203,13 +202,13 @@ class Router:
         self._busy.discard(worker)
         group = self._group.get(worker, worker)
         if not self._waiting:
-            (self._idle_pinned if group in self._pinned else self._idle)[worker] = None
+            self._idle_of(group)[worker] = None
             return None
         strict = self._strict.get(group)
         head_any = next(iter(self._any), None)
         head_strict = next(iter(strict), None) if strict else None
         if head_any is None and head_strict is None:
-            (self._idle_pinned if group in self._pinned else self._idle)[worker] = None
+            self._idle_of(group)[worker] = None
             return None
         ticket: Ticket
         if head_strict is None or (head_any is not None and head_any.seq < head_strict.seq):
@@ -258,6 +257,10 @@ class Router:
         return tickets
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _idle_of(self, group: int) -> OrderedDict[int, None]:
+        """Where the idle workers of ``group`` wait: apart while a live session is pinned to it."""
+        return self._idle_pinned if group in self._pinned else self._idle
 
     def _serve(self, ticket: Ticket, worker: int) -> None:
         if self._idle.pop(worker, False) is False:

@@ -354,6 +354,11 @@ async def _abort(
     raise AssertionError("grpc's abort returned")  # it raises: the call is over
 
 
+def _json_array(items: list[bytes]) -> Encoded:
+    """Chunks already JSON, as one JSON array."""
+    return Encoded(b"[" + b",".join(items) + b"]", codec.JSON)
+
+
 class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
     def __init__(self, pool: Pool, allow_pickle: bool, max_bytes: int) -> None:
         self._pool: Pool = pool
@@ -501,7 +506,7 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
         pickled list (a ``bytes`` chunk is base64 in a JSON array)."""
         datas = list(map(_DATA, values))
         if sum(map(len, datas)) + len(datas) + 1 <= self._budget and set(map(_CONTENT_TYPE, values)) == _JSON_ONLY:
-            return [Encoded(b"[" + b",".join(datas) + b"]", codec.JSON)]  # the common case, in C-level passes
+            return [_json_array(datas)]  # the common case, in C-level passes
         batches: list[Encoded] = []
         parts: list[Encoded] = []
         size = 2
@@ -521,7 +526,7 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
     def _batch(self, parts: list[Encoded]) -> list[Encoded]:
         """One batch of chunks (two or more, if a pickled one turns out too large)."""
         if all(part.content_type == codec.JSON for part in parts):
-            return [Encoded(b"[" + b",".join(part.data for part in parts) + b"]", codec.JSON)]
+            return [_json_array([part.data for part in parts])]
         data = pickle.dumps([codec.decode_value(part.data, part.content_type) for part in parts], protocol=5)
         if len(data) <= self._budget or len(parts) == 1:
             return [Encoded(data, codec.PICKLE)]  # a lone chunk too large is refused by the caller

@@ -226,11 +226,15 @@ class Segments:
     def holds(self, address: int, nbytes: int) -> bool:
         """Whether ``nbytes`` at ``address`` lie in a segment lent here."""
         with self._lock:
-            for segment in self._all:
-                offset = address - segment.address
-                if segment.lent and offset >= _PAGE and offset + nbytes <= segment.capacity:
-                    return True
-        return False
+            return self._lent_at(address, nbytes) is not None
+
+    def _lent_at(self, address: int, nbytes: int) -> _Segment | None:
+        """The lent segment ``nbytes`` at ``address`` lie in, if any (lock held)."""
+        for segment in self._all:
+            offset = address - segment.address
+            if segment.lent and offset >= _PAGE and offset + nbytes <= segment.capacity:
+                return segment
+        return None
 
     def _returned(self, segment: _Segment) -> None:
         """The last object built on a lent segment is gone (a finalizer, on any thread)."""
@@ -254,17 +258,15 @@ class Segments:
         if address is None:
             return None
         with self._lock:
-            for segment in self._all:
-                offset = address - segment.address
-                if segment.lent and offset >= _PAGE and offset + buffer.nbytes <= segment.capacity:
-                    slot = segment.map.find(b"\0", 1, _SLOTS)
-                    if slot < 0:  # every slot is taken: a copy it is
-                        return None
-                    segment.map[slot] = 1
-                    segment.to.pop(slot, None)  # delivered over a connection since closed, and dropped
-                    break
-            else:
+            segment = self._lent_at(address, buffer.nbytes)
+            if segment is None:
                 return None
+            slot = segment.map.find(b"\0", 1, _SLOTS)
+            if slot < 0:  # every slot is taken: a copy it is
+                return None
+            segment.map[slot] = 1
+            segment.to.pop(slot, None)  # delivered over a connection since closed, and dropped
+        offset = address - segment.address
         flags = getattr(buffer.obj, "flags", None)  # a numpy array's: the one sent
         if flags is not None:
             flags.writeable = False

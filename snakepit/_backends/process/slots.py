@@ -10,8 +10,8 @@ Reading the pipe at once, whatever the callers do, is what keeps one slow stream
 stalling the process's other calls; the stream itself is held back by credit: its thread in the
 worker stops after ``STREAM_WINDOW`` frames this side has not taken (see ``child.threads``), and
 :meth:`SlotConnection.take` grants more as its consumer takes them. So an inbox holds at most a
-window of frames (a batch of small chunks is one frame of at most ``BATCH_BYTES``). What a process had queued in its crash-safe queue when it died is sorted after
-everything it wrote.
+window of frames (a batch of small chunks is one frame of at most ``BATCH_BYTES``). What a
+process had queued in its crash-safe queue when it died is sorted after everything it wrote.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ of chunks are queued and batched in its crash-safe queue, as with one thread: a 
 owner wake-up per chunk would cost a stream most of its speed. A stream may have at most
 ``STREAM_WINDOW`` frames unread by the owner, a batch being one frame of at most
 ``BATCH_BYTES``; its thread then waits for ``Credit``, which the owner grants as its consumer
-takes them. So a slow consumer holds back its own stream, never
-the others: the owner reads the pipe at once, whatever its callers do.
+takes them. So a slow consumer holds back its own stream, never the others: the owner reads
+the pipe at once, whatever its callers do.
 """
 
 from __future__ import annotations
