@@ -186,6 +186,29 @@ def test_many_astreams_on_one_loop_interleave():
     assert all(order[:first_done].count(k) > 0 for k in range(streams))
 
 
+def test_a_consumer_busy_elsewhere_leaves_the_loop_idle(pool):
+    """While a stream's consumer awaits something else (a slow client's socket, say) with the
+    worker's chunks unread in the pipe, the loop sleeps: a reader left watching a readable pipe
+    would wake it on every turn, spinning a core until the consumer came back."""
+
+    async def main():
+        stream = pool.astream("count", {"n": 200_000})
+        async with stream:
+            await stream.__anext__()  # the worker is producing, and watched
+            await asyncio.sleep(0.05)  # its pipe fills while nobody reads it
+            started, used = time.monotonic(), time.thread_time()
+            await asyncio.sleep(0.5)
+            idle_cpu, elapsed = time.thread_time() - used, time.monotonic() - started
+            rest = [chunk async for chunk in stream]  # nothing was lost meanwhile
+        return idle_cpu, elapsed, rest
+
+    idle_cpu, elapsed, rest = run(main())
+    assert len(rest) == 200_000 - 1 and rest[-1]["number"] == 200_000 - 1
+    # A spinning loop burns the whole wait (half of it on a machine kept busy); a sleeping one
+    # a few milliseconds.
+    assert idle_cpu < elapsed / 5, (idle_cpu, elapsed)
+
+
 def test_sync_and_async_callers_share_one_pool():
     with Pool(Toolbox, size=2) as pool:
         results = []

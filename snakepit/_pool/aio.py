@@ -122,8 +122,14 @@ class Readable:
     def _ready(self, exited: bool) -> None:
         if exited:
             self.exited = True
-        if self._future is not None and not self._future.done():
-            self._future.set_result(None)
+        future = self._future
+        if future is None:
+            # Nobody waits: the consumer is busy elsewhere (awaiting a socket, say) while the
+            # worker's output sits unread. A reader is level-triggered, so left in place it would
+            # wake the loop on every turn until then: it goes, and the next wait watches again.
+            self._pause()
+        elif not future.done():
+            future.set_result(None)
 
     async def wait(self, deadline: float | None) -> None:
         """Until readable; ``DeadlineExceeded`` if ``deadline`` (monotonic, = loop time) passes."""
@@ -140,10 +146,14 @@ class Readable:
         if deadline is not None and self._loop.time() >= deadline:
             raise DeadlineExceeded()
 
-    def close(self) -> None:
-        unwatch, self._unwatch, self._conn = self._unwatch, None, None
+    def _pause(self) -> None:
+        unwatch, self._unwatch = self._unwatch, None
         if unwatch is not None:
             unwatch()
+
+    def close(self) -> None:
+        self._pause()
+        self._conn = None
 
     def close_soon(self) -> None:
         """:meth:`close`, from any thread (a garbage collection): on the loop's own thread."""
