@@ -60,6 +60,58 @@ def check_encoding(encode: Any) -> str | None:
     raise errors.validation(Reason.INVALID_ARGUMENTS, f"encode must be None, 'json' or 'pickle', got {encode!r}")
 
 
+def check_batch(batch: Any, encode: str | None, stream: bool) -> int | None:
+    """A call's ``batch`` option: None, or how many chunks at most one value packs (a stream's,
+    with an ``encode`` option); else ``invalid_arguments``."""
+    if batch is None:
+        return None
+    if type(batch) is not int or batch < 1:
+        raise errors.validation(Reason.INVALID_ARGUMENTS, f"batch must be None or a positive int, got {batch!r}")
+    if not stream:
+        raise errors.validation(Reason.INVALID_ARGUMENTS, "batch packs a stream's chunks: it applies to streaming calls only")
+    if encode is None:
+        raise errors.validation(Reason.INVALID_ARGUMENTS, "batch packs encoded chunks: give encode='json' or 'pickle' with it")
+    return batch
+
+
+def element_into(value: Any, buffer: bytearray, accept_pickle: bool) -> bool:
+    """Write ``value`` into ``buffer`` (in place of what it held) as an element of a JSON array
+    of chunks (see :func:`packed`); False where it travels in a pickled list instead (a client
+    that takes pickles, and JSON does not carry the value exactly). Without pickles, a ``bytes``
+    chunk is its base64 string and a float JSON has no number for is ``"NaN"``, ``"Infinity"``
+    or ``"-Infinity"``, as each is when it travels alone; ``serialization_error`` where JSON
+    cannot carry the value at all. Into a buffer: a stream's worker encodes every chunk so."""
+    if accept_pickle:
+        if type(value) is bytes or not exact_json(value):
+            return False
+        try:
+            _json_encoder.encode_into(value, buffer)
+        except UnicodeEncodeError:  # a str with a lone surrogate
+            return False
+        return True
+    if type(value) is float and not math.isfinite(value):
+        buffer[:] = non_finite_json(value)
+        return True
+    try:
+        _json_converting.encode_into(value, buffer)
+    except (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError):
+        to_json(value)  # raises the serialization_error this is
+        raise
+    return True
+
+
+def packed(values: list[Any], *, accept_pickle: bool) -> Encoded:
+    """Chunks as one value of a batched stream: a JSON array of them, or, where one of them
+    cannot be an element of it (see :func:`element_into`), the pickled list."""
+    buffer = bytearray()
+    elements = []
+    for value in values:
+        if not element_into(value, buffer, accept_pickle):
+            return Encoded(pickle.dumps(values, protocol=5), PICKLE)
+        elements.append(bytes(buffer))
+    return Encoded(b"[" + b",".join(elements) + b"]", JSON)
+
+
 def encoded(value: Any, encode: str) -> Encoded:
     """``value`` as :func:`encode_value` encodes it (``encode``: ``"json"`` or ``"pickle"``)."""
     data, content_type = encode_value(value, accept_pickle=encode == "pickle")
@@ -116,6 +168,9 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"no JSON form for {type(value).__module__}.{type(value).__qualname__}")
 
 
+_json_converting = msgspec.json.Encoder(enc_hook=json_default)  # see to_json
+
+
 def encode_value(value: Any, *, accept_pickle: bool) -> tuple[bytes, str]:
     """A result's or chunk's bytes, and their content type (JSON, octets, pickle)."""
     kind = type(value)
@@ -152,7 +207,7 @@ def to_json(value: Any) -> bytes:
     """``value`` as JSON, converted as :func:`json_default` documents where JSON has no form for
     it (bytes nested in it become base64); ``serialization_error`` if it cannot be."""
     try:
-        return msgspec.json.encode(value, enc_hook=json_default)
+        return _json_converting.encode(value)
     except RecursionError:
         raise too_deep(f"a value of type {type(value).__qualname__}") from None
     except (TypeError, ValueError, msgspec.EncodeError, OverflowError) as exc:  # ValueError: a lone surrogate, too

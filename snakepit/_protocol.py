@@ -56,6 +56,7 @@ __all__ = [
     "Log",
     "encode_value",
     "encoded_wire",
+    "json_ext",
     "encode_with",
     "exact",
     "exact_args",
@@ -105,6 +106,7 @@ class Call(_Msg, tag=2):
     trace: str | None  # the W3C traceparent of the owner's span for the call, when traced
     args: Any
     encode: str | None  # "json" or "pickle": send values encoded so (see encoded_wire), else None
+    batch: int | None  # with encode, a stream's: pack up to this many chunks at hand per value
     stream: bool  # last, always: is_stream_call reads it from a frame's last byte
 
 
@@ -264,6 +266,7 @@ def call_frame(
     trace: str | None = None,
     exact: bool | None = None,
     encode: str | None = None,
+    batch: int | None = None,
 ) -> bytearray:
     """A ``Call`` frame without its id (see :func:`stamp_call_id`); ``serialization_error`` if
     the arguments cannot travel. ``exact``: what :func:`exact_args` says of them, if the caller
@@ -271,11 +274,13 @@ def call_frame(
     frame = None
     if exact_args(args) if exact is None else exact:
         try:
-            frame = encode_frame(Call(_UNSTAMPED, tool, correlation, trace, args, encode, stream))
+            frame = encode_frame(Call(_UNSTAMPED, tool, correlation, trace, args, encode, batch, stream))
         except REFUSED:
             pass
     if frame is None:
-        frame = encode_frame(Call(_UNSTAMPED, tool, correlation, trace, pickled(args, _cloud_dumps, share), encode, stream))
+        frame = encode_frame(
+            Call(_UNSTAMPED, tool, correlation, trace, pickled(args, _cloud_dumps, share), encode, batch, stream)
+        )
     if frame[_CALL_ID_AT - 1] != _UINT64:  # the layout of Call changed: the stamp would corrupt it
         raise AssertionError("unexpected Call frame layout")
     return frame
@@ -288,9 +293,13 @@ def stamp_call_id(frame: bytearray, call_id: int) -> None:
 # A worker streaming many small chunks encodes each one's envelope once per stream, not once per
 # chunk: Chunk(id, data, False, None) is the array [tag, id, data, false, nil], so a frame is the
 # part before ``data``, the data, and a fixed two-byte tail; and Chunks(id, [...]) is a prefix and
-# an array32 whose count is patched when the batch closes.
+# an array32 whose count is patched when the batch closes. A batched stream's batch is a Chunks
+# of one item, a bin32 holding a JSON array, whose length is patched when it closes (see
+# _backends.process.spill).
 _CHUNK_TAIL = b"\xc2\xc0"  # final=False, metadata=None
 _ARRAY32 = b"\xdd"
+_BIN32 = b"\xc6"
+ARRAY_BYTES = 1 << 20  # the most a batched stream's JSON array holds, unless one element is larger
 
 STREAM_WINDOW = 64  # frames of one stream the owner may not have taken yet (threads_per_worker > 1)
 BATCH_BYTES = 64 << 10  # the most a batch of small chunks holds there: a window is at most 4 MiB of them
@@ -300,6 +309,7 @@ class ChunkLayout(NamedTuple):
     head: bytearray  # a frame header's room, then a Chunk of the call up to its data
     tail: bytes  # what follows the data in that frame
     batch_head: bytes  # a frame header's room, then a Chunks of the call whose array32 count is 0
+    array_head: bytes  # the same with a count of 1, then a bin32 of length 0 and "["
 
 
 def chunk_layout(call_id: int) -> ChunkLayout:
@@ -311,7 +321,8 @@ def chunk_layout(call_id: int) -> ChunkLayout:
     if not envelope.endswith(none_then_tail) or not empty.endswith(b"\x90"):
         raise AssertionError("unexpected Chunk frame layout")
     head = bytearray(HEADER.size) + envelope[: -len(none_then_tail)]
-    return ChunkLayout(head, _CHUNK_TAIL, bytes(HEADER.size) + empty[:-1] + _ARRAY32 + b"\0\0\0\0")
+    batch_head = bytes(HEADER.size) + empty[:-1] + _ARRAY32
+    return ChunkLayout(head, _CHUNK_TAIL, batch_head + b"\0\0\0\0", batch_head + b"\0\0\0\1" + _BIN32 + b"\0\0\0\0[")
 
 
 def is_stream_call(frame: bytes | bytearray) -> bool:
@@ -571,6 +582,12 @@ def encoded_wire(value: Any, encode: str) -> Any:
     if len(data) >= SHARE_THRESHOLD:
         return None
     return data if content_type == JSON else Ext(_ENCODED_CODES[content_type], data)
+
+
+def json_ext(data: bytes) -> Ext:
+    """JSON bytes as an extension, which the owner takes as encoded JSON whether or not it
+    expects its worker to encode (a plain ``bytes`` is a JSON value only where it does)."""
+    return Ext(_ENCODED_CODES[JSON], data)
 
 
 def received_ext(code: int, data: memoryview) -> Any:

@@ -96,6 +96,21 @@ def test_values_come_encoded_by_request(pool):
     assert got == [Encoded(b"1", json)] and info.value.reason == "serialization_error"
 
 
+def test_batched_streams_pack_the_chunks_at_hand(pool):
+    """Process workers build the arrays, the Ray backend's owner packs what arrived: the same
+    chunks, in order, as arrays of at most ``batch``; a chunk with metadata in one of its own."""
+    import json
+
+    n = 3_000
+    values = list(pool.stream("count", {"n": n}, encode="json", batch=100))
+    arrays = [json.loads(value.data) for value in values]
+    assert [chunk["number"] for array in arrays for chunk in array] == list(range(n))
+    assert max(map(len, arrays)) <= 100 and {value.content_type for value in values} == {"application/json"}
+    with pool.stream("with_final", {"n": 2}, encode="pickle", batch=10) as stream:
+        seen = [(json.loads(value.data), stream.metadata) for value in stream]
+    assert seen == [([{"i": 0}], {"seq": 0}), ([{"i": 1}], {"seq": 1}), ([{"done": True}], {"total": 2})]
+
+
 def test_leaving_a_stream_early_closes_the_generator_in_the_worker(pool):
     with pool.session("s", affinity="strict_queue") as session:
         for index, _ in enumerate(session.stream("guarded", {"delay": 0.001})):

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
 
 import grpc
 import pytest
 from helpers import Toolbox
 
-from snakepit import Encoded, Pool, SnakepitError, tool
+from snakepit import CallRequest, Encoded, Pool, SnakepitError, tool
 from snakepit import _protocol as protocol
 from snakepit.grpc import Client, bridge_pb2_grpc
 from snakepit.grpc import _codec as codec
@@ -34,10 +35,25 @@ class Opaque:
 
 
 class Encoding(Toolbox):
+    thread_safe = True  # its tools keep no state
+
+    @tool
+    def burst_then_die(self, n: int):
+        """``n`` chunks as fast as they come, then the worker dies at once: the last of them may
+        still be queued in its crash-safe queue, in an array being built."""
+        for i in range(n):
+            yield {"i": i}
+        os._exit(9)
+
     @tool
     def typed_stream(self, values: list):
         yield from values
         yield (1, 2)
+
+    @tool
+    def strings(self, n: int, size: int):
+        for i in range(n):
+            yield str(i).zfill(size)
 
     @tool
     def small_then(self, size: int):
@@ -149,6 +165,115 @@ def test_a_remote_client_hands_back_what_the_server_sent():
             assert info.value.reason == "invalid_arguments"
 
 
+# -- batched streams ---------------------------------------------------------------------------
+
+
+def _arrays(values: list[Encoded]) -> list[list[object]]:
+    """Each value of a batched stream, decoded: a list of chunks."""
+    decoded = [codec.decode_value(value.data, value.content_type) for value in values]
+    assert all(type(batch) is list and batch for batch in decoded), decoded
+    return decoded
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_batched_stream_packs_the_chunks_at_hand_in_order(threads):
+    with Pool(Encoding, size=1, threads_per_worker=threads, start_timeout=30) as pool:
+        n = 20_000
+        with pool.stream("count", {"n": n}, encode="json", batch=64) as stream:
+            values = list(stream)
+        assert {value.content_type for value in values} == {JSON}
+        arrays = _arrays(values)
+        assert [chunk["number"] for batch in arrays for chunk in batch] == list(range(n))
+        assert max(map(len, arrays)) <= 64
+        assert len(arrays) < n / 2  # a fast tool's chunks travel many to a value
+        assert stream.result is not None and stream.result.chunks == len(values)  # the values it delivered
+
+        async def asynchronous() -> list[Encoded]:
+            return [value async for value in pool.astream("count", {"n": 500}, encode="pickle", batch=7)]
+
+        arrays = _arrays(asyncio.run(asynchronous()))
+        assert [chunk["number"] for batch in arrays for chunk in batch] == list(range(500))
+        assert max(map(len, arrays)) <= 7
+
+
+def test_each_chunk_of_a_batch_is_as_it_would_be_alone(pool):
+    values = [1, "a", None, b"raw", (2, 3), float("nan"), {"k": [1.5]}]
+    batched = [
+        item
+        for value in pool.stream("stream_values", {"values": values}, encode="json", batch=len(values))
+        for item in json.loads(value.data)
+    ]
+    # JSON arrays, each element what the chunk's own JSON is (a bytes chunk its base64 string).
+    assert batched == [1, "a", None, "cmF3", [2, 3], "NaN", {"k": [1.5]}]
+    # A client that takes pickles: a chunk JSON does not carry exactly is a pickled list of its own.
+    pickled = list(pool.stream("stream_values", {"values": values}, encode="pickle", batch=len(values)))
+    items = [item for batch in _arrays(pickled) for item in batch]
+    assert items[:5] == [1, "a", None, b"raw", (2, 3)] and items[6] == {"k": [1.5]}
+    assert items[5] != items[5]  # NaN, exactly
+    assert PICKLE in {value.content_type for value in pickled}
+    # Chunks of a shared-memory size, which the owner encodes, are batches of their own.
+    big = list(pool.stream("stream_values", {"values": ["y" * BIG, 1]}, encode="json", batch=8))
+    assert [item for batch in _arrays(big) for item in batch] == ["y" * BIG, 1]
+
+
+def test_chunks_with_metadata_or_final_travel_in_batches_of_their_own(pool):
+    with pool.stream("with_final", {"n": 3}, encode="json", batch=16) as stream:
+        seen = [(codec.decode_value(value.data, value.content_type), stream.metadata) for value in stream]
+    assert seen == [
+        ([{"i": 0}], {"seq": 0}),
+        ([{"i": 1}], {"seq": 1}),
+        ([{"i": 2}], {"seq": 2}),
+        ([{"done": True}], {"total": 3}),
+    ]
+    assert stream.result is not None and stream.result.metadata == {"total": 3} and not stream.result.synthetic_final
+
+
+def test_a_chunk_that_cannot_be_encoded_ends_a_batched_stream_after_those_before_it(pool):
+    got: list[Encoded] = []
+    with pytest.raises(SnakepitError) as info:
+        for value in pool.stream("opaque_third", encode="json", batch=4):
+            got.append(value)
+    assert [item for batch in _arrays(got) for item in batch] == [1, 2]
+    assert info.value.reason == "serialization_error"
+    assert pool.execute("add", {"a": 1}) == 2
+
+
+def test_bad_batch_options_are_invalid_arguments(pool):
+    for bad in (0, -1, True, "8", 2.0):
+        with pytest.raises(SnakepitError) as info:
+            list(pool.stream("count", {"n": 1}, encode="json", batch=bad))
+        assert info.value.reason == "invalid_arguments" and "batch" in info.value.message
+    with pytest.raises(SnakepitError) as info:
+        list(pool.stream("count", {"n": 1}, batch=8))  # packs encoded chunks only
+    assert info.value.reason == "invalid_arguments" and "encode" in info.value.message
+    with pytest.raises(SnakepitError) as info:
+        pool.run(CallRequest("add", {"a": 1}, encode="json", batch=8))  # a stream's option
+    assert info.value.reason == "invalid_arguments"
+    assert pool.execute("add", {"a": 1}) == 2
+
+
+def test_chunks_queued_in_an_array_when_the_worker_dies_are_delivered(pool):
+    n = 5_000
+    got: list[Encoded] = []
+    with pytest.raises(SnakepitError) as info:
+        for value in pool.stream("burst_then_die", {"n": n}, encode="json", batch=256):
+            got.append(value)
+    assert info.value.reason == "worker_crashed"
+    assert [chunk["i"] for batch in _arrays(got) for chunk in batch] == list(range(n))
+
+
+def test_a_remote_client_asks_for_batches():
+    with Pool(Toolbox, size=1, start_timeout=30) as pool:
+        with Client(pool.serve("127.0.0.1:0").address) as client:
+            values = list(client.stream("count", {"n": 300}, encode="json", batch=50))
+            arrays = _arrays(values)
+            assert [chunk["number"] for batch in arrays for chunk in batch] == list(range(300))
+            assert max(map(len, arrays)) <= 50
+            with pytest.raises(SnakepitError) as info:
+                list(client.stream("count", {"n": 3}, batch=50))
+            assert info.value.reason == "invalid_arguments"
+
+
 # -- the facade's streams ----------------------------------------------------------------------
 
 
@@ -214,3 +339,13 @@ def test_max_message_mb_holds_for_chunks_the_workers_encoded(served, batch):
     assert protocol.SHARE_THRESHOLD > 150_000  # so the worker encoded it
     assert error is not None and error.reason == "serialization_error" and error.details["limit"] < 150_000
     assert [_values(chunk) for chunk in chunks] in ([["small"]], ["small"], [])
+
+
+def test_a_batch_too_large_for_a_message_is_split_into_messages_that_fit(served):
+    values = [str(i).zfill(200) for i in range(2_000)]  # 400 KB at hand at once, a server of 100 KB messages
+    chunks, error = _read(served, _request("strings", {"chunk_batch": "1000"}, n=2_000, size=200))
+    assert error is None
+    arrays = [json.loads(chunk.data) for chunk in chunks if chunk.data]
+    assert [item for batch in arrays for item in batch] == values
+    assert max(len(chunk.SerializeToString()) for chunk in chunks) <= 0.1 * 2**20
+    assert max(map(len, arrays)) > 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from snakepit._protocol import (
     FromWorker,
     Result,
     _plain,
+    chunk_layout,
     decode_value,
     encode_frame,
     encode_value,
@@ -217,10 +219,38 @@ def test_spill_salvage_recovers_queued_chunks_of_an_open_batch():
     os.close(owner_fd)
 
 
-def test_outbox_delivers_bursts_in_order_through_a_pipe():
+def test_spill_salvage_closes_an_open_array_batch_at_its_last_whole_element():
+    """A batched stream's array, queued but never written, is recovered as a whole JSON array of
+    the elements queued; one opened with no element yet is dropped."""
+    layout = chunk_layout(9)
+    fd = spill.create(1 << 16)
+    owner_fd = os.dup(fd)
+    writer = spill.SpillWriter(fd)
+    writer.start(0)
+    writer.open_batch(~9, layout.array_head, array=True)
+    elements = [{"n": i} for i in range(5)]
+    for element in elements:
+        writer.add(msgspec.json.encode(element) + b",")
+    (batch,) = FrameReader(FromWorker).feed(spill.salvage(owner_fd, 0))
+    assert batch.id == 9 and len(batch.items) == 1 and json.loads(batch.items[0]) == elements
+    writer.close_batch()  # as the writer thread closes it: the same bytes
+    (closed,) = FrameReader(FromWorker).feed(bytes(writer.view(0, writer.committed)))
+    assert closed.items == batch.items
+    writer.clear()
+    writer.start(0)
+    writer.append(bytes(encode_frame(End(8))))
+    writer.open_batch(~9, layout.array_head, array=True)
+    messages = FrameReader(FromWorker).feed(spill.salvage(owner_fd, 0))
+    assert [type(m).__name__ for m in messages] == ["End"]
+    os.close(owner_fd)
+
+
+def _sent_through_a_pipe(produce) -> list:
+    """The messages an :class:`Outbox` delivers through a real pipe while ``produce(outbox)``
+    sends (an ``End`` after), as the owner's reader decodes them; the stream items of its
+    ``Chunk`` and ``Chunks`` frames first, in order."""
     read_fd, write_fd = os.pipe()
     out = Outbox(write_fd, spill.create(1 << 16))
-    send = out.chunk_writer(5)
     received = []
     reader = FrameReader(FromWorker)
 
@@ -233,21 +263,41 @@ def test_outbox_delivers_bursts_in_order_through_a_pipe():
 
     consumer = threading.Thread(target=drain)
     consumer.start()
-    for i in range(20_000):
-        send({"i": i})
+    produce(out)
     out.send(End(5))
     out.flush()
     os.close(write_fd)
     consumer.join(10)
     os.close(read_fd)
+    assert isinstance(received[-1], End)
     items = []
     for message in received:
         if isinstance(message, Chunk):
             items.append(message.data)
         elif isinstance(message, Chunks):
             items.extend(message.items)
-    assert items == [{"i": i} for i in range(20_000)]
-    assert isinstance(received[-1], End)
+    return items
+
+
+def test_outbox_delivers_bursts_in_order_through_a_pipe():
+    def produce(out: Outbox) -> None:
+        send = out.chunk_writer(5)
+        for i in range(20_000):
+            send({"i": i})
+
+    assert _sent_through_a_pipe(produce) == [{"i": i} for i in range(20_000)]
+
+
+def test_outbox_arrays_carry_every_element_in_order_within_their_limit():
+    def produce(out: Outbox) -> None:
+        send = out.array_writer(5, 100, False)
+        for i in range(20_000):
+            assert send({"i": i})
+        assert not out.array_writer(5, 100, True)(b"raw")  # not an element for a client taking pickles: not sent
+
+    arrays = [json.loads(item) for item in _sent_through_a_pipe(produce)]
+    assert [element for array in arrays for element in array] == [{"i": i} for i in range(20_000)]
+    assert max(map(len, arrays)) <= 100 and len(arrays) < 20_000
 
 
 @pytest.mark.parametrize("stream", [True, False])

@@ -47,7 +47,7 @@ class Collected:
 
 
 def _call(call_id: int, tool_name: str, args: dict) -> Call:
-    return Call(call_id, tool_name, None, None, args, None, False)
+    return Call(call_id, tool_name, None, None, args, None, None, False)
 
 
 def _host_thread(host: ThreadHost, calls: list[Call]) -> threading.Thread:

@@ -67,6 +67,12 @@ class Outbox(Protocol):
 
     def chunk_writer(self, call_id: int) -> Callable[[Any], None]: ...
 
+    def array_writer(self, call_id: int, limit: int, accept_pickle: bool) -> Callable[[Any], bool]:
+        """A function sending one chunk of ``call_id``'s batched stream per call, as an element of
+        the JSON arrays the owner receives, up to ``limit`` chunks at hand each; False (nothing
+        sent) for one that cannot be an element (see :func:`~snakepit._encoding.element_into`)."""
+        ...
+
     def flush(self) -> None: ...
 
 
@@ -307,7 +313,7 @@ class ToolHost:
             self._send(protocol.failure(call_id, exc))
             return
         if call.stream:
-            self._stream(call_id, call.tool, tool, bound, call.encode)
+            self._stream(call_id, call.tool, tool, bound, call.encode, call.batch)
             return
         try:
             if tool.spec.supports_streaming or tool.is_generator:  # execute on a stream: every chunk
@@ -323,16 +329,22 @@ class ToolHost:
         del bound  # the arguments' shared memory goes back to the owner before it has the answer
         self._send_value(call_id, out, call.encode)
 
-    def _stream(self, call_id: int, name: str, tool: BoundTool, bound: Any, encode: str | None = None) -> None:
+    def _stream(
+        self, call_id: int, name: str, tool: BoundTool, bound: Any, encode: str | None = None, batch: int | None = None
+    ) -> None:
         """Send each chunk as it is yielded; tool code runs armed, chunk writes do not. With
         ``encode``, each chunk goes as the owner is to hand it on, if small enough (see
         :func:`~snakepit._protocol.encoded_wire`): a chunk that cannot be encoded so ends the
-        stream with its ``serialization_error``, after the chunks before it."""
+        stream with its ``serialization_error``, after the chunks before it. With ``batch``
+        too, each chunk is an element of the JSON arrays the outbox builds (see
+        :func:`~snakepit._encoding.element_into`); one that cannot be travels as a list of its own."""
         chunk = self._out.chunk_writer(call_id)
+        element = None if batch is None else self._out.array_writer(call_id, batch, encode == "pickle")
         cancelled_ids = self._cancelled
         scalars, plain, pickled, shares, share = _SCALARS, _plain, protocol.pickled, protocol.shares, self._share
         encoded_wire = protocol.encoded_wire
         items: Any = None
+        item: Any  # a chunk as yielded, then as it travels
         cancelled = False
         ending: Failure | None = None
         try:
@@ -349,7 +361,7 @@ class ToolHost:
                     kind = type(item)
                     if kind is StreamChunk:
                         if item.is_final or item.metadata is not None:
-                            self._special_chunk(call_id, item, encode)
+                            self._special_chunk(call_id, item, encode, batch)
                             if item.is_final:
                                 break
                             self._armed = True
@@ -358,6 +370,14 @@ class ToolHost:
                             continue
                         item = item.data
                         kind = type(item)
+                    if element is not None:
+                        if element(item):
+                            self._armed = True
+                            if call_id in cancelled_ids:
+                                self._stop()
+                            continue
+                        item = [item]  # a batch of its own, encoded as any value is
+                        kind = list
                     if encode is not None and (wire := encoded_wire(item, encode)) is not None:
                         item = wire
                     elif kind not in scalars:
@@ -388,13 +408,14 @@ class ToolHost:
                 ending = _tool_exception(call_id, name, exc)
         self._send(ending if ending is not None else End(call_id, cancelled))
 
-    def _special_chunk(self, call_id: int, item: StreamChunk, encode: str | None) -> None:
+    def _special_chunk(self, call_id: int, item: StreamChunk, encode: str | None, batch: int | None = None) -> None:
         """A chunk with a final flag or metadata travels as a ``Chunk`` of its own (its metadata
-        as a value, whatever ``encode`` says)."""
+        as a value, whatever ``encode`` says; in a batched stream, a batch of its own)."""
         metadata = None if item.metadata is None else encode_value(item.metadata, _dumps)
-        data = None if encode is None else protocol.encoded_wire(item.data, encode)
+        value = item.data if batch is None else [item.data]
+        data = None if encode is None else protocol.encoded_wire(value, encode)
         if data is None:
-            data = protocol.wire_value(item.data, dumps=_dumps, share=self._share)
+            data = protocol.wire_value(value, dumps=_dumps, share=self._share)
         try:
             self._send(Chunk(call_id, data, item.is_final, metadata))
             return

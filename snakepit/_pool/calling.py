@@ -24,7 +24,7 @@ from snakepit import _errors as errors
 from snakepit import _protocol as protocol
 from snakepit import _tracing as tracing
 from snakepit._adapter import ToolSpec
-from snakepit._encoding import check_encoding
+from snakepit._encoding import check_batch, check_encoding
 from snakepit._errors import Reason
 from snakepit._pool import aio, mapping
 from snakepit._pool.dispatcher import Counters, Dispatcher
@@ -156,7 +156,15 @@ class CallRunner:
         """
         call = self.prepare(request, stream, context)
         exchange = Exchange(
-            self.dispatcher, call.tool, call.deadline, context, call.timeout, threading.get_ident(), call.encode, self.encodes
+            self.dispatcher,
+            call.tool,
+            call.deadline,
+            context,
+            call.timeout,
+            threading.get_ident(),
+            call.encode,
+            self.encodes,
+            call.batch,
         )
         try:
             self.dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
@@ -242,7 +250,15 @@ class CallRunner:
     ) -> Exchange:
         call = self.prepare(request, stream, context)
         exchange = Exchange(
-            self.dispatcher, call.tool, call.deadline, context, call.timeout, asyncio.current_task(), call.encode, self.encodes
+            self.dispatcher,
+            call.tool,
+            call.deadline,
+            context,
+            call.timeout,
+            asyncio.current_task(),
+            call.encode,
+            self.encodes,
+            call.batch,
         )
         try:
             await aio.checkout(self.dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
@@ -272,7 +288,7 @@ class CallRunner:
     def prepare(self, request: CallRequest, stream: bool, context: CallContext) -> PreparedCall:
         """Everything that can be checked and encoded before a worker is taken (a retry keeps
         the first attempt's deadline)."""
-        tool, args, session_id, affinity, timeout, _, encode = request
+        tool, args, session_id, affinity, timeout, _, encode, batch = request
         retry = context.retry
         spec = self.tools.get(tool) if type(tool) is str else None
         spec = spec or self.spec(tool)
@@ -289,6 +305,8 @@ class CallRunner:
         limit = self.timeout if timeout is None else check_timeout("timeout", timeout)
         if encode is not None:
             check_encoding(encode)
+        if batch is not None:
+            check_batch(batch, encode, stream)
         attachments = exact = None
         if self.attachments is not None:
             exact = protocol.exact_args(args)
@@ -303,6 +321,7 @@ class CallRunner:
             None if context.span is None else context.span.traceparent,
             exact,
             encode if self.encodes else None,  # else the owner encodes every value (see Exchange.deliver)
+            batch if self.encodes else None,  # and packs a batched stream's (see Delivery.take)
         )
         now = time.monotonic()
         queue_limit = self.queue_timeout
@@ -322,6 +341,7 @@ class CallRunner:
             attachments if attachments is not None and attachments.fds else None,
             limit,
             encode,
+            batch,
         )
 
     def map_setup(
@@ -424,7 +444,18 @@ class Retry(NamedTuple):
 class PreparedCall:
     """A call checked and encoded, waiting for a worker."""
 
-    __slots__ = ("tool", "frame", "session_id", "affinity", "queue_deadline", "deadline", "attachments", "timeout", "encode")
+    __slots__ = (
+        "tool",
+        "frame",
+        "session_id",
+        "affinity",
+        "queue_deadline",
+        "deadline",
+        "attachments",
+        "timeout",
+        "encode",
+        "batch",
+    )
 
     def __init__(
         self,
@@ -437,6 +468,7 @@ class PreparedCall:
         attachments: Any = None,
         timeout: float | None = None,
         encode: str | None = None,
+        batch: int | None = None,
     ) -> None:
         self.tool = tool
         self.frame = frame  # without its id, which is drawn when it is sent
@@ -447,3 +479,4 @@ class PreparedCall:
         self.attachments = attachments  # large arguments in shared memory; freed when dropped unsent
         self.timeout = timeout  # the call's limit in seconds (None: none), named when it is exceeded
         self.encode = encode  # the call's encode option: its values are handed back as Encoded
+        self.batch = batch  # a batched stream's most chunks per value

@@ -35,7 +35,7 @@ from itertools import repeat
 from typing import Any, Self
 
 from snakepit import _errors as errors
-from snakepit._encoding import JSON, Encoded, encoded
+from snakepit._encoding import JSON, Encoded, encoded, packed
 from snakepit._errors import Reason
 from snakepit._pool.dispatcher import Dispatcher
 from snakepit._protocol import (
@@ -89,6 +89,7 @@ class Exchange:
         "caller",
         "encode",
         "worker_encodes",
+        "pack",
         "__weakref__",
     )
 
@@ -102,12 +103,16 @@ class Exchange:
         caller: object = None,
         encode: str | None = None,
         worker_encodes: bool = False,
+        batch: int | None = None,
     ) -> None:
         self.context: CallContext | None = context
         self.encode: str | None = encode  # the call's encode option: its values are delivered as Encoded
         # The worker encodes them (process backend): a ``bytes`` value it sends is JSON (see
         # protocol.encoded_wire); else the owner encodes every value.
         self.worker_encodes: bool = worker_encodes
+        # A batched stream's most chunks per value, where the owner packs them (see Delivery.take):
+        # a worker that encodes sends its batches packed.
+        self.pack: int | None = None if worker_encodes or encode is None else batch
         self.caller: object = caller  # the thread (its ident) or asyncio task that began the call: see Dispatcher.holds
         self.finished: bool = False
         self.handle: Worker = None  # type: ignore[assignment]  # set by adopt()
@@ -454,18 +459,48 @@ class Delivery:
         self.metadata = attached.pop(self.exchange.chunks - len(batch) + position, None) if attached else None
         data = batch[position]
         if self.exchange.encode is not None:
+            if self.exchange.pack is not None:
+                return self._packed(data)
             return self.exchange.deliver(data)
         return data if type(data) not in PACKED else self.exchange.decode(data)
+
+    def _packed(self, data: Any) -> Encoded:
+        """A batched stream's next value, where the owner packs it: ``data`` and the chunks
+        after it at hand, as the worker would have (a chunk with metadata, or the final one,
+        alone). A chunk that cannot be packed ends the stream."""
+        exchange = self.exchange
+        assert exchange.pack is not None and exchange.encode is not None
+        values = [data]
+        if self.metadata is None and not self.last_was_final:
+            values += self._ready(exchange.pack - 1, exchange.final)
+        try:
+            return packed(list(map(exchange.decode, values)), accept_pickle=exchange.encode == "pickle")
+        except errors.SnakepitError:
+            exchange.cancel()
+            raise
 
     def take_ready(self, limit: int) -> list[Any]:
         """Up to ``limit`` more chunks that have already arrived, without waiting for any (none
         once the deadline has passed: the next :meth:`take` raises it). It stops before a chunk
         the tool attached metadata to: :meth:`take` delivers that one, so :attr:`metadata`
-        always describes each chunk it gives."""
-        if time.monotonic() >= self.limit:
+        always describes each chunk it gives. (None in a stream whose batches the owner packs:
+        :meth:`take` packs those at hand.)"""
+        if time.monotonic() >= self.limit or self.exchange.pack is not None:
             return []
+        items = self._ready(limit)
+        if self.exchange.encode is not None:
+            deliver = self.exchange.deliver
+            if self.exchange.worker_encodes and set(map(type, items)) == _ALL_BYTES:
+                return list(map(Encoded, items, repeat(JSON, len(items))))  # the common case, in C-level passes
+            return [deliver(item) for item in items]
+        decode = self.exchange.decode
+        return [item if type(item) not in PACKED else decode(item) for item in items]
+
+    def _ready(self, limit: int, spare_last: bool = False) -> list[Any]:
+        """Up to ``limit`` more items of the current run, in their wire form, stopping before
+        one the tool attached metadata to (and before the run's last, if ``spare_last``)."""
         start = self.next
-        items = self.batch[start : start + limit]
+        items = self.batch[start : min(start + limit, len(self.batch) - spare_last)]
         attached = self.exchange.chunk_metadata
         if attached:
             first = self.exchange.chunks - len(self.batch) + start
@@ -476,13 +511,7 @@ class Delivery:
         self.next = start + len(items)
         if items:
             self.metadata = None
-        if self.exchange.encode is not None:
-            deliver = self.exchange.deliver
-            if self.exchange.worker_encodes and set(map(type, items)) == _ALL_BYTES:
-                return list(map(Encoded, items, repeat(JSON, len(items))))  # the common case, in C-level passes
-            return [deliver(item) for item in items]
-        decode = self.exchange.decode
-        return [item if type(item) not in PACKED else decode(item) for item in items]
+        return items
 
     @property
     def undelivered(self) -> int:

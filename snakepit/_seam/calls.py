@@ -88,6 +88,14 @@ class Calls(ABC, Generic[S, A]):
         JSON (``"json"``: a tuple becomes a list, a numpy array its ``tolist()``...), or refused
         as ``serialization_error``. The worker encodes it (values of 256 KiB or more encoded,
         and every value on the Ray backend, are encoded by the owner, the same way).
+
+        ``batch=N`` (the streaming methods, with ``encode``) packs the chunks at hand, up to
+        ``N``, into each value: a JSON array of them, or under ``"pickle"`` the pickled list
+        where JSON does not carry one of them exactly -- what a server forwarding a fast stream
+        sends, one message per batch (the gRPC facade's ``chunk_batch``). The worker builds the
+        arrays as the tool yields, so the owner hands on one value per batch; a batch never
+        waits to fill. A chunk the tool attached metadata to, or marked final, is a batch of
+        its own.
         """
         return self.run(CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode))
 
@@ -103,6 +111,7 @@ class Calls(ABC, Generic[S, A]):
         timeout: float | None = None,
         correlation_id: str | None = None,
         encode: str | None = None,
+        batch: int | None = None,
         **tool_kwargs: Any,
     ) -> StreamResult:
         """Stream ``tool``'s chunks into ``callback``, in order, in this thread.
@@ -113,7 +122,8 @@ class Calls(ABC, Generic[S, A]):
         """
         args, on_chunk = _callback_first(args, callback)
         return self.run_stream(
-            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode), on_chunk
+            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode, batch),
+            on_chunk,
         )
 
     def stream(
@@ -127,6 +137,7 @@ class Calls(ABC, Generic[S, A]):
         timeout: float | None = None,
         correlation_id: str | None = None,
         encode: str | None = None,
+        batch: int | None = None,
         **tool_kwargs: Any,
     ) -> S:
         """An iterator over ``tool``'s chunk data, usable as a context manager.
@@ -135,7 +146,7 @@ class Calls(ABC, Generic[S, A]):
         ``result`` is the :class:`~snakepit.StreamResult` once the stream has ended.
         """
         return self.open_stream(
-            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode)
+            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode, batch)
         )
 
     async def aexecute(
@@ -169,12 +180,14 @@ class Calls(ABC, Generic[S, A]):
         timeout: float | None = None,
         correlation_id: str | None = None,
         encode: str | None = None,
+        batch: int | None = None,
         **tool_kwargs: Any,
     ) -> StreamResult:
         """:meth:`execute_stream` for asyncio; ``callback`` may be a coroutine function."""
         args, on_chunk = _callback_first(args, callback)
         return await self.arun_stream(
-            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode), on_chunk
+            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode, batch),
+            on_chunk,
         )
 
     def astream(
@@ -188,12 +201,13 @@ class Calls(ABC, Generic[S, A]):
         timeout: float | None = None,
         correlation_id: str | None = None,
         encode: str | None = None,
+        batch: int | None = None,
         **tool_kwargs: Any,
     ) -> A:
         """``async for data in pool.astream(...)``: the call starts at the first iteration (or
         on ``async with``); leaving early, ``aclose()`` or cancelling the task cancels it."""
         return self.open_astream(
-            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode)
+            CallRequest(tool, tool_args(args, tool_kwargs), session_id, affinity, timeout, correlation_id, encode, batch)
         )
 
 

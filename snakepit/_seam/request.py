@@ -121,6 +121,7 @@ class CallRequest(NamedTuple):
     timeout: float | None = None
     correlation_id: str | None = None  # the caller's; one is generated if None
     encode: str | None = None  # "json" or "pickle": values come back as snakepit.Encoded
+    batch: int | None = None  # a stream's: up to this many chunks at hand per value (with encode)
 
 
 class CallContext:

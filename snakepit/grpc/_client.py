@@ -27,7 +27,7 @@ import msgspec
 
 from snakepit import _errors as errors
 from snakepit._adapter import ParameterSpec, ToolSpec
-from snakepit._encoding import Encoded, check_encoding
+from snakepit._encoding import Encoded, check_batch, check_encoding
 from snakepit._errors import Reason
 from snakepit._seam.affinity import Affinity, parse_affinity
 from snakepit._seam.calls import Calls, Starmap
@@ -451,7 +451,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
     ) -> tuple[pb.ExecuteToolRequest, tuple[tuple[str, str], ...], float | None]:
         """The rpc's request, metadata and deadline; the call is checked as the pool checks it."""
         self._check_open()
-        tool, args, session_id, affinity, timeout, correlation_id, encode = call
+        tool, args, session_id, affinity, timeout, correlation_id, encode, batch = call
         if isinstance(args, errors.SnakepitError):  # a map's item refused already (see starmap)
             raise args
         mode = check_routing(session_id, affinity)
@@ -462,6 +462,8 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
         options = request.metadata  # the call's options travel in the request (only the token is a header)
         if check_encoding(encode) != "json":  # encode="json": what JSON cannot carry is converted
             options["accept"] = "pickle"
+        if check_batch(batch, encode, stream) is not None:  # the server packs its messages so
+            options["chunk_batch"] = str(batch)
         if correlation_id is not None:
             check_correlation_id(correlation_id)
             options["correlation_id"] = correlation_id

@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import operator
-import pickle
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from snakepit import CallRequest, Encoded
 from snakepit import _errors as errors
+from snakepit._encoding import packed
 from snakepit._errors import Reason
 from snakepit._seam import binding
 from snakepit.grpc import _codec as codec
@@ -61,10 +60,6 @@ _DEADLINE_MARGIN = 0.25  # seconds (at most a tenth of the time left) the pool's
 _ENVELOPE = 4096  # bytes of a response that are not its data, at most (ids, metadata, framing)
 _UNTRUSTED_WINDOW = 1 << 20  # bytes of a stream's body grpc takes in before it is read, with a token
 _BIND_ATTEMPTS = 4  # port 0: fresh ports to try when another server takes one between the check and the bind
-# A batch's fields, read in C-level passes (see _Bridge._batches).
-_DATA = operator.attrgetter("data")
-_CONTENT_TYPE = operator.attrgetter("content_type")
-_JSON_ONLY = {codec.JSON}
 
 
 @dataclass(frozen=True)
@@ -354,11 +349,6 @@ async def _abort(
     raise AssertionError("grpc's abort returned")  # it raises: the call is over
 
 
-def _json_array(items: list[bytes]) -> Encoded:
-    """Chunks already JSON, as one JSON array."""
-    return Encoded(b"[" + b",".join(items) + b"]", codec.JSON)
-
-
 class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
     def __init__(self, pool: Pool, allow_pickle: bool, max_bytes: int) -> None:
         self._pool: Pool = pool
@@ -452,19 +442,25 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             accept_pickle = meta.get("accept") == "pickle"
             batch = _batch_size(meta)
             # Each chunk comes encoded as this client takes it, by the worker (which has a core of
-            # its own): this thread, every stream's, forwards bytes.
-            stream = self._pool.open_astream(call._replace(encode="pickle" if accept_pickle else "json"))
+            # its own), batches packed there too: this thread, every stream's, forwards bytes.
+            encode = "pickle" if accept_pickle else "json"
+            stream = self._pool.open_astream(call._replace(encode=encode, batch=batch))
             name = request.tool_name
             count = 0
             budget, message_of, json = self._budget, pb.ToolChunk, codec.JSON  # the loop's per-chunk look-ups
             async for item in stream:
-                # The chunks at hand: up to the batch size, packed into arrays; else a message
-                # each, those already here skipping a pass through the iterator each. A chunk the
-                # tool attached metadata to travels alone (take_ready stops before one).
+                # A batch is a message (two, if it is too large for one); else a chunk is, those
+                # already here skipping a pass through the iterator each. A chunk the tool attached
+                # metadata to travels alone (take_ready stops before one).
                 attached = stream.metadata
-                values = [item] if attached is not None else [item, *stream.take_ready((batch if batch > 1 else _AT_HAND) - 1)]
                 final = stream.last_was_final
-                messages: list[Encoded] = self._batches(values, accept_pickle) if batch > 1 else values
+                if batch is not None:
+                    messages: list[Encoded] = [item] if len(item.data) <= budget else self._split(item, accept_pickle)
+                elif attached is not None:
+                    messages = [item]
+                else:
+                    messages = [item, *stream.take_ready(_AT_HAND - 1)]
+                    final = stream.last_was_final
                 last = len(messages) - 1
                 for index, message in enumerate(messages):
                     data = message.data
@@ -500,38 +496,17 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
             raise self._too_large(len(data))
         return data, content_type
 
-    def _batches(self, values: list[Encoded], accept_pickle: bool) -> list[Encoded]:
-        """Encoded chunks as batches, as few as fit in a message each: JSON arrays, except that
-        for a client that takes pickles a batch holding a chunk JSON cannot carry exactly is a
-        pickled list (a ``bytes`` chunk is base64 in a JSON array)."""
-        datas = list(map(_DATA, values))
-        if sum(map(len, datas)) + len(datas) + 1 <= self._budget and set(map(_CONTENT_TYPE, values)) == _JSON_ONLY:
-            return [_json_array(datas)]  # the common case, in C-level passes
-        batches: list[Encoded] = []
+    def _split(self, batch: Encoded, accept_pickle: bool) -> list[Encoded]:
+        """A batch too large for a message (a server of a small ``max_message_mb``), as batches
+        that fit; a lone chunk too large is refused by the caller."""
+        values = codec.decode_value(batch.data, batch.content_type)
+        if len(values) == 1:
+            return [batch]
+        half = len(values) // 2
         parts: list[Encoded] = []
-        size = 2
-        for part in values:
-            if part.content_type == codec.OCTETS and not accept_pickle:
-                part = Encoded(codec.to_json(part.data), codec.JSON)
-            if len(part.data) + 2 > self._budget:
-                raise self._too_large(len(part.data))
-            if parts and size + len(part.data) + 1 > self._budget:
-                batches += self._batch(parts)
-                parts, size = [], 2
-            parts.append(part)
-            size += len(part.data) + 1
-        batches += self._batch(parts)
-        return batches
-
-    def _batch(self, parts: list[Encoded]) -> list[Encoded]:
-        """One batch of chunks (two or more, if a pickled one turns out too large)."""
-        if all(part.content_type == codec.JSON for part in parts):
-            return [_json_array([part.data for part in parts])]
-        data = pickle.dumps([codec.decode_value(part.data, part.content_type) for part in parts], protocol=5)
-        if len(data) <= self._budget or len(parts) == 1:
-            return [Encoded(data, codec.PICKLE)]  # a lone chunk too large is refused by the caller
-        half = len(parts) // 2
-        return self._batch(parts[:half]) + self._batch(parts[half:])
+        for part in (packed(values[:half], accept_pickle=accept_pickle), packed(values[half:], accept_pickle=accept_pickle)):
+            parts += [part] if len(part.data) <= self._budget else self._split(part, accept_pickle)
+        return parts
 
     def _too_large(self, size: int) -> errors.SnakepitError:
         return errors.validation(
@@ -645,12 +620,12 @@ def _about(request: pb.ExecuteToolRequest) -> dict[str, str]:
     return about
 
 
-def _batch_size(meta: Mapping[str, str]) -> int:
+def _batch_size(meta: Mapping[str, str]) -> int | None:
     """Request metadata ``chunk_batch`` = N: up to N chunks per ``ToolChunk``, ``data`` a JSON
     array of them, sent as soon as they are at hand (never waiting to fill a batch)."""
     text = meta.get("chunk_batch")
     if not text:
-        return 1
+        return None
     try:
         size = int(text)
     except ValueError:

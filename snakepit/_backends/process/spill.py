@@ -16,6 +16,11 @@ processes is involved. The header says where the queued bytes sit in the respons
   count are patched into the frame only when it is closed; after a death the owner finds the
   count by decoding).
 
+A batched stream's batch (see ``Outbox.array_writer``) is a ``Chunks`` frame holding one item, a
+``bin`` whose bytes are a JSON array the worker writes element by element, each followed by a
+comma: closing it turns the last comma into ``]`` and patches the ``bin``'s length, so queued
+bytes always end at a whole element, and the owner closes an open one the same way.
+
 After the death, the owner knows how many stream bytes it read from the pipe (``received``) and
 takes the queued bytes from ``received - base`` to ``committed``, closing an open batch in its
 copy: nothing lost, nothing twice, whatever the worker was doing when it died (even half-way
@@ -44,14 +49,15 @@ import msgspec
 from snakepit._protocol import HEADER as FRAME_HEADER
 
 SIZE = 2 << 20
-_HEADER = struct.Struct("=QQqQ")  # base, committed, batch_at, prefix length: native, like the views
+_HEADER = struct.Struct("=QQqQQ")  # base, committed, batch_at, prefix length, array: native, like the views
 # Then a word of another kind: the bytes of shared segments the worker's own arrays hold (see
 # segments.Segments.allocate), which the owner counts in the worker's memory.
 _LENT = struct.Struct("=Q")
 LENT_AT = _HEADER.size
 HEADER_SIZE = LENT_AT + _LENT.size
-_BATCH = struct.Struct("=qQ")  # batch_at, prefix length
+_BATCH = struct.Struct("=qQQ")  # batch_at, prefix length, array
 _COUNT = struct.Struct(">BI")  # 0xdd + uint32: a msgpack array32 header
+_BIN_LENGTH = struct.Struct(">I")  # of a bin32, whose header ends an array batch's prefix (with its "[")
 NO_BATCH = -1
 
 
@@ -112,10 +118,30 @@ def close_batch_in(buffer: bytearray | mmap.mmap, batch_at: int, end: int, count
     _COUNT.pack_into(buffer, batch_at + prefix_len - _COUNT.size, 0xDD, count)
 
 
+def close_array_in(buffer: bytearray | mmap.mmap, batch_at: int, end: int, prefix_len: int) -> None:
+    """Close the array batch at ``batch_at``, whose last element's comma is the byte before
+    ``end``: the comma becomes ``]``, and the frame's and the ``bin``'s lengths are patched (its
+    item count, one, is in its prefix)."""
+    buffer[end - 1] = 0x5D  # "]"
+    FRAME_HEADER.pack_into(buffer, batch_at, end - batch_at - FRAME_HEADER.size)
+    _BIN_LENGTH.pack_into(buffer, batch_at + prefix_len - 1 - _BIN_LENGTH.size, end - (batch_at + prefix_len - 1))
+
+
 class SpillWriter:
     """The worker's view: queue frames and batch items; mark them written."""
 
-    __slots__ = ("map", "data", "capacity", "committed", "count", "batch_at", "batch_call", "batch_prefix_len", "header")
+    __slots__ = (
+        "map",
+        "data",
+        "capacity",
+        "committed",
+        "count",
+        "batch_at",
+        "batch_call",
+        "batch_prefix_len",
+        "batch_array",
+        "header",
+    )
 
     def __init__(self, fd: int) -> None:
         size = os.fstat(fd).st_size
@@ -127,6 +153,7 @@ class SpillWriter:
         self.batch_at = NO_BATCH
         self.batch_call = -1
         self.batch_prefix_len = 0
+        self.batch_array = False  # the open batch is a JSON array (see the module's docstring)
         # Views for the hot path: ``header[1] = n`` publishes ``committed`` with one aligned
         # 8-byte store; ``data`` is the queue area.
         self.header = memoryview(self.map)[:HEADER_SIZE].cast("Q")
@@ -134,7 +161,7 @@ class SpillWriter:
 
     def start(self, base: int) -> None:
         """The queue was empty; its first byte will be stream byte ``base``."""
-        _HEADER.pack_into(self.map, 0, base, 0, NO_BATCH, 0)
+        _HEADER.pack_into(self.map, 0, base, 0, NO_BATCH, 0, 0)
 
     def append(self, frame: bytes | bytearray | memoryview) -> None:
         """Queue a whole frame (closing the open batch first)."""
@@ -142,15 +169,17 @@ class SpillWriter:
         self.put(frame)
         self.header[1] = self.committed
 
-    def open_batch(self, call_id: int, prefix: bytes) -> None:
-        """Start a ``Chunks`` frame for ``call_id``; ``prefix`` ends with an array32 header."""
+    def open_batch(self, key: int, prefix: bytes, array: bool = False) -> None:
+        """Start a ``Chunks`` frame, for the writer of ``key``; ``prefix`` ends with an array32
+        header, or for an ``array`` batch with a bin32 header and ``[``."""
         self.close_batch()
         self.batch_at = self.committed
-        self.batch_call = call_id
+        self.batch_call = key
         self.batch_prefix_len = len(prefix)
+        self.batch_array = array
         self.count = 0
         self.put(prefix)
-        _BATCH.pack_into(self.map, 16, self.batch_at, len(prefix))
+        _BATCH.pack_into(self.map, 16, self.batch_at, len(prefix), array)
         self.header[1] = self.committed
 
     def add(self, item: bytes | bytearray) -> None:
@@ -167,10 +196,14 @@ class SpillWriter:
     def close_batch(self) -> None:
         if self.batch_at == NO_BATCH:
             return
-        close_batch_in(self.map, HEADER_SIZE + self.batch_at, HEADER_SIZE + self.committed, self.count, self.batch_prefix_len)
+        at, end = HEADER_SIZE + self.batch_at, HEADER_SIZE + self.committed
+        if self.batch_array:
+            close_array_in(self.map, at, end, self.batch_prefix_len)  # an element is added with the batch
+        else:
+            close_batch_in(self.map, at, end, self.count, self.batch_prefix_len)
         self.batch_at = NO_BATCH
         self.batch_call = -1
-        _BATCH.pack_into(self.map, 16, NO_BATCH, 0)
+        _BATCH.pack_into(self.map, 16, NO_BATCH, 0, 0)
 
     def view(self, start: int, end: int) -> memoryview:
         return self.data[start:end]
@@ -185,7 +218,7 @@ def salvage(fd: int, received: int) -> bytes:
     """The queued bytes a dead worker never wrote, given ``received`` stream bytes were read."""
     try:
         with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as view:
-            base, committed, batch_at, prefix_len = _HEADER.unpack_from(view, 0)
+            base, committed, batch_at, prefix_len, array = _HEADER.unpack_from(view, 0)
             committed = min(committed, len(view) - HEADER_SIZE)
             start = received - base
             if committed == 0 or start < 0 or start >= committed:
@@ -195,7 +228,12 @@ def salvage(fd: int, received: int) -> bytes:
         return b""
     at = batch_at - start
     if batch_at != NO_BATCH and at >= 0 and at + prefix_len <= len(tail):
-        close_batch_in(tail, at, len(tail), _count_items(tail, at, prefix_len), prefix_len)
+        if not array:
+            close_batch_in(tail, at, len(tail), _count_items(tail, at, prefix_len), prefix_len)
+        elif len(tail) > at + prefix_len:  # its elements end with commas (see the module's docstring)
+            close_array_in(tail, at, len(tail), prefix_len)
+        else:  # opened, no element in it yet: nothing to deliver
+            del tail[at:]
     return bytes(tail)
 
 

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from snakepit import shared, telemetry
+from snakepit._encoding import element_into
 from snakepit._errors import Category, Reason
-from snakepit._protocol import TERMINAL, Batch, Boot, Call, Chunk, Failure, FrameReader, Ready, ToWorker, encode_frame
+from snakepit._protocol import TERMINAL, Batch, Boot, Call, Chunk, Failure, FrameReader, Ready, ToWorker, encode_frame, json_ext
 
 if TYPE_CHECKING:
     from snakepit._hosting.threaded import ThreadHost
@@ -65,6 +66,20 @@ class _Outbox:
     def chunk_writer(self, call_id: int) -> Callable[[Any], None]:
         send = self.send
         return lambda data: send(Chunk(call_id, data))
+
+    def array_writer(self, call_id: int, limit: int, accept_pickle: bool) -> Callable[[Any], bool]:
+        # The owner packs this backend's batches (see Delivery.take); asked anyway, each chunk
+        # goes as an array of its own, which a batch of up to ``limit`` is.
+        send = self.send
+
+        def send_element(value: Any) -> bool:
+            element = bytearray()
+            if not element_into(value, element, accept_pickle):
+                return False
+            send(Chunk(call_id, json_ext(b"[" + element + b"]")))
+            return True
+
+        return send_element
 
     def flush(self) -> None:
         pass

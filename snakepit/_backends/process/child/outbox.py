@@ -25,7 +25,8 @@ from typing import Any
 import msgspec
 
 from snakepit._backends.process.spill import SpillWriter
-from snakepit._protocol import HEADER, KEEP_BUFFER, FrameWriter, Share, chunk_layout
+from snakepit._encoding import element_into
+from snakepit._protocol import ARRAY_BYTES, HEADER, KEEP_BUFFER, FrameWriter, Share, chunk_layout
 
 _COALESCE = 50e-6
 
@@ -60,9 +61,24 @@ class Outbox:
 
     def chunk_writer(self, call_id: int) -> Callable[[Any], None]:
         """A function sending one plain, wire-encoded stream item of ``call_id`` per call."""
+        return self._stream_writer(call_id, False, 1 << 62)
+
+    def array_writer(self, call_id: int, limit: int, accept_pickle: bool) -> Callable[[Any], bool]:
+        """A function sending one chunk of ``call_id``'s batched stream per call, as a JSON
+        element (see :func:`~snakepit._encoding.element_into`; False, and nothing sent, for one
+        that cannot be): the elements of a burst, up to ``limit`` (and ``ARRAY_BYTES``), go as
+        one array, built in the queue (see :mod:`~snakepit._backends.process.spill`); an element
+        written at once goes as an array of its own."""
+        return self._stream_writer(call_id, True, limit, accept_pickle)
+
+    def _stream_writer(self, call_id: int, array: bool, limit: int, accept_pickle: bool = False) -> Callable[[Any], Any]:
         # Each chunk's envelope is encoded once for the stream (see protocol.chunk_layout).
-        frame, tail, batch_prefix = chunk_layout(call_id)
+        frame, tail, batch_prefix, array_prefix = chunk_layout(call_id)
         frame_start = len(frame)
+        # The batch an item may join: an array batch has a key of its own, so that no plain item
+        # of the same call (a chunk too large to be an element) ever lands in it.
+        key, prefix = (~call_id, array_prefix) if array else (call_id, batch_prefix)
+        batch_bytes = min(self._batch_bytes, ARRAY_BYTES) if array else self._batch_bytes
 
         encode_into = msgspec.msgpack.Encoder().encode_into
         pack_header = HEADER.pack_into
@@ -71,12 +87,12 @@ class Outbox:
         spill = self._spill
         data_area, header, capacity = spill.data, spill.header, spill.capacity
         admit, spend = self._admit(call_id)
-        enter, batch_bytes = self._on_enter(), self._batch_bytes
+        enter = self._on_enter()
         queue = self._queue_item
 
         def write_frame(data: Any) -> None:
             nonlocal item, frame
-            encode_into(data, frame, frame_start)
+            encode_into(b"[" + item[:-1] + b"]" if array else data, frame, frame_start)
             frame.extend(tail)
             pack_header(frame, 0, len(frame) - HEADER.size)
             self._write_direct(frame)
@@ -84,8 +100,13 @@ class Outbox:
                 frame = bytearray(frame[:frame_start])
                 item = bytearray()
 
-        def send_chunk(data: Any) -> None:
-            encode_into(data, item, 0)
+        def send_chunk(data: Any) -> bool:
+            if not array:
+                encode_into(data, item, 0)
+            elif element_into(data, item, accept_pickle):
+                item.append(0x2C)  # the comma the next element (or the closing "]") follows
+            else:
+                return False
             if admit is not None:
                 admit()
             acquire()  # not ``with lock``: the context-manager protocol doubles the lock's cost
@@ -96,22 +117,23 @@ class Outbox:
                 # (SpillWriter.add, inlined).
                 committed = spill.committed
                 end = committed + len(item)
-                if spill.batch_call == call_id and end <= capacity and end - spill.batch_at <= batch_bytes:
+                if spill.batch_call == key and end <= capacity and end - spill.batch_at <= batch_bytes and spill.count < limit:
                     data_area[committed:end] = item
                     spill.committed = end
                     spill.count += 1
                     header[1] = end
-                    return
+                    return True
                 if spend is not None:  # the item starts a frame of its own, or a batch
                     spend()
-                if queue(call_id, item, batch_prefix):
-                    return
+                if queue(key, item, prefix, array):
+                    return True
                 if enter is not None:  # several threads write: a frame goes in whole, under the lock
                     write_frame(data)
-                    return
+                    return True
             finally:
                 release()
             write_frame(data)
+            return True
 
         return send_chunk
 
@@ -128,19 +150,19 @@ class Outbox:
         """What a chunk of ``call_id`` does before the lock, and when it starts a frame."""
         return None, None
 
-    def _queue_item(self, call_id: int, item: bytearray, batch_prefix: bytes) -> bool:
+    def _queue_item(self, key: int, item: bytes | bytearray, batch_prefix: bytes, array: bool = False) -> bool:
         """Queue one encoded stream item (lock held), in a new batch, if the queue is in use or
         this is a burst (the last direct write was less than ``_COALESCE`` ago); False: the
         caller writes it directly, now."""
         spill = self._spill
-        if self._wait_for_room(len(item)):
-            spill.open_batch(call_id, batch_prefix)
+        if self._wait_for_room(len(item) + len(batch_prefix)):
+            spill.open_batch(key, batch_prefix, array)
             spill.add(item)
             return True
         now = monotonic()
-        if now - self._last_direct < _COALESCE and len(item) + 64 <= spill.capacity:
+        if now - self._last_direct < _COALESCE and len(item) + len(batch_prefix) + 64 <= spill.capacity:
             spill.start(self._sent)
-            spill.open_batch(call_id, batch_prefix)
+            spill.open_batch(key, batch_prefix, array)
             spill.add(item)
             self._cond.notify()
             return True
