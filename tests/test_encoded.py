@@ -211,7 +211,7 @@ def test_each_chunk_of_a_batch_is_as_it_would_be_alone(pool):
     assert items[:5] == [1, "a", None, b"raw", (2, 3)] and items[6] == {"k": [1.5]}
     assert items[5] != items[5]  # NaN, exactly
     assert PICKLE in {value.content_type for value in pickled}
-    # Chunks of a shared-memory size, which the owner encodes, are batches of their own.
+    # Chunks of a shared-memory size are elements too.
     big = list(pool.stream("stream_values", {"values": ["y" * BIG, 1]}, encode="json", batch=8))
     assert [item for batch in _arrays(big) for item in batch] == ["y" * BIG, 1]
 
