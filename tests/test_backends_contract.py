@@ -111,6 +111,21 @@ def test_batched_streams_pack_the_chunks_at_hand(pool):
     assert seen == [([{"i": 0}], {"seq": 0}), ([{"i": 1}], {"seq": 1}), ([{"done": True}], {"total": 2})]
 
 
+def test_a_batched_stream_ends_at_a_chunk_json_cannot_carry_after_every_chunk_before_it(pool):
+    """Arrived together or not, the chunks before the one that cannot be encoded are delivered
+    (the Ray backend's owner packed them with it, and lost them), then its error."""
+    import json
+
+    values: list[object] = [*range(200), 2j, 3]
+    got = []
+    with pytest.raises(SnakepitError) as info:
+        for value in pool.stream("stream_values", {"values": values}, encode="json", batch=1000):
+            got.append(value)
+    assert info.value.reason == "serialization_error"
+    assert [chunk for value in got for chunk in json.loads(value.data)] == list(range(200))
+    assert pool.execute("add", {"a": 1}) == 2
+
+
 def test_leaving_a_stream_early_closes_the_generator_in_the_worker(pool):
     with pool.session("s", affinity="strict_queue") as session:
         for index, _ in enumerate(session.stream("guarded", {"delay": 0.001})):

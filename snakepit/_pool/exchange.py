@@ -467,17 +467,29 @@ class Delivery:
     def _packed(self, data: Any) -> Encoded:
         """A batched stream's next value, where the owner packs it: ``data`` and the chunks
         after it at hand, as the worker would have (a chunk with metadata, or the final one,
-        alone). A chunk that cannot be packed ends the stream."""
+        alone). A chunk that cannot be packed ends the stream, after those before it: a batch
+        ends before it (halved until it packs), and it comes alone in the next."""
         exchange = self.exchange
         assert exchange.pack is not None and exchange.encode is not None
-        values = [data]
+        start = self.next - 1  # where ``data`` is in the run
+        values = [exchange.decode(data)]  # one that will not unpickle ends the stream
         if self.metadata is None and not self.last_was_final:
-            values += self._ready(exchange.pack - 1, exchange.final)
-        try:
-            return packed(list(map(exchange.decode, values)), accept_pickle=exchange.encode == "pickle")
-        except errors.SnakepitError:
-            exchange.cancel()
-            raise
+            for item in self._ready(exchange.pack - 1, exchange.final):
+                try:
+                    values.append(decode_value(item) if type(item) in PACKED else item)
+                except errors.SnakepitError:
+                    break
+        while True:
+            try:
+                batch = packed(values, accept_pickle=exchange.encode == "pickle")
+            except errors.SnakepitError:
+                if len(values) == 1:
+                    exchange.cancel()
+                    raise
+                del values[(len(values) + 1) // 2 :]
+                continue
+            self.next = start + len(values)  # the chunks after the batch are taken again
+            return batch
 
     def take_ready(self, limit: int) -> list[Any]:
         """Up to ``limit`` more chunks that have already arrived, without waiting for any (none
