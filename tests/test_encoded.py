@@ -252,10 +252,11 @@ def test_bad_batch_options_are_invalid_arguments(pool):
     assert pool.execute("add", {"a": 1}) == 2
 
 
-def test_chunks_queued_in_an_array_when_the_worker_dies_are_delivered(pool):
+def test_chunks_queued_in_an_array_when_the_worker_dies_are_delivered():
     n = 5_000
     got: list[Encoded] = []
-    with pytest.raises(SnakepitError) as info:
+    # A pool of its own: the worker that replaces the dead one is this test's to stop.
+    with Pool(Encoding, size=1, start_timeout=30) as pool, pytest.raises(SnakepitError) as info:
         for value in pool.stream("burst_then_die", {"n": n}, encode="json", batch=256):
             got.append(value)
     assert info.value.reason == "worker_crashed"
