@@ -102,10 +102,20 @@ def test_batched_streams_pack_the_chunks_at_hand(pool):
     import json
 
     n = 3_000
-    values = list(pool.stream("count", {"n": n}, encode="json", batch=100))
+    with pool.stream("count", {"n": n}, encode="json", batch=100) as stream:
+        values = list(stream)
     arrays = [json.loads(value.data) for value in values]
     assert [chunk["number"] for array in arrays for chunk in array] == list(range(n))
     assert max(map(len, arrays)) <= 100 and {value.content_type for value in values} == {"application/json"}
+    assert stream.result is not None and stream.result.chunks == len(values)  # the values it delivered
+    taken: list[Encoded] = []
+
+    def take(value: Encoded) -> object:
+        taken.append(value)
+        return HALT if len(taken) == 3 else None
+
+    halted = pool.execute_stream("count", {"n": n}, take, encode="json", batch=100)
+    assert halted.halted and halted.chunks == 3
     with pool.stream("with_final", {"n": 2}, encode="pickle", batch=10) as stream:
         seen = [(json.loads(value.data), stream.metadata) for value in stream]
     assert seen == [([{"i": 0}], {"seq": 0}), ([{"i": 1}], {"seq": 1}), ([{"done": True}], {"total": 2})]

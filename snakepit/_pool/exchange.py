@@ -90,6 +90,7 @@ class Exchange:
         "encode",
         "worker_encodes",
         "pack",
+        "merged",
         "__weakref__",
     )
 
@@ -113,6 +114,7 @@ class Exchange:
         # A batched stream's most chunks per value, where the owner packs them (see Delivery.take):
         # a worker that encodes sends its batches packed.
         self.pack: int | None = None if worker_encodes or encode is None else batch
+        self.merged: int = 0  # chunks it packed into a value with the one before: the result counts values
         self.caller: object = caller  # the thread (its ident) or asyncio task that began the call: see Dispatcher.holds
         self.finished: bool = False
         self.handle: Worker = None  # type: ignore[assignment]  # set by adopt()
@@ -404,7 +406,7 @@ class Exchange:
 
     def _stream_result(self, halted: bool) -> StreamResult:
         return StreamResult(
-            chunks=self.chunks,
+            chunks=self.chunks - self.merged,
             worker_id=self.handle.id,
             execution_time_ms=(time.perf_counter() - self.started) * 1000.0,
             synthetic_final=not self.final,
@@ -489,6 +491,7 @@ class Delivery:
                 del values[(len(values) + 1) // 2 :]
                 continue
             self.next = start + len(values)  # the chunks after the batch are taken again
+            exchange.merged += len(values) - 1
             return batch
 
     def take_ready(self, limit: int) -> list[Any]:
