@@ -60,9 +60,13 @@ def check_encoding(encode: Any) -> str | None:
     raise errors.validation(Reason.INVALID_ARGUMENTS, f"encode must be None, 'json' or 'pickle', got {encode!r}")
 
 
+_MOST_CHUNKS = 1 << 32  # more chunks than a value ever packs (a worker's array holds 1 MiB at most, but for one element)
+
+
 def check_batch(batch: Any, encode: str | None, stream: bool) -> int | None:
     """A call's ``batch`` option: None, or how many chunks at most one value packs (a stream's,
-    with an ``encode`` option); else ``invalid_arguments``."""
+    with an ``encode`` option); else ``invalid_arguments``. More than any batch holds is as
+    many as there are (the ``Call`` frame carries no integer beyond 64 bits)."""
     if batch is None:
         return None
     if type(batch) is not int or batch < 1:
@@ -71,7 +75,7 @@ def check_batch(batch: Any, encode: str | None, stream: bool) -> int | None:
         raise errors.validation(Reason.INVALID_ARGUMENTS, "batch packs a stream's chunks: it applies to streaming calls only")
     if encode is None:
         raise errors.validation(Reason.INVALID_ARGUMENTS, "batch packs encoded chunks: give encode='json' or 'pickle' with it")
-    return batch
+    return min(batch, _MOST_CHUNKS)
 
 
 def element_into(value: Any, buffer: bytearray, accept_pickle: bool) -> bool:

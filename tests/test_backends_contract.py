@@ -102,13 +102,38 @@ def test_batched_streams_pack_the_chunks_at_hand(pool):
     import json
 
     n = 3_000
-    values = list(pool.stream("count", {"n": n}, encode="json", batch=100))
+    with pool.stream("count", {"n": n}, encode="json", batch=100) as stream:
+        values = list(stream)
     arrays = [json.loads(value.data) for value in values]
     assert [chunk["number"] for array in arrays for chunk in array] == list(range(n))
     assert max(map(len, arrays)) <= 100 and {value.content_type for value in values} == {"application/json"}
+    assert stream.result is not None and stream.result.chunks == len(values)  # the values it delivered
+    taken: list[Encoded] = []
+
+    def take(value: Encoded) -> object:
+        taken.append(value)
+        return HALT if len(taken) == 3 else None
+
+    halted = pool.execute_stream("count", {"n": n}, take, encode="json", batch=100)
+    assert halted.halted and halted.chunks == 3
     with pool.stream("with_final", {"n": 2}, encode="pickle", batch=10) as stream:
         seen = [(json.loads(value.data), stream.metadata) for value in stream]
     assert seen == [([{"i": 0}], {"seq": 0}), ([{"i": 1}], {"seq": 1}), ([{"done": True}], {"total": 2})]
+
+
+def test_a_batched_stream_ends_at_a_chunk_json_cannot_carry_after_every_chunk_before_it(pool):
+    """Arrived together or not, the chunks before the one that cannot be encoded are delivered
+    (the Ray backend's owner packed them with it, and lost them), then its error."""
+    import json
+
+    values: list[object] = [*range(200), 2j, 3]
+    got = []
+    with pytest.raises(SnakepitError) as info:
+        for value in pool.stream("stream_values", {"values": values}, encode="json", batch=1000):
+            got.append(value)
+    assert info.value.reason == "serialization_error"
+    assert [chunk for value in got for chunk in json.loads(value.data)] == list(range(200))
+    assert pool.execute("add", {"a": 1}) == 2
 
 
 def test_leaving_a_stream_early_closes_the_generator_in_the_worker(pool):

@@ -252,10 +252,22 @@ def test_bad_batch_options_are_invalid_arguments(pool):
     assert pool.execute("add", {"a": 1}) == 2
 
 
-def test_chunks_queued_in_an_array_when_the_worker_dies_are_delivered(pool):
+@pytest.mark.parametrize("batch", [2**64, 10**30])
+def test_a_batch_larger_than_any_is_as_many_as_there_are(pool, batch):
+    """Beyond what the Call frame's integer holds, too (it raised OverflowError, and a remote
+    client's call failed as the server's unexpected error)."""
+    values = list(pool.stream("count", {"n": 3}, encode="json", batch=batch))
+    assert [chunk["number"] for array in _arrays(values) for chunk in array] == [0, 1, 2]
+    with Client(pool.serve("127.0.0.1:0").address) as client:
+        values = list(client.stream("count", {"n": 3}, encode="json", batch=batch))
+    assert [chunk["number"] for array in _arrays(values) for chunk in array] == [0, 1, 2]
+
+
+def test_chunks_queued_in_an_array_when_the_worker_dies_are_delivered():
     n = 5_000
     got: list[Encoded] = []
-    with pytest.raises(SnakepitError) as info:
+    # A pool of its own: the worker that replaces the dead one is this test's to stop.
+    with Pool(Encoding, size=1, start_timeout=30) as pool, pytest.raises(SnakepitError) as info:
         for value in pool.stream("burst_then_die", {"n": n}, encode="json", batch=256):
             got.append(value)
     assert info.value.reason == "worker_crashed"

@@ -306,7 +306,7 @@ class CallRunner:
         if encode is not None:
             check_encoding(encode)
         if batch is not None:
-            check_batch(batch, encode, stream)
+            batch = check_batch(batch, encode, stream)
         attachments = exact = None
         if self.attachments is not None:
             exact = protocol.exact_args(args)

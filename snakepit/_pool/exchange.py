@@ -90,6 +90,7 @@ class Exchange:
         "encode",
         "worker_encodes",
         "pack",
+        "merged",
         "__weakref__",
     )
 
@@ -113,6 +114,7 @@ class Exchange:
         # A batched stream's most chunks per value, where the owner packs them (see Delivery.take):
         # a worker that encodes sends its batches packed.
         self.pack: int | None = None if worker_encodes or encode is None else batch
+        self.merged: int = 0  # chunks it packed into a value with the one before: the result counts values
         self.caller: object = caller  # the thread (its ident) or asyncio task that began the call: see Dispatcher.holds
         self.finished: bool = False
         self.handle: Worker = None  # type: ignore[assignment]  # set by adopt()
@@ -404,7 +406,7 @@ class Exchange:
 
     def _stream_result(self, halted: bool) -> StreamResult:
         return StreamResult(
-            chunks=self.chunks,
+            chunks=self.chunks - self.merged,
             worker_id=self.handle.id,
             execution_time_ms=(time.perf_counter() - self.started) * 1000.0,
             synthetic_final=not self.final,
@@ -467,17 +469,30 @@ class Delivery:
     def _packed(self, data: Any) -> Encoded:
         """A batched stream's next value, where the owner packs it: ``data`` and the chunks
         after it at hand, as the worker would have (a chunk with metadata, or the final one,
-        alone). A chunk that cannot be packed ends the stream."""
+        alone). A chunk that cannot be packed ends the stream, after those before it: a batch
+        ends before it (halved until it packs), and it comes alone in the next."""
         exchange = self.exchange
         assert exchange.pack is not None and exchange.encode is not None
-        values = [data]
+        start = self.next - 1  # where ``data`` is in the run
+        values = [exchange.decode(data)]  # one that will not unpickle ends the stream
         if self.metadata is None and not self.last_was_final:
-            values += self._ready(exchange.pack - 1, exchange.final)
-        try:
-            return packed(list(map(exchange.decode, values)), accept_pickle=exchange.encode == "pickle")
-        except errors.SnakepitError:
-            exchange.cancel()
-            raise
+            for item in self._ready(exchange.pack - 1, exchange.final):
+                try:
+                    values.append(decode_value(item) if type(item) in PACKED else item)
+                except errors.SnakepitError:
+                    break
+        while True:
+            try:
+                batch = packed(values, accept_pickle=exchange.encode == "pickle")
+            except errors.SnakepitError:
+                if len(values) == 1:
+                    exchange.cancel()
+                    raise
+                del values[(len(values) + 1) // 2 :]
+                continue
+            self.next = start + len(values)  # the chunks after the batch are taken again
+            exchange.merged += len(values) - 1
+            return batch
 
     def take_ready(self, limit: int) -> list[Any]:
         """Up to ``limit`` more chunks that have already arrived, without waiting for any (none

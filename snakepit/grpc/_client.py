@@ -462,7 +462,7 @@ class Client(Calls["RemoteStream", "AsyncRemoteStream"], Starmap):
         options = request.metadata  # the call's options travel in the request (only the token is a header)
         if check_encoding(encode) != "json":  # encode="json": what JSON cannot carry is converted
             options["accept"] = "pickle"
-        if check_batch(batch, encode, stream) is not None:  # the server packs its messages so
+        if (batch := check_batch(batch, encode, stream)) is not None:  # the server packs its messages so
             options["chunk_batch"] = str(batch)
         if correlation_id is not None:
             check_correlation_id(correlation_id)
