@@ -30,8 +30,15 @@ def figures(tree: Any, path: str = "") -> Iterator[tuple[str, float]]:
 
 
 def lower_is_better(path: str) -> bool:
-    leaf = path.rsplit(".", 1)[-1].lower()
-    return leaf.endswith(_LOWER_IS_BETTER) or ("per_s" not in path and any(word in leaf for word in ("p50", "p99", "time")))
+    """By the figure's name, or the name of the table it is in (``round_trip_us.16 workers.
+    1 caller p50.median``, ``loop_cpu_us_per_chunk.<contender>``): a rate is better higher,
+    a time or a size lower."""
+    if "per_s" in path:
+        return False
+    names = [name.lower() for name in path.split(".")]
+    return any(name.endswith(_LOWER_IS_BETTER) or "_us_" in name or "cpu" in name for name in names) or any(
+        word in names[-1] for word in ("p50", "p99", "time")
+    )
 
 
 def compare(old: dict, new: dict, threshold: float) -> list[tuple[str, float, float, float, str]]:

@@ -29,6 +29,7 @@ from snakepit._encoding import element_into
 from snakepit._protocol import ARRAY_BYTES, HEADER, KEEP_BUFFER, FrameWriter, Share, chunk_layout
 
 _COALESCE = 50e-6
+_FULL = -(1 << 65)  # the key of an open batch that takes no more items (no writer's: see _stream_writer)
 
 
 class Outbox:
@@ -117,15 +118,19 @@ class Outbox:
                 # (SpillWriter.add, inlined).
                 committed = spill.committed
                 end = committed + len(item)
-                if spill.batch_call == key and end <= capacity and end - spill.batch_at <= batch_bytes and spill.count < limit:
+                if spill.batch_call == key and end <= capacity and end - spill.batch_at <= batch_bytes:
                     data_area[committed:end] = item
                     spill.committed = end
                     spill.count += 1
                     header[1] = end
+                    if array and spill.count >= limit:
+                        spill.batch_call = _FULL  # no more elements join it
                     return True
                 if spend is not None:  # the item starts a frame of its own, or a batch
                     spend()
                 if queue(key, item, prefix, array):
+                    if array and limit == 1:
+                        spill.batch_call = _FULL
                     return True
                 if enter is not None:  # several threads write: a frame goes in whole, under the lock
                     write_frame(data)
