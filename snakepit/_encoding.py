@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -102,6 +103,13 @@ def element_into(value: Any, buffer: bytearray, accept_pickle: bool) -> bool:
         to_json(value)  # raises the serialization_error this is
         raise
     return True
+
+
+def element_writer(accept_pickle: bool) -> Callable[[Any, bytearray], object] | None:
+    """What :func:`element_into` does for any value but a ``float``, as one C call that raises
+    where the value is not JSON (then :func:`element_into` says how): the hot path of a batched
+    stream's worker. None with pickles, whose elements are checked for exactness first."""
+    return None if accept_pickle else _json_converting.encode_into
 
 
 def packed(values: list[Any], *, accept_pickle: bool) -> Encoded:

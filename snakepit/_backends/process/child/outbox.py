@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from snakepit._backends.process.spill import SpillWriter
-from snakepit._encoding import element_into
+from snakepit._encoding import element_into, element_writer
 from snakepit._protocol import ARRAY_BYTES, HEADER, KEEP_BUFFER, FrameWriter, Share, chunk_layout
 
 _COALESCE = 50e-6
@@ -82,6 +82,7 @@ class Outbox:
         batch_bytes = min(self._batch_bytes, ARRAY_BYTES) if array else self._batch_bytes
 
         encode_into = msgspec.msgpack.Encoder().encode_into
+        write_element = element_writer(accept_pickle) if array else None
         pack_header = HEADER.pack_into
         item = bytearray()
         acquire, release = self._lock.acquire, self._lock.release
@@ -104,8 +105,15 @@ class Outbox:
         def send_chunk(data: Any) -> bool:
             if not array:
                 encode_into(data, item, 0)
-            elif element_into(data, item, accept_pickle):
+            elif write_element is not None and type(data) is not float:
+                try:
+                    write_element(data, item)
+                except Exception:
+                    element_into(data, item, accept_pickle)  # raises the serialization_error it is
+                    raise
                 item.append(0x2C)  # the comma the next element (or the closing "]") follows
+            elif element_into(data, item, accept_pickle):
+                item.append(0x2C)
             else:
                 return False
             if admit is not None:
