@@ -96,6 +96,16 @@ def test_values_come_encoded_by_request(pool):
     assert got == [Encoded(b"1", json)] and info.value.reason == "serialization_error"
 
 
+def test_values_msgpack_refuses_travel_pickled_from_both_kinds_of_worker(pool):
+    """A str with a lone surrogate, an int beyond 64 bits: msgpack refuses them, so the worker
+    pickles them, whether it is a process or an actor (which sent them to Ray's thread to be
+    encoded there, and died of it)."""
+    odd = ["lone \udc80", 2**70, {"k": "\udcff"}]
+    assert list(pool.stream("stream_values", {"values": odd})) == odd
+    assert pool.execute("echo", {"value": odd}) == odd
+    assert pool.execute("add", {"a": 1, "b": 2}) == 3  # the same worker, alive
+
+
 def test_batched_streams_pack_the_chunks_at_hand(pool):
     """Process workers build the arrays, the Ray backend's owner packs what arrived: the same
     chunks, in order, as arrays of at most ``batch``; a chunk with metadata in one of its own."""

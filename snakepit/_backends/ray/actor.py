@@ -50,18 +50,23 @@ _TELEMETRY_BUFFER = 10_000  # events kept between two heartbeats
 
 
 class _Outbox:
-    """The host's way out: into a list (a plain call, answered at once) or a bounded queue the
-    streaming ``run`` drains."""
+    """The host's way out: frames into a list (a plain call, answered at once) or a bounded
+    queue the streaming ``run`` drains, each beside the id of the call it ends, if it does.
+
+    A message is encoded as it is sent, in the host's thread: a value msgpack refuses (an int
+    beyond 64 bits, a str with a lone surrogate) raises where the host sends it pickled instead,
+    as it does on a process worker, not later in Ray's thread, where it would end the actor."""
 
     def __init__(self) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue(_QUEUE)
-        self.collected: list[Any] | None = None
+        self.queue: queue.Queue[tuple[bytearray, int | None]] = queue.Queue(_QUEUE)
+        self.collected: list[bytearray] | None = None
 
     def send(self, message: Any) -> None:
+        frame = encode_frame(message)
         if self.collected is not None:
-            self.collected.append(message)
+            self.collected.append(frame)
         else:
-            self.queue.put(message)
+            self.queue.put((frame, message.id if isinstance(message, TERMINAL) else None))
 
     def chunk_writer(self, call_id: int) -> Callable[[Any], None]:
         send = self.send
@@ -134,7 +139,7 @@ class SnakepitActor:
             self._run(message)
         finally:
             self._out.collected = None
-        return b"".join(encode_frame(item) for item in collected)
+        return b"".join(collected)
 
     @ray.method(num_returns="streaming")
     def run(self, frame: bytes) -> Iterator[bytes]:
@@ -144,20 +149,19 @@ class SnakepitActor:
         call_id = message.id
         pending = self._out.queue
         while True:
-            item = pending.get()
+            encoded, ends = pending.get()
             frames, size, count, done = [], 0, 0, False
             while True:
-                encoded = encode_frame(item)
                 frames.append(encoded)
                 size += len(encoded)
                 count += 1
-                if isinstance(item, TERMINAL) and item.id == call_id:
+                if ends == call_id:
                     done = True
                     break
                 if count >= _MAX_PER_OBJECT or size >= _OBJECT_BYTES:
                     break
                 try:
-                    item = pending.get_nowait()
+                    encoded, ends = pending.get_nowait()
                 except queue.Empty:
                     break
             yield b"".join(frames)
