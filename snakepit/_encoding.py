@@ -21,6 +21,7 @@ dataclass a dict, an enum its value, a datetime an ISO string...), or refused as
 from __future__ import annotations
 
 import math
+import operator
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -70,8 +71,10 @@ def check_batch(batch: Any, encode: str | None, stream: bool) -> int | None:
     many as there are (the ``Call`` frame carries no integer beyond 64 bits)."""
     if batch is None:
         return None
-    if type(batch) is not int or batch < 1:
+    # Any integer (numpy's too), not a bool, a float or a str.
+    if isinstance(batch, bool) or not hasattr(type(batch), "__index__") or operator.index(batch) < 1:
         raise errors.validation(Reason.INVALID_ARGUMENTS, f"batch must be None or a positive int, got {batch!r}")
+    batch = operator.index(batch)
     if not stream:
         raise errors.validation(Reason.INVALID_ARGUMENTS, "batch packs a stream's chunks: it applies to streaming calls only")
     if encode is None:

@@ -239,7 +239,10 @@ def test_a_chunk_that_cannot_be_encoded_ends_a_batched_stream_after_those_before
 
 
 def test_bad_batch_options_are_invalid_arguments(pool):
-    for bad in (0, -1, True, "8", 2.0):
+    numpy = pytest.importorskip("numpy")
+    values = list(pool.stream("count", {"n": 3}, encode="json", batch=numpy.int64(8)))  # any integer
+    assert [chunk["number"] for batch in _arrays(values) for chunk in batch] == [0, 1, 2]
+    for bad in (0, -1, True, "8", 2.0, numpy.int64(0)):
         with pytest.raises(SnakepitError) as info:
             list(pool.stream("count", {"n": 1}, encode="json", batch=bad))
         assert info.value.reason == "invalid_arguments" and "batch" in info.value.message
