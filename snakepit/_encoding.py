@@ -72,14 +72,14 @@ def check_batch(batch: Any, encode: str | None, stream: bool) -> int | None:
     if batch is None:
         return None
     # Any integer (numpy's too), not a bool, a float or a str.
-    if isinstance(batch, bool) or not hasattr(type(batch), "__index__") or operator.index(batch) < 1:
+    count = 0 if isinstance(batch, bool) or not hasattr(type(batch), "__index__") else operator.index(batch)
+    if count < 1:
         raise errors.validation(Reason.INVALID_ARGUMENTS, f"batch must be None or a positive int, got {batch!r}")
-    batch = operator.index(batch)
     if not stream:
         raise errors.validation(Reason.INVALID_ARGUMENTS, "batch packs a stream's chunks: it applies to streaming calls only")
     if encode is None:
         raise errors.validation(Reason.INVALID_ARGUMENTS, "batch packs encoded chunks: give encode='json' or 'pickle' with it")
-    return min(batch, _MOST_CHUNKS)
+    return min(count, _MOST_CHUNKS)
 
 
 def element_into(value: Any, buffer: bytearray, accept_pickle: bool) -> bool:

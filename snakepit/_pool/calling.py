@@ -155,17 +155,7 @@ class CallRunner:
         worker is assigned: whatever interrupts a step after that, the worker comes back.
         """
         call = self.prepare(request, stream, context)
-        exchange = Exchange(
-            self.dispatcher,
-            call.tool,
-            call.deadline,
-            context,
-            call.timeout,
-            threading.get_ident(),
-            call.encode,
-            self.encodes,
-            call.batch,
-        )
+        exchange = self._exchange(call, context, threading.get_ident())
         try:
             self.dispatcher.checkout(call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if context.span is not None:
@@ -249,17 +239,7 @@ class CallRunner:
         self, request: CallRequest, stream: bool, context: CallContext, running: Callable[[], bool] | None = None
     ) -> Exchange:
         call = self.prepare(request, stream, context)
-        exchange = Exchange(
-            self.dispatcher,
-            call.tool,
-            call.deadline,
-            context,
-            call.timeout,
-            asyncio.current_task(),
-            call.encode,
-            self.encodes,
-            call.batch,
-        )
+        exchange = self._exchange(call, context, asyncio.current_task())
         try:
             await aio.checkout(self.dispatcher, call.session_id, call.affinity, call.queue_deadline, call.deadline, exchange)
             if running is not None and not running():
@@ -284,6 +264,12 @@ class CallRunner:
                 raise errors.pool_closed()
             raise errors.validation(Reason.TOOL_NOT_FOUND, f"unknown tool {tool!r}{did_you_mean(tool, self.tools)}", tool=tool)
         return spec
+
+    def _exchange(self, call: PreparedCall, context: CallContext, caller: object) -> Exchange:
+        """The exchange of ``call``, begun by ``caller`` (a thread's ident, or an asyncio task)."""
+        return Exchange(
+            self.dispatcher, call.tool, call.deadline, context, call.timeout, caller, call.encode, self.encodes, call.batch
+        )
 
     def prepare(self, request: CallRequest, stream: bool, context: CallContext) -> PreparedCall:
         """Everything that can be checked and encoded before a worker is taken (a retry keeps

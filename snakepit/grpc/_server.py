@@ -453,14 +453,13 @@ class _Bridge(bridge_pb2_grpc.BridgeServiceServicer):
                 # already here skipping a pass through the iterator each. A chunk the tool attached
                 # metadata to travels alone (take_ready stops before one).
                 attached = stream.metadata
-                final = stream.last_was_final
                 if batch is not None:
                     messages: list[Encoded] = [item] if len(item.data) <= budget else self._split(item, accept_pickle)
                 elif attached is not None:
                     messages = [item]
                 else:
                     messages = [item, *stream.take_ready(_AT_HAND - 1)]
-                    final = stream.last_was_final
+                final = stream.last_was_final
                 last = len(messages) - 1
                 for index, message in enumerate(messages):
                     data = message.data
