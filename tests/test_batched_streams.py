@@ -14,23 +14,13 @@ import threading
 from typing import Any
 
 import pytest
-from helpers import Toolbox, wait_for_file
+from helpers import Opaque, Toolbox, wait_for_file
 
 from snakepit import HALT, Encoded, Pool, SnakepitError, StreamChunk, tool
 from snakepit.grpc import Client
 from snakepit.grpc import _codec as codec
 
 MIB = 1 << 20
-
-
-class Opaque:
-    """Neither JSON nor convertible to it (pickles, by reference to this module)."""
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Opaque
-
-    def __hash__(self) -> int:
-        return 0
 
 
 class Scripted(Toolbox):

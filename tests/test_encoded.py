@@ -11,7 +11,7 @@ import pickle
 
 import grpc
 import pytest
-from helpers import Toolbox
+from helpers import Opaque, Toolbox
 
 from snakepit import CallRequest, Encoded, Pool, SnakepitError, tool
 from snakepit import _protocol as protocol
@@ -22,16 +22,6 @@ from snakepit.grpc._status import ERROR_METADATA, error_from_json
 
 JSON, OCTETS, PICKLE = "application/json", "application/octet-stream", "application/x-python-pickle"
 BIG = 300_000  # above the shared-memory threshold: such values are encoded by the owner
-
-
-class Opaque:
-    """Neither JSON nor convertible to it (pickles, by reference to this module)."""
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Opaque
-
-    def __hash__(self) -> int:
-        return 0
 
 
 class Encoding(Toolbox):
